@@ -1,0 +1,1 @@
+//! Ricart-Agrawala and token locks and barriers for dsm, sans-IO

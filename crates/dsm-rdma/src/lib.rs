@@ -1,0 +1,1 @@
+//! RDMA verbs transport of dsm (rdma-sys), used on Soft-RoCE in tests

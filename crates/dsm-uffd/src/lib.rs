@@ -1,0 +1,1 @@
+//! userfaultfd fault engine of dsm: fixed-address regions, page install/protect/invalidate, fault delivery

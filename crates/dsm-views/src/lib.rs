@@ -1,0 +1,1 @@
+//! File-level views over shared regions (planned)

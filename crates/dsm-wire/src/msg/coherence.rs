@@ -1,0 +1,279 @@
+//! Page coherence: fetches, ownership, invalidation, write-back, diffs and write notices.
+
+use crate::codec::{Reader, Writer};
+use crate::{Error, PAGE_SIZE, Page, PageId, Result};
+
+/// Bytes of a page that changed: `bytes` replace the page at `offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiffRun {
+    /// Byte offset in the page.
+    pub offset: u16,
+    /// New bytes; `offset + bytes.len() <= PAGE_SIZE`.
+    pub bytes: Vec<u8>,
+}
+
+/// Coherence messages between a node and a page's home.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Coherence {
+    /// Read fault: ask the home for a read-only copy (the seed's NREAD).
+    ReadRequest {
+        /// Request id.
+        req: u64,
+        /// Page wanted.
+        page: PageId,
+    },
+    /// The home grants a read-only copy. `data` is absent when the requester fetches the home
+    /// copy itself by one-sided RDMA READ.
+    ReadGrant {
+        /// Request id.
+        req: u64,
+        /// Page.
+        page: PageId,
+        /// Home's version of the page.
+        version: u64,
+        /// Page contents (two-sided transports).
+        data: Option<Page>,
+    },
+    /// Write fault: ask the home for the only writable copy.
+    WriteRequest {
+        /// Request id.
+        req: u64,
+        /// Page.
+        page: PageId,
+        /// Requester already holds a current read-only copy (upgrade: no data needed).
+        has_copy: bool,
+    },
+    /// The home grants the writable copy, after every other copy was invalidated.
+    WriteGrant {
+        /// Request id.
+        req: u64,
+        /// Page.
+        page: PageId,
+        /// Version after this write.
+        version: u64,
+        /// Page contents, unless the requester had a current copy or reads it one-sided.
+        data: Option<Page>,
+    },
+    /// The home tells a holder to drop its copy (the seed's NINV).
+    Invalidate {
+        /// Home's request id.
+        req: u64,
+        /// Page.
+        page: PageId,
+    },
+    /// A holder dropped its copy; a writable holder returns its data.
+    InvalidateAck {
+        /// Home's request id.
+        req: u64,
+        /// Page.
+        page: PageId,
+        /// The modified page, when the holder had it writable.
+        data: Option<Page>,
+    },
+    /// The home asks the writable holder to write back and keep a read-only copy.
+    Downgrade {
+        /// Home's request id.
+        req: u64,
+        /// Page.
+        page: PageId,
+    },
+    /// A writable holder's page, sent to the home (answer to Downgrade, or eviction).
+    WriteBack {
+        /// Request id (the Downgrade's, or the sender's own).
+        req: u64,
+        /// Page.
+        page: PageId,
+        /// Contents.
+        data: Page,
+    },
+    /// Release mode: bytes a node changed in a page since its twin.
+    Diff {
+        /// Request id, echoed by DiffAck.
+        req: u64,
+        /// Page.
+        page: PageId,
+        /// Changed runs, in increasing, non-overlapping offsets.
+        runs: Vec<DiffRun>,
+    },
+    /// The home applied a diff.
+    DiffAck {
+        /// Request id of the Diff.
+        req: u64,
+        /// Page.
+        page: PageId,
+    },
+    /// Pages written in intervals the receiver has not seen: invalidate them.
+    WriteNotices {
+        /// The pages.
+        pages: Vec<PageId>,
+    },
+}
+
+pub(crate) const READ_REQUEST: u16 = 0x0201;
+pub(crate) const READ_GRANT: u16 = 0x0202;
+pub(crate) const WRITE_REQUEST: u16 = 0x0203;
+pub(crate) const WRITE_GRANT: u16 = 0x0204;
+pub(crate) const INVALIDATE: u16 = 0x0205;
+pub(crate) const INVALIDATE_ACK: u16 = 0x0206;
+pub(crate) const DOWNGRADE: u16 = 0x0207;
+pub(crate) const WRITE_BACK: u16 = 0x0208;
+pub(crate) const DIFF: u16 = 0x0209;
+pub(crate) const DIFF_ACK: u16 = 0x020a;
+pub(crate) const WRITE_NOTICES: u16 = 0x020b;
+
+impl Coherence {
+    pub(crate) fn command(&self) -> u16 {
+        match self {
+            Coherence::ReadRequest { .. } => READ_REQUEST,
+            Coherence::ReadGrant { .. } => READ_GRANT,
+            Coherence::WriteRequest { .. } => WRITE_REQUEST,
+            Coherence::WriteGrant { .. } => WRITE_GRANT,
+            Coherence::Invalidate { .. } => INVALIDATE,
+            Coherence::InvalidateAck { .. } => INVALIDATE_ACK,
+            Coherence::Downgrade { .. } => DOWNGRADE,
+            Coherence::WriteBack { .. } => WRITE_BACK,
+            Coherence::Diff { .. } => DIFF,
+            Coherence::DiffAck { .. } => DIFF_ACK,
+            Coherence::WriteNotices { .. } => WRITE_NOTICES,
+        }
+    }
+
+    pub(crate) fn encode(&self, w: &mut Writer) {
+        match self {
+            Coherence::ReadRequest { req, page }
+            | Coherence::Invalidate { req, page }
+            | Coherence::Downgrade { req, page }
+            | Coherence::DiffAck { req, page } => {
+                w.u64(*req);
+                w.page_id(*page);
+            }
+            Coherence::ReadGrant {
+                req,
+                page,
+                version,
+                data,
+            }
+            | Coherence::WriteGrant {
+                req,
+                page,
+                version,
+                data,
+            } => {
+                w.u64(*req);
+                w.page_id(*page);
+                w.u64(*version);
+                w.opt_page(data.as_ref());
+            }
+            Coherence::WriteRequest {
+                req,
+                page,
+                has_copy,
+            } => {
+                w.u64(*req);
+                w.page_id(*page);
+                w.u8(u8::from(*has_copy));
+            }
+            Coherence::InvalidateAck { req, page, data } => {
+                w.u64(*req);
+                w.page_id(*page);
+                w.opt_page(data.as_ref());
+            }
+            Coherence::WriteBack { req, page, data } => {
+                w.u64(*req);
+                w.page_id(*page);
+                w.raw(&data[..]);
+            }
+            Coherence::Diff { req, page, runs } => {
+                w.u64(*req);
+                w.page_id(*page);
+                w.u32(u32::try_from(runs.len()).expect("diff runs over u32"));
+                for run in runs {
+                    w.u16(run.offset);
+                    w.bytes(&run.bytes);
+                }
+            }
+            Coherence::WriteNotices { pages } => w.page_ids(pages),
+        }
+    }
+
+    pub(crate) fn decode(command: u16, r: &mut Reader<'_>) -> Result<Self> {
+        Ok(match command {
+            READ_REQUEST => Coherence::ReadRequest {
+                req: r.u64("req")?,
+                page: r.page_id()?,
+            },
+            READ_GRANT => Coherence::ReadGrant {
+                req: r.u64("req")?,
+                page: r.page_id()?,
+                version: r.u64("version")?,
+                data: r.opt_page()?,
+            },
+            WRITE_REQUEST => Coherence::WriteRequest {
+                req: r.u64("req")?,
+                page: r.page_id()?,
+                has_copy: r.flag("has_copy")?,
+            },
+            WRITE_GRANT => Coherence::WriteGrant {
+                req: r.u64("req")?,
+                page: r.page_id()?,
+                version: r.u64("version")?,
+                data: r.opt_page()?,
+            },
+            INVALIDATE => Coherence::Invalidate {
+                req: r.u64("req")?,
+                page: r.page_id()?,
+            },
+            INVALIDATE_ACK => Coherence::InvalidateAck {
+                req: r.u64("req")?,
+                page: r.page_id()?,
+                data: r.opt_page()?,
+            },
+            DOWNGRADE => Coherence::Downgrade {
+                req: r.u64("req")?,
+                page: r.page_id()?,
+            },
+            WRITE_BACK => Coherence::WriteBack {
+                req: r.u64("req")?,
+                page: r.page_id()?,
+                data: r.page()?,
+            },
+            DIFF => Coherence::Diff {
+                req: r.u64("req")?,
+                page: r.page_id()?,
+                runs: decode_runs(r)?,
+            },
+            DIFF_ACK => Coherence::DiffAck {
+                req: r.u64("req")?,
+                page: r.page_id()?,
+            },
+            WRITE_NOTICES => Coherence::WriteNotices {
+                pages: r.page_ids()?,
+            },
+            other => return Err(Error::UnknownCommand(other)),
+        })
+    }
+}
+
+/// Decodes diff runs, rejecting any run that leaves the page or overlaps the one before.
+fn decode_runs(r: &mut Reader<'_>) -> Result<Vec<DiffRun>> {
+    let n = r.count("diff runs", PAGE_SIZE / 2)?;
+    let mut runs = Vec::with_capacity(n);
+    let mut next_free = 0usize;
+    for _ in 0..n {
+        let offset = r.u16("diff offset")?;
+        let bytes = r.bytes("diff run", PAGE_SIZE)?;
+        let start = usize::from(offset);
+        if start < next_free || start + bytes.len() > PAGE_SIZE || bytes.is_empty() {
+            return Err(Error::InvalidField {
+                field: "diff run",
+                value: u64::from(offset),
+            });
+        }
+        next_free = start + bytes.len();
+        runs.push(DiffRun {
+            offset,
+            bytes: bytes.to_vec(),
+        });
+    }
+    Ok(runs)
+}

@@ -1,0 +1,68 @@
+//! Every message the cluster sends, grouped by protocol. The command code's high byte names
+//! the group, so each group's decoder owns its own range.
+
+pub mod alloc;
+pub mod coherence;
+pub mod membership;
+pub mod sync;
+pub mod view;
+
+use crate::codec::{Reader, Writer};
+use crate::{Error, Result};
+
+pub use alloc::{Alloc, RegionSpec};
+pub use coherence::{Coherence, DiffRun};
+pub use membership::{Endpoint, Membership, RdmaConnInfo};
+pub use sync::Sync;
+pub use view::View;
+
+/// A decoded message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Boot-up, heartbeats, failures (0x01xx).
+    Membership(Membership),
+    /// Page coherence (0x02xx).
+    Coherence(Coherence),
+    /// Locks and barriers (0x03xx).
+    Sync(Sync),
+    /// Allocation and byte-range access (0x04xx).
+    Alloc(Alloc),
+    /// File views (0x05xx).
+    View(View),
+}
+
+impl Message {
+    /// The message's command code.
+    pub fn command(&self) -> u16 {
+        match self {
+            Message::Membership(m) => m.command(),
+            Message::Coherence(m) => m.command(),
+            Message::Sync(m) => m.command(),
+            Message::Alloc(m) => m.command(),
+            Message::View(m) => m.command(),
+        }
+    }
+
+    /// Encodes the body (no header).
+    pub fn encode_body(&self, w: &mut Writer) {
+        match self {
+            Message::Membership(m) => m.encode(w),
+            Message::Coherence(m) => m.encode(w),
+            Message::Sync(m) => m.encode(w),
+            Message::Alloc(m) => m.encode(w),
+            Message::View(m) => m.encode(w),
+        }
+    }
+
+    /// Decodes a body whose header announced `command`; every byte must be used.
+    pub fn decode_body(command: u16, r: &mut Reader<'_>) -> Result<Self> {
+        Ok(match command >> 8 {
+            0x01 => Message::Membership(Membership::decode(command, r)?),
+            0x02 => Message::Coherence(Coherence::decode(command, r)?),
+            0x03 => Message::Sync(Sync::decode(command, r)?),
+            0x04 => Message::Alloc(Alloc::decode(command, r)?),
+            0x05 => Message::View(View::decode(command, r)?),
+            _ => return Err(Error::UnknownCommand(command)),
+        })
+    }
+}

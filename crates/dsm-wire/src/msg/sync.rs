@@ -1,0 +1,186 @@
+//! Synchronisation: Ricart–Agrawala and token locks, barriers. Grants carry write notices.
+
+use crate::codec::{Reader, Writer};
+use crate::{Error, NodeId, PageId, Result};
+
+/// Lock and barrier messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sync {
+    /// Ricart–Agrawala REQUEST: (Lamport timestamp, sender) orders competing requests.
+    LockRequest {
+        /// Lock id.
+        lock: u32,
+        /// Lamport timestamp of the request.
+        timestamp: u64,
+    },
+    /// Ricart–Agrawala REPLY, with the write notices of the replier's last release of the lock.
+    LockReply {
+        /// Lock id.
+        lock: u32,
+        /// Timestamp of the request answered.
+        timestamp: u64,
+        /// Pages the acquirer must invalidate.
+        notices: Vec<PageId>,
+    },
+    /// Token/home-queue lock: ask for the lock (Suzuki–Kasami REQUEST with its sequence number).
+    LockAcquire {
+        /// Lock id.
+        lock: u32,
+        /// Requester's request sequence number.
+        seq: u64,
+    },
+    /// Token/home-queue lock: the lock is passed to the receiver.
+    LockGrant {
+        /// Lock id.
+        lock: u32,
+        /// Per-node sequence numbers of the last granted request (Suzuki–Kasami's LN).
+        granted: Vec<u64>,
+        /// Nodes waiting for the token, in order.
+        queue: Vec<NodeId>,
+        /// Pages the acquirer must invalidate.
+        notices: Vec<PageId>,
+    },
+    /// Home-queue lock: the holder releases.
+    LockRelease {
+        /// Lock id.
+        lock: u32,
+        /// Pages written while holding it.
+        notices: Vec<PageId>,
+    },
+    /// A node reached barrier `epoch` (round `round` of a dissemination barrier).
+    BarrierArrive {
+        /// Barrier instance.
+        epoch: u64,
+        /// Dissemination round.
+        round: u32,
+        /// Write notices gathered so far.
+        notices: Vec<PageId>,
+    },
+    /// Everyone reached barrier `epoch` (central barrier's release).
+    BarrierRelease {
+        /// Barrier instance.
+        epoch: u64,
+        /// Write notices from every node.
+        notices: Vec<PageId>,
+    },
+}
+
+pub(crate) const LOCK_REQUEST: u16 = 0x0301;
+pub(crate) const LOCK_REPLY: u16 = 0x0302;
+pub(crate) const LOCK_ACQUIRE: u16 = 0x0303;
+pub(crate) const LOCK_GRANT: u16 = 0x0304;
+pub(crate) const LOCK_RELEASE: u16 = 0x0305;
+pub(crate) const BARRIER_ARRIVE: u16 = 0x0306;
+pub(crate) const BARRIER_RELEASE: u16 = 0x0307;
+
+impl Sync {
+    pub(crate) fn command(&self) -> u16 {
+        match self {
+            Sync::LockRequest { .. } => LOCK_REQUEST,
+            Sync::LockReply { .. } => LOCK_REPLY,
+            Sync::LockAcquire { .. } => LOCK_ACQUIRE,
+            Sync::LockGrant { .. } => LOCK_GRANT,
+            Sync::LockRelease { .. } => LOCK_RELEASE,
+            Sync::BarrierArrive { .. } => BARRIER_ARRIVE,
+            Sync::BarrierRelease { .. } => BARRIER_RELEASE,
+        }
+    }
+
+    pub(crate) fn encode(&self, w: &mut Writer) {
+        match self {
+            Sync::LockRequest { lock, timestamp } => {
+                w.u32(*lock);
+                w.u64(*timestamp);
+            }
+            Sync::LockReply {
+                lock,
+                timestamp,
+                notices,
+            } => {
+                w.u32(*lock);
+                w.u64(*timestamp);
+                w.page_ids(notices);
+            }
+            Sync::LockAcquire { lock, seq } => {
+                w.u32(*lock);
+                w.u64(*seq);
+            }
+            Sync::LockGrant {
+                lock,
+                granted,
+                queue,
+                notices,
+            } => {
+                w.u32(*lock);
+                w.u32(u32::try_from(granted.len()).expect("granted over u32"));
+                granted.iter().for_each(|g| w.u64(*g));
+                w.u32(u32::try_from(queue.len()).expect("queue over u32"));
+                queue.iter().for_each(|n| w.u32(*n));
+                w.page_ids(notices);
+            }
+            Sync::LockRelease { lock, notices } => {
+                w.u32(*lock);
+                w.page_ids(notices);
+            }
+            Sync::BarrierArrive {
+                epoch,
+                round,
+                notices,
+            } => {
+                w.u64(*epoch);
+                w.u32(*round);
+                w.page_ids(notices);
+            }
+            Sync::BarrierRelease { epoch, notices } => {
+                w.u64(*epoch);
+                w.page_ids(notices);
+            }
+        }
+    }
+
+    pub(crate) fn decode(command: u16, r: &mut Reader<'_>) -> Result<Self> {
+        Ok(match command {
+            LOCK_REQUEST => Sync::LockRequest {
+                lock: r.u32("lock")?,
+                timestamp: r.u64("timestamp")?,
+            },
+            LOCK_REPLY => Sync::LockReply {
+                lock: r.u32("lock")?,
+                timestamp: r.u64("timestamp")?,
+                notices: r.page_ids()?,
+            },
+            LOCK_ACQUIRE => Sync::LockAcquire {
+                lock: r.u32("lock")?,
+                seq: r.u64("seq")?,
+            },
+            LOCK_GRANT => {
+                let lock = r.u32("lock")?;
+                let max = r.limits().max_list_len;
+                let n = r.count("granted", max)?;
+                let granted = (0..n).map(|_| r.u64("granted")).collect::<Result<_>>()?;
+                let n = r.count("queue", max)?;
+                let queue = (0..n).map(|_| r.u32("queue")).collect::<Result<_>>()?;
+                Sync::LockGrant {
+                    lock,
+                    granted,
+                    queue,
+                    notices: r.page_ids()?,
+                }
+            }
+            LOCK_RELEASE => Sync::LockRelease {
+                lock: r.u32("lock")?,
+                notices: r.page_ids()?,
+            },
+            BARRIER_ARRIVE => Sync::BarrierArrive {
+                epoch: r.u64("epoch")?,
+                round: r.u32("round")?,
+                notices: r.page_ids()?,
+            },
+            BARRIER_RELEASE => Sync::BarrierRelease {
+                epoch: r.u64("epoch")?,
+                notices: r.page_ids()?,
+            },
+            other => return Err(Error::UnknownCommand(other)),
+        })
+    }
+}

@@ -1,0 +1,1 @@
+//! Distributed shared memory over userfaultfd and RDMA/TCP

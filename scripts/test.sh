@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command (README): installs what it needs, then formatting, lints and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+export CARGO_TERM_COLOR=never
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --release -- -D warnings
+echo "== cargo test (release: the simulator and the multi-process tests want optimised code)"
+cargo test --workspace --release
