@@ -203,7 +203,74 @@ pub(crate) fn samples() -> Vec<Message> {
             code: 0,
             handle: 0,
         }),
+        Message::Transport(Transport::Hello {
+            rank: 1,
+            nonce: [3; 32],
+        }),
+        Message::Transport(Transport::Challenge {
+            rank: 0,
+            nonce: [4; 32],
+            mac: [5; 32],
+        }),
+        Message::Transport(Transport::Response { mac: [6; 32] }),
+        Message::Transport(Transport::Welcome { rank: 0 }),
+        Message::Transport(Transport::PageReadRequest {
+            token: 77,
+            page: pid(2, 9),
+        }),
+        Message::Transport(Transport::PageReadReply {
+            token: 77,
+            page: pid(2, 9),
+            status: PageStatus::Ok,
+            data: Some(page(8)),
+        }),
+        Message::Transport(Transport::PageReadReply {
+            token: 78,
+            page: pid(2, 9),
+            status: PageStatus::NotExposed,
+            data: None,
+        }),
+        Message::Transport(Transport::PageWriteRequest {
+            token: 79,
+            page: pid(2, 1),
+            data: page(9),
+        }),
+        Message::Transport(Transport::PageWriteReply {
+            token: 79,
+            page: pid(2, 1),
+            status: PageStatus::OutOfRange,
+        }),
     ]
+}
+
+#[test]
+fn page_frames_built_in_place_match_encode() {
+    let data = page(0x5a);
+    let mut out = vec![1, 2, 3];
+    msg::transport::append_page_read_reply(&mut out, CLUSTER, 2, 7, pid(1, 4), &data);
+    let expected = encode(
+        &Message::Transport(Transport::PageReadReply {
+            token: 7,
+            page: pid(1, 4),
+            status: PageStatus::Ok,
+            data: Some(data.clone()),
+        }),
+        CLUSTER,
+        2,
+    );
+    assert_eq!(&out[3..], &expected[..]);
+    out.clear();
+    msg::transport::append_page_write_request(&mut out, CLUSTER, 2, 8, pid(1, 5), &data);
+    let expected = encode(
+        &Message::Transport(Transport::PageWriteRequest {
+            token: 8,
+            page: pid(1, 5),
+            data,
+        }),
+        CLUSTER,
+        2,
+    );
+    assert_eq!(out, expected);
 }
 
 #[test]

@@ -5,6 +5,7 @@ pub mod alloc;
 pub mod coherence;
 pub mod membership;
 pub mod sync;
+pub mod transport;
 pub mod view;
 
 use crate::codec::{Reader, Writer};
@@ -14,6 +15,7 @@ pub use alloc::{Alloc, RegionSpec};
 pub use coherence::{Coherence, DiffRun};
 pub use membership::{Endpoint, Membership, RdmaConnInfo};
 pub use sync::Sync;
+pub use transport::{PageStatus, Transport};
 pub use view::View;
 
 /// A decoded message.
@@ -29,6 +31,8 @@ pub enum Message {
     Alloc(Alloc),
     /// File views (0x05xx).
     View(View),
+    /// Transport handshake and emulated one-sided page access (0x06xx).
+    Transport(Transport),
 }
 
 impl Message {
@@ -40,6 +44,7 @@ impl Message {
             Message::Sync(m) => m.command(),
             Message::Alloc(m) => m.command(),
             Message::View(m) => m.command(),
+            Message::Transport(m) => m.command(),
         }
     }
 
@@ -51,6 +56,7 @@ impl Message {
             Message::Sync(m) => m.encode(w),
             Message::Alloc(m) => m.encode(w),
             Message::View(m) => m.encode(w),
+            Message::Transport(m) => m.encode(w),
         }
     }
 
@@ -62,6 +68,7 @@ impl Message {
             0x03 => Message::Sync(Sync::decode(command, r)?),
             0x04 => Message::Alloc(Alloc::decode(command, r)?),
             0x05 => Message::View(View::decode(command, r)?),
+            0x06 => Message::Transport(Transport::decode(command, r)?),
             _ => return Err(Error::UnknownCommand(command)),
         })
     }
