@@ -123,14 +123,15 @@ pub(crate) fn samples() -> Vec<Message> {
         Message::Sync(Sync::LockAcquire { lock: 7, seq: 2 }),
         Message::Sync(Sync::LockGrant {
             lock: 7,
-            granted: vec![1, 2],
-            queue: vec![3],
+            seq: 2,
             notices: vec![],
         }),
         Message::Sync(Sync::LockRelease {
             lock: 7,
+            seq: 2,
             notices: vec![pid(1, 1)],
         }),
+        Message::Sync(Sync::LockRecall { lock: 7, seq: 2 }),
         Message::Sync(Sync::BarrierArrive {
             epoch: 3,
             round: 1,

@@ -1,7 +1,7 @@
-//! Synchronisation: Ricart–Agrawala and token locks, barriers. Grants carry write notices.
+//! Synchronisation: Ricart–Agrawala and home-queue locks, barriers. Grants carry write notices.
 
 use crate::codec::{Reader, Writer};
-use crate::{Error, NodeId, PageId, Result};
+use crate::{Error, PageId, Result};
 
 /// Lock and barrier messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,30 +22,38 @@ pub enum Sync {
         /// Pages the acquirer must invalidate.
         notices: Vec<PageId>,
     },
-    /// Token/home-queue lock: ask for the lock (Suzuki–Kasami REQUEST with its sequence number).
+    /// Home-queue lock: ask the lock's home for the lock.
     LockAcquire {
         /// Lock id.
         lock: u32,
-        /// Requester's request sequence number.
+        /// Requester's request sequence number for this lock (1, 2, ...).
         seq: u64,
     },
-    /// Token/home-queue lock: the lock is passed to the receiver.
+    /// Home-queue lock: the home grants request `seq` to the receiver.
     LockGrant {
         /// Lock id.
         lock: u32,
-        /// Per-node sequence numbers of the last granted request (Suzuki–Kasami's LN).
-        granted: Vec<u64>,
-        /// Nodes waiting for the token, in order.
-        queue: Vec<NodeId>,
-        /// Pages the acquirer must invalidate.
+        /// Sequence number of the request granted.
+        seq: u64,
+        /// Pages the acquirer must invalidate (released by others since its last grant).
         notices: Vec<PageId>,
     },
-    /// Home-queue lock: the holder releases.
+    /// Home-queue lock: the holder gives the lock back to its home.
     LockRelease {
         /// Lock id.
         lock: u32,
+        /// Sequence number of the request whose hold ends.
+        seq: u64,
         /// Pages written while holding it.
         notices: Vec<PageId>,
+    },
+    /// Home-queue lock: the home tells the holder of request `seq` that others are queued, so
+    /// it stops handing the lock between its own threads.
+    LockRecall {
+        /// Lock id.
+        lock: u32,
+        /// Sequence number of the hold recalled.
+        seq: u64,
     },
     /// A node reached barrier `epoch` (round `round` of a dissemination barrier).
     BarrierArrive {
@@ -72,6 +80,7 @@ pub(crate) const LOCK_GRANT: u16 = 0x0304;
 pub(crate) const LOCK_RELEASE: u16 = 0x0305;
 pub(crate) const BARRIER_ARRIVE: u16 = 0x0306;
 pub(crate) const BARRIER_RELEASE: u16 = 0x0307;
+pub(crate) const LOCK_RECALL: u16 = 0x0308;
 
 impl Sync {
     pub(crate) fn command(&self) -> u16 {
@@ -83,6 +92,7 @@ impl Sync {
             Sync::LockRelease { .. } => LOCK_RELEASE,
             Sync::BarrierArrive { .. } => BARRIER_ARRIVE,
             Sync::BarrierRelease { .. } => BARRIER_RELEASE,
+            Sync::LockRecall { .. } => LOCK_RECALL,
         }
     }
 
@@ -105,22 +115,14 @@ impl Sync {
                 w.u32(*lock);
                 w.u64(*seq);
             }
-            Sync::LockGrant {
-                lock,
-                granted,
-                queue,
-                notices,
-            } => {
+            Sync::LockGrant { lock, seq, notices } | Sync::LockRelease { lock, seq, notices } => {
                 w.u32(*lock);
-                w.u32(u32::try_from(granted.len()).expect("granted over u32"));
-                granted.iter().for_each(|g| w.u64(*g));
-                w.u32(u32::try_from(queue.len()).expect("queue over u32"));
-                queue.iter().for_each(|n| w.u32(*n));
+                w.u64(*seq);
                 w.page_ids(notices);
             }
-            Sync::LockRelease { lock, notices } => {
+            Sync::LockRecall { lock, seq } => {
                 w.u32(*lock);
-                w.page_ids(notices);
+                w.u64(*seq);
             }
             Sync::BarrierArrive {
                 epoch,
@@ -153,23 +155,19 @@ impl Sync {
                 lock: r.u32("lock")?,
                 seq: r.u64("seq")?,
             },
-            LOCK_GRANT => {
-                let lock = r.u32("lock")?;
-                let max = r.limits().max_list_len;
-                let n = r.count("granted", max)?;
-                let granted = (0..n).map(|_| r.u64("granted")).collect::<Result<_>>()?;
-                let n = r.count("queue", max)?;
-                let queue = (0..n).map(|_| r.u32("queue")).collect::<Result<_>>()?;
-                Sync::LockGrant {
-                    lock,
-                    granted,
-                    queue,
-                    notices: r.page_ids()?,
-                }
-            }
+            LOCK_GRANT => Sync::LockGrant {
+                lock: r.u32("lock")?,
+                seq: r.u64("seq")?,
+                notices: r.page_ids()?,
+            },
             LOCK_RELEASE => Sync::LockRelease {
                 lock: r.u32("lock")?,
+                seq: r.u64("seq")?,
                 notices: r.page_ids()?,
+            },
+            LOCK_RECALL => Sync::LockRecall {
+                lock: r.u32("lock")?,
+                seq: r.u64("seq")?,
             },
             BARRIER_ARRIVE => Sync::BarrierArrive {
                 epoch: r.u64("epoch")?,
