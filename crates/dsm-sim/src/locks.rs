@@ -1,0 +1,2 @@
+//! Simulation of the lock and barrier engine (dsm-locks) over [`crate::net::SimNet`].
+//! Owned by the locks work; empty until it lands.
