@@ -39,8 +39,8 @@ impl Rng {
 
     /// An index into a slice of `len` elements (`len > 0`).
     pub fn index(&mut self, len: usize) -> usize {
-        // `len` fits in u64 and the result is below it, so both casts are lossless.
-        self.below(len as u64) as usize
+        let bound = u64::try_from(len).expect("usize fits in u64");
+        usize::try_from(self.below(bound)).expect("below(len) < len fits in usize")
     }
 
     /// True with probability `numerator / denominator`.
