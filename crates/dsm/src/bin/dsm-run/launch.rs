@@ -1,0 +1,164 @@
+//! Starts the nodes, watches them, and kills the rest after a failure.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::output::{self, Sink};
+
+/// What to run.
+#[derive(Debug)]
+pub struct Plan {
+    /// Number of processes.
+    pub nodes: u32,
+    /// `DSM_TRANSPORT` value.
+    pub transport: String,
+    /// `DSM_COORDINATOR` value.
+    pub coordinator: String,
+    /// Time the others get after a failure before they are killed.
+    pub grace: Duration,
+    /// Overall limit.
+    pub timeout: Option<Duration>,
+    /// Rank whose stderr stays on the terminal.
+    pub attach: Option<u32>,
+    /// Program and arguments.
+    pub command: Vec<String>,
+}
+
+/// How the run ended.
+#[derive(Debug)]
+pub struct Outcome {
+    failed: bool,
+    timed_out: bool,
+}
+
+impl Outcome {
+    /// 0 when every node exited 0, 124 on the overall timeout, 1 otherwise.
+    pub fn exit_code(&self) -> ExitCode {
+        match (self.timed_out, self.failed) {
+            (true, _) => ExitCode::from(124),
+            (false, true) => ExitCode::from(1),
+            (false, false) => ExitCode::SUCCESS,
+        }
+    }
+}
+
+/// Picks a loopback port that is free now. (Another process could take it before rank 0
+/// binds it; rank 0 then fails with a clear "address in use" and the run fails.)
+pub fn free_loopback_address() -> std::io::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+struct Node {
+    rank: u32,
+    child: Child,
+    status: Option<ExitStatus>,
+}
+
+/// Runs the plan to completion.
+pub fn run(plan: &Plan) -> std::io::Result<Outcome> {
+    let mut nodes = Vec::with_capacity(plan.nodes as usize);
+    let mut forwarders = Vec::new();
+    for rank in 0..plan.nodes {
+        match spawn(plan, rank, &mut forwarders) {
+            Ok(child) => nodes.push(Node {
+                rank,
+                child,
+                status: None,
+            }),
+            Err(e) => {
+                kill_all(&mut nodes);
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot start {:?}: {e}", plan.command[0]),
+                ));
+            }
+        }
+    }
+    let outcome = supervise(plan, &mut nodes);
+    for f in forwarders {
+        let _ = f.join();
+    }
+    Ok(outcome)
+}
+
+fn spawn(plan: &Plan, rank: u32, forwarders: &mut Vec<JoinHandle<()>>) -> std::io::Result<Child> {
+    let attached = plan.attach == Some(rank);
+    let mut cmd = Command::new(&plan.command[0]);
+    cmd.args(&plan.command[1..])
+        .env("DSM_RANK", rank.to_string())
+        .env("DSM_SIZE", plan.nodes.to_string())
+        .env("DSM_COORDINATOR", &plan.coordinator)
+        .env("DSM_TRANSPORT", &plan.transport)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(if attached {
+            Stdio::inherit()
+        } else {
+            Stdio::piped()
+        });
+    let mut child = cmd.spawn()?;
+    if let Some(out) = child.stdout.take() {
+        forwarders.push(output::forward(rank, out, Sink::Stdout));
+    }
+    if let Some(err) = child.stderr.take() {
+        forwarders.push(output::forward(rank, err, Sink::Stderr));
+    }
+    Ok(child)
+}
+
+/// How often exits are checked. Polling `try_wait` keeps every `Child` owned here and
+/// unreaped until seen, so a kill can never hit a recycled pid.
+const POLL: Duration = Duration::from_millis(10);
+
+fn supervise(plan: &Plan, nodes: &mut [Node]) -> Outcome {
+    let start = Instant::now();
+    let mut first_failure: Option<Instant> = None;
+    let mut timed_out = false;
+    while nodes.iter().any(|n| n.status.is_none()) {
+        for node in nodes.iter_mut().filter(|n| n.status.is_none()) {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                node.status = Some(status);
+                if !status.success() {
+                    eprintln!("dsm-run: rank {} {}", node.rank, describe(status));
+                    first_failure.get_or_insert_with(Instant::now);
+                }
+            }
+        }
+        let grace_over = first_failure.is_some_and(|t| t.elapsed() >= plan.grace);
+        let time_over = plan.timeout.is_some_and(|t| start.elapsed() >= t);
+        if grace_over || time_over {
+            if time_over {
+                eprintln!(
+                    "dsm-run: timeout after {:?}: killing every node",
+                    start.elapsed()
+                );
+                timed_out = true;
+            }
+            kill_all(nodes);
+            break;
+        }
+        std::thread::sleep(POLL);
+    }
+    let failed = nodes.iter().any(|n| !n.status.is_some_and(|s| s.success()));
+    Outcome { failed, timed_out }
+}
+
+fn kill_all(nodes: &mut [Node]) {
+    for node in nodes.iter_mut().filter(|n| n.status.is_none()) {
+        eprintln!("dsm-run: killing rank {}", node.rank);
+        let _ = node.child.kill();
+        node.status = node.child.wait().ok();
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        _ => format!("ended: {status}"),
+    }
+}

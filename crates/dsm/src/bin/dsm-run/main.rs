@@ -1,0 +1,72 @@
+//! `dsm-run -n N [--transport tcp|rdma|rdma!] -- PROGRAM ARGS...`: runs a dsm program as N
+//! local nodes.
+//!
+//! Each process gets `DSM_RANK`, `DSM_SIZE`, `DSM_COORDINATOR` (a free loopback port) and
+//! `DSM_TRANSPORT`; every line it prints is prefixed with `[rank]`. When a process fails the
+//! others get a grace period to notice (they see `NodeFailed`) and are then killed. The exit
+//! status is 0 only when every process exited 0.
+
+mod launch;
+mod output;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Command line of `dsm-run`.
+#[derive(Debug, Parser)]
+#[command(name = "dsm-run", about = "Run a dsm program as N local nodes")]
+struct Args {
+    /// Number of nodes (processes) to start.
+    #[arg(short = 'n', long = "nodes", value_parser = clap::value_parser!(u32).range(1..=256))]
+    nodes: u32,
+    /// Page transport: tcp, rdma (when available) or rdma! (required).
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "rdma", "rdma!"])]
+    transport: String,
+    /// Coordinator address (default: a free port on 127.0.0.1).
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// After the first failure, how long the others may run before they are killed (ms).
+    #[arg(long, default_value_t = 5000)]
+    grace_ms: u64,
+    /// Kill every process and fail after this many seconds (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    timeout_secs: u64,
+    /// Leave this rank's stderr attached to the terminal, unprefixed (for progress bars).
+    #[arg(long)]
+    attach: Option<u32>,
+    /// The program and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let coordinator = match args.coordinator.clone() {
+        Some(c) => c,
+        None => match launch::free_loopback_address() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("dsm-run: no free port for the coordinator: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let plan = launch::Plan {
+        nodes: args.nodes,
+        transport: args.transport,
+        coordinator,
+        grace: Duration::from_millis(args.grace_ms),
+        timeout: (args.timeout_secs > 0).then(|| Duration::from_secs(args.timeout_secs)),
+        attach: args.attach,
+        command: args.command,
+    };
+    match launch::run(&plan) {
+        Ok(outcome) => outcome.exit_code(),
+        Err(e) => {
+            eprintln!("dsm-run: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

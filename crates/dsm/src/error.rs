@@ -1,0 +1,80 @@
+//! The one error type of the `dsm` crate.
+
+use dsm_wire::NodeId;
+
+/// Everything a dsm call can fail with. Every wait in the crate has a timeout, and the error
+/// names what it waited for.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A node of the cluster failed (its heartbeats stopped or its connection broke); the
+    /// operation waited on it and cannot complete.
+    #[error("node {rank} failed")]
+    NodeFailed {
+        /// The failed node's rank.
+        rank: NodeId,
+    },
+    /// Some ranks never joined within the join timeout (`DSM_JOIN_TIMEOUT_MS`).
+    #[error("join timed out: ranks {missing:?} never joined")]
+    JoinTimeout {
+        /// The ranks that did not arrive, ascending.
+        missing: Vec<NodeId>,
+    },
+    /// An operation waited longer than its bound for something other than a join.
+    #[error("timed out after {waited_ms} ms waiting for {what}")]
+    Timeout {
+        /// What was awaited, e.g. "barrier 3" or "lock 7 (replies from [2])".
+        what: String,
+        /// How long it waited.
+        waited_ms: u64,
+    },
+    /// The configuration (environment or builder) is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The userfaultfd fault engine failed.
+    #[error("userfaultfd: {0}")]
+    Uffd(String),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] dsm_core::TransportError),
+    /// A malformed frame arrived (bootstrap sockets); the peer is dropped.
+    #[error("malformed frame: {0}")]
+    Wire(#[from] dsm_wire::Error),
+    /// A socket or system call failed.
+    #[error("{call}: {source}")]
+    Io {
+        /// The call that failed, e.g. "connect to coordinator 10.0.0.1:7470".
+        call: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A peer broke the protocol (an unexpected message or a disagreeing collective call).
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The node has left the cluster (after `leave`, or after it was declared failed).
+    #[error("node has left the cluster")]
+    Closed,
+}
+
+/// Result of a dsm call.
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_what_failed() {
+        let e = Error::JoinTimeout {
+            missing: vec![1, 3],
+        };
+        assert_eq!(e.to_string(), "join timed out: ranks [1, 3] never joined");
+        assert_eq!(Error::NodeFailed { rank: 2 }.to_string(), "node 2 failed");
+        let e = Error::Timeout {
+            what: "barrier 4".into(),
+            waited_ms: 60,
+        };
+        assert!(e.to_string().contains("barrier 4"));
+    }
+}

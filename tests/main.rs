@@ -1,0 +1,4 @@
+//! Integration tests of the `dsm` crate: real processes on loopback.
+
+mod dsm_run;
+mod util;
