@@ -1,1 +1,90 @@
-//! userfaultfd fault engine of dsm: fixed-address regions, page install/protect/invalidate, fault delivery
+//! The userfaultfd fault engine of dsm: the kernel-facing half of a node.
+//!
+//! A [`Region`] maps whole pages at a fixed address (the same on every node) and registers them
+//! with userfaultfd for MISSING and write-protect faults. An [`Engine`] catches every access to
+//! a page that is not valid here and hands it, as a [`Fault`], to the node runtime's
+//! [`FaultResolver`]; the resolver asks the coherence engine, fetches the page if needed, and
+//! installs it with the region's page operations ([`Region::install_read_only`],
+//! [`Region::install_read_write`], [`Region::upgrade`], [`Region::downgrade`],
+//! [`Region::invalidate`], [`Region::read_page`], [`Region::twin`]/[`Region::diff_against`]/
+//! [`Region::apply_diff`]). The thread then resumes.
+//!
+//! # Two ways to deliver faults
+//! - [`Delivery::Signal`] (default): `UFFD_FEATURE_SIGBUS`; the faulting thread resolves its own
+//!   fault inside a SIGBUS handler. No thread wake-up: the fastest here. The resolver then runs
+//!   in signal context and must follow the rules on [`FaultResolver`] (no allocation, no locks
+//!   an application thread may hold, async-signal-safe calls only). A remote fetch waits on a
+//!   preallocated [`PageSlots`] slot that the transport thread fills (see [`slots`]).
+//! - [`Delivery::Thread`]: a reader thread polls the uffd and queues faults (a crossbeam
+//!   `ArrayQueue`) for worker threads that call the resolver, which may defer with
+//!   [`Resolution::Pending`] and install later from any thread.
+//!
+//! # Quick start
+//! ```no_run
+//! use std::sync::Arc;
+//! use dsm_uffd::{Delivery, Engine, Fault, FaultKind, FaultResolver, Region, Resolution};
+//! use dsm_wire::PAGE_SIZE;
+//!
+//! /// Serves every page from memory prepared before (a home's copy, say).
+//! struct Local(Box<[[u8; PAGE_SIZE]]>);
+//!
+//! impl FaultResolver for Local {
+//!     fn resolve(&self, fault: Fault, region: &Region) -> Resolution {
+//!         let page = &self.0[fault.page as usize];
+//!         let done = match fault.kind {
+//!             FaultKind::Read => region.install_read_only(fault.page, page).map(drop),
+//!             FaultKind::Write => region.install_read_write(fault.page, page).map(drop),
+//!             FaultKind::WriteProtect => region.upgrade(fault.page),
+//!         };
+//!         if done.is_ok() { Resolution::Resolved } else { Resolution::Fail }
+//!     }
+//! }
+//!
+//! # fn main() -> dsm_uffd::Result<()> {
+//! let region = Arc::new(Region::new(0x7e00_0000_0000, 16, Delivery::Signal)?);
+//! let source = Local(vec![[7u8; PAGE_SIZE]; 16].into_boxed_slice());
+//! let engine = Engine::start(Arc::clone(&region), Arc::new(source))?;
+//! // SAFETY: the region is mapped and served; page 3 is faulted in on first read.
+//! let byte = unsafe { region.base().add(3 * PAGE_SIZE).read_volatile() };
+//! assert_eq!(byte, 7);
+//! drop(engine);
+//! # Ok(()) }
+//! ```
+//!
+//! # Requirements
+//! - Linux with `CONFIG_USERFAULTFD`, 5.7 or later (write-protect on anonymous memory);
+//!   `UFFD_FEATURE_SIGBUS` (4.14) for signal delivery, which reads the x86-64 page-fault error
+//!   code (other architectures: use [`Delivery::Thread`]).
+//! - Root, or read-write access to `/dev/userfaultfd` (Linux 6.1), or
+//!   `vm.unprivileged_userfaultfd=1`; failing all three, an ordinary user gets a
+//!   `UFFD_USER_MODE_ONLY` uffd (Linux 5.11), where kernel-side accesses to a missing page (a
+//!   `read()`/`recv()` into it) fail with EFAULT instead of faulting: touch such buffers from
+//!   user space first. [`Features::probe`] says which one this process gets; [`Error::Unavailable`]
+//!   says why none worked and how to fix it. No memlock limit applies.
+//! - Threads that touch a region served by signal delivery must leave SIGBUS unblocked.
+//!
+//! # Cargo features
+//! None. `userfaultfd-sys` is built with `linux5_13` (write-protect and CONTINUE constants);
+//! its build script runs bindgen, which needs libclang (`apt-get install libclang-dev`).
+
+mod diff;
+mod engine;
+mod error;
+mod fault;
+mod page_ops;
+mod raw;
+mod region;
+mod signal;
+pub mod slots;
+pub mod thread;
+mod uffd;
+
+pub use diff::{apply as apply_diff, compute as compute_diff, validate as validate_diff};
+pub use engine::{Delivery, Engine};
+pub use error::{Errno, Error, Result};
+pub use fault::{Fault, FaultKind, FaultResolver, Resolution};
+pub use page_ops::{EAGAIN_RETRIES, Installed, Protection};
+pub use region::Region;
+pub use signal::MAX_REGIONS;
+pub use slots::{Doorbell, FilledSlot, PageSlots, SlotId};
+pub use uffd::{Features, Source};

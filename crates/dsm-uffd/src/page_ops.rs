@@ -1,0 +1,224 @@
+//! Page operations on a [`Region`]: install, upgrade, downgrade, invalidate, read, wake, and
+//! the twin/diff pair of release consistency.
+//!
+//! Install, upgrade, downgrade, invalidate, read and wake neither allocate nor lock: they may be
+//! called from a [`crate::FaultResolver`] in the SIGBUS handler. EEXIST from a copy means the
+//! page is already there (another thread won the race): the waiters are woken and the call
+//! succeeds with [`Installed::AlreadyPresent`]. EAGAIN (the mapping was changing) is retried
+//! up to [`EAGAIN_RETRIES`] times.
+
+use dsm_wire::{DiffRun, PAGE_SIZE};
+use userfaultfd_sys as sys;
+
+use crate::diff;
+use crate::error::{Error, Result};
+use crate::raw;
+use crate::region::Region;
+
+/// Attempts for an ioctl that keeps failing with EAGAIN before giving up with [`Error::Busy`].
+pub const EAGAIN_RETRIES: u32 = 64;
+
+/// Outcome of an install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Installed {
+    /// This call mapped the page(s).
+    New,
+    /// At least one page was mapped already (EEXIST); its waiters were woken. Every other
+    /// page of the run was installed.
+    AlreadyPresent,
+}
+
+/// Access a page is installed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    /// Write-protected: the first write raises a write-protect fault (`UFFDIO_COPY_MODE_WP`).
+    ReadOnly,
+    /// Readable and writable.
+    ReadWrite,
+}
+
+impl Region {
+    /// Installs one page with `data`, write-protected (the first write faults).
+    pub fn install_read_only(&self, index: u32, data: &[u8; PAGE_SIZE]) -> Result<Installed> {
+        self.install_run(index, data, Protection::ReadOnly)
+    }
+
+    /// Installs one page with `data`, writable.
+    pub fn install_read_write(&self, index: u32, data: &[u8; PAGE_SIZE]) -> Result<Installed> {
+        self.install_run(index, data, Protection::ReadWrite)
+    }
+
+    /// Installs `data.len() / PAGE_SIZE` consecutive pages from `index` with one `UFFDIO_COPY`
+    /// (the way to amortise the kernel entry: fault-around, prefetch). Pages already present
+    /// are skipped and keep their contents.
+    pub fn install_run(
+        &self,
+        index: u32,
+        data: &[u8],
+        protection: Protection,
+    ) -> Result<Installed> {
+        if data.is_empty() || data.len() % PAGE_SIZE != 0 {
+            return Err(Error::BadLength {
+                got: data.len(),
+                want: PAGE_SIZE,
+            });
+        }
+        let count = u32::try_from(data.len() / PAGE_SIZE).map_err(|_| Error::BadLength {
+            got: data.len(),
+            want: PAGE_SIZE,
+        })?;
+        self.check(index, count)?;
+        let mode = match protection {
+            Protection::ReadOnly => sys::UFFDIO_COPY_MODE_WP,
+            Protection::ReadWrite => 0,
+        };
+        let mut outcome = Installed::New;
+        let mut done = 0usize;
+        // Each pass either finishes or steps past one present page: at most `count` passes.
+        for _ in 0..count {
+            match self.copy_retrying(index, &data[done..], mode, done)? {
+                None => return Ok(outcome),
+                Some(skip_to) => {
+                    outcome = Installed::AlreadyPresent;
+                    done = skip_to;
+                    if done >= data.len() {
+                        return Ok(outcome);
+                    }
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// One COPY of `data` to the pages from byte `done` of the run at `index`. `None` when it
+    /// all went in; `Some(next)` when the page at byte `next - PAGE_SIZE` was present.
+    fn copy_retrying(
+        &self,
+        index: u32,
+        data: &[u8],
+        mode: u64,
+        done: usize,
+    ) -> Result<Option<usize>> {
+        let target = self.base() as usize + index as usize * PAGE_SIZE + done;
+        let page = index + u32::try_from(done / PAGE_SIZE).unwrap_or(u32::MAX);
+        for _ in 0..EAGAIN_RETRIES {
+            // SAFETY: `data` is a live slice outside the region (a Rust reference never
+            // points into the registered range, see `raw::read_bytes`), valid for the call;
+            // the target range was checked against the region by `install_run`.
+            match unsafe { raw::copy(self.uffd(), target, data.as_ptr(), data.len(), mode) } {
+                Ok(_) => return Ok(None),
+                Err(e) if e.errno.0 == libc::EAGAIN => std::hint::spin_loop(),
+                Err(e) if e.errno.0 == libc::EEXIST => {
+                    // Pages before `copied` went in; the next one is present: wake its waiters.
+                    let present = target + e.copied;
+                    let _ = raw::wake(self.uffd(), present, PAGE_SIZE);
+                    return Ok(Some(done + e.copied + PAGE_SIZE));
+                }
+                Err(e) => {
+                    return Err(Error::Copy {
+                        index: page,
+                        errno: e.errno,
+                    });
+                }
+            }
+        }
+        Err(Error::Busy {
+            call: "UFFDIO_COPY",
+            index: page,
+            attempts: EAGAIN_RETRIES,
+        })
+    }
+
+    /// Makes an installed page writable (clears write-protect) and wakes threads waiting on it.
+    pub fn upgrade(&self, index: u32) -> Result<()> {
+        self.write_protect(index, 0)
+    }
+
+    /// Write-protects an installed page: the next write raises a write-protect fault.
+    pub fn downgrade(&self, index: u32) -> Result<()> {
+        // The kernel refuses WP together with DONTWAKE (EINVAL); setting WP wakes nobody anyway.
+        self.write_protect(index, sys::UFFDIO_WRITEPROTECT_MODE_WP)
+    }
+
+    fn write_protect(&self, index: u32, mode: u64) -> Result<()> {
+        let address = self.page_address(index)?;
+        for _ in 0..EAGAIN_RETRIES {
+            match raw::write_protect(self.uffd(), address, PAGE_SIZE, mode) {
+                Ok(()) => return Ok(()),
+                Err(errno) if errno.0 == libc::EAGAIN => std::hint::spin_loop(),
+                Err(errno) => return Err(Error::WriteProtect { index, errno }),
+            }
+        }
+        Err(Error::Busy {
+            call: "UFFDIO_WRITEPROTECT",
+            index,
+            attempts: EAGAIN_RETRIES,
+        })
+    }
+
+    /// Drops pages `index..index + count` (`MADV_DONTNEED`): the next access faults MISSING.
+    /// Its contents are lost: read or diff them first if they are needed.
+    pub fn invalidate(&self, index: u32, count: u32) -> Result<()> {
+        self.check(index, count)?;
+        let address = self.base() as usize + index as usize * PAGE_SIZE;
+        // SAFETY: the range lies in this region (checked); dropping its contents is the point.
+        unsafe { raw::madvise(address, count as usize * PAGE_SIZE, libc::MADV_DONTNEED) }.map_err(
+            |errno| Error::Madvise {
+                call: "MADV_DONTNEED",
+                errno,
+            },
+        )
+    }
+
+    /// Resumes threads waiting on page `index` without installing anything: they retry the
+    /// access (and fault again if the page is still missing).
+    pub fn wake(&self, index: u32) -> Result<()> {
+        let address = self.page_address(index)?;
+        raw::wake(self.uffd(), address, PAGE_SIZE).map_err(|errno| Error::Wake { index, errno })
+    }
+
+    /// Copies page `index` into `target` (for sending it, or as a twin).
+    ///
+    /// The page should be installed. If it is missing, the calling thread faults like any
+    /// application thread and waits for the engine to serve it: never call this for a
+    /// missing page from the engine's handler thread or from a resolver (it would wait on
+    /// itself). Concurrent writers may leave torn bytes; the protocol orders such accesses.
+    pub fn read_page(&self, index: u32, target: &mut [u8; PAGE_SIZE]) -> Result<()> {
+        let address = self.page_address(index)?;
+        // SAFETY: the page lies in this live mapping (checked); see the contract above for
+        // what happens if it is missing (a fault, never undefined behaviour).
+        unsafe { raw::read_bytes(address, target) };
+        Ok(())
+    }
+
+    /// A copy of page `index` to diff against later (release consistency: taken at the first
+    /// write after an acquire). Allocates: not for use in a SIGBUS resolver; there, copy into a
+    /// preallocated buffer with [`Region::read_page`].
+    pub fn twin(&self, index: u32) -> Result<Box<[u8; PAGE_SIZE]>> {
+        let mut twin = Box::new([0u8; PAGE_SIZE]);
+        self.read_page(index, &mut twin)?;
+        Ok(twin)
+    }
+
+    /// The runs of bytes of page `index` that differ from `twin`.
+    pub fn diff_against(&self, index: u32, twin: &[u8; PAGE_SIZE]) -> Result<Vec<DiffRun>> {
+        let mut current = Box::new([0u8; PAGE_SIZE]);
+        self.read_page(index, &mut current)?;
+        Ok(diff::compute(twin, &current))
+    }
+
+    /// Writes `runs` into page `index`. The page must be installed and writable
+    /// ([`Region::upgrade`] it first if it is read-only; the caller otherwise takes a
+    /// write-protect fault). The runs are checked first: out-of-bounds runs (bad input from
+    /// the wire) give [`Error::DiffOutOfBounds`] and change nothing.
+    pub fn apply_diff(&self, index: u32, runs: &[DiffRun]) -> Result<()> {
+        let address = self.page_address(index)?;
+        diff::validate(runs)?;
+        for run in runs {
+            // SAFETY: `validate` proved the run lies within the page, which lies in this
+            // live mapping; writability is the caller's contract (a fault otherwise).
+            unsafe { raw::write_bytes(address + usize::from(run.offset), &run.bytes) };
+        }
+        Ok(())
+    }
+}

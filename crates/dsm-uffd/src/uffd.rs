@@ -1,0 +1,137 @@
+//! Opening a userfaultfd (root or not) and probing what the kernel offers.
+
+use std::os::fd::{OwnedFd, RawFd};
+
+use userfaultfd_sys as sys;
+
+use crate::error::{Errno, Error, Result};
+use crate::raw;
+
+/// How the uffd was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `/dev/userfaultfd` (Linux 6.1; needs read-write access to the node).
+    Device,
+    /// The `userfaultfd(2)` system call with full rights (root, `CAP_SYS_PTRACE`, or
+    /// `vm.unprivileged_userfaultfd=1`).
+    Syscall,
+    /// The system call with `UFFD_USER_MODE_ONLY` (Linux 5.11, any user): faults raised by
+    /// the kernel itself (a `read()` or `recv()` into a missing page) fail with EFAULT
+    /// instead of being delivered, so touch such buffers from user space first.
+    UserModeOnly,
+}
+
+/// What the kernel's userfaultfd offers, probed once at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    /// `UFFD_FEATURE_*` bits the kernel supports.
+    pub bits: u64,
+    /// How a uffd can be obtained by this process.
+    pub source: Source,
+}
+
+impl Features {
+    /// Opens a throw-away uffd to learn the kernel's feature bits.
+    pub fn probe() -> Result<Features> {
+        let (fd, source) = open_fd()?;
+        let (bits, _) = raw::api(raw::fd_of(&fd), 0).map_err(Error::Api)?;
+        Ok(Features { bits, source })
+    }
+
+    /// `UFFD_FEATURE_SIGBUS` (4.14): faults raise SIGBUS in the faulting thread.
+    pub fn sigbus(&self) -> bool {
+        self.has(sys::UFFD_FEATURE_SIGBUS)
+    }
+
+    /// `UFFD_FEATURE_PAGEFAULT_FLAG_WP` (5.7): write-protect faults on anonymous memory.
+    pub fn write_protect(&self) -> bool {
+        self.has(sys::UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+    }
+
+    /// `UFFD_FEATURE_MINOR_SHMEM` (5.14): MINOR faults and `UFFDIO_CONTINUE` on shmem.
+    pub fn minor_shmem(&self) -> bool {
+        self.has(sys::UFFD_FEATURE_MINOR_SHMEM)
+    }
+
+    /// `UFFD_FEATURE_THREAD_ID` (4.14): fault messages carry the faulting thread's id.
+    pub fn thread_id(&self) -> bool {
+        self.has(sys::UFFD_FEATURE_THREAD_ID)
+    }
+
+    fn has(&self, bit: u64) -> bool {
+        self.bits & bit != 0
+    }
+}
+
+/// An open, handshaken userfaultfd. Closing it silently unregisters every range (missing
+/// pages would then read as zeros), so it lives exactly as long as its region.
+#[derive(Debug)]
+pub(crate) struct Uffd {
+    fd: OwnedFd,
+    features: Features,
+}
+
+impl Uffd {
+    /// Opens a uffd and enables `sigbus` delivery or not, plus write-protect faults.
+    pub(crate) fn open(sigbus: bool) -> Result<Uffd> {
+        let probed = Features::probe()?;
+        if !probed.write_protect() {
+            return Err(Error::MissingFeature {
+                feature: "write-protect (UFFD_FEATURE_PAGEFAULT_FLAG_WP)",
+                kernel: "5.7",
+            });
+        }
+        if sigbus && !probed.sigbus() {
+            return Err(Error::MissingFeature {
+                feature: "UFFD_FEATURE_SIGBUS",
+                kernel: "4.14",
+            });
+        }
+        let mut wanted = sys::UFFD_FEATURE_PAGEFAULT_FLAG_WP;
+        if sigbus {
+            wanted |= sys::UFFD_FEATURE_SIGBUS;
+        }
+        let (fd, source) = open_fd()?;
+        raw::api(raw::fd_of(&fd), wanted).map_err(Error::Api)?;
+        let features = Features {
+            bits: probed.bits,
+            source,
+        };
+        Ok(Uffd { fd, features })
+    }
+
+    pub(crate) fn raw(&self) -> RawFd {
+        raw::fd_of(&self.fd)
+    }
+
+    pub(crate) fn features(&self) -> Features {
+        self.features
+    }
+}
+
+/// Tries the device, then the full system call, then user-mode-only.
+fn open_fd() -> Result<(OwnedFd, Source)> {
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+    let device = match raw::userfaultfd_from_device(flags) {
+        Ok(fd) => return Ok((fd, Source::Device)),
+        Err(errno) => errno,
+    };
+    let syscall = match raw::userfaultfd_syscall(flags) {
+        Ok(fd) => return Ok((fd, Source::Syscall)),
+        Err(errno) => errno,
+    };
+    let user_mode_only = match raw::userfaultfd_syscall(flags | raw::USER_MODE_ONLY) {
+        Ok(fd) => return Ok((fd, Source::UserModeOnly)),
+        Err(errno) => errno,
+    };
+    Err(unavailable(device, syscall, user_mode_only))
+}
+
+#[cold]
+fn unavailable(device: Errno, syscall: Errno, user_mode_only: Errno) -> Error {
+    Error::Unavailable {
+        device,
+        syscall,
+        user_mode_only,
+    }
+}

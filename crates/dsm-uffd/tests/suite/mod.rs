@@ -1,0 +1,7 @@
+//! One module per concern; `common` holds the local page source the others serve from.
+
+mod common;
+mod delivery;
+mod page_ops;
+mod remote;
+mod unprivileged;

@@ -1,0 +1,162 @@
+//! Page operations and region set-up: fixed addresses, batches, diffs, probing.
+
+use std::sync::Arc;
+
+use dsm_uffd::{Delivery, Engine, Error, Features, Installed, Protection, Region};
+use dsm_wire::{DiffRun, PAGE_SIZE};
+
+use super::common::{LocalSource, page_of, test_address, write_byte};
+
+#[test]
+fn a_fixed_address_already_taken_is_a_clear_error() {
+    let address = test_address(10);
+    let _first = Region::new(address, 4, Delivery::Signal).expect("first region");
+    // Overlapping by one page is enough.
+    let second = Region::new(address + 3 * PAGE_SIZE, 4, Delivery::Thread);
+    let error = second.expect_err("the range is taken");
+    assert_eq!(
+        error,
+        Error::AddressTaken {
+            address: address + 3 * PAGE_SIZE,
+            len: 4 * PAGE_SIZE
+        }
+    );
+    assert!(
+        error.to_string().contains("overlaps an existing mapping"),
+        "{error}"
+    );
+}
+
+#[test]
+fn bad_geometry_is_refused() {
+    let address = test_address(11);
+    assert!(matches!(
+        Region::new(address + 1, 4, Delivery::Signal),
+        Err(Error::BadGeometry { .. })
+    ));
+    assert!(matches!(
+        Region::new(address, 0, Delivery::Signal),
+        Err(Error::BadGeometry { .. })
+    ));
+}
+
+#[test]
+fn the_kernel_offers_what_the_engine_needs() {
+    let features = Features::probe().expect("probe");
+    assert!(features.write_protect(), "{features:?}");
+    assert!(features.sigbus(), "{features:?}");
+}
+
+#[test]
+fn a_region_has_at_most_one_engine() {
+    let region = Arc::new(Region::new(test_address(12), 4, Delivery::Signal).unwrap());
+    let source = Arc::new(LocalSource::new(4));
+    let _engine = Engine::start(Arc::clone(&region), source.clone()).unwrap();
+    assert_eq!(
+        Engine::start(Arc::clone(&region), source).err(),
+        Some(Error::AlreadyServed)
+    );
+}
+
+#[test]
+fn page_operations_check_their_bounds() {
+    let region = Region::new(test_address(13), 4, Delivery::Thread).unwrap();
+    let page = [0u8; PAGE_SIZE];
+    assert_eq!(
+        region.install_read_only(4, &page),
+        Err(Error::PageOutOfRange { index: 4, pages: 4 })
+    );
+    assert!(matches!(
+        region.invalidate(2, 3),
+        Err(Error::PageOutOfRange { .. })
+    ));
+    assert!(matches!(
+        region.install_run(0, &[0u8; 100], Protection::ReadOnly),
+        Err(Error::BadLength { .. })
+    ));
+}
+
+#[test]
+fn a_run_install_skips_present_pages_and_installs_the_rest() {
+    let region = Arc::new(Region::new(test_address(14), 8, Delivery::Signal).unwrap());
+    let source = Arc::new(LocalSource::new(8));
+    let _engine = Engine::start(Arc::clone(&region), source.clone()).unwrap();
+    assert_eq!(
+        region.install_read_only(2, &[1; PAGE_SIZE]),
+        Ok(Installed::New)
+    );
+    assert_eq!(
+        region.install_read_only(2, &[9; PAGE_SIZE]),
+        Ok(Installed::AlreadyPresent)
+    );
+    let run = vec![7u8; 6 * PAGE_SIZE];
+    assert_eq!(
+        region.install_run(0, &run, Protection::ReadOnly),
+        Ok(Installed::AlreadyPresent)
+    );
+    for index in 0..6 {
+        let want = if index == 2 { 1 } else { 7 };
+        assert!(
+            page_of(&region, index).iter().all(|&b| b == want),
+            "page {index}"
+        );
+    }
+    assert_eq!(
+        source.counts(),
+        (0, 0, 0),
+        "no fault: the pages were installed before"
+    );
+    // Installed read-only: the first write is a write-protect fault.
+    write_byte(&region, 4, 0, 1);
+    assert_eq!(source.counts(), (0, 0, 1));
+}
+
+#[test]
+fn twin_diff_and_apply_round_trip_through_a_region() {
+    let region = Arc::new(Region::new(test_address(15), 2, Delivery::Signal).unwrap());
+    let source = Arc::new(LocalSource::new(2));
+    let _engine = Engine::start(Arc::clone(&region), source.clone()).unwrap();
+    region.install_read_write(0, &[3; PAGE_SIZE]).unwrap();
+    let twin = region.twin(0).unwrap();
+    write_byte(&region, 0, 10, 4);
+    write_byte(&region, 0, 11, 5);
+    write_byte(&region, 0, 4095, 6);
+    let runs = region.diff_against(0, &twin).unwrap();
+    let got: Vec<(u16, Vec<u8>)> = runs.iter().map(|r| (r.offset, r.bytes.clone())).collect();
+    assert_eq!(got, vec![(10, vec![4, 5]), (4095, vec![6])]);
+
+    // The diff applied to another copy reproduces the page, in a region and at a home.
+    region.install_read_write(1, &[3; PAGE_SIZE]).unwrap();
+    region.apply_diff(1, &runs).unwrap();
+    assert_eq!(page_of(&region, 1), page_of(&region, 0));
+    let mut home = [3u8; PAGE_SIZE];
+    dsm_uffd::apply_diff(&mut home, &runs).unwrap();
+    assert_eq!(&home[..], page_of(&region, 0));
+
+    let bad = [DiffRun {
+        offset: 4090,
+        bytes: vec![0; 7],
+    }];
+    assert!(matches!(
+        region.apply_diff(1, &bad),
+        Err(Error::DiffOutOfBounds { .. })
+    ));
+    assert_eq!(
+        page_of(&region, 1),
+        page_of(&region, 0),
+        "a rejected diff changes nothing"
+    );
+}
+
+#[test]
+fn downgrade_makes_the_next_write_fault_again() {
+    let region = Arc::new(Region::new(test_address(16), 1, Delivery::Thread).unwrap());
+    let source = Arc::new(LocalSource::new(1));
+    let _engine = Engine::start(Arc::clone(&region), source.clone()).unwrap();
+    write_byte(&region, 0, 0, 1);
+    assert_eq!(source.counts(), (0, 1, 0), "write to a missing page");
+    region.downgrade(0).unwrap();
+    write_byte(&region, 0, 0, 2);
+    assert_eq!(source.counts(), (0, 1, 1), "write after downgrade");
+    assert_eq!(page_of(&region, 0)[0], 2);
+}
