@@ -6,6 +6,8 @@
 //!
 //! * [`rng`]: the seeded PRNG.
 //! * [`net`]: `SimNet<M>`, generic over the message type, shared by every protocol's simulation.
+//! * [`coherence`]: the coherence engines (dsm-core) under random workloads, checked after
+//!   every step; `tests/coherence.rs` runs many seeds.
 //! * [`locks`]: the simulation of the lock and barrier engine (dsm-locks).
 //!
 //! ```
@@ -19,6 +21,10 @@
 //! # Cargo features
 //! None.
 
+pub mod coherence;
+mod error;
 pub mod locks;
 pub mod net;
 pub mod rng;
+
+pub use error::{Error, Result};

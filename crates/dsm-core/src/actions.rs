@@ -1,0 +1,111 @@
+//! What the engine asks its driver to do, and the outbox it collects them in.
+
+use std::collections::VecDeque;
+
+use dsm_wire::{Coherence, NodeId, Page, PageId};
+
+/// The kind of access that faulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A load.
+    Read,
+    /// A store.
+    Write,
+}
+
+/// One thing for the driver to do, in the order given.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send a coherence message to a peer (never to this node: the engine loops those back
+    /// itself).
+    Send {
+        /// Receiver.
+        to: NodeId,
+        /// The message (wrap it in `Message::Coherence`).
+        message: Coherence,
+    },
+    /// Read `page` from `home`'s master copy, one-sided (RDMA READ), then call
+    /// [`Engine::on_page_read`](crate::Engine::on_page_read) with `token`.
+    ReadPage {
+        /// Home to read from.
+        home: NodeId,
+        /// The page.
+        page: PageId,
+        /// Token to pass back.
+        token: u64,
+    },
+    /// Install `data` as this node's copy of `page` (`UFFDIO_COPY`), read-only unless
+    /// `writable`.
+    Install {
+        /// The page.
+        page: PageId,
+        /// Contents.
+        data: Page,
+        /// Map it writable (else write-protected).
+        writable: bool,
+    },
+    /// Make the installed copy of `page` writable (clear write protection).
+    Upgrade {
+        /// The page.
+        page: PageId,
+    },
+    /// Drop this node's copy of `page` (`MADV_DONTNEED`/zap): the next access faults.
+    Invalidate {
+        /// The page.
+        page: PageId,
+    },
+    /// Copy this node's copy of `page` into a twin (before the first write of an interval).
+    MakeTwin {
+        /// The page.
+        page: PageId,
+    },
+    /// Free the twin of `page`.
+    DropTwin {
+        /// The page.
+        page: PageId,
+    },
+    /// Resume the thread that faulted with `token`: its access may now proceed (if it faults
+    /// again, it simply calls `fault` again).
+    Wake {
+        /// The fault's token.
+        token: u64,
+    },
+    /// An `acquire` or `release` finished. For a release, `notices` are the pages this node
+    /// wrote since its last release: the lock or barrier layer hands them to the next acquirer.
+    SyncDone {
+        /// The sync call's token.
+        token: u64,
+        /// Write notices (empty for an acquire and in sequential mode).
+        notices: Vec<PageId>,
+    },
+}
+
+/// Collects actions; messages to this node go to a loopback queue the engine drains itself.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    pub(crate) node: NodeId,
+    pub(crate) actions: Vec<Action>,
+    pub(crate) loopback: VecDeque<Coherence>,
+}
+
+impl Outbox {
+    pub(crate) fn new(node: NodeId) -> Self {
+        Outbox {
+            node,
+            actions: Vec::new(),
+            loopback: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn send(&mut self, to: NodeId, message: Coherence) {
+        if to == self.node {
+            self.loopback.push_back(message);
+        } else {
+            self.actions.push(Action::Send { to, message });
+        }
+    }
+
+    pub(crate) fn push(&mut self, action: Action) {
+        self.actions.push(action);
+    }
+}

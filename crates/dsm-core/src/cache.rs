@@ -1,0 +1,412 @@
+//! Requester side: this node's copy of every page it touched, and its outstanding fetches.
+//!
+//! A page has at most one request in flight; faults on it meanwhile join as waiters. When the
+//! data arrives the page is installed, every waiter whose access is now allowed is woken, and
+//! the others start the next request (a write fault that joined a read fetch).
+//!
+//! An invalidation or downgrade that reaches a page whose data is not settled yet (a one-sided
+//! read in flight, or an install emitted in this very call and not yet applied by the driver)
+//! is held and answered by [`Engine::poll`](crate::Engine::poll): answering reads the local
+//! copy, which must be the installed one, with the woken thread's access done.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use dsm_wire::{Coherence, NodeId, Page, PageId};
+
+use crate::actions::{Access, Action};
+use crate::config::Consistency;
+use crate::engine::Ctx;
+use crate::error::{Error, Result};
+use crate::memory::Memory;
+use crate::region::Located;
+
+/// This node's copy of a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LocalState {
+    /// Not here: any access faults.
+    #[default]
+    Invalid,
+    /// Read-only (sequential S; release mode: clean).
+    Shared,
+    /// Writable (sequential M; release mode: dirty, with a twin).
+    Modified,
+}
+
+impl LocalState {
+    fn allows(self, access: Access) -> bool {
+        match access {
+            Access::Read => self != LocalState::Invalid,
+            Access::Write => self == LocalState::Modified,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Waiter {
+    token: u64,
+    access: Access,
+}
+
+/// The request in flight for a page.
+#[derive(Debug)]
+struct Pending {
+    req: u64,
+    /// What was asked of the home (a write request, or a read request).
+    asked: Access,
+    waiters: Vec<Waiter>,
+    /// A one-sided read of the home copy is in flight.
+    reading: bool,
+    /// Release mode: an acquire named this page while the fetch was in flight, so the data
+    /// may predate the writes it announced; fetch again.
+    refetch: bool,
+    home: NodeId,
+    since: u64,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    state: LocalState,
+    pending: Option<Pending>,
+}
+
+/// This node's pages.
+#[derive(Debug, Default)]
+pub(crate) struct Cache {
+    entries: HashMap<PageId, Entry>,
+    /// One-sided reads in flight: token → page.
+    reads: HashMap<u64, PageId>,
+    /// Release mode: pages written since the last release (they have twins).
+    pub(crate) dirty: BTreeSet<PageId>,
+    /// Pages whose install or upgrade was emitted in the current call.
+    settling: BTreeSet<PageId>,
+    /// Invalidations and downgrades waiting for their page to settle.
+    held: VecDeque<(NodeId, PageId, Coherence)>,
+    next_req: u64,
+}
+
+impl Cache {
+    pub(crate) fn state(&self, page: PageId) -> LocalState {
+        self.entries
+            .get(&page)
+            .map_or(LocalState::Invalid, |e| e.state)
+    }
+
+    pub(crate) fn set_state(&mut self, page: PageId, state: LocalState) {
+        self.entries.entry(page).or_default().state = state;
+    }
+
+    /// Marks an in-flight release-mode fetch of `page` stale (see `Pending::refetch`).
+    pub(crate) fn mark_refetch(&mut self, page: PageId) {
+        if let Some(pending) = self.entries.get_mut(&page).and_then(|e| e.pending.as_mut()) {
+            pending.refetch = true;
+        }
+    }
+
+    /// A fault on `page`.
+    pub(crate) fn fault(
+        &mut self,
+        page: PageId,
+        loc: Located,
+        waiter: (u64, Access),
+        ctx: &mut Ctx<'_>,
+    ) {
+        let (token, access) = waiter;
+        let entry = self.entries.entry(page).or_default();
+        if entry.state.allows(access) {
+            ctx.out.push(Action::Wake { token });
+            return;
+        }
+        if let Some(pending) = &mut entry.pending {
+            pending.waiters.push(Waiter { token, access });
+            return;
+        }
+        if loc.consistency == Consistency::Release && entry.state == LocalState::Shared {
+            // First write of the interval to a clean page: twin it, no message.
+            self.start_writing(page, ctx);
+            ctx.out.push(Action::Wake { token });
+            return;
+        }
+        self.request(page, loc, vec![Waiter { token, access }], ctx);
+    }
+
+    fn start_writing(&mut self, page: PageId, ctx: &mut Ctx<'_>) {
+        ctx.out.push(Action::MakeTwin { page });
+        ctx.out.push(Action::Upgrade { page });
+        self.settling.insert(page);
+        self.dirty.insert(page);
+        self.set_state(page, LocalState::Modified);
+    }
+
+    fn request(&mut self, page: PageId, loc: Located, waiters: Vec<Waiter>, ctx: &mut Ctx<'_>) {
+        self.next_req += 1;
+        let req = self.next_req;
+        let entry = self.entries.entry(page).or_default();
+        let wants_write = waiters.iter().any(|w| w.access == Access::Write);
+        let (asked, message) = if loc.consistency == Consistency::Sequential && wants_write {
+            let has_copy = entry.state == LocalState::Shared;
+            let message = Coherence::WriteRequest {
+                req,
+                page,
+                has_copy,
+            };
+            (Access::Write, message)
+        } else {
+            (Access::Read, Coherence::ReadRequest { req, page })
+        };
+        entry.pending = Some(Pending {
+            req,
+            asked,
+            waiters,
+            reading: false,
+            refetch: false,
+            home: loc.home,
+            since: ctx.now,
+        });
+        ctx.out.send(loc.home, message);
+    }
+
+    /// A grant from the home. Everything is checked before anything changes.
+    pub(crate) fn on_grant(
+        &mut self,
+        from: NodeId,
+        page: PageId,
+        loc: Located,
+        grant: (Access, u64, Option<Page>),
+        ctx: &mut Ctx<'_>,
+    ) -> Result<()> {
+        let (kind, req, data) = grant;
+        let entry = self.entries.get_mut(&page);
+        let Some(entry) = entry.filter(|e| {
+            e.pending
+                .as_ref()
+                .is_some_and(|p| p.req == req && p.asked == kind && !p.reading)
+        }) else {
+            return Err(Error::Unexpected {
+                from,
+                page,
+                what: "grant without a matching request",
+            });
+        };
+        let one_sided = ctx.config.one_sided && from != ctx.config.node;
+        match data {
+            Some(data) => self.complete(page, loc, data, ctx),
+            None if kind == Access::Write && entry.state == LocalState::Shared => {
+                // Upgrade: our read-only copy is current.
+                ctx.out.push(Action::Upgrade { page });
+                entry.state = LocalState::Modified;
+                self.settling.insert(page);
+                self.finish(page, loc, ctx);
+            }
+            None if one_sided => {
+                entry.pending.as_mut().expect("checked").reading = true;
+                self.reads.insert(req, page);
+                ctx.out.push(Action::ReadPage {
+                    home: from,
+                    page,
+                    token: req,
+                });
+            }
+            None => {
+                return Err(Error::Unexpected {
+                    from,
+                    page,
+                    what: "grant without data to a node that has no copy",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Which page a one-sided read token belongs to.
+    pub(crate) fn read_page_of(&self, token: u64) -> Result<PageId> {
+        self.reads
+            .get(&token)
+            .copied()
+            .ok_or(Error::UnknownReadToken(token))
+    }
+
+    /// A one-sided read completed.
+    pub(crate) fn on_page_read(
+        &mut self,
+        token: u64,
+        loc: Located,
+        data: Page,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<()> {
+        let page = self.read_page_of(token)?;
+        self.reads.remove(&token);
+        let pending = self.entries.get_mut(&page).and_then(|e| e.pending.as_mut());
+        pending
+            .expect("a read token belongs to a pending fetch")
+            .reading = false;
+        self.complete(page, loc, data, ctx);
+        Ok(())
+    }
+
+    /// The page's data is here: install it (or fetch again if it went stale).
+    fn complete(&mut self, page: PageId, loc: Located, data: Page, ctx: &mut Ctx<'_>) {
+        let entry = self.entries.get_mut(&page).expect("pending entry");
+        let pending = entry.pending.as_mut().expect("pending entry");
+        if pending.refetch {
+            let waiters = std::mem::take(&mut pending.waiters);
+            entry.pending = None;
+            self.request(page, loc, waiters, ctx);
+            return;
+        }
+        let writable = match loc.consistency {
+            Consistency::Sequential => pending.asked == Access::Write,
+            Consistency::Release => pending.waiters.iter().any(|w| w.access == Access::Write),
+        };
+        ctx.out.push(Action::Install {
+            page,
+            data,
+            writable,
+        });
+        self.settling.insert(page);
+        if writable && loc.consistency == Consistency::Release {
+            ctx.out.push(Action::MakeTwin { page });
+            self.dirty.insert(page);
+        }
+        entry.state = if writable {
+            LocalState::Modified
+        } else {
+            LocalState::Shared
+        };
+        self.finish(page, loc, ctx);
+    }
+
+    /// Wakes the waiters the page now allows; the rest start the next request.
+    fn finish(&mut self, page: PageId, loc: Located, ctx: &mut Ctx<'_>) {
+        let entry = self.entries.get_mut(&page).expect("pending entry");
+        let pending = entry.pending.take().expect("pending entry");
+        let state = entry.state;
+        let (ready, rest): (Vec<Waiter>, Vec<Waiter>) = pending
+            .waiters
+            .into_iter()
+            .partition(|w| state.allows(w.access));
+        for waiter in ready {
+            ctx.out.push(Action::Wake {
+                token: waiter.token,
+            });
+        }
+        for waiter in rest {
+            self.fault(page, loc, (waiter.token, waiter.access), ctx);
+        }
+    }
+
+    /// Sequential mode: the home invalidates or downgrades our copy. Held while the page is
+    /// not settled; else answered now.
+    pub(crate) fn on_recall(
+        &mut self,
+        from: NodeId,
+        page: PageId,
+        message: Coherence,
+        ctx: &mut Ctx<'_>,
+        mem: &mut dyn Memory,
+    ) -> Result<()> {
+        let state = self.state(page);
+        if let Coherence::Downgrade { .. } = message {
+            let pending = self.entries.get(&page).and_then(|e| e.pending.as_ref());
+            if state != LocalState::Modified && !pending.is_some_and(|p| p.reading) {
+                return Err(Error::Unexpected {
+                    from,
+                    page,
+                    what: "downgrade of a page this node does not hold writable",
+                });
+            }
+        }
+        if self.unsettled(page) {
+            self.held.push_back((from, page, message));
+            return Ok(());
+        }
+        self.answer_recall(from, page, message, ctx, mem);
+        Ok(())
+    }
+
+    fn unsettled(&self, page: PageId) -> bool {
+        let reading = self
+            .entries
+            .get(&page)
+            .and_then(|e| e.pending.as_ref())
+            .is_some_and(|p| p.reading);
+        reading || self.settling.contains(&page)
+    }
+
+    fn answer_recall(
+        &mut self,
+        home: NodeId,
+        page: PageId,
+        message: Coherence,
+        ctx: &mut Ctx<'_>,
+        mem: &mut dyn Memory,
+    ) {
+        let state = self.state(page);
+        let current = |mem: &mut dyn Memory| {
+            mem.write_protect(page);
+            Box::new(*mem.local_page(page))
+        };
+        match message {
+            Coherence::Invalidate { req, .. } => {
+                let data = (state == LocalState::Modified).then(|| current(mem));
+                if state != LocalState::Invalid {
+                    ctx.out.push(Action::Invalidate { page });
+                }
+                self.set_state(page, LocalState::Invalid);
+                ctx.out
+                    .send(home, Coherence::InvalidateAck { req, page, data });
+            }
+            Coherence::Downgrade { req, .. } => {
+                let data = current(mem);
+                self.set_state(page, LocalState::Shared);
+                ctx.out.send(home, Coherence::WriteBack { req, page, data });
+            }
+            _ => unreachable!("only invalidations and downgrades are recalls"),
+        }
+    }
+
+    /// Ends a call: what was installed is now applied by the driver. Returns whether held
+    /// recalls can be answered.
+    pub(crate) fn settle(&mut self) -> bool {
+        self.settling.clear();
+        self.held.iter().any(|(_, page, _)| !self.unsettled(*page))
+    }
+
+    /// Answers the held recalls whose page has settled.
+    pub(crate) fn answer_held(&mut self, ctx: &mut Ctx<'_>, mem: &mut dyn Memory) {
+        let held = std::mem::take(&mut self.held);
+        for (home, page, message) in held {
+            if self.unsettled(page) {
+                self.held.push_back((home, page, message));
+            } else {
+                self.answer_recall(home, page, message, ctx, mem);
+            }
+        }
+    }
+
+    /// True when recalls are held.
+    pub(crate) fn has_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// The oldest request waiting longer than `limit` ticks, as a timeout error.
+    pub(crate) fn overdue(&self, now: u64, limit: u64) -> Option<Error> {
+        self.entries.iter().find_map(|(page, entry)| {
+            let pending = entry.pending.as_ref()?;
+            let ticks = now.saturating_sub(pending.since);
+            (ticks > limit).then_some(Error::Timeout {
+                waiting_for: "a grant (or one-sided read) for a fault",
+                page: *page,
+                peer: pending.home,
+                ticks,
+            })
+        })
+    }
+
+    /// Forgets the pages of a freed region.
+    pub(crate) fn remove_region(&mut self, region: u32) {
+        self.entries.retain(|page, _| page.region != region);
+        self.reads.retain(|_, page| page.region != region);
+        self.dirty.retain(|page| page.region != region);
+        self.held.retain(|(_, page, _)| page.region != region);
+    }
+}

@@ -1,0 +1,140 @@
+//! How an engine and its regions are set up.
+
+use dsm_wire::NodeId;
+
+/// Consistency model of a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// MSI: single writer or multiple readers, invalidation before every write grant.
+    Sequential,
+    /// Home-based lazy release consistency: multiple writers, twins and diffs at release,
+    /// invalidation by write notices at acquire.
+    Release,
+}
+
+/// Which node is the home of each page of a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Page `i` lives on node `i % nodes`.
+    Cyclic,
+    /// Pages are cut into `nodes` consecutive blocks of `ceil(pages / nodes)` pages.
+    Block,
+}
+
+/// A shared region as the engine sees it (same on every node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionLayout {
+    /// Region id (from MALLOC).
+    pub id: u32,
+    /// Length in pages.
+    pub pages: u32,
+    /// Consistency model.
+    pub consistency: Consistency,
+    /// Home placement.
+    pub placement: Placement,
+}
+
+impl RegionLayout {
+    /// Home of page `index` in a cluster of `nodes` nodes (`index < pages`, `nodes > 0`).
+    pub fn home_of(&self, index: u32, nodes: u32) -> NodeId {
+        match self.placement {
+            Placement::Cyclic => index % nodes,
+            Placement::Block => index / self.pages.div_ceil(nodes).max(1),
+        }
+    }
+}
+
+/// A deliberately broken protocol variant, to prove the simulator's checker catches it.
+#[cfg(feature = "mutation")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mutation {
+    /// The correct protocol.
+    #[default]
+    None,
+    /// Sequential mode: the home grants a write before every invalidation is acknowledged.
+    GrantBeforeAcks,
+    /// Release mode: a release reports no write notices.
+    ForgetNotices,
+}
+
+/// One engine's configuration.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This node's rank.
+    pub node: NodeId,
+    /// Cluster size; ranks are `0..nodes`.
+    pub nodes: u32,
+    /// Grants carry no data to remote requesters, who read the home copy with
+    /// [`Action::ReadPage`](crate::Action::ReadPage) (RDMA). `false`: grants carry the page (TCP).
+    pub one_sided: bool,
+    /// A fault, home transaction or sync waiting longer than this many ticks makes
+    /// [`Engine::tick`](crate::Engine::tick) report [`Error::Timeout`](crate::Error::Timeout).
+    /// 0 disables the check.
+    pub timeout_ticks: u64,
+    /// Broken variant for mutation testing (feature `mutation`).
+    #[cfg(feature = "mutation")]
+    pub mutation: Mutation,
+}
+
+impl EngineConfig {
+    /// Node `node` of `nodes`, two-sided page transfer, no timeout.
+    pub fn new(node: NodeId, nodes: u32) -> Self {
+        EngineConfig {
+            node,
+            nodes,
+            one_sided: false,
+            timeout_ticks: 0,
+            #[cfg(feature = "mutation")]
+            mutation: Mutation::None,
+        }
+    }
+
+    pub(crate) fn mutated(&self, _which: MutationPoint) -> bool {
+        #[cfg(feature = "mutation")]
+        {
+            matches!(
+                (self.mutation, _which),
+                (Mutation::GrantBeforeAcks, MutationPoint::GrantBeforeAcks)
+                    | (Mutation::ForgetNotices, MutationPoint::ForgetNotices)
+            )
+        }
+        #[cfg(not(feature = "mutation"))]
+        false
+    }
+}
+
+/// Where a mutation may change behaviour (compiled to `false` without the feature).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum MutationPoint {
+    GrantBeforeAcks,
+    ForgetNotices,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Consistency, Placement, RegionLayout};
+
+    fn layout(pages: u32, placement: Placement) -> RegionLayout {
+        RegionLayout {
+            id: 0,
+            pages,
+            consistency: Consistency::Sequential,
+            placement,
+        }
+    }
+
+    #[test]
+    fn placements_spread_pages_over_all_nodes() {
+        let cyclic = layout(10, Placement::Cyclic);
+        assert_eq!(
+            (0..6).map(|p| cyclic.home_of(p, 3)).collect::<Vec<_>>(),
+            [0, 1, 2, 0, 1, 2]
+        );
+        let block = layout(10, Placement::Block);
+        assert_eq!(
+            (0..10).map(|p| block.home_of(p, 3)).collect::<Vec<_>>(),
+            [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+        );
+        assert!((0..2).all(|p| layout(2, Placement::Block).home_of(p, 4) < 4));
+    }
+}

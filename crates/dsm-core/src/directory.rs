@@ -1,0 +1,368 @@
+//! Home side: the directory entry of every page homed here, and the master copies.
+//!
+//! Sequential pages: the home serialises requests per page. While a transaction (waiting for
+//! invalidation acks or a write-back) is in flight, later requests queue; each node has at most
+//! one request per page outstanding, so a queue never holds more than `nodes` entries.
+//! Release pages: no copy tracking; the home serves reads and applies diffs in arrival order.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use dsm_wire::{Coherence, DiffRun, NodeId, PAGE_SIZE, Page, PageId};
+
+use crate::actions::Access;
+use crate::config::MutationPoint;
+use crate::engine::Ctx;
+use crate::error::{Error, Result};
+use crate::memory::Memory;
+
+/// Who holds copies of a sequential page, as the home knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum Holders {
+    #[default]
+    None,
+    Shared(BTreeSet<NodeId>),
+    Modified(NodeId),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Request {
+    from: NodeId,
+    req: u64,
+    access: Access,
+}
+
+/// A request being served: waiting for the nodes in `awaiting`.
+#[derive(Debug)]
+struct Txn {
+    id: u64,
+    request: Request,
+    awaiting: BTreeSet<NodeId>,
+    /// The writer holds a current read-only copy (an upgrade: the grant needs no data).
+    had_copy: bool,
+    since: u64,
+}
+
+#[derive(Debug, Default)]
+struct DirEntry {
+    holders: Holders,
+    txn: Option<Txn>,
+    queue: VecDeque<Request>,
+    version: u64,
+}
+
+/// Directory entries of the pages homed on this node (created on first request).
+#[derive(Debug, Default)]
+pub(crate) struct Directory {
+    entries: HashMap<PageId, DirEntry>,
+    next_txn: u64,
+}
+
+impl Directory {
+    /// A read or write request for a sequential page: queue it, and serve it if the page is
+    /// idle.
+    pub(crate) fn request(
+        &mut self,
+        from: NodeId,
+        page: PageId,
+        req: u64,
+        access: Access,
+        ctx: &mut Ctx<'_>,
+        mem: &mut dyn Memory,
+    ) -> Result<()> {
+        if let Some(entry) = self.entries.get(&page) {
+            let queued = entry.queue.iter().any(|r| r.from == from)
+                || entry.txn.as_ref().is_some_and(|t| t.request.from == from);
+            let writer = entry.txn.is_none() && entry.holders == Holders::Modified(from);
+            if queued || writer {
+                return Err(Error::Unexpected {
+                    from,
+                    page,
+                    what: "request while one is queued or from the page's writer",
+                });
+            }
+        }
+        let request = Request { from, req, access };
+        self.entries
+            .entry(page)
+            .or_default()
+            .queue
+            .push_back(request);
+        self.run(page, ctx, mem);
+        Ok(())
+    }
+
+    /// Starts queued requests until one has to wait.
+    fn run(&mut self, page: PageId, ctx: &mut Ctx<'_>, mem: &mut dyn Memory) {
+        // Each pass pops one request, so the loop ends within the queue's length.
+        loop {
+            let entry = self.entries.get_mut(&page).expect("entry exists");
+            if entry.txn.is_some() {
+                return;
+            }
+            let Some(request) = entry.queue.pop_front() else {
+                return;
+            };
+            self.next_txn += 1;
+            let id = self.next_txn;
+            let entry = self.entries.get_mut(&page).expect("entry exists");
+            match request.access {
+                Access::Read => start_read(entry, page, request, id, ctx, mem),
+                Access::Write => start_write(entry, page, request, id, ctx, mem),
+            }
+        }
+    }
+
+    /// An invalidation ack; the old writer's carries its modified page.
+    pub(crate) fn invalidate_ack(
+        &mut self,
+        from: NodeId,
+        page: PageId,
+        id: u64,
+        data: Option<Page>,
+        ctx: &mut Ctx<'_>,
+        mem: &mut dyn Memory,
+    ) -> Result<()> {
+        let unexpected = Error::Unexpected {
+            from,
+            page,
+            what: "invalidation ack of no transaction",
+        };
+        let Some(entry) = self.entries.get_mut(&page) else {
+            return Err(unexpected);
+        };
+        let waiting = entry.txn.as_ref().is_some_and(|t| {
+            t.id == id && t.request.access == Access::Write && t.awaiting.contains(&from)
+        });
+        if !waiting {
+            if ctx.config.mutated(MutationPoint::GrantBeforeAcks) {
+                return Ok(()); // The broken variant already granted; late acks are dropped.
+            }
+            return Err(unexpected);
+        }
+        let was_writer = entry.holders == Holders::Modified(from);
+        if was_writer != data.is_some() {
+            return Err(Error::Unexpected {
+                from,
+                page,
+                what: "invalidation ack with data from a reader or without from the writer",
+            });
+        }
+        if let Some(data) = data {
+            mem.home_page_mut(page).copy_from_slice(&data[..]);
+        }
+        if let Holders::Shared(set) = &mut entry.holders {
+            set.remove(&from);
+        }
+        let txn = entry.txn.as_mut().expect("checked above");
+        txn.awaiting.remove(&from);
+        if txn.awaiting.is_empty() {
+            let txn = entry.txn.take().expect("checked above");
+            grant_write(entry, page, txn.request, txn.had_copy, ctx, mem);
+            self.run(page, ctx, mem);
+        }
+        Ok(())
+    }
+
+    /// The writer's answer to a downgrade: its page, after which it keeps a read-only copy.
+    pub(crate) fn write_back(
+        &mut self,
+        from: NodeId,
+        page: PageId,
+        id: u64,
+        data: Page,
+        ctx: &mut Ctx<'_>,
+        mem: &mut dyn Memory,
+    ) -> Result<()> {
+        let entry = self.entries.get_mut(&page);
+        let Some(entry) = entry.filter(|e| {
+            e.holders == Holders::Modified(from)
+                && e.txn.as_ref().is_some_and(|t| {
+                    t.id == id && t.request.access == Access::Read && t.awaiting.contains(&from)
+                })
+        }) else {
+            return Err(Error::Unexpected {
+                from,
+                page,
+                what: "write-back of no downgrade",
+            });
+        };
+        mem.home_page_mut(page).copy_from_slice(&data[..]);
+        entry.holders = Holders::Shared(BTreeSet::from([from]));
+        let txn = entry.txn.take().expect("checked above");
+        grant_read(entry, page, txn.request, ctx, mem);
+        self.run(page, ctx, mem);
+        Ok(())
+    }
+
+    /// The oldest transaction waiting longer than `limit` ticks, as a timeout error.
+    pub(crate) fn overdue(&self, now: u64, limit: u64) -> Option<Error> {
+        self.entries.iter().find_map(|(page, entry)| {
+            let txn = entry.txn.as_ref()?;
+            let ticks = now.saturating_sub(txn.since);
+            (ticks > limit).then(|| Error::Timeout {
+                waiting_for: "invalidation acks or a write-back at the home",
+                page: *page,
+                peer: txn.awaiting.first().copied().unwrap_or(NodeId::MAX),
+                ticks,
+            })
+        })
+    }
+
+    /// Forgets the pages of a freed region.
+    pub(crate) fn remove_region(&mut self, region: u32) {
+        self.entries.retain(|page, _| page.region != region);
+    }
+}
+
+fn start_read(
+    entry: &mut DirEntry,
+    page: PageId,
+    request: Request,
+    id: u64,
+    ctx: &mut Ctx<'_>,
+    mem: &mut dyn Memory,
+) {
+    match entry.holders {
+        Holders::Modified(owner) if owner != request.from => {
+            // The master copy is stale: the writer writes back and keeps a read-only copy.
+            entry.txn = Some(Txn {
+                id,
+                request,
+                awaiting: BTreeSet::from([owner]),
+                had_copy: false,
+                since: ctx.now,
+            });
+            ctx.out.send(owner, Coherence::Downgrade { req: id, page });
+        }
+        Holders::Modified(_) => {} // Refused on arrival; cannot be reached.
+        _ => grant_read(entry, page, request, ctx, mem),
+    }
+}
+
+fn start_write(
+    entry: &mut DirEntry,
+    page: PageId,
+    request: Request,
+    id: u64,
+    ctx: &mut Ctx<'_>,
+    mem: &mut dyn Memory,
+) {
+    let (targets, had_copy): (BTreeSet<NodeId>, bool) = match &entry.holders {
+        Holders::None => (BTreeSet::new(), false),
+        Holders::Shared(set) => {
+            let others = set.iter().copied().filter(|n| *n != request.from).collect();
+            (others, set.contains(&request.from))
+        }
+        Holders::Modified(owner) if *owner == request.from => return, // Refused on arrival.
+        Holders::Modified(owner) => (BTreeSet::from([*owner]), false),
+    };
+    for target in &targets {
+        ctx.out
+            .send(*target, Coherence::Invalidate { req: id, page });
+    }
+    if targets.is_empty() || ctx.config.mutated(MutationPoint::GrantBeforeAcks) {
+        grant_write(entry, page, request, had_copy, ctx, mem);
+        return;
+    }
+    entry.txn = Some(Txn {
+        id,
+        request,
+        awaiting: targets,
+        had_copy,
+        since: ctx.now,
+    });
+}
+
+/// The page's data for a grant: none for a one-sided remote reader (it reads the master copy
+/// itself), else a copy of the master.
+fn grant_data(page: PageId, to: NodeId, ctx: &Ctx<'_>, mem: &dyn Memory) -> Option<Page> {
+    (!ctx.config.one_sided || to == ctx.config.node).then(|| Box::new(*mem.home_page(page)))
+}
+
+fn grant_read(
+    entry: &mut DirEntry,
+    page: PageId,
+    request: Request,
+    ctx: &mut Ctx<'_>,
+    mem: &dyn Memory,
+) {
+    match &mut entry.holders {
+        Holders::Shared(set) => {
+            set.insert(request.from);
+        }
+        other => *other = Holders::Shared(BTreeSet::from([request.from])),
+    }
+    let data = grant_data(page, request.from, ctx, mem);
+    let message = Coherence::ReadGrant {
+        req: request.req,
+        page,
+        version: entry.version,
+        data,
+    };
+    ctx.out.send(request.from, message);
+}
+
+fn grant_write(
+    entry: &mut DirEntry,
+    page: PageId,
+    request: Request,
+    had_copy: bool,
+    ctx: &mut Ctx<'_>,
+    mem: &dyn Memory,
+) {
+    entry.holders = Holders::Modified(request.from);
+    entry.version += 1;
+    let data = if had_copy {
+        None
+    } else {
+        grant_data(page, request.from, ctx, mem)
+    };
+    let message = Coherence::WriteGrant {
+        req: request.req,
+        page,
+        version: entry.version,
+        data,
+    };
+    ctx.out.send(request.from, message);
+}
+
+/// Release mode: a fetch. The home copy holds every diff applied so far.
+pub(crate) fn serve_release_read(
+    from: NodeId,
+    page: PageId,
+    req: u64,
+    ctx: &mut Ctx<'_>,
+    mem: &dyn Memory,
+) {
+    let data = grant_data(page, from, ctx, mem);
+    let message = Coherence::ReadGrant {
+        req,
+        page,
+        version: 0,
+        data,
+    };
+    ctx.out.send(from, message);
+}
+
+/// Release mode: applies a diff to the master copy (runs checked first, so a bad diff changes
+/// nothing) and acknowledges it.
+pub(crate) fn apply_diff(
+    from: NodeId,
+    page: PageId,
+    req: u64,
+    runs: &[DiffRun],
+    ctx: &mut Ctx<'_>,
+    mem: &mut dyn Memory,
+) -> Result<()> {
+    let fits = |run: &DiffRun| usize::from(run.offset) + run.bytes.len() <= PAGE_SIZE;
+    if !runs.iter().all(fits) {
+        return Err(Error::BadDiff { from, page });
+    }
+    let master = mem.home_page_mut(page);
+    for run in runs {
+        let start = usize::from(run.offset);
+        master[start..start + run.bytes.len()].copy_from_slice(&run.bytes);
+    }
+    ctx.out.send(from, Coherence::DiffAck { req, page });
+    Ok(())
+}

@@ -1,0 +1,347 @@
+//! The engine: one node's coherence state, fed events, producing actions.
+
+use dsm_wire::{Coherence, NodeId, Page, PageId};
+
+use crate::actions::{Access, Action, Outbox};
+use crate::cache::{Cache, LocalState};
+use crate::config::{Consistency, EngineConfig, RegionLayout};
+use crate::directory::{self, Directory};
+use crate::error::{Error, Result};
+use crate::memory::Memory;
+use crate::region::{Located, Regions};
+use crate::release::Syncs;
+
+/// What the parts of the engine share while handling one event.
+#[derive(Debug)]
+pub(crate) struct Ctx<'a> {
+    pub(crate) config: &'a EngineConfig,
+    pub(crate) now: u64,
+    pub(crate) out: &'a mut Outbox,
+}
+
+/// Borrows the shared parts of an engine as a [`Ctx`], leaving the others free.
+macro_rules! ctx {
+    ($engine:ident) => {
+        Ctx {
+            config: &$engine.config,
+            now: $engine.now,
+            out: &mut $engine.out,
+        }
+    };
+}
+
+/// One node's coherence engine (sans-IO). See the [crate docs](crate) for how a driver uses it.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    regions: Regions,
+    directory: Directory,
+    cache: Cache,
+    syncs: Syncs,
+    out: Outbox,
+    now: u64,
+}
+
+/// Loopback messages one call may generate; far above what the protocol produces (a few per
+/// page touched), so hitting it means an engine bug.
+const LOOPBACK_BOUND: usize = 1 << 20;
+
+impl Engine {
+    /// An engine with no regions.
+    pub fn new(config: EngineConfig) -> Self {
+        assert!(config.node < config.nodes, "node rank outside the cluster");
+        Engine {
+            out: Outbox::new(config.node),
+            config,
+            regions: Regions::default(),
+            directory: Directory::default(),
+            cache: Cache::default(),
+            syncs: Syncs::default(),
+            now: 0,
+        }
+    }
+
+    /// This engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Adds a region (after MALLOC); every node adds the same layout.
+    pub fn add_region(&mut self, layout: RegionLayout) -> Result<()> {
+        self.regions.add(layout)
+    }
+
+    /// Forgets a region (after FREE) and every state of its pages.
+    pub fn remove_region(&mut self, id: u32) -> Result<()> {
+        let page = PageId {
+            region: id,
+            page: 0,
+        };
+        self.regions
+            .remove(id)
+            .ok_or(Error::UnknownRegion { page })?;
+        self.directory.remove_region(id);
+        self.cache.remove_region(id);
+        Ok(())
+    }
+
+    /// The home node of `page`.
+    pub fn home_of(&self, page: PageId) -> Result<NodeId> {
+        Ok(self.locate(page)?.home)
+    }
+
+    /// This node's copy of `page` as the engine sees it (for invariant checks and debugging).
+    pub fn local_state(&self, page: PageId) -> LocalState {
+        self.cache.state(page)
+    }
+
+    /// A thread faulted on `page`; `token` names it in the [`Action::Wake`] that resumes it.
+    pub fn fault(
+        &mut self,
+        page: PageId,
+        access: Access,
+        token: u64,
+        mem: &mut dyn Memory,
+    ) -> Result<()> {
+        let loc = self.locate(page)?;
+        self.begin_call();
+        let mut ctx = ctx!(self);
+        self.cache.fault(page, loc, (token, access), &mut ctx);
+        self.end_call(mem)
+    }
+
+    /// A coherence message from `from` (a peer; this node's own messages never leave it).
+    /// Malformed for the protocol → a typed error and no state change.
+    pub fn on_message(
+        &mut self,
+        from: NodeId,
+        message: Coherence,
+        mem: &mut dyn Memory,
+    ) -> Result<()> {
+        self.begin_call();
+        self.handle(from, message, mem)?;
+        self.end_call(mem)
+    }
+
+    /// A one-sided read asked for by [`Action::ReadPage`] completed with `data`.
+    pub fn on_page_read(&mut self, token: u64, data: Page, mem: &mut dyn Memory) -> Result<()> {
+        let page = self.cache.read_page_of(token)?;
+        let loc = self.locate(page)?;
+        self.begin_call();
+        let mut ctx = ctx!(self);
+        self.cache.on_page_read(token, loc, data, &mut ctx)?;
+        self.end_call(mem)
+    }
+
+    /// An acquire (lock grant, barrier release) carrying write notices: the named pages of
+    /// release-mode regions are invalidated. Completes with [`Action::SyncDone`] for `token`.
+    /// Unknown pages → error, nothing changed.
+    pub fn acquire(&mut self, token: u64, notices: &[PageId], mem: &mut dyn Memory) -> Result<()> {
+        let mut named = Vec::with_capacity(notices.len());
+        for page in notices {
+            let loc = self.locate(*page)?;
+            if loc.consistency == Consistency::Release && !named.iter().any(|(p, _)| p == page) {
+                named.push((*page, loc));
+            }
+        }
+        self.begin_call();
+        let mut ctx = ctx!(self);
+        self.syncs
+            .acquire(token, &named, &mut self.cache, &mut ctx, mem)?;
+        self.end_call(mem)
+    }
+
+    /// A release (lock release, barrier arrival): diffs go to the homes, and
+    /// [`Action::SyncDone`] for `token` carries the write notices once they are applied. A
+    /// barrier is a release, then an acquire with the notices of every node.
+    pub fn release(&mut self, token: u64, mem: &mut dyn Memory) -> Result<()> {
+        let dirty: Vec<(PageId, Located)> = self
+            .cache
+            .dirty
+            .iter()
+            .filter_map(|page| Some((*page, self.locate(*page).ok()?)))
+            .collect();
+        self.begin_call();
+        let mut ctx = ctx!(self);
+        self.syncs
+            .release(token, &dirty, &mut self.cache, &mut ctx, mem)?;
+        self.end_call(mem)
+    }
+
+    /// Answers recalls that were held until their page settled. Call it after applying the
+    /// actions of a call whenever [`has_deferred`](Self::has_deferred) is true.
+    pub fn poll(&mut self, mem: &mut dyn Memory) -> Result<()> {
+        self.begin_call();
+        self.end_call(mem)
+    }
+
+    /// True when [`poll`](Self::poll) has work once the pending actions are applied.
+    pub fn has_deferred(&self) -> bool {
+        self.cache.has_held()
+    }
+
+    /// The clock moved to `now` (any unit; [`EngineConfig::timeout_ticks`] is in it). Reports
+    /// the first wait older than the timeout.
+    pub fn tick(&mut self, now: u64) -> Result<()> {
+        self.now = now;
+        let limit = self.config.timeout_ticks;
+        if limit == 0 {
+            return Ok(());
+        }
+        let overdue = self.cache.overdue(now, limit);
+        let overdue = overdue.or_else(|| self.directory.overdue(now, limit));
+        match overdue.or_else(|| self.syncs.overdue(now, limit)) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// The actions produced so far, in order. Apply them all before the next call.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.out.actions)
+    }
+
+    fn locate(&self, page: PageId) -> Result<Located> {
+        self.regions.locate(page, self.config.nodes)
+    }
+
+    /// Starts a call: if the driver took every action so far, it applied them, so the pages
+    /// installed by earlier calls have settled.
+    fn begin_call(&mut self) {
+        if self.out.actions.is_empty() {
+            self.cache.settle();
+        }
+    }
+
+    /// Delivers this node's messages to itself, and answers held recalls once nothing this
+    /// engine emitted is waiting to be applied.
+    fn end_call(&mut self, mem: &mut dyn Memory) -> Result<()> {
+        for _ in 0..LOOPBACK_BOUND {
+            if let Some(message) = self.out.loopback.pop_front() {
+                self.handle(self.config.node, message, mem)?;
+                continue;
+            }
+            if self.out.actions.is_empty() && self.cache.has_held() && self.cache.settle() {
+                let mut ctx = ctx!(self);
+                self.cache.answer_held(&mut ctx, mem);
+                continue;
+            }
+            return Ok(());
+        }
+        panic!("coherence loopback does not settle: engine bug");
+    }
+
+    fn handle(&mut self, from: NodeId, message: Coherence, mem: &mut dyn Memory) -> Result<()> {
+        if from >= self.config.nodes {
+            return Err(Error::UnknownNode(from));
+        }
+        let (page, what, side) = describe(&message);
+        let Some(page) = page else {
+            return Err(Error::Unexpected {
+                from,
+                page: PageId {
+                    region: u32::MAX,
+                    page: 0,
+                },
+                what,
+            });
+        };
+        let loc = self.locate(page)?;
+        self.check_sender(from, page, loc, what, side)?;
+        let mut ctx = ctx!(self);
+        let dir = &mut self.directory;
+        let seq = loc.consistency == Consistency::Sequential;
+        let wrong_mode = Err(Error::WrongMode { from, page, what });
+        match message {
+            Coherence::ReadRequest { req, .. } if seq => {
+                dir.request(from, page, req, Access::Read, &mut ctx, mem)
+            }
+            Coherence::ReadRequest { req, .. } => {
+                directory::serve_release_read(from, page, req, &mut ctx, mem);
+                Ok(())
+            }
+            Coherence::WriteRequest { req, .. } if seq => {
+                dir.request(from, page, req, Access::Write, &mut ctx, mem)
+            }
+            Coherence::InvalidateAck { req, data, .. } if seq => {
+                dir.invalidate_ack(from, page, req, data, &mut ctx, mem)
+            }
+            Coherence::WriteBack { req, data, .. } if seq => {
+                dir.write_back(from, page, req, data, &mut ctx, mem)
+            }
+            Coherence::Diff { req, runs, .. } if !seq => {
+                directory::apply_diff(from, page, req, &runs, &mut ctx, mem)
+            }
+            Coherence::ReadGrant { req, data, .. } => {
+                let grant = (Access::Read, req, data);
+                self.cache.on_grant(from, page, loc, grant, &mut ctx)
+            }
+            Coherence::WriteGrant { req, data, .. } if seq => {
+                let grant = (Access::Write, req, data);
+                self.cache.on_grant(from, page, loc, grant, &mut ctx)
+            }
+            m @ (Coherence::Invalidate { .. } | Coherence::Downgrade { .. }) if seq => {
+                self.cache.on_recall(from, page, m, &mut ctx, mem)
+            }
+            Coherence::DiffAck { req, .. } if !seq => {
+                self.syncs.diff_ack(from, page, req, &mut ctx)
+            }
+            _ => wrong_mode,
+        }
+    }
+
+    /// Home-side messages must reach the page's home; requester-side ones must come from it.
+    fn check_sender(
+        &self,
+        from: NodeId,
+        page: PageId,
+        loc: Located,
+        what: &'static str,
+        side: Side,
+    ) -> Result<()> {
+        match side {
+            Side::Home if loc.home != self.config.node => Err(Error::NotHome {
+                from,
+                page,
+                home: loc.home,
+                what,
+            }),
+            Side::Requester if from != loc.home => Err(Error::NotFromHome {
+                from,
+                page,
+                home: loc.home,
+                what,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Which side of the protocol handles a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Home,
+    Requester,
+}
+
+/// The page a message is about, its name for errors, and which side handles it.
+fn describe(message: &Coherence) -> (Option<PageId>, &'static str, Side) {
+    use Coherence as C;
+    match message {
+        C::ReadRequest { page, .. } => (Some(*page), "ReadRequest", Side::Home),
+        C::WriteRequest { page, .. } => (Some(*page), "WriteRequest", Side::Home),
+        C::InvalidateAck { page, .. } => (Some(*page), "InvalidateAck", Side::Home),
+        C::WriteBack { page, .. } => (Some(*page), "WriteBack", Side::Home),
+        C::Diff { page, .. } => (Some(*page), "Diff", Side::Home),
+        C::ReadGrant { page, .. } => (Some(*page), "ReadGrant", Side::Requester),
+        C::WriteGrant { page, .. } => (Some(*page), "WriteGrant", Side::Requester),
+        C::Invalidate { page, .. } => (Some(*page), "Invalidate", Side::Requester),
+        C::Downgrade { page, .. } => (Some(*page), "Downgrade", Side::Requester),
+        C::DiffAck { page, .. } => (Some(*page), "DiffAck", Side::Requester),
+        C::WriteNotices { .. } => (
+            None,
+            "WriteNotices (they travel in sync messages)",
+            Side::Home,
+        ),
+    }
+}

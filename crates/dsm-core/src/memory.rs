@@ -1,0 +1,30 @@
+//! Page contents the engine reads or writes, behind a trait the driver implements: the real
+//! runtime over its mappings, the simulator over `Vec`s.
+
+use dsm_wire::{PAGE_SIZE, PageId};
+
+/// The bytes the engine needs. The engine only asks for pages it knows to exist (a known
+/// region, in range; `home_page*` only for pages homed on this node; `twin` only after it
+/// asked for [`Action::MakeTwin`](crate::Action::MakeTwin) and before
+/// [`Action::DropTwin`](crate::Action::DropTwin)), so implementations may panic on anything
+/// else: that is an engine bug, not bad input.
+pub trait Memory {
+    /// This node's copy of `page` (the application's mapping, read through a non-faulting
+    /// alias). Asked only while the page is installed.
+    fn local_page(&self, page: PageId) -> &[u8; PAGE_SIZE];
+
+    /// Makes this node's copy of `page` read-only *now* (before returning). The engine calls
+    /// it right before it reads a writable page to send it (write-back, invalidation ack) or to
+    /// diff it, so that no application thread changes the bytes while they are read; a thread
+    /// that writes afterwards faults and waits.
+    fn write_protect(&mut self, page: PageId);
+
+    /// The twin made for `page` by the last `MakeTwin` action.
+    fn twin(&self, page: PageId) -> &[u8; PAGE_SIZE];
+
+    /// The master copy of a page homed here.
+    fn home_page(&self, page: PageId) -> &[u8; PAGE_SIZE];
+
+    /// The master copy of a page homed here, to apply a write-back or a diff.
+    fn home_page_mut(&mut self, page: PageId) -> &mut [u8; PAGE_SIZE];
+}

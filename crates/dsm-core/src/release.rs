@@ -1,0 +1,241 @@
+//! Release mode at sync points: diffs against twins at release, write notices out, and
+//! invalidation of the pages named by notices at acquire.
+//!
+//! A release sends one diff per dirty page to its home and completes (with
+//! [`Action::SyncDone`]) once every diff is acknowledged, so that by the time the notices reach
+//! an acquirer, the home copies hold the writes they announce. An acquire invalidates the named
+//! pages; a named page this node is itself writing (false sharing) is diffed to its home first,
+//! and announced at this node's next release.
+
+use std::collections::{BTreeSet, HashMap};
+
+use dsm_wire::{Coherence, DiffRun, NodeId, PAGE_SIZE, PageId};
+
+use crate::actions::Action;
+use crate::cache::{Cache, LocalState};
+use crate::config::{Consistency, MutationPoint};
+use crate::engine::Ctx;
+use crate::error::{Error, Result};
+use crate::memory::Memory;
+use crate::region::Located;
+
+/// A sync call waiting for diff acks.
+#[derive(Debug)]
+struct SyncWait {
+    remaining: usize,
+    notices: Vec<PageId>,
+    peer: NodeId,
+    since: u64,
+}
+
+/// Sync calls in progress and diffs in flight.
+#[derive(Debug, Default)]
+pub(crate) struct Syncs {
+    waits: HashMap<u64, SyncWait>,
+    /// Diff request id → the sync token it belongs to.
+    diffs: HashMap<u64, u64>,
+    /// Pages diffed at an acquire, to announce at the next release.
+    carried: BTreeSet<PageId>,
+    next_req: u64,
+}
+
+impl Syncs {
+    /// Release: diff every dirty page to its home; `SyncDone` with the notices once acked.
+    pub(crate) fn release(
+        &mut self,
+        token: u64,
+        dirty: &[(PageId, Located)],
+        cache: &mut Cache,
+        ctx: &mut Ctx<'_>,
+        mem: &mut dyn Memory,
+    ) -> Result<()> {
+        if self.waits.contains_key(&token) {
+            return Err(Error::SyncTokenInUse(token));
+        }
+        let mut wait = SyncWait {
+            remaining: 0,
+            notices: std::mem::take(&mut self.carried).into_iter().collect(),
+            peer: ctx.config.node,
+            since: ctx.now,
+        };
+        for (page, loc) in dirty {
+            if self.flush(*page, *loc, token, &mut wait, cache, ctx, mem) {
+                wait.notices.push(*page);
+            }
+            cache.set_state(*page, LocalState::Shared);
+        }
+        if ctx.config.mutated(MutationPoint::ForgetNotices) {
+            wait.notices.clear();
+        }
+        self.register(token, wait, ctx);
+        Ok(())
+    }
+
+    /// Acquire: invalidate the pages named by `notices` (already located, release mode only).
+    pub(crate) fn acquire(
+        &mut self,
+        token: u64,
+        notices: &[(PageId, Located)],
+        cache: &mut Cache,
+        ctx: &mut Ctx<'_>,
+        mem: &mut dyn Memory,
+    ) -> Result<()> {
+        if self.waits.contains_key(&token) {
+            return Err(Error::SyncTokenInUse(token));
+        }
+        let mut wait = SyncWait {
+            remaining: 0,
+            notices: Vec::new(),
+            peer: ctx.config.node,
+            since: ctx.now,
+        };
+        for (page, loc) in notices {
+            debug_assert_eq!(loc.consistency, Consistency::Release);
+            cache.mark_refetch(*page);
+            match cache.state(*page) {
+                LocalState::Invalid => continue,
+                LocalState::Modified => {
+                    if self.flush(*page, *loc, token, &mut wait, cache, ctx, mem) {
+                        self.carried.insert(*page);
+                    }
+                }
+                LocalState::Shared => {}
+            }
+            ctx.out.push(Action::Invalidate { page: *page });
+            cache.set_state(*page, LocalState::Invalid);
+        }
+        self.register(token, wait, ctx);
+        Ok(())
+    }
+
+    /// Diffs a dirty page against its twin and sends the diff home. Returns whether anything
+    /// changed. The page stays installed, write-protected, without a twin.
+    #[allow(clippy::too_many_arguments)]
+    fn flush(
+        &mut self,
+        page: PageId,
+        loc: Located,
+        token: u64,
+        wait: &mut SyncWait,
+        cache: &mut Cache,
+        ctx: &mut Ctx<'_>,
+        mem: &mut dyn Memory,
+    ) -> bool {
+        mem.write_protect(page);
+        let runs = diff(mem.twin(page), mem.local_page(page));
+        ctx.out.push(Action::DropTwin { page });
+        cache.dirty.remove(&page);
+        if runs.is_empty() {
+            return false;
+        }
+        self.next_req += 1;
+        let req = self.next_req;
+        self.diffs.insert(req, token);
+        wait.remaining += 1;
+        wait.peer = loc.home;
+        ctx.out.send(loc.home, Coherence::Diff { req, page, runs });
+        true
+    }
+
+    fn register(&mut self, token: u64, wait: SyncWait, ctx: &mut Ctx<'_>) {
+        if wait.remaining == 0 {
+            ctx.out.push(Action::SyncDone {
+                token,
+                notices: wait.notices,
+            });
+        } else {
+            self.waits.insert(token, wait);
+        }
+    }
+
+    /// The home applied one of our diffs.
+    pub(crate) fn diff_ack(
+        &mut self,
+        from: NodeId,
+        page: PageId,
+        req: u64,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<()> {
+        let Some(token) = self.diffs.remove(&req) else {
+            return Err(Error::Unexpected {
+                from,
+                page,
+                what: "diff ack of no diff",
+            });
+        };
+        let wait = self
+            .waits
+            .get_mut(&token)
+            .expect("a diff belongs to a sync");
+        wait.remaining -= 1;
+        if wait.remaining == 0 {
+            let wait = self.waits.remove(&token).expect("present");
+            ctx.out.push(Action::SyncDone {
+                token,
+                notices: wait.notices,
+            });
+        }
+        Ok(())
+    }
+
+    /// The oldest sync waiting longer than `limit` ticks, as a timeout error.
+    pub(crate) fn overdue(&self, now: u64, limit: u64) -> Option<Error> {
+        self.waits.values().find_map(|wait| {
+            let ticks = now.saturating_sub(wait.since);
+            (ticks > limit).then_some(Error::Timeout {
+                waiting_for: "diff acks of a release or acquire",
+                page: PageId {
+                    region: u32::MAX,
+                    page: 0,
+                },
+                peer: wait.peer,
+                ticks,
+            })
+        })
+    }
+}
+
+/// The runs of bytes where `current` differs from `twin`, exactly (no gap merging: an unchanged
+/// byte written back could overwrite another writer's change at the home).
+pub fn diff(twin: &[u8; PAGE_SIZE], current: &[u8; PAGE_SIZE]) -> Vec<DiffRun> {
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < PAGE_SIZE {
+        if twin[i] == current[i] {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < PAGE_SIZE && twin[i] != current[i] {
+            i += 1;
+        }
+        runs.push(DiffRun {
+            offset: u16::try_from(start).expect("page offsets fit in u16"),
+            bytes: current[start..i].to_vec(),
+        });
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::diff;
+    use dsm_wire::PAGE_SIZE;
+
+    #[test]
+    fn diff_finds_exact_runs() {
+        let twin = [0u8; PAGE_SIZE];
+        let mut page = twin;
+        assert!(diff(&twin, &page).is_empty());
+        page[0] = 1;
+        page[1] = 2;
+        page[3] = 3;
+        page[PAGE_SIZE - 1] = 4;
+        let runs = diff(&twin, &page);
+        let summary: Vec<(u16, Vec<u8>)> = runs.into_iter().map(|r| (r.offset, r.bytes)).collect();
+        assert_eq!(
+            summary,
+            vec![(0, vec![1, 2]), (3, vec![3]), (4095, vec![4])]
+        );
+    }
+}

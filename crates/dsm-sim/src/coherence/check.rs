@@ -1,0 +1,149 @@
+//! The properties checked after every step and at the end of a run.
+
+use dsm_core::{Consistency, LocalState};
+use dsm_wire::PageId;
+
+use super::memory::{Perm, read_word};
+use super::world::{Stage, World};
+use crate::error::{Error, Result};
+
+impl World {
+    /// After every step: mappings agree with the engines; sequential mode: one writer or many
+    /// readers, and every readable copy holds the latest writes; both: no wait over the bound.
+    pub(crate) fn check_step(&mut self) -> Result<()> {
+        self.check_mappings()?;
+        if self.config.consistency == Consistency::Sequential {
+            for page in 0..self.config.pages {
+                self.check_single_writer(page)?;
+                self.check_copies_current(page)?;
+            }
+        }
+        self.check_bounds()
+    }
+
+    fn check_mappings(&self) -> Result<()> {
+        for (n, node) in self.nodes.iter().enumerate() {
+            for page in 0..self.config.pages {
+                let state = node.engine.local_state(PageId { region: 0, page });
+                let perm = node.mem.perm(page);
+                let agree = matches!(
+                    (state, perm),
+                    (LocalState::Invalid, Perm::None)
+                        | (LocalState::Shared, Perm::Read)
+                        | (LocalState::Modified, Perm::Write)
+                );
+                if !agree {
+                    return Err(self.invariant(format!(
+                        "node {n} page {page}: engine says {state:?}, mapping is {perm:?}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_single_writer(&self, page: u32) -> Result<()> {
+        let perms: Vec<Perm> = self.nodes.iter().map(|n| n.mem.perm(page)).collect();
+        let writers = perms.iter().filter(|p| **p == Perm::Write).count();
+        let readers = perms.iter().filter(|p| **p == Perm::Read).count();
+        if writers > 1 || (writers == 1 && readers > 0) {
+            return Err(self.invariant(format!(
+                "page {page}: {writers} writable and {readers} read-only copies: {perms:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_copies_current(&self, page: u32) -> Result<()> {
+        let reference = &self.reference[page as usize];
+        for (n, node) in self.nodes.iter().enumerate() {
+            if node.mem.perm(page) == Perm::None {
+                continue;
+            }
+            for word in 0..self.config.words {
+                let (seen, want) = (node.mem.read_word(page, word), read_word(reference, word));
+                if seen != want {
+                    return Err(self.invariant(format!(
+                        "node {n} page {page} word {word}: copy holds {seen}, latest write {want}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_bounds(&self) -> Result<()> {
+        let bound = self.config.fault_bound;
+        for (n, node) in self.nodes.iter().enumerate() {
+            let node_id = u32::try_from(n).expect("fits");
+            for thread in &node.threads {
+                if let Some(since) = thread.blocked_since
+                    && self.step - since > bound
+                {
+                    return Err(self.stuck(node_id, format!("fault {:?}", thread.op), bound));
+                }
+            }
+            let syncing = matches!(
+                node.stage,
+                Stage::Releasing | Stage::Arrived | Stage::Acquiring
+            );
+            if syncing && self.step - node.stage_since > bound {
+                return Err(self.stuck(node_id, format!("sync ({:?})", node.stage), bound));
+            }
+        }
+        Ok(())
+    }
+
+    fn stuck(&self, node: u32, what: String, bound: u64) -> Error {
+        Error::Stuck {
+            step: self.step,
+            node,
+            what,
+            bound,
+        }
+    }
+
+    /// At quiescence: every access and sync finished, nothing in flight, and the memory equals
+    /// the reference execution (sequential: the current copy of each page; release: every home
+    /// copy after the final barrier).
+    pub(crate) fn check_end(&self) -> Result<()> {
+        let release = self.config.consistency == Consistency::Release;
+        let busy = self.nodes.iter().enumerate().find(|(_, node)| {
+            node.threads.iter().any(|t| t.op.is_some()) || (release && node.stage != Stage::Done)
+        });
+        if let Some((n, node)) = busy {
+            return Err(self.invariant(format!(
+                "quiescent but node {n} is not done: stage {:?}",
+                node.stage
+            )));
+        }
+        if self.net.in_flight() > 0 {
+            return Err(self.invariant("quiescent with messages in flight".into()));
+        }
+        for page in 0..self.config.pages {
+            let current = self.current_copy(page);
+            if current != &self.reference[page as usize][..] {
+                return Err(self.invariant(format!(
+                    "page {page}: final contents differ from the reference execution"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the latest contents of `page` are: the writer's copy in sequential mode if there
+    /// is one, else the home's master copy.
+    fn current_copy(&self, page: u32) -> &[u8] {
+        let writer = self.nodes.iter().find(|n| n.mem.perm(page) == Perm::Write);
+        match writer {
+            Some(node) if self.config.consistency == Consistency::Sequential => {
+                &node.mem.local[page as usize][..]
+            }
+            _ => {
+                let id = PageId { region: 0, page };
+                let home = self.nodes[0].engine.home_of(id).expect("known page");
+                &self.nodes[home as usize].mem.home[page as usize][..]
+            }
+        }
+    }
+}

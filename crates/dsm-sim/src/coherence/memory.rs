@@ -1,0 +1,102 @@
+//! A simulated node's memory: its copies (with the protection the driver would set), twins,
+//! and the master copies of the pages it is home of. Backs [`dsm_core::Memory`] with `Vec`s.
+
+use dsm_core::Memory;
+use dsm_wire::{PAGE_SIZE, Page, PageId};
+
+/// What the application may do with a local copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Perm {
+    /// Not mapped: any access faults.
+    None,
+    /// Write-protected.
+    Read,
+    /// Writable.
+    Write,
+}
+
+/// Bytes an invalidated copy is filled with, so a protocol that reads a dropped copy shows.
+pub const POISON: u8 = 0xee;
+
+/// One node's pages of the simulated region (region 0, pages `0..pages`).
+#[derive(Debug)]
+pub struct NodeMemory {
+    pub(crate) local: Vec<Page>,
+    pub(crate) perm: Vec<Perm>,
+    pub(crate) twin: Vec<Option<Page>>,
+    pub(crate) home: Vec<Page>,
+}
+
+fn index(page: PageId) -> usize {
+    assert_eq!(page.region, 0, "the simulation has one region");
+    page.page as usize
+}
+
+impl NodeMemory {
+    /// `pages` pages, all unmapped, master copies zeroed.
+    pub fn new(pages: u32) -> Self {
+        let n = pages as usize;
+        NodeMemory {
+            local: (0..n).map(|_| Box::new([POISON; PAGE_SIZE])).collect(),
+            perm: vec![Perm::None; n],
+            twin: (0..n).map(|_| None).collect(),
+            home: (0..n).map(|_| Box::new([0; PAGE_SIZE])).collect(),
+        }
+    }
+
+    /// The protection of a local copy.
+    pub fn perm(&self, page: u32) -> Perm {
+        self.perm[page as usize]
+    }
+
+    /// The word at `word` of the local copy.
+    pub fn read_word(&self, page: u32, word: usize) -> u64 {
+        read_word(&self.local[page as usize], word)
+    }
+
+    /// Stores `value` at `word` of the local copy.
+    pub fn write_word(&mut self, page: u32, word: usize, value: u64) {
+        let bytes = &mut self.local[page as usize][word * 8..word * 8 + 8];
+        bytes.copy_from_slice(&value.to_le_bytes());
+    }
+}
+
+/// The little-endian u64 at word `word` of a page.
+pub fn read_word(page: &[u8; PAGE_SIZE], word: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&page[word * 8..word * 8 + 8]);
+    u64::from_le_bytes(bytes)
+}
+
+impl Memory for NodeMemory {
+    fn local_page(&self, page: PageId) -> &[u8; PAGE_SIZE] {
+        let i = index(page);
+        assert_ne!(
+            self.perm[i],
+            Perm::None,
+            "engine read a copy that is not installed"
+        );
+        &self.local[i]
+    }
+
+    fn write_protect(&mut self, page: PageId) {
+        let i = index(page);
+        if self.perm[i] == Perm::Write {
+            self.perm[i] = Perm::Read;
+        }
+    }
+
+    fn twin(&self, page: PageId) -> &[u8; PAGE_SIZE] {
+        self.twin[index(page)]
+            .as_ref()
+            .expect("engine read a twin it did not make")
+    }
+
+    fn home_page(&self, page: PageId) -> &[u8; PAGE_SIZE] {
+        &self.home[index(page)]
+    }
+
+    fn home_page_mut(&mut self, page: PageId) -> &mut [u8; PAGE_SIZE] {
+        &mut self.home[index(page)]
+    }
+}

@@ -1,0 +1,130 @@
+//! The coherence simulation: N engines (1 to 16) in one thread over a
+//! [`SimNet`](crate::net::SimNet), one seed.
+//!
+//! * **Sequential** runs: every thread reads and writes random words of a few pages (page 0 is
+//!   hot). After every step: each mapping agrees with its engine's state; at most one writable
+//!   copy per page and none beside read-only ones; every readable copy holds the latest write
+//!   of every word (so every read returns the latest write: per-page linearizability).
+//! * **Release** runs: barrier-separated phases; in each phase a pure function of
+//!   `(seed, phase, page, word)` says which node may write each word (or that nobody does),
+//!   so nodes write disjoint words of the same pages (false sharing on every page) and the
+//!   program is data-race free. Every read must return the reference execution's value; after
+//!   the last barrier every home copy must equal the reference.
+//! * **Both**: every fault and sync completes within [`SimConfig::fault_bound`] steps; every
+//!   send goes to a member of the cluster; every engine call succeeds; at the end the cluster
+//!   drains to quiescence.
+//!
+//! ```
+//! use dsm_core::Consistency;
+//! use dsm_sim::coherence::{SimConfig, run};
+//!
+//! let config = SimConfig::random(7, Consistency::Sequential, 2_000);
+//! let report = run(7, &config).expect("the protocol holds");
+//! assert!(report.reads > 0);
+//! ```
+
+mod check;
+mod memory;
+mod workload;
+mod world;
+
+pub use memory::{NodeMemory, Perm};
+pub use workload::Op;
+pub use world::Report;
+
+use dsm_core::{Consistency, Mutation, Placement};
+
+use crate::error::Result;
+use crate::net::NetConfig;
+use crate::rng::Rng;
+use world::World;
+
+/// One simulated scenario.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Cluster size (1 to 16).
+    pub nodes: u32,
+    /// Pages of the one region (few, so races are frequent).
+    pub pages: u32,
+    /// Words (8 bytes) used per page.
+    pub words: usize,
+    /// Coherence model of the region.
+    pub consistency: Consistency,
+    /// Home placement.
+    pub placement: Placement,
+    /// Grants without data; requesters read the home copy one-sided (the RDMA path).
+    pub one_sided: bool,
+    /// Application threads per node.
+    pub threads: u32,
+    /// Network behaviour.
+    pub net: NetConfig,
+    /// Workload steps before the drain.
+    pub steps: u64,
+    /// Chance per step, in thousandths, that some node is paused.
+    pub pause_per_mille: u64,
+    /// A fault or sync waiting more steps than this is a failure (deadlock or livelock).
+    pub fault_bound: u64,
+    /// Release mode: accesses per node between barriers.
+    pub ops_per_phase: u64,
+    /// Deliberately broken engine variant (mutation tests).
+    pub mutation: Mutation,
+}
+
+impl SimConfig {
+    /// A scenario drawn from `seed`: 1 to 16 nodes, 1 to 4 pages, either placement, one- or
+    /// two-sided page transfer, 1 or 2 threads per node (release: 1), delays of 1 to 1..40
+    /// ticks, occasional pauses.
+    pub fn random(seed: u64, consistency: Consistency, steps: u64) -> Self {
+        let mut rng = Rng::new(seed ^ 0x5eed_c0de);
+        let nodes = u32::try_from(rng.range(1, 16)).expect("fits");
+        let mut net = NetConfig::new(nodes);
+        net.max_delay = rng.range(1, 40);
+        SimConfig {
+            nodes,
+            pages: u32::try_from(rng.range(1, 4)).expect("fits"),
+            words: usize::try_from(rng.range(1, 16)).expect("fits"),
+            consistency,
+            placement: if rng.chance(1, 2) {
+                Placement::Cyclic
+            } else {
+                Placement::Block
+            },
+            one_sided: rng.chance(1, 2),
+            threads: match consistency {
+                Consistency::Sequential => u32::try_from(rng.range(1, 2)).expect("fits"),
+                Consistency::Release => 1,
+            },
+            net,
+            steps,
+            pause_per_mille: rng.range(0, 20),
+            fault_bound: 50_000,
+            ops_per_phase: rng.range(1, 12),
+            mutation: Mutation::None,
+        }
+    }
+}
+
+/// Steps allowed for the drain after the workload; a cluster that does not go quiet within it
+/// is stuck.
+const DRAIN_BOUND: u64 = 1_000_000;
+
+/// Runs one scenario: `config.steps` workload steps with every check after each, then a drain
+/// to quiescence and the end checks.
+pub fn run(seed: u64, config: &SimConfig) -> Result<Report> {
+    let mut world = World::new(seed, config.clone())?;
+    for _ in 0..config.steps {
+        world.step()?;
+        world.check_step()?;
+    }
+    world.start_drain()?;
+    world.check_step()?;
+    for _ in 0..DRAIN_BOUND {
+        if !world.step()? {
+            world.check_end()?;
+            world.report.messages = world.net.stats().sent;
+            return Ok(world.report.clone());
+        }
+        world.check_step()?;
+    }
+    Err(world.invariant(format!("not quiescent {DRAIN_BOUND} steps into the drain")))
+}

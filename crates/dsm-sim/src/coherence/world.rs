@@ -1,0 +1,510 @@
+//! The simulated cluster: N engines, their memories and threads, one [`SimNet`], one seed.
+
+use std::collections::BTreeSet;
+
+use dsm_core::{Access, Action, Consistency, Engine, EngineConfig, RegionLayout};
+use dsm_wire::{Coherence, NodeId, PAGE_SIZE, Page, PageId};
+
+use super::SimConfig;
+use super::memory::{NodeMemory, POISON, Perm};
+use super::workload::{Op, drf_op, random_op};
+use crate::error::{Error, Result};
+use crate::net::SimNet;
+use crate::rng::Rng;
+
+/// What travels on the simulated network.
+#[derive(Debug)]
+pub(crate) enum Wire {
+    /// A coherence message between engines.
+    Coherence(Coherence),
+    /// The request half of a one-sided read: the home's "NIC" copies the master page when it
+    /// arrives, without involving the home's engine.
+    ReadRequest { page: u32, token: u64 },
+    /// The data of a one-sided read.
+    ReadData { token: u64, data: Page },
+    /// Barrier arrival at the manager (node 0), with the arriving node's write notices.
+    BarrierArrive { notices: Vec<PageId> },
+    /// Barrier release to every node, with everyone's notices.
+    BarrierRelease { notices: Vec<PageId> },
+}
+
+/// A simulated application thread.
+#[derive(Debug, Default)]
+pub(crate) struct Thread {
+    /// The access it is doing (blocked on a fault when `blocked_since` is set).
+    pub(crate) op: Option<Op>,
+    pub(crate) blocked_since: Option<u64>,
+    /// Token of its outstanding fault.
+    pub(crate) token: u64,
+}
+
+/// Where a node is in the release-mode barrier cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Doing `left` more accesses in this phase.
+    Working { left: u64 },
+    /// Release in progress (diffs not yet acknowledged).
+    Releasing,
+    /// Arrived at the barrier, waiting for its release.
+    Arrived,
+    /// Acquire in progress.
+    Acquiring,
+    /// Finished (after the final barrier).
+    Done,
+}
+
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) engine: Engine,
+    pub(crate) mem: NodeMemory,
+    pub(crate) threads: Vec<Thread>,
+    pub(crate) stage: Stage,
+    pub(crate) phase: u64,
+    pub(crate) stage_since: u64,
+    next_token: u64,
+}
+
+/// Counters of a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Steps taken (workload and drain).
+    pub steps: u64,
+    /// Messages sent on the simulated network.
+    pub messages: u64,
+    /// Faults raised.
+    pub faults: u64,
+    /// Reads done and checked.
+    pub reads: u64,
+    /// Writes done.
+    pub writes: u64,
+    /// Barriers completed (release mode).
+    pub barriers: u64,
+}
+
+pub(crate) struct World {
+    pub(crate) config: SimConfig,
+    pub(crate) seed: u64,
+    rng: Rng,
+    pub(crate) net: SimNet<Wire>,
+    pub(crate) nodes: Vec<Node>,
+    /// What every page must hold: each write is applied here when it is done.
+    pub(crate) reference: Vec<Page>,
+    next_value: u64,
+    pub(crate) step: u64,
+    pub(crate) draining: bool,
+    /// Release mode drain: a node whose phase reaches this after a barrier is done.
+    final_phase: u64,
+    arrived: u32,
+    arrived_notices: BTreeSet<PageId>,
+    pub(crate) report: Report,
+}
+
+const SYNC_TOKEN: u64 = 1 << 48;
+
+impl World {
+    pub(crate) fn new(seed: u64, config: SimConfig) -> Result<Self> {
+        let mut rng = Rng::new(seed);
+        let net = SimNet::new(config.net.clone(), rng.next_u64());
+        let layout = RegionLayout {
+            id: 0,
+            pages: config.pages,
+            consistency: config.consistency,
+            placement: config.placement,
+        };
+        let mut nodes = Vec::new();
+        for node in 0..config.nodes {
+            let mut engine_config = EngineConfig::new(node, config.nodes);
+            engine_config.one_sided = config.one_sided;
+            engine_config.timeout_ticks = config.fault_bound;
+            engine_config.mutation = config.mutation;
+            let mut engine = Engine::new(engine_config);
+            engine.add_region(layout).map_err(|error| Error::Engine {
+                step: 0,
+                node,
+                error,
+            })?;
+            nodes.push(Node {
+                engine,
+                mem: NodeMemory::new(config.pages),
+                threads: (0..config.threads).map(|_| Thread::default()).collect(),
+                stage: Stage::Working {
+                    left: config.ops_per_phase,
+                },
+                phase: 0,
+                stage_since: 0,
+                next_token: 0,
+            });
+        }
+        Ok(World {
+            reference: (0..config.pages)
+                .map(|_| Box::new([0; PAGE_SIZE]))
+                .collect(),
+            config,
+            seed,
+            rng,
+            net,
+            nodes,
+            next_value: 1,
+            step: 0,
+            draining: false,
+            final_phase: u64::MAX,
+            arrived: 0,
+            arrived_notices: BTreeSet::new(),
+            report: Report::default(),
+        })
+    }
+
+    fn release_mode(&self) -> bool {
+        self.config.consistency == Consistency::Release
+    }
+
+    /// One step: deliver a message, or let a thread start its next access. Returns false
+    /// when nothing could happen (quiescent).
+    pub(crate) fn step(&mut self) -> Result<bool> {
+        self.step += 1;
+        self.maybe_pause();
+        let runnable = self.runnable();
+        let deliver = self.net.in_flight() > 0 && (runnable.is_empty() || self.rng.chance(1, 2));
+        if deliver {
+            let envelope = self.net.step().expect("in flight");
+            self.deliver(envelope.from, envelope.to as usize, envelope.message)?;
+        } else if !runnable.is_empty() {
+            let (node, thread) = runnable[self.rng.index(runnable.len())];
+            self.start_op(node, thread)?;
+        } else {
+            return Ok(false);
+        }
+        self.report.steps = self.step;
+        Ok(true)
+    }
+
+    fn maybe_pause(&mut self) {
+        if self.config.pause_per_mille > 0 && self.rng.chance(self.config.pause_per_mille, 1000) {
+            let node = u32::try_from(self.rng.below(u64::from(self.config.nodes))).expect("fits");
+            let ticks = self.rng.range(10, 200);
+            self.net.pause(node, ticks);
+        }
+    }
+
+    /// Threads that may start an access now.
+    fn runnable(&self) -> Vec<(usize, usize)> {
+        if self.draining && !self.release_mode() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (n, node) in self.nodes.iter().enumerate() {
+            let working = matches!(node.stage, Stage::Working { left } if left > 0);
+            let paused = self.net.is_paused(u32::try_from(n).expect("fits"));
+            if paused || (self.release_mode() && !working) {
+                continue;
+            }
+            for (t, thread) in node.threads.iter().enumerate() {
+                if thread.op.is_none() {
+                    out.push((n, t));
+                }
+            }
+        }
+        out
+    }
+
+    fn start_op(&mut self, n: usize, t: usize) -> Result<()> {
+        let value = self.next_value;
+        self.next_value += 1;
+        let (nodes, pages, words) = (self.config.nodes, self.config.pages, self.config.words);
+        let op = if self.release_mode() {
+            let phase = self.nodes[n].phase;
+            let node = u32::try_from(n).expect("fits");
+            if let Stage::Working { left } = &mut self.nodes[n].stage {
+                *left -= 1;
+            }
+            drf_op(
+                &mut self.rng,
+                self.seed,
+                phase,
+                node,
+                nodes,
+                pages,
+                words,
+                value,
+            )
+        } else {
+            Some(random_op(&mut self.rng, pages, words, value))
+        };
+        if let Some(op) = op {
+            self.nodes[n].threads[t].op = Some(op);
+            self.try_op(n, t)?;
+        }
+        self.advance_stage(n)
+    }
+
+    /// Does thread `t`'s access if the page allows it, else faults.
+    fn try_op(&mut self, n: usize, t: usize) -> Result<()> {
+        let op = self.nodes[n].threads[t].op.expect("thread has an op");
+        let page = op.page();
+        let perm = self.nodes[n].mem.perm(page);
+        let allowed = match op {
+            Op::Read { .. } => perm != Perm::None,
+            Op::Write { .. } => perm == Perm::Write,
+        };
+        if allowed {
+            return self.execute(n, t, op);
+        }
+        let node = &mut self.nodes[n];
+        node.next_token += 1;
+        let token = node.next_token;
+        let thread = &mut node.threads[t];
+        thread.token = token;
+        thread.blocked_since.get_or_insert(self.step);
+        let access = match op {
+            Op::Read { .. } => Access::Read,
+            Op::Write { .. } => Access::Write,
+        };
+        self.report.faults += 1;
+        let id = PageId { region: 0, page };
+        let result = node.engine.fault(id, access, token, &mut node.mem);
+        self.engine_result(n, result)?;
+        self.apply(n)
+    }
+
+    fn execute(&mut self, n: usize, t: usize, op: Op) -> Result<()> {
+        match op {
+            Op::Read { page, word } => {
+                let seen = self.nodes[n].mem.read_word(page, word);
+                let want = super::memory::read_word(&self.reference[page as usize], word);
+                if seen != want {
+                    return Err(self.invariant(format!(
+                        "node {n} read {seen} at page {page} word {word}, latest write is {want}"
+                    )));
+                }
+                self.report.reads += 1;
+            }
+            Op::Write { page, word, value } => {
+                self.nodes[n].mem.write_word(page, word, value);
+                let bytes = &mut self.reference[page as usize][word * 8..word * 8 + 8];
+                bytes.copy_from_slice(&value.to_le_bytes());
+                self.report.writes += 1;
+            }
+        }
+        let thread = &mut self.nodes[n].threads[t];
+        thread.op = None;
+        thread.blocked_since = None;
+        Ok(())
+    }
+
+    fn deliver(&mut self, from: NodeId, n: usize, message: Wire) -> Result<()> {
+        let node = &mut self.nodes[n];
+        match message {
+            Wire::Coherence(message) => {
+                let result = node.engine.on_message(from, message, &mut node.mem);
+                self.engine_result(n, result)?;
+            }
+            Wire::ReadRequest { page, token } => {
+                let data = node.mem.home[page as usize].clone();
+                let to_node = u32::try_from(n).expect("fits");
+                self.send(to_node, from, Wire::ReadData { token, data })?;
+            }
+            Wire::ReadData { token, data } => {
+                let result = node.engine.on_page_read(token, data, &mut node.mem);
+                self.engine_result(n, result)?;
+            }
+            Wire::BarrierArrive { notices } => return self.barrier_arrive(notices),
+            Wire::BarrierRelease { notices } => {
+                node.stage = Stage::Acquiring;
+                node.stage_since = self.step;
+                let result = node.engine.acquire(SYNC_TOKEN, &notices, &mut node.mem);
+                self.engine_result(n, result)?;
+            }
+        }
+        self.apply(n)
+    }
+
+    fn barrier_arrive(&mut self, notices: Vec<PageId>) -> Result<()> {
+        self.arrived += 1;
+        self.arrived_notices.extend(notices);
+        if self.arrived < self.config.nodes {
+            return Ok(());
+        }
+        self.arrived = 0;
+        self.report.barriers += 1;
+        let notices: Vec<PageId> = std::mem::take(&mut self.arrived_notices)
+            .into_iter()
+            .collect();
+        for to in 0..self.config.nodes {
+            let notices = notices.clone();
+            self.send(0, to, Wire::BarrierRelease { notices })?;
+        }
+        Ok(())
+    }
+
+    /// Applies every action of node `n`'s engine in order, then runs the woken threads, then
+    /// polls for held work, until the engine has nothing left.
+    fn apply(&mut self, n: usize) -> Result<()> {
+        for _ in 0..10_000 {
+            let mut actions = self.nodes[n].engine.take_actions();
+            if actions.is_empty() && self.nodes[n].engine.has_deferred() {
+                let node = &mut self.nodes[n];
+                let result = node.engine.poll(&mut node.mem);
+                self.engine_result(n, result)?;
+                actions = self.nodes[n].engine.take_actions();
+            }
+            if actions.is_empty() {
+                return Ok(());
+            }
+            let mut woken = Vec::new();
+            for action in actions {
+                if let Some(token) = self.apply_one(n, action)? {
+                    woken.push(token);
+                }
+            }
+            for token in woken {
+                self.wake(n, token)?;
+            }
+        }
+        Err(self.invariant(format!("node {n}: actions did not settle")))
+    }
+
+    /// Applies one action; returns the token of a thread to wake.
+    fn apply_one(&mut self, n: usize, action: Action) -> Result<Option<u64>> {
+        let node_id = u32::try_from(n).expect("fits");
+        let mem = &mut self.nodes[n].mem;
+        match action {
+            Action::Send { to, message } => self.send(node_id, to, Wire::Coherence(message))?,
+            Action::ReadPage { home, page, token } => {
+                let page = page.page;
+                self.send(node_id, home, Wire::ReadRequest { page, token })?;
+            }
+            Action::Install {
+                page,
+                data,
+                writable,
+            } => {
+                let i = page.page as usize;
+                mem.local[i] = data;
+                mem.perm[i] = if writable { Perm::Write } else { Perm::Read };
+            }
+            Action::Upgrade { page } => {
+                let i = page.page as usize;
+                if mem.perm[i] != Perm::Read {
+                    let perm = mem.perm[i];
+                    return Err(self.invariant(format!(
+                        "node {n}: upgrade of page {i} mapped {perm:?}, not read-only"
+                    )));
+                }
+                mem.perm[i] = Perm::Write;
+            }
+            Action::Invalidate { page } => {
+                let i = page.page as usize;
+                mem.perm[i] = Perm::None;
+                mem.local[i].fill(POISON);
+            }
+            Action::MakeTwin { page } => {
+                let i = page.page as usize;
+                mem.twin[i] = Some(mem.local[i].clone());
+            }
+            Action::DropTwin { page } => mem.twin[page.page as usize] = None,
+            Action::Wake { token } => return Ok(Some(token)),
+            Action::SyncDone { token, notices } => self.sync_done(n, token, notices)?,
+        }
+        Ok(None)
+    }
+
+    fn wake(&mut self, n: usize, token: u64) -> Result<()> {
+        let thread = self.nodes[n]
+            .threads
+            .iter()
+            .position(|t| t.op.is_some() && t.blocked_since.is_some() && t.token == token);
+        let Some(t) = thread else {
+            return Err(self.invariant(format!("node {n}: wake of unknown token {token}")));
+        };
+        self.try_op(n, t)?;
+        self.advance_stage(n)
+    }
+
+    fn sync_done(&mut self, n: usize, token: u64, notices: Vec<PageId>) -> Result<()> {
+        if token != SYNC_TOKEN {
+            return Err(self.invariant(format!("node {n}: sync done for token {token}")));
+        }
+        let node = &mut self.nodes[n];
+        node.stage_since = self.step;
+        match node.stage {
+            Stage::Releasing => {
+                node.stage = Stage::Arrived;
+                let from = u32::try_from(n).expect("fits");
+                self.send(from, 0, Wire::BarrierArrive { notices })
+            }
+            Stage::Acquiring => {
+                node.phase += 1;
+                node.stage = if node.phase >= self.final_phase {
+                    Stage::Done
+                } else {
+                    let left = if self.draining {
+                        0
+                    } else {
+                        self.config.ops_per_phase
+                    };
+                    Stage::Working { left }
+                };
+                self.advance_stage(n)
+            }
+            stage => Err(self.invariant(format!("node {n}: sync done in stage {stage:?}"))),
+        }
+    }
+
+    /// Release mode: a node that finished its accesses releases (barrier arrival).
+    pub(crate) fn advance_stage(&mut self, n: usize) -> Result<()> {
+        let release = self.release_mode();
+        let node = &mut self.nodes[n];
+        let idle = node.threads.iter().all(|t| t.op.is_none());
+        if !release || node.stage != (Stage::Working { left: 0 }) || !idle {
+            return Ok(());
+        }
+        node.stage = Stage::Releasing;
+        node.stage_since = self.step;
+        let result = node.engine.release(SYNC_TOKEN, &mut node.mem);
+        self.engine_result(n, result)?;
+        self.apply(n)
+    }
+
+    /// Stops new work: sequential threads finish their access; release nodes finish the phase
+    /// and meet at one last barrier.
+    pub(crate) fn start_drain(&mut self) -> Result<()> {
+        self.draining = true;
+        // Phases of nodes differ by at most one; every node finishes the latest phase's
+        // barrier, then stops.
+        self.final_phase = self.nodes.iter().map(|n| n.phase).max().unwrap_or(0) + 1;
+        for n in 0..self.nodes.len() {
+            if let Stage::Working { left } = &mut self.nodes[n].stage {
+                *left = 0;
+            }
+            self.advance_stage(n)?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, message: Wire) -> Result<()> {
+        self.report.messages += 1;
+        let step = self.step;
+        self.net
+            .send(from, to, message)
+            .map_err(|error| Error::Net {
+                step,
+                node: from,
+                error,
+            })
+    }
+
+    fn engine_result(&self, n: usize, result: dsm_core::Result<()>) -> Result<()> {
+        result.map_err(|error| Error::Engine {
+            step: self.step,
+            node: u32::try_from(n).expect("fits"),
+            error,
+        })
+    }
+
+    pub(crate) fn invariant(&self, detail: String) -> Error {
+        Error::Invariant {
+            step: self.step,
+            detail,
+        }
+    }
+}
