@@ -1,0 +1,179 @@
+//! Builds the full mesh: rank `r` dials every lower rank and accepts every higher one, each
+//! connection authenticated by the handshake, all within one deadline.
+//!
+//! Dialling and accepting run on two scoped threads so two nodes dialling each other's
+//! listeners never wait on each other. An accepted socket that fails its handshake (garbage,
+//! wrong cluster, wrong key, a rank already connected) is logged and dropped; the node keeps
+//! accepting until the deadline.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use dsm_wire::NodeId;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::handshake::{self, Local};
+use crate::{Error, Result, TcpConfig};
+
+/// Pause between connection attempts to a rank whose listener is not up yet.
+const REDIAL_PAUSE: Duration = Duration::from_millis(20);
+
+/// Connected, authenticated sockets indexed by rank (`None` at the local rank).
+pub(crate) type Mesh = Vec<Option<TcpStream>>;
+
+/// Connects to every peer of `config` or fails naming the ranks missing at the deadline.
+pub(crate) fn connect(config: &TcpConfig, local: &Local) -> Result<Mesh> {
+    let started = Instant::now();
+    let deadline = started + config.connect_timeout;
+    let slots: Mutex<Mesh> = Mutex::new((0..config.peers.len()).map(|_| None).collect());
+    let last_error = Mutex::new(String::new());
+    std::thread::scope(|scope| {
+        scope.spawn(|| dial_lower(config, local, deadline, &slots, &last_error));
+        accept_higher(config, local, deadline, &slots, &last_error);
+    });
+    let mesh = slots.into_inner().unwrap_or_else(|p| p.into_inner());
+    let missing: Vec<NodeId> = (0..config.size())
+        .filter(|&r| r != config.rank && mesh[r as usize].is_none())
+        .collect();
+    if missing.is_empty() {
+        Ok(mesh)
+    } else {
+        Err(Error::MeshTimeout {
+            missing,
+            waited_ms: started.elapsed().as_millis(),
+            last_error: last_error.into_inner().unwrap_or_else(|p| p.into_inner()),
+        })
+    }
+}
+
+fn dial_lower(
+    config: &TcpConfig,
+    local: &Local,
+    deadline: Instant,
+    slots: &Mutex<Mesh>,
+    last_error: &Mutex<String>,
+) {
+    for peer in 0..config.rank {
+        while Instant::now() < deadline {
+            match dial_one(config, local, peer, deadline) {
+                Ok(stream) => {
+                    lock(slots)[peer as usize] = Some(stream);
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(rank = config.rank, peer, error = %e, "dial failed, retrying");
+                    *lock(last_error) = e.to_string();
+                    std::thread::sleep(
+                        REDIAL_PAUSE.min(deadline.saturating_duration_since(Instant::now())),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn dial_one(
+    config: &TcpConfig,
+    local: &Local,
+    peer: NodeId,
+    deadline: Instant,
+) -> Result<TcpStream> {
+    let addr: SocketAddr = config.peers[peer as usize];
+    let budget = bounded(config.handshake_timeout, deadline);
+    let mut stream =
+        TcpStream::connect_timeout(&addr, budget).map_err(|e| Error::io("connect", e))?;
+    prepare(&stream, budget)?;
+    handshake::dial(local, &mut stream, peer)?;
+    finish(&stream)?;
+    Ok(stream)
+}
+
+fn accept_higher(
+    config: &TcpConfig,
+    local: &Local,
+    deadline: Instant,
+    slots: &Mutex<Mesh>,
+    last_error: &Mutex<String>,
+) {
+    let size = config.size();
+    let wanted = |r: NodeId| r > config.rank && r < size;
+    let missing = || (config.rank + 1..size).any(|r| lock(slots)[r as usize].is_none());
+    while missing() {
+        let Some(mut stream) = accept_until(&config.listener, deadline) else {
+            return;
+        };
+        let result = prepare(&stream, bounded(config.handshake_timeout, deadline))
+            .and_then(|()| {
+                handshake::accept(local, &mut stream, |r| {
+                    wanted(r) && lock(slots)[r as usize].is_none()
+                })
+            })
+            .and_then(|peer| finish(&stream).map(|()| peer));
+        match result {
+            Ok(peer) => lock(slots)[peer as usize] = Some(stream),
+            Err(e) => {
+                tracing::warn!(rank = config.rank, error = %e, "rejected an incoming connection");
+                *lock(last_error) = e.to_string();
+            }
+        }
+    }
+}
+
+/// Waits for one connection until `deadline`; `None` at the deadline or on a listener error.
+fn accept_until(listener: &TcpListener, deadline: Instant) -> Option<TcpStream> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => match listener.accept() {
+                Ok((stream, _)) => return Some(stream),
+                Err(e) => tracing::warn!(error = %e, "accept failed"),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "poll on the listener failed");
+                return None;
+            }
+        }
+    }
+}
+
+/// Socket options for the handshake: blocking with timeouts, no Nagle delay.
+fn prepare(stream: &TcpStream, timeout: Duration) -> Result<()> {
+    let timeout = Some(timeout.max(Duration::from_millis(1)));
+    stream
+        .set_nodelay(true)
+        .map_err(|e| Error::io("setsockopt(TCP_NODELAY)", e))?;
+    stream
+        .set_read_timeout(timeout)
+        .map_err(|e| Error::io("setsockopt(SO_RCVTIMEO)", e))?;
+    stream
+        .set_write_timeout(timeout)
+        .map_err(|e| Error::io("setsockopt(SO_SNDTIMEO)", e))
+}
+
+/// After the handshake the io_uring thread owns the socket: no socket timeouts any more.
+fn finish(stream: &TcpStream) -> Result<()> {
+    stream
+        .set_read_timeout(None)
+        .map_err(|e| Error::io("setsockopt(SO_RCVTIMEO)", e))?;
+    stream
+        .set_write_timeout(None)
+        .map_err(|e| Error::io("setsockopt(SO_SNDTIMEO)", e))
+}
+
+fn bounded(limit: Duration, deadline: Instant) -> Duration {
+    limit
+        .min(deadline.saturating_duration_since(Instant::now()))
+        .max(Duration::from_millis(1))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

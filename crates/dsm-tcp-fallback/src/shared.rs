@@ -1,0 +1,140 @@
+//! State shared between application threads and the transport thread: the lock-free work
+//! queue, the eventfd that wakes the ring, per-peer failure flags and the exposure table.
+//!
+//! Wake-up protocol (no lost wake-ups, at most one eventfd write per sleep of the worker):
+//! a producer pushes, then `notified.swap(true)`; only the producer that flips it from false
+//! writes the eventfd. The worker sets `notified` while it runs and, before sleeping, clears
+//! it, fences, and looks at the queue once more; anything pushed before the clear is seen by
+//! that look, anything pushed after it flips the flag and writes the eventfd.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::{RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use dsm_core::{HomeMemory, TransportError};
+use dsm_wire::{Message, NodeId, Page, PageId};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+/// Capacity of the work queue (operations not yet taken by the transport thread).
+pub(crate) const QUEUE_CAPACITY: usize = 1 << 16;
+/// How long a producer waits for room in a full queue before giving up.
+const QUEUE_FULL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One unit of work for the transport thread.
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// Send an encoded frame to a peer.
+    Send { to: NodeId, frame: Vec<u8> },
+    /// Deliver a message to our own sink (a node sending to itself).
+    Local { message: Message },
+    /// Read a page from a home.
+    Read {
+        home: NodeId,
+        page: PageId,
+        token: u64,
+    },
+    /// Write a page to a home.
+    Write {
+        home: NodeId,
+        page: PageId,
+        data: Page,
+        token: u64,
+    },
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) queue: ArrayQueue<Op>,
+    pub(crate) wake: EventFd,
+    pub(crate) notified: AtomicBool,
+    pub(crate) stop: AtomicBool,
+    pub(crate) failed: Vec<AtomicBool>,
+    pub(crate) exposed: RwLock<HashMap<u32, HomeMemory>>,
+}
+
+impl Shared {
+    pub(crate) fn new(size: usize) -> std::io::Result<Self> {
+        // Blocking on purpose: io_uring then waits on it by poll; with O_NONBLOCK its read
+        // would complete at once with EAGAIN.
+        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC)?;
+        Ok(Shared {
+            queue: ArrayQueue::new(QUEUE_CAPACITY),
+            wake,
+            notified: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            failed: (0..size).map(|_| AtomicBool::new(false)).collect(),
+            exposed: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// Queues `op` and wakes the transport thread if it may be asleep.
+    pub(crate) fn submit(&self, mut op: Op) -> Result<(), TransportError> {
+        let mut deadline = None;
+        while let Err(back) = self.queue.push(op) {
+            op = back;
+            self.submit_contended(&mut deadline)?;
+        }
+        self.wake();
+        Ok(())
+    }
+
+    /// The queue is full: the transport thread is behind. Make sure it is awake, then yield
+    /// until it makes room, for at most `QUEUE_FULL_TIMEOUT`.
+    #[cold]
+    fn submit_contended(&self, deadline: &mut Option<Instant>) -> Result<(), TransportError> {
+        if self.stop.load(Ordering::Acquire) {
+            return Err(TransportError::Closed);
+        }
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + QUEUE_FULL_TIMEOUT);
+        if Instant::now() > deadline {
+            return Err(TransportError::Io {
+                call: "transport work queue",
+                detail: format!("full ({QUEUE_CAPACITY} operations) for {QUEUE_FULL_TIMEOUT:?}"),
+            });
+        }
+        self.wake();
+        std::thread::yield_now();
+        Ok(())
+    }
+
+    /// Wakes the transport thread unless a wake-up is already pending.
+    pub(crate) fn wake(&self) {
+        if !self.notified.swap(true, Ordering::SeqCst) {
+            // Cannot fail short of a closed fd: the counter never nears u64::MAX because the
+            // worker resets it on every wake-up.
+            if let Err(e) = self.wake.write(1) {
+                tracing::error!(error = %e, "eventfd write failed");
+            }
+        }
+    }
+
+    /// Worker: clears the wake-up flag before sleeping; true when work arrived meanwhile (then
+    /// the worker must not sleep).
+    pub(crate) fn prepare_to_sleep(&self) -> bool {
+        self.notified.store(false, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let busy = !self.queue.is_empty() || self.stop.load(Ordering::SeqCst);
+        if busy {
+            self.notified.store(true, Ordering::SeqCst);
+        }
+        busy
+    }
+
+    /// Worker: running; producers need not write the eventfd.
+    pub(crate) fn awake(&self) {
+        self.notified.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn exposed(&self) -> RwLockReadGuard<'_, HashMap<u32, HomeMemory>> {
+        self.exposed.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn is_failed(&self, node: NodeId) -> bool {
+        self.failed
+            .get(node as usize)
+            .is_some_and(|f| f.load(Ordering::Acquire))
+    }
+}

@@ -1,0 +1,427 @@
+//! Every raw call of the crate: anonymous mappings, the provided-buffer ring shared with the
+//! kernel, and raw access to a home's exposed memory.
+//!
+//! Buffer lifetime contract (used by every SQE the worker submits): memory named in an SQE
+//! must stay valid and unmoved until that SQE's last completion is reaped. The worker keeps
+//! send buffers and the wake-up word in its connections and itself, and waits for every
+//! in-flight completion before dropping them (see `worker::Worker::drain_inflight`); if the
+//! kernel does not answer in time it leaks them rather than free memory the kernel may write.
+
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use dsm_wire::PAGE_SIZE;
+use io_uring::types::BufRingEntry;
+
+/// An anonymous private mapping, unmapped on drop.
+#[derive(Debug)]
+pub(crate) struct Mmap {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; access is through `&`/`&mut self`.
+unsafe impl Send for Mmap {}
+
+impl Mmap {
+    /// Maps `len` zeroed bytes (rounded up to whole pages by the kernel).
+    pub(crate) fn anonymous(len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh anonymous mapping aliases nothing; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
+        Ok(Mmap { ptr, len })
+    }
+
+    fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what mmap returned; nothing borrows the mapping once
+        // its owner is dropped (the worker waits for the kernel first, see the module docs).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A ring of provided receive buffers (`IORING_REGISTER_PBUF_RING`): the kernel picks a free
+/// buffer for each multishot-recv completion; the worker hands it back with [`recycle`].
+///
+/// Field order is drop order: the ring of entries and the buffers are unmapped only after the
+/// worker unregistered the group or the io_uring was dropped (the worker owns both and drops
+/// the ring first).
+///
+/// [`recycle`]: BufRing::recycle
+#[derive(Debug)]
+pub(crate) struct BufRing {
+    entries: Mmap,
+    buffers: Mmap,
+    count: u16,
+    buf_len: u32,
+    tail: u16,
+}
+
+impl BufRing {
+    /// `count` buffers (a power of two, at most 32768) of `buf_len` bytes each, all free.
+    pub(crate) fn new(count: u16, buf_len: u32) -> io::Result<Self> {
+        assert!(
+            count.is_power_of_two(),
+            "buffer ring size must be a power of two"
+        );
+        let entries = Mmap::anonymous(usize::from(count) * size_of::<BufRingEntry>())?;
+        let buffers = Mmap::anonymous(usize::from(count) * buf_len as usize)?;
+        let mut ring = BufRing {
+            entries,
+            buffers,
+            count,
+            buf_len,
+            tail: 0,
+        };
+        for bid in 0..count {
+            ring.put(bid);
+        }
+        ring.publish();
+        Ok(ring)
+    }
+
+    /// Registers the ring as buffer group `group` of `submitter`'s io_uring.
+    pub(crate) fn register(
+        &self,
+        submitter: &io_uring::Submitter<'_>,
+        group: u16,
+    ) -> io::Result<()> {
+        // SAFETY: the entries mapping is page-aligned and lives as long as `self`, which the
+        // worker keeps until the io_uring is gone (field order of `Worker`).
+        unsafe {
+            submitter.register_buf_ring_with_flags(
+                self.entries.as_ptr() as u64,
+                self.count,
+                group,
+                0,
+            )
+        }
+    }
+
+    /// The first `len` bytes of buffer `bid`, as filled by a completion.
+    pub(crate) fn filled(&self, bid: u16, len: usize) -> &[u8] {
+        assert!(
+            bid < self.count && len <= self.buf_len as usize,
+            "buffer out of range"
+        );
+        let start = usize::from(bid) * self.buf_len as usize;
+        // SAFETY: in range of the buffers mapping (checked above); the kernel handed this
+        // buffer to us in a completion and will not touch it until `recycle`.
+        unsafe { std::slice::from_raw_parts(self.buffers.as_ptr().add(start), len) }
+    }
+
+    /// Hands buffer `bid` back to the kernel.
+    pub(crate) fn recycle(&mut self, bid: u16) {
+        self.put(bid);
+        self.publish();
+    }
+
+    fn put(&mut self, bid: u16) {
+        let index = usize::from(self.tail & (self.count - 1));
+        let base = self.entries.as_ptr().cast::<BufRingEntry>();
+        // SAFETY: `index < count` entries were mapped; the slot at `tail` is free because the
+        // kernel consumed it before returning `bid` (we never hand out more than `count`).
+        let entry = unsafe { &mut *base.add(index) };
+        let start = usize::from(bid) * self.buf_len as usize;
+        entry.set_addr(self.buffers.as_ptr().wrapping_add(start) as u64);
+        entry.set_len(self.buf_len);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        let base = self.entries.as_ptr().cast::<BufRingEntry>();
+        // SAFETY: the tail field overlays entry 0's reserved field inside the mapping, is
+        // 2-byte aligned, and the kernel only reads it: an atomic store is the shared protocol.
+        let tail = unsafe { AtomicU16::from_ptr(BufRingEntry::tail(base).cast_mut()) };
+        tail.store(self.tail, Ordering::Release);
+    }
+}
+
+/// Copies page `index` of exposed home memory out as a borrowed array.
+///
+/// Sound because of `HomeMemory::new`'s contract (valid until withdrawn, never registered with
+/// userfaultfd) and because the caller holds the exposure table's read lock, which `withdraw`
+/// needs to write.
+pub(crate) fn with_home_page<R>(
+    memory: &dsm_core::HomeMemory,
+    index: u32,
+    f: impl FnOnce(&[u8; PAGE_SIZE]) -> R,
+) -> Option<R> {
+    let ptr = memory.page_ptr(index)?;
+    // SAFETY: see above; `page_ptr` checked the range, the base is page-aligned.
+    Some(f(unsafe { &*ptr.cast::<[u8; PAGE_SIZE]>() }))
+}
+
+/// Writes `data` into page `index` of exposed home memory; `None` outside the range.
+pub(crate) fn write_home_page(
+    memory: &dsm_core::HomeMemory,
+    index: u32,
+    data: &[u8; PAGE_SIZE],
+) -> Option<()> {
+    let ptr = memory.page_ptr(index)?;
+    // SAFETY: as for `with_home_page`; the coherence protocol orders writes to home copies,
+    // the transport only moves bytes.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ptr, PAGE_SIZE) };
+    Some(())
+}
+
+/// What a completion belongs to, packed into `user_data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tag {
+    /// The eventfd read that wakes the ring.
+    Wake,
+    /// Multishot receive on the connection to a peer.
+    Recv(u32),
+    /// Send to a peer.
+    Send(u32),
+    /// A cancellation request (its own completion carries nothing useful).
+    Cancel,
+}
+
+impl Tag {
+    fn encode(self) -> u64 {
+        match self {
+            Tag::Wake => 1 << 32,
+            Tag::Recv(p) => (2 << 32) | u64::from(p),
+            Tag::Send(p) => (3 << 32) | u64::from(p),
+            Tag::Cancel => 4 << 32,
+        }
+    }
+
+    fn decode(user_data: u64) -> Option<Tag> {
+        let peer = (user_data & 0xffff_ffff) as u32;
+        match user_data >> 32 {
+            1 => Some(Tag::Wake),
+            2 => Some(Tag::Recv(peer)),
+            3 => Some(Tag::Send(peer)),
+            4 => Some(Tag::Cancel),
+            _ => None,
+        }
+    }
+}
+
+/// One reaped completion.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Completion {
+    pub(crate) tag: Tag,
+    pub(crate) result: i32,
+    pub(crate) flags: u32,
+}
+
+impl Completion {
+    /// The provided buffer a receive completion filled, if any.
+    pub(crate) fn buffer(&self) -> Option<u16> {
+        io_uring::cqueue::buffer_select(self.flags)
+    }
+    /// A multishot request stays armed after this completion.
+    pub(crate) fn more(&self) -> bool {
+        io_uring::cqueue::more(self.flags)
+    }
+}
+
+/// The io_uring and every buffer the kernel may touch through it, so that ownership alone
+/// guarantees the buffer lifetime contract (module docs): send buffers are moved in with the
+/// send and handed back with its completion; the wake word and the provided buffers live here.
+///
+/// Field order is drop order: the ring is closed before the buffers it could write are
+/// unmapped. [`Ring::close`] first waits for every in-flight operation.
+pub(crate) struct Ring {
+    ring: io_uring::IoUring,
+    buffers: BufRing,
+    wake_word: Box<u64>,
+    sends: Vec<Option<Vec<u8>>>,
+    inflight: usize,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring")
+            .field("inflight", &self.inflight)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Buffer group id of the provided receive buffers.
+const BUFFER_GROUP: u16 = 0;
+
+impl Ring {
+    /// A ring with room for `entries` submissions, serving `peers` connections, with
+    /// `buf_count` provided receive buffers of `buf_len` bytes.
+    pub(crate) fn new(
+        entries: u32,
+        peers: usize,
+        buf_count: u16,
+        buf_len: u32,
+    ) -> io::Result<Self> {
+        let ring = build_ring(entries)?;
+        let buffers = BufRing::new(buf_count, buf_len)?;
+        buffers.register(&ring.submitter(), BUFFER_GROUP)?;
+        Ok(Ring {
+            ring,
+            buffers,
+            wake_word: Box::new(0),
+            sends: (0..peers).map(|_| None).collect(),
+            inflight: 0,
+        })
+    }
+
+    /// Arms a read of the eventfd `fd` into the wake word.
+    pub(crate) fn read_wake(&mut self, fd: std::os::fd::RawFd) -> io::Result<()> {
+        let ptr: *mut u64 = &mut *self.wake_word;
+        let entry = io_uring::opcode::Read::new(io_uring::types::Fd(fd), ptr.cast(), 8).build();
+        self.push(entry, Tag::Wake)
+    }
+
+    /// Arms a multishot receive on `fd` into the provided buffers.
+    pub(crate) fn recv_multi(&mut self, fd: std::os::fd::RawFd, peer: u32) -> io::Result<()> {
+        let entry = io_uring::opcode::RecvMulti::new(io_uring::types::Fd(fd), BUFFER_GROUP).build();
+        self.push(entry, Tag::Recv(peer))
+    }
+
+    /// Sends `buf[offset..]` on `fd`; the ring keeps `buf` until the completion, then
+    /// [`take_send`](Self::take_send) hands it back. One send per peer at a time.
+    pub(crate) fn send(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        peer: u32,
+        buf: Vec<u8>,
+        offset: usize,
+    ) -> io::Result<()> {
+        let slot = &mut self.sends[peer as usize];
+        assert!(slot.is_none(), "one send in flight per peer");
+        let len = u32::try_from(buf.len() - offset).unwrap_or(u32::MAX);
+        let ptr = buf[offset..].as_ptr();
+        *slot = Some(buf); // the heap block does not move with the Vec
+        let entry = io_uring::opcode::Send::new(io_uring::types::Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        self.push(entry, Tag::Send(peer))
+    }
+
+    /// The buffer of the completed send to `peer`.
+    pub(crate) fn take_send(&mut self, peer: u32) -> Option<Vec<u8>> {
+        self.sends.get_mut(peer as usize)?.take()
+    }
+
+    /// Asks the kernel to cancel the operation tagged `tag`.
+    pub(crate) fn cancel(&mut self, tag: Tag) -> io::Result<()> {
+        let entry = io_uring::opcode::AsyncCancel::new(tag.encode()).build();
+        self.push(entry, Tag::Cancel)
+    }
+
+    /// The provided buffers.
+    pub(crate) fn buffers(&mut self) -> &mut BufRing {
+        &mut self.buffers
+    }
+
+    /// Submits everything queued and, when `wait`, blocks until at least one completion.
+    pub(crate) fn submit(&mut self, wait: bool) -> io::Result<()> {
+        match self.ring.submit_and_wait(usize::from(wait)) {
+            Ok(_) => Ok(()),
+            // EINTR: a signal; EBUSY: completions must be reaped first. Both: reap and retry.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves every available completion into `out`, keeping count of live operations.
+    pub(crate) fn reap(&mut self, out: &mut Vec<Completion>) {
+        for cqe in self.ring.completion() {
+            let Some(tag) = Tag::decode(cqe.user_data()) else {
+                continue;
+            };
+            let done = Completion {
+                tag,
+                result: cqe.result(),
+                flags: cqe.flags(),
+            };
+            if !done.more() {
+                self.inflight -= 1;
+            }
+            out.push(done);
+        }
+    }
+
+    /// Waits up to `timeout` for every in-flight operation (sockets already shut down, the
+    /// wake read cancelled). If the kernel still holds some, the buffers it could write are
+    /// leaked rather than freed under it.
+    pub(crate) fn close(mut self, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut sink = Vec::new();
+        while self.inflight > 0 && std::time::Instant::now() < deadline {
+            let ts = io_uring::types::Timespec::from(std::time::Duration::from_millis(10));
+            let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            sink.clear();
+            self.reap(&mut sink);
+        }
+        if self.inflight > 0 {
+            tracing::error!(
+                inflight = self.inflight,
+                "io_uring operations outlived shutdown; leaking their buffers"
+            );
+            let Ring {
+                ring,
+                buffers,
+                wake_word,
+                sends,
+                ..
+            } = self;
+            drop(ring);
+            std::mem::forget((buffers, wake_word, sends));
+        }
+    }
+
+    fn push(&mut self, entry: io_uring::squeue::Entry, tag: Tag) -> io::Result<()> {
+        let entry = entry.user_data(tag.encode());
+        if self.ring.submission().is_full() {
+            self.ring.submit()?;
+        }
+        // SAFETY: every buffer named by the entries built above is owned by `self` (wake word,
+        // provided buffers, send buffers parked in `sends`) and outlives the operation: it is
+        // released only by `take_send` after the completion, or by `close` after all
+        // completions (or leaked).
+        unsafe { self.ring.submission().push(&entry) }
+            .map_err(|_| io::Error::other("submission queue full after submit"))?;
+        self.inflight += 1;
+        Ok(())
+    }
+}
+
+/// Builds the ring with the cheapest task-running mode the kernel offers: one issuer with
+/// deferred task work (completions run only when we wait), else cooperative task running,
+/// else plain.
+fn build_ring(entries: u32) -> io::Result<io_uring::IoUring> {
+    let cq = entries * 4;
+    io_uring::IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_cqsize(cq)
+        .build(entries)
+        .or_else(|_| {
+            io_uring::IoUring::builder()
+                .setup_coop_taskrun()
+                .setup_cqsize(cq)
+                .build(entries)
+        })
+        .or_else(|_| io_uring::IoUring::builder().setup_cqsize(cq).build(entries))
+}

@@ -1,0 +1,186 @@
+//! [`TcpTransport`]: the public face: start the mesh, implement `dsm_core::Transport`, stop.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use dsm_core::{EventSink, HomeMemory, Transport, TransportError};
+use dsm_wire::{Message, NodeId, Page, PageId, encode};
+
+use crate::handshake::Local;
+use crate::shared::{Op, Shared};
+use crate::worker::{self, Setup, peer_failed};
+use crate::{Error, Result, TcpConfig, mesh};
+
+/// A node's TCP transport: a full mesh of authenticated connections driven by one io_uring
+/// thread. See the [crate docs](crate) for the design and a quick start.
+///
+/// Every method returns at once; completions and arrivals go to the [`EventSink`] given to
+/// [`start`](Self::start), on the transport thread. Dropping the transport stops the thread
+/// (see [`shutdown`](Self::shutdown)).
+#[derive(Debug)]
+pub struct TcpTransport {
+    rank: NodeId,
+    cluster: u64,
+    size: u32,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl TcpTransport {
+    /// Connects this node to every other node of `config.peers`, authenticates each
+    /// connection, and starts the transport thread delivering to `sink`.
+    ///
+    /// Returns once the whole mesh is up, or fails with [`Error::MeshTimeout`] naming the ranks
+    /// that did not connect within `config.connect_timeout`. Incoming connections that fail
+    /// the handshake are logged and dropped while waiting.
+    pub fn start(config: TcpConfig, sink: Arc<dyn EventSink>) -> Result<Self> {
+        config.check()?;
+        let local = Local {
+            rank: config.rank,
+            cluster: config.cluster,
+            key: config.key,
+        };
+        let mesh = mesh::connect(&config, &local)?;
+        let shared =
+            Arc::new(Shared::new(config.peers.len()).map_err(|e| Error::io("eventfd", e))?);
+        let thread = worker::spawn(Setup {
+            rank: config.rank,
+            cluster: config.cluster,
+            limits: config.limits.clone(),
+            mesh,
+            shared: Arc::clone(&shared),
+            sink,
+        })?;
+        tracing::debug!(
+            rank = config.rank,
+            size = config.size(),
+            "tcp mesh connected"
+        );
+        Ok(TcpTransport {
+            rank: config.rank,
+            cluster: config.cluster,
+            size: config.size(),
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Stops the transport thread and closes every connection (peers see this node fail).
+    /// Outstanding page reads and writes complete with [`TransportError::Closed`]. Idempotent;
+    /// also run on drop.
+    pub fn shutdown(&self) -> Result<()> {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.notified.store(false, Ordering::SeqCst);
+        self.shared.wake();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match thread.map(JoinHandle::join) {
+            Some(Err(_)) => Err(Error::ThreadPanicked(self.rank)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Number of nodes in the cluster.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// True once `node`'s connection failed (its `PeerFailed` event was delivered).
+    pub fn is_failed(&self, node: NodeId) -> bool {
+        self.shared.is_failed(node)
+    }
+
+    /// Checks that `node` can be addressed now.
+    fn reachable(&self, node: NodeId) -> std::result::Result<(), TransportError> {
+        if node >= self.size {
+            return Err(TransportError::UnknownPeer(node));
+        }
+        if self.shared.stop.load(Ordering::Acquire) {
+            return Err(TransportError::Closed);
+        }
+        if self.shared.is_failed(node) {
+            return Err(peer_failed(node, "connection closed"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TcpTransport {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(rank = self.rank, error = %e, "tcp transport shutdown");
+        }
+    }
+}
+
+impl Transport for TcpTransport {
+    fn local(&self) -> NodeId {
+        self.rank
+    }
+
+    fn send(&self, to: NodeId, message: &Message) -> std::result::Result<(), TransportError> {
+        self.reachable(to)?;
+        let op = if to == self.rank {
+            Op::Local {
+                message: message.clone(),
+            }
+        } else {
+            Op::Send {
+                to,
+                frame: encode(message, self.cluster, self.rank),
+            }
+        };
+        self.shared.submit(op)
+    }
+
+    fn expose(&self, region: u32, memory: HomeMemory) -> std::result::Result<(), TransportError> {
+        let mut exposed = self
+            .shared
+            .exposed
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        exposed.insert(region, memory);
+        Ok(())
+    }
+
+    /// Returns once the transport thread can no longer touch the region's memory.
+    fn withdraw(&self, region: u32) -> std::result::Result<(), TransportError> {
+        let mut exposed = self
+            .shared
+            .exposed
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        exposed.remove(&region);
+        Ok(())
+    }
+
+    fn read_page(
+        &self,
+        home: NodeId,
+        page: PageId,
+        token: u64,
+    ) -> std::result::Result<(), TransportError> {
+        self.reachable(home)?;
+        self.shared.submit(Op::Read { home, page, token })
+    }
+
+    fn write_page(
+        &self,
+        home: NodeId,
+        page: PageId,
+        data: Page,
+        token: u64,
+    ) -> std::result::Result<(), TransportError> {
+        self.reachable(home)?;
+        self.shared.submit(Op::Write {
+            home,
+            page,
+            data,
+            token,
+        })
+    }
+
+    fn one_sided(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,605 @@
+//! The transport thread: one io_uring drives every connection of the node.
+//!
+//! Each turn of the loop takes queued work from application threads, batches every frame
+//! queued for a peer into one send, submits all of it with one `io_uring_enter` that also
+//! waits, and handles the completions: multishot receives (frames reassembled straight out of
+//! the provided buffers), sends, and the eventfd wake-up.
+
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use dsm_core::{EventSink, TransportError, TransportEvent};
+use dsm_wire::msg::transport::{append_page_read_reply, append_page_write_request};
+use dsm_wire::{
+    Frame, Limits, Message, NodeId, PAGE_SIZE, Page, PageId, PageStatus, Transport, encode,
+};
+
+use crate::conn::{Conn, MAX_BACKLOG, Pending};
+use crate::mesh::Mesh;
+use crate::shared::{Op, Shared};
+use crate::sys::{self, Completion, Ring, Tag};
+use crate::{Error, Result};
+
+/// Operations taken from the queue per turn, so completions are never starved.
+const DRAIN_BATCH: usize = 4096;
+/// Submission queue entries.
+const RING_ENTRIES: u32 = 512;
+/// Provided receive buffers: count and size. 256 KiB of data per buffer keeps a stream of
+/// 4 KiB pages to a few completions per 64 pages.
+const RECV_BUFFERS: u16 = 64;
+const RECV_BUFFER_LEN: u32 = 64 << 10;
+/// How long shutdown waits for the kernel to return in-flight operations.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the thread needs to start.
+pub(crate) struct Setup {
+    pub(crate) rank: NodeId,
+    pub(crate) cluster: u64,
+    pub(crate) limits: Limits,
+    pub(crate) mesh: Mesh,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) sink: Arc<dyn EventSink>,
+}
+
+/// Starts the transport thread; returns once its ring is set up and every receive armed.
+pub(crate) fn spawn(setup: Setup) -> Result<std::thread::JoinHandle<()>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let rank = setup.rank;
+    let thread = std::thread::Builder::new()
+        .name(format!("dsm-tcp-{rank}"))
+        .spawn(move || match Worker::new(setup) {
+            Ok(worker) => {
+                let _ = ready_tx.send(Ok(()));
+                worker.run();
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+            }
+        })
+        .map_err(|e| Error::io("spawn transport thread", e))?;
+    match ready_rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => Err(Error::io("io_uring setup", e)),
+        Err(_) => Err(Error::ThreadPanicked(rank)),
+    }
+}
+
+/// Field order is drop order: the ring (which may still reference connection buffers) goes
+/// first; `run` ends with an explicit, bounded `Ring::close`.
+struct Worker {
+    ring: Ring,
+    conns: Vec<Option<Conn>>,
+    shared: Arc<Shared>,
+    sink: Arc<dyn EventSink>,
+    rank: NodeId,
+    /// Nodes in the cluster (`conns.len()`).
+    size: NodeId,
+    cluster: u64,
+    completions: Vec<Completion>,
+    frames: Vec<Frame>,
+}
+
+impl Worker {
+    fn new(setup: Setup) -> std::io::Result<Self> {
+        let size = setup.mesh.len();
+        let mut ring = Ring::new(RING_ENTRIES, size, RECV_BUFFERS, RECV_BUFFER_LEN)?;
+        ring.read_wake(setup.shared.wake.as_raw_fd())?;
+        let mut conns = Vec::with_capacity(size);
+        for (peer, stream) in (0..).zip(setup.mesh) {
+            let conn = stream.map(|s| Conn::new(peer, s, setup.limits.clone()));
+            if let Some(conn) = &conn {
+                ring.recv_multi(conn.stream.as_raw_fd(), conn.peer)?;
+            }
+            conns.push(conn.map(|mut c| {
+                c.receiving = true;
+                c
+            }));
+        }
+        Ok(Worker {
+            ring,
+            conns,
+            shared: setup.shared,
+            sink: setup.sink,
+            rank: setup.rank,
+            size: NodeId::try_from(size).unwrap_or(NodeId::MAX),
+            cluster: setup.cluster,
+            completions: Vec::with_capacity(256),
+            frames: Vec::with_capacity(256),
+        })
+    }
+
+    fn run(mut self) {
+        while !self.shared.stop.load(Ordering::Acquire) {
+            self.drain_queue();
+            self.flush();
+            let wait = !self.shared.prepare_to_sleep();
+            if let Err(e) = self.ring.submit(wait) {
+                tracing::error!(rank = self.rank, error = %e, "io_uring_enter failed; transport stops");
+                self.shared.stop.store(true, Ordering::Release);
+                break;
+            }
+            self.shared.awake();
+            self.handle_completions();
+        }
+        self.shutdown();
+    }
+
+    fn drain_queue(&mut self) {
+        for _ in 0..DRAIN_BATCH {
+            let Some(op) = self.shared.queue.pop() else {
+                break;
+            };
+            self.apply(op);
+        }
+    }
+
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::Local { message } => self.sink.deliver(TransportEvent::Message {
+                from: self.rank,
+                message,
+            }),
+            Op::Send { to, frame } => {
+                // To a failed peer the frame is dropped: PeerFailed was delivered already.
+                if let Some(conn) = open(&mut self.conns, to) {
+                    conn.queue_frame(frame);
+                }
+            }
+            Op::Read { home, page, token } => self.start_read(home, page, token),
+            Op::Write {
+                home,
+                page,
+                data,
+                token,
+            } => self.start_write(home, page, data, token),
+        }
+    }
+
+    fn start_read(&mut self, home: NodeId, page: PageId, token: u64) {
+        if home == self.rank {
+            let result = self.read_local(page);
+            return self
+                .sink
+                .deliver(TransportEvent::PageRead { token, result });
+        }
+        let Some(conn) = open(&mut self.conns, home) else {
+            let result = Err(peer_failed(home, "connection closed"));
+            return self
+                .sink
+                .deliver(TransportEvent::PageRead { token, result });
+        };
+        conn.pending.push_back(Pending::Read { token, page });
+        let request = Message::Transport(Transport::PageReadRequest { token, page });
+        conn.queue_frame(encode(&request, self.cluster, self.rank));
+    }
+
+    fn start_write(&mut self, home: NodeId, page: PageId, data: Page, token: u64) {
+        if home == self.rank {
+            let result = self.write_local(page, &data);
+            return self
+                .sink
+                .deliver(TransportEvent::PageWritten { token, result });
+        }
+        let Some(conn) = open(&mut self.conns, home) else {
+            let result = Err(peer_failed(home, "connection closed"));
+            return self
+                .sink
+                .deliver(TransportEvent::PageWritten { token, result });
+        };
+        conn.pending.push_back(Pending::Write { token, page });
+        append_page_write_request(&mut conn.out, self.cluster, self.rank, token, page, &data);
+    }
+
+    /// Submits one send per peer carrying everything queued for it.
+    fn flush(&mut self) {
+        for peer in 0..self.size {
+            let Some(conn) = open(&mut self.conns, peer) else {
+                continue;
+            };
+            if conn.sending || conn.out.is_empty() {
+                continue;
+            }
+            if conn.out.len() > MAX_BACKLOG {
+                let reason = format!("send backlog over {MAX_BACKLOG} bytes: peer stopped reading");
+                self.fail(peer, reason);
+                continue;
+            }
+            let spare = std::mem::take(&mut conn.spare);
+            let buf = std::mem::replace(&mut conn.out, spare);
+            let fd = conn.stream.as_raw_fd();
+            conn.sending = true;
+            if let Err(e) = self.ring.send(fd, peer, buf, 0) {
+                self.fail(peer, format!("io_uring send: {e}"));
+            }
+        }
+    }
+
+    fn handle_completions(&mut self) {
+        let mut done = std::mem::take(&mut self.completions);
+        self.ring.reap(&mut done);
+        for c in done.drain(..) {
+            match c.tag {
+                Tag::Wake => self.on_wake(c),
+                Tag::Recv(peer) => self.on_recv(peer, c),
+                Tag::Send(peer) => self.on_send(peer, c),
+                Tag::Cancel => {}
+            }
+        }
+        self.completions = done;
+    }
+
+    fn on_wake(&mut self, c: Completion) {
+        if c.result < 0 && c.result != -libc::EINTR {
+            tracing::error!(rank = self.rank, errno = -c.result, "eventfd read failed");
+        }
+        if !self.shared.stop.load(Ordering::Acquire)
+            && let Err(e) = self.ring.read_wake(self.shared.wake.as_raw_fd())
+        {
+            tracing::error!(rank = self.rank, error = %e, "cannot re-arm the wake-up read");
+        }
+    }
+
+    fn on_recv(&mut self, peer: NodeId, c: Completion) {
+        let result = match (c.result, c.buffer()) {
+            (n, Some(bid)) if n > 0 => {
+                let outcome = self.receive(peer, bid, n.unsigned_abs() as usize);
+                self.ring.buffers().recycle(bid);
+                outcome
+            }
+            (0, _) => Err("connection closed by peer".to_owned()),
+            (e, _) if e == -libc::ENOBUFS => Ok(()), // buffers ran out: re-armed below
+            (e, _) => Err(format!("recv: {}", std::io::Error::from_raw_os_error(-e))),
+        };
+        if let Err(reason) = result {
+            self.fail(peer, reason);
+        }
+        let Some(conn) = self.conns.get_mut(peer as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if !c.more() {
+            conn.receiving = false;
+            if !conn.closing {
+                let fd = conn.stream.as_raw_fd();
+                conn.receiving = true;
+                if let Err(e) = self.ring.recv_multi(fd, peer) {
+                    self.fail(peer, format!("io_uring recv: {e}"));
+                }
+            }
+        }
+        self.reap_conn(peer);
+    }
+
+    /// Decodes the frames in buffer `bid` and acts on them. An error names why the connection
+    /// must close; frames before the bad one have been handled.
+    fn receive(&mut self, peer: NodeId, bid: u16, len: usize) -> std::result::Result<(), String> {
+        let Some(conn) = self.conns.get_mut(peer as usize).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        if conn.closing {
+            return Ok(());
+        }
+        let fed = conn
+            .reader
+            .feed(self.ring.buffers().filled(bid, len), &mut self.frames);
+        let mut frames = std::mem::take(&mut self.frames);
+        let mut handled = Ok(());
+        for frame in frames.drain(..) {
+            if handled.is_ok() {
+                handled = self.handle_frame(peer, frame);
+            }
+        }
+        self.frames = frames;
+        handled?;
+        fed.map_err(|source| Error::Wire { peer, source }.to_string())
+    }
+
+    fn handle_frame(&mut self, peer: NodeId, frame: Frame) -> std::result::Result<(), String> {
+        if frame.sender != peer {
+            return Err(protocol(
+                peer,
+                format!("frame claims sender {}", frame.sender),
+            ));
+        }
+        match frame.message {
+            Message::Transport(t) => self.handle_transport(peer, t),
+            message => {
+                self.sink.deliver(TransportEvent::Message {
+                    from: peer,
+                    message,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn handle_transport(
+        &mut self,
+        peer: NodeId,
+        message: Transport,
+    ) -> std::result::Result<(), String> {
+        match message {
+            Transport::PageReadRequest { token, page } => self.serve_read(peer, token, page),
+            Transport::PageWriteRequest { token, page, data } => {
+                let status = status_of(self.write_local(page, &data));
+                let reply = Transport::PageWriteReply {
+                    token,
+                    page,
+                    status,
+                };
+                self.reply(peer, reply);
+            }
+            Transport::PageReadReply {
+                token,
+                page,
+                status,
+                data,
+            } => {
+                let expected = Pending::Read { token, page };
+                self.expect_reply(peer, expected)?;
+                let result = match (status, data) {
+                    (PageStatus::Ok, Some(data)) => Ok(data),
+                    (status, _) => Err(status_error(status, page, peer)),
+                };
+                self.sink
+                    .deliver(TransportEvent::PageRead { token, result });
+            }
+            Transport::PageWriteReply {
+                token,
+                page,
+                status,
+            } => {
+                self.expect_reply(peer, Pending::Write { token, page })?;
+                let result = match status {
+                    PageStatus::Ok => Ok(()),
+                    status => Err(status_error(status, page, peer)),
+                };
+                self.sink
+                    .deliver(TransportEvent::PageWritten { token, result });
+            }
+            other => return Err(protocol(peer, format!("{other:?} after the handshake"))),
+        }
+        Ok(())
+    }
+
+    /// Answers a page read from the exposed memory, copying the page once, straight into the
+    /// send buffer.
+    fn serve_read(&mut self, peer: NodeId, token: u64, page: PageId) {
+        let (cluster, rank) = (self.cluster, self.rank);
+        let Some(conn) = open(&mut self.conns, peer) else {
+            return;
+        };
+        let exposed = self.shared.exposed();
+        let status = match exposed.get(&page.region) {
+            None => PageStatus::NotExposed,
+            Some(memory) => sys::with_home_page(memory, page.page, |data| {
+                append_page_read_reply(&mut conn.out, cluster, rank, token, page, data)
+            })
+            .map_or(PageStatus::OutOfRange, |()| PageStatus::Ok),
+        };
+        drop(exposed);
+        if status != PageStatus::Ok {
+            self.reply(
+                peer,
+                Transport::PageReadReply {
+                    token,
+                    page,
+                    status,
+                    data: None,
+                },
+            );
+        }
+    }
+
+    fn reply(&mut self, peer: NodeId, message: Transport) {
+        let frame = encode(&Message::Transport(message), self.cluster, self.rank);
+        if let Some(conn) = open(&mut self.conns, peer) {
+            conn.queue_frame(frame);
+        }
+    }
+
+    fn expect_reply(&mut self, peer: NodeId, expected: Pending) -> std::result::Result<(), String> {
+        let conn = open(&mut self.conns, peer).ok_or_else(|| "connection closed".to_owned())?;
+        match conn.pending.front() {
+            Some(front) if *front == expected => {
+                conn.pending.pop_front();
+                Ok(())
+            }
+            front => Err(protocol(
+                peer,
+                format!("reply {expected:?} while waiting for {front:?}"),
+            )),
+        }
+    }
+
+    fn read_local(&self, page: PageId) -> std::result::Result<Page, TransportError> {
+        let exposed = self.shared.exposed();
+        let memory = exposed
+            .get(&page.region)
+            .ok_or(TransportError::NotExposed {
+                region: page.region,
+                home: self.rank,
+            })?;
+        sys::with_home_page(memory, page.page, |data| Box::new(*data)).ok_or(
+            TransportError::OutOfRange {
+                page,
+                home: self.rank,
+            },
+        )
+    }
+
+    fn write_local(
+        &self,
+        page: PageId,
+        data: &[u8; PAGE_SIZE],
+    ) -> std::result::Result<(), TransportError> {
+        let exposed = self.shared.exposed();
+        let memory = exposed
+            .get(&page.region)
+            .ok_or(TransportError::NotExposed {
+                region: page.region,
+                home: self.rank,
+            })?;
+        sys::write_home_page(memory, page.page, data).ok_or(TransportError::OutOfRange {
+            page,
+            home: self.rank,
+        })
+    }
+
+    fn on_send(&mut self, peer: NodeId, c: Completion) {
+        let buf = self.ring.take_send(peer);
+        let Some(conn) = self.conns.get_mut(peer as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        conn.sending = false;
+        match (c.result, buf) {
+            (n, Some(buf)) if n >= 0 && !conn.closing => {
+                let sent = conn.send_offset + n.unsigned_abs() as usize;
+                if sent < buf.len() {
+                    // Short send: the rest goes before anything queued since.
+                    conn.send_offset = sent;
+                    conn.sending = true;
+                    let fd = conn.stream.as_raw_fd();
+                    if let Err(e) = self.ring.send(fd, peer, buf, sent) {
+                        self.fail(peer, format!("io_uring send: {e}"));
+                    }
+                } else {
+                    conn.send_offset = 0;
+                    let mut buf = buf;
+                    buf.clear();
+                    if buf.capacity() > conn.spare.capacity() {
+                        conn.spare = buf;
+                    }
+                }
+            }
+            (n, _) if n < 0 => {
+                let reason = format!("send: {}", std::io::Error::from_raw_os_error(-n));
+                self.fail(peer, reason);
+            }
+            _ => {}
+        }
+        self.reap_conn(peer);
+    }
+
+    /// Declares `peer` failed: fails its outstanding requests, reports it once, and shuts the
+    /// socket down so the kernel returns the in-flight operations.
+    fn fail(&mut self, peer: NodeId, reason: String) {
+        let Some(conn) = open(&mut self.conns, peer) else {
+            return;
+        };
+        tracing::warn!(rank = self.rank, peer, %reason, "closing connection");
+        conn.closing = true;
+        let _ = conn.stream.shutdown(Shutdown::Both);
+        conn.out = Vec::new();
+        let pending: Vec<Pending> = conn.pending.drain(..).collect();
+        self.shared.failed[peer as usize].store(true, Ordering::Release);
+        for p in pending {
+            self.sink
+                .deliver(failed_completion(p, peer_failed(peer, &reason)));
+        }
+        self.sink
+            .deliver(TransportEvent::PeerFailed { node: peer, reason });
+        self.reap_conn(peer);
+    }
+
+    /// Closes the socket of a failed connection once the kernel holds nothing of it.
+    fn reap_conn(&mut self, peer: NodeId) {
+        if let Some(slot) = self.conns.get_mut(peer as usize)
+            && slot.as_ref().is_some_and(Conn::finished)
+        {
+            *slot = None;
+        }
+    }
+
+    /// Stops: completes every outstanding request with `Closed`, shuts the sockets down and
+    /// waits (bounded) for the kernel to give back every buffer.
+    fn shutdown(mut self) {
+        for conn in self.conns.iter_mut().flatten() {
+            conn.closing = true;
+            let _ = conn.stream.shutdown(Shutdown::Both);
+            for p in conn.pending.drain(..) {
+                self.sink
+                    .deliver(failed_completion(p, TransportError::Closed));
+            }
+        }
+        while let Some(op) = self.shared.queue.pop() {
+            closed_op(&*self.sink, op);
+        }
+        if let Err(e) = self
+            .ring
+            .cancel(Tag::Wake)
+            .and_then(|()| self.ring.submit(false))
+        {
+            tracing::warn!(rank = self.rank, error = %e, "cancelling the wake-up read failed");
+        }
+        let Worker { ring, conns, .. } = self;
+        ring.close(CLOSE_TIMEOUT);
+        drop(conns);
+    }
+}
+
+/// The connection to `peer` unless it failed.
+fn open(conns: &mut [Option<Conn>], peer: NodeId) -> Option<&mut Conn> {
+    conns
+        .get_mut(peer as usize)?
+        .as_mut()
+        .filter(|c| !c.closing)
+}
+
+fn closed_op(sink: &dyn EventSink, op: Op) {
+    match op {
+        Op::Read { token, .. } => sink.deliver(TransportEvent::PageRead {
+            token,
+            result: Err(TransportError::Closed),
+        }),
+        Op::Write { token, .. } => sink.deliver(TransportEvent::PageWritten {
+            token,
+            result: Err(TransportError::Closed),
+        }),
+        Op::Send { .. } | Op::Local { .. } => {}
+    }
+}
+
+fn failed_completion(pending: Pending, error: TransportError) -> TransportEvent {
+    match pending {
+        Pending::Read { token, .. } => TransportEvent::PageRead {
+            token,
+            result: Err(error),
+        },
+        Pending::Write { token, .. } => TransportEvent::PageWritten {
+            token,
+            result: Err(error),
+        },
+    }
+}
+
+pub(crate) fn peer_failed(node: NodeId, reason: &str) -> TransportError {
+    TransportError::PeerFailed {
+        node,
+        reason: reason.to_owned(),
+    }
+}
+
+fn status_of(result: std::result::Result<(), TransportError>) -> PageStatus {
+    match result {
+        Ok(()) => PageStatus::Ok,
+        Err(TransportError::OutOfRange { .. }) => PageStatus::OutOfRange,
+        Err(_) => PageStatus::NotExposed,
+    }
+}
+
+fn status_error(status: PageStatus, page: PageId, home: NodeId) -> TransportError {
+    match status {
+        PageStatus::OutOfRange => TransportError::OutOfRange { page, home },
+        _ => TransportError::NotExposed {
+            region: page.region,
+            home,
+        },
+    }
+}
+
+fn protocol(peer: NodeId, what: String) -> String {
+    Error::Protocol { peer, what }.to_string()
+}

@@ -1,0 +1,289 @@
+//! Hostile and broken input: garbage bytes, a wrong cluster, a wrong key, bad frames after a
+//! good handshake, a spoofed sender. Each is rejected on its own connection; the rest of the
+//! mesh keeps working.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Duration;
+
+use dsm_core::{EventSink, Transport, TransportEvent};
+use dsm_tcp_fallback::{Error, TcpConfig, TcpTransport};
+use dsm_wire::{
+    HEADER_LEN, Header, Limits, Membership, Message, Transport as Wire, decode, encode,
+};
+
+use crate::common::{CLUSTER, Collect, channel_mesh, listeners, start_all, wait_for};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+const KEY: [u8; 32] = [0x42; 32];
+
+fn beat(b: u64) -> Message {
+    Message::Membership(Membership::Heartbeat { beat: b })
+}
+
+fn read_frame(stream: &mut TcpStream, cluster: u64) -> Option<Message> {
+    let mut header = [0u8; HEADER_LEN];
+    stream.read_exact(&mut header).ok()?;
+    let h = Header::parse(&header, cluster, 1024).ok()?;
+    let mut frame = header.to_vec();
+    frame.resize(HEADER_LEN + h.body_len as usize, 0);
+    stream.read_exact(&mut frame[HEADER_LEN..]).ok()?;
+    decode(&frame, &Limits::new(cluster))
+        .ok()
+        .map(|f| f.message)
+}
+
+/// True when the other end closed the connection (EOF or reset) within the timeout.
+fn closed_by_peer(stream: &mut TcpStream) -> bool {
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Dials `addr` claiming `rank` with no key (all-zero MAC): completes when the node runs
+/// without a key, is refused when it has one.
+fn fake_dial(addr: SocketAddr, rank: u32, cluster: u64) -> (TcpStream, Option<Message>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let hello = Message::Transport(Wire::Hello {
+        rank,
+        nonce: [1; 32],
+    });
+    s.write_all(&encode(&hello, cluster, rank)).unwrap();
+    let _challenge = read_frame(&mut s, cluster);
+    let response = Message::Transport(Wire::Response { mac: [0; 32] });
+    let _ = s.write_all(&encode(&response, cluster, rank));
+    let welcome = read_frame(&mut s, cluster);
+    (s, welcome)
+}
+
+fn expect_message(rx: &Receiver<TransportEvent>, from: u32, want: &Message) {
+    wait_for(
+        rx,
+        TIMEOUT,
+        &format!("{want:?} from node {from}"),
+        |e| match e {
+            TransportEvent::Message { from: f, message } if f == from && message == *want => {
+                Some(())
+            }
+            _ => None,
+        },
+    );
+}
+
+#[test]
+fn intruders_are_rejected_while_the_mesh_forms() {
+    let (listeners, addrs) = listeners(2);
+    let (sinks, receivers): (Vec<Arc<dyn EventSink>>, Vec<_>) = (0..2)
+        .map(|_| {
+            let (tx, rx) = channel();
+            (Arc::new(Collect(tx)) as Arc<dyn EventSink>, rx)
+        })
+        .unzip();
+    let mut configs: Vec<TcpConfig> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(rank, l)| {
+            let mut c = TcpConfig::new(rank as u32, l, addrs.clone(), CLUSTER);
+            c.key = Some(KEY);
+            c.connect_timeout = TIMEOUT;
+            c
+        })
+        .collect();
+    let second = configs.pop().unwrap();
+    let first = configs.pop().unwrap();
+    let sink0 = Arc::clone(&sinks[0]);
+    let node0 = std::thread::spawn(move || TcpTransport::start(first, sink0));
+
+    // Garbage: closed as soon as 32 bytes fail the header check.
+    let mut garbage = TcpStream::connect(addrs[0]).unwrap();
+    garbage.write_all(&[0xa5; 100]).unwrap();
+    assert!(closed_by_peer(&mut garbage), "garbage connection left open");
+    // Another cluster's frame.
+    let mut foreign = TcpStream::connect(addrs[0]).unwrap();
+    let hello = Message::Transport(Wire::Hello {
+        rank: 1,
+        nonce: [2; 32],
+    });
+    foreign.write_all(&encode(&hello, CLUSTER + 1, 1)).unwrap();
+    assert!(
+        closed_by_peer(&mut foreign),
+        "foreign cluster connection left open"
+    );
+    // Right cluster, claims rank 1, but cannot prove the key: no Welcome.
+    let (mut impostor, welcome) = fake_dial(addrs[0], 1, CLUSTER);
+    assert_eq!(welcome, None, "impostor without the key was welcomed");
+    assert!(closed_by_peer(&mut impostor));
+    // A real node with the wrong key gives up naming the rank it could not reach.
+    let (wrong_listener, _) = listeners_one();
+    let mut wrong = TcpConfig::new(1, wrong_listener, addrs.clone(), CLUSTER);
+    wrong.key = Some([0x43; 32]);
+    wrong.connect_timeout = Duration::from_millis(600);
+    let (tx, _rx) = channel();
+    match TcpTransport::start(wrong, Arc::new(Collect(tx))) {
+        Err(Error::MeshTimeout {
+            missing,
+            last_error,
+            ..
+        }) => {
+            assert_eq!(missing, vec![0]);
+            assert!(last_error.contains("key"), "{last_error}");
+        }
+        other => panic!("wrong key accepted: {other:?}"),
+    }
+
+    // The real rank 1 still joins, and the two talk.
+    let node1 = TcpTransport::start(second, Arc::clone(&sinks[1])).expect("rank 1 joins");
+    let node0 = node0.join().unwrap().expect("rank 0 completes its mesh");
+    node1.send(0, &beat(1)).unwrap();
+    expect_message(&receivers[0], 1, &beat(1));
+    node0.send(1, &beat(2)).unwrap();
+    expect_message(&receivers[1], 0, &beat(2));
+}
+
+fn listeners_one() -> (std::net::TcpListener, SocketAddr) {
+    let (mut l, a) = listeners(1);
+    (l.pop().unwrap(), a[0])
+}
+
+/// Ranks 0 and 1 are real; rank 2 is this test speaking the protocol by hand (no key).
+fn two_real_one_fake() -> (
+    Vec<TcpTransport>,
+    Vec<Receiver<TransportEvent>>,
+    Vec<TcpStream>,
+) {
+    let (listeners, mut addrs) = listeners(2);
+    addrs.push("127.0.0.1:9".parse().unwrap());
+    let (sinks, receivers): (Vec<Arc<dyn EventSink>>, Vec<_>) = (0..2)
+        .map(|_| {
+            let (tx, rx) = channel();
+            (Arc::new(Collect(tx)) as Arc<dyn EventSink>, rx)
+        })
+        .unzip();
+    let configs = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(rank, l)| {
+            let mut c = TcpConfig::new(rank as u32, l, addrs.clone(), CLUSTER);
+            c.connect_timeout = TIMEOUT;
+            c
+        })
+        .collect::<Vec<_>>();
+    let fake_addrs = [addrs[0], addrs[1]];
+    let fake = std::thread::spawn(move || {
+        fake_addrs
+            .iter()
+            .map(|a| {
+                let (s, welcome) = fake_dial(*a, 2, CLUSTER);
+                assert!(matches!(
+                    welcome,
+                    Some(Message::Transport(Wire::Welcome { .. }))
+                ));
+                s
+            })
+            .collect::<Vec<_>>()
+    });
+    let transports = start_all(configs, sinks)
+        .into_iter()
+        .map(|t| t.unwrap())
+        .collect();
+    (transports, receivers, fake.join().unwrap())
+}
+
+fn expect_failed(rx: &Receiver<TransportEvent>, failed: u32, reason_has: &str) {
+    let reason = wait_for(rx, TIMEOUT, &format!("PeerFailed({failed})"), |e| match e {
+        TransportEvent::PeerFailed { node, reason } => {
+            assert_eq!(node, failed);
+            Some(reason)
+        }
+        _ => None,
+    });
+    assert!(
+        reason.contains(reason_has),
+        "reason {reason:?} lacks {reason_has:?}"
+    );
+}
+
+#[test]
+fn bad_frames_after_the_handshake_close_only_that_connection() {
+    let (transports, receivers, mut fake) = two_real_one_fake();
+    // A good frame from the fake peer is delivered.
+    fake[0].write_all(&encode(&beat(7), CLUSTER, 2)).unwrap();
+    expect_message(&receivers[0], 2, &beat(7));
+    // A frame whose body was corrupted in flight: typed checksum error, connection closed.
+    let mut bad = encode(&beat(8), CLUSTER, 2);
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    fake[0].write_all(&bad).unwrap();
+    expect_failed(&receivers[0], 2, "checksum");
+    assert!(closed_by_peer(&mut fake[0]));
+    // To node 1, a frame claiming to come from node 0: a protocol violation.
+    fake[1].write_all(&encode(&beat(9), CLUSTER, 0)).unwrap();
+    expect_failed(&receivers[1], 2, "sender");
+    assert!(closed_by_peer(&mut fake[1]));
+    // Nodes 0 and 1 carry on.
+    transports[0].send(1, &beat(10)).unwrap();
+    expect_message(&receivers[1], 0, &beat(10));
+    transports[1].send(0, &beat(11)).unwrap();
+    expect_message(&receivers[0], 1, &beat(11));
+}
+
+#[test]
+fn oversized_length_and_unasked_replies_are_rejected() {
+    let (transports, receivers, mut fake) = two_real_one_fake();
+    // A header announcing a 4 GiB body: rejected from the header alone, nothing allocated.
+    let mut huge = encode(&beat(1), CLUSTER, 2);
+    huge[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+    huge[28..32].fill(0);
+    let crc = crc32(&huge[..HEADER_LEN]);
+    huge[28..32].copy_from_slice(&crc.to_le_bytes());
+    fake[0].write_all(&huge[..HEADER_LEN]).unwrap();
+    expect_failed(&receivers[0], 2, "over the limit");
+    // A page reply nobody asked for.
+    let reply = Message::Transport(Wire::PageWriteReply {
+        token: 5,
+        page: dsm_wire::PageId { region: 0, page: 0 },
+        status: dsm_wire::PageStatus::Ok,
+    });
+    fake[1].write_all(&encode(&reply, CLUSTER, 2)).unwrap();
+    expect_failed(&receivers[1], 2, "waiting for None");
+    transports[0].send(1, &beat(3)).unwrap();
+    expect_message(&receivers[1], 0, &beat(3));
+}
+
+/// crc32c (Castagnoli), bitwise: the header checksum, recomputed after tampering.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn keyed_mesh_works_end_to_end() {
+    let (transports, receivers) = channel_mesh(3, Some(KEY));
+    transports[2].send(0, &beat(5)).unwrap();
+    expect_message(&receivers[0], 2, &beat(5));
+}
