@@ -1,4 +1,5 @@
 //! Integration tests of the `dsm` crate: real processes on loopback.
 
 mod dsm_run;
+mod membership;
 mod util;

@@ -60,6 +60,16 @@ pub enum Error {
 /// Result of a dsm call.
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl Error {
+    /// Wraps an I/O error with the call that produced it.
+    pub(crate) fn io(call: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            call: call.into(),
+            source,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

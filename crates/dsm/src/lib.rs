@@ -18,6 +18,13 @@
 
 mod config;
 mod error;
+mod membership;
+mod mesh;
+mod node;
+mod runtime;
+mod stats;
 
 pub use config::{Config, ConfigBuilder, DEFAULT_COORDINATOR, TransportChoice};
 pub use error::{Error, Result};
+pub use node::Node;
+pub use stats::Stats;

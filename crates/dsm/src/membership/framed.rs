@@ -1,0 +1,140 @@
+//! Frames over a blocking std `TcpStream`, for the boot-up exchange with the coordinator.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::Instant;
+
+use dsm_wire::{Frame, Limits, Message, NodeId, decode_prefix, encode};
+
+use crate::{Error, Result};
+
+/// A stream that sends and receives whole dsm frames.
+#[derive(Debug)]
+pub(crate) struct Framed {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    limits: Limits,
+    local: NodeId,
+}
+
+impl Framed {
+    /// Wraps a connected stream of cluster `limits.cluster`, sending as `local`.
+    pub(crate) fn new(stream: TcpStream, limits: Limits, local: NodeId) -> Self {
+        // Small control frames: do not let Nagle hold them back.
+        let _ = stream.set_nodelay(true);
+        Framed {
+            stream,
+            buffer: Vec::with_capacity(4096),
+            limits,
+            local,
+        }
+    }
+
+    /// The stream and any bytes read past the last frame returned (the start of the next).
+    pub(crate) fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self.stream, self.buffer)
+    }
+
+    /// Sends one frame.
+    pub(crate) fn send(&mut self, message: &Message) -> Result<()> {
+        let frame = encode(message, self.limits.cluster, self.local);
+        self.stream
+            .write_all(&frame)
+            .map_err(|e| Error::io(format!("send {:?}", message.command()), e))
+    }
+
+    /// Receives one frame, waiting until `deadline`; the timeout error names `what`.
+    /// `Ok(None)` means the peer closed the connection cleanly between frames.
+    pub(crate) fn recv(&mut self, deadline: Instant, what: &str) -> Result<Option<Frame>> {
+        let started = Instant::now();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some((frame, used)) = decode_prefix(&self.buffer, &self.limits)? {
+                self.buffer.drain(..used);
+                return Ok(Some(frame));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timeout(what, started));
+            }
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(|e| Error::io("set_read_timeout", e))?;
+            match self.stream.read(&mut chunk) {
+                Ok(0) if self.buffer.is_empty() => return Ok(None),
+                Ok(0) => {
+                    return Err(Error::Protocol(format!(
+                        "connection closed mid-frame ({what})"
+                    )));
+                }
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(timeout(what, started));
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(format!("recv ({what})"), e)),
+            }
+        }
+    }
+}
+
+fn timeout(what: &str, started: Instant) -> Error {
+    Error::Timeout {
+        what: what.to_owned(),
+        waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    use dsm_wire::Membership;
+
+    use super::*;
+
+    fn pair() -> (Framed, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (Framed::new(a, Limits::new(7), 1), b)
+    }
+
+    #[test]
+    fn frames_survive_byte_by_byte_delivery() {
+        let (mut framed, mut raw) = pair();
+        let msg = Message::Membership(Membership::Heartbeat { beat: 42 });
+        let bytes = encode(&msg, 7, 3);
+        let writer = std::thread::spawn(move || {
+            for b in bytes {
+                raw.write_all(&[b]).unwrap();
+            }
+            raw
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let frame = framed.recv(deadline, "beat").unwrap().unwrap();
+        assert_eq!((frame.sender, frame.message), (3, msg));
+        drop(writer.join().unwrap());
+        assert!(framed.recv(deadline, "eof").unwrap().is_none());
+    }
+
+    #[test]
+    fn garbage_and_silence_are_typed_errors() {
+        let (mut framed, mut raw) = pair();
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let err = framed.recv(deadline, "the node list").unwrap_err();
+        assert!(err.to_string().contains("the node list"), "{err}");
+        raw.write_all(&[0xab; 40]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        assert!(matches!(framed.recv(deadline, "x"), Err(Error::Wire(_))));
+        let other_cluster = encode(
+            &Message::Membership(Membership::Heartbeat { beat: 1 }),
+            8,
+            0,
+        );
+        let (mut framed, mut raw) = pair();
+        raw.write_all(&other_cluster).unwrap();
+        assert!(matches!(framed.recv(deadline, "x"), Err(Error::Wire(_))));
+    }
+}

@@ -1,0 +1,187 @@
+//! The driver thread: takes every transport event, runs the membership ring and the barrier,
+//! and publishes what it learns in [`Shared`].
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::time::Instant;
+
+use dsm_core::{EventSink, Transport, TransportEvent};
+use dsm_wire::{Membership, Message, NodeId, Sync};
+
+use super::Shared;
+use super::barrier::Central;
+use crate::membership::ring::{Ring, RingAction};
+use crate::stats::Counters;
+
+/// What the driver consumes.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// Something from the transport.
+    Transport(TransportEvent),
+    /// The node is going away.
+    Stop,
+}
+
+/// Bound on events queued for the driver.
+pub(crate) const EVENT_QUEUE: usize = 1 << 16;
+
+/// The transport's sink: forwards into the driver's bounded queue.
+#[derive(Debug)]
+pub(crate) struct Sink {
+    pub(crate) events: SyncSender<Event>,
+}
+
+impl EventSink for Sink {
+    fn deliver(&self, event: TransportEvent) {
+        // Blocks only while the queue is full, i.e. while the driver is behind; the driver
+        // never waits on the transport thread, so this back-pressure cannot deadlock. After
+        // Stop the receiver is gone and events are dropped.
+        let _ = self.events.send(Event::Transport(event));
+    }
+}
+
+/// The driver's state; it runs on its own thread until `Event::Stop`.
+pub(crate) struct Driver {
+    pub(crate) rank: NodeId,
+    pub(crate) size: u32,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) ring: Ring,
+    pub(crate) central: Central,
+    pub(crate) events: Receiver<Event>,
+}
+
+impl Driver {
+    /// Runs until stopped.
+    pub(crate) fn run(mut self) {
+        let mut actions = Vec::new();
+        loop {
+            let wait = self
+                .ring
+                .next_deadline()
+                .saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(wait) {
+                Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(Event::Transport(event)) => self.on_event(event),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.ring.tick(Instant::now(), &mut actions);
+            for action in actions.drain(..) {
+                match action {
+                    RingAction::Heartbeat { to, beat } => {
+                        self.send(to, Message::Membership(Membership::Heartbeat { beat }));
+                    }
+                    RingAction::Declare { rank } => self.declare(rank),
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: TransportEvent) {
+        match event {
+            TransportEvent::Message { from, message } => {
+                self.ring.heard(from, Instant::now());
+                Counters::count(&self.shared.counters.bytes_received, &message, from);
+                self.on_message(from, message);
+            }
+            TransportEvent::PeerFailed { node, reason } => {
+                let left = self.shared.read(|s| s.left.get(node as usize).copied());
+                if left == Some(false) {
+                    tracing::warn!(rank = self.rank, node, %reason, "peer connection failed");
+                    self.declare(node);
+                }
+            }
+            other => tracing::debug!(?other, "transport event with no consumer yet"),
+        }
+    }
+
+    fn on_message(&mut self, from: NodeId, message: Message) {
+        match message {
+            Message::Membership(m) => self.on_membership(from, m),
+            Message::Sync(Sync::BarrierArrive { epoch, .. }) if self.rank == 0 => {
+                let gone = self.shared.read(|s| s.left.clone());
+                if self.central.arrive(epoch, from, &gone) {
+                    self.broadcast(
+                        true,
+                        Message::Sync(Sync::BarrierRelease {
+                            epoch,
+                            notices: Vec::new(),
+                        }),
+                    );
+                }
+            }
+            Message::Sync(Sync::BarrierRelease { epoch, .. }) if from == 0 => {
+                self.shared
+                    .update(|s| s.barrier_released = s.barrier_released.max(epoch));
+            }
+            other => tracing::warn!(from, ?other, "message with no consumer; dropped"),
+        }
+    }
+
+    fn on_membership(&mut self, from: NodeId, message: Membership) {
+        let now = Instant::now();
+        match message {
+            Membership::Heartbeat { .. } => {}
+            Membership::Joined { rank } if rank == from => {
+                self.shared.update(|s| s.arrivals.joined(rank));
+            }
+            Membership::NodeFailed { rank } => {
+                if self.ring.failed(rank, now) {
+                    self.shared.update(|s| s.failed.push(rank));
+                }
+            }
+            Membership::Leave { rank } if rank == from => {
+                self.ring.left(rank, now);
+                self.shared.update(|s| s.left[rank as usize] = true);
+            }
+            other => tracing::warn!(from, ?other, "unexpected membership message; dropped"),
+        }
+    }
+
+    /// Declares `rank` failed here and tells every other live node.
+    fn declare(&mut self, rank: NodeId) {
+        let news = self.ring.failed(rank, Instant::now());
+        let first = self.shared.update(|s| {
+            let first = !s.failed.contains(&rank);
+            if first {
+                s.failed.push(rank);
+            }
+            first
+        });
+        if news || first {
+            tracing::warn!(rank = self.rank, failed = rank, "node declared failed");
+            self.broadcast(false, Message::Membership(Membership::NodeFailed { rank }));
+        }
+    }
+
+    /// Sends to every node not failed or gone (and to ourselves when `include_self`).
+    fn broadcast(&self, include_self: bool, message: Message) {
+        let (failed, left) = self.shared.read(|s| (s.failed.clone(), s.left.clone()));
+        for to in 0..self.size {
+            let skip =
+                failed.contains(&to) || left[to as usize] || (to == self.rank && !include_self);
+            if !skip {
+                self.send(to, message.clone());
+            }
+        }
+    }
+
+    fn send(&self, to: NodeId, message: Message) {
+        send_counted(self.transport.as_ref(), &self.shared.counters, to, &message);
+    }
+}
+
+/// Sends through `transport`, counting the message; a failed send is the transport's news
+/// (it reports the peer through the sink), so it is only logged here.
+pub(crate) fn send_counted(
+    transport: &dyn Transport,
+    counters: &Counters,
+    to: NodeId,
+    message: &Message,
+) {
+    Counters::count(&counters.bytes_sent, message, transport.local());
+    Counters::bump(&counters.messages_sent);
+    if let Err(e) = transport.send(to, message) {
+        tracing::debug!(to, error = %e, "send failed");
+    }
+}

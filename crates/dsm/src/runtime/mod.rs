@@ -1,0 +1,150 @@
+//! The node runtime: state shared between application threads and the driver thread, and
+//! the one wait primitive every blocking call uses.
+
+pub(crate) mod barrier;
+pub(crate) mod driver;
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use dsm_wire::NodeId;
+
+use crate::membership::roster::Arrivals;
+use crate::stats::Counters;
+use crate::{Error, Result};
+
+/// What the driver learns and application threads wait on.
+#[derive(Debug)]
+pub(crate) struct State {
+    /// Nodes declared failed, in the order they were.
+    pub(crate) failed: Vec<NodeId>,
+    /// `Joined` announcements seen.
+    pub(crate) arrivals: Arrivals,
+    /// Nodes that left cleanly.
+    pub(crate) left: Vec<bool>,
+    /// Highest barrier epoch released.
+    pub(crate) barrier_released: u64,
+    /// The node is shutting down: every wait ends.
+    pub(crate) closed: bool,
+}
+
+/// Shared between the node's threads.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+    /// Counters behind `Node::stats`.
+    pub(crate) counters: Counters,
+}
+
+impl Shared {
+    pub(crate) fn new(rank: NodeId, size: u32) -> Self {
+        Shared {
+            state: Mutex::new(State {
+                failed: Vec::new(),
+                arrivals: Arrivals::new(rank, size),
+                left: vec![false; size as usize],
+                barrier_released: 0,
+                closed: false,
+            }),
+            changed: Condvar::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the state and wakes every waiter.
+    pub(crate) fn update<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let r = f(&mut self.lock());
+        self.changed.notify_all();
+        r
+    }
+
+    /// Reads the state.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// Waits until `ready` gives a value, for at most `timeout`. A failed node ends the wait
+    /// with `NodeFailed`, a closed node with `Closed`, the timeout with `Timeout` naming
+    /// `what()` (or `on_timeout`'s error when given).
+    pub(crate) fn wait<R>(
+        &self,
+        timeout: Duration,
+        what: impl Fn(&State) -> String,
+        mut ready: impl FnMut(&State) -> Option<R>,
+    ) -> Result<R> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut state = self.lock();
+        loop {
+            if let Some(r) = ready(&state) {
+                return Ok(r);
+            }
+            if let Some(&rank) = state.failed.first() {
+                return Err(Error::NodeFailed { rank });
+            }
+            if state.closed {
+                return Err(Error::Closed);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout {
+                    what: what(&state),
+                    waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                });
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn a_failure_ends_a_wait_with_node_failed() {
+        let shared = Arc::new(Shared::new(0, 3));
+        let s = Arc::clone(&shared);
+        let waiter = std::thread::spawn(move || {
+            s.wait(
+                Duration::from_secs(10),
+                |_| "x".into(),
+                |st| (st.barrier_released >= 1).then_some(()),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        shared.update(|st| st.failed.push(2));
+        assert!(matches!(
+            waiter.join().unwrap(),
+            Err(Error::NodeFailed { rank: 2 })
+        ));
+    }
+
+    #[test]
+    fn a_timeout_names_what_was_awaited() {
+        let shared = Shared::new(0, 1);
+        let err = shared
+            .wait(
+                Duration::from_millis(20),
+                |_| "barrier 9".into(),
+                |_| None::<()>,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Timeout { what, .. } if what == "barrier 9"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! Per-node counters and the fault-latency histogram: atomics only, so that any thread (the
+//! fault path included) can record without a lock.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A snapshot of a node's counters (`Node::stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Read faults taken on this node.
+    pub read_faults: u64,
+    /// Write faults taken on this node (missing page written, or write to a read-only copy).
+    pub write_faults: u64,
+    /// Pages fetched from a home (two-sided grants with data or one-sided reads).
+    pub pages_fetched: u64,
+    /// Bytes sent (frames on the transport).
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Messages sent.
+    pub messages_sent: u64,
+    /// Invalidations this node sent (as a home).
+    pub invalidations_sent: u64,
+    /// Invalidations this node received and applied.
+    pub invalidations_received: u64,
+    /// Diffs sent to homes (release mode).
+    pub diffs_sent: u64,
+    /// Locks acquired.
+    pub lock_acquires: u64,
+    /// Barriers passed.
+    pub barriers: u64,
+    /// Median fault service time, nanoseconds (0 when no fault was timed).
+    pub fault_latency_p50_ns: u64,
+    /// 99th-percentile fault service time, nanoseconds.
+    pub fault_latency_p99_ns: u64,
+}
+
+/// The live counters behind [`Stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) read_faults: AtomicU64,
+    pub(crate) write_faults: AtomicU64,
+    pub(crate) pages_fetched: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
+    pub(crate) messages_sent: AtomicU64,
+    pub(crate) invalidations_sent: AtomicU64,
+    pub(crate) invalidations_received: AtomicU64,
+    pub(crate) diffs_sent: AtomicU64,
+    pub(crate) lock_acquires: AtomicU64,
+    pub(crate) barriers: AtomicU64,
+    pub(crate) fault_latency: Histogram,
+}
+
+impl Counters {
+    /// Adds one to `counter`.
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Adds the encoded size of `message` to `bytes`.
+    pub(crate) fn count(bytes: &AtomicU64, message: &dsm_wire::Message, sender: dsm_wire::NodeId) {
+        // The frame as it travels (header + body); cluster id does not change its length.
+        let len = dsm_wire::encode(message, 0, sender).len();
+        bytes.fetch_add(len as u64, Relaxed);
+    }
+
+    /// A snapshot.
+    pub(crate) fn snapshot(&self) -> Stats {
+        let get = |c: &AtomicU64| c.load(Relaxed);
+        Stats {
+            read_faults: get(&self.read_faults),
+            write_faults: get(&self.write_faults),
+            pages_fetched: get(&self.pages_fetched),
+            bytes_sent: get(&self.bytes_sent),
+            bytes_received: get(&self.bytes_received),
+            messages_sent: get(&self.messages_sent),
+            invalidations_sent: get(&self.invalidations_sent),
+            invalidations_received: get(&self.invalidations_received),
+            diffs_sent: get(&self.diffs_sent),
+            lock_acquires: get(&self.lock_acquires),
+            barriers: get(&self.barriers),
+            fault_latency_p50_ns: self.fault_latency.percentile(0.50),
+            fault_latency_p99_ns: self.fault_latency.percentile(0.99),
+        }
+    }
+}
+
+/// Sub-buckets per power of two: values are kept to within 1/8 (12.5 %).
+const SUB_BITS: u32 = 3;
+const SUB: usize = 1 << SUB_BITS;
+const BUCKETS: usize = 64 * SUB;
+
+/// A log-linear histogram of nanosecond durations.
+#[derive(Debug)]
+pub(crate) struct Histogram {
+    counts: Box<[AtomicU64]>,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl Histogram {
+    /// Records one duration.
+    // Called by the fault path; until it is wired in, only tests record.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn record(&self, ns: u64) {
+        self.counts[bucket(ns)].fetch_add(1, Relaxed);
+    }
+
+    /// The `q` quantile (upper edge of its bucket), 0 when empty.
+    pub(crate) fn percentile(&self, q: f64) -> u64 {
+        let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        // ceil(q * total) as an integer rank in 1..=total, computed without float casts.
+        let permille = (q * 1000.0).round().clamp(0.0, 1000.0);
+        // Clamped to 0..=1000 just above: the cast is exact.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let permille = permille as u64;
+        let rank = (total * permille).div_ceil(1000).max(1);
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return upper_edge(i);
+            }
+        }
+        upper_edge(BUCKETS - 1)
+    }
+}
+
+#[cfg_attr(not(test), allow(dead_code))]
+fn bucket(ns: u64) -> usize {
+    if ns < SUB as u64 {
+        return usize::try_from(ns).expect("small");
+    }
+    let log = 63 - ns.leading_zeros();
+    let sub = (ns >> (log - SUB_BITS)) & (SUB as u64 - 1);
+    let index = (log - SUB_BITS + 1) as usize * SUB + usize::try_from(sub).expect("small");
+    index.min(BUCKETS - 1)
+}
+
+fn upper_edge(index: usize) -> u64 {
+    if index < SUB {
+        return index as u64;
+    }
+    let log = u32::try_from(index / SUB).expect("small") + SUB_BITS - 1;
+    let sub = (index % SUB) as u64;
+    let base = 1u64 << log;
+    base + (sub + 1) * (base >> SUB_BITS) - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_within_an_eighth() {
+        let h = Histogram::default();
+        for ns in 1..=1000u64 {
+            h.record(ns * 1000);
+        }
+        let p50 = h.percentile(0.5) as f64;
+        let p99 = h.percentile(0.99) as f64;
+        assert!((p50 / 500_000.0 - 1.0).abs() < 0.125, "{p50}");
+        assert!((p99 / 990_000.0 - 1.0).abs() < 0.125, "{p99}");
+        assert_eq!(Histogram::default().percentile(0.5), 0);
+    }
+
+    #[test]
+    fn buckets_are_monotonic_and_edges_contain_their_values() {
+        let mut last = 0;
+        for ns in [0u64, 1, 7, 8, 9, 15, 16, 100, 4095, 4096, 1 << 40, u64::MAX] {
+            let b = bucket(ns);
+            assert!(b >= last);
+            assert!(upper_edge(b) >= ns.min(upper_edge(BUCKETS - 1)), "{ns}");
+            last = b;
+        }
+    }
+
+    #[test]
+    fn snapshot_reads_every_counter() {
+        let c = Counters::default();
+        Counters::bump(&c.barriers);
+        Counters::bump(&c.read_faults);
+        c.fault_latency.record(20_000);
+        let s = c.snapshot();
+        assert_eq!((s.barriers, s.read_faults, s.write_faults), (1, 1, 0));
+        assert!(s.fault_latency_p50_ns >= 20_000 && s.fault_latency_p99_ns < 23_000);
+    }
+}

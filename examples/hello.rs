@@ -1,0 +1,45 @@
+//! The smallest dsm program: join, pass some barriers, print the stats, leave.
+//!
+//! ```sh
+//! dsm-run -n 4 -- target/release/examples/hello --iterations 10 --sleep-ms 20
+//! ```
+
+use std::time::Duration;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map_or(default, |v| v.parse().expect("a number"))
+}
+
+fn run() -> dsm::Result<()> {
+    let iterations = arg("--iterations", 3);
+    let sleep = Duration::from_millis(arg("--sleep-ms", 0));
+    let node = dsm::Node::join(dsm::Config::from_env()?)?;
+    println!("rank {} of {} joined", node.rank(), node.size());
+    for i in 0..iterations {
+        std::thread::sleep(sleep);
+        node.barrier()?;
+        if node.rank() == 0 && (i + 1) % 10 == 0 {
+            println!("barrier {} passed", i + 1);
+        }
+    }
+    let s = node.stats();
+    println!(
+        "rank {} done: {} barriers, {} messages sent, {} bytes sent",
+        node.rank(),
+        s.barriers,
+        s.messages_sent,
+        s.bytes_sent
+    );
+    node.leave()
+}
