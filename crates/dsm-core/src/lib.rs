@@ -93,3 +93,5 @@ pub use memory::Memory;
 pub use release::diff;
 pub use transport::{EventSink, HomeMemory, Transport, TransportError, TransportEvent};
 
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use dsm_core::{Consistency, Mutation};
-use dsm_sim::coherence::{SimConfig, run};
+use dsm_sim::coherence::{Report, SimConfig, run};
 
 /// Seeds per mode when `DSM_SIM_SEEDS` is not set (sized for about a minute per mode in CI on
 /// a 2-core machine; see docs/protocol.md for the measurement).
@@ -35,20 +35,14 @@ fn steps() -> u64 {
     env_u64("DSM_SIM_STEPS").unwrap_or(DEFAULT_STEPS)
 }
 
-fn run_seeds(consistency: Consistency) {
+fn run_seeds(consistency: Consistency) -> Report {
     let (seeds, steps) = (seeds(), steps());
     let started = Instant::now();
-    let (mut messages, mut reads, mut writes, mut faults, mut barriers) = (0, 0, 0, 0, 0);
+    let mut total = Report::default();
     for seed in &seeds {
         let config = SimConfig::random(*seed, consistency, steps);
         match run(*seed, &config) {
-            Ok(report) => {
-                messages += report.messages;
-                reads += report.reads;
-                writes += report.writes;
-                faults += report.faults;
-                barriers += report.barriers;
-            }
+            Ok(report) => total.absorb(&report),
             Err(error) => panic!(
                 "{consistency:?} seed {seed} failed (replay: DSM_SIM_SEED={seed} \
                  DSM_SIM_STEPS={steps}): {error}\nconfig: {config:?}"
@@ -56,22 +50,33 @@ fn run_seeds(consistency: Consistency) {
         }
     }
     println!(
-        "{consistency:?}: {} seeds x {steps} steps in {:.1?}: {messages} messages, {faults} \
-         faults, {reads} reads checked, {writes} writes, {barriers} barriers",
+        "{consistency:?}: {} seeds x {steps} steps in {:.1?}: {total:?}",
         seeds.len(),
         started.elapsed()
     );
-    assert!(reads > 0 && writes > 0, "the workload did nothing");
+    assert!(
+        total.reads > 0 && total.writes > 0,
+        "the workload did nothing"
+    );
+    total
 }
 
 #[test]
 fn sequential_seeds() {
-    run_seeds(Consistency::Sequential);
+    let total = run_seeds(Consistency::Sequential);
+    if seeds().len() >= 20 {
+        // The interesting paths ran: in-place upgrades, invalidations, one-sided reads.
+        assert!(total.upgrades > 0 && total.invalidations > 0 && total.one_sided_reads > 0);
+    }
 }
 
 #[test]
 fn release_seeds() {
-    run_seeds(Consistency::Release);
+    let total = run_seeds(Consistency::Release);
+    if seeds().len() >= 20 {
+        assert!(total.twins > 0 && total.diffs > 0 && total.barriers > 0);
+        assert!(total.invalidations > 0 && total.one_sided_reads > 0);
+    }
 }
 
 /// Runs seeds `0..bound` with `mutation` and returns the first one the checker catches.

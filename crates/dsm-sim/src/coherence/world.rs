@@ -79,6 +79,33 @@ pub struct Report {
     pub writes: u64,
     /// Barriers completed (release mode).
     pub barriers: u64,
+    /// Read-only copies made writable in place (sequential upgrades, release first writes).
+    pub upgrades: u64,
+    /// Copies dropped (invalidations, write notices).
+    pub invalidations: u64,
+    /// One-sided page reads.
+    pub one_sided_reads: u64,
+    /// Twins made (release mode).
+    pub twins: u64,
+    /// Diffs sent (release mode).
+    pub diffs: u64,
+}
+
+impl Report {
+    /// Adds `other`'s counters to these (totals over seeds).
+    pub fn absorb(&mut self, other: &Report) {
+        self.steps += other.steps;
+        self.messages += other.messages;
+        self.faults += other.faults;
+        self.reads += other.reads;
+        self.writes += other.writes;
+        self.barriers += other.barriers;
+        self.upgrades += other.upgrades;
+        self.invalidations += other.invalidations;
+        self.one_sided_reads += other.one_sided_reads;
+        self.twins += other.twins;
+        self.diffs += other.diffs;
+    }
 }
 
 pub(crate) struct World {
@@ -368,8 +395,14 @@ impl World {
         let node_id = u32::try_from(n).expect("fits");
         let mem = &mut self.nodes[n].mem;
         match action {
-            Action::Send { to, message } => self.send(node_id, to, Wire::Coherence(message))?,
+            Action::Send { to, message } => {
+                if matches!(message, Coherence::Diff { .. }) {
+                    self.report.diffs += 1;
+                }
+                self.send(node_id, to, Wire::Coherence(message))?;
+            }
             Action::ReadPage { home, page, token } => {
+                self.report.one_sided_reads += 1;
                 let page = page.page;
                 self.send(node_id, home, Wire::ReadRequest { page, token })?;
             }
@@ -391,13 +424,16 @@ impl World {
                     )));
                 }
                 mem.perm[i] = Perm::Write;
+                self.report.upgrades += 1;
             }
             Action::Invalidate { page } => {
+                self.report.invalidations += 1;
                 let i = page.page as usize;
                 mem.perm[i] = Perm::None;
                 mem.local[i].fill(POISON);
             }
             Action::MakeTwin { page } => {
+                self.report.twins += 1;
                 let i = page.page as usize;
                 mem.twin[i] = Some(mem.local[i].clone());
             }

@@ -1,0 +1,385 @@
+//! Unit tests of the engine as a whole: small clusters driven by hand, message by message.
+
+use std::collections::{HashMap, VecDeque};
+
+use dsm_wire::{Coherence, NodeId, PAGE_SIZE, Page, PageId};
+
+use crate::{
+    Access, Action, Consistency, Engine, EngineConfig, Error, LocalState, Memory, Placement,
+    RegionLayout,
+};
+
+/// Test memory: pages in hash maps (a mock of the runtime's mappings).
+#[derive(Debug, Default)]
+struct TestMemory {
+    local: HashMap<PageId, Page>,
+    twins: HashMap<PageId, Page>,
+    home: HashMap<PageId, Page>,
+}
+
+impl Memory for TestMemory {
+    fn local_page(&self, page: PageId) -> &[u8; PAGE_SIZE] {
+        &self.local[&page]
+    }
+    fn write_protect(&mut self, _page: PageId) {}
+    fn twin(&self, page: PageId) -> &[u8; PAGE_SIZE] {
+        &self.twins[&page]
+    }
+    fn home_page(&self, page: PageId) -> &[u8; PAGE_SIZE] {
+        self.home.get(&page).expect("home page set up by the test")
+    }
+    fn home_page_mut(&mut self, page: PageId) -> &mut [u8; PAGE_SIZE] {
+        self.home
+            .get_mut(&page)
+            .expect("home page set up by the test")
+    }
+}
+
+const P: PageId = PageId { region: 0, page: 1 };
+
+/// `n` engines sharing region 0 (4 pages, cyclic: page 1 is homed on node 1).
+struct Cluster {
+    engines: Vec<Engine>,
+    mems: Vec<TestMemory>,
+    /// Messages in flight, FIFO overall (so FIFO per pair).
+    wire: VecDeque<(NodeId, NodeId, Coherence)>,
+    /// Non-send actions each node produced, for the test to inspect.
+    seen: Vec<Vec<Action>>,
+}
+
+impl Cluster {
+    fn new(n: u32, consistency: Consistency, one_sided: bool) -> Self {
+        let layout = RegionLayout {
+            id: 0,
+            pages: 4,
+            consistency,
+            placement: Placement::Cyclic,
+        };
+        let mut engines = Vec::new();
+        let mut mems = Vec::new();
+        for node in 0..n {
+            let mut config = EngineConfig::new(node, n);
+            config.one_sided = one_sided;
+            let mut engine = Engine::new(config);
+            engine.add_region(layout).unwrap();
+            engines.push(engine);
+            let mut mem = TestMemory::default();
+            for page in 0..4 {
+                let id = PageId { region: 0, page };
+                if engines[node as usize].home_of(id).unwrap() == node {
+                    mem.home
+                        .insert(id, Box::new([u8::try_from(page).unwrap(); PAGE_SIZE]));
+                }
+            }
+            mems.push(mem);
+        }
+        Cluster {
+            engines,
+            mems,
+            wire: VecDeque::new(),
+            seen: (0..n).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// Applies node `n`'s actions like a driver would (one-sided reads complete at once).
+    fn collect(&mut self, n: usize) {
+        for _ in 0..100 {
+            let mut actions = self.engines[n].take_actions();
+            if actions.is_empty() && self.engines[n].has_deferred() {
+                self.engines[n].poll(&mut self.mems[n]).unwrap();
+                actions = self.engines[n].take_actions();
+            }
+            if actions.is_empty() {
+                return;
+            }
+            let mut reads = Vec::new();
+            for action in actions {
+                let mem = &mut self.mems[n];
+                match &action {
+                    Action::Send { to, message } => {
+                        self.wire
+                            .push_back((NodeId::try_from(n).unwrap(), *to, message.clone()));
+                        continue;
+                    }
+                    Action::Install { page, data, .. } => {
+                        mem.local.insert(*page, data.clone());
+                    }
+                    Action::MakeTwin { page } => {
+                        let copy = mem.local[page].clone();
+                        mem.twins.insert(*page, copy);
+                    }
+                    Action::ReadPage { home, page, token } => {
+                        let data = self.mems[*home as usize].home[page].clone();
+                        reads.push((*token, data));
+                    }
+                    _ => {}
+                }
+                self.seen[n].push(action);
+            }
+            for (token, data) in reads {
+                self.engines[n]
+                    .on_page_read(token, data, &mut self.mems[n])
+                    .unwrap();
+            }
+        }
+        panic!("node {n} does not settle");
+    }
+
+    fn fault(&mut self, n: usize, access: Access, token: u64) {
+        self.engines[n]
+            .fault(P, access, token, &mut self.mems[n])
+            .unwrap();
+        self.collect(n);
+    }
+
+    /// Delivers one message; returns it.
+    fn deliver_one(&mut self) -> (NodeId, NodeId, Coherence) {
+        let (from, to, message) = self.wire.pop_front().expect("a message in flight");
+        let t = to as usize;
+        self.engines[t]
+            .on_message(from, message.clone(), &mut self.mems[t])
+            .unwrap();
+        self.collect(t);
+        (from, to, message)
+    }
+
+    fn deliver_all(&mut self) {
+        for _ in 0..1000 {
+            if self.wire.is_empty() {
+                return;
+            }
+            self.deliver_one();
+        }
+        panic!("messages do not settle");
+    }
+
+    fn woken(&self, n: usize, token: u64) -> bool {
+        self.seen[n].contains(&Action::Wake { token })
+    }
+}
+
+#[test]
+fn read_fault_fetches_the_home_copy_and_wakes_the_thread() {
+    let mut c = Cluster::new(2, Consistency::Sequential, false);
+    c.fault(0, Access::Read, 7);
+    assert!(matches!(
+        c.wire.front(),
+        Some((0, 1, Coherence::ReadRequest { page: P, .. }))
+    ));
+    let (_, _, grant) = {
+        c.deliver_one();
+        c.deliver_one()
+    };
+    assert!(matches!(grant, Coherence::ReadGrant { data: Some(_), .. }));
+    assert_eq!(c.engines[0].local_state(P), LocalState::Shared);
+    assert_eq!(c.mems[0].local[&P][0], 1, "installed the home copy");
+    assert!(c.woken(0, 7));
+    // A second read is served locally at once.
+    c.fault(0, Access::Read, 8);
+    assert!(c.woken(0, 8) && c.wire.is_empty());
+}
+
+#[test]
+fn write_fault_waits_for_every_invalidation_ack() {
+    let mut c = Cluster::new(3, Consistency::Sequential, false);
+    c.fault(0, Access::Read, 1);
+    c.fault(2, Access::Read, 2);
+    c.deliver_all();
+    c.fault(0, Access::Write, 3);
+    c.deliver_one(); // WriteRequest reaches the home (node 1), which invalidates node 2.
+    assert!(matches!(
+        c.wire.front(),
+        Some((1, 2, Coherence::Invalidate { .. }))
+    ));
+    assert_eq!(c.wire.len(), 1, "no grant before the ack");
+    c.deliver_one(); // Node 2 drops its copy and acks.
+    assert_eq!(c.engines[2].local_state(P), LocalState::Invalid);
+    c.deliver_one(); // The ack: now the grant, without data (node 0 has a current copy).
+    let (_, _, grant) = c.deliver_one();
+    assert!(matches!(grant, Coherence::WriteGrant { data: None, .. }));
+    assert_eq!(c.engines[0].local_state(P), LocalState::Modified);
+    assert!(c.seen[0].contains(&Action::Upgrade { page: P }) && c.woken(0, 3));
+}
+
+#[test]
+fn read_of_a_modified_page_downgrades_the_writer_first() {
+    let mut c = Cluster::new(3, Consistency::Sequential, false);
+    c.fault(0, Access::Write, 1);
+    c.deliver_all();
+    c.mems[0].local.get_mut(&P).unwrap()[5] = 99; // The woken thread writes.
+    c.fault(2, Access::Read, 2);
+    c.deliver_all();
+    assert_eq!(c.engines[0].local_state(P), LocalState::Shared);
+    assert_eq!(c.engines[2].local_state(P), LocalState::Shared);
+    assert_eq!(c.mems[2].local[&P][5], 99, "the reader sees the write");
+    assert_eq!(c.mems[1].home[&P][5], 99, "the home copy was written back");
+}
+
+#[test]
+fn concurrent_upgrades_both_complete() {
+    let mut c = Cluster::new(3, Consistency::Sequential, false);
+    c.fault(0, Access::Read, 1);
+    c.fault(2, Access::Read, 2);
+    c.deliver_all();
+    c.fault(0, Access::Write, 3);
+    c.fault(2, Access::Write, 4);
+    c.deliver_all();
+    assert!(c.woken(0, 3) && c.woken(2, 4));
+    let states = [c.engines[0].local_state(P), c.engines[2].local_state(P)];
+    assert!(states.contains(&LocalState::Modified) && states.contains(&LocalState::Invalid));
+}
+
+#[test]
+fn one_sided_grants_carry_no_data() {
+    let mut c = Cluster::new(2, Consistency::Sequential, true);
+    c.fault(0, Access::Read, 1);
+    c.deliver_all();
+    assert!(
+        c.seen[0]
+            .iter()
+            .any(|a| matches!(a, Action::ReadPage { home: 1, .. }))
+    );
+    assert!(c.woken(0, 1));
+    assert_eq!(c.mems[0].local[&P][0], 1);
+}
+
+#[test]
+fn release_sends_a_diff_and_notices_invalidate_readers() {
+    let mut c = Cluster::new(3, Consistency::Release, false);
+    c.fault(2, Access::Read, 1);
+    c.fault(0, Access::Write, 2);
+    c.deliver_all();
+    assert!(c.seen[0].contains(&Action::MakeTwin { page: P }) && c.woken(0, 2));
+    c.mems[0].local.get_mut(&P).unwrap()[10] = 42;
+    c.engines[0].release(100, &mut c.mems[0]).unwrap();
+    c.collect(0);
+    assert!(matches!(
+        c.wire.front(),
+        Some((0, 1, Coherence::Diff { runs, .. })) if runs.len() == 1 && runs[0].offset == 10
+    ));
+    c.deliver_all();
+    assert_eq!(c.mems[1].home[&P][10], 42, "the home applied the diff");
+    let done = c.seen[0].iter().find_map(|a| match a {
+        Action::SyncDone {
+            token: 100,
+            notices,
+        } => Some(notices.clone()),
+        _ => None,
+    });
+    assert_eq!(done, Some(vec![P]));
+    c.engines[2].acquire(5, &[P], &mut c.mems[2]).unwrap();
+    c.collect(2);
+    assert_eq!(c.engines[2].local_state(P), LocalState::Invalid);
+    c.fault(2, Access::Read, 6);
+    c.deliver_all();
+    assert_eq!(c.mems[2].local[&P][10], 42);
+}
+
+#[test]
+fn false_sharing_writers_exchange_no_pages() {
+    let mut c = Cluster::new(3, Consistency::Release, false);
+    c.fault(0, Access::Write, 1);
+    c.fault(2, Access::Write, 2);
+    c.deliver_all();
+    c.mems[0].local.get_mut(&P).unwrap()[0] = 10;
+    c.mems[2].local.get_mut(&P).unwrap()[1] = 20;
+    // More writes by both: no messages at all.
+    c.fault(0, Access::Write, 3);
+    c.fault(2, Access::Write, 4);
+    assert!(c.wire.is_empty() && c.woken(0, 3) && c.woken(2, 4));
+    for n in [0, 2] {
+        c.engines[n].release(9, &mut c.mems[n]).unwrap();
+        c.collect(n);
+    }
+    c.deliver_all();
+    assert_eq!(
+        &c.mems[1].home[&P][..2],
+        &[10, 20],
+        "both diffs merged at the home"
+    );
+}
+
+#[test]
+fn bad_peer_input_is_a_typed_error_and_changes_nothing() {
+    let mut c = Cluster::new(2, Consistency::Sequential, false);
+    let page = |region, page| PageId { region, page };
+    let cases: Vec<(NodeId, Coherence)> = vec![
+        (7, Coherence::ReadRequest { req: 1, page: P }),
+        (
+            0,
+            Coherence::ReadRequest {
+                req: 1,
+                page: page(9, 1),
+            },
+        ),
+        (
+            0,
+            Coherence::ReadRequest {
+                req: 1,
+                page: page(0, 4),
+            },
+        ),
+        (
+            0,
+            Coherence::ReadRequest {
+                req: 1,
+                page: page(0, 0),
+            },
+        ), // homed on node 0
+        (0, Coherence::Invalidate { req: 1, page: P }), // node 1 is the home
+        (
+            0,
+            Coherence::InvalidateAck {
+                req: 9,
+                page: P,
+                data: None,
+            },
+        ),
+        (0, Coherence::DiffAck { req: 1, page: P }),
+        (0, Coherence::WriteNotices { pages: vec![P] }),
+    ];
+    for (from, message) in cases {
+        let result = c.engines[1].on_message(from, message.clone(), &mut c.mems[1]);
+        assert!(result.is_err(), "{message:?} was accepted");
+        assert!(c.engines[1].take_actions().is_empty(), "{message:?} acted");
+    }
+    let grant = Coherence::ReadGrant {
+        req: 1,
+        page: PageId { region: 0, page: 0 },
+        version: 0,
+        data: None,
+    };
+    let result = c.engines[1].on_message(0, grant, &mut c.mems[1]);
+    assert!(matches!(result, Err(Error::Unexpected { .. })));
+    assert_eq!(c.engines[1].local_state(P), LocalState::Invalid);
+    // The engine still works.
+    c.fault(0, Access::Read, 1);
+    c.deliver_all();
+    assert!(c.woken(0, 1));
+}
+
+#[test]
+fn a_lost_grant_times_out_naming_the_wait() {
+    let mut config = EngineConfig::new(0, 2);
+    config.timeout_ticks = 10;
+    let mut engine = Engine::new(config);
+    engine
+        .add_region(RegionLayout {
+            id: 0,
+            pages: 4,
+            consistency: Consistency::Sequential,
+            placement: Placement::Cyclic,
+        })
+        .unwrap();
+    let mut mem = TestMemory::default();
+    engine.fault(P, Access::Read, 1, &mut mem).unwrap();
+    assert!(engine.tick(5).is_ok());
+    assert!(matches!(
+        engine.tick(50),
+        Err(Error::Timeout {
+            peer: 1,
+            page: P,
+            ..
+        })
+    ));
+}
