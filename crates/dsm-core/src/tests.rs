@@ -383,3 +383,42 @@ fn a_lost_grant_times_out_naming_the_wait() {
         })
     ));
 }
+
+#[test]
+fn acquire_during_a_fetch_fetches_again() {
+    let mut c = Cluster::new(3, Consistency::Release, false);
+    c.fault(2, Access::Read, 1);
+    c.deliver_one(); // The home answers with the old copy...
+    c.mems[1].home.get_mut(&P).unwrap()[3] = 77; // ...then another node's diff lands.
+    c.engines[2].acquire(9, &[P], &mut c.mems[2]).unwrap(); // Its notice arrives first.
+    c.collect(2);
+    c.deliver_all();
+    assert!(c.woken(2, 1));
+    assert_eq!(c.mems[2].local[&P][3], 77, "the stale grant was discarded");
+}
+
+#[test]
+fn acquire_of_a_page_being_written_flushes_it_and_announces_it_later() {
+    let mut c = Cluster::new(2, Consistency::Release, false);
+    c.fault(0, Access::Write, 1);
+    c.deliver_all();
+    c.mems[0].local.get_mut(&P).unwrap()[8] = 5;
+    c.engines[0].acquire(2, &[P], &mut c.mems[0]).unwrap();
+    c.collect(0);
+    assert_eq!(c.engines[0].local_state(P), LocalState::Invalid);
+    c.deliver_all();
+    assert_eq!(
+        c.mems[1].home[&P][8], 5,
+        "the write reached the home before the drop"
+    );
+    assert!(c.seen[0].contains(&Action::SyncDone {
+        token: 2,
+        notices: vec![]
+    }));
+    c.engines[0].release(3, &mut c.mems[0]).unwrap();
+    c.collect(0);
+    assert!(c.seen[0].contains(&Action::SyncDone {
+        token: 3,
+        notices: vec![P]
+    }));
+}

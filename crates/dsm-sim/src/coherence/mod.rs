@@ -72,7 +72,7 @@ pub struct SimConfig {
 
 impl SimConfig {
     /// A scenario drawn from `seed`: 1 to 16 nodes, 1 to 4 pages, either placement, one- or
-    /// two-sided page transfer, 1 or 2 threads per node (release: 1), delays of 1 to 1..40
+    /// two-sided page transfer, 1 or 2 threads per node, delays of 1 to 1..40
     /// ticks, occasional pauses.
     pub fn random(seed: u64, consistency: Consistency, steps: u64) -> Self {
         let mut rng = Rng::new(seed ^ 0x5eed_c0de);
@@ -90,10 +90,7 @@ impl SimConfig {
                 Placement::Block
             },
             one_sided: rng.chance(1, 2),
-            threads: match consistency {
-                Consistency::Sequential => u32::try_from(rng.range(1, 2)).expect("fits"),
-                Consistency::Release => 1,
-            },
+            threads: u32::try_from(rng.range(1, 2)).expect("fits"),
             net,
             steps,
             pause_per_mille: rng.range(0, 20),

@@ -62,6 +62,9 @@ pub(crate) struct Node {
     pub(crate) phase: u64,
     pub(crate) stage_since: u64,
     next_token: u64,
+    /// Release mode: pages installed in the current phase. Nothing invalidates a page between
+    /// barriers, so a second install in one phase would be ping-pong.
+    installed_in_phase: BTreeSet<u32>,
 }
 
 /// Counters of a run.
@@ -160,6 +163,7 @@ impl World {
                 phase: 0,
                 stage_since: 0,
                 next_token: 0,
+                installed_in_phase: BTreeSet::new(),
             });
         }
         Ok(World {
@@ -412,6 +416,13 @@ impl World {
                 writable,
             } => {
                 let i = page.page as usize;
+                let release = self.config.consistency == Consistency::Release;
+                if release && !self.nodes[n].installed_in_phase.insert(page.page) {
+                    return Err(self.invariant(format!(
+                        "node {n}: page {i} fetched twice in one phase (ping-pong)"
+                    )));
+                }
+                let mem = &mut self.nodes[n].mem;
                 mem.local[i] = data;
                 mem.perm[i] = if writable { Perm::Write } else { Perm::Read };
             }
@@ -470,6 +481,7 @@ impl World {
             }
             Stage::Acquiring => {
                 node.phase += 1;
+                node.installed_in_phase.clear();
                 node.stage = if node.phase >= self.final_phase {
                     Stage::Done
                 } else {
