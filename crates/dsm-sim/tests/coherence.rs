@@ -10,7 +10,7 @@ use dsm_sim::coherence::{Report, SimConfig, run};
 
 /// Seeds per mode when `DSM_SIM_SEEDS` is not set (sized for about a minute per mode in CI on
 /// a 2-core machine; see docs/protocol.md for the measurement).
-const DEFAULT_SEEDS: u64 = 2_000;
+const DEFAULT_SEEDS: u64 = 5_000;
 /// Workload steps per seed when `DSM_SIM_STEPS` is not set.
 const DEFAULT_STEPS: u64 = 2_000;
 

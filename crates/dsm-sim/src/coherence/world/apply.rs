@@ -1,0 +1,175 @@
+//! Applying an engine's actions as a node's driver would: sends onto the simulated network,
+//! installs and protections into the node's memory, wakes, and the barrier built on syncs.
+
+use dsm_core::{Action, Consistency};
+use dsm_wire::{Coherence, PageId};
+
+use super::super::memory::{POISON, Perm};
+use super::{SYNC_TOKEN, Stage, Wire, World};
+use crate::error::Result;
+
+impl World {
+    pub(super) fn barrier_arrive(&mut self, notices: Vec<PageId>) -> Result<()> {
+        self.arrived += 1;
+        self.arrived_notices.extend(notices);
+        if self.arrived < self.config.nodes {
+            return Ok(());
+        }
+        self.arrived = 0;
+        self.report.barriers += 1;
+        let notices: Vec<PageId> = std::mem::take(&mut self.arrived_notices)
+            .into_iter()
+            .collect();
+        for to in 0..self.config.nodes {
+            let notices = notices.clone();
+            self.send(0, to, Wire::BarrierRelease { notices })?;
+        }
+        Ok(())
+    }
+
+    /// Applies every action of node `n`'s engine in order, then runs the woken threads, then
+    /// polls for held work, until the engine has nothing left.
+    pub(super) fn apply(&mut self, n: usize) -> Result<()> {
+        for _ in 0..10_000 {
+            let mut actions = self.nodes[n].engine.take_actions();
+            if actions.is_empty() && self.nodes[n].engine.has_deferred() {
+                let node = &mut self.nodes[n];
+                let result = node.engine.poll(&mut node.mem);
+                self.engine_result(n, result)?;
+                actions = self.nodes[n].engine.take_actions();
+            }
+            if actions.is_empty() {
+                return Ok(());
+            }
+            let mut woken = Vec::new();
+            for action in actions {
+                if let Some(token) = self.apply_one(n, action)? {
+                    woken.push(token);
+                }
+            }
+            for token in woken {
+                self.wake(n, token)?;
+            }
+        }
+        Err(self.invariant(format!("node {n}: actions did not settle")))
+    }
+
+    /// Applies one action; returns the token of a thread to wake.
+    fn apply_one(&mut self, n: usize, action: Action) -> Result<Option<u64>> {
+        let node_id = u32::try_from(n).expect("fits");
+        let mem = &mut self.nodes[n].mem;
+        match action {
+            Action::Send { to, message } => {
+                if matches!(message, Coherence::Diff { .. }) {
+                    self.report.diffs += 1;
+                }
+                self.send(node_id, to, Wire::Coherence(message))?;
+            }
+            Action::ReadPage { home, page, token } => {
+                self.report.one_sided_reads += 1;
+                let page = page.page;
+                self.send(node_id, home, Wire::ReadRequest { page, token })?;
+            }
+            Action::Install {
+                page,
+                data,
+                writable,
+            } => {
+                let i = page.page as usize;
+                let release = self.config.consistency == Consistency::Release;
+                if release && !self.nodes[n].installed_in_phase.insert(page.page) {
+                    return Err(self.invariant(format!(
+                        "node {n}: page {i} fetched twice in one phase (ping-pong)"
+                    )));
+                }
+                let mem = &mut self.nodes[n].mem;
+                mem.local[i] = data;
+                mem.perm[i] = if writable { Perm::Write } else { Perm::Read };
+            }
+            Action::Upgrade { page } => {
+                let i = page.page as usize;
+                if mem.perm[i] != Perm::Read {
+                    let perm = mem.perm[i];
+                    return Err(self.invariant(format!(
+                        "node {n}: upgrade of page {i} mapped {perm:?}, not read-only"
+                    )));
+                }
+                mem.perm[i] = Perm::Write;
+                self.report.upgrades += 1;
+            }
+            Action::Invalidate { page } => {
+                self.report.invalidations += 1;
+                let i = page.page as usize;
+                mem.perm[i] = Perm::None;
+                mem.local[i].fill(POISON);
+            }
+            Action::MakeTwin { page } => {
+                self.report.twins += 1;
+                let i = page.page as usize;
+                mem.twin[i] = Some(mem.local[i].clone());
+            }
+            Action::DropTwin { page } => mem.twin[page.page as usize] = None,
+            Action::Wake { token } => return Ok(Some(token)),
+            Action::SyncDone { token, notices } => self.sync_done(n, token, notices)?,
+        }
+        Ok(None)
+    }
+
+    fn wake(&mut self, n: usize, token: u64) -> Result<()> {
+        let thread = self.nodes[n]
+            .threads
+            .iter()
+            .position(|t| t.op.is_some() && t.blocked_since.is_some() && t.token == token);
+        let Some(t) = thread else {
+            return Err(self.invariant(format!("node {n}: wake of unknown token {token}")));
+        };
+        self.try_op(n, t)?;
+        self.advance_stage(n)
+    }
+
+    fn sync_done(&mut self, n: usize, token: u64, notices: Vec<PageId>) -> Result<()> {
+        if token != SYNC_TOKEN {
+            return Err(self.invariant(format!("node {n}: sync done for token {token}")));
+        }
+        let node = &mut self.nodes[n];
+        node.stage_since = self.step;
+        match node.stage {
+            Stage::Releasing => {
+                node.stage = Stage::Arrived;
+                let from = u32::try_from(n).expect("fits");
+                self.send(from, 0, Wire::BarrierArrive { notices })
+            }
+            Stage::Acquiring => {
+                node.phase += 1;
+                node.installed_in_phase.clear();
+                node.stage = if node.phase >= self.final_phase {
+                    Stage::Done
+                } else {
+                    let left = if self.draining {
+                        0
+                    } else {
+                        self.config.ops_per_phase
+                    };
+                    Stage::Working { left }
+                };
+                self.advance_stage(n)
+            }
+            stage => Err(self.invariant(format!("node {n}: sync done in stage {stage:?}"))),
+        }
+    }
+
+    /// Release mode: a node that finished its accesses releases (barrier arrival).
+    pub(crate) fn advance_stage(&mut self, n: usize) -> Result<()> {
+        let release = self.release_mode();
+        let node = &mut self.nodes[n];
+        let idle = node.threads.iter().all(|t| t.op.is_none());
+        if !release || node.stage != (Stage::Working { left: 0 }) || !idle {
+            return Ok(());
+        }
+        node.stage = Stage::Releasing;
+        node.stage_since = self.step;
+        let result = node.engine.release(SYNC_TOKEN, &mut node.mem);
+        self.engine_result(n, result)?;
+        self.apply(n)
+    }
+}
