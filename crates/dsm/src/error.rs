@@ -33,7 +33,20 @@ pub enum Error {
     Config(String),
     /// The userfaultfd fault engine failed.
     #[error("userfaultfd: {0}")]
-    Uffd(String),
+    Uffd(#[from] dsm_uffd::Error),
+    /// The coherence engine rejected a call (an unknown page, a protocol violation).
+    #[error("coherence: {0}")]
+    Coherence(#[from] dsm_core::Error),
+    /// A byte range outside a region.
+    #[error("bytes {offset}..{offset}+{len} are outside a region of {size} bytes")]
+    OutOfRange {
+        /// First byte asked.
+        offset: usize,
+        /// Length asked.
+        len: usize,
+        /// Region size in bytes.
+        size: usize,
+    },
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] dsm_core::TransportError),

@@ -16,15 +16,21 @@
 //! # Cargo features
 //! None.
 
+mod coherence;
 mod config;
 mod error;
+mod fault;
 mod membership;
 mod mesh;
 mod node;
+mod raw;
+mod region;
 mod runtime;
 mod stats;
 
 pub use config::{Config, ConfigBuilder, DEFAULT_COORDINATOR, TransportChoice};
+pub use dsm_core::Consistency;
 pub use error::{Error, Result};
 pub use node::Node;
+pub use region::Region;
 pub use stats::Stats;

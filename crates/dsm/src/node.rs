@@ -8,14 +8,21 @@ use std::time::Instant;
 
 use dsm_core::Transport;
 use dsm_wire::msg::membership::transports;
-use dsm_wire::{Limits, Membership, Message, NodeId, Sync};
+use std::marker::PhantomData;
 
+use dsm_core::{Consistency, Engine, EngineConfig, Placement, RegionLayout};
+use dsm_wire::{Alloc, Limits, Membership, Message, NodeId, PAGE_SIZE, PageId, RegionSpec, Sync};
+
+use crate::coherence::Coherence;
+use crate::fault::Resolver;
 use crate::membership::bootstrap;
 use crate::membership::ring::Ring;
 use crate::mesh::Mesh;
-use crate::runtime::Shared;
+use crate::region::Region;
+use crate::runtime::alloc::Allocator;
 use crate::runtime::barrier::Central;
 use crate::runtime::driver::{Driver, EVENT_QUEUE, Event, Sink, send_counted};
+use crate::runtime::{Core, Shared};
 use crate::stats::Counters;
 use crate::{Config, Error, Result, Stats};
 
@@ -23,12 +30,13 @@ use crate::{Config, Error, Result, Stats};
 /// `free`, `barrier`, `leave`) must be made by every node in the same order.
 pub struct Node {
     config: Config,
-    shared: Arc<Shared>,
+    core: Arc<Core>,
     mesh: Arc<Mesh>,
     events: SyncSender<Event>,
     /// The driver thread; joined on leave/drop (after `events` got `Stop`).
     driver: Mutex<Option<JoinHandle<()>>>,
     barrier_epoch: AtomicU64,
+    alloc_round: AtomicU64,
     gone: AtomicBool,
 }
 
@@ -59,12 +67,16 @@ impl Node {
             booted.deadline,
             sink,
         )?);
-        let shared = Arc::new(Shared::new(config.rank, config.size));
+        let engine = Engine::new(EngineConfig::new(config.rank, config.size));
+        let core = Arc::new(Core {
+            shared: Shared::new(config.rank, config.size),
+            coherence: Mutex::new(Coherence::new(engine)),
+            transport: Arc::clone(&mesh) as Arc<dyn Transport>,
+        });
         let driver = Driver {
             rank: config.rank,
             size: config.size,
-            shared: Arc::clone(&shared),
-            transport: Arc::clone(&mesh) as Arc<dyn Transport>,
+            core: Arc::clone(&core),
             ring: Ring::new(
                 config.rank,
                 config.size,
@@ -73,6 +85,7 @@ impl Node {
                 Instant::now(),
             ),
             central: Central::default(),
+            allocator: Allocator::default(),
             events: receiver,
         };
         let driver = std::thread::Builder::new()
@@ -81,11 +94,12 @@ impl Node {
             .map_err(|e| Error::io("spawn driver thread", e))?;
         let node = Node {
             config,
-            shared,
+            core,
             mesh,
             events,
             driver: Mutex::new(Some(driver)),
             barrier_epoch: AtomicU64::new(0),
+            alloc_round: AtomicU64::new(0),
             gone: AtomicBool::new(false),
         };
         node.announce(booted.deadline)?;
@@ -99,14 +113,14 @@ impl Node {
             self.send(to, Message::Membership(Membership::Joined { rank }));
         }
         let timeout = deadline.saturating_duration_since(Instant::now());
-        let waited = self.shared.wait(
+        let waited = self.core.shared.wait(
             timeout,
             |s| format!("Joined from ranks {:?}", s.arrivals.missing()),
             |s| s.arrivals.complete().then_some(()),
         );
         match waited {
             Err(Error::Timeout { .. }) => Err(Error::JoinTimeout {
-                missing: self.shared.read(|s| s.arrivals.missing()),
+                missing: self.core.shared.read(|s| s.arrivals.missing()),
             }),
             other => other,
         }
@@ -129,28 +143,147 @@ impl Node {
 
     /// A snapshot of this node's counters.
     pub fn stats(&self) -> Stats {
-        self.shared.counters.snapshot()
+        self.core.shared.counters.snapshot()
     }
 
     /// Waits until every node has called `barrier` as many times as this one (collective).
-    /// Fails with [`Error::NodeFailed`] when a node fails meanwhile.
+    /// A barrier is a release and an acquire: writes to `Release` regions made before it by
+    /// any node are visible after it on every node. Fails with [`Error::NodeFailed`] when a
+    /// node fails meanwhile.
     pub fn barrier(&self) -> Result<()> {
         self.check_open()?;
+        let timeout = self.config.op_timeout;
+        let mine = self
+            .core
+            .sync(timeout, "release before a barrier", |c, token, ctx| {
+                c.release(token, ctx)
+            })?;
+        let epoch = self.rendezvous(mine.clone())?;
+        let notices = self
+            .core
+            .shared
+            .update(|s| s.barrier_notices.remove(&epoch));
+        let others = others_notices(notices.unwrap_or_default(), &mine);
+        self.core
+            .sync(timeout, "acquire after a barrier", |c, token, ctx| {
+                c.acquire(token, &others, ctx)
+            })?;
+        Counters::bump(&self.core.shared.counters.barriers);
+        Ok(())
+    }
+
+    /// The barrier's message round: arrive at rank 0 with `notices`, wait for the release.
+    fn rendezvous(&self, notices: Vec<PageId>) -> Result<u64> {
         let epoch = self.barrier_epoch.fetch_add(1, Ordering::Relaxed) + 1;
         self.send(
             0,
             Message::Sync(Sync::BarrierArrive {
                 epoch,
                 round: 0,
-                notices: Vec::new(),
+                notices,
             }),
         );
-        self.shared.wait(
+        self.core.shared.wait(
             self.config.op_timeout,
             |_| format!("barrier {epoch} (release from rank 0)"),
             |s| (s.barrier_released >= epoch).then_some(()),
         )?;
-        Counters::bump(&self.shared.counters.barriers);
+        Ok(epoch)
+    }
+
+    /// Allocates a shared array of `len` elements of `T` (collective: every node calls it
+    /// with the same name, length and consistency, in the same order). The array sits at the
+    /// same address on every node, zero-filled; pages are homed in blocks (node `r` is the
+    /// home of the `r`-th block of pages), so rows a node works on are best placed in its
+    /// block.
+    pub fn alloc<T: Copy>(
+        &self,
+        name: &str,
+        len: usize,
+        consistency: Consistency,
+    ) -> Result<Region<T>> {
+        self.check_open()?;
+        let bytes = len
+            .checked_mul(size_of::<T>())
+            .filter(|b| *b > 0 && align_of::<T>() <= PAGE_SIZE)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "cannot allocate {len} elements of {} bytes",
+                    size_of::<T>()
+                ))
+            })?;
+        let pages = u32::try_from(bytes.div_ceil(PAGE_SIZE))
+            .map_err(|_| Error::Config(format!("region {name:?} of {bytes} bytes is too large")))?;
+        let spec = RegionSpec {
+            name: name.to_owned(),
+            pages,
+            consistency: match consistency {
+                Consistency::Sequential => 0,
+                Consistency::Release => 1,
+            },
+            placement: 1,
+        };
+        let (id, base) = self.agree_on_region(&spec)?;
+        let region = Arc::new(dsm_uffd::Region::new(
+            usize::try_from(base).map_err(|_| Error::Protocol("base address".into()))?,
+            pages,
+            dsm_uffd::Delivery::Thread,
+        )?);
+        let layout = RegionLayout {
+            id,
+            pages,
+            consistency,
+            placement: Placement::Block,
+        };
+        self.core
+            .engine(|c, _| c.add_region(layout, Arc::clone(&region)))?;
+        let resolver = Arc::new(Resolver {
+            core: Arc::clone(&self.core),
+            region: id,
+        });
+        let server = dsm_uffd::Engine::start(Arc::clone(&region), resolver)?;
+        // No node may fault on the region before every node can serve it.
+        self.rendezvous(Vec::new())?;
+        Ok(Region {
+            id,
+            base: region.base().cast::<T>(),
+            len,
+            consistency,
+            server: Some(server),
+            _elements: PhantomData,
+        })
+    }
+
+    /// Sends `Malloc` to rank 0 and waits for its answer.
+    fn agree_on_region(&self, spec: &RegionSpec) -> Result<(u32, u64)> {
+        let req = self.alloc_round.fetch_add(1, Ordering::Relaxed) + 1;
+        self.send(
+            0,
+            Message::Alloc(Alloc::Malloc {
+                req,
+                spec: spec.clone(),
+            }),
+        );
+        let (id, base, agreed) = self.core.shared.wait(
+            self.config.op_timeout,
+            |_| format!("allocation round {req} ({:?}) from rank 0", spec.name),
+            |s| s.allocs.get(&req).cloned(),
+        )?;
+        self.core.shared.update(|s| s.allocs.remove(&req));
+        if &agreed != spec {
+            return Err(Error::Protocol(format!(
+                "collective alloc disagrees: this node asked {spec:?}, rank 0 decided {agreed:?}"
+            )));
+        }
+        Ok((id, base))
+    }
+
+    /// Frees a region (collective). Every node must be done with it: a barrier comes first.
+    pub fn free<T: Copy>(&self, mut region: Region<T>) -> Result<()> {
+        self.barrier()?;
+        drop(region.server.take());
+        self.core.engine(|c, _| c.remove_region(region.id))?;
+        self.rendezvous(Vec::new())?;
         Ok(())
     }
 
@@ -174,7 +307,7 @@ impl Node {
     }
 
     pub(crate) fn send(&self, to: NodeId, message: Message) {
-        send_counted(self.mesh.as_ref(), &self.shared.counters, to, &message);
+        send_counted(self.mesh.as_ref(), &self.core.shared.counters, to, &message);
     }
 
     /// Stops the driver and closes the connections (idempotent).
@@ -187,7 +320,7 @@ impl Node {
         if let Some(handle) = handle {
             let _ = handle.join();
         }
-        self.shared.update(|s| s.closed = true);
+        self.core.shared.update(|s| s.closed = true);
         self.mesh.shutdown();
     }
 }
@@ -198,4 +331,15 @@ impl Drop for Node {
         // that is what a crash looks like, and it is the honest signal.
         self.stop();
     }
+}
+
+/// The notices of other nodes: `all` with one occurrence of each of `mine` removed (a page
+/// only this node wrote needs no invalidation here; one also written elsewhere does).
+fn others_notices(mut all: Vec<PageId>, mine: &[PageId]) -> Vec<PageId> {
+    for page in mine {
+        if let Some(i) = all.iter().position(|p| p == page) {
+            all.swap_remove(i);
+        }
+    }
+    all
 }

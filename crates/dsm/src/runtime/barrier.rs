@@ -6,12 +6,12 @@
 
 use std::collections::BTreeMap;
 
-use dsm_wire::NodeId;
+use dsm_wire::{NodeId, PageId};
 
 /// Rank 0's arrivals per epoch.
 #[derive(Debug, Default)]
 pub(crate) struct Central {
-    arrived: BTreeMap<u64, Vec<bool>>,
+    arrived: BTreeMap<u64, (Vec<bool>, Vec<PageId>)>,
 }
 
 /// Most epochs rank 0 tracks at once (each node is in at most one barrier at a time, so
@@ -19,25 +19,36 @@ pub(crate) struct Central {
 const MAX_OPEN_EPOCHS: usize = 64;
 
 impl Central {
-    /// Records that `from` reached `epoch` in a cluster of `size` where `gone[r]` marks nodes
-    /// that left; returns true when the epoch is complete and must be released.
-    pub(crate) fn arrive(&mut self, epoch: u64, from: NodeId, gone: &[bool]) -> bool {
+    /// Records that `from` reached `epoch` with its write `notices`, in a cluster where
+    /// `gone[r]` marks nodes that left. When the epoch is complete, returns every node's
+    /// notices concatenated (a page written by two nodes appears twice: each node removes its
+    /// own once and invalidates what others wrote).
+    pub(crate) fn arrive(
+        &mut self,
+        epoch: u64,
+        from: NodeId,
+        gone: &[bool],
+        notices: Vec<PageId>,
+    ) -> Option<Vec<PageId>> {
         if from as usize >= gone.len()
             || (!self.arrived.contains_key(&epoch) && self.arrived.len() >= MAX_OPEN_EPOCHS)
         {
             tracing::warn!(epoch, from, "barrier arrival dropped");
-            return false;
+            return None;
         }
-        let seen = self
+        let (seen, all) = self
             .arrived
             .entry(epoch)
-            .or_insert_with(|| vec![false; gone.len()]);
-        seen[from as usize] = true;
+            .or_insert_with(|| (vec![false; gone.len()], Vec::new()));
+        if !seen[from as usize] {
+            seen[from as usize] = true;
+            all.extend(notices);
+        }
         let complete = seen.iter().zip(gone).all(|(s, g)| *s || *g);
         if complete {
-            self.arrived.remove(&epoch);
+            return self.arrived.remove(&epoch).map(|(_, all)| all);
         }
-        complete
+        None
     }
 }
 
@@ -49,10 +60,20 @@ mod tests {
     fn releases_once_everyone_live_arrived_and_not_before() {
         let mut c = Central::default();
         let gone = [false, false, true];
-        assert!(!c.arrive(1, 1, &gone));
-        assert!(!c.arrive(1, 1, &gone), "duplicate must not count twice");
-        assert!(c.arrive(1, 0, &gone));
-        assert!(!c.arrive(2, 0, &gone));
-        assert!(!c.arrive(2, 9, &gone), "unknown rank ignored");
+        let p = |page| PageId { region: 0, page };
+        assert!(c.arrive(1, 1, &gone, vec![p(1)]).is_none());
+        assert!(
+            c.arrive(1, 1, &gone, vec![p(9)]).is_none(),
+            "duplicate must not count twice"
+        );
+        assert_eq!(
+            c.arrive(1, 0, &gone, vec![p(1), p(2)]),
+            Some(vec![p(1), p(1), p(2)])
+        );
+        assert!(c.arrive(2, 0, &gone, vec![]).is_none());
+        assert!(
+            c.arrive(2, 9, &gone, vec![]).is_none(),
+            "unknown rank ignored"
+        );
     }
 }

@@ -1,14 +1,16 @@
-//! The driver thread: takes every transport event, runs the membership ring and the barrier,
-//! and publishes what it learns in [`Shared`].
+//! The driver thread: takes every transport event, runs the membership ring, the barrier and
+//! the allocation rounds, feeds coherence messages to the engine, and publishes what it
+//! learns in [`Shared`](super::Shared).
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::Instant;
 
 use dsm_core::{EventSink, Transport, TransportEvent};
-use dsm_wire::{Membership, Message, NodeId, Sync};
+use dsm_wire::{Alloc, Membership, Message, NodeId, Sync};
 
-use super::Shared;
+use super::Core;
+use super::alloc::Allocator;
 use super::barrier::Central;
 use crate::membership::ring::{Ring, RingAction};
 use crate::stats::Counters;
@@ -44,10 +46,10 @@ impl EventSink for Sink {
 pub(crate) struct Driver {
     pub(crate) rank: NodeId,
     pub(crate) size: u32,
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) core: Arc<Core>,
     pub(crate) ring: Ring,
     pub(crate) central: Central,
+    pub(crate) allocator: Allocator,
     pub(crate) events: Receiver<Event>,
 }
 
@@ -81,38 +83,72 @@ impl Driver {
         match event {
             TransportEvent::Message { from, message } => {
                 self.ring.heard(from, Instant::now());
-                Counters::count(&self.shared.counters.bytes_received, &message, from);
+                Counters::count(&self.core.shared.counters.bytes_received, &message, from);
                 self.on_message(from, message);
             }
             TransportEvent::PeerFailed { node, reason } => {
-                let left = self.shared.read(|s| s.left.get(node as usize).copied());
+                let left = self
+                    .core
+                    .shared
+                    .read(|s| s.left.get(node as usize).copied());
                 if left == Some(false) {
                     tracing::warn!(rank = self.rank, node, %reason, "peer connection failed");
                     self.declare(node);
                 }
             }
-            other => tracing::debug!(?other, "transport event with no consumer yet"),
+            TransportEvent::PageRead { token, result } => {
+                let done = match result {
+                    Ok(page) => self.core.engine(|c, ctx| c.on_page_read(token, page, ctx)),
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = done {
+                    tracing::error!(token, error = %e, "page read failed");
+                }
+            }
+            other => tracing::debug!(?other, "transport event with no consumer"),
         }
     }
 
     fn on_message(&mut self, from: NodeId, message: Message) {
         match message {
             Message::Membership(m) => self.on_membership(from, m),
-            Message::Sync(Sync::BarrierArrive { epoch, .. }) if self.rank == 0 => {
-                let gone = self.shared.read(|s| s.left.clone());
-                if self.central.arrive(epoch, from, &gone) {
-                    self.broadcast(
-                        true,
-                        Message::Sync(Sync::BarrierRelease {
-                            epoch,
-                            notices: Vec::new(),
-                        }),
-                    );
+            Message::Coherence(m) => {
+                // Bad input changes nothing in the engine: log it and go on.
+                if let Err(e) = self.core.engine(|c, ctx| c.on_message(from, m, ctx)) {
+                    tracing::warn!(from, error = %e, "coherence message rejected");
                 }
             }
-            Message::Sync(Sync::BarrierRelease { epoch, .. }) if from == 0 => {
-                self.shared
-                    .update(|s| s.barrier_released = s.barrier_released.max(epoch));
+            Message::Sync(Sync::BarrierArrive { epoch, notices, .. }) if self.rank == 0 => {
+                let gone = self.core.shared.read(|s| s.left.clone());
+                if let Some(all) = self.central.arrive(epoch, from, &gone, notices) {
+                    let release = Sync::BarrierRelease {
+                        epoch,
+                        notices: all,
+                    };
+                    self.broadcast(true, &Message::Sync(release));
+                }
+            }
+            Message::Sync(Sync::BarrierRelease { epoch, notices }) if from == 0 => {
+                self.core.shared.update(|s| {
+                    s.barrier_released = s.barrier_released.max(epoch);
+                    s.barrier_notices.insert(epoch, notices);
+                });
+            }
+            Message::Alloc(Alloc::Malloc { req, spec }) if self.rank == 0 => {
+                let gone = self.core.shared.read(|s| s.left.clone());
+                if let Some(reply) = self.allocator.request(req, from, spec, &gone) {
+                    self.broadcast(true, &Message::Alloc(reply));
+                }
+            }
+            Message::Alloc(Alloc::NMalloc {
+                req,
+                region,
+                base_addr,
+                spec,
+            }) if from == 0 => {
+                self.core
+                    .shared
+                    .update(|s| s.allocs.insert(req, (region, base_addr, spec)));
             }
             other => tracing::warn!(from, ?other, "message with no consumer; dropped"),
         }
@@ -123,16 +159,16 @@ impl Driver {
         match message {
             Membership::Heartbeat { .. } => {}
             Membership::Joined { rank } if rank == from => {
-                self.shared.update(|s| s.arrivals.joined(rank));
+                self.core.shared.update(|s| s.arrivals.joined(rank));
             }
             Membership::NodeFailed { rank } => {
                 if self.ring.failed(rank, now) {
-                    self.shared.update(|s| s.failed.push(rank));
+                    self.core.shared.update(|s| s.failed.push(rank));
                 }
             }
             Membership::Leave { rank } if rank == from => {
                 self.ring.left(rank, now);
-                self.shared.update(|s| s.left[rank as usize] = true);
+                self.core.shared.update(|s| s.left[rank as usize] = true);
             }
             other => tracing::warn!(from, ?other, "unexpected membership message; dropped"),
         }
@@ -141,7 +177,7 @@ impl Driver {
     /// Declares `rank` failed here and tells every other live node.
     fn declare(&mut self, rank: NodeId) {
         let news = self.ring.failed(rank, Instant::now());
-        let first = self.shared.update(|s| {
+        let first = self.core.shared.update(|s| {
             let first = !s.failed.contains(&rank);
             if first {
                 s.failed.push(rank);
@@ -150,13 +186,16 @@ impl Driver {
         });
         if news || first {
             tracing::warn!(rank = self.rank, failed = rank, "node declared failed");
-            self.broadcast(false, Message::Membership(Membership::NodeFailed { rank }));
+            self.broadcast(false, &Message::Membership(Membership::NodeFailed { rank }));
         }
     }
 
     /// Sends to every node not failed or gone (and to ourselves when `include_self`).
-    fn broadcast(&self, include_self: bool, message: Message) {
-        let (failed, left) = self.shared.read(|s| (s.failed.clone(), s.left.clone()));
+    fn broadcast(&self, include_self: bool, message: &Message) {
+        let (failed, left) = self
+            .core
+            .shared
+            .read(|s| (s.failed.clone(), s.left.clone()));
         for to in 0..self.size {
             let skip =
                 failed.contains(&to) || left[to as usize] || (to == self.rank && !include_self);
@@ -167,7 +206,12 @@ impl Driver {
     }
 
     fn send(&self, to: NodeId, message: Message) {
-        send_counted(self.transport.as_ref(), &self.shared.counters, to, &message);
+        send_counted(
+            self.core.transport.as_ref(),
+            &self.core.shared.counters,
+            to,
+            &message,
+        );
     }
 }
 

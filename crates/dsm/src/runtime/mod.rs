@@ -1,14 +1,21 @@
 //! The node runtime: state shared between application threads and the driver thread, and
 //! the one wait primitive every blocking call uses.
 
+pub(crate) mod alloc;
 pub(crate) mod barrier;
 pub(crate) mod driver;
 
+use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use dsm_wire::NodeId;
+use dsm_wire::{NodeId, PageId, RegionSpec};
 
+use std::sync::Arc;
+
+use dsm_core::Transport;
+
+use crate::coherence::{Coherence, Ctx};
 use crate::membership::roster::Arrivals;
 use crate::stats::Counters;
 use crate::{Error, Result};
@@ -24,8 +31,65 @@ pub(crate) struct State {
     pub(crate) left: Vec<bool>,
     /// Highest barrier epoch released.
     pub(crate) barrier_released: u64,
+    /// Write notices of released barrier epochs not yet taken by `Node::barrier`.
+    pub(crate) barrier_notices: HashMap<u64, Vec<PageId>>,
+    /// Completed engine sync calls: token → write notices.
+    pub(crate) syncs: HashMap<u64, Vec<PageId>>,
+    /// Allocations decided by rank 0: request → (region id, base address, spec).
+    pub(crate) allocs: HashMap<u64, (u32, u64, RegionSpec)>,
     /// The node is shutting down: every wait ends.
     pub(crate) closed: bool,
+}
+
+/// Everything the node's threads share: the state, the coherence engine, the transport.
+pub(crate) struct Core {
+    pub(crate) shared: Shared,
+    pub(crate) coherence: Mutex<Coherence>,
+    pub(crate) transport: Arc<dyn Transport>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// Runs `f` on the coherence engine (under its lock) with what applying actions needs.
+    pub(crate) fn engine<R>(
+        &self,
+        f: impl FnOnce(&mut Coherence, &Ctx<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let ctx = Ctx {
+            transport: self.transport.as_ref(),
+            shared: &self.shared,
+        };
+        let mut coherence = self.coherence.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut coherence, &ctx)
+    }
+
+    /// Runs an engine sync call (`release` or `acquire`) under `token` and waits for its
+    /// `SyncDone`, returning the write notices.
+    pub(crate) fn sync(
+        &self,
+        timeout: Duration,
+        what: &str,
+        call: impl FnOnce(&mut Coherence, u64, &Ctx<'_>) -> Result<()>,
+    ) -> Result<Vec<PageId>> {
+        let token = self.engine(|c, ctx| {
+            let token = c.token();
+            call(c, token, ctx).map(|()| token)
+        })?;
+        self.shared.wait(
+            timeout,
+            |_| what.to_owned(),
+            |s| s.syncs.get(&token).map(|_| ()),
+        )?;
+        Ok(self
+            .shared
+            .update(|s| s.syncs.remove(&token))
+            .unwrap_or_default())
+    }
 }
 
 /// Shared between the node's threads.
@@ -45,6 +109,9 @@ impl Shared {
                 arrivals: Arrivals::new(rank, size),
                 left: vec![false; size as usize],
                 barrier_released: 0,
+                barrier_notices: HashMap::new(),
+                syncs: HashMap::new(),
+                allocs: HashMap::new(),
                 closed: false,
             }),
             changed: Condvar::new(),

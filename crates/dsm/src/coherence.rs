@@ -1,0 +1,279 @@
+//! Glue between the coherence engine (dsm-core), the userfaultfd regions (dsm-uffd) and the
+//! transport: faults and messages go in, the engine's actions are applied here.
+//!
+//! Everything runs under one lock ([`Coherence`] in a `Mutex`), taken by the fault workers,
+//! the driver thread and application threads at sync points, never by a thread while it
+//! touches region memory. Lock order: this lock, then `Shared`'s.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use dsm_core::{Access, Action, Engine, Memory, RegionLayout, Transport};
+use dsm_wire::{Coherence as Msg, Message, NodeId, PAGE_SIZE, Page, PageId};
+
+use crate::raw::{HomeCopies, installed_page};
+use crate::runtime::Shared;
+use crate::runtime::driver::send_counted;
+use crate::stats::Counters;
+use crate::{Error, Result};
+
+/// One mapped region: the application's mapping, the master copies homed here, twins.
+#[derive(Debug)]
+struct Mapped {
+    region: Arc<dsm_uffd::Region>,
+    home: HomeCopies,
+    twins: HashMap<u32, Page>,
+}
+
+/// The engine and what it needs to act.
+#[derive(Debug)]
+pub(crate) struct Coherence {
+    engine: Engine,
+    regions: HashMap<u32, Mapped>,
+    /// Outstanding faults: token → page and start time (for the latency histogram).
+    faults: HashMap<u64, (PageId, Instant)>,
+    next_token: u64,
+}
+
+/// What applying actions needs besides the engine.
+pub(crate) struct Ctx<'a> {
+    pub(crate) transport: &'a dyn Transport,
+    pub(crate) shared: &'a Shared,
+}
+
+/// Bound on poll rounds after one call (the engine defers only while pages settle).
+const MAX_POLLS: usize = 1024;
+
+impl Coherence {
+    pub(crate) fn new(engine: Engine) -> Self {
+        Coherence {
+            engine,
+            regions: HashMap::new(),
+            faults: HashMap::new(),
+            next_token: 1,
+        }
+    }
+
+    /// A fresh token for a fault or a sync call.
+    pub(crate) fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// Adds a mapped region.
+    pub(crate) fn add_region(
+        &mut self,
+        layout: RegionLayout,
+        region: Arc<dsm_uffd::Region>,
+    ) -> Result<()> {
+        self.engine.add_region(layout)?;
+        let home = HomeCopies::new(layout.pages);
+        self.regions.insert(
+            layout.id,
+            Mapped {
+                region,
+                home,
+                twins: HashMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Forgets a region; its mapping goes when the last `Arc` does.
+    pub(crate) fn remove_region(&mut self, id: u32) -> Result<()> {
+        self.engine.remove_region(id)?;
+        self.regions.remove(&id);
+        Ok(())
+    }
+
+    /// A thread faulted.
+    pub(crate) fn fault(&mut self, page: PageId, access: Access, ctx: &Ctx<'_>) -> Result<()> {
+        let token = self.token();
+        self.faults.insert(token, (page, Instant::now()));
+        let mut mem = Mem {
+            regions: &mut self.regions,
+        };
+        self.engine.fault(page, access, token, &mut mem)?;
+        self.apply(ctx)
+    }
+
+    /// A coherence message arrived.
+    pub(crate) fn on_message(&mut self, from: NodeId, message: Msg, ctx: &Ctx<'_>) -> Result<()> {
+        if let Msg::Invalidate { .. } = message {
+            Counters::bump(&ctx.shared.counters.invalidations_received);
+        }
+        let mut mem = Mem {
+            regions: &mut self.regions,
+        };
+        self.engine.on_message(from, message, &mut mem)?;
+        self.apply(ctx)
+    }
+
+    /// A one-sided read completed.
+    pub(crate) fn on_page_read(&mut self, token: u64, data: Page, ctx: &Ctx<'_>) -> Result<()> {
+        let mut mem = Mem {
+            regions: &mut self.regions,
+        };
+        self.engine.on_page_read(token, data, &mut mem)?;
+        self.apply(ctx)
+    }
+
+    /// Starts a release (diffs to homes); completes as `SyncDone { token }` in `Shared`.
+    pub(crate) fn release(&mut self, token: u64, ctx: &Ctx<'_>) -> Result<()> {
+        let mut mem = Mem {
+            regions: &mut self.regions,
+        };
+        self.engine.release(token, &mut mem)?;
+        self.apply(ctx)
+    }
+
+    /// Starts an acquire with `notices`; completes as `SyncDone { token }` in `Shared`.
+    pub(crate) fn acquire(&mut self, token: u64, notices: &[PageId], ctx: &Ctx<'_>) -> Result<()> {
+        let mut mem = Mem {
+            regions: &mut self.regions,
+        };
+        self.engine.acquire(token, notices, &mut mem)?;
+        self.apply(ctx)
+    }
+
+    /// Applies every pending action, polling deferred work, in order.
+    fn apply(&mut self, ctx: &Ctx<'_>) -> Result<()> {
+        for _ in 0..MAX_POLLS {
+            for action in self.engine.take_actions() {
+                self.act(action, ctx)?;
+            }
+            if !self.engine.has_deferred() {
+                return Ok(());
+            }
+            let mut mem = Mem {
+                regions: &mut self.regions,
+            };
+            self.engine.poll(&mut mem)?;
+        }
+        Err(Error::Protocol(format!(
+            "engine still deferring after {MAX_POLLS} polls"
+        )))
+    }
+
+    fn act(&mut self, action: Action, ctx: &Ctx<'_>) -> Result<()> {
+        let counters = &ctx.shared.counters;
+        match action {
+            Action::Send { to, message } => {
+                match &message {
+                    Msg::Invalidate { .. } => Counters::bump(&counters.invalidations_sent),
+                    Msg::Diff { .. } => Counters::bump(&counters.diffs_sent),
+                    _ => {}
+                }
+                send_counted(ctx.transport, counters, to, &Message::Coherence(message));
+            }
+            Action::ReadPage { home, page, token } => ctx.transport.read_page(home, page, token)?,
+            Action::Install {
+                page,
+                data,
+                writable,
+            } => {
+                let region = &self.mapped(page)?.region;
+                if page_home(&self.engine, page) != Some(ctx.transport.local()) {
+                    Counters::bump(&counters.pages_fetched);
+                }
+                if writable {
+                    region.install_read_write(page.page, &data)?;
+                } else {
+                    region.install_read_only(page.page, &data)?;
+                }
+            }
+            Action::Upgrade { page } => self.mapped(page)?.region.upgrade(page.page)?,
+            Action::Invalidate { page } => self.mapped(page)?.region.invalidate(page.page, 1)?,
+            Action::MakeTwin { page } => {
+                let mapped = self.mapped_mut(page)?;
+                let twin = mapped.region.twin(page.page)?;
+                mapped.twins.insert(page.page, twin);
+            }
+            Action::DropTwin { page } => {
+                self.mapped_mut(page)?.twins.remove(&page.page);
+            }
+            Action::Wake { token } => self.wake(token, counters)?,
+            Action::SyncDone { token, notices } => {
+                ctx.shared.update(|s| s.syncs.insert(token, notices));
+            }
+        }
+        Ok(())
+    }
+
+    fn wake(&mut self, token: u64, counters: &Counters) -> Result<()> {
+        let Some((page, started)) = self.faults.remove(&token) else {
+            return Ok(());
+        };
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        counters.fault_latency.record(nanos);
+        // The install or upgrade woke the thread already; this covers a fault the engine
+        // resolved without touching the mapping (the thread retries its access).
+        self.mapped(page)?.region.wake(page.page)?;
+        Ok(())
+    }
+
+    fn mapped(&self, page: PageId) -> Result<&Mapped> {
+        self.regions
+            .get(&page.region)
+            .ok_or_else(|| Error::Protocol(format!("action on unmapped region {}", page.region)))
+    }
+
+    fn mapped_mut(&mut self, page: PageId) -> Result<&mut Mapped> {
+        self.regions
+            .get_mut(&page.region)
+            .ok_or_else(|| Error::Protocol(format!("action on unmapped region {}", page.region)))
+    }
+}
+
+fn page_home(engine: &Engine, page: PageId) -> Option<NodeId> {
+    engine.home_of(page).ok()
+}
+
+/// The engine's view of page bytes.
+struct Mem<'a> {
+    regions: &'a mut HashMap<u32, Mapped>,
+}
+
+impl Mem<'_> {
+    fn get(&self, page: PageId) -> &Mapped {
+        self.regions
+            .get(&page.region)
+            .expect("the engine asks only for known regions")
+    }
+}
+
+impl Memory for Mem<'_> {
+    fn local_page(&self, page: PageId) -> &[u8; PAGE_SIZE] {
+        let region = &self.get(page).region;
+        let address = region.page_address(page.page).expect("page in range");
+        // SAFETY: the engine asks only for installed pages of live regions (the `Arc` in
+        // `Mapped` keeps the mapping), and write-protects writable ones before reading.
+        unsafe { installed_page(address) }
+    }
+
+    fn write_protect(&mut self, page: PageId) {
+        if let Err(e) = self.get(page).region.downgrade(page.page) {
+            tracing::error!(?page, error = %e, "write-protect failed");
+        }
+    }
+
+    fn twin(&self, page: PageId) -> &[u8; PAGE_SIZE] {
+        self.get(page)
+            .twins
+            .get(&page.page)
+            .expect("twin made before use")
+    }
+
+    fn home_page(&self, page: PageId) -> &[u8; PAGE_SIZE] {
+        self.get(page).home.page(page.page)
+    }
+
+    fn home_page_mut(&mut self, page: PageId) -> &mut [u8; PAGE_SIZE] {
+        self.regions
+            .get_mut(&page.region)
+            .expect("the engine asks only for known regions")
+            .home
+            .page_mut(page.page)
+    }
+}
