@@ -1,1 +1,89 @@
-//! Ricart-Agrawala and token locks and barriers for dsm, sans-IO
+//! dsm-locks: distributed locks and barriers for dsm, and the points where release
+//! consistency happens.
+//!
+//! Two layers:
+//!
+//! * **Sans-IO engines** — [`LockEngine`] (every lock of one node) and [`BarrierEngine`]: events
+//!   in (a local acquire or release, a peer's [`dsm_wire::Sync`] message), [`Action`]s out
+//!   (send a message, the lock is granted with write notices, a remote node waits, the barrier
+//!   is done). No threads, sockets or clocks; `dsm-sim` runs many of them over a simulated
+//!   network. Each lock uses one of two algorithms ([`LockKind`], chosen per lock, the same on
+//!   every node):
+//!   - Ricart–Agrawala: REQUEST (Lamport timestamp, node) to all others, enter on all REPLYs;
+//!     2(N−1) messages per acquire, one round trip uncontended, one hop between holders.
+//!   - Home-queue: the lock's home (`lock % N`) queues requests; 3 messages per acquire
+//!     whatever N, one round trip uncontended, two hops between holders.
+//!
+//!   Barriers ([`BarrierKind`]) are a dissemination barrier (⌈log₂ N⌉ rounds, no coordinator)
+//!   or a central counter at node 0, kept to measure the first against.
+//! * **The thread-facing [`LockTable`]** — many threads of one node queue on a lock-free FIFO
+//!   and the node takes part in the algorithm once for all of them. While a remote node waits,
+//!   at most [`TableConfig::handoff_bound`] local critical sections pass before the node gives
+//!   the lock up, so nobody starves. Guards release on drop; every wait has a timeout whose
+//!   error names the lock and the nodes still awaited.
+//!
+//! # Release consistency
+//! When a node gives a lock up (or enters a barrier) the table asks the runtime's
+//! [`ReleaseConsistency::flush`] for the pages written in the interval (their diffs flushed to
+//! the homes); the engine carries them in the REPLY / GRANT / barrier messages to the next
+//! acquirers, each of which receives exactly the pages released since it last heard, and the
+//! table calls [`ReleaseConsistency::invalidate`] with them before any thread enters.
+//!
+//! # Wiring (for the node runtime)
+//! The runtime gives the table an [`Outbox`] (non-blocking send on the transport) and feeds
+//! every incoming `Message::Sync` to [`LockTable::handle`] from its protocol thread.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use dsm_locks::{BarrierEngine, BarrierKind, LockEngine, LockKind, LockTable, NoConsistency,
+//!                 Outbox, TableConfig};
+//! use dsm_wire::{NodeId, Sync};
+//!
+//! struct Net; // stands for the transport
+//! impl Outbox for Net {
+//!     fn send(&self, to: NodeId, message: Sync) { /* transport.send(to, &Message::Sync(message)) */ }
+//! }
+//!
+//! let (me, nodes) = (0, 4);
+//! let table = Arc::new(LockTable::new(
+//!     LockEngine::new(me, nodes, LockKind::RicartAgrawala),
+//!     BarrierEngine::new(me, nodes, BarrierKind::Dissemination),
+//!     Box::new(Net),
+//!     Box::new(NoConsistency),
+//!     TableConfig::default(),
+//! ));
+//! // Protocol thread: for each (from, Message::Sync(m)) received: table.handle(from, &m)?
+//! {
+//!     let _guard = table.try_acquire(7, Duration::from_secs(5))?; // critical section
+//! } // released here
+//! table.barrier()?;
+//! # Ok::<(), dsm_locks::Error>(())
+//! ```
+//!
+//! # Requirements
+//! None beyond std: no kernel feature, no device.
+//!
+//! # Cargo features
+//! None. Building with `RUSTFLAGS="--cfg loom"` swaps the local part's atomics and queue for
+//! loom's models (see `primitive.rs`); `cargo test --release loom` then model-checks it.
+
+mod action;
+mod barrier;
+mod engine;
+mod error;
+mod home;
+mod local;
+mod notices;
+mod primitive;
+mod ra;
+mod table;
+
+pub use action::{Action, LockKind};
+pub use barrier::{BarrierEngine, BarrierKind};
+pub use engine::{DEFAULT_MAX_LOCKS, LockEngine};
+pub use error::{Error, Result};
+pub use local::MAX_HANDOFF_BOUND;
+pub use table::{
+    Guard, LockTable, NoConsistency, Outbox, ReleaseConsistency, SyncPoint, TableConfig,
+};

@@ -1,0 +1,368 @@
+//! The thread-facing handle: [`LockTable`] drives a [`LockEngine`] and a [`BarrierEngine`]
+//! for one node, queues the node's threads locally, and calls the runtime's
+//! [`Outbox`] and [`ReleaseConsistency`] hooks.
+//!
+//! Threads call [`LockTable::acquire`] and [`LockTable::barrier`]; the node's protocol thread
+//! calls [`LockTable::handle`] with every lock or barrier message that arrives. Engine calls
+//! are short and run under one mutex per engine; their `Send` actions are handed to the
+//! outbox under that mutex, so the messages of one node leave in the order the engine made
+//! them (a RELEASE before the next ACQUIRE), and everything else (grants, which wake threads
+//! and may start the next request) runs after the mutex is dropped.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use dsm_wire::{NodeId, PageId, Sync};
+
+use crate::local::{LocalLock, NodeSide};
+use crate::primitive::Arc;
+use crate::{Action, BarrierEngine, Error, LockEngine, Result};
+
+/// Sends the engines' messages. Must not block (queue and return, like
+/// `dsm_core::Transport::send`); a message that cannot be delivered shows up as a timeout
+/// naming the node.
+pub trait Outbox: Send + std::marker::Sync {
+    /// Queues `message` for node `to`.
+    fn send(&self, to: NodeId, message: Sync);
+}
+
+/// Where release consistency happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPoint {
+    /// A lock changes node.
+    Lock(u32),
+    /// A barrier instance (epoch).
+    Barrier(u64),
+}
+
+/// The coherence engine's side of a synchronisation point (release mode). In sequential mode
+/// the pages are kept coherent by invalidation anyway: use [`NoConsistency`].
+pub trait ReleaseConsistency: Send + std::marker::Sync {
+    /// Before this node gives up a lock or enters a barrier: flush the diffs of the current
+    /// interval to their homes (wait for the acks) and return the pages written.
+    fn flush(&self, point: SyncPoint) -> Vec<PageId>;
+    /// Before any thread of this node enters after a grant or leaves a barrier: invalidate
+    /// the pages others wrote.
+    fn invalidate(&self, point: SyncPoint, notices: &[PageId]);
+}
+
+/// No release consistency (sequential mode, tests, benches).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoConsistency;
+
+impl ReleaseConsistency for NoConsistency {
+    fn flush(&self, _: SyncPoint) -> Vec<PageId> {
+        Vec::new()
+    }
+    fn invalidate(&self, _: SyncPoint, _: &[PageId]) {}
+}
+
+/// Bounds and defaults of a [`LockTable`].
+#[derive(Debug, Clone)]
+pub struct TableConfig {
+    /// Timeout of [`LockTable::acquire`] and [`LockTable::barrier`].
+    pub timeout: Duration,
+    /// Threads of this node that may wait for one lock at once.
+    pub max_waiters: usize,
+    /// Local critical sections a remote waiter may have to wait through (≤ 255).
+    pub handoff_bound: u32,
+    /// Distinct locks this node may use.
+    pub max_locks: usize,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        TableConfig {
+            timeout: Duration::from_secs(30),
+            max_waiters: 1024,
+            handoff_bound: 4,
+            max_locks: 1 << 16,
+        }
+    }
+}
+
+/// Barrier progress shared with waiting threads.
+#[derive(Debug)]
+struct BarrierState {
+    engine: BarrierEngine,
+    /// Barriers completed (epochs below this are done).
+    completed: u64,
+}
+
+/// Locks and the barrier of one node, for its threads. See the crate docs for an example.
+pub struct LockTable {
+    engine: Mutex<LockEngine>,
+    barrier: Mutex<BarrierState>,
+    barrier_done: Condvar,
+    locals: RwLock<HashMap<u32, Arc<LocalLock>>>,
+    outbox: Box<dyn Outbox>,
+    consistency: Box<dyn ReleaseConsistency>,
+    config: TableConfig,
+}
+
+impl fmt::Debug for LockTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockTable")
+            .field("engine", &self.engine)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A held lock; dropping it releases the lock (to the next local thread or the cluster).
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct Guard<'a> {
+    table: &'a LockTable,
+    lock: u32,
+    local: Arc<LocalLock>,
+}
+
+impl fmt::Debug for Guard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard").field("lock", &self.lock).finish()
+    }
+}
+
+impl Guard<'_> {
+    /// The lock held.
+    pub fn lock(&self) -> u32 {
+        self.lock
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        self.local.unlock(&self.table.node(self.lock));
+    }
+}
+
+/// [`NodeSide`] of one lock: the engine, under its mutex.
+struct Node<'a> {
+    table: &'a LockTable,
+    lock: u32,
+}
+
+impl NodeSide for Node<'_> {
+    fn request(&self) {
+        let rest = self
+            .table
+            .with_engine(|engine, out| engine.acquire(self.lock, out));
+        // The local part requests only when nothing is requested or held: a failure is a bug.
+        self.table
+            .perform(rest.expect("the local part requests once per hold"));
+    }
+
+    fn release(&self) {
+        let notices = self.table.consistency.flush(SyncPoint::Lock(self.lock));
+        let rest = self
+            .table
+            .with_engine(|engine, out| engine.release(self.lock, notices, out));
+        self.table
+            .perform(rest.expect("the local part releases only what the node owns"));
+    }
+}
+
+impl LockTable {
+    /// The table of a node whose engines are `engine` and `barrier` (same node and cluster).
+    pub fn new(
+        engine: LockEngine,
+        barrier: BarrierEngine,
+        outbox: Box<dyn Outbox>,
+        consistency: Box<dyn ReleaseConsistency>,
+        config: TableConfig,
+    ) -> Self {
+        LockTable {
+            engine: Mutex::new(engine),
+            barrier: Mutex::new(BarrierState {
+                engine: barrier,
+                completed: 0,
+            }),
+            barrier_done: Condvar::new(),
+            locals: RwLock::new(HashMap::new()),
+            outbox,
+            consistency,
+            config,
+        }
+    }
+
+    /// Acquires `lock` within the configured timeout.
+    pub fn acquire(&self, lock: u32) -> Result<Guard<'_>> {
+        self.try_acquire(lock, self.config.timeout)
+    }
+
+    /// Acquires `lock` within `timeout`. The guard is returned after the write notices of
+    /// earlier holders were invalidated. On timeout the error names the nodes still awaited.
+    pub fn try_acquire(&self, lock: u32, timeout: Duration) -> Result<Guard<'_>> {
+        let start = Instant::now();
+        let local = self.local(lock)?;
+        let node = self.node(lock);
+        let waiter = local.enqueue(&node).map_err(|_| Error::TooManyWaiters {
+            lock,
+            limit: self.config.max_waiters,
+        })?;
+        if waiter.wait(start + timeout) || !waiter.cancel() {
+            return Ok(Guard {
+                table: self,
+                lock,
+                local,
+            });
+        }
+        Err(Error::Timeout {
+            lock,
+            waited: start.elapsed(),
+            awaiting: lock_engine(&self.engine).awaiting(lock),
+            held_locally: local.is_owned(),
+        })
+    }
+
+    /// Waits until every node reached the barrier (configured timeout). Flushes this node's
+    /// interval first and invalidates everyone's notices before returning. One thread per
+    /// node at a time.
+    pub fn barrier(&self) -> Result<()> {
+        let start = Instant::now();
+        let epoch = lock_barrier(&self.barrier).engine.epoch();
+        // Flush without the mutex: the diffs' acks arrive through the protocol thread, which
+        // must not block on it meanwhile.
+        let notices = self.consistency.flush(SyncPoint::Barrier(epoch));
+        let mut state = lock_barrier(&self.barrier);
+        if state.engine.epoch() != epoch || state.engine.is_active() {
+            return Err(Error::BarrierBusy(epoch));
+        }
+        let mut out = Vec::new();
+        state.engine.arrive(notices, &mut out)?;
+        let rest = self.send_all(out);
+        drop(state);
+        self.perform(rest);
+        let deadline = start + self.config.timeout;
+        let mut state = lock_barrier(&self.barrier);
+        while state.completed <= epoch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let awaiting = state.engine.awaiting();
+                return Err(Error::BarrierTimeout {
+                    epoch,
+                    waited: start.elapsed(),
+                    awaiting,
+                });
+            }
+            state = self
+                .barrier_done
+                .wait_timeout(state, left)
+                .unwrap_or_else(|poison| poison.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Handles a lock or barrier message from `from` (the node's protocol thread calls this).
+    /// A message that breaks the protocol is rejected with a typed error and changes nothing.
+    pub fn handle(&self, from: NodeId, message: &Sync) -> Result<()> {
+        let rest = match message {
+            Sync::BarrierArrive { .. } | Sync::BarrierRelease { .. } => {
+                let mut state = lock_barrier(&self.barrier);
+                let mut out = Vec::new();
+                state.engine.on_message(from, message, &mut out)?;
+                self.send_all(out)
+            }
+            _ => self.with_engine(|engine, out| engine.on_message(from, message, out))?,
+        };
+        self.perform(rest);
+        Ok(())
+    }
+
+    /// Runs `f` on the engine; sends its messages under the mutex and returns the rest.
+    fn with_engine(
+        &self,
+        f: impl FnOnce(&mut LockEngine, &mut Vec<Action>) -> Result<()>,
+    ) -> Result<Vec<Action>> {
+        let mut engine = lock_engine(&self.engine);
+        let mut out = Vec::new();
+        f(&mut engine, &mut out)?;
+        Ok(self.send_all(out))
+    }
+
+    /// Sends every `Send` action; returns the others in order.
+    fn send_all(&self, actions: Vec<Action>) -> Vec<Action> {
+        let mut rest = Vec::new();
+        for action in actions {
+            match action {
+                Action::Send { to, message } => self.outbox.send(to, message),
+                other => rest.push(other),
+            }
+        }
+        rest
+    }
+
+    /// Performs the actions that touch threads (no engine mutex held).
+    fn perform(&self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Granted { lock, notices } => {
+                    self.consistency.invalidate(SyncPoint::Lock(lock), &notices);
+                    if let Some(local) = self.existing_local(lock) {
+                        local.granted(&self.node(lock));
+                    }
+                }
+                Action::RemoteWaiting { lock } => {
+                    if let Some(local) = self.existing_local(lock) {
+                        local.remote_waiting();
+                    }
+                }
+                Action::BarrierDone { epoch, notices } => {
+                    self.consistency
+                        .invalidate(SyncPoint::Barrier(epoch), &notices);
+                    let mut state = lock_barrier(&self.barrier);
+                    state.completed = state.completed.max(epoch + 1);
+                    self.barrier_done.notify_all();
+                }
+                Action::Send { .. } => unreachable!("sent under the engine mutex"),
+            }
+        }
+    }
+
+    fn node(&self, lock: u32) -> Node<'_> {
+        Node { table: self, lock }
+    }
+
+    fn existing_local(&self, lock: u32) -> Option<Arc<LocalLock>> {
+        let locals = self
+            .locals
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        locals.get(&lock).cloned()
+    }
+
+    /// The local part of `lock`, created on first use (bounded by `max_locks`).
+    fn local(&self, lock: u32) -> Result<Arc<LocalLock>> {
+        if let Some(local) = self.existing_local(lock) {
+            return Ok(local);
+        }
+        let mut locals = self
+            .locals
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if !locals.contains_key(&lock) && locals.len() >= self.config.max_locks {
+            return Err(Error::TooManyLocks {
+                lock,
+                limit: self.config.max_locks,
+            });
+        }
+        let (max_waiters, bound) = (self.config.max_waiters, self.config.handoff_bound);
+        let local = locals
+            .entry(lock)
+            .or_insert_with(|| Arc::new(LocalLock::new(max_waiters, bound)));
+        Ok(local.clone())
+    }
+}
+
+/// A panic while holding an engine mutex leaves the engine consistent (it returns errors
+/// before changing state), so poisoning is ignored.
+fn lock_engine(engine: &Mutex<LockEngine>) -> MutexGuard<'_, LockEngine> {
+    engine.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+fn lock_barrier(barrier: &Mutex<BarrierState>) -> MutexGuard<'_, BarrierState> {
+    barrier.lock().unwrap_or_else(|poison| poison.into_inner())
+}
