@@ -324,12 +324,12 @@ impl Cache {
     }
 
     fn unsettled(&self, page: PageId) -> bool {
-        let reading = self
-            .entries
-            .get(&page)
-            .and_then(|e| e.pending.as_ref())
-            .is_some_and(|p| p.reading);
-        reading || self.settling.contains(&page)
+        self.reading(page) || self.settling.contains(&page)
+    }
+
+    fn reading(&self, page: PageId) -> bool {
+        let pending = self.entries.get(&page).and_then(|e| e.pending.as_ref());
+        pending.is_some_and(|p| p.reading)
     }
 
     fn answer_recall(
@@ -386,6 +386,12 @@ impl Cache {
     /// True when recalls are held.
     pub(crate) fn has_held(&self) -> bool {
         !self.held.is_empty()
+    }
+
+    /// True when a held recall can be answered once the driver applied this call's actions
+    /// (those waiting for a one-sided read wait for `on_page_read` instead).
+    pub(crate) fn has_answerable(&self) -> bool {
+        self.held.iter().any(|(_, page, _)| !self.reading(*page))
     }
 
     /// The oldest request waiting longer than `limit` ticks, as a timeout error.

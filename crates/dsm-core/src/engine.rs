@@ -175,9 +175,10 @@ impl Engine {
         self.end_call(mem)
     }
 
-    /// True when [`poll`](Self::poll) has work once the pending actions are applied.
+    /// True when [`poll`](Self::poll) has work once the pending actions are applied. (Work
+    /// waiting for a one-sided read is not counted: `on_page_read` resumes it.)
     pub fn has_deferred(&self) -> bool {
-        self.cache.has_held()
+        self.cache.has_answerable()
     }
 
     /// The clock moved to `now` (any unit; [`EngineConfig::timeout_ticks`] is in it). Reports
