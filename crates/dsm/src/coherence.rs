@@ -24,6 +24,12 @@ struct Mapped {
     region: Arc<dsm_uffd::Region>,
     home: HomeCopies,
     twins: HashMap<u32, Page>,
+    /// Release regions: the data of the last writable install of each page, which is what
+    /// its twin must be. The engine asks `Install { writable }` and then `MakeTwin`, but the
+    /// install wakes the faulting thread, which may write before the twin could be read back
+    /// from the mapping; the twin is taken from the installed data instead.
+    installed: HashMap<u32, Page>,
+    release: bool,
 }
 
 /// The engine and what it needs to act.
@@ -69,12 +75,15 @@ impl Coherence {
     ) -> Result<()> {
         self.engine.add_region(layout)?;
         let home = HomeCopies::new(layout.pages);
+        let release = layout.consistency == dsm_core::Consistency::Release;
         self.regions.insert(
             layout.id,
             Mapped {
                 region,
                 home,
                 twins: HashMap::new(),
+                installed: HashMap::new(),
+                release,
             },
         );
         Ok(())
@@ -173,21 +182,27 @@ impl Coherence {
                 data,
                 writable,
             } => {
-                let region = &self.mapped(page)?.region;
                 if page_home(&self.engine, page) != Some(ctx.transport.local()) {
                     Counters::bump(&counters.pages_fetched);
                 }
+                let mapped = self.mapped_mut(page)?;
                 if writable {
-                    region.install_read_write(page.page, &data)?;
+                    if mapped.release {
+                        mapped.installed.insert(page.page, data.clone());
+                    }
+                    mapped.region.install_read_write(page.page, &data)?;
                 } else {
-                    region.install_read_only(page.page, &data)?;
+                    mapped.region.install_read_only(page.page, &data)?;
                 }
             }
             Action::Upgrade { page } => self.mapped(page)?.region.upgrade(page.page)?,
             Action::Invalidate { page } => self.mapped(page)?.region.invalidate(page.page, 1)?,
             Action::MakeTwin { page } => {
                 let mapped = self.mapped_mut(page)?;
-                let twin = mapped.region.twin(page.page)?;
+                let twin = match mapped.installed.remove(&page.page) {
+                    Some(data) => data,
+                    None => mapped.region.twin(page.page)?,
+                };
                 mapped.twins.insert(page.page, twin);
             }
             Action::DropTwin { page } => {
