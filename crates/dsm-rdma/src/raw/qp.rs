@@ -89,14 +89,15 @@ impl QueuePair {
         unsafe { self.raw.as_ref().qp_num }
     }
 
-    /// Moves the QP through INIT, RTR and RTS towards `target`, sending from `sq_psn`.
+    /// Moves the QP through RTR and RTS towards `target`, sending from `sq_psn`. It must be
+    /// in INIT ([`QueuePair::to_init`]), where its receives can be posted first.
     pub(crate) fn connect(&self, target: &PathTarget, sq_psn: u32) -> Result<()> {
-        self.to_init(target.port)?;
         self.to_rtr(target)?;
         self.to_rts(sq_psn)
     }
 
-    fn to_init(&self, port: u8) -> Result<()> {
+    /// RESET → INIT on `port`, with remote READ and WRITE allowed.
+    pub(crate) fn to_init(&self, port: u8) -> Result<()> {
         let mut attr = zeroed_attr();
         attr.qp_state = ffi::ibv_qp_state::IBV_QPS_INIT;
         attr.pkey_index = 0;

@@ -69,6 +69,8 @@ impl RdmaConnector {
                 (node != local)
                     .then(|| {
                         let qp = QueuePair::new_rc(&pd, &cq, send_depth, config.recv_depth)?;
+                        // INIT now: receives can only be posted from INIT on.
+                        qp.to_init(config.port)?;
                         Ok(PendingPeer {
                             qp,
                             psn: random_psn(node),

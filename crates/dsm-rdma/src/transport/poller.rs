@@ -92,7 +92,7 @@ fn on_send(shared: &Shared, completion: &Completion) {
     let Some((tag, slot)) = shared.pools.send.reclaim(completion) else {
         return;
     };
-    shared.pools.send.release(slot);
+    shared.send_done(slot);
     if !completion.is_success() {
         let error = completion.error(Op::Send.name());
         shared.peer_failed(NodeId::from(tag.peer), error.to_string());

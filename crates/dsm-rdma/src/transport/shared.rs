@@ -1,6 +1,6 @@
 //! State shared by the API side (any thread) and the transport thread.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -19,6 +19,9 @@ use crate::{Error, RdmaConfig, Result};
 pub(crate) const STAGING_POOL: u8 = 1;
 pub(crate) const SEND_POOL: u8 = 2;
 pub(crate) const RECV_POOL: u8 = 3;
+
+/// Most frames queued for SEND slots; beyond it `send` fails `Exhausted`.
+const BACKLOG_LIMIT: usize = 4096;
 
 /// The registered buffers: page-sized staging slots for READ/WRITE, message slots for SEND
 /// and RECV.
@@ -71,6 +74,8 @@ pub(crate) struct Shared {
     pub(crate) peers: Vec<Option<Peer>>,
     exposed: Mutex<HashMap<u32, MemoryRegion>>,
     remote: RwLock<HashMap<(NodeId, u32), RemoteRegion>>,
+    /// Frames waiting for a SEND slot, oldest first.
+    backlog: Mutex<VecDeque<(NodeId, Vec<u8>)>>,
     /// Token of the READ or WRITE using each staging slot.
     tokens: Mutex<Vec<u64>>,
     pub(crate) pools: Pools,
@@ -101,6 +106,7 @@ impl Shared {
             peers,
             exposed: Mutex::new(HashMap::new()),
             remote: RwLock::new(HashMap::new()),
+            backlog: Mutex::new(VecDeque::new()),
             tokens: Mutex::new(vec![0; pools.staging.capacity()]),
             pools,
             cq,
@@ -148,27 +154,70 @@ impl Shared {
         self.tokens.lock().unwrap_or_else(|e| e.into_inner())[slot.index() as usize]
     }
 
-    /// Encodes `message` and posts it as one SEND to `to`.
+    /// Encodes `message` and posts it as one SEND to `to`, or queues it behind earlier
+    /// frames when every SEND slot is in flight (the transport thread posts it later).
     pub(crate) fn send(&self, to: NodeId, message: &Message) -> Result<()> {
-        let peer = self.peer(to).map_err(|_| Error::UnknownPeer(to))?;
+        self.peer(to).map_err(|_| Error::UnknownPeer(to))?;
         let frame = dsm_wire::encode(message, self.cluster, self.local);
-        let pool = &self.pools.send;
-        if frame.len() > pool.slot_len() {
+        let limit = self.pools.send.slot_len();
+        if frame.len() > limit {
             return Err(Error::MessageTooLarge {
                 len: frame.len(),
-                limit: pool.slot_len(),
+                limit,
             });
         }
-        let mut slot = pool.acquire().ok_or(Error::Exhausted {
-            what: "SEND",
-            capacity: pool.capacity(),
-        })?;
-        pool.bytes_mut(&mut slot)[..frame.len()].copy_from_slice(&frame);
+        let mut backlog = self.backlog();
+        // Never post around a non-empty backlog: that would reorder a peer's frames.
+        if backlog.is_empty() {
+            if let Some(slot) = self.pools.send.acquire() {
+                return self.post_frame(to, &frame, slot);
+            }
+        }
+        if backlog.len() >= BACKLOG_LIMIT {
+            return Err(Error::Exhausted {
+                what: "SEND backlog",
+                capacity: BACKLOG_LIMIT,
+            });
+        }
+        backlog.push_back((to, frame));
+        Ok(())
+    }
+
+    fn backlog(&self) -> std::sync::MutexGuard<'_, VecDeque<(NodeId, Vec<u8>)>> {
+        self.backlog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn post_frame(&self, to: NodeId, frame: &[u8], mut slot: Slot) -> Result<()> {
+        let pool = &self.pools.send;
+        let Ok(peer) = self.peer(to) else {
+            pool.release(slot);
+            return Err(Error::UnknownPeer(to));
+        };
+        pool.bytes_mut(&mut slot)[..frame.len()].copy_from_slice(frame);
         pool.post(&peer.qp, slot, Op::Send, frame.len(), peer_tag(to), None)
             .map_err(|(error, slot)| {
                 pool.release(slot);
                 error
             })
+    }
+
+    /// A SEND completed: its slot goes back, and queued frames take free slots, in order.
+    /// Under the backlog lock, so a concurrent `send` either sees the slot or is drained here.
+    pub(crate) fn send_done(&self, slot: Slot) {
+        let mut backlog = self.backlog();
+        self.pools.send.release(slot);
+        while !backlog.is_empty() {
+            let Some(slot) = self.pools.send.acquire() else {
+                break;
+            };
+            let Some((to, frame)) = backlog.pop_front() else {
+                self.pools.send.release(slot);
+                break;
+            };
+            if let Err(error) = self.post_frame(to, &frame, slot) {
+                self.peer_failed(to, error.to_string());
+            }
+        }
     }
 
     /// Posts a READ or WRITE of one page between a staging slot and `remote` on `home`.
