@@ -1,0 +1,478 @@
+//! The simulated cluster: nodes (engines, threads, local queues), timers and the network.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use dsm_locks::{Action, BarrierEngine, LockEngine, LockKind};
+use dsm_wire::{NodeId, PageId, Sync};
+
+use super::check::Checker;
+use super::{Mutation, Report, SimConfig};
+use crate::error::{Error, Result};
+use crate::net::SimNet;
+use crate::rng::Rng;
+
+/// One application thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Thread {
+    /// Thinking; a `Think` timer is set.
+    Thinking,
+    /// Queued for `lock` since `step`.
+    Waiting { lock: u32, since: u64 },
+    /// In `lock`'s critical section; a `Leave` timer is set.
+    Holding { lock: u32 },
+    /// Finished the round.
+    Done,
+}
+
+/// A node's local part of one lock (mirrors `dsm_locks::LockTable`'s policy).
+#[derive(Debug, Default)]
+struct NodeLock {
+    owned: bool,
+    pending: bool,
+    requested_at: u64,
+    holder: Option<u32>,
+    queue: VecDeque<u32>,
+    remote: bool,
+    handoffs: u32,
+    /// Granted and no thread entered yet (the next entry is not a local handoff).
+    fresh: bool,
+    /// Pages written during the current ownership.
+    written: BTreeSet<PageId>,
+}
+
+#[derive(Debug)]
+struct Node {
+    engine: LockEngine,
+    barrier: BarrierEngine,
+    threads: Vec<Thread>,
+    sections_left: Vec<u32>,
+    locks: Vec<NodeLock>,
+    round: u32,
+    in_barrier_since: Option<(u64, u64)>,
+    /// Pages written since the last barrier.
+    interval: BTreeSet<PageId>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Timer {
+    Think { node: NodeId, thread: u32 },
+    Leave { node: NodeId, thread: u32 },
+}
+
+/// The whole simulation.
+#[derive(Debug)]
+pub(super) struct World {
+    config: SimConfig,
+    rng: Rng,
+    net: SimNet<Sync>,
+    nodes: Vec<Node>,
+    timers: BTreeMap<(u64, u64), Timer>,
+    timer_seq: u64,
+    step: u64,
+    check: Checker,
+    report: Report,
+}
+
+fn kind_index(kind: LockKind) -> usize {
+    usize::from(kind == LockKind::HomeQueue)
+}
+
+impl World {
+    pub(super) fn new(config: SimConfig) -> Result<Self> {
+        let mut rng = Rng::new(config.seed);
+        let net = SimNet::new(config.net.clone(), rng.next_u64());
+        let nodes = (0..config.nodes)
+            .map(|me| Self::node(&config, me))
+            .collect::<Result<_>>()?;
+        let check = Checker::new(config.nodes, config.locks.len(), config.handoff_bound);
+        let mut world = World {
+            rng,
+            net,
+            nodes,
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            step: 0,
+            check,
+            report: Report::default(),
+            config,
+        };
+        for node in 0..world.config.nodes {
+            world.start_round(node)?;
+        }
+        Ok(world)
+    }
+
+    fn node(config: &SimConfig, me: NodeId) -> Result<Node> {
+        let mut engine = LockEngine::new(me, config.nodes, LockKind::RicartAgrawala);
+        for (lock, kind) in config.locks.iter().enumerate() {
+            let lock = u32::try_from(lock).expect("few locks");
+            engine.set_kind(lock, *kind).map_err(|e| Error::Invariant {
+                step: 0,
+                detail: e.to_string(),
+            })?;
+        }
+        let threads = config.threads as usize;
+        Ok(Node {
+            engine,
+            barrier: BarrierEngine::new(me, config.nodes, config.barrier),
+            threads: vec![Thread::Done; threads],
+            sections_left: vec![0; threads],
+            locks: (0..config.locks.len())
+                .map(|_| NodeLock::default())
+                .collect(),
+            round: 0,
+            in_barrier_since: None,
+            interval: BTreeSet::new(),
+        })
+    }
+
+    pub(super) fn report(&self) -> Report {
+        let mut report = self.report.clone();
+        report.steps = self.step;
+        report
+    }
+
+    pub(super) fn invariant(&self, detail: String) -> Error {
+        Error::Invariant {
+            step: self.step,
+            detail,
+        }
+    }
+
+    /// One event: the earliest timer or message. False when nothing is left.
+    pub(super) fn step(&mut self) -> Result<bool> {
+        self.step += 1;
+        if self.config.pause_per_mille > 0 && self.rng.chance(self.config.pause_per_mille, 1000) {
+            let node = u32::try_from(self.rng.below(u64::from(self.config.nodes))).expect("node");
+            let ticks = self.rng.range(1, 200);
+            self.net.pause(node, ticks);
+        }
+        let timer = self.timers.first_key_value().map(|(k, _)| *k);
+        match (timer, self.net.next_due()) {
+            (None, None) => Ok(false),
+            (Some(key), due) if due.is_none_or(|d| key.0 < d) => {
+                let timer = self.timers.remove(&key).expect("just seen");
+                if key.0 > self.net.now() {
+                    self.net.advance(key.0 - self.net.now());
+                }
+                self.on_timer(timer)?;
+                Ok(true)
+            }
+            _ => {
+                let envelope = self.net.step().expect("a message is due");
+                self.on_message(envelope.from, envelope.to, &envelope.message)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Checks that hold after every step (the rest is checked as events happen).
+    pub(super) fn check_step(&mut self) -> Result<()> {
+        let bound = self.config.wait_bound;
+        for (n, node) in self.nodes.iter().enumerate() {
+            for (t, thread) in node.threads.iter().enumerate() {
+                if let Thread::Waiting { lock, since } = thread {
+                    let waited = self.step - since;
+                    self.report.longest_wait_steps = self.report.longest_wait_steps.max(waited);
+                    if waited > bound {
+                        return Err(self.stuck(n, format!("thread {t} waiting for lock {lock}")));
+                    }
+                }
+            }
+            let barrier_since = node.in_barrier_since.map_or(self.step, |(since, _)| since);
+            if self.step - barrier_since > bound {
+                return Err(self.stuck(n, "barrier".into()));
+            }
+        }
+        if self.net.stats().not_member > 0 {
+            return Err(self.invariant("a message was sent outside the cluster".into()));
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_end(&self) -> Result<()> {
+        for (n, node) in self.nodes.iter().enumerate() {
+            if node.round < self.config.rounds || node.threads.iter().any(|t| *t != Thread::Done) {
+                return Err(self.invariant(format!(
+                    "node {n} stopped in round {} with {:?}",
+                    node.round, node.threads
+                )));
+            }
+        }
+        self.check
+            .end(self.report.acquires_by_kind[0])
+            .map_err(|d| self.invariant(d))
+    }
+
+    fn stuck(&self, node: usize, what: String) -> Error {
+        Error::Stuck {
+            step: self.step,
+            node: u32::try_from(node).expect("node"),
+            what,
+            bound: self.config.wait_bound,
+        }
+    }
+
+    fn set_timer(&mut self, after: u64, timer: Timer) {
+        self.timer_seq += 1;
+        self.timers
+            .insert((self.net.now() + after, self.timer_seq), timer);
+    }
+
+    /// Starts `node`'s next round, if any: every thread thinks, then acquires (with no
+    /// sections per round, the node goes straight to the next barrier).
+    fn start_round(&mut self, node: NodeId) -> Result<()> {
+        if self.nodes[node as usize].round >= self.config.rounds {
+            return Ok(());
+        }
+        if self.config.sections_per_round == 0 {
+            return self.maybe_enter_barrier(node);
+        }
+        for thread in 0..self.config.threads {
+            let n = &mut self.nodes[node as usize];
+            n.threads[thread as usize] = Thread::Thinking;
+            n.sections_left[thread as usize] = self.config.sections_per_round;
+            let think = self.rng.range(0, self.config.max_think);
+            self.set_timer(think, Timer::Think { node, thread });
+        }
+        Ok(())
+    }
+
+    fn on_timer(&mut self, timer: Timer) -> Result<()> {
+        match timer {
+            Timer::Think { node, thread } => {
+                let locks = self.config.locks.len();
+                let lock = u32::try_from(self.rng.index(locks)).expect("few locks");
+                let since = self.step;
+                let n = &mut self.nodes[node as usize];
+                n.threads[thread as usize] = Thread::Waiting { lock, since };
+                n.locks[lock as usize].queue.push_back(thread);
+                self.dispatch(node, lock)
+            }
+            Timer::Leave { node, thread } => self.leave(node, thread),
+        }
+    }
+
+    /// A thread leaves its critical section, writing a few pages guarded by the lock.
+    fn leave(&mut self, node: NodeId, thread: u32) -> Result<()> {
+        let Thread::Holding { lock } = self.nodes[node as usize].threads[thread as usize] else {
+            return Err(self.invariant(format!(
+                "leave timer for a thread of node {node} that holds nothing"
+            )));
+        };
+        self.check
+            .leave(node, thread, lock)
+            .map_err(|d| self.invariant(d))?;
+        let written: Vec<PageId> = (0..self.rng.range(0, 2))
+            .map(|_| PageId {
+                region: lock,
+                page: u32::try_from(self.rng.below(4)).expect("page"),
+            })
+            .collect();
+        let n = &mut self.nodes[node as usize];
+        n.locks[lock as usize]
+            .written
+            .extend(written.iter().copied());
+        n.interval.extend(written);
+        n.locks[lock as usize].holder = None;
+        n.sections_left[thread as usize] -= 1;
+        if n.sections_left[thread as usize] > 0 {
+            n.threads[thread as usize] = Thread::Thinking;
+            let think = self.rng.range(0, self.config.max_think);
+            self.set_timer(think, Timer::Think { node, thread });
+        } else {
+            n.threads[thread as usize] = Thread::Done;
+        }
+        self.dispatch(node, lock)?;
+        self.maybe_enter_barrier(node)
+    }
+
+    /// The local policy: hand the lock to the next local thread, give it up, or ask for it.
+    fn dispatch(&mut self, node: NodeId, lock: u32) -> Result<()> {
+        let bound = self.config.handoff_bound;
+        let l = &mut self.nodes[node as usize].locks[lock as usize];
+        if l.holder.is_some() || l.pending {
+            return Ok(());
+        }
+        if !l.owned {
+            if l.queue.is_empty() {
+                return Ok(());
+            }
+            l.pending = true;
+            l.requested_at = self.net.now();
+            let mut out = Vec::new();
+            let result = self.nodes[node as usize].engine.acquire(lock, &mut out);
+            self.engine_result(node, result)?;
+            return self.apply(node, out);
+        }
+        let yield_to_remote = l.remote && l.handoffs >= bound;
+        match l.queue.front() {
+            Some(&thread) if !yield_to_remote => {
+                l.queue.pop_front();
+                if l.remote {
+                    l.handoffs += 1;
+                }
+                self.enter(node, thread, lock)
+            }
+            _ => self.release(node, lock),
+        }
+    }
+
+    fn enter(&mut self, node: NodeId, thread: u32, lock: u32) -> Result<()> {
+        let n = &mut self.nodes[node as usize];
+        let l = &mut n.locks[lock as usize];
+        if !std::mem::take(&mut l.fresh) {
+            self.report.local_handoffs += 1;
+        }
+        l.holder = Some(thread);
+        n.threads[thread as usize] = Thread::Holding { lock };
+        self.report.sections += 1;
+        self.check
+            .enter(node, thread, lock)
+            .map_err(|d| self.invariant(d))?;
+        let hold = self.rng.range(0, self.config.max_hold);
+        self.set_timer(hold, Timer::Leave { node, thread });
+        Ok(())
+    }
+
+    fn release(&mut self, node: NodeId, lock: u32) -> Result<()> {
+        let l = &mut self.nodes[node as usize].locks[lock as usize];
+        let written = std::mem::take(&mut l.written);
+        l.owned = false;
+        l.remote = false;
+        l.handoffs = 0;
+        self.check
+            .released(node, lock, &written)
+            .map_err(|d| self.invariant(d))?;
+        let notices = match self.config.mutation {
+            Mutation::ForgetNotices => Vec::new(),
+            _ => written.into_iter().collect(),
+        };
+        let mut out = Vec::new();
+        let result = self.nodes[node as usize]
+            .engine
+            .release(lock, notices, &mut out);
+        self.engine_result(node, result)?;
+        self.apply(node, out)?;
+        // Threads may have queued meanwhile: ask again.
+        self.dispatch(node, lock)
+    }
+
+    fn maybe_enter_barrier(&mut self, node: NodeId) -> Result<()> {
+        let n = &mut self.nodes[node as usize];
+        if n.in_barrier_since.is_some()
+            || n.threads.iter().any(|t| *t != Thread::Done)
+            || n.round >= self.config.rounds
+        {
+            return Ok(());
+        }
+        n.in_barrier_since = Some((self.step, self.net.now()));
+        let notices: Vec<PageId> = std::mem::take(&mut n.interval).into_iter().collect();
+        let epoch = n.barrier.epoch();
+        self.check
+            .arrive(node, epoch, &notices)
+            .map_err(|d| self.invariant(d))?;
+        let mut out = Vec::new();
+        let result = self.nodes[node as usize].barrier.arrive(notices, &mut out);
+        self.engine_result(node, result)?;
+        self.apply(node, out)
+    }
+
+    fn on_message(&mut self, from: NodeId, to: NodeId, message: &Sync) -> Result<()> {
+        let mut out = Vec::new();
+        let n = &mut self.nodes[to as usize];
+        let result = match message {
+            Sync::BarrierArrive { .. } | Sync::BarrierRelease { .. } => {
+                n.barrier.on_message(from, message, &mut out)
+            }
+            _ => n.engine.on_message(from, message, &mut out),
+        };
+        self.engine_result(to, result)?;
+        self.apply(to, out)
+    }
+
+    fn engine_result(&self, node: NodeId, result: dsm_locks::Result<()>) -> Result<()> {
+        result.map_err(|e| self.invariant(format!("node {node}: lock engine: {e}")))
+    }
+
+    fn apply(&mut self, node: NodeId, actions: Vec<Action>) -> Result<()> {
+        for action in actions {
+            match action {
+                Action::Send { to, message } => self.send(node, to, message)?,
+                Action::Granted { lock, notices } => self.granted(node, lock, &notices)?,
+                Action::RemoteWaiting { lock } => {
+                    self.check.remote_waiting(node, lock);
+                    if self.config.mutation != Mutation::UnboundedHandoffs {
+                        self.nodes[node as usize].locks[lock as usize].remote = true;
+                    }
+                }
+                Action::BarrierDone { epoch, notices } => {
+                    self.barrier_done(node, epoch, &notices)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, message: Sync) -> Result<()> {
+        match &message {
+            Sync::LockRequest { lock, timestamp } => {
+                self.check.ra_message(from, *lock, *timestamp);
+                self.report.lock_messages_by_kind[0] += 1;
+            }
+            Sync::LockReply {
+                lock, timestamp, ..
+            } => {
+                self.check.ra_message(to, *lock, *timestamp);
+                self.report.lock_messages_by_kind[0] += 1;
+            }
+            Sync::BarrierArrive { .. } | Sync::BarrierRelease { .. } => {
+                self.report.barrier_messages += 1
+            }
+            _ => self.report.lock_messages_by_kind[1] += 1,
+        }
+        self.net
+            .send(from, to, message)
+            .map_err(|error| Error::Net {
+                step: self.step,
+                node: from,
+                error,
+            })
+    }
+
+    fn granted(&mut self, node: NodeId, lock: u32, notices: &[PageId]) -> Result<()> {
+        self.check
+            .granted(node, lock, notices)
+            .map_err(|d| self.invariant(d))?;
+        let kind = kind_index(self.config.locks[lock as usize]);
+        let now = self.net.now();
+        let l = &mut self.nodes[node as usize].locks[lock as usize];
+        if !l.pending {
+            return Err(self.invariant(format!(
+                "node {node} granted lock {lock} it did not ask for"
+            )));
+        }
+        l.pending = false;
+        l.owned = true;
+        l.fresh = true;
+        self.report.acquires += 1;
+        self.report.acquires_by_kind[kind] += 1;
+        self.report.acquire_ticks_by_kind[kind] += now - l.requested_at;
+        self.dispatch(node, lock)
+    }
+
+    fn barrier_done(&mut self, node: NodeId, epoch: u64, notices: &[PageId]) -> Result<()> {
+        self.check
+            .left(node, epoch, notices)
+            .map_err(|d| self.invariant(d))?;
+        let now = self.net.now();
+        let n = &mut self.nodes[node as usize];
+        let Some((_, since_tick)) = n.in_barrier_since.take() else {
+            return Err(self.invariant(format!("node {node} left barrier {epoch} it was not in")));
+        };
+        self.report.barriers += 1;
+        self.report.barrier_ticks += now - since_tick;
+        n.round += 1;
+        self.start_round(node)
+    }
+}
