@@ -78,7 +78,6 @@ run_guest() {
   }
   local run
   run=$(mktemp -d "$repo/.rig-cache/run.XXXXXX")
-  trap 'rm -rf "$run"' RETURN
   write_command "$run" "$@"
   local append="console=ttyS0 quiet loglevel=3 panic=-1 rig.run=$run rig.modules=$cache/root"
   append+=" rig.kv=$version rig.stage2=$rig/guest-stage2.sh"
@@ -94,15 +93,18 @@ run_guest() {
     -fsdev local,id=rigrun,path="$run",security_model=none \
     -device virtio-9p-pci,fsdev=rigrun,mount_tag=rigrun \
     -netdev user,id=net0 -device virtio-net-pci,netdev=net0 </dev/null || status=$?
+  local code
   if [ ! -f "$run/started" ]; then
     say "the guest did not bring rxe0 up (qemu exit status $status)"
-    return $RIG_FAILED
-  fi
-  if [ ! -f "$run/exit-code" ]; then
+    code=$RIG_FAILED
+  elif [ ! -f "$run/exit-code" ]; then
     say "the command did not finish in the guest (qemu exit status $status)"
-    return 124
+    code=124
+  else
+    code=$(cat "$run/exit-code")
   fi
-  return "$(cat "$run/exit-code")"
+  rm -rf "$run"
+  return "$code"
 }
 
 run_here_or_guest() {

@@ -10,3 +10,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --release -- -D warnings
 echo "== cargo test (release: the simulator and the multi-process tests want optimised code)"
 cargo test --workspace --release
+echo "== RDMA tests on Soft-RoCE (in a QEMU guest when this kernel has no rdma_rxe; DSM_SKIP_RDMA=1 skips them loudly if the rig cannot start)"
+bash scripts/rig/rdma-tests.sh

@@ -19,8 +19,17 @@ fi
 rm -rf "$cache/root" "$cache/initramfs" "$cache/ready" "$cache"/*.deb
 
 # The versioned image package behind the `linux-image-amd64` metapackage.
-package=$(apt-cache depends linux-image-amd64 2>/dev/null |
-  awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+image_package() {
+  apt-cache depends linux-image-amd64 2>/dev/null |
+    awk '/Depends: linux-image-[0-9]/ { print $2; exit }'
+}
+package=$(image_package)
+if [ -z "$package" ]; then
+  # Package lists may have been cleaned (container images do): fetch them once.
+  sudo_cmd=(); [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq >/dev/null 2>&1 || true
+  package=$(image_package)
+fi
 if [ -z "$package" ]; then
   echo "prepare-guest: apt-cache knows no linux-image-amd64 (run apt-get update?)" >&2
   exit 1
