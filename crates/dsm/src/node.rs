@@ -4,20 +4,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use dsm_tcp_fallback::{TcpConfig, TcpTransport, cluster_key_from_str};
 
 use dsm_core::Transport;
 use dsm_wire::msg::membership::transports;
 use std::marker::PhantomData;
 
 use dsm_core::{Consistency, Engine, EngineConfig, Placement, RegionLayout};
-use dsm_wire::{Alloc, Limits, Membership, Message, NodeId, PAGE_SIZE, PageId, RegionSpec, Sync};
+use dsm_wire::{Alloc, Membership, Message, NodeId, PAGE_SIZE, PageId, RegionSpec, Sync};
 
 use crate::coherence::Coherence;
 use crate::fault::Resolver;
-use crate::membership::bootstrap;
+use crate::membership::bootstrap::{self, Booted};
 use crate::membership::ring::Ring;
-use crate::mesh::Mesh;
 use crate::region::Region;
 use crate::runtime::alloc::Allocator;
 use crate::runtime::barrier::Central;
@@ -31,7 +32,7 @@ use crate::{Config, Error, Result, Stats};
 pub struct Node {
     config: Config,
     core: Arc<Core>,
-    mesh: Arc<Mesh>,
+    transport: Arc<TcpTransport>,
     events: SyncSender<Event>,
     /// The driver thread; joined on leave/drop (after `events` got `Stop`).
     driver: Mutex<Option<JoinHandle<()>>>,
@@ -49,29 +50,47 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// Longest `leave` waits for the other nodes' `Leave`.
+pub const LEAVE_LINGER: Duration = Duration::from_secs(5);
+
+/// Builds the io_uring TCP mesh on the listener and addresses boot-up produced.
+fn start_transport(config: &Config, booted: Booted, sink: Arc<Sink>) -> Result<TcpTransport> {
+    let mut tcp = TcpConfig::new(
+        config.rank,
+        booted.listener,
+        booted.peers,
+        config.cluster_id(),
+    );
+    tcp.key = config
+        .cluster_key
+        .as_deref()
+        .map(|k| cluster_key_from_str(&String::from_utf8_lossy(k)));
+    tcp.connect_timeout = booted.deadline.saturating_duration_since(Instant::now());
+    TcpTransport::start(tcp, sink).map_err(|e| match e {
+        dsm_tcp_fallback::Error::MeshTimeout { missing, .. } => Error::JoinTimeout { missing },
+        other => Error::Transport(dsm_core::TransportError::Io {
+            call: "start the TCP transport",
+            detail: other.to_string(),
+        }),
+    })
+}
+
 impl Node {
     /// Joins the cluster `config` describes and blocks until every node has joined (or fails
     /// with [`Error::JoinTimeout`] naming the ranks that did not come).
     pub fn join(config: Config) -> Result<Node> {
         let booted = bootstrap::run(&config, transports::TCP)?;
+        let deadline = booted.deadline;
         let (events, receiver) = sync_channel(EVENT_QUEUE);
         let sink = Arc::new(Sink {
             events: events.clone(),
         });
-        let limits = Limits::new(config.cluster_id());
-        let mesh = Arc::new(Mesh::start(
-            config.rank,
-            booted.listener,
-            &booted.peers,
-            &limits,
-            booted.deadline,
-            sink,
-        )?);
+        let transport = Arc::new(start_transport(&config, booted, sink)?);
         let engine = Engine::new(EngineConfig::new(config.rank, config.size));
         let core = Arc::new(Core {
             shared: Shared::new(config.rank, config.size),
             coherence: Mutex::new(Coherence::new(engine)),
-            transport: Arc::clone(&mesh) as Arc<dyn Transport>,
+            transport: Arc::clone(&transport) as Arc<dyn Transport>,
         });
         let driver = Driver {
             rank: config.rank,
@@ -95,14 +114,14 @@ impl Node {
         let node = Node {
             config,
             core,
-            mesh,
+            transport,
             events,
             driver: Mutex::new(Some(driver)),
             barrier_epoch: AtomicU64::new(0),
             alloc_round: AtomicU64::new(0),
             gone: AtomicBool::new(false),
         };
-        node.announce(booted.deadline)?;
+        node.announce(deadline)?;
         Ok(node)
     }
 
@@ -288,12 +307,20 @@ impl Node {
     }
 
     /// Leaves the cluster cleanly (collective): a barrier, then every node says `Leave` and
-    /// the connections close without anyone being declared failed.
+    /// waits (at most [`LEAVE_LINGER`]) until every other node said it too or closed its
+    /// connections, so that nothing still in flight to a peer (the barrier's release, say) is
+    /// cut off; then the connections close without anyone being declared failed.
     pub fn leave(self) -> Result<()> {
         self.barrier()?;
         let rank = self.rank();
         for to in (0..self.size()).filter(|&to| to != rank) {
             self.send(to, Message::Membership(Membership::Leave { rank }));
+        }
+        let all_gone = self.core.shared.wait_quietly(LEAVE_LINGER, |s| {
+            (0..self.size()).all(|r| r == rank || s.left[r as usize] || s.failed.contains(&r))
+        });
+        if !all_gone {
+            tracing::warn!(rank, "leaving before every peer said Leave");
         }
         self.stop();
         Ok(())
@@ -307,7 +334,12 @@ impl Node {
     }
 
     pub(crate) fn send(&self, to: NodeId, message: Message) {
-        send_counted(self.mesh.as_ref(), &self.core.shared.counters, to, &message);
+        send_counted(
+            self.transport.as_ref(),
+            &self.core.shared.counters,
+            to,
+            &message,
+        );
     }
 
     /// Stops the driver and closes the connections (idempotent).
@@ -321,7 +353,9 @@ impl Node {
             let _ = handle.join();
         }
         self.core.shared.update(|s| s.closed = true);
-        self.mesh.shutdown();
+        if let Err(e) = self.transport.shutdown() {
+            tracing::warn!(rank = self.rank(), error = %e, "transport shutdown");
+        }
     }
 }
 

@@ -30,11 +30,6 @@ impl Framed {
         }
     }
 
-    /// The stream and any bytes read past the last frame returned (the start of the next).
-    pub(crate) fn into_parts(self) -> (TcpStream, Vec<u8>) {
-        (self.stream, self.buffer)
-    }
-
     /// Sends one frame.
     pub(crate) fn send(&mut self, message: &Message) -> Result<()> {
         let frame = encode(message, self.limits.cluster, self.local);

@@ -136,6 +136,25 @@ impl Shared {
         f(&self.lock())
     }
 
+    /// Waits until `ready` holds or `timeout` passes, whatever fails meanwhile; true when it
+    /// held.
+    pub(crate) fn wait_quietly(&self, timeout: Duration, ready: impl Fn(&State) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        while !ready(&state) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
     /// Waits until `ready` gives a value, for at most `timeout`. A failed node ends the wait
     /// with `NodeFailed`, a closed node with `Closed`, the timeout with `Timeout` naming
     /// `what()` (or `on_timeout`'s error when given).
