@@ -3,14 +3,15 @@
 //!
 //! Install, upgrade, downgrade, invalidate, read and wake neither allocate nor lock: they may be
 //! called from a [`crate::FaultResolver`] in the SIGBUS handler. EEXIST from a copy means the
-//! page is already there (another thread won the race): the waiters are woken and the call
-//! succeeds with [`Installed::AlreadyPresent`]. EAGAIN (the mapping was changing) is retried
+//! page is already there (another thread won the race): its waiters are woken (thread
+//! delivery; under SIGBUS delivery no thread ever waits in the kernel) and the call succeeds with [`Installed::AlreadyPresent`]. EAGAIN (the mapping was changing) is retried
 //! up to [`EAGAIN_RETRIES`] times.
 
 use dsm_wire::{DiffRun, PAGE_SIZE};
 use userfaultfd_sys as sys;
 
 use crate::diff;
+use crate::engine::Delivery;
 use crate::error::{Error, Result};
 use crate::raw;
 use crate::region::Region;
@@ -71,7 +72,7 @@ impl Region {
         let mode = match protection {
             Protection::ReadOnly => sys::UFFDIO_COPY_MODE_WP,
             Protection::ReadWrite => 0,
-        };
+        } | self.dont_wake(sys::UFFDIO_COPY_MODE_DONTWAKE);
         let mut outcome = Installed::New;
         let mut done = 0usize;
         // Each pass either finishes or steps past one present page: at most `count` passes.
@@ -110,8 +111,9 @@ impl Region {
                 Err(e) if e.errno.0 == libc::EAGAIN => std::hint::spin_loop(),
                 Err(e) if e.errno.0 == libc::EEXIST => {
                     // Pages before `copied` went in; the next one is present: wake its waiters.
-                    let present = target + e.copied;
-                    let _ = raw::wake(self.uffd(), present, PAGE_SIZE);
+                    if self.delivery() == Delivery::Thread {
+                        let _ = raw::wake(self.uffd(), target + e.copied, PAGE_SIZE);
+                    }
                     return Ok(Some(done + e.copied + PAGE_SIZE));
                 }
                 Err(e) => {
@@ -131,7 +133,20 @@ impl Region {
 
     /// Makes an installed page writable (clears write-protect) and wakes threads waiting on it.
     pub fn upgrade(&self, index: u32) -> Result<()> {
-        self.write_protect(index, 0)
+        self.write_protect(
+            index,
+            self.dont_wake(sys::UFFDIO_WRITEPROTECT_MODE_DONTWAKE),
+        )
+    }
+
+    /// `flag` under SIGBUS delivery, else 0: with `UFFD_FEATURE_SIGBUS` no thread ever sleeps
+    /// in the kernel on this region's faults, so waking is wasted work.
+    fn dont_wake(&self, flag: u64) -> u64 {
+        if self.delivery() == Delivery::Signal {
+            flag
+        } else {
+            0
+        }
     }
 
     /// Write-protects an installed page: the next write raises a write-protect fault.
