@@ -36,11 +36,12 @@ fn faults(
 
 fn read_and_wp_faults(c: &mut Criterion) {
     let mut group = c.benchmark_group("uffd_fault");
-    for (name, delivery, slot) in [
-        ("signal", Delivery::Signal, 4),
-        ("thread", Delivery::Thread, 5),
+    for (name, delivery, workers, slot) in [
+        ("signal", Delivery::Signal, 1, 4),
+        ("thread", Delivery::Thread, 1, 5),
+        ("thread_inline", Delivery::Thread, 0, 8),
     ] {
-        let served = Served::new(bench_address(slot), delivery, 1).expect("served region");
+        let served = Served::new(bench_address(slot), delivery, workers, 1).expect("served region");
         group.bench_function(format!("read_fault/{name}"), |b| {
             b.iter_custom(|iters| {
                 faults(&served, iters, drop, |page| {
@@ -58,7 +59,7 @@ fn read_and_wp_faults(c: &mut Criterion) {
             })
         });
     }
-    let around = Served::new(bench_address(6), Delivery::Signal, AROUND).expect("served region");
+    let around = Served::new(bench_address(6), Delivery::Signal, 1, AROUND).expect("served region");
     group.bench_function("read_fault_around16_per_page/signal", |b| {
         b.iter_custom(|iters| {
             faults(&around, iters, drop, |page| {

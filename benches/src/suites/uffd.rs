@@ -4,7 +4,8 @@
 //! Figures (ns, median and p99 over every page of a 32 MiB region, several rounds):
 //! - `read_fault_*`: first read of a missing page → resolver copies it in (COPY_MODE_WP) →
 //!   the thread resumes; `wp_fault_*`: first write to that page → WRITEPROTECT clear →
-//!   resumes; for SIGBUS delivery (the default) and thread delivery;
+//!   resumes; for SIGBUS delivery (the default), thread delivery with one worker, and thread
+//!   delivery with the reader resolving inline (`_thread_inline`, no worker);
 //! - `read_fault_signal_around16_per_page`: the resolver installs the 16-page aligned run
 //!   holding the fault with one COPY (fault-around), timed per 16 pages read, divided by 16;
 //! - `invalidate`: `MADV_DONTNEED` of one installed page;
@@ -14,7 +15,8 @@
 //!   `signal_round_trip` (tgkill to self, empty SA_SIGINFO handler);
 //! - ratios of medians: `ratio_read_fault_to_copy` (against `bare_copy_wp`),
 //!   `ratio_read_fault_to_floor` (against first touch + signal + COPY_WP: the floor of
-//!   in-thread resolution), `ratio_thread_to_signal_read_fault`.
+//!   in-thread resolution), `ratio_thread_to_signal_read_fault`,
+//!   `ratio_thread_inline_to_signal_read_fault`, `ratio_around16_per_page_to_copy`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -104,13 +106,17 @@ pub struct Served {
 }
 
 impl Served {
-    /// Maps `PAGES` pages at `address`, served with `delivery` and fault-around `around`.
-    pub fn new(address: usize, delivery: Delivery, around: u32) -> anyhow::Result<Served> {
+    /// Maps `PAGES` pages at `address`, served with `delivery` (and `workers` worker threads
+    /// for thread delivery) and fault-around `around`.
+    pub fn new(
+        address: usize,
+        delivery: Delivery,
+        workers: usize,
+        around: u32,
+    ) -> anyhow::Result<Served> {
         let region = Arc::new(Region::new(address, PAGES, delivery)?);
-        let engine = Engine::start(
-            Arc::clone(&region),
-            Arc::new(BenchSource::new(PAGES, around)),
-        )?;
+        let source = Arc::new(BenchSource::new(PAGES, around));
+        let engine = Engine::start_with_workers(Arc::clone(&region), source, workers)?;
         Ok(Served {
             region,
             _engine: engine,
@@ -139,8 +145,12 @@ pub fn time_ns(f: impl FnOnce()) -> f64 {
     start.elapsed().as_nanos() as f64
 }
 
-fn fault_service(delivery: Delivery, slot: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    let served = Served::new(bench_address(slot), delivery, 1)?;
+fn fault_service(
+    delivery: Delivery,
+    workers: usize,
+    slot: usize,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let served = Served::new(bench_address(slot), delivery, workers, 1)?;
     let (mut reads, mut writes) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         for index in 0..PAGES {
@@ -157,7 +167,7 @@ fn fault_service(delivery: Delivery, slot: usize) -> anyhow::Result<(Vec<f64>, V
 }
 
 fn fault_around(slot: usize) -> anyhow::Result<Vec<f64>> {
-    let served = Served::new(bench_address(slot), Delivery::Signal, AROUND)?;
+    let served = Served::new(bench_address(slot), Delivery::Signal, 1, AROUND)?;
     let mut per_page = Vec::new();
     for _ in 0..ROUNDS {
         for first in (0..PAGES).step_by(AROUND as usize) {
@@ -303,8 +313,9 @@ pub fn run() -> anyhow::Result<serde_json::Value> {
         json!(format!("{:?}", dsm_uffd::Features::probe()?)),
     );
 
-    let (mut read_signal, mut wp_signal) = fault_service(Delivery::Signal, 0)?;
-    let (mut read_thread, mut wp_thread) = fault_service(Delivery::Thread, 1)?;
+    let (mut read_signal, mut wp_signal) = fault_service(Delivery::Signal, 1, 0)?;
+    let (mut read_thread, mut wp_thread) = fault_service(Delivery::Thread, 1, 1)?;
+    let (mut read_inline, mut wp_inline) = fault_service(Delivery::Thread, 0, 8)?;
     let mut around = fault_around(2)?;
     let [mut copy, mut copy_wp, mut clear, mut invalidate] = kernel_baselines(3)?;
     let mut touch = first_touch()?;
@@ -315,6 +326,8 @@ pub fn run() -> anyhow::Result<serde_json::Value> {
     figure("wp_fault_signal", &mut wp_signal, &mut report);
     let read_t = figure("read_fault_thread", &mut read_thread, &mut report);
     figure("wp_fault_thread", &mut wp_thread, &mut report);
+    let read_i = figure("read_fault_thread_inline", &mut read_inline, &mut report);
+    figure("wp_fault_thread_inline", &mut wp_inline, &mut report);
     let around = figure(
         "read_fault_signal_around16_per_page",
         &mut around,
@@ -336,6 +349,10 @@ pub fn run() -> anyhow::Result<serde_json::Value> {
         (
             "ratio_thread_to_signal_read_fault",
             read_t.median / read.median,
+        ),
+        (
+            "ratio_thread_inline_to_signal_read_fault",
+            read_i.median / read.median,
         ),
         (
             "ratio_around16_per_page_to_copy",

@@ -72,9 +72,11 @@ pub enum Resolution {
 /// the transport thread has copied the page into the slot and called
 /// [`crate::PageSlots::fill`]; install from the slot, release it, return `Resolved`.
 ///
-/// **Thread delivery ([`crate::Delivery::Thread`])**: `resolve` runs on one of the engine's
-/// worker threads, which take faults from a lock-free queue filled by the uffd reader
-/// thread. It may allocate and block briefly, but must not take a lock an application thread
+/// **Thread delivery ([`crate::Delivery::Thread`])**: `resolve` runs on the uffd reader
+/// thread ([`crate::Engine::start`]), or on one of the engine's worker threads, which take
+/// faults from a lock-free queue the reader fills ([`crate::Engine::start_with_workers`]).
+/// While it runs on the reader, no other fault is read: return quickly. It may allocate and
+/// block briefly, but must not take a lock an application thread
 /// may hold while faulting (that thread is stopped in the kernel until its page comes) and
 /// must not touch missing pages of the region. A resolver waiting for the network should
 /// return [`Resolution::Pending`] and install from the transport thread when the page comes:

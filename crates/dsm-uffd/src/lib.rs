@@ -15,9 +15,10 @@
 //!   in signal context and must follow the rules on [`FaultResolver`] (no allocation, no locks
 //!   an application thread may hold, async-signal-safe calls only). A remote fetch waits on a
 //!   preallocated [`PageSlots`] slot that the transport thread fills (see [`slots`]).
-//! - [`Delivery::Thread`]: a reader thread polls the uffd and queues faults (a crossbeam
-//!   `ArrayQueue`) for worker threads that call the resolver, which may defer with
-//!   [`Resolution::Pending`] and install later from any thread.
+//! - [`Delivery::Thread`]: a reader thread polls the uffd and calls the resolver itself, or
+//!   queues faults (a crossbeam `ArrayQueue`) for worker threads that call it
+//!   ([`Engine::start_with_workers`]). The resolver may defer with [`Resolution::Pending`]
+//!   and install later from any thread; the faulting thread sleeps in the kernel until then.
 //!
 //! # Quick start
 //! ```no_run

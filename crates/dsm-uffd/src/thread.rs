@@ -1,6 +1,6 @@
 //! Thread delivery: a reader thread waits on the uffd and hands each fault, through a bounded
-//! lock-free queue, to worker threads that call the resolver. The faulting thread sleeps in
-//! the kernel until an install (or wake) for its page.
+//! lock-free queue, to worker threads that call the resolver (or, with no workers, calls it
+//! itself). The faulting thread sleeps in the kernel until an install (or wake) for its page.
 //!
 //! Invariants kept here: the reader and the workers never touch registered memory (messages
 //! are read into a stack buffer, the queue lives on the heap outside every region), and take
@@ -39,6 +39,8 @@ struct Shared {
     /// Bumped on every push; workers futex-wait on it.
     pushed: AtomicU32,
     sleepers: AtomicU32,
+    /// No workers: the reader calls the resolver itself.
+    inline: bool,
 }
 
 /// The running reader and workers; stopped and joined on drop.
@@ -55,7 +57,8 @@ impl std::fmt::Debug for Threads {
     }
 }
 
-/// Starts one reader and `workers` workers (at least one).
+/// Starts one reader and `workers` workers; with none, the reader resolves each fault itself
+/// (one thread hop less, but a slow resolver then delays reading the next faults).
 pub(crate) fn start(
     region: Arc<Region>,
     resolver: Arc<dyn FaultResolver>,
@@ -73,6 +76,7 @@ pub(crate) fn start(
         stop_fd,
         pushed: AtomicU32::new(0),
         sleepers: AtomicU32::new(0),
+        inline: workers == 0,
     });
     let mut threads = Threads {
         shared: Arc::clone(&shared),
@@ -82,7 +86,7 @@ pub(crate) fn start(
         let shared = Arc::clone(&shared);
         move || read_loop(&shared)
     })?;
-    for _ in 0..workers.max(1) {
+    for _ in 0..workers {
         let shared = Arc::clone(&shared);
         threads.spawn("dsm-uffd-worker", move || work_loop(&shared))?;
     }
@@ -136,8 +140,10 @@ fn read_loop(shared: &Shared) {
             }
         };
         for message in &messages[..count] {
-            if let Some(fault) = fault_of(shared, message) {
-                enqueue(shared, fault);
+            match fault_of(shared, message) {
+                Some(fault) if shared.inline => settle(shared, fault),
+                Some(fault) => enqueue(shared, fault),
+                None => {}
             }
         }
     }

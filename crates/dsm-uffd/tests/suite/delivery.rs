@@ -11,12 +11,12 @@ use super::common::{LocalSource, page_of, test_address, write_byte};
 const PAGES_64_MIB: u32 = (64 << 20) / PAGE_SIZE as u32;
 
 /// Reads every page (data checked), writes every page (write-protect faults), invalidates
-/// all and reads them again with the home's new content. Returns the resolver for more
-/// checks by the caller. Shared with the unprivileged child.
-pub fn read_write_invalidate(delivery: Delivery, address: usize, pages: u32) {
+/// all and reads them again with the home's new content. Shared with the unprivileged child.
+pub fn read_write_invalidate(delivery: Delivery, workers: usize, address: usize, pages: u32) {
     let region = Arc::new(Region::new(address, pages, delivery).expect("map and register"));
     let source = Arc::new(LocalSource::new(pages as usize));
-    let engine = Engine::start(Arc::clone(&region), source.clone()).expect("start engine");
+    let engine = Engine::start_with_workers(Arc::clone(&region), source.clone(), workers)
+        .expect("start engine");
 
     for index in 0..pages {
         assert_eq!(
@@ -71,12 +71,13 @@ pub fn read_write_invalidate(delivery: Delivery, address: usize, pages: u32) {
 
 /// Four threads read the same pages in the same order at the same time, then each writes
 /// its own byte of every page; every byte must be there at the end.
-pub fn four_threads_same_pages(delivery: Delivery, address: usize) {
+pub fn four_threads_same_pages(delivery: Delivery, workers: usize, address: usize) {
     const PAGES: u32 = 1024;
     const THREADS: usize = 4;
     let region = Arc::new(Region::new(address, PAGES, delivery).expect("map and register"));
     let source = Arc::new(LocalSource::new(PAGES as usize));
-    let engine = Engine::start(Arc::clone(&region), source.clone()).expect("start engine");
+    let engine = Engine::start_with_workers(Arc::clone(&region), source.clone(), workers)
+        .expect("start engine");
     let start = Arc::new(Barrier::new(THREADS));
     let threads: Vec<_> = (0..THREADS)
         .map(|thread| {
@@ -121,26 +122,27 @@ pub fn four_threads_same_pages(delivery: Delivery, address: usize) {
 }
 
 macro_rules! both_deliveries {
-    ($($mode:ident => $delivery:expr, $slot:expr;)*) => {$(
+    ($($mode:ident => $delivery:expr, $workers:expr, $slot:expr;)*) => {$(
         mod $mode {
             use super::*;
 
             #[test]
             fn region_of_64_mib_read_written_invalidated_and_read_again() {
-                read_write_invalidate($delivery, test_address($slot), PAGES_64_MIB);
+                read_write_invalidate($delivery, $workers, test_address($slot), PAGES_64_MIB);
             }
 
             #[test]
             fn four_threads_fault_the_same_pages_at_once() {
-                four_threads_same_pages($delivery, test_address($slot + 1));
+                four_threads_same_pages($delivery, $workers, test_address($slot + 1));
             }
         }
     )*};
 }
 
 both_deliveries! {
-    signal => Delivery::Signal, 0;
-    thread => Delivery::Thread, 2;
+    signal => Delivery::Signal, 1, 0;
+    thread => Delivery::Thread, 1, 2;
+    thread_inline => Delivery::Thread, 0, 4;
 }
 
 #[test]

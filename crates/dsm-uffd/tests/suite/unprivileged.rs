@@ -28,8 +28,8 @@ fn child_body() {
         );
     }
     println!("child uid {uid}: uffd source {:?}", features.source);
-    read_write_invalidate(Delivery::Signal, test_address(30), 1024);
-    read_write_invalidate(Delivery::Thread, test_address(31), 1024);
+    read_write_invalidate(Delivery::Signal, 1, test_address(30), 1024);
+    read_write_invalidate(Delivery::Thread, 1, test_address(31), 1024);
 }
 
 #[test]
