@@ -30,8 +30,13 @@
 //! table calls [`ReleaseConsistency::invalidate`] with them before any thread enters.
 //!
 //! # Wiring (for the node runtime)
-//! The runtime gives the table an [`Outbox`] (non-blocking send on the transport) and feeds
-//! every incoming `Message::Sync` to [`LockTable::handle`] from its protocol thread.
+//! The runtime gives the table an [`Outbox`] — [`TransportOutbox`] sends over any
+//! `dsm_core::Transport` — and feeds every incoming `Message::Sync` to [`LockTable::handle`]
+//! from a thread that may block briefly: `handle` performs grants (calls
+//! [`ReleaseConsistency::invalidate`], wakes the thread) and, when a grant arrives after every
+//! local waiter timed out, gives the lock straight back (calls
+//! [`ReleaseConsistency::flush`]). So `flush` must not wait for something only that same
+//! thread delivers; with [`NoConsistency`] calling `handle` from the transport's sink is fine.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -78,6 +83,7 @@ mod notices;
 mod primitive;
 mod ra;
 mod table;
+mod transport;
 
 pub use action::{Action, LockKind};
 pub use barrier::{BarrierEngine, BarrierKind};
@@ -87,3 +93,4 @@ pub use local::MAX_HANDOFF_BOUND;
 pub use table::{
     Guard, LockTable, NoConsistency, Outbox, ReleaseConsistency, SyncPoint, TableConfig,
 };
+pub use transport::TransportOutbox;
