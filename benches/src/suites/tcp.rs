@@ -125,13 +125,6 @@ impl Pair {
             .stdout(Stdio::piped())
             .spawn()
             .context("spawning the home process")?;
-        let mut line = String::new();
-        let stdout = child.stdout.take().context("child stdout")?;
-        BufReader::new(stdout).read_line(&mut line)?;
-        let std_addr: SocketAddr = line
-            .trim()
-            .parse()
-            .with_context(|| format!("child said {line:?}"))?;
         let sink = Arc::new(BenchSink::default());
         // Rank 1 (the child) dials rank 0; its own address is never used.
         let peers = vec![own, "127.0.0.1:9".parse()?];
@@ -142,6 +135,14 @@ impl Pair {
             sink.clone() as Arc<dyn EventSink>,
         )?);
         sink.transport.set(Arc::downgrade(&transport)).ok();
+        // The child prints its std server's address once its home memory is exposed.
+        let mut line = String::new();
+        let stdout = child.stdout.take().context("child stdout")?;
+        BufReader::new(stdout).read_line(&mut line)?;
+        let std_addr: SocketAddr = line
+            .trim()
+            .parse()
+            .with_context(|| format!("child said {line:?}"))?;
         let std_client = TcpStream::connect(std_addr)?;
         std_client.set_nodelay(true)?;
         Ok(Pair {
@@ -265,6 +266,7 @@ struct BenchSink {
     chain_left: AtomicU64,
     chain_last: Mutex<Option<Instant>>,
     chain_samples: Mutex<Vec<f64>>,
+    first_error: Mutex<Option<String>>,
 }
 
 impl BenchSink {
@@ -282,6 +284,11 @@ impl BenchSink {
             "page reads failed"
         );
         Ok(())
+    }
+
+    fn error(&self, what: String) {
+        self.errors.fetch_add(1, Ordering::AcqRel);
+        lock(&self.first_error).get_or_insert(what);
     }
 
     fn chain(&self, token: u64) {
@@ -309,18 +316,23 @@ impl EventSink for BenchSink {
         match event {
             TransportEvent::PageRead { token, result } => {
                 match result {
-                    Ok(page) if page[0] == page_byte(token, 0) => self.chain(token),
-                    _ => {
-                        self.errors.fetch_add(1, Ordering::AcqRel);
+                    Ok(page)
+                        if page[..]
+                            == (0..PAGE_SIZE)
+                                .map(|k| page_byte(token, k))
+                                .collect::<Vec<_>>()[..] =>
+                    {
+                        self.chain(token)
                     }
+                    other => self.error(format!("read {token}: {:?}", other.map(|p| p[0]))),
                 }
                 self.completed.fetch_add(1, Ordering::AcqRel);
                 if let Some(t) = self.waiter.get() {
                     t.unpark();
                 }
             }
-            TransportEvent::PeerFailed { .. } => {
-                self.errors.fetch_add(1, Ordering::AcqRel);
+            TransportEvent::PeerFailed { node, reason } => {
+                self.error(format!("node {node} failed: {reason}"));
             }
             _ => {}
         }
@@ -360,8 +372,7 @@ pub fn exit_if_child() {
 
 fn home(parent: &str) -> anyhow::Result<()> {
     let std_listener = TcpListener::bind("127.0.0.1:0")?;
-    println!("{}", std_listener.local_addr()?);
-    std::io::stdout().flush()?;
+    let std_addr = std_listener.local_addr()?;
     std::thread::spawn(move || serve_std(&std_listener));
     let memory = HomePages::new();
     let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -374,6 +385,9 @@ fn home(parent: &str) -> anyhow::Result<()> {
     }
     let transport = TcpTransport::start(config, Arc::new(Ignore))?;
     transport.expose(0, memory.memory())?;
+    // Ready: the parent reads pages only after this line.
+    println!("{std_addr}");
+    std::io::stdout().flush()?;
     let mut buf = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut buf);
     transport.shutdown()?;
