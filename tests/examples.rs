@@ -1,8 +1,8 @@
 //! The examples as real multi-process runs under `dsm-run`, for 1, 2 and 4 nodes in both
 //! consistency modes; each example checks its own result and exits non-zero when wrong.
 
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::util::{dsm_run, example, run_bounded, text};
 
@@ -22,22 +22,81 @@ fn run_example(name: &str, nodes: u32, args: &[&str]) -> String {
     all
 }
 
-#[test]
-fn jacobi_matches_the_single_process_result() {
+fn every_size_and_mode(name: &str, args: &[&str], passed: &str) {
     for mode in ["sequential", "release"] {
         for nodes in [1, 2, 4] {
-            let out = run_example(
-                "jacobi",
-                nodes,
-                &["--n", "128", "--iters", "10", "--mode", mode],
-            );
-            assert!(out.contains("jacobi check passed"), "{mode} {nodes}: {out}");
-            for rank in 0..nodes {
-                assert!(
-                    out.contains(&format!("[{rank}] rank {rank}: 10 iterations")),
-                    "{out}"
-                );
-            }
+            let mut all_args = args.to_vec();
+            all_args.extend(["--mode", mode]);
+            let out = run_example(name, nodes, &all_args);
+            assert!(out.contains(passed), "{name} {mode} {nodes}: {out}");
         }
+    }
+}
+
+#[test]
+fn jacobi_matches_the_single_process_result() {
+    every_size_and_mode(
+        "jacobi",
+        &["--n", "128", "--iters", "10"],
+        "jacobi check passed",
+    );
+}
+
+#[test]
+fn counter_loses_no_increment_under_the_lock() {
+    every_size_and_mode("counter", &["--increments", "100"], "counter check passed");
+}
+
+#[test]
+fn matmul_matches_the_single_process_product() {
+    every_size_and_mode("matmul", &["--n", "64"], "matmul check passed");
+}
+
+#[test]
+fn jacobi_nodes_fail_promptly_when_one_is_killed_mid_run() {
+    let coordinator = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let start = |rank: u32| {
+        Command::new(example("jacobi"))
+            .args(["--n", "128", "--iters", "1000000"])
+            .env("DSM_RANK", rank.to_string())
+            .env("DSM_SIZE", "3")
+            .env("DSM_COORDINATOR", &coordinator)
+            .env("DSM_FAILURE_TIMEOUT_MS", "1000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut nodes: Vec<_> = (0..3).map(start).collect();
+    std::thread::sleep(Duration::from_millis(2000));
+    let mut victim = nodes.remove(1);
+    victim.kill().unwrap();
+    let killed = Instant::now();
+    victim.wait().unwrap();
+    for (rank, node) in [0, 2].into_iter().zip(nodes) {
+        let pid = node.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(node.wait_with_output().unwrap()));
+        let Ok(out) = rx.recv_timeout(Duration::from_secs(20)) else {
+            // SAFETY: kill(2) on our own child that has not been reaped.
+            unsafe { libc::kill(i32::try_from(pid).unwrap(), libc::SIGKILL) };
+            panic!("rank {rank} still running 20 s after node 1 was killed");
+        };
+        let all = text(&out);
+        assert!(!out.status.success(), "rank {rank} should fail: {all}");
+        // Either a barrier returned NodeFailed, or a fault on a page of node 1 was failed.
+        assert!(
+            all.contains("node 1 failed"),
+            "rank {rank} does not name node 1: {all}"
+        );
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "rank {rank} took {:?}",
+            killed.elapsed()
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! the driver thread and application threads at sync points, never by a thread while it
 //! touches region memory. Lock order: this lock, then `Shared`'s.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,6 +39,8 @@ pub(crate) struct Coherence {
     regions: HashMap<u32, Mapped>,
     /// Outstanding faults: token → page and start time (for the latency histogram).
     faults: HashMap<u64, (PageId, Instant)>,
+    /// Sync tokens nobody waits for (acquires started by the lock table).
+    detached: HashSet<u64>,
     next_token: u64,
 }
 
@@ -57,6 +59,7 @@ impl Coherence {
             engine,
             regions: HashMap::new(),
             faults: HashMap::new(),
+            detached: HashSet::new(),
             next_token: 1,
         }
     }
@@ -65,6 +68,23 @@ impl Coherence {
     pub(crate) fn token(&mut self) -> u64 {
         self.next_token += 1;
         self.next_token
+    }
+
+    /// A node failed: wakes every thread waiting on a fault, so that its access faults again
+    /// and the resolver fails it (the engine cannot complete it any more).
+    pub(crate) fn wake_all_faults(&mut self) {
+        for (_, (page, _)) in self.faults.drain() {
+            if let Some(mapped) = self.regions.get(&page.region) {
+                if let Err(e) = mapped.region.wake(page.page) {
+                    tracing::warn!(?page, error = %e, "wake after a failure");
+                }
+            }
+        }
+    }
+
+    /// Nobody will wait for `token`'s completion: drop it when it comes.
+    pub(crate) fn detach(&mut self, token: u64) {
+        self.detached.insert(token);
     }
 
     /// Adds a mapped region.
@@ -210,7 +230,9 @@ impl Coherence {
             }
             Action::Wake { token } => self.wake(token, counters)?,
             Action::SyncDone { token, notices } => {
-                ctx.shared.update(|s| s.syncs.insert(token, notices));
+                if !self.detached.remove(&token) {
+                    ctx.shared.update(|s| s.syncs.insert(token, notices));
+                }
             }
         }
         Ok(())

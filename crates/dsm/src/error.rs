@@ -37,6 +37,9 @@ pub enum Error {
     /// The coherence engine rejected a call (an unknown page, a protocol violation).
     #[error("coherence: {0}")]
     Coherence(#[from] dsm_core::Error),
+    /// A lock or barrier call failed (timeout naming the nodes awaited, protocol error).
+    #[error("lock: {0}")]
+    Lock(#[from] dsm_locks::Error),
     /// A byte range outside a region.
     #[error("bytes {offset}..{offset}+{len} are outside a region of {size} bytes")]
     OutOfRange {

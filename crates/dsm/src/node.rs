@@ -6,10 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use dsm_locks::{BarrierEngine, BarrierKind, LockEngine, LockKind, LockTable, TableConfig};
 use dsm_tcp_fallback::{TcpConfig, TcpTransport, cluster_key_from_str};
 
 use dsm_core::Transport;
 use dsm_wire::msg::membership::transports;
+use std::collections::BTreeSet;
 use std::marker::PhantomData;
 
 use dsm_core::{Consistency, Engine, EngineConfig, Placement, RegionLayout};
@@ -17,6 +19,7 @@ use dsm_wire::{Alloc, Membership, Message, NodeId, PAGE_SIZE, PageId, RegionSpec
 
 use crate::coherence::Coherence;
 use crate::fault::Resolver;
+use crate::lock::{Lock, LockConsistency, LockOutbox};
 use crate::membership::bootstrap::{self, Booted};
 use crate::membership::ring::Ring;
 use crate::region::Region;
@@ -33,6 +36,7 @@ pub struct Node {
     config: Config,
     core: Arc<Core>,
     transport: Arc<TcpTransport>,
+    locks: Arc<LockTable>,
     events: SyncSender<Event>,
     /// The driver thread; joined on leave/drop (after `events` got `Stop`).
     driver: Mutex<Option<JoinHandle<()>>>,
@@ -52,6 +56,29 @@ impl std::fmt::Debug for Node {
 
 /// Longest `leave` waits for the other nodes' `Leave`.
 pub const LEAVE_LINGER: Duration = Duration::from_secs(5);
+
+/// The node's lock table: Ricart–Agrawala locks whose hand-overs are release points.
+fn lock_table(config: &Config, core: &Arc<Core>) -> LockTable {
+    let (rank, size) = (config.rank, config.size);
+    LockTable::new(
+        LockEngine::new(rank, size, LockKind::RicartAgrawala),
+        // The table's barrier is unused (Node::barrier has its own, which fails promptly
+        // with NodeFailed); the table still needs one.
+        BarrierEngine::new(rank, size, BarrierKind::Central),
+        Box::new(LockOutbox {
+            transport: Arc::clone(&core.transport),
+            counters: Arc::clone(&core.shared.counters),
+        }),
+        Box::new(LockConsistency {
+            core: Arc::clone(core),
+            timeout: config.op_timeout,
+        }),
+        TableConfig {
+            timeout: config.op_timeout,
+            ..TableConfig::default()
+        },
+    )
+}
 
 /// Builds the io_uring TCP mesh on the listener and addresses boot-up produced.
 fn start_transport(config: &Config, booted: Booted, sink: Arc<Sink>) -> Result<TcpTransport> {
@@ -90,12 +117,15 @@ impl Node {
         let core = Arc::new(Core {
             shared: Shared::new(config.rank, config.size),
             coherence: Mutex::new(Coherence::new(engine)),
+            released: Mutex::new(BTreeSet::new()),
             transport: Arc::clone(&transport) as Arc<dyn Transport>,
         });
+        let locks = Arc::new(lock_table(&config, &core));
         let driver = Driver {
             rank: config.rank,
             size: config.size,
             core: Arc::clone(&core),
+            locks: Arc::clone(&locks),
             ring: Ring::new(
                 config.rank,
                 config.size,
@@ -115,6 +145,7 @@ impl Node {
             config,
             core,
             transport,
+            locks,
             events,
             driver: Mutex::new(Some(driver)),
             barrier_epoch: AtomicU64::new(0),
@@ -172,11 +203,20 @@ impl Node {
     pub fn barrier(&self) -> Result<()> {
         self.check_open()?;
         let timeout = self.config.op_timeout;
-        let mine = self
+        let mut mine = self
             .core
             .sync(timeout, "release before a barrier", |c, token, ctx| {
                 c.release(token, ctx)
             })?;
+        // Pages published at lock releases since the last barrier: the nodes that did not
+        // take the lock after us learn of them here.
+        let at_locks =
+            std::mem::take(&mut *self.core.released.lock().unwrap_or_else(|p| p.into_inner()));
+        for page in at_locks {
+            if !mine.contains(&page) {
+                mine.push(page);
+            }
+        }
         let epoch = self.rendezvous(mine.clone())?;
         let notices = self
             .core
@@ -208,6 +248,17 @@ impl Node {
             |s| (s.barrier_released >= epoch).then_some(()),
         )?;
         Ok(epoch)
+    }
+
+    /// The cluster-wide lock `id` (any `u32`; every node names the same lock by the same
+    /// id). `lock(id).acquire()` returns a guard that releases on drop.
+    pub fn lock(&self, id: u32) -> Lock<'_> {
+        Lock {
+            id,
+            table: &self.locks,
+            core: &self.core,
+            timeout: self.config.op_timeout,
+        }
     }
 
     /// Allocates a shared array of `len` elements of `T` (collective: every node calls it

@@ -7,6 +7,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::Instant;
 
 use dsm_core::{EventSink, Transport, TransportEvent};
+use dsm_locks::LockTable;
 use dsm_wire::{Alloc, Membership, Message, NodeId, Sync};
 
 use super::Core;
@@ -47,6 +48,7 @@ pub(crate) struct Driver {
     pub(crate) rank: NodeId,
     pub(crate) size: u32,
     pub(crate) core: Arc<Core>,
+    pub(crate) locks: Arc<LockTable>,
     pub(crate) ring: Ring,
     pub(crate) central: Central,
     pub(crate) allocator: Allocator,
@@ -134,6 +136,14 @@ impl Driver {
                     s.barrier_notices.insert(epoch, notices);
                 });
             }
+            Message::Sync(m @ (Sync::BarrierArrive { .. } | Sync::BarrierRelease { .. })) => {
+                tracing::warn!(from, message = ?m, "barrier message out of place; dropped");
+            }
+            Message::Sync(m) => {
+                if let Err(e) = self.locks.handle(from, &m) {
+                    tracing::warn!(from, error = %e, "lock message rejected");
+                }
+            }
             Message::Alloc(Alloc::Malloc { req, spec }) if self.rank == 0 => {
                 let gone = self.core.shared.read(|s| s.left.clone());
                 if let Some(reply) = self.allocator.request(req, from, spec, &gone) {
@@ -164,6 +174,10 @@ impl Driver {
             Membership::NodeFailed { rank } => {
                 if self.ring.failed(rank, now) {
                     self.core.shared.update(|s| s.failed.push(rank));
+                    let _ = self.core.engine(|c, _| {
+                        c.wake_all_faults();
+                        Ok(())
+                    });
                 }
             }
             Membership::Leave { rank } if rank == from => {
@@ -186,6 +200,10 @@ impl Driver {
         });
         if news || first {
             tracing::warn!(rank = self.rank, failed = rank, "node declared failed");
+            let _ = self.core.engine(|c, _| {
+                c.wake_all_faults();
+                Ok(())
+            });
             self.broadcast(false, &Message::Membership(Membership::NodeFailed { rank }));
         }
     }

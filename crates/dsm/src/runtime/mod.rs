@@ -5,7 +5,7 @@ pub(crate) mod alloc;
 pub(crate) mod barrier;
 pub(crate) mod driver;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,9 @@ pub(crate) struct State {
 /// Everything the node's threads share: the state, the coherence engine, the transport.
 pub(crate) struct Core {
     pub(crate) shared: Shared,
+    /// Pages this node published at lock releases since its last barrier: the lock's next
+    /// holder learns of them from the grant, every other node from the next barrier.
+    pub(crate) released: Mutex<BTreeSet<PageId>>,
     pub(crate) coherence: Mutex<Coherence>,
     pub(crate) transport: Arc<dyn Transport>,
 }
@@ -97,8 +100,8 @@ impl Core {
 pub(crate) struct Shared {
     state: Mutex<State>,
     changed: Condvar,
-    /// Counters behind `Node::stats`.
-    pub(crate) counters: Counters,
+    /// Counters behind `Node::stats` (shared with the lock outbox).
+    pub(crate) counters: Arc<Counters>,
 }
 
 impl Shared {
@@ -115,7 +118,7 @@ impl Shared {
                 closed: false,
             }),
             changed: Condvar::new(),
-            counters: Counters::default(),
+            counters: Arc::new(Counters::default()),
         }
     }
 

@@ -1,0 +1,120 @@
+//! Locks: [`Node::lock`](crate::Node::lock) gives a [`Lock`]; [`Lock::acquire`] a guard that
+//! releases on drop. The algorithm is dsm-locks' Ricart–Agrawala; this module connects its
+//! table to the transport and to release consistency, and turns a failed node into
+//! [`Error::NodeFailed`](crate::Error::NodeFailed) for the threads waiting.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dsm_core::Transport;
+use dsm_locks::{LockTable, Outbox, ReleaseConsistency, SyncPoint};
+use dsm_wire::{Message, NodeId, PageId, Sync};
+
+use crate::runtime::Core;
+use crate::runtime::driver::send_counted;
+use crate::stats::Counters;
+use crate::{Error, Result};
+
+/// Sends the lock engines' messages on the transport, counted.
+pub(crate) struct LockOutbox {
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl Outbox for LockOutbox {
+    fn send(&self, to: NodeId, message: Sync) {
+        send_counted(
+            self.transport.as_ref(),
+            &self.counters,
+            to,
+            &Message::Sync(message),
+        );
+    }
+}
+
+/// Release consistency at lock hand-overs, through the coherence engine.
+pub(crate) struct LockConsistency {
+    pub(crate) core: Arc<Core>,
+    pub(crate) timeout: Duration,
+}
+
+impl ReleaseConsistency for LockConsistency {
+    fn flush(&self, point: SyncPoint) -> Vec<PageId> {
+        // Runs on the thread releasing the lock (never the driver, which delivers the acks).
+        let what = format!("diff acks before releasing {point:?}");
+        match self
+            .core
+            .sync(self.timeout, &what, |c, token, ctx| c.release(token, ctx))
+        {
+            Ok(notices) => {
+                let mut released = self.core.released.lock().unwrap_or_else(|p| p.into_inner());
+                released.extend(notices.iter().copied());
+                notices
+            }
+            Err(e) => {
+                tracing::error!(?point, error = %e, "release flush failed");
+                Vec::new()
+            }
+        }
+    }
+
+    fn invalidate(&self, point: SyncPoint, notices: &[PageId]) {
+        // May run on the driver thread: start the acquire without waiting for its completion.
+        // The named pages are invalidated by the time this returns; only the diffs of pages
+        // this node itself was writing may still be in flight, and they reach their home
+        // before any later request of ours (FIFO per peer).
+        let done = self.core.engine(|c, ctx| {
+            let token = c.token();
+            c.detach(token);
+            c.acquire(token, notices, ctx)
+        });
+        if let Err(e) = done {
+            tracing::error!(?point, error = %e, "acquire invalidation failed");
+        }
+    }
+}
+
+/// A cluster-wide lock; see [`Node::lock`](crate::Node::lock).
+#[derive(Debug)]
+pub struct Lock<'a> {
+    pub(crate) id: u32,
+    pub(crate) table: &'a LockTable,
+    pub(crate) core: &'a Core,
+    pub(crate) timeout: Duration,
+}
+
+/// Holds a [`Lock`]; dropping it releases the lock (and, in release mode, publishes this
+/// node's writes to the next holder).
+#[derive(Debug)]
+pub struct LockGuard<'a> {
+    _guard: dsm_locks::Guard<'a>,
+}
+
+/// How long one attempt waits before looking for failed nodes again.
+const SLICE: Duration = Duration::from_millis(200);
+
+impl<'a> Lock<'a> {
+    /// This lock's id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Waits for the lock (at most the node's operation timeout). Fails with
+    /// [`Error::NodeFailed`] when a node fails meanwhile.
+    pub fn acquire(&self) -> Result<LockGuard<'a>> {
+        let started = Instant::now();
+        loop {
+            if let Some(rank) = self.core.shared.read(|s| s.failed.first().copied()) {
+                return Err(Error::NodeFailed { rank });
+            }
+            match self.table.try_acquire(self.id, SLICE) {
+                Ok(guard) => {
+                    Counters::bump(&self.core.shared.counters.lock_acquires);
+                    return Ok(LockGuard { _guard: guard });
+                }
+                Err(dsm_locks::Error::Timeout { .. }) if started.elapsed() < self.timeout => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! A lock-protected shared counter and histogram: every node increments the counter under
+//! one lock and counts the value it saw in a shared histogram; rank 0 checks the totals.
+//!
+//! ```sh
+//! dsm-run -n 4 -- target/release/examples/counter --increments 200 --mode release
+//! ```
+
+use dsm::{Consistency, Node};
+
+/// Histogram buckets: value `v` lands in bucket `v % BUCKETS`.
+const BUCKETS: usize = 16;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn run() -> dsm::Result<()> {
+    let increments: u64 = arg("--increments").map_or(200, |v| v.parse().expect("a number"));
+    let consistency = match arg("--mode").as_deref() {
+        Some("release") => Consistency::Release,
+        _ => Consistency::Sequential,
+    };
+    let node = Node::join(dsm::Config::from_env()?)?;
+    // Element 0 is the counter, 1..=BUCKETS the histogram.
+    let shared = node.alloc::<u64>("counter", 1 + BUCKETS, consistency)?;
+    node.barrier()?;
+    let lock = node.lock(0);
+    for _ in 0..increments {
+        let _guard = lock.acquire()?;
+        let seen = shared.get(0);
+        shared.set(0, seen + 1);
+        let bucket = 1 + usize::try_from(seen % BUCKETS as u64).expect("below BUCKETS");
+        shared.set(bucket, shared.get(bucket) + 1);
+    }
+    node.barrier()?;
+    let total = increments * u64::from(node.size());
+    if node.rank() == 0 {
+        check(&shared, total)?;
+    }
+    let s = node.stats();
+    println!(
+        "rank {}: {} lock acquires, {} messages sent, fault p50 {} ns",
+        node.rank(),
+        s.lock_acquires,
+        s.messages_sent,
+        s.fault_latency_p50_ns
+    );
+    node.free(shared)?;
+    node.leave()
+}
+
+fn check(shared: &dsm::Region<u64>, total: u64) -> dsm::Result<()> {
+    let counter = shared.get(0);
+    let histogram: Vec<u64> = (1..=BUCKETS).map(|b| shared.get(b)).collect();
+    let expected: Vec<u64> = (0..BUCKETS as u64)
+        .map(|b| (0..total).filter(|v| v % BUCKETS as u64 == b).count() as u64)
+        .collect();
+    if counter == total && histogram == expected {
+        println!("counter check passed: {counter} increments, histogram {histogram:?}");
+        Ok(())
+    } else {
+        println!(
+            "counter check FAILED: counter {counter} (want {total}), histogram {histogram:?} (want {expected:?})"
+        );
+        Err(dsm::Error::Protocol("lost increments".into()))
+    }
+}
