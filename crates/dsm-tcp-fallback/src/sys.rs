@@ -4,10 +4,11 @@
 //! Buffer lifetime contract (used by every SQE the worker submits): memory named in an SQE
 //! must stay valid and unmoved until that SQE's last completion is reaped. The worker keeps
 //! send buffers and the wake-up word in its connections and itself, and waits for every
-//! in-flight completion before dropping them (see `worker::Worker::drain_inflight`); if the
+//! in-flight completion before dropping them (see `Ring::close`); if the
 //! kernel does not answer in time it leaks them rather than free memory the kernel may write.
 
 use std::io;
+use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 
@@ -242,14 +243,34 @@ impl Completion {
 /// guarantees the buffer lifetime contract (module docs): send buffers are moved in with the
 /// send and handed back with its completion; the wake word and the provided buffers live here.
 ///
-/// Field order is drop order: the ring is closed before the buffers it could write are
-/// unmapped. [`Ring::close`] first waits for every in-flight operation.
+/// [`Ring::close`] waits (bounded) for every in-flight operation. Dropping a ring that still
+/// has operations in flight (a timeout, or unwinding from a panic) leaks the buffers the kernel
+/// could still touch instead of freeing them under it.
 pub(crate) struct Ring {
     ring: io_uring::IoUring,
-    buffers: BufRing,
-    wake_word: Box<u64>,
-    sends: Vec<Option<Vec<u8>>>,
+    buffers: ManuallyDrop<BufRing>,
+    wake_word: ManuallyDrop<Box<u64>>,
+    sends: ManuallyDrop<Vec<Option<Vec<u8>>>>,
     inflight: usize,
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if self.inflight > 0 {
+            tracing::error!(
+                inflight = self.inflight,
+                "io_uring operations outlived the transport; leaking their buffers"
+            );
+            return;
+        }
+        // SAFETY: no operation is in flight, so the kernel references none of these; each is
+        // dropped exactly once, here, and never used again.
+        unsafe {
+            ManuallyDrop::drop(&mut self.sends);
+            ManuallyDrop::drop(&mut self.wake_word);
+            ManuallyDrop::drop(&mut self.buffers);
+        }
+    }
 }
 
 impl std::fmt::Debug for Ring {
@@ -277,16 +298,16 @@ impl Ring {
         buffers.register(&ring.submitter(), BUFFER_GROUP)?;
         Ok(Ring {
             ring,
-            buffers,
-            wake_word: Box::new(0),
-            sends: (0..peers).map(|_| None).collect(),
+            buffers: ManuallyDrop::new(buffers),
+            wake_word: ManuallyDrop::new(Box::new(0)),
+            sends: ManuallyDrop::new((0..peers).map(|_| None).collect()),
             inflight: 0,
         })
     }
 
     /// Arms a read of the eventfd `fd` into the wake word.
     pub(crate) fn read_wake(&mut self, fd: std::os::fd::RawFd) -> io::Result<()> {
-        let ptr: *mut u64 = &mut *self.wake_word;
+        let ptr: *mut u64 = &mut **self.wake_word;
         let entry = io_uring::opcode::Read::new(io_uring::types::Fd(fd), ptr.cast(), 8).build();
         self.push(entry, Tag::Wake)
     }
@@ -374,21 +395,7 @@ impl Ring {
             sink.clear();
             self.reap(&mut sink);
         }
-        if self.inflight > 0 {
-            tracing::error!(
-                inflight = self.inflight,
-                "io_uring operations outlived shutdown; leaking their buffers"
-            );
-            let Ring {
-                ring,
-                buffers,
-                wake_word,
-                sends,
-                ..
-            } = self;
-            drop(ring);
-            std::mem::forget((buffers, wake_word, sends));
-        }
+        // Drop leaks the buffers if the kernel still holds operations.
     }
 
     fn push(&mut self, entry: io_uring::squeue::Entry, tag: Tag) -> io::Result<()> {

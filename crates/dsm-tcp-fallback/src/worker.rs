@@ -50,13 +50,16 @@ pub(crate) fn spawn(setup: Setup) -> Result<std::thread::JoinHandle<()>> {
     let rank = setup.rank;
     let thread = std::thread::Builder::new()
         .name(format!("dsm-tcp-{rank}"))
-        .spawn(move || match Worker::new(setup) {
-            Ok(worker) => {
-                let _ = ready_tx.send(Ok(()));
-                worker.run();
-            }
-            Err(e) => {
-                let _ = ready_tx.send(Err(e));
+        .spawn(move || {
+            let _stopped = StopOnExit(Arc::clone(&setup.shared));
+            match Worker::new(setup) {
+                Ok(worker) => {
+                    let _ = ready_tx.send(Ok(()));
+                    worker.run();
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
             }
         })
         .map_err(|e| Error::io("spawn transport thread", e))?;
@@ -64,6 +67,19 @@ pub(crate) fn spawn(setup: Setup) -> Result<std::thread::JoinHandle<()>> {
         Ok(Ok(())) => Ok(thread),
         Ok(Err(e)) => Err(Error::io("io_uring setup", e)),
         Err(_) => Err(Error::ThreadPanicked(rank)),
+    }
+}
+
+/// Marks the transport stopped when the thread ends, normally or by a panic (of the sink,
+/// say), so application calls fail with `Closed` instead of queueing work nobody takes.
+struct StopOnExit(Arc<Shared>);
+
+impl Drop for StopOnExit {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("transport thread panicked; the transport is stopped");
+        }
+        self.0.stop.store(true, Ordering::Release);
     }
 }
 

@@ -236,3 +236,47 @@ fn dropped_endpoint_fails_pending_reads_and_is_reported() {
         (&transports[1], &receivers[1]),
     );
 }
+
+/// Panics on the first message, like a buggy engine.
+struct PanickingSink;
+
+impl EventSink for PanickingSink {
+    fn deliver(&self, event: TransportEvent) {
+        if let TransportEvent::Message { .. } = event {
+            panic!("sink bug (expected by the test)");
+        }
+    }
+}
+
+#[test]
+fn a_panicking_sink_stops_its_transport_without_hanging_anyone() {
+    let (listeners, addrs) = listeners(2);
+    let (tx, rx) = channel();
+    let sinks: Vec<Arc<dyn EventSink>> = vec![Arc::new(Collect(tx)), Arc::new(PanickingSink)];
+    let configs = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(rank, l)| TcpConfig::new(rank as u32, l, addrs.clone(), CLUSTER))
+        .collect();
+    let transports: Vec<TcpTransport> = start_all(configs, sinks)
+        .into_iter()
+        .map(|t| t.unwrap())
+        .collect();
+    transports[0].send(1, &beat(1)).unwrap();
+    // Node 1's thread died: its sockets closed, node 0 sees it fail.
+    await_failure(&rx, 1);
+    // Node 1's own calls fail fast instead of queueing work nobody takes.
+    let deadline = Instant::now() + TIMEOUT;
+    while transports[1].send(0, &beat(2)).is_ok() {
+        assert!(Instant::now() < deadline, "node 1 still accepts work");
+        std::thread::yield_now();
+    }
+    assert!(matches!(
+        transports[1].read_page(0, PageId { region: 0, page: 0 }, 1),
+        Err(TransportError::Closed | TransportError::PeerFailed { .. })
+    ));
+    assert!(matches!(
+        transports[1].shutdown(),
+        Err(dsm_tcp_fallback::Error::ThreadPanicked(1))
+    ));
+}
