@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use dsm_bench::suites::uffd::{AROUND, PAGES, Served, bench_address};
+use dsm_bench::suites::uffd::{AROUND, PAGES, ServeOptions, Served, bench_address};
 use dsm_uffd::{Delivery, Region};
 use dsm_wire::PAGE_SIZE;
 
@@ -36,12 +36,20 @@ fn faults(
 
 fn read_and_wp_faults(c: &mut Criterion) {
     let mut group = c.benchmark_group("uffd_fault");
-    for (name, delivery, workers, slot) in [
-        ("signal", Delivery::Signal, 1, 4),
-        ("thread", Delivery::Thread, 1, 5),
-        ("thread_inline", Delivery::Thread, 0, 8),
+    for (name, options, slot) in [
+        ("signal", ServeOptions::signal(), 4),
+        ("thread", ServeOptions::thread(1), 5),
+        ("thread_inline", ServeOptions::thread(0), 8),
+        (
+            "signal_zero_copy",
+            ServeOptions {
+                shared: true,
+                ..ServeOptions::signal()
+            },
+            9,
+        ),
     ] {
-        let served = Served::new(bench_address(slot), delivery, workers, 1).expect("served region");
+        let served = Served::new(bench_address(slot), options).expect("served region");
         group.bench_function(format!("read_fault/{name}"), |b| {
             b.iter_custom(|iters| {
                 faults(&served, iters, drop, |page| {
@@ -59,7 +67,11 @@ fn read_and_wp_faults(c: &mut Criterion) {
             })
         });
     }
-    let around = Served::new(bench_address(6), Delivery::Signal, 1, AROUND).expect("served region");
+    let options = ServeOptions {
+        around: AROUND,
+        ..ServeOptions::signal()
+    };
+    let around = Served::new(bench_address(6), options).expect("served region");
     group.bench_function("read_fault_around16_per_page/signal", |b| {
         b.iter_custom(|iters| {
             faults(&around, iters, drop, |page| {

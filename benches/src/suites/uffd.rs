@@ -8,6 +8,11 @@
 //!   delivery with the reader resolving inline (`_thread_inline`, no worker);
 //! - `read_fault_signal_around16_per_page`: the resolver installs the 16-page aligned run
 //!   holding the fault with one COPY (fault-around), timed per 16 pages read, divided by 16;
+//! - `*_zero_copy`: the same on a memfd region whose shadow stays allocated (as memory
+//!   registered with a NIC would), unmapped between rounds with `invalidate_mapping`; the
+//!   resolver writes the page into the shadow (standing in for the NIC's write, so this
+//!   counts a 4 KiB copy the NIC would spare) and maps it with UFFDIO_CONTINUE;
+//!   baselines `bare_continue_wp` and `bare_copy_wp_shmem` on such a region;
 //! - `invalidate`: `MADV_DONTNEED` of one installed page;
 //! - baselines: `bare_copy` (UFFDIO_COPY, mode 0, no thread waiting), `bare_copy_wp` (the
 //!   same with MODE_WP, what the read-fault path does), `bare_write_protect_clear`,
@@ -16,7 +21,8 @@
 //! - ratios of medians: `ratio_read_fault_to_copy` (against `bare_copy_wp`),
 //!   `ratio_read_fault_to_floor` (against first touch + signal + COPY_WP: the floor of
 //!   in-thread resolution), `ratio_thread_to_signal_read_fault`,
-//!   `ratio_thread_inline_to_signal_read_fault`, `ratio_around16_per_page_to_copy`.
+//!   `ratio_thread_inline_to_signal_read_fault`, `ratio_around16_per_page_to_copy`,
+//!   `ratio_zero_copy_to_copy_read_fault`, `ratio_continue_to_copy_shmem`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -44,19 +50,32 @@ pub fn bench_address(slot: usize) -> usize {
 pub struct BenchSource {
     home: Box<[[u8; PAGE_SIZE]]>,
     around: u32,
+    zero_copy: bool,
 }
 
 impl BenchSource {
-    /// `pages` pages of non-zero data; `around` pages per read fault (1: none).
-    pub fn new(pages: u32, around: u32) -> BenchSource {
+    /// `pages` pages of non-zero data; `around` pages per read fault (1: none); with
+    /// `zero_copy` (shared regions) pages are written to the shadow (standing in for the
+    /// NIC's write) and mapped with UFFDIO_CONTINUE.
+    pub fn new(pages: u32, around: u32, zero_copy: bool) -> BenchSource {
         let home = (0..pages)
             .map(|page| [page.to_le_bytes()[0] | 1; PAGE_SIZE])
             .collect::<Vec<_>>()
             .into_boxed_slice();
-        BenchSource { home, around }
+        BenchSource {
+            home,
+            around,
+            zero_copy,
+        }
     }
 
     fn read(&self, page: u32, region: &Region) -> dsm_uffd::Result<()> {
+        if self.zero_copy {
+            region.write_shadow(page, &self.home[page as usize])?;
+            return region
+                .install_continue(page, Protection::ReadOnly)
+                .map(drop);
+        }
         if self.around <= 1 {
             return region
                 .install_read_only(page, &self.home[page as usize])
@@ -97,6 +116,40 @@ impl FaultResolver for BenchSource {
     }
 }
 
+/// How a measured region is made and served.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// Fault delivery.
+    pub delivery: Delivery,
+    /// Worker threads for thread delivery (0: the reader resolves).
+    pub workers: usize,
+    /// Pages installed per read fault.
+    pub around: u32,
+    /// A memfd region served zero-copy (shadow write + UFFDIO_CONTINUE).
+    pub shared: bool,
+}
+
+impl ServeOptions {
+    /// SIGBUS delivery, one page per fault, anonymous memory.
+    pub fn signal() -> ServeOptions {
+        ServeOptions {
+            delivery: Delivery::Signal,
+            workers: 0,
+            around: 1,
+            shared: false,
+        }
+    }
+
+    /// Thread delivery with `workers` workers.
+    pub fn thread(workers: usize) -> ServeOptions {
+        ServeOptions {
+            delivery: Delivery::Thread,
+            workers,
+            ..ServeOptions::signal()
+        }
+    }
+}
+
 /// A served region and its engine.
 #[derive(Debug)]
 pub struct Served {
@@ -106,17 +159,16 @@ pub struct Served {
 }
 
 impl Served {
-    /// Maps `PAGES` pages at `address`, served with `delivery` (and `workers` worker threads
-    /// for thread delivery) and fault-around `around`.
-    pub fn new(
-        address: usize,
-        delivery: Delivery,
-        workers: usize,
-        around: u32,
-    ) -> anyhow::Result<Served> {
-        let region = Arc::new(Region::new(address, PAGES, delivery)?);
-        let source = Arc::new(BenchSource::new(PAGES, around));
-        let engine = Engine::start_with_workers(Arc::clone(&region), source, workers)?;
+    /// Maps `PAGES` pages at `address` and serves them as `options` say.
+    pub fn new(address: usize, options: ServeOptions) -> anyhow::Result<Served> {
+        let region = if options.shared {
+            Region::new_shared(address, PAGES, options.delivery)?
+        } else {
+            Region::new(address, PAGES, options.delivery)?
+        };
+        let region = Arc::new(region);
+        let source = Arc::new(BenchSource::new(PAGES, options.around, options.shared));
+        let engine = Engine::start_with_workers(Arc::clone(&region), source, options.workers)?;
         Ok(Served {
             region,
             _engine: engine,
@@ -145,12 +197,15 @@ pub fn time_ns(f: impl FnOnce()) -> f64 {
     start.elapsed().as_nanos() as f64
 }
 
-fn fault_service(
-    delivery: Delivery,
-    workers: usize,
-    slot: usize,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    let served = Served::new(bench_address(slot), delivery, workers, 1)?;
+fn fault_service(options: ServeOptions, slot: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let served = Served::new(bench_address(slot), options)?;
+    if options.shared {
+        // The pages a NIC writes into stay allocated (registered memory): populate the
+        // shadow once, untimed, and keep it across rounds (`invalidate_mapping`).
+        for index in 0..PAGES {
+            served.region.write_shadow(index, &[1; PAGE_SIZE])?;
+        }
+    }
     let (mut reads, mut writes) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         for index in 0..PAGES {
@@ -161,13 +216,17 @@ fn fault_service(
         for index in 0..PAGES {
             writes.push(time_ns(|| served.write(index)));
         }
-        served.region.invalidate(0, PAGES)?;
+        served.region.invalidate_mapping(0, PAGES)?;
     }
     Ok((reads, writes))
 }
 
 fn fault_around(slot: usize) -> anyhow::Result<Vec<f64>> {
-    let served = Served::new(bench_address(slot), Delivery::Signal, 1, AROUND)?;
+    let options = ServeOptions {
+        around: AROUND,
+        ..ServeOptions::signal()
+    };
+    let served = Served::new(bench_address(slot), options)?;
     let mut per_page = Vec::new();
     for _ in 0..ROUNDS {
         for first in (0..PAGES).step_by(AROUND as usize) {
@@ -210,6 +269,33 @@ fn kernel_baselines(slot: usize) -> anyhow::Result<[Vec<f64>; 4]> {
         }
     }
     Ok([copy, copy_wp, clear, invalidate])
+}
+
+/// On a shared (memfd) region with nobody waiting: UFFDIO_CONTINUE(MODE_WP) of pages
+/// written to the shadow before (untimed), against UFFDIO_COPY(MODE_WP) into the same
+/// region.
+fn continue_baselines(slot: usize) -> anyhow::Result<[Vec<f64>; 2]> {
+    let region = Region::new_shared(bench_address(slot), PAGES, Delivery::Thread)?;
+    let data = [7u8; PAGE_SIZE];
+    let (mut continue_, mut copy) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        for index in 0..PAGES {
+            region.write_shadow(index, &data)?;
+            continue_.push(time_ns(|| {
+                region
+                    .install_continue(index, Protection::ReadOnly)
+                    .expect("UFFDIO_CONTINUE");
+            }));
+        }
+        region.invalidate(0, PAGES)?;
+        for index in 0..PAGES {
+            copy.push(time_ns(|| {
+                region.install_read_only(index, &data).expect("UFFDIO_COPY");
+            }));
+        }
+        region.invalidate(0, PAGES)?;
+    }
+    Ok([continue_, copy])
 }
 
 /// First read of each page of fresh anonymous memory (maps the zero page).
@@ -313,9 +399,15 @@ pub fn run() -> anyhow::Result<serde_json::Value> {
         json!(format!("{:?}", dsm_uffd::Features::probe()?)),
     );
 
-    let (mut read_signal, mut wp_signal) = fault_service(Delivery::Signal, 1, 0)?;
-    let (mut read_thread, mut wp_thread) = fault_service(Delivery::Thread, 1, 1)?;
-    let (mut read_inline, mut wp_inline) = fault_service(Delivery::Thread, 0, 8)?;
+    let (mut read_signal, mut wp_signal) = fault_service(ServeOptions::signal(), 0)?;
+    let (mut read_thread, mut wp_thread) = fault_service(ServeOptions::thread(1), 1)?;
+    let (mut read_inline, mut wp_inline) = fault_service(ServeOptions::thread(0), 8)?;
+    let zero_copy = ServeOptions {
+        shared: true,
+        ..ServeOptions::signal()
+    };
+    let (mut read_zero_copy, mut wp_zero_copy) = fault_service(zero_copy, 9)?;
+    let [mut continue_, mut copy_shmem] = continue_baselines(10)?;
     let mut around = fault_around(2)?;
     let [mut copy, mut copy_wp, mut clear, mut invalidate] = kernel_baselines(3)?;
     let mut touch = first_touch()?;
@@ -333,6 +425,14 @@ pub fn run() -> anyhow::Result<serde_json::Value> {
         &mut around,
         &mut report,
     );
+    let read_z = figure(
+        "read_fault_signal_zero_copy",
+        &mut read_zero_copy,
+        &mut report,
+    );
+    figure("wp_fault_signal_zero_copy", &mut wp_zero_copy, &mut report);
+    let continue_ = figure("bare_continue_wp", &mut continue_, &mut report);
+    let copy_shmem = figure("bare_copy_wp_shmem", &mut copy_shmem, &mut report);
     figure("invalidate", &mut invalidate, &mut report);
     figure("bare_copy", &mut copy, &mut report);
     let copy_wp = figure("bare_copy_wp", &mut copy_wp, &mut report);
@@ -353,6 +453,14 @@ pub fn run() -> anyhow::Result<serde_json::Value> {
         (
             "ratio_thread_inline_to_signal_read_fault",
             read_i.median / read.median,
+        ),
+        (
+            "ratio_zero_copy_to_copy_read_fault",
+            read_z.median / read.median,
+        ),
+        (
+            "ratio_continue_to_copy_shmem",
+            continue_.median / copy_shmem.median,
         ),
         (
             "ratio_around16_per_page_to_copy",

@@ -114,6 +114,14 @@ pub enum Error {
         /// Why.
         errno: Errno,
     },
+    /// `UFFDIO_CONTINUE` failed.
+    #[error("UFFDIO_CONTINUE of page {index}: {errno}")]
+    Continue {
+        /// Page.
+        index: u32,
+        /// Why.
+        errno: Errno,
+    },
     /// `UFFDIO_WRITEPROTECT` failed.
     #[error("UFFDIO_WRITEPROTECT of page {index}: {errno}")]
     WriteProtect {

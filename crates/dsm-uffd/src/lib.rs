@@ -20,6 +20,22 @@
 //!   ([`Engine::start_with_workers`]). The resolver may defer with [`Resolution::Pending`]
 //!   and install later from any thread; the faulting thread sleeps in the kernel until then.
 //!
+//! # Zero-copy regions
+//! [`Region::new_shared`] backs the region with a memfd mapped twice: the region itself and a
+//! never-registered shadow ([`Region::shadow_address`]) where the transport, or the NIC, writes
+//! a fetched page; [`Region::install_continue`] then maps it with `UFFDIO_CONTINUE`, no copy.
+//! [`Region::invalidate_mapping`] unmaps pages but keeps their memory (the next access is a
+//! MINOR fault), so memory registered with a NIC stays valid; [`Region::read_page`] and
+//! [`Region::apply_diff`] go through the shadow and never fault.
+//!
+//! # Measured here (`dsm-bench uffd --json`, medians, 2 vCPUs, nested guest)
+//! Read-fault service ~4.6 µs with SIGBUS delivery against ~1.3 µs for a bare `UFFDIO_COPY`
+//! (3.2–4.4×) and ≈1.0× the floor of in-thread resolution (first-touch fault + signal round
+//! trip + COPY, measured in the same run); 1.5 µs per page with 16-page fault-around (1.2×
+//! COPY). Thread delivery: ~8.5 µs when the reader resolves, ~18 µs through a worker.
+//! Zero-copy (shadow write + CONTINUE): ~4.4 µs per read fault, with a lower p99; bare
+//! CONTINUE ~0.9 µs against ~2.0 µs for COPY into shmem.
+//!
 //! # Quick start
 //! ```no_run
 //! use std::sync::Arc;

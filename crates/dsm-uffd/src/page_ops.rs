@@ -171,12 +171,30 @@ impl Region {
         })
     }
 
-    /// Drops pages `index..index + count` (`MADV_DONTNEED`): the next access faults MISSING.
-    /// Its contents are lost: read or diff them first if they are needed.
+    /// Drops pages `index..index + count` (`MADV_DONTNEED`; for a shared region also
+    /// `FALLOC_FL_PUNCH_HOLE` on the memfd, freeing the memory): the next access faults
+    /// MISSING. Their contents are lost: read or diff them first if they are needed.
     pub fn invalidate(&self, index: u32, count: u32) -> Result<()> {
+        self.invalidate_mapping(index, count)?;
+        let (offset, len) = (index as usize * PAGE_SIZE, count as usize * PAGE_SIZE);
+        if let Some((_, memfd)) = self.shadow() {
+            raw::punch_hole(memfd, offset, len).map_err(|errno| Error::Setup {
+                call: "fallocate(PUNCH_HOLE)",
+                errno,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Unmaps pages `index..index + count` from the region (`MADV_DONTNEED`) so the next
+    /// access faults. For an anonymous region this is [`Region::invalidate`]. A shared region
+    /// keeps the pages in its page cache and shadow: the next access is a MINOR fault, served
+    /// by writing the new contents into the shadow (already allocated: no fault there, and a
+    /// NIC can keep the memory registered) and [`Region::install_continue`]. The zero-copy way.
+    pub fn invalidate_mapping(&self, index: u32, count: u32) -> Result<()> {
         self.check(index, count)?;
         let address = self.base() as usize + index as usize * PAGE_SIZE;
-        // SAFETY: the range lies in this region (checked); dropping its contents is the point.
+        // SAFETY: the range lies in this region (checked); dropping the mapping is the point.
         unsafe { raw::madvise(address, count as usize * PAGE_SIZE, libc::MADV_DONTNEED) }.map_err(
             |errno| Error::Madvise {
                 call: "MADV_DONTNEED",
@@ -194,12 +212,14 @@ impl Region {
 
     /// Copies page `index` into `target` (for sending it, or as a twin).
     ///
-    /// The page should be installed. If it is missing, the calling thread faults like any
+    /// A shared region is read through its shadow mapping: that never faults (a page not in
+    /// memory reads as zeros). For an anonymous region the page should be installed. If it
+    /// is missing, the calling thread faults like any
     /// application thread and waits for the engine to serve it: never call this for a
     /// missing page from the engine's handler thread or from a resolver (it would wait on
     /// itself). Concurrent writers may leave torn bytes; the protocol orders such accesses.
     pub fn read_page(&self, index: u32, target: &mut [u8; PAGE_SIZE]) -> Result<()> {
-        let address = self.page_address(index)?;
+        let address = self.readable_address(index)?;
         // SAFETY: the page lies in this live mapping (checked); see the contract above for
         // what happens if it is missing (a fault, never undefined behaviour).
         unsafe { raw::read_bytes(address, target) };
@@ -222,12 +242,13 @@ impl Region {
         Ok(diff::compute(twin, &current))
     }
 
-    /// Writes `runs` into page `index`. The page must be installed and writable
+    /// Writes `runs` into page `index`. In a shared region this goes through the shadow and
+    /// never faults. In an anonymous region the page must be installed and writable
     /// ([`Region::upgrade`] it first if it is read-only; the caller otherwise takes a
     /// write-protect fault). The runs are checked first: out-of-bounds runs (bad input from
     /// the wire) give [`Error::DiffOutOfBounds`] and change nothing.
     pub fn apply_diff(&self, index: u32, runs: &[DiffRun]) -> Result<()> {
-        let address = self.page_address(index)?;
+        let address = self.readable_address(index)?;
         diff::validate(runs)?;
         for run in runs {
             // SAFETY: `validate` proved the run lies within the page, which lies in this
@@ -235,5 +256,65 @@ impl Region {
             unsafe { raw::write_bytes(address + usize::from(run.offset), &run.bytes) };
         }
         Ok(())
+    }
+
+    /// Where page `index`'s bytes can be read or written: the shadow of a shared region (never
+    /// faults), the region itself otherwise.
+    fn readable_address(&self, index: u32) -> Result<usize> {
+        let address = self.page_address(index)?;
+        Ok(match self.shadow() {
+            Some((shadow, _)) => address - self.base() as usize + shadow,
+            None => address,
+        })
+    }
+
+    /// Address of page `index` in the shadow mapping of a shared region: write a fetched page
+    /// there (or let the NIC write it), then [`Region::install_continue`]. Writing there never
+    /// faults and is visible at once to threads that have the page mapped.
+    pub fn shadow_address(&self, index: u32) -> Result<usize> {
+        if !self.is_shared() {
+            return Err(Error::Unsupported("shadow mapping of an anonymous region"));
+        }
+        self.readable_address(index)
+    }
+
+    /// Copies `data` into page `index`'s shadow (shared regions; async-signal-safe).
+    pub fn write_shadow(&self, index: u32, data: &[u8; PAGE_SIZE]) -> Result<()> {
+        let address = self.shadow_address(index)?;
+        // SAFETY: the shadow mapping is never registered, lives as long as `self`, and the
+        // page lies within it (checked).
+        unsafe { raw::write_bytes(address, data) };
+        Ok(())
+    }
+
+    /// Maps page `index` of a shared region from the page cache (`UFFDIO_CONTINUE`): the
+    /// bytes written to its shadow appear in the region with no copy. EEXIST (already mapped)
+    /// succeeds with [`Installed::AlreadyPresent`].
+    pub fn install_continue(&self, index: u32, protection: Protection) -> Result<Installed> {
+        let address = self
+            .shadow_address(index)
+            .and_then(|_| self.page_address(index))?;
+        let mode = match protection {
+            Protection::ReadOnly => raw::CONTINUE_MODE_WP,
+            Protection::ReadWrite => 0,
+        } | self.dont_wake(sys::UFFDIO_CONTINUE_MODE_DONTWAKE);
+        for _ in 0..EAGAIN_RETRIES {
+            match raw::continue_(self.uffd(), address, PAGE_SIZE, mode) {
+                Ok(()) => return Ok(Installed::New),
+                Err(errno) if errno.0 == libc::EAGAIN => std::hint::spin_loop(),
+                Err(errno) if errno.0 == libc::EEXIST => {
+                    if self.delivery() == Delivery::Thread {
+                        let _ = raw::wake(self.uffd(), address, PAGE_SIZE);
+                    }
+                    return Ok(Installed::AlreadyPresent);
+                }
+                Err(errno) => return Err(Error::Continue { index, errno }),
+            }
+        }
+        Err(Error::Busy {
+            call: "UFFDIO_CONTINUE",
+            index,
+            attempts: EAGAIN_RETRIES,
+        })
     }
 }

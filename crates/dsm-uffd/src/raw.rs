@@ -490,3 +490,78 @@ pub(crate) fn empty_message() -> sys::uffd_msg {
     // SAFETY: uffd_msg is plain integers and unions of integers: all-zero is a valid value.
     unsafe { std::mem::zeroed() }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Shared (memfd) regions: zero-copy installs with UFFDIO_CONTINUE
+
+/// `UFFDIO_CONTINUE_MODE_WP` (Linux 6.4): map the page write-protected. Not in the headers
+/// the bindings were generated from.
+pub(crate) const CONTINUE_MODE_WP: u64 = 1 << 1;
+
+/// `memfd_create(name, MFD_CLOEXEC)` sized to `len` bytes.
+pub(crate) fn memfd(len: usize) -> Result<OwnedFd, Errno> {
+    // SAFETY: a NUL-terminated name literal; returns a new fd or -1.
+    let fd = unsafe { libc::memfd_create(c"dsm-region".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: a fresh fd that we now own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = libc::off_t::try_from(len).map_err(|_| Errno(libc::EFBIG))?;
+    // SAFETY: sizes the memfd just created.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } < 0 {
+        return Err(last_errno());
+    }
+    Ok(fd)
+}
+
+/// Maps `len` bytes of `fd` shared, exactly at `address` (`MAP_FIXED_NOREPLACE`) or, with
+/// `address == 0`, wherever the kernel likes. Returns the address.
+pub(crate) fn map_shared(address: usize, len: usize, fd: RawFd) -> Result<usize, Errno> {
+    let fixed = if address == 0 {
+        0
+    } else {
+        libc::MAP_FIXED_NOREPLACE
+    };
+    // SAFETY: MAP_FIXED_NOREPLACE (or no hint) never replaces an existing mapping.
+    let got = unsafe {
+        libc::mmap(
+            address as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_NORESERVE | fixed,
+            fd,
+            0,
+        )
+    };
+    if got == libc::MAP_FAILED {
+        return Err(last_errno());
+    }
+    if address != 0 && got as usize != address {
+        // SAFETY: the mapping just created, used by nobody.
+        unsafe { libc::munmap(got, len) };
+        return Err(Errno(libc::EEXIST));
+    }
+    Ok(got as usize)
+}
+
+/// Frees `[offset, offset + len)` of a memfd (`FALLOC_FL_PUNCH_HOLE`): the pages leave the
+/// page cache; the next access to them through a mapping is a MISSING fault.
+pub(crate) fn punch_hole(fd: RawFd, offset: usize, len: usize) -> Result<(), Errno> {
+    let offset = libc::off_t::try_from(offset).map_err(|_| Errno(libc::EFBIG))?;
+    let len = libc::off_t::try_from(len).map_err(|_| Errno(libc::EFBIG))?;
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: fallocate on an fd we own; punching drops contents, which callers intend.
+    let rc = unsafe { libc::fallocate(fd, mode, offset, len) };
+    if rc < 0 { Err(last_errno()) } else { Ok(()) }
+}
+
+/// `UFFDIO_CONTINUE` of `[start, start + len)`: maps the page-cache pages already there.
+pub(crate) fn continue_(fd: RawFd, start: usize, len: usize, mode: u64) -> Result<(), Errno> {
+    let mut arg = sys::uffdio_continue {
+        range: range(start, len),
+        mode,
+        mapped: 0,
+    };
+    ioctl(fd, sys::UFFDIO_CONTINUE, &mut arg)
+}

@@ -1,5 +1,6 @@
 //! `Region`: whole pages mapped at a caller-chosen address and registered with userfaultfd.
 
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use dsm_wire::PAGE_SIZE;
@@ -18,8 +19,13 @@ struct Mapping {
 }
 
 impl Mapping {
-    fn new(address: usize, len: usize) -> Result<Mapping> {
-        match raw::map_fixed(address, len) {
+    /// Anonymous memory at `address`, or `memfd` shared there.
+    fn new(address: usize, len: usize, memfd: Option<&OwnedFd>) -> Result<Mapping> {
+        let mapped = match memfd {
+            None => raw::map_fixed(address, len),
+            Some(fd) => raw::map_shared(address, len, raw::fd_of(fd)).map(drop),
+        };
+        match mapped {
             Ok(()) => Ok(Mapping { base: address, len }),
             Err(errno) if errno.0 == libc::EEXIST => Err(Error::AddressTaken { address, len }),
             Err(errno) => Err(Error::Map {
@@ -39,6 +45,16 @@ impl Drop for Mapping {
     }
 }
 
+/// The second mapping of a shared (memfd) region: never registered, so writing or reading it
+/// never faults. The transport (or the NIC) writes fetched pages here; `UFFDIO_CONTINUE` then
+/// maps them into the region without a copy.
+#[derive(Debug)]
+struct Shadow {
+    /// Unmapped before the memfd closes (field order).
+    mapping: Mapping,
+    memfd: OwnedFd,
+}
+
 /// A shared region's local mapping: `pages` pages at a fixed address, registered with
 /// userfaultfd for MISSING and write-protect faults.
 ///
@@ -46,13 +62,15 @@ impl Drop for Mapping {
 /// every node. Share it as `Arc<Region>`: the fault engine, the resolver and the runtime's
 /// transport thread all call its page operations (see [`crate::page_ops`]).
 ///
-/// Dropping it unregisters the range, unmaps it, and closes the uffd, in that order (field
-/// order below). Drop the [`crate::Engine`] serving it first (it holds an `Arc`).
+/// Dropping it unregisters the range, unmaps it (and the shadow, and closes the memfd of a
+/// shared region), and closes the uffd, in that order (field order below). Drop the [`crate::Engine`] serving it first (it holds an `Arc`).
 #[derive(Debug)]
 pub struct Region {
     /// Unmapped before the uffd closes: closing first would unregister the range and let
     /// missing pages read as zeros in between.
     mapping: Mapping,
+    /// Shared (memfd) regions only.
+    shadow: Option<Shadow>,
     uffd: Uffd,
     pages: u32,
     delivery: Delivery,
@@ -60,37 +78,56 @@ pub struct Region {
 }
 
 impl Region {
-    /// Maps `pages` pages at `address` (page-aligned) with `MAP_FIXED_NOREPLACE` and
-    /// `MADV_DONTFORK` (a forked child must not see the region: without EVENT_FORK it would
-    /// read zero-filled pages), and registers it for faults delivered the `delivery` way.
+    /// Maps `pages` pages of private anonymous memory at `address` (page-aligned) with
+    /// `MAP_FIXED_NOREPLACE` and `MADV_DONTFORK` (a forked child must not see the region:
+    /// without EVENT_FORK it would read zero-filled pages), and registers it for MISSING and
+    /// write-protect faults delivered the `delivery` way. Pages are installed with
+    /// `UFFDIO_COPY` ([`Region::install_read_only`] and friends).
     ///
     /// Fails with [`Error::AddressTaken`] if anything is mapped in the range already.
     pub fn new(address: usize, pages: u32, delivery: Delivery) -> Result<Region> {
+        Region::map(address, pages, delivery, false)
+    }
+
+    /// As [`Region::new`], but backed by a memfd mapped twice: the region (registered for
+    /// MISSING, MINOR and write-protect faults) and a shadow mapping that is never registered
+    /// ([`Region::shadow_address`]). A fetched page can be written straight into the shadow
+    /// (by the transport, or by the NIC) and mapped with [`Region::install_continue`], with no
+    /// copy; [`Region::read_page`] and [`Region::apply_diff`] go through the shadow and never
+    /// fault. Needs `UFFD_FEATURE_MINOR_SHMEM` (5.14) and write-protect on shmem (5.19;
+    /// `UFFDIO_CONTINUE_MODE_WP` needs 6.4).
+    pub fn new_shared(address: usize, pages: u32, delivery: Delivery) -> Result<Region> {
+        Region::map(address, pages, delivery, true)
+    }
+
+    fn map(address: usize, pages: u32, delivery: Delivery, shared: bool) -> Result<Region> {
         let len = (pages as usize)
             .checked_mul(PAGE_SIZE)
             .filter(|&len| {
                 len > 0 && address % PAGE_SIZE == 0 && address.checked_add(len).is_some()
             })
             .ok_or(Error::BadGeometry { address, pages })?;
-        let uffd = Uffd::open(delivery == Delivery::Signal)?;
-        let mapping = Mapping::new(address, len)?;
-        // SAFETY: the range is ours and empty; DONTFORK only changes what fork() copies.
+        let uffd = Uffd::open(delivery == Delivery::Signal, shared)?;
+        let memfd = shared
+            .then(|| raw::memfd(len))
+            .transpose()
+            .map_err(|errno| Error::Setup {
+                call: "memfd_create/ftruncate",
+                errno,
+            })?;
+        let mapping = Mapping::new(address, len, memfd.as_ref())?;
+        // SAFETY: the range is ours and untouched; DONTFORK only changes what fork() copies.
         unsafe { raw::madvise(address, len, libc::MADV_DONTFORK) }.map_err(|errno| {
             Error::Madvise {
                 call: "MADV_DONTFORK",
                 errno,
             }
         })?;
-        let mode = sys::UFFDIO_REGISTER_MODE_MISSING | sys::UFFDIO_REGISTER_MODE_WP;
-        let ioctls = raw::register(uffd.raw(), address, len, mode).map_err(Error::Register)?;
-        if ioctls & (1 << sys::_UFFDIO_WRITEPROTECT) == 0 {
-            return Err(Error::MissingFeature {
-                feature: "UFFDIO_WRITEPROTECT on anonymous memory",
-                kernel: "5.7",
-            });
-        }
+        let shadow = memfd.map(|fd| Shadow::new(fd, len)).transpose()?;
+        register(&uffd, address, len, shared)?;
         Ok(Region {
             mapping,
+            shadow,
             uffd,
             pages,
             delivery,
@@ -157,6 +194,18 @@ impl Region {
         self.uffd.raw()
     }
 
+    /// The shadow mapping's base and the memfd, for shared regions.
+    pub(crate) fn shadow(&self) -> Option<(usize, i32)> {
+        self.shadow
+            .as_ref()
+            .map(|shadow| (shadow.mapping.base, raw::fd_of(&shadow.memfd)))
+    }
+
+    /// True for a region made by [`Region::new_shared`].
+    pub fn is_shared(&self) -> bool {
+        self.shadow.is_some()
+    }
+
     /// Claims the region for one engine; false if another engine serves it.
     pub(crate) fn claim(&self) -> bool {
         !self.served.swap(true, Ordering::AcqRel)
@@ -166,6 +215,43 @@ impl Region {
     pub(crate) fn release(&self) {
         self.served.store(false, Ordering::Release);
     }
+}
+
+impl Shadow {
+    /// Maps all `len` bytes of `memfd` a second time, anywhere.
+    fn new(memfd: OwnedFd, len: usize) -> Result<Shadow> {
+        let base = raw::map_shared(0, len, raw::fd_of(&memfd)).map_err(|errno| Error::Map {
+            address: 0,
+            len,
+            errno,
+        })?;
+        Ok(Shadow {
+            mapping: Mapping { base, len },
+            memfd,
+        })
+    }
+}
+
+/// Registers the region: MISSING + WP, plus MINOR for shared regions.
+fn register(uffd: &Uffd, address: usize, len: usize, shared: bool) -> Result<()> {
+    let mut mode = sys::UFFDIO_REGISTER_MODE_MISSING | sys::UFFDIO_REGISTER_MODE_WP;
+    if shared {
+        mode |= sys::UFFDIO_REGISTER_MODE_MINOR;
+    }
+    let ioctls = raw::register(uffd.raw(), address, len, mode).map_err(Error::Register)?;
+    if ioctls & (1 << sys::_UFFDIO_WRITEPROTECT) == 0 {
+        return Err(Error::MissingFeature {
+            feature: "UFFDIO_WRITEPROTECT on this memory",
+            kernel: "5.7 (anonymous), 5.19 (shmem)",
+        });
+    }
+    if shared && ioctls & (1 << sys::_UFFDIO_CONTINUE) == 0 {
+        return Err(Error::MissingFeature {
+            feature: "UFFDIO_CONTINUE on shmem",
+            kernel: "5.14",
+        });
+    }
+    Ok(())
 }
 
 impl Drop for Region {

@@ -72,8 +72,9 @@ pub(crate) struct Uffd {
 }
 
 impl Uffd {
-    /// Opens a uffd and enables `sigbus` delivery or not, plus write-protect faults.
-    pub(crate) fn open(sigbus: bool) -> Result<Uffd> {
+    /// Opens a uffd and enables `sigbus` delivery or not, write-protect faults, and for
+    /// `shared` (memfd) regions MINOR faults and write-protect on shmem.
+    pub(crate) fn open(sigbus: bool, shared: bool) -> Result<Uffd> {
         let probed = Features::probe()?;
         if !probed.write_protect() {
             return Err(Error::MissingFeature {
@@ -91,6 +92,9 @@ impl Uffd {
         if sigbus {
             wanted |= sys::UFFD_FEATURE_SIGBUS;
         }
+        if shared {
+            wanted |= shared_features(&probed)?;
+        }
         let (fd, source) = open_fd()?;
         raw::api(raw::fd_of(&fd), wanted).map_err(Error::Api)?;
         let features = Features {
@@ -107,6 +111,23 @@ impl Uffd {
     pub(crate) fn features(&self) -> Features {
         self.features
     }
+}
+
+/// The features a shared (memfd) region needs, or which one is missing.
+fn shared_features(probed: &Features) -> Result<u64> {
+    if !probed.minor_shmem() {
+        return Err(Error::MissingFeature {
+            feature: "UFFD_FEATURE_MINOR_SHMEM",
+            kernel: "5.14",
+        });
+    }
+    if !probed.has(sys::UFFD_FEATURE_WP_HUGETLBFS_SHMEM) {
+        return Err(Error::MissingFeature {
+            feature: "UFFD_FEATURE_WP_HUGETLBFS_SHMEM",
+            kernel: "5.19",
+        });
+    }
+    Ok(sys::UFFD_FEATURE_MINOR_SHMEM | sys::UFFD_FEATURE_WP_HUGETLBFS_SHMEM)
 }
 
 /// Tries the device, then the full system call, then user-mode-only.

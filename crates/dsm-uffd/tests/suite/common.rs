@@ -4,12 +4,12 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use dsm_uffd::{Fault, FaultKind, FaultResolver, Region, Resolution};
+use dsm_uffd::{Fault, FaultKind, FaultResolver, Protection, Region, Resolution};
 use dsm_wire::PAGE_SIZE;
 
 /// Each test maps its region at its own address so tests can run in parallel.
 pub fn test_address(slot: usize) -> usize {
-    0x7e00_0000_0000 + slot * 0x10_0000_0000
+    0x7e00_0000_0000 + slot * 0x1_0000_0000
 }
 
 /// The byte at `offset` of `page` in `generation`: differs between pages, offsets and
@@ -48,9 +48,11 @@ impl Home {
 }
 
 /// Serves faults from a [`Home`]: read → read-only copy, write to a missing page →
-/// writable copy, write-protect → upgrade. Counts each kind.
+/// writable copy, write-protect → upgrade. Counts each kind. With `zero_copy` (shared
+/// regions) a page is written into the shadow and mapped with UFFDIO_CONTINUE instead.
 pub struct LocalSource {
     pub home: Home,
+    pub zero_copy: bool,
     pub reads: AtomicU64,
     pub writes: AtomicU64,
     pub write_protects: AtomicU64,
@@ -58,8 +60,13 @@ pub struct LocalSource {
 
 impl LocalSource {
     pub fn new(pages: usize) -> LocalSource {
+        LocalSource::with_zero_copy(pages, false)
+    }
+
+    pub fn with_zero_copy(pages: usize, zero_copy: bool) -> LocalSource {
         LocalSource {
             home: Home::new(pages),
+            zero_copy,
             reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             write_protects: AtomicU64::new(0),
@@ -75,17 +82,34 @@ impl LocalSource {
     }
 }
 
+impl LocalSource {
+    fn install(
+        &self,
+        region: &Region,
+        index: u32,
+        page: &[u8; PAGE_SIZE],
+        protection: Protection,
+    ) -> dsm_uffd::Result<()> {
+        if self.zero_copy {
+            region.write_shadow(index, page)?;
+            region.install_continue(index, protection).map(drop)
+        } else {
+            region.install_run(index, page, protection).map(drop)
+        }
+    }
+}
+
 impl FaultResolver for LocalSource {
     fn resolve(&self, fault: Fault, region: &Region) -> Resolution {
         let page = self.home.page(fault.page);
         let done = match fault.kind {
             FaultKind::Read => {
                 self.reads.fetch_add(1, Ordering::SeqCst);
-                region.install_read_only(fault.page, page).map(drop)
+                self.install(region, fault.page, page, Protection::ReadOnly)
             }
             FaultKind::Write => {
                 self.writes.fetch_add(1, Ordering::SeqCst);
-                region.install_read_write(fault.page, page).map(drop)
+                self.install(region, fault.page, page, Protection::ReadWrite)
             }
             FaultKind::WriteProtect => {
                 self.write_protects.fetch_add(1, Ordering::SeqCst);

@@ -10,13 +10,35 @@ use super::common::{LocalSource, page_of, test_address, write_byte};
 
 const PAGES_64_MIB: u32 = (64 << 20) / PAGE_SIZE as u32;
 
+/// How a test body's region is made and served.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup {
+    pub delivery: Delivery,
+    /// Worker threads for thread delivery (0: the reader resolves).
+    pub workers: usize,
+    /// A memfd region served zero-copy (shadow write + UFFDIO_CONTINUE).
+    pub shared: bool,
+}
+
+impl Setup {
+    fn start(self, address: usize, pages: u32) -> (Arc<Region>, Arc<LocalSource>, Engine) {
+        let region = if self.shared {
+            Region::new_shared(address, pages, self.delivery)
+        } else {
+            Region::new(address, pages, self.delivery)
+        };
+        let region = Arc::new(region.expect("map and register"));
+        let source = Arc::new(LocalSource::with_zero_copy(pages as usize, self.shared));
+        let engine = Engine::start_with_workers(Arc::clone(&region), source.clone(), self.workers)
+            .expect("start engine");
+        (region, source, engine)
+    }
+}
+
 /// Reads every page (data checked), writes every page (write-protect faults), invalidates
 /// all and reads them again with the home's new content. Shared with the unprivileged child.
-pub fn read_write_invalidate(delivery: Delivery, workers: usize, address: usize, pages: u32) {
-    let region = Arc::new(Region::new(address, pages, delivery).expect("map and register"));
-    let source = Arc::new(LocalSource::new(pages as usize));
-    let engine = Engine::start_with_workers(Arc::clone(&region), source.clone(), workers)
-        .expect("start engine");
+pub fn read_write_invalidate(setup: Setup, address: usize, pages: u32) {
+    let (region, source, engine) = setup.start(address, pages);
 
     for index in 0..pages {
         assert_eq!(
@@ -71,13 +93,10 @@ pub fn read_write_invalidate(delivery: Delivery, workers: usize, address: usize,
 
 /// Four threads read the same pages in the same order at the same time, then each writes
 /// its own byte of every page; every byte must be there at the end.
-pub fn four_threads_same_pages(delivery: Delivery, workers: usize, address: usize) {
+pub fn four_threads_same_pages(setup: Setup, address: usize) {
     const PAGES: u32 = 1024;
     const THREADS: usize = 4;
-    let region = Arc::new(Region::new(address, PAGES, delivery).expect("map and register"));
-    let source = Arc::new(LocalSource::new(PAGES as usize));
-    let engine = Engine::start_with_workers(Arc::clone(&region), source.clone(), workers)
-        .expect("start engine");
+    let (region, source, engine) = setup.start(address, PAGES);
     let start = Arc::new(Barrier::new(THREADS));
     let threads: Vec<_> = (0..THREADS)
         .map(|thread| {
@@ -122,27 +141,31 @@ pub fn four_threads_same_pages(delivery: Delivery, workers: usize, address: usiz
 }
 
 macro_rules! both_deliveries {
-    ($($mode:ident => $delivery:expr, $workers:expr, $slot:expr;)*) => {$(
+    ($($mode:ident => $delivery:expr, $workers:expr, $shared:expr, $slot:expr;)*) => {$(
         mod $mode {
             use super::*;
 
             #[test]
             fn region_of_64_mib_read_written_invalidated_and_read_again() {
-                read_write_invalidate($delivery, $workers, test_address($slot), PAGES_64_MIB);
+                let setup = Setup { delivery: $delivery, workers: $workers, shared: $shared };
+                read_write_invalidate(setup, test_address($slot), PAGES_64_MIB);
             }
 
             #[test]
             fn four_threads_fault_the_same_pages_at_once() {
-                four_threads_same_pages($delivery, $workers, test_address($slot + 1));
+                let setup = Setup { delivery: $delivery, workers: $workers, shared: $shared };
+                four_threads_same_pages(setup, test_address($slot + 1));
             }
         }
     )*};
 }
 
 both_deliveries! {
-    signal => Delivery::Signal, 1, 0;
-    thread => Delivery::Thread, 1, 2;
-    thread_inline => Delivery::Thread, 0, 4;
+    signal => Delivery::Signal, 1, false, 0;
+    thread => Delivery::Thread, 1, false, 2;
+    thread_inline => Delivery::Thread, 0, false, 4;
+    shared_signal => Delivery::Signal, 1, true, 6;
+    shared_thread => Delivery::Thread, 0, true, 8;
 }
 
 #[test]

@@ -160,3 +160,58 @@ fn downgrade_makes_the_next_write_fault_again() {
     assert_eq!(source.counts(), (0, 1, 1), "write after downgrade");
     assert_eq!(page_of(&region, 0)[0], 2);
 }
+
+/// A shared region read zero-copy, unmapped with its page cache kept, then read again: the
+/// MINOR faults are served from the shadow; reads through the shadow never fault.
+fn shared_region_minor_faults(delivery: Delivery, slot: usize) {
+    const PAGES: u32 = 64;
+    let region = Arc::new(Region::new_shared(test_address(slot), PAGES, delivery).unwrap());
+    let source = Arc::new(LocalSource::with_zero_copy(PAGES as usize, true));
+    let _engine = Engine::start(Arc::clone(&region), source.clone()).unwrap();
+    let mut copy = [0u8; PAGE_SIZE];
+    region.read_page(5, &mut copy).unwrap();
+    assert!(
+        copy.iter().all(|&b| b == 0),
+        "an untouched page reads as zeros via the shadow"
+    );
+    assert_eq!(
+        source.counts(),
+        (0, 0, 0),
+        "reading through the shadow never faults"
+    );
+    for index in 0..PAGES {
+        assert_eq!(page_of(&region, index), source.home.page(index));
+    }
+    source.home.set_generation(1);
+    region.invalidate_mapping(0, PAGES).unwrap();
+    region.read_page(7, &mut copy).unwrap();
+    assert_ne!(
+        &copy,
+        source.home.page(7),
+        "the cache still holds the old contents"
+    );
+    for index in 0..PAGES {
+        assert_eq!(
+            page_of(&region, index),
+            source.home.page(index),
+            "page {index}"
+        );
+    }
+    assert_eq!(source.counts(), (2 * u64::from(PAGES), 0, 0));
+    assert!(matches!(
+        Region::new(test_address(slot + 1), 1, delivery)
+            .unwrap()
+            .shadow_address(0),
+        Err(Error::Unsupported(_))
+    ));
+}
+
+#[test]
+fn shared_region_minor_faults_under_signal_delivery() {
+    shared_region_minor_faults(Delivery::Signal, 22);
+}
+
+#[test]
+fn shared_region_minor_faults_under_thread_delivery() {
+    shared_region_minor_faults(Delivery::Thread, 24);
+}

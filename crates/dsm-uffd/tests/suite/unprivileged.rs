@@ -8,7 +8,7 @@ use std::process::Command;
 use dsm_uffd::{Delivery, Features, Source};
 
 use super::common::test_address;
-use super::delivery::read_write_invalidate;
+use super::delivery::{Setup, read_write_invalidate};
 
 const CHILD_TEST: &str = "suite::unprivileged::child_body";
 const NOBODY: u32 = 65534;
@@ -28,8 +28,20 @@ fn child_body() {
         );
     }
     println!("child uid {uid}: uffd source {:?}", features.source);
-    read_write_invalidate(Delivery::Signal, 1, test_address(30), 1024);
-    read_write_invalidate(Delivery::Thread, 1, test_address(31), 1024);
+    for (delivery, slot) in [(Delivery::Signal, 30), (Delivery::Thread, 31)] {
+        let setup = Setup {
+            delivery,
+            workers: 1,
+            shared: false,
+        };
+        read_write_invalidate(setup, test_address(slot), 1024);
+    }
+    let shared = Setup {
+        delivery: Delivery::Signal,
+        workers: 0,
+        shared: true,
+    };
+    read_write_invalidate(shared, test_address(32), 1024);
 }
 
 #[test]
