@@ -209,7 +209,20 @@ impl World {
             return Ok(false);
         }
         self.report.steps = self.step;
+        self.tick()?;
         Ok(true)
+    }
+
+    /// Gives every engine the time (in steps), so its own timeouts are checked too.
+    fn tick(&mut self) -> Result<()> {
+        if self.step % 16 != 0 {
+            return Ok(());
+        }
+        for n in 0..self.nodes.len() {
+            let result = self.nodes[n].engine.tick(self.step);
+            self.engine_result(n, result)?;
+        }
+        Ok(())
     }
 
     fn maybe_pause(&mut self) {
