@@ -29,6 +29,21 @@ pub enum Installed {
     AlreadyPresent,
 }
 
+/// What one `UFFDIO_COPY` of a run did.
+enum Step {
+    /// This many bytes went in.
+    Copied(usize),
+    /// This many bytes went in, then a present page (EEXIST).
+    Present(usize),
+    /// EAGAIN with nothing copied: the mapping was changing; try again.
+    Stalled,
+}
+
+/// The page `done` bytes into the run starting at page `index`.
+fn page_at(index: u32, done: usize) -> u32 {
+    index.saturating_add(u32::try_from(done / PAGE_SIZE).unwrap_or(u32::MAX))
+}
+
 /// Access a page is installed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protection {
@@ -75,60 +90,55 @@ impl Region {
         } | self.dont_wake(sys::UFFDIO_COPY_MODE_DONTWAKE);
         let mut outcome = Installed::New;
         let mut done = 0usize;
-        // Each pass either finishes or steps past one present page: at most `count` passes.
-        for _ in 0..count {
-            match self.copy_retrying(index, &data[done..], mode, done)? {
-                None => return Ok(outcome),
-                Some(skip_to) => {
+        let mut stalls = 0u32;
+        // Every pass copies or skips at least one page, except EAGAIN stalls, which are
+        // bounded by EAGAIN_RETRIES: at most `count + EAGAIN_RETRIES` passes.
+        while done < data.len() {
+            match self.copy_once(index, &data[done..], mode, done)? {
+                Step::Copied(bytes) => done += bytes,
+                Step::Present(bytes) => {
                     outcome = Installed::AlreadyPresent;
-                    done = skip_to;
-                    if done >= data.len() {
-                        return Ok(outcome);
-                    }
+                    done += bytes + PAGE_SIZE;
+                }
+                Step::Stalled if stalls < EAGAIN_RETRIES => {
+                    stalls += 1;
+                    std::hint::spin_loop();
+                }
+                Step::Stalled => {
+                    return Err(Error::Busy {
+                        call: "UFFDIO_COPY",
+                        index: page_at(index, done),
+                        attempts: EAGAIN_RETRIES,
+                    });
                 }
             }
         }
         Ok(outcome)
     }
 
-    /// One COPY of `data` to the pages from byte `done` of the run at `index`. `None` when it
-    /// all went in; `Some(next)` when the page at byte `next - PAGE_SIZE` was present.
-    fn copy_retrying(
-        &self,
-        index: u32,
-        data: &[u8],
-        mode: u64,
-        done: usize,
-    ) -> Result<Option<usize>> {
+    /// One `UFFDIO_COPY` of `data` to the run at `index`, from byte `done` of the run.
+    fn copy_once(&self, index: u32, data: &[u8], mode: u64, done: usize) -> Result<Step> {
         let target = self.base() as usize + index as usize * PAGE_SIZE + done;
-        let page = index + u32::try_from(done / PAGE_SIZE).unwrap_or(u32::MAX);
-        for _ in 0..EAGAIN_RETRIES {
-            // SAFETY: `data` is a live slice outside the region (a Rust reference never
-            // points into the registered range, see `raw::read_bytes`), valid for the call;
-            // the target range was checked against the region by `install_run`.
-            match unsafe { raw::copy(self.uffd(), target, data.as_ptr(), data.len(), mode) } {
-                Ok(_) => return Ok(None),
-                Err(e) if e.errno.0 == libc::EAGAIN => std::hint::spin_loop(),
-                Err(e) if e.errno.0 == libc::EEXIST => {
-                    // Pages before `copied` went in; the next one is present: wake its waiters.
-                    if self.delivery() == Delivery::Thread {
-                        let _ = raw::wake(self.uffd(), target + e.copied, PAGE_SIZE);
-                    }
-                    return Ok(Some(done + e.copied + PAGE_SIZE));
+        // SAFETY: `data` is a live slice outside the region (a Rust reference never points
+        // into the registered range, see `raw::read_bytes`), valid for the call; the target
+        // range was checked against the region by `install_run`.
+        match unsafe { raw::copy(self.uffd(), target, data.as_ptr(), data.len(), mode) } {
+            Ok(_) => Ok(Step::Copied(data.len())),
+            // A partial copy ends in EAGAIN whatever stopped it (a present page, usually).
+            Err(e) if e.errno.0 == libc::EAGAIN && e.copied > 0 => Ok(Step::Copied(e.copied)),
+            Err(e) if e.errno.0 == libc::EAGAIN => Ok(Step::Stalled),
+            Err(e) if e.errno.0 == libc::EEXIST => {
+                // The first page is present: wake its waiters (thread delivery) and skip it.
+                if self.delivery() == Delivery::Thread {
+                    let _ = raw::wake(self.uffd(), target + e.copied, PAGE_SIZE);
                 }
-                Err(e) => {
-                    return Err(Error::Copy {
-                        index: page,
-                        errno: e.errno,
-                    });
-                }
+                Ok(Step::Present(e.copied))
             }
+            Err(e) => Err(Error::Copy {
+                index: page_at(index, done),
+                errno: e.errno,
+            }),
         }
-        Err(Error::Busy {
-            call: "UFFDIO_COPY",
-            index: page,
-            attempts: EAGAIN_RETRIES,
-        })
     }
 
     /// Makes an installed page writable (clears write-protect) and wakes threads waiting on it.
