@@ -20,6 +20,9 @@ use crate::{Error, Result, TcpConfig};
 /// Pause between connection attempts to a rank whose listener is not up yet.
 const REDIAL_PAUSE: Duration = Duration::from_millis(20);
 
+/// Seconds after which unacknowledged data or unanswered keepalives declare a peer dead.
+const DEAD_PEER_SECS: u32 = 10;
+
 /// Connected, authenticated sockets indexed by rank (`None` at the local rank).
 pub(crate) type Mesh = Vec<Option<TcpStream>>;
 
@@ -158,8 +161,19 @@ fn prepare(stream: &TcpStream, timeout: Duration) -> Result<()> {
         .map_err(|e| Error::io("setsockopt(SO_SNDTIMEO)", e))
 }
 
-/// After the handshake the io_uring thread owns the socket: no socket timeouts any more.
+/// After the handshake the io_uring thread owns the socket: no socket timeouts any more, but
+/// keepalive probes and a user timeout, so a peer that vanishes without a FIN or RST (power
+/// loss, partition) is still reported as failed, after about `DEAD_PEER_SECS`.
 fn finish(stream: &TcpStream) -> Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let io = |call, e: nix::errno::Errno| Error::io(call, e.into());
+    setsockopt(stream, sockopt::KeepAlive, &true).map_err(|e| io("setsockopt(SO_KEEPALIVE)", e))?;
+    setsockopt(stream, sockopt::TcpKeepIdle, &2).map_err(|e| io("setsockopt(TCP_KEEPIDLE)", e))?;
+    setsockopt(stream, sockopt::TcpKeepInterval, &1)
+        .map_err(|e| io("setsockopt(TCP_KEEPINTVL)", e))?;
+    setsockopt(stream, sockopt::TcpKeepCount, &3).map_err(|e| io("setsockopt(TCP_KEEPCNT)", e))?;
+    setsockopt(stream, sockopt::TcpUserTimeout, &(DEAD_PEER_SECS * 1000))
+        .map_err(|e| io("setsockopt(TCP_USER_TIMEOUT)", e))?;
     stream
         .set_read_timeout(None)
         .map_err(|e| Error::io("setsockopt(SO_RCVTIMEO)", e))?;
