@@ -4,4 +4,5 @@ mod common;
 mod delivery;
 mod page_ops;
 mod remote;
+mod signals;
 mod unprivileged;
