@@ -44,19 +44,29 @@ impl RdmaConfig {
         }
     }
 
-    /// [`RdmaConfig::new`], then `DSM_RDMA_DEVICE` and `DSM_RDMA_GID_INDEX` from the
-    /// environment when set (an unparsable index is ignored with a warning).
+    /// [`RdmaConfig::new`], then `DSM_RDMA_DEVICE`, `DSM_RDMA_GID_INDEX` and
+    /// `DSM_RDMA_SPIN_US` from the environment when set (unparsable numbers are ignored with a
+    /// warning).
     pub fn from_env(cluster: u64) -> Self {
         let mut config = RdmaConfig::new(cluster);
         if let Ok(device) = std::env::var("DSM_RDMA_DEVICE") {
             config.device = Some(device);
         }
-        if let Ok(index) = std::env::var("DSM_RDMA_GID_INDEX") {
-            match index.parse() {
-                Ok(index) => config.gid_index = Some(index),
-                Err(_) => tracing::warn!(%index, "DSM_RDMA_GID_INDEX is not a u8; ignored"),
-            }
+        if let Some(index) = env_number("DSM_RDMA_GID_INDEX") {
+            config.gid_index = Some(index);
+        }
+        if let Some(spin) = env_number("DSM_RDMA_SPIN_US") {
+            config.spin = Duration::from_micros(spin);
         }
         config
     }
+}
+
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let value = std::env::var(name).ok()?;
+    let parsed = value.parse().ok();
+    if parsed.is_none() {
+        tracing::warn!(name, %value, "not a number; ignored");
+    }
+    parsed
 }
