@@ -55,6 +55,8 @@ pub enum Action {
         page: PageId,
     },
     /// Copy this node's copy of `page` into a twin (before the first write of an interval).
+    /// The page is mapped read-only when this comes, so no thread changes it meanwhile; an
+    /// [`Upgrade`](Action::Upgrade) follows.
     MakeTwin {
         /// The page.
         page: PageId,

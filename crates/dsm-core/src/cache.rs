@@ -257,14 +257,18 @@ impl Cache {
             Consistency::Sequential => pending.asked == Access::Write,
             Consistency::Release => pending.waiters.iter().any(|w| w.access == Access::Write),
         };
+        // Release mode installs read-only and twins before unprotecting: the install wakes the
+        // faulting thread, whose writes must not reach the twin.
+        let release = loc.consistency == Consistency::Release;
         ctx.out.push(Action::Install {
             page,
             data,
-            writable,
+            writable: writable && !release,
         });
         self.settling.insert(page);
-        if writable && loc.consistency == Consistency::Release {
+        if writable && release {
             ctx.out.push(Action::MakeTwin { page });
+            ctx.out.push(Action::Upgrade { page });
             self.dirty.insert(page);
         }
         entry.state = if writable {

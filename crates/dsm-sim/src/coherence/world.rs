@@ -67,6 +67,8 @@ pub(crate) struct Node {
     /// Release mode: pages installed in the current phase. Nothing invalidates a page between
     /// barriers, so a second install in one phase would be ping-pong.
     installed_in_phase: BTreeSet<u32>,
+    /// Tokens of faults whose thread ran when the install woke it, before its `Wake`.
+    ran_early: BTreeSet<u64>,
 }
 
 /// Counters of a run.
@@ -167,6 +169,7 @@ impl World {
                 stage_since: 0,
                 next_token: 0,
                 installed_in_phase: BTreeSet::new(),
+                ran_early: BTreeSet::new(),
             });
         }
         Ok(World {
@@ -313,7 +316,7 @@ impl World {
         self.apply(n)
     }
 
-    fn execute(&mut self, n: usize, t: usize, op: Op) -> Result<()> {
+    pub(super) fn execute(&mut self, n: usize, t: usize, op: Op) -> Result<()> {
         match op {
             Op::Read { page, word } => {
                 let seen = self.nodes[n].mem.read_word(page, word);

@@ -5,6 +5,7 @@ use dsm_core::{Action, Consistency};
 use dsm_wire::{Coherence, PageId};
 
 use super::super::memory::{POISON, Perm};
+use super::super::workload::Op;
 use super::{SYNC_TOKEN, Stage, Wire, World};
 use crate::error::Result;
 
@@ -85,6 +86,7 @@ impl World {
                 let mem = &mut self.nodes[n].mem;
                 mem.local[i] = data;
                 mem.perm[i] = if writable { Perm::Write } else { Perm::Read };
+                self.run_unblocked(n, page.page)?;
             }
             Action::Upgrade { page } => {
                 let i = page.page as usize;
@@ -96,6 +98,7 @@ impl World {
                 }
                 mem.perm[i] = Perm::Write;
                 self.report.upgrades += 1;
+                self.run_unblocked(n, page.page)?;
             }
             Action::Invalidate { page } => {
                 self.report.invalidations += 1;
@@ -115,7 +118,33 @@ impl World {
         Ok(None)
     }
 
+    /// Like the kernel (`UFFDIO_COPY` and write-unprotect wake the faulting threads), an
+    /// install or upgrade lets blocked threads whose access it now allows run at once, before
+    /// the rest of the actions are applied. Their `Wake` comes later and is then a no-op.
+    fn run_unblocked(&mut self, n: usize, page: u32) -> Result<()> {
+        let perm = self.nodes[n].mem.perm(page);
+        for t in 0..self.nodes[n].threads.len() {
+            let thread = &self.nodes[n].threads[t];
+            let Some(op) = thread.op.filter(|op| op.page() == page) else {
+                continue;
+            };
+            let allowed = match op {
+                Op::Read { .. } => perm != Perm::None,
+                Op::Write { .. } => perm == Perm::Write,
+            };
+            if thread.blocked_since.is_some() && allowed {
+                let token = thread.token;
+                self.nodes[n].ran_early.insert(token);
+                self.execute(n, t, op)?;
+            }
+        }
+        Ok(())
+    }
+
     fn wake(&mut self, n: usize, token: u64) -> Result<()> {
+        if self.nodes[n].ran_early.remove(&token) {
+            return self.advance_stage(n);
+        }
         let thread = self.nodes[n]
             .threads
             .iter()
