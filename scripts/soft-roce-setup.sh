@@ -15,6 +15,7 @@
 # the DSM_* and RUST_* variables of the caller plus DSM_REQUIRE_RDMA=1; its output goes to
 # this terminal. Build on the host first: compiling under TCG is very slow.
 #
+# DSM_RIG_SMP sets the guest's vCPUs (default 2).
 # Exit codes: CMD's own; 125 when the rig could not come up (no kernel package, QEMU failed,
 # rxe0 never active); 124 when CMD overran DSM_RIG_TIMEOUT seconds (default 900).
 # The cache lives in .rig-cache/ (gitignored).
@@ -85,7 +86,7 @@ run_guest() {
   local status=0
   # shellcheck disable=SC2046 # accel_args is several words on purpose
   timeout --foreground -k 10 "${DSM_RIG_TIMEOUT:-900}" \
-    qemu-system-x86_64 $(accel_args) -smp 2 -m 2G -no-reboot \
+    qemu-system-x86_64 $(accel_args) -smp "${DSM_RIG_SMP:-2}" -m 2G -no-reboot \
     -display none -serial stdio -monitor none \
     -kernel "$cache/vmlinuz" -initrd "$cache/initramfs.cpio.gz" -append "$append" \
     -fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap \

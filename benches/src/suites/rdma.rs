@@ -1,12 +1,14 @@
 //! `dsm-bench rdma --json` (issue #7): a page over RDMA against the device's own floor, all
-//! measured in the same run (run it where rxe0 is up:
-//! `scripts/soft-roce-setup.sh run target/release/dsm-bench rdma --json`).
+//! measured in the same run (run it where rxe0 is up; in the QEMU guest, one vCPU gives far
+//! steadier figures than two on a shared host:
+//! `DSM_RIG_SMP=1 scripts/soft-roce-setup.sh guest target/release/dsm-bench rdma --json`).
 //!
 //! Figures (µs, median and p99):
 //! - `page_read`: `RdmaTransport::read_page` → one RDMA READ into a staging slot → the
 //!   `PageRead` event reaches the caller (a thread blocked on a channel);
-//! - `read_fault`: first read of a missing page of a userfaultfd region (thread delivery)
-//!   whose resolver starts `read_page` from the home; the transport thread installs the page
+//! - `read_fault`: first read of a missing page of a userfaultfd region (thread delivery,
+//!   resolved inline on the uffd reader thread) whose resolver starts `read_page` from the
+//!   home; the transport thread installs the page
 //!   (UFFDIO_COPY) and the thread resumes — the whole remote read fault;
 //! - `local_fault`: the same region kind, resolver installing from local memory: the fault
 //!   service without the network;
@@ -281,7 +283,8 @@ fn time_remote_faults() -> anyhow::Result<Summary> {
     let resolver = RemoteResolver {
         transport: Arc::clone(&pair.reader),
     };
-    let engine = Engine::start(Arc::clone(&region), Arc::new(resolver))?;
+    // No worker threads: the uffd reader resolves inline (the resolver never blocks).
+    let engine = Engine::start_with_workers(Arc::clone(&region), Arc::new(resolver), 0)?;
     let summary = time_faults(&region);
     drop(engine);
     drop(pair);
@@ -293,7 +296,8 @@ fn time_local_faults() -> anyhow::Result<Summary> {
     let pages = (0..PAGES)
         .map(|i| [i.to_le_bytes()[0] | 1; PAGE_SIZE])
         .collect();
-    let engine = Engine::start(Arc::clone(&region), Arc::new(LocalResolver { pages }))?;
+    let resolver = Arc::new(LocalResolver { pages });
+    let engine = Engine::start_with_workers(Arc::clone(&region), resolver, 0)?;
     let summary = time_faults(&region);
     drop(engine);
     summary
