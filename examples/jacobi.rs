@@ -2,7 +2,7 @@
 //! per iteration, the result checked against a single-process computation.
 //!
 //! ```sh
-//! dsm-run -n 4 -- target/release/examples/jacobi --n 256 --iters 50 --mode release
+//! dsm-run -n 4 --attach 0 -- target/release/examples/jacobi --n 256 --iters 50 --mode release --progress
 //! ```
 
 use std::time::Instant;
@@ -79,16 +79,21 @@ fn run() -> dsm::Result<()> {
         }
     }
     node.barrier()?;
+    let progress =
+        (rank == 0 && std::env::args().any(|a| a == "--progress")).then(|| progress_bar(iters));
     let started = Instant::now();
     for t in 0..iters {
         let (from, to) = (&grids[t % 2], &grids[(t + 1) % 2]);
         step(from, to, n, rows.clone());
         node.barrier()?;
-        if rank == 0 && std::env::var_os("DSM_PROGRESS").is_some() {
-            println!("progress {}/{iters}", t + 1);
+        if let Some(bar) = &progress {
+            bar.inc(1);
         }
     }
     let elapsed = started.elapsed();
+    if let Some(bar) = progress {
+        bar.finish();
+    }
     let result = &grids[iters % 2];
     if rank == 0 {
         check(result, n, iters)?;
@@ -116,6 +121,17 @@ fn run() -> dsm::Result<()> {
     node.free(a)?;
     node.free(b)?;
     node.leave()
+}
+
+/// Rank 0's progress bar on stderr (`dsm-run --attach 0` keeps it on the terminal).
+fn progress_bar(iters: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(iters as u64);
+    let style = indicatif::ProgressStyle::with_template(
+        "jacobi {bar:40.cyan/blue} {pos}/{len} iterations {elapsed_precise} ({per_sec})",
+    )
+    .expect("a valid template");
+    bar.set_style(style);
+    bar
 }
 
 fn step(from: &Region<f64>, to: &Region<f64>, n: usize, rows: std::ops::Range<usize>) {

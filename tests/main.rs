@@ -3,4 +3,5 @@
 mod dsm_run;
 mod examples;
 mod membership;
+mod mpirun;
 mod util;

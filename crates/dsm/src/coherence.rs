@@ -129,9 +129,6 @@ impl Coherence {
 
     /// A coherence message arrived.
     pub(crate) fn on_message(&mut self, from: NodeId, message: Msg, ctx: &Ctx<'_>) -> Result<()> {
-        if let Msg::Invalidate { .. } = message {
-            Counters::bump(&ctx.shared.counters.invalidations_received);
-        }
         let mut mem = Mem {
             regions: &mut self.regions,
         };
@@ -216,7 +213,11 @@ impl Coherence {
                 }
             }
             Action::Upgrade { page } => self.mapped(page)?.region.upgrade(page.page)?,
-            Action::Invalidate { page } => self.mapped(page)?.region.invalidate(page.page, 1)?,
+            Action::Invalidate { page } => {
+                // Counted here, not per message: release mode invalidates by write notices.
+                Counters::bump(&counters.invalidations_received);
+                self.mapped(page)?.region.invalidate(page.page, 1)?;
+            }
             Action::MakeTwin { page } => {
                 let mapped = self.mapped_mut(page)?;
                 let twin = match mapped.installed.remove(&page.page) {

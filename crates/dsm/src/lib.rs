@@ -1,17 +1,51 @@
 //! dsm: kernel-assisted distributed shared memory.
 //!
 //! A program links this crate and starts one process per node (`dsm-run`, `mpirun` or
-//! `srun`). Each process builds a [`Config`] (usually [`Config::from_env`], which reads the
-//! variables the launcher set) and joins the cluster.
+//! `srun`). Each process joins the cluster, allocates shared arrays that sit at the same
+//! virtual address on every node, and then just uses memory: touching a page that is not
+//! valid here raises a userfaultfd fault, which the coherence engine (dsm-core) serves by
+//! fetching the page from its home node over the io_uring TCP transport (dsm-tcp-fallback).
+//! Locks (dsm-locks, Ricart–Agrawala) and barriers are the synchronisation points.
 //!
 //! ```no_run
-//! let config = dsm::Config::from_env()?;
-//! println!("rank {} of {}", config.rank, config.size);
+//! use dsm::{Config, Consistency, Node};
+//!
+//! let node = Node::join(Config::from_env()?)?; // blocks until every node has joined
+//! let n = 1 << 16;
+//! let grid = node.alloc::<f64>("grid", n, Consistency::Sequential)?; // collective
+//! let rows = node.rank() as usize * n / node.size() as usize;
+//! grid.set(rows, 1.0); // element access through the coherence path
+//! node.barrier()?;
+//! {
+//!     let _guard = node.lock(7).acquire()?; // released on drop
+//!     grid.set(0, grid.get(0) + 1.0);
+//! }
+//! node.barrier()?;
+//! let s = node.stats();
+//! println!("{} read faults, p99 {} ns", s.read_faults, s.fault_latency_p99_ns);
+//! node.free(grid)?; // collective
+//! node.leave()?; // collective clean shutdown
 //! # Ok::<(), dsm::Error>(())
 //! ```
 //!
+//! # Membership and failures
+//! Rank 0 coordinates the boot-up on `DSM_COORDINATOR`; nodes may start in any order within
+//! the join timeout, after which every node fails with [`Error::JoinTimeout`] naming the
+//! missing ranks. Each node heartbeats its successor on a ring; a node silent for the failure
+//! timeout (or whose connections break) is declared failed, and every barrier, lock or
+//! collective call waiting returns [`Error::NodeFailed`]. A thread blocked in a page fault
+//! cannot be handed an error: its fault is failed and the process exits with a message
+//! naming the failed node. dsm does not recover from failures: the cluster is fail-stop.
+//!
+//! # What programs may assume
+//! See [`Region`] for the memory model of `as_ptr` access in each [`Consistency`] mode.
+//!
 //! # Requirements
-//! Linux with userfaultfd (`/dev/userfaultfd` readable, or `vm.unprivileged_userfaultfd=1`).
+//! - Linux 6.1 or later (io_uring multishot receive; userfaultfd write-protect, 5.7).
+//! - userfaultfd: root, read-write access to `/dev/userfaultfd`, or
+//!   `vm.unprivileged_userfaultfd=1`.
+//! - x86-64 (fixed region addresses in the 47-bit user address space).
+//! - Every thread that touches a region must leave SIGBUS unblocked.
 //!
 //! # Cargo features
 //! None.

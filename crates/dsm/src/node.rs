@@ -28,7 +28,7 @@ use crate::runtime::barrier::Central;
 use crate::runtime::driver::{Driver, EVENT_QUEUE, Event, Sink, send_counted};
 use crate::runtime::{Core, Shared};
 use crate::stats::Counters;
-use crate::{Config, Error, Result, Stats};
+use crate::{Config, Error, Result, Stats, TransportChoice};
 
 /// A node of a dsm cluster. Created by [`Node::join`]; every collective call (`alloc`,
 /// `free`, `barrier`, `leave`) must be made by every node in the same order.
@@ -53,6 +53,9 @@ impl std::fmt::Debug for Node {
             .finish_non_exhaustive()
     }
 }
+
+/// How long a node dropped without `leave` lets queued frames go before closing.
+const DROP_FLUSH_GRACE: Duration = Duration::from_millis(200);
 
 /// Longest `leave` waits for the other nodes' `Leave`.
 pub const LEAVE_LINGER: Duration = Duration::from_secs(5);
@@ -106,6 +109,21 @@ impl Node {
     /// Joins the cluster `config` describes and blocks until every node has joined (or fails
     /// with [`Error::JoinTimeout`] naming the ranks that did not come).
     pub fn join(config: Config) -> Result<Node> {
+        match config.transport {
+            TransportChoice::Tcp => {}
+            TransportChoice::PreferRdma => {
+                tracing::info!(
+                    "DSM_TRANSPORT=rdma: the RDMA transport is not wired in yet; using TCP"
+                );
+            }
+            TransportChoice::RequireRdma => {
+                return Err(Error::Config(
+                    "DSM_TRANSPORT=rdma! requires RDMA, which this build of the runtime does not \
+                     drive yet (dsm-rdma is not wired in); use tcp or rdma"
+                        .into(),
+                ));
+            }
+        }
         let booted = bootstrap::run(&config, transports::TCP)?;
         let deadline = booted.deadline;
         let (events, receiver) = sync_channel(EVENT_QUEUE);
@@ -413,7 +431,12 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         // Without `leave`, peers see the connections close and declare this node failed:
-        // that is what a crash looks like, and it is the honest signal.
+        // that is what a crash looks like, and it is the honest signal. The transport drops
+        // frames still queued when it shuts down, so give the last ones (a `NodeFailed`
+        // broadcast, typically: the reason this node is going away) a moment to leave first.
+        if !self.gone.load(Ordering::Acquire) {
+            std::thread::sleep(DROP_FLUSH_GRACE);
+        }
         self.stop();
     }
 }

@@ -18,9 +18,10 @@ pub struct Stats {
     pub bytes_received: u64,
     /// Messages sent.
     pub messages_sent: u64,
-    /// Invalidations this node sent (as a home).
+    /// Invalidation requests this node sent (as a home, sequential mode).
     pub invalidations_sent: u64,
-    /// Invalidations this node received and applied.
+    /// Pages this node invalidated: on a home's request (sequential mode) or named by a
+    /// write notice at an acquire (release mode).
     pub invalidations_received: u64,
     /// Diffs sent to homes (release mode).
     pub diffs_sent: u64,

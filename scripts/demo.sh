@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# README command 1: on a fresh machine, installs what dsm needs, builds it, and runs the jacobi
+# demo on 4 local nodes: a progress bar while it runs, each node's stats at the end.
+#   MODE=sequential|release (default release)   N=grid size (default 512)   ITERS (default 200)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+if ! command -v cargo >/dev/null 2>&1; then
+  [ -x "$HOME/.cargo/bin/cargo" ] || curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+cargo build --release -p dsm --bins --examples
+mode=${MODE:-release}
+echo "== jacobi ${N:-512}x${N:-512}, ${ITERS:-200} iterations, 4 nodes, $mode consistency"
+target/release/dsm-run -n 4 --attach 0 --timeout-secs 600 -- \
+  target/release/examples/jacobi --n "${N:-512}" --iters "${ITERS:-200}" --mode "$mode" --progress
