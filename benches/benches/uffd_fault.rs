@@ -22,7 +22,10 @@ fn faults(
     let mut page = PAGES;
     for _ in 0..iters {
         if page == PAGES {
-            served.region.invalidate(0, PAGES).expect("invalidate");
+            served
+                .region
+                .invalidate_mapping(0, PAGES)
+                .expect("invalidate");
             page = 0;
         }
         prepare(page);

@@ -212,3 +212,35 @@ fn unavailable_advice(syscall: Errno, user_mode_only: Errno) -> &'static str {
 
 /// The crate's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unavailable(syscall: i32, user_mode_only: i32) -> String {
+        Error::Unavailable {
+            device: Errno(libc::EACCES),
+            syscall: Errno(syscall),
+            user_mode_only: Errno(user_mode_only),
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn unavailable_says_how_to_fix_it() {
+        let no_kernel_support = unavailable(libc::ENOSYS, libc::ENOSYS);
+        assert!(
+            no_kernel_support.contains("CONFIG_USERFAULTFD"),
+            "{no_kernel_support}"
+        );
+        let old_kernel = unavailable(libc::EPERM, libc::EINVAL);
+        assert!(old_kernel.contains("5.11"), "{old_kernel}");
+        assert!(
+            old_kernel.contains("vm.unprivileged_userfaultfd=1"),
+            "{old_kernel}"
+        );
+        let blocked = unavailable(libc::EPERM, libc::EPERM);
+        assert!(blocked.contains("/dev/userfaultfd"), "{blocked}");
+        assert!(blocked.contains("seccomp"), "{blocked}");
+    }
+}

@@ -60,7 +60,7 @@ struct Shadow {
 ///
 /// Every node maps a region at the same address, so pointers stored inside it are valid on
 /// every node. Share it as `Arc<Region>`: the fault engine, the resolver and the runtime's
-/// transport thread all call its page operations (see [`crate::page_ops`]).
+/// transport thread all call its page operations ([`Region::install_read_only`] and the rest).
 ///
 /// Dropping it unregisters the range, unmaps it (and the shadow, and closes the memfd of a
 /// shared region), and closes the uffd, in that order (field order below). Drop the [`crate::Engine`] serving it first (it holds an `Arc`).
