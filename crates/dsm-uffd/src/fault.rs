@@ -3,9 +3,10 @@
 use crate::region::Region;
 
 /// Why a thread faulted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FaultKind {
     /// Read of a missing page: install it (read-only for MSI's shared state).
+    #[default]
     Read,
     /// Write to a missing page: install it (read-write if the coherence engine grants write
     /// access, else read-only and the retry raises a [`FaultKind::WriteProtect`] fault).
@@ -14,8 +15,9 @@ pub enum FaultKind {
     WriteProtect,
 }
 
-/// One fault, as handed to the [`FaultResolver`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One fault, as handed to the [`FaultResolver`] (the default value is a placeholder for
+/// [`Region::read_faults`] buffers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Fault {
     /// Page index within the region.
     pub page: u32,

@@ -19,6 +19,9 @@
 //!   queues faults (a crossbeam `ArrayQueue`) for worker threads that call it
 //!   ([`Engine::start_with_workers`]). The resolver may defer with [`Resolution::Pending`]
 //!   and install later from any thread; the faulting thread sleeps in the kernel until then.
+//!   A runtime may also skip the engine and wait on [`Region::fault_fd`] in its own loop
+//!   (e.g. io_uring `POLL_ADD` beside its network completions), reading faults with
+//!   [`Region::read_faults`].
 //!
 //! # Zero-copy regions
 //! [`Region::new_shared`] backs the region with a memfd mapped twice: the region itself and a
@@ -90,6 +93,7 @@ mod error;
 mod fault;
 mod page_ops;
 mod raw;
+mod reader;
 mod region;
 mod signal;
 pub mod slots;

@@ -211,6 +211,11 @@ impl Region {
         !self.served.swap(true, Ordering::AcqRel)
     }
 
+    /// True while an engine serves the region.
+    pub(crate) fn is_served(&self) -> bool {
+        self.served.load(Ordering::Acquire)
+    }
+
     /// Gives the region back when its engine stops.
     pub(crate) fn release(&self) {
         self.served.store(false, Ordering::Release);

@@ -14,10 +14,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
-use userfaultfd_sys as sys;
 
 use crate::error::{Error, Result};
-use crate::fault::{Fault, FaultKind, FaultResolver, Resolution};
+use crate::fault::{Fault, FaultResolver, Resolution};
 use crate::raw;
 use crate::region::Region;
 
@@ -140,31 +139,13 @@ fn read_loop(shared: &Shared) {
             }
         };
         for message in &messages[..count] {
-            match fault_of(shared, message) {
+            match shared.region.decode_fault(message) {
                 Some(fault) if shared.inline => settle(shared, fault),
                 Some(fault) => enqueue(shared, fault),
                 None => {}
             }
         }
     }
-}
-
-fn fault_of(shared: &Shared, message: &sys::uffd_msg) -> Option<Fault> {
-    let (flags, address) = raw::page_fault_of(message)?;
-    let address = usize::try_from(address).ok()?;
-    let page = shared.region.page_of(address)?;
-    let kind = if flags & sys::UFFD_PAGEFAULT_FLAG_WP != 0 {
-        FaultKind::WriteProtect
-    } else if flags & sys::UFFD_PAGEFAULT_FLAG_WRITE != 0 {
-        FaultKind::Write
-    } else {
-        FaultKind::Read
-    };
-    Some(Fault {
-        page,
-        address,
-        kind,
-    })
 }
 
 /// Queues `fault` and wakes a worker. A full queue means every worker is stuck in the

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use dsm_uffd::{Delivery, Engine, Error, Features, Installed, Protection, Region};
+use dsm_uffd::{
+    Delivery, Engine, Error, Fault, FaultKind, Features, Installed, Protection, Region,
+};
 use dsm_wire::{DiffRun, PAGE_SIZE};
 
 use super::common::{LocalSource, page_of, test_address, write_byte};
@@ -214,4 +216,48 @@ fn shared_region_minor_faults_under_signal_delivery() {
 #[test]
 fn shared_region_minor_faults_under_thread_delivery() {
     shared_region_minor_faults(Delivery::Thread, 24);
+}
+
+#[test]
+fn a_runtime_can_read_faults_in_its_own_loop() {
+    const PAGES: u32 = 32;
+    let region = Arc::new(Region::new(test_address(26), PAGES, Delivery::Thread).unwrap());
+    let source = LocalSource::new(PAGES as usize);
+    let reader = {
+        let region = Arc::clone(&region);
+        std::thread::spawn(move || {
+            (0..PAGES)
+                .map(|index| page_of(&region, index)[100])
+                .collect::<Vec<u8>>()
+        })
+    };
+    let mut faults = [Fault::default(); 8];
+    let mut served = 0;
+    // Each fault is served within a bounded number of polls; the thread needs PAGES of them.
+    for _ in 0..PAGES * 1000 {
+        if served == PAGES {
+            break;
+        }
+        let mut pollfd = libc::pollfd {
+            fd: region.fault_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the call.
+        unsafe { libc::poll(&mut pollfd, 1, 10) };
+        let count = region.read_faults(&mut faults).unwrap();
+        for fault in &faults[..count] {
+            assert_eq!(fault.kind, FaultKind::Read);
+            region
+                .install_read_only(fault.page, source.home.page(fault.page))
+                .unwrap();
+            served += 1;
+        }
+    }
+    let bytes = reader.join().expect("faulting thread");
+    for (index, byte) in bytes.into_iter().enumerate() {
+        assert_eq!(byte, source.home.page(index as u32)[100]);
+    }
+    let _engine = Engine::start(Arc::clone(&region), Arc::new(source)).unwrap();
+    assert_eq!(region.read_faults(&mut faults), Err(Error::AlreadyServed));
 }
