@@ -12,9 +12,11 @@ use crate::{signal, thread};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Delivery {
     /// `UFFD_FEATURE_SIGBUS`: the faulting thread resolves its own fault in a SIGBUS handler.
-    /// The default: no other thread is woken, which measured about 2–3× faster here
-    /// (`dsm-bench uffd --json`). x86-64 only. Every thread that touches the region must
-    /// leave SIGBUS unblocked.
+    /// The default: no other thread is woken, which measured about 1.7–2× faster here than
+    /// thread delivery with the reader resolving, 4× faster than through a worker (read
+    /// faults, `dsm-bench uffd --json`). x86-64 only. Every thread that touches the region
+    /// must leave SIGBUS unblocked. The resolver runs in signal context: see
+    /// [`crate::FaultResolver`] for what it may do.
     #[default]
     Signal,
     /// A reader thread on the uffd calls the resolver, or queues faults for worker threads

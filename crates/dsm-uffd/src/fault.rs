@@ -83,6 +83,12 @@ pub enum Resolution {
 /// must not touch missing pages of the region. A resolver waiting for the network should
 /// return [`Resolution::Pending`] and install from the transport thread when the page comes:
 /// the faulting thread stays blocked in the kernel until the install wakes it.
+///
+/// **In both**: faults race. Several threads may fault on one page, and a fault may be
+/// handed over after the page was installed (a prefetch or another thread won). Installing
+/// then yields [`crate::Installed::AlreadyPresent`] and wakes the waiters; a resolver that
+/// finds the page already valid and installs nothing should return [`Resolution::Retry`]
+/// (which wakes the thread so it re-executes the access).
 pub trait FaultResolver: Send + Sync + 'static {
     /// Serves `fault` on `region` (install, upgrade, or defer), and says what it did.
     fn resolve(&self, fault: Fault, region: &Region) -> Resolution;
