@@ -1,6 +1,216 @@
-//! `dsm-bench jacobi --json` (issue #6).
+//! `dsm-bench jacobi --json` (issue #6): the protocol's efficiency on a row-split 2D stencil.
+//!
+//! The suite runs a Jacobi heat stencil (grid `N`×`N` of f64, rows split in blocks across
+//! `NODES` processes, a barrier per iteration) on 4 real nodes over loopback, in sequential and
+//! release consistency, and reports per node and per iteration, counted over the iterations
+//! only (allocation and initialisation excluded):
+//! - `pages_fetched_per_iter` beside `boundary_pages_min`: the pages holding the neighbours'
+//!   boundary rows, which a row-split stencil cannot avoid fetching each iteration (1 for the
+//!   first and last node, 2 for the others); `ratio_pages_to_min` (target ≤ 1.25);
+//! - `messages_per_iter` (every frame the node sent: page requests, invalidation traffic,
+//!   barrier messages);
+//! - `iter_us_median`/`iter_us_p99` (step + barrier) beside `single_process_iter_us_median`:
+//!   the same stencil on plain memory in one process, measured in the same run;
+//!   `ratio_iter_to_single_process`.
+//!
+//! The nodes are this same binary re-executed with `DSM_BENCH_JACOBI_NODE` set; each prints
+//! one JSON line that the parent collects.
+
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use dsm::{Consistency, Node, Region};
+use serde_json::{Value, json};
+
+use crate::stats::summarize;
+
+/// Grid side: one row is exactly one 4 KiB page, so the boundary minimum is whole pages.
+const N: usize = 512;
+/// Iterations measured per mode.
+const ITERS: usize = 60;
+/// Nodes.
+const NODES: u32 = 4;
+/// Set in the environment of the node processes.
+const NODE_ENV: &str = "DSM_BENCH_JACOBI_NODE";
 
 /// Runs the suite and returns its JSON report.
-pub fn run() -> anyhow::Result<serde_json::Value> {
-    anyhow::bail!("suite `jacobi` is not written yet (issue #6)")
+pub fn run() -> anyhow::Result<Value> {
+    if let Ok(mode) = std::env::var(NODE_ENV) {
+        // A node process: run, print the figures, and end here (the parent prints the report).
+        let line = node(&mode)?;
+        println!("{line}");
+        std::process::exit(0);
+    }
+    let single = single_process();
+    let mut modes = serde_json::Map::new();
+    for mode in ["sequential", "release"] {
+        modes.insert(mode.to_owned(), cluster(mode, single)?);
+    }
+    Ok(json!({
+        "suite": "jacobi",
+        "grid": N,
+        "iterations": ITERS,
+        "nodes": NODES,
+        "single_process_iter_us_median": single,
+        "modes": modes,
+    }))
+}
+
+/// Starts the node processes for `mode` and summarises what they report.
+fn cluster(mode: &str, single_us: f64) -> anyhow::Result<Value> {
+    let coordinator = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    let exe = std::env::current_exe()?;
+    let children = (0..NODES)
+        .map(|rank| {
+            Command::new(&exe)
+                .args(["jacobi", "--json"])
+                .env(NODE_ENV, mode)
+                .env("DSM_RANK", rank.to_string())
+                .env("DSM_SIZE", NODES.to_string())
+                .env("DSM_COORDINATOR", &coordinator)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("start a node")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut nodes = Vec::new();
+    for (rank, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("{mode}: node {rank} failed ({})", out.status);
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().last().context("node printed nothing")?;
+        nodes.push(serde_json::from_str::<Value>(line)?);
+    }
+    let worst = nodes
+        .iter()
+        .filter_map(|n| n["ratio_pages_to_min"].as_f64())
+        .fold(0.0f64, f64::max);
+    let iter_us = nodes
+        .iter()
+        .filter_map(|n| n["iter_us_median"].as_f64())
+        .fold(0.0f64, f64::max);
+    Ok(json!({
+        "per_node": nodes,
+        "worst_ratio_pages_to_min": worst,
+        "pages_target_met": worst <= 1.25,
+        "iter_us_median_slowest_node": iter_us,
+        "ratio_iter_to_single_process": iter_us / single_us,
+    }))
+}
+
+/// One node: allocate, initialise, iterate, report.
+fn node(mode: &str) -> anyhow::Result<Value> {
+    let consistency = match mode {
+        "release" => Consistency::Release,
+        _ => Consistency::Sequential,
+    };
+    let node = Node::join(dsm::Config::from_env()?)?;
+    let (rank, size) = (node.rank() as usize, node.size() as usize);
+    let grids = [
+        node.alloc::<f64>("bench-a", N * N, consistency)?,
+        node.alloc::<f64>("bench-b", N * N, consistency)?,
+    ];
+    let rows = rank * N / size..(rank + 1) * N / size;
+    for grid in &grids {
+        for i in rows.clone() {
+            for j in 0..N {
+                grid.set(i * N + j, initial(i, j));
+            }
+        }
+    }
+    node.barrier()?;
+    let before = node.stats();
+    let mut iter_us = Vec::with_capacity(ITERS);
+    for t in 0..ITERS {
+        let started = Instant::now();
+        step_shared(&grids[t % 2], &grids[(t + 1) % 2], rows.clone());
+        node.barrier()?;
+        iter_us.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    let after = node.stats();
+    let iters = ITERS as f64;
+    let fetched = (after.pages_fetched - before.pages_fetched) as f64 / iters;
+    let messages = (after.messages_sent - before.messages_sent) as f64 / iters;
+    let minimum = if rank == 0 || rank == size - 1 {
+        1.0
+    } else {
+        2.0
+    };
+    let summary = summarize(&mut iter_us);
+    let [a, b] = grids;
+    node.free(a)?;
+    node.free(b)?;
+    node.leave()?;
+    Ok(json!({
+        "rank": rank,
+        "pages_fetched_per_iter": fetched,
+        "boundary_pages_min": minimum,
+        "ratio_pages_to_min": fetched / minimum,
+        "messages_per_iter": messages,
+        "write_faults_per_iter": (after.write_faults - before.write_faults) as f64 / iters,
+        "invalidations_received_per_iter":
+            (after.invalidations_received - before.invalidations_received) as f64 / iters,
+        "iter_us_median": summary.median,
+        "iter_us_p99": summary.p99,
+        "fault_latency_p50_ns": after.fault_latency_p50_ns,
+        "fault_latency_p99_ns": after.fault_latency_p99_ns,
+    }))
+}
+
+fn initial(i: usize, j: usize) -> f64 {
+    if i == 0 {
+        100.0
+    } else {
+        ((i * 31 + j * 17) % 97) as f64
+    }
+}
+
+fn stencil(get: impl Fn(usize) -> f64, i: usize, j: usize) -> f64 {
+    0.25 * (get((i - 1) * N + j) + get((i + 1) * N + j) + get(i * N + j - 1) + get(i * N + j + 1))
+}
+
+fn step_shared(from: &Region<f64>, to: &Region<f64>, rows: std::ops::Range<usize>) {
+    for i in rows.filter(|&i| i > 0 && i < N - 1) {
+        for j in 1..N - 1 {
+            to.set(i * N + j, stencil(|k| from.get(k), i, j));
+        }
+    }
+}
+
+/// Median µs per iteration of the same stencil on plain memory in this process (`black_box`
+/// keeps every load and store, like the shared run's volatile `get`/`set`).
+fn single_process() -> f64 {
+    let mut grids = [
+        (0..N * N)
+            .map(|k| initial(k / N, k % N))
+            .collect::<Vec<f64>>(),
+        (0..N * N)
+            .map(|k| initial(k / N, k % N))
+            .collect::<Vec<f64>>(),
+    ];
+    let mut iter_us = Vec::with_capacity(ITERS);
+    for t in 0..ITERS {
+        let started = Instant::now();
+        let (left, right) = grids.split_at_mut(1);
+        let (from, to) = if t % 2 == 0 {
+            (&left[0], &mut right[0])
+        } else {
+            (&right[0], &mut left[0])
+        };
+        for i in 1..N - 1 {
+            for j in 1..N - 1 {
+                let value = stencil(|k| std::hint::black_box(from[k]), i, j);
+                to[i * N + j] = std::hint::black_box(value);
+            }
+        }
+        iter_us.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    summarize(&mut iter_us).median
 }
