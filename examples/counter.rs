@@ -59,7 +59,7 @@ fn run() -> dsm::Result<()> {
     node.leave()
 }
 
-fn check(shared: &dsm::Region<u64>, total: u64) -> dsm::Result<()> {
+fn check(shared: &dsm::Region<'_, u64>, total: u64) -> dsm::Result<()> {
     let counter = shared.get(0);
     let histogram: Vec<u64> = (1..=BUCKETS).map(|b| shared.get(b)).collect();
     let expected: Vec<u64> = (0..BUCKETS as u64)

@@ -117,9 +117,9 @@ fn run() -> dsm::Result<()> {
         s.fault_latency_p50_ns,
         s.fault_latency_p99_ns
     );
-    let [a, b] = grids;
-    node.free(a)?;
-    node.free(b)?;
+    for grid in grids {
+        node.free(grid)?;
+    }
     node.leave()
 }
 
@@ -134,7 +134,7 @@ fn progress_bar(iters: usize) -> indicatif::ProgressBar {
     bar
 }
 
-fn step(from: &Region<f64>, to: &Region<f64>, n: usize, rows: std::ops::Range<usize>) {
+fn step(from: &Region<'_, f64>, to: &Region<'_, f64>, n: usize, rows: std::ops::Range<usize>) {
     for i in rows.filter(|&i| i > 0 && i < n - 1) {
         for j in 1..n - 1 {
             to.set(i * n + j, stencil(|r, c| from.get(r * n + c), i, j));
@@ -142,7 +142,7 @@ fn step(from: &Region<f64>, to: &Region<f64>, n: usize, rows: std::ops::Range<us
     }
 }
 
-fn check(result: &Region<f64>, n: usize, iters: usize) -> dsm::Result<()> {
+fn check(result: &Region<'_, f64>, n: usize, iters: usize) -> dsm::Result<()> {
     let expected = reference(n, iters);
     let mut worst = 0.0f64;
     for (k, want) in expected.iter().enumerate() {

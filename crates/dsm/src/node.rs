@@ -289,7 +289,7 @@ impl Node {
         name: &str,
         len: usize,
         consistency: Consistency,
-    ) -> Result<Region<T>> {
+    ) -> Result<Region<'_, T>> {
         self.check_open()?;
         let bytes = len
             .checked_mul(size_of::<T>())
@@ -367,7 +367,7 @@ impl Node {
     }
 
     /// Frees a region (collective). Every node must be done with it: a barrier comes first.
-    pub fn free<T: Copy>(&self, mut region: Region<T>) -> Result<()> {
+    pub fn free<T: Copy>(&self, mut region: Region<'_, T>) -> Result<()> {
         self.barrier()?;
         drop(region.server.take());
         self.core.engine(|c, _| c.remove_region(region.id))?;
@@ -450,4 +450,19 @@ fn others_notices(mut all: Vec<PageId>, mine: &[PageId]) -> Vec<PageId> {
         }
     }
     all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_notices_are_removed_once_and_shared_pages_stay() {
+        let p = |page| PageId { region: 1, page };
+        // Page 1: only we wrote it; page 2: we and another node; page 3: another node.
+        let all = vec![p(1), p(2), p(2), p(3)];
+        let mut others = others_notices(all, &[p(1), p(2)]);
+        others.sort();
+        assert_eq!(others, vec![p(2), p(3)]);
+    }
 }

@@ -3,10 +3,10 @@
 use std::marker::PhantomData;
 
 use crate::raw;
-use crate::{Consistency, Error, Result};
+use crate::{Consistency, Error, Node, Result};
 
-/// A shared array of `len` elements of `T`, allocated collectively by [`Node::alloc`]
-/// (crate::Node::alloc). It sits at the same virtual address on every node, so pointers into
+/// A shared array of `len` elements of `T`, allocated collectively by
+/// [`Node::alloc`](crate::Node::alloc) and given back with [`Node::free`](crate::Node::free). It sits at the same virtual address on every node, so pointers into
 /// it mean the same everywhere.
 ///
 /// # What a program may assume about `as_ptr` access
@@ -24,24 +24,26 @@ use crate::{Consistency, Error, Result};
 /// Never pass region memory to a system call (`read(2)` into it, say) before touching its
 /// pages from user space: the kernel's own accesses are not routed through the fault path.
 #[derive(Debug)]
-pub struct Region<T: Copy> {
+pub struct Region<'node, T: Copy> {
     pub(crate) id: u32,
     pub(crate) base: *mut T,
     pub(crate) len: usize,
     pub(crate) consistency: Consistency,
     /// Serves the region's faults; dropped (stopping the service) before the mapping goes.
     pub(crate) server: Option<dsm_uffd::Engine>,
-    pub(crate) _elements: PhantomData<T>,
+    /// Elements of `T`, borrowed from the node: a region cannot outlive the node that
+    /// serves its faults (`leave` needs every region freed or dropped first).
+    pub(crate) _elements: PhantomData<(T, &'node Node)>,
 }
 
 // SAFETY: the region is shared memory made coherent by the runtime; access to elements is
 // through volatile reads/writes of `Copy` values, and the element type must itself be Send.
-unsafe impl<T: Copy + Send> Send for Region<T> {}
+unsafe impl<T: Copy + Send> Send for Region<'_, T> {}
 // SAFETY: as above; concurrent access from threads is what shared memory is for, and its
 // meaning is documented on the type.
-unsafe impl<T: Copy + Send> Sync for Region<T> {}
+unsafe impl<T: Copy + Send> Sync for Region<'_, T> {}
 
-impl<T: Copy> Region<T> {
+impl<T: Copy> Region<'_, T> {
     /// Number of elements.
     pub fn len(&self) -> usize {
         self.len
@@ -130,10 +132,11 @@ impl<T: Copy> Region<T> {
     }
 }
 
-impl<T: Copy> Drop for Region<T> {
+impl<T: Copy> Drop for Region<'_, T> {
     fn drop(&mut self) {
-        // Stop serving faults first; the mapping itself goes when the runtime forgets it
-        // (`Node::free`) or when the node stops.
+        // A region dropped without `Node::free` stops being served (its pointers must not
+        // be used any more); its mapping and home copies stay until the node stops, since
+        // other nodes may still fetch pages homed here.
         drop(self.server.take());
     }
 }
