@@ -9,6 +9,11 @@
 //! * `expose` registers the home memory and SENDs its `Alloc::RegionKey` to every peer;
 //!   receivers check it ([`RemoteRegion`](crate::RemoteRegion)) and keep it to bound every
 //!   READ and WRITE. `withdraw` deregisters and SENDs a zero-length key.
+//!
+//! Every work request is signalled (no selective signalling or batching yet). The posting
+//! calls take short internal locks (slot pools, tokens, the key table): call them from
+//! threads, never from a SIGBUS fault handler — with userfaultfd, use thread delivery or hand
+//! the request to a thread.
 
 mod connector;
 mod poller;
