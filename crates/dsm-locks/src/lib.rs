@@ -78,6 +78,7 @@ mod barrier;
 mod engine;
 mod error;
 mod home;
+mod hooks;
 mod local;
 mod notices;
 mod primitive;
@@ -89,8 +90,7 @@ pub use action::{Action, LockKind};
 pub use barrier::{BarrierEngine, BarrierKind};
 pub use engine::{DEFAULT_MAX_LOCKS, LockEngine};
 pub use error::{Error, Result};
+pub use hooks::{NoConsistency, Outbox, ReleaseConsistency, SyncPoint};
 pub use local::MAX_HANDOFF_BOUND;
-pub use table::{
-    Guard, LockTable, NoConsistency, Outbox, ReleaseConsistency, SyncPoint, TableConfig,
-};
+pub use table::{Guard, LockTable, TableConfig};
 pub use transport::TransportOutbox;

@@ -14,50 +14,13 @@ use std::fmt;
 use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use dsm_wire::{NodeId, PageId, Sync};
+use dsm_wire::{NodeId, Sync};
 
 use crate::local::{LocalLock, NodeSide};
 use crate::primitive::Arc;
-use crate::{Action, BarrierEngine, Error, LockEngine, Result};
-
-/// Sends the engines' messages. Must not block (queue and return, like
-/// `dsm_core::Transport::send`); a message that cannot be delivered shows up as a timeout
-/// naming the node.
-pub trait Outbox: Send + std::marker::Sync {
-    /// Queues `message` for node `to`.
-    fn send(&self, to: NodeId, message: Sync);
-}
-
-/// Where release consistency happens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncPoint {
-    /// A lock changes node.
-    Lock(u32),
-    /// A barrier instance (epoch).
-    Barrier(u64),
-}
-
-/// The coherence engine's side of a synchronisation point (release mode). In sequential mode
-/// the pages are kept coherent by invalidation anyway: use [`NoConsistency`].
-pub trait ReleaseConsistency: Send + std::marker::Sync {
-    /// Before this node gives up a lock or enters a barrier: flush the diffs of the current
-    /// interval to their homes (wait for the acks) and return the pages written.
-    fn flush(&self, point: SyncPoint) -> Vec<PageId>;
-    /// Before any thread of this node enters after a grant or leaves a barrier: invalidate
-    /// the pages others wrote.
-    fn invalidate(&self, point: SyncPoint, notices: &[PageId]);
-}
-
-/// No release consistency (sequential mode, tests, benches).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoConsistency;
-
-impl ReleaseConsistency for NoConsistency {
-    fn flush(&self, _: SyncPoint) -> Vec<PageId> {
-        Vec::new()
-    }
-    fn invalidate(&self, _: SyncPoint, _: &[PageId]) {}
-}
+use crate::{
+    Action, BarrierEngine, Error, LockEngine, Outbox, ReleaseConsistency, Result, SyncPoint,
+};
 
 /// Bounds and defaults of a [`LockTable`].
 #[derive(Debug, Clone)]
