@@ -138,3 +138,22 @@ fn a_frozen_node_is_found_by_the_ring_heartbeats() {
     // SIGSTOP keeps the sockets open: only missed heartbeats can reveal it.
     others_see_node_1_fail(libc::SIGSTOP, Duration::from_secs(4));
 }
+
+#[test]
+fn a_node_with_another_cluster_key_cannot_join() {
+    let coordinator = free_address();
+    let env_a = [
+        ("DSM_JOIN_TIMEOUT_MS", "1000"),
+        ("DSM_CLUSTER_KEY", "alpha"),
+    ];
+    let env_b = [("DSM_JOIN_TIMEOUT_MS", "1000"), ("DSM_CLUSTER_KEY", "beta")];
+    let node0 = start(0, 2, &coordinator, &[], &env_a);
+    let node1 = start(1, 2, &coordinator, &[], &env_b);
+    let (ok, out) = finish(node0, Duration::from_secs(20));
+    assert!(
+        !ok && out.contains("ranks [1] never joined"),
+        "rank 0: {out}"
+    );
+    let (ok, out) = finish(node1, Duration::from_secs(20));
+    assert!(!ok && out.contains("rejected our Join"), "rank 1: {out}");
+}

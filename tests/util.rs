@@ -15,7 +15,14 @@ pub fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test> → target/<profile>/examples/<name>
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    dir.join("examples").join(name)
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test -p dsm` builds the examples, `--test integration` alone \
+         does not (run `cargo build -p dsm --examples` with the same profile first)",
+        path.display()
+    );
+    path
 }
 
 /// Runs `cmd` to completion, killing it after `limit`; returns its output and run time.

@@ -194,7 +194,9 @@ fn subscribe(
             Ok(None) if !missing.is_empty() => return Err(Error::JoinTimeout { missing }),
             Ok(None) => {
                 return Err(Error::Protocol(
-                    "the coordinator closed the connection without a node list".into(),
+                    "rank 0 closed the connection without a node list: it rejected our Join \
+                     (another DSM_CLUSTER_KEY or DSM_SIZE, or this rank taken by another process)"
+                        .into(),
                 ));
             }
             Err(Error::Timeout { .. }) => return Err(Error::JoinTimeout { missing: vec![0] }),
