@@ -18,6 +18,8 @@ if ((${#binaries[@]} == 0)); then
   exit 1
 fi
 
+# Boot plus tests take well under a minute here; a hung guest must not eat CI's budget.
+export DSM_RIG_TIMEOUT=${DSM_RIG_TIMEOUT:-420}
 status=0
 bash scripts/soft-roce-setup.sh run bash scripts/rig/run-binaries.sh "${binaries[@]}" || status=$?
 if ((status == 125)); then
