@@ -11,6 +11,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 cargo build --release -p dsm --bins --examples
 mode=${MODE:-release}
+bin="${CARGO_TARGET_DIR:-target}/release"
 echo "== jacobi ${N:-512}x${N:-512}, ${ITERS:-200} iterations, 4 nodes, $mode consistency"
-target/release/dsm-run -n 4 --attach 0 --timeout-secs 600 -- \
-  target/release/examples/jacobi --n "${N:-512}" --iters "${ITERS:-200}" --mode "$mode" --progress
+"$bin/dsm-run" -n 4 --attach 0 --timeout-secs 600 -- \
+  "$bin/examples/jacobi" --n "${N:-512}" --iters "${ITERS:-200}" --mode "$mode" --progress
