@@ -29,7 +29,10 @@ pub struct Stats {
     pub lock_acquires: u64,
     /// Barriers passed.
     pub barriers: u64,
-    /// Median fault service time, nanoseconds (0 when no fault was timed).
+    /// Median fault service time, nanoseconds (0 when no fault was timed): from the moment
+    /// the runtime took the fault (userfaultfd message read) to the install or upgrade that
+    /// resumes the thread, remote round trip included; the kernel's delivery and the thread's
+    /// wake-up (measured by `dsm-bench uffd`) come on top.
     pub fault_latency_p50_ns: u64,
     /// 99th-percentile fault service time, nanoseconds.
     pub fault_latency_p99_ns: u64,
