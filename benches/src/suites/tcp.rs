@@ -65,6 +65,15 @@ pub fn run() -> anyhow::Result<serde_json::Value> {
             pair.stream_transport(stream_pages, WINDOW)?,
         ));
     }
+    let over_1ms = |v: &[f64]| v.iter().filter(|&&x| x > 1000.0).count() as f64 / v.len() as f64;
+    let tails = json!({
+        "rtt_share_over_1ms": over_1ms(&rtt),
+        "rtt_in_sink_share_over_1ms": over_1ms(&rtt_sink),
+        "std_rtt_share_over_1ms": over_1ms(&rtt_std),
+        "rtt_us_mean": mean(&rtt),
+        "rtt_in_sink_us_mean": mean(&rtt_sink),
+        "std_rtt_us_mean": mean(&rtt_std),
+    });
     let (rtt, rtt_sink, rtt_std) = (
         summarize(&mut rtt),
         summarize(&mut rtt_sink),
@@ -88,10 +97,15 @@ pub fn run() -> anyhow::Result<serde_json::Value> {
         "std_throughput_mib_s_median": tput_std.median,
         "ratio_throughput_to_std": tput.median / tput_std.median,
         "rounds": rounds,
+        "tails": tails,
         "notes": "rtt: application thread issues read_page and parks until the sink wakes it; \
                   rtt_in_sink: next read issued from the sink on the transport thread; \
                   std: blocking client/server, same request and reply sizes; medians over all rounds",
     }))
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
 }
 
 fn micros(d: Duration) -> f64 {
