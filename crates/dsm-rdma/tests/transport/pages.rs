@@ -138,3 +138,42 @@ fn many_reads_in_flight_complete_once_each() {
         );
     }
 }
+
+#[test]
+fn threads_reading_at_once_each_get_their_pages() {
+    if !rdma_or_skip("threads_reading_at_once_each_get_their_pages") {
+        return;
+    }
+    let mut home = Home::new(64, |i| i as u8 ^ 0x5a);
+    let pair = pair();
+    pair.nodes[1].expose(REGION, home.memory()).expect("expose");
+    wait_for_key(&pair.nodes[0], 1);
+    let reader = &pair.nodes[0];
+    // Four threads post 16 reads each at once: 64 staging slots, all in flight.
+    std::thread::scope(|scope| {
+        for thread in 0..4u32 {
+            scope.spawn(move || {
+                for index in thread * 16..(thread + 1) * 16 {
+                    reader
+                        .read_page(1, page(index), u64::from(index))
+                        .expect("post");
+                }
+            });
+        }
+    });
+    let mut seen = [false; 64];
+    for _ in 0..64 {
+        let TransportEvent::PageRead { token, result } = pair.events[0].next("a page read") else {
+            panic!("unexpected event");
+        };
+        let data = result.expect("READ completed");
+        assert!(
+            data.iter().all(|&b| b == token as u8 ^ 0x5a),
+            "page {token} content"
+        );
+        assert!(
+            !std::mem::replace(&mut seen[token as usize], true),
+            "token {token} twice"
+        );
+    }
+}
