@@ -18,6 +18,15 @@ use crate::{Error, Result, TcpConfig, mesh};
 /// Every method returns at once; completions and arrivals go to the [`EventSink`] given to
 /// [`start`](Self::start), on the transport thread. Dropping the transport stops the thread
 /// (see [`shutdown`](Self::shutdown)).
+///
+/// * Backpressure: work waits in a bounded queue (65,536 operations). Only when it is full —
+///   the transport thread is far behind — does a call yield until there is room, for at most
+///   10 s, then fail with `TransportError::Io`.
+/// * Failure: a peer whose connection closed, reset, timed out (keepalive, ~10 s) or sent a
+///   bad frame stays failed: calls towards it fail at once with `PeerFailed`. The mesh is
+///   formed once, in `start`; a restarted node cannot rejoin.
+/// * No request timeouts: a page read completes when the home answers or fails; the engine
+///   bounds its own waits.
 #[derive(Debug)]
 pub struct TcpTransport {
     rank: NodeId,

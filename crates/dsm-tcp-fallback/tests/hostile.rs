@@ -124,6 +124,15 @@ fn intruders_are_rejected_while_the_mesh_forms() {
         closed_by_peer(&mut foreign),
         "foreign cluster connection left open"
     );
+    // Another protocol version (header resealed so only the version is wrong).
+    let mut old = TcpStream::connect(addrs[0]).unwrap();
+    let mut frame = encode(&hello, CLUSTER, 1);
+    frame[4..6].copy_from_slice(&(dsm_wire::PROTOCOL_VERSION + 1).to_le_bytes());
+    frame[28..32].fill(0);
+    let crc = crc32(&frame[..HEADER_LEN]);
+    frame[28..32].copy_from_slice(&crc.to_le_bytes());
+    old.write_all(&frame).unwrap();
+    assert!(closed_by_peer(&mut old), "other protocol version left open");
     // Right cluster, claims rank 1, but cannot prove the key: no Welcome.
     let (mut impostor, welcome) = fake_dial(addrs[0], 1, CLUSTER);
     assert_eq!(welcome, None, "impostor without the key was welcomed");
