@@ -1,6 +1,6 @@
 //! The lock engine of one node: every lock's algorithm state, one Lamport clock, no I/O.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use dsm_wire::{NodeId, PageId, Sync};
 
@@ -18,6 +18,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) nodes: u32,
     pub(crate) clock: &'a mut u64,
     pub(crate) out: &'a mut Vec<Action>,
+    /// Nodes declared failed: no longer asked, no longer waited for.
+    pub(crate) failed: &'a BTreeSet<NodeId>,
 }
 
 impl Ctx<'_> {
@@ -44,6 +46,7 @@ pub struct LockEngine {
     kinds: HashMap<u32, LockKind>,
     locks: HashMap<u32, LockState>,
     max_locks: usize,
+    failed: BTreeSet<NodeId>,
 }
 
 impl LockEngine {
@@ -60,6 +63,7 @@ impl LockEngine {
             kinds: HashMap::new(),
             locks: HashMap::new(),
             max_locks: DEFAULT_MAX_LOCKS,
+            failed: BTreeSet::new(),
         }
     }
 
@@ -137,6 +141,9 @@ impl LockEngine {
                 nodes: self.nodes,
             });
         }
+        if self.failed.contains(&from) {
+            return Err(Error::NodeFailed(from));
+        }
         let (lock, kind) = match msg {
             Sync::LockRequest { lock, .. } | Sync::LockReply { lock, .. } => {
                 (*lock, LockKind::RicartAgrawala)
@@ -170,6 +177,44 @@ impl LockEngine {
             (LockState::Home(l), msg) => l.on_message(from, msg, &mut cx),
             (LockState::Ra(_), _) => unreachable!("kind checked above"),
         }
+    }
+
+    /// `node` failed (the runtime saw its connection close or its heartbeats stop). From now
+    /// on nobody waits for it: a Ricart–Agrawala request no longer needs its REPLY (nor is
+    /// sent to it) and its deferred request is dropped; at a home-queue home, its request
+    /// leaves the queue and, if it held the lock, the lock goes to the next waiter (the writes
+    /// it had not flushed are lost with it). A home-queue lock whose home failed stays
+    /// unavailable: acquires time out naming the home. Its later messages are refused.
+    pub fn node_failed(&mut self, node: NodeId, out: &mut Vec<Action>) -> Result<()> {
+        if node >= self.nodes || node == self.me {
+            return Err(Error::UnknownNode {
+                node,
+                nodes: self.nodes,
+            });
+        }
+        if !self.failed.insert(node) {
+            return Ok(());
+        }
+        let mut cx = Ctx {
+            me: self.me,
+            nodes: self.nodes,
+            clock: &mut self.clock,
+            out,
+            failed: &self.failed,
+        };
+        let mut locks: Vec<&mut LockState> = self.locks.values_mut().collect();
+        // Deterministic order (the simulator replays): by lock id.
+        locks.sort_by_key(|state| match state {
+            LockState::Ra(l) => l.id(),
+            LockState::Home(l) => l.id(),
+        });
+        for state in locks {
+            match state {
+                LockState::Ra(l) => l.node_failed(node, &mut cx),
+                LockState::Home(l) => l.node_failed(node, &mut cx)?,
+            }
+        }
+        Ok(())
     }
 
     /// The nodes this node still waits for on `lock` (empty when not waiting).
@@ -206,6 +251,7 @@ impl LockEngine {
             nodes,
             clock: &mut self.clock,
             out,
+            failed: &self.failed,
         };
         Ok((state, cx))
     }

@@ -65,6 +65,9 @@ pub enum Error {
         /// Cluster size.
         nodes: u32,
     },
+    /// A message from a node declared failed ([`LockEngine::node_failed`](crate::LockEngine::node_failed)).
+    #[error("node {0} was declared failed")]
+    NodeFailed(NodeId),
     /// This node already has a request outstanding for the lock (one per node and lock).
     #[error("lock {0}: already requested or held by this node")]
     AlreadyRequested(u32),

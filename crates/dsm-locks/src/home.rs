@@ -129,6 +129,28 @@ impl HomeLock {
         }
     }
 
+    /// The lock id.
+    pub(crate) fn id(&self) -> u32 {
+        self.lock
+    }
+
+    /// `node` failed: at the home, its request leaves the queue and its hold ends.
+    pub(crate) fn node_failed(&mut self, node: NodeId, cx: &mut Ctx<'_>) -> Result<()> {
+        let Some(q) = self.queue.as_mut() else {
+            return Ok(());
+        };
+        q.waiting.retain(|(n, _)| *n != node);
+        if q.holder.is_none_or(|(n, _)| n != node) {
+            return Ok(());
+        }
+        q.holder = None;
+        q.recalled = false;
+        match q.waiting.pop_front() {
+            Some((next, seq)) => self.grant(next, seq, cx),
+            None => Ok(()),
+        }
+    }
+
     /// The node this one waits for: the home (or, at the home, the holder).
     pub(crate) fn awaiting(&self, me: NodeId) -> Vec<NodeId> {
         if self.state != State::Wanting {

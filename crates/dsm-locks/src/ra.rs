@@ -58,7 +58,9 @@ impl RaLock {
         }
         *cx.clock += 1;
         let timestamp = *cx.clock;
-        let awaiting: BTreeSet<NodeId> = (0..cx.nodes).filter(|n| *n != cx.me).collect();
+        let awaiting: BTreeSet<NodeId> = (0..cx.nodes)
+            .filter(|n| *n != cx.me && !cx.failed.contains(n))
+            .collect();
         for to in &awaiting {
             cx.send(
                 *to,
@@ -136,6 +138,20 @@ impl RaLock {
         gathered.extend(notices.iter().copied());
         self.enter_if_all_replied(cx);
         Ok(())
+    }
+
+    /// The lock id.
+    pub(crate) fn id(&self) -> u32 {
+        self.lock
+    }
+
+    /// `node` failed: its deferred request is dropped and its REPLY no longer awaited.
+    pub(crate) fn node_failed(&mut self, node: NodeId, cx: &mut Ctx<'_>) {
+        self.deferred.remove(&node);
+        if let State::Wanting { awaiting, .. } = &mut self.state {
+            awaiting.remove(&node);
+        }
+        self.enter_if_all_replied(cx);
     }
 
     /// Nodes whose REPLY this node still waits for.

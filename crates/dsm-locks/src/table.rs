@@ -235,6 +235,15 @@ impl LockTable {
         Ok(())
     }
 
+    /// `node` failed (the runtime saw `TransportEvent::PeerFailed`): nobody waits for it any
+    /// more (see [`LockEngine::node_failed`]). Barriers are not repaired: a barrier waiting
+    /// for it times out naming it.
+    pub fn node_failed(&self, node: NodeId) -> Result<()> {
+        let rest = self.with_engine(|engine, out| engine.node_failed(node, out))?;
+        self.perform(rest);
+        Ok(())
+    }
+
     /// Runs `f` on the engine; sends its messages under the mutex and returns the rest.
     fn with_engine(
         &self,

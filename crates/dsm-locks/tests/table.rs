@@ -97,6 +97,10 @@ fn a_timeout_names_the_lock_and_the_silent_node() {
     }
     let text = err.to_string();
     assert!(text.contains("lock 9") && text.contains("[2]"), "{text}");
+    // Once the runtime declares node 2 failed, nobody waits for it.
+    cluster.tables[0].node_failed(2).unwrap();
+    let guard = cluster.tables[0].try_acquire(9, Duration::from_secs(5));
+    assert!(guard.is_ok(), "{:?}", guard.err());
 }
 
 /// Records the release-consistency calls of one node.

@@ -329,3 +329,57 @@ fn peers_cannot_create_unbounded_lock_state() {
     e.acquire(3, &mut out)
         .expect("this node's own locks are bounded by its driver");
 }
+
+#[test]
+fn ra_stops_waiting_for_a_failed_node() {
+    let mut c = Cluster::new(3, LockKind::RicartAgrawala);
+    c.acquire(0, 1);
+    // Node 2 never answers: deliver only what goes to node 1.
+    let wire = std::mem::take(&mut c.wire);
+    c.wire = wire.into_iter().filter(|(_, to, _)| *to == 1).collect();
+    c.deliver_all();
+    assert_eq!(c.engines[0].awaiting(1), vec![2]);
+    let mut out = Vec::new();
+    c.engines[0].node_failed(2, &mut out).unwrap();
+    assert_eq!(
+        out,
+        vec![Action::Granted {
+            lock: 1,
+            notices: vec![]
+        }]
+    );
+    c.release(0, 1, vec![]);
+    // Later acquires ask only the live node, and the failed node's messages are refused.
+    let sent = c.sent;
+    c.acquire(0, 1);
+    assert_eq!(c.sent - sent, 1);
+    let late = Sync::LockReply {
+        lock: 1,
+        timestamp: 1,
+        notices: vec![],
+    };
+    assert_eq!(
+        c.engines[0].on_message(2, &late, &mut out),
+        Err(Error::NodeFailed(2))
+    );
+}
+
+#[test]
+fn home_queue_passes_a_failed_holders_lock_on() {
+    let mut c = Cluster::new(3, LockKind::HomeQueue);
+    c.acquire(1, 0);
+    c.deliver_all();
+    c.acquire(2, 0);
+    c.deliver_all();
+    assert_eq!(c.granted.len(), 1);
+    let mut out = Vec::new();
+    c.engines[0].node_failed(1, &mut out).unwrap();
+    c.take(0, out);
+    c.deliver_all();
+    assert_eq!(c.granted[1], (2, 0, vec![]));
+    let mut out = Vec::new();
+    assert!(
+        c.engines[0].node_failed(0, &mut out).is_err(),
+        "a node cannot fail itself"
+    );
+}
