@@ -335,7 +335,10 @@ impl Ring {
         let entry = io_uring::opcode::Send::new(io_uring::types::Fd(fd), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
             .build();
-        self.push(entry, Tag::Send(peer))
+        self.push(entry, Tag::Send(peer)).inspect_err(|_| {
+            // Not submitted: nothing in flight holds the buffer.
+            self.sends[peer as usize] = None;
+        })
     }
 
     /// The buffer of the completed send to `peer`.

@@ -228,6 +228,7 @@ impl Worker {
             let fd = conn.stream.as_raw_fd();
             conn.sending = true;
             if let Err(e) = self.ring.send(fd, peer, buf, 0) {
+                conn.sending = false;
                 self.fail(peer, format!("io_uring send: {e}"));
             }
         }
@@ -281,6 +282,7 @@ impl Worker {
                 let fd = conn.stream.as_raw_fd();
                 conn.receiving = true;
                 if let Err(e) = self.ring.recv_multi(fd, peer) {
+                    conn.receiving = false;
                     self.fail(peer, format!("io_uring recv: {e}"));
                 }
             }
@@ -479,6 +481,7 @@ impl Worker {
                     conn.sending = true;
                     let fd = conn.stream.as_raw_fd();
                     if let Err(e) = self.ring.send(fd, peer, buf, sent) {
+                        conn.sending = false;
                         self.fail(peer, format!("io_uring send: {e}"));
                     }
                 } else {
