@@ -37,6 +37,8 @@
 //! local waiter timed out, gives the lock straight back (calls
 //! [`ReleaseConsistency::flush`]). So `flush` must not wait for something only that same
 //! thread delivers; with [`NoConsistency`] calling `handle` from the transport's sink is fine.
+//! On `TransportEvent::PeerFailed` it calls [`LockTable::node_failed`], so that nobody waits
+//! for the dead node any more.
 //!
 //! ```no_run
 //! use std::sync::Arc;
