@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The RDMA step of scripts/test.sh: builds dsm-rdma's test binaries on this host (release),
-# then runs them where rxe0 is up (scripts/soft-roce-setup.sh run: here when the kernel has
-# rdma_rxe, else in the QEMU guest) with DSM_REQUIRE_RDMA=1, so a missing device fails.
+# The RDMA step of scripts/test.sh: builds dsm-rdma's test binaries, dsm-run and the jacobi
+# and counter examples on this host (release), then runs them in one go where rxe0 is up
+# (scripts/soft-roce-setup.sh run: here when the kernel has rdma_rxe, else in the QEMU
+# guest) with DSM_REQUIRE_RDMA=1, so a missing device fails: first the transport tests, then
+# the examples on 2 nodes over DSM_TRANSPORT=rdma! (scripts/rig/run-suite.sh).
 #
 # When the rig cannot come up (exit code 125: no kernel package, no QEMU, rxe0 never active)
 # this fails, unless DSM_SKIP_RDMA=1, which turns it into a loud SKIP.
@@ -17,11 +19,14 @@ if ((${#binaries[@]} == 0)); then
   echo "rdma-tests: cargo built no dsm-rdma test binary" >&2
   exit 1
 fi
+# dsm-run and the examples, run over RDMA after the transport tests.
+cargo build --release -p dsm --bin dsm-run --example jacobi --example counter
+bin=${CARGO_TARGET_DIR:-$repo/target}/release
 
 # Boot plus tests take well under a minute here; a hung guest must not eat CI's budget.
 export DSM_RIG_TIMEOUT=${DSM_RIG_TIMEOUT:-420}
 status=0
-bash scripts/soft-roce-setup.sh run bash scripts/rig/run-binaries.sh "${binaries[@]}" || status=$?
+bash scripts/soft-roce-setup.sh run bash scripts/rig/run-suite.sh "$bin" "${binaries[@]}" || status=$?
 if ((status == 125)); then
   if [ "${DSM_SKIP_RDMA:-0}" = "1" ]; then
     cat >&2 <<'BANNER'

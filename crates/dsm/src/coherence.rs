@@ -109,6 +109,11 @@ impl Coherence {
         Ok(())
     }
 
+    /// The master copies of region `id` homed here, for the transport to expose.
+    pub(crate) fn home_memory(&self, id: u32) -> Option<dsm_core::HomeMemory> {
+        self.regions.get(&id).map(|mapped| mapped.home.memory())
+    }
+
     /// Forgets a region; its mapping goes when the last `Arc` does.
     pub(crate) fn remove_region(&mut self, id: u32) -> Result<()> {
         self.engine.remove_region(id)?;

@@ -31,6 +31,15 @@ pub enum Error {
     /// The configuration (environment or builder) is unusable.
     #[error("configuration: {0}")]
     Config(String),
+    /// RDMA was required (`DSM_TRANSPORT=rdma!`) but cannot be used: no device here, a node
+    /// without one, or a verb that failed while connecting.
+    #[error("rank {rank}: RDMA required but unavailable: {reason}")]
+    RdmaUnavailable {
+        /// The rank that found out.
+        rank: NodeId,
+        /// Why (the device error, or the ranks that offered no RDMA).
+        reason: String,
+    },
     /// The userfaultfd fault engine failed.
     #[error("userfaultfd: {0}")]
     Uffd(#[from] dsm_uffd::Error),

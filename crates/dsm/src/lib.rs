@@ -61,6 +61,7 @@ mod raw;
 mod region;
 mod runtime;
 mod stats;
+mod transport;
 
 pub use config::{Config, ConfigBuilder, DEFAULT_COORDINATOR, TransportChoice};
 pub use dsm_core::Consistency;

@@ -10,7 +10,6 @@ use dsm_locks::{BarrierEngine, BarrierKind, LockEngine, LockKind, LockTable, Tab
 use dsm_tcp_fallback::{TcpConfig, TcpTransport, cluster_key_from_str};
 
 use dsm_core::Transport;
-use dsm_wire::msg::membership::transports;
 use std::collections::BTreeSet;
 use std::marker::PhantomData;
 
@@ -28,14 +27,15 @@ use crate::runtime::barrier::Central;
 use crate::runtime::driver::{Driver, EVENT_QUEUE, Event, Sink, send_counted};
 use crate::runtime::{Core, Shared};
 use crate::stats::Counters;
-use crate::{Config, Error, Result, Stats, TransportChoice};
+use crate::transport::{Wire, rdma};
+use crate::{Config, Error, Result, Stats};
 
 /// A node of a dsm cluster. Created by [`Node::join`]; every collective call (`alloc`,
 /// `free`, `barrier`, `leave`) must be made by every node in the same order.
 pub struct Node {
     config: Config,
     core: Arc<Core>,
-    transport: Arc<TcpTransport>,
+    transport: Arc<Wire>,
     locks: Arc<LockTable>,
     events: SyncSender<Event>,
     /// The driver thread; joined on leave/drop (after `events` got `Stop`).
@@ -109,28 +109,15 @@ impl Node {
     /// Joins the cluster `config` describes and blocks until every node has joined (or fails
     /// with [`Error::JoinTimeout`] naming the ranks that did not come).
     pub fn join(config: Config) -> Result<Node> {
-        match config.transport {
-            TransportChoice::Tcp => {}
-            TransportChoice::PreferRdma => {
-                tracing::info!(
-                    "DSM_TRANSPORT=rdma: the RDMA transport is not wired in yet; using TCP"
-                );
-            }
-            TransportChoice::RequireRdma => {
-                return Err(Error::Config(
-                    "DSM_TRANSPORT=rdma! requires RDMA, which this build of the runtime does not \
-                     drive yet (dsm-rdma is not wired in); use tcp or rdma"
-                        .into(),
-                ));
-            }
-        }
-        let booted = bootstrap::run(&config, transports::TCP)?;
+        let connector = rdma::open(&config)?;
+        let booted = bootstrap::run(&config, rdma::offered(connector.as_ref()))?;
         let deadline = booted.deadline;
         let (events, receiver) = sync_channel(EVENT_QUEUE);
         let sink = Arc::new(Sink {
             events: events.clone(),
         });
-        let transport = Arc::new(start_transport(&config, booted, sink)?);
+        let tcp = start_transport(&config, booted, Arc::clone(&sink))?;
+        let transport = Arc::new(Wire::new(tcp));
         let engine = Engine::new(EngineConfig::new(config.rank, config.size));
         let core = Arc::new(Core {
             shared: Shared::new(config.rank, config.size),
@@ -170,8 +157,39 @@ impl Node {
             alloc_round: AtomicU64::new(0),
             gone: AtomicBool::new(false),
         };
+        node.select_rdma(connector, sink, deadline)?;
         node.announce(deadline)?;
         Ok(node)
+    }
+
+    /// Trades RDMA connection data with every node and, when all offered RDMA, connects and
+    /// switches page movement to one-sided RDMA READs (before any region exists, so the
+    /// engine is simply rebuilt in one-sided mode). Every node connects before it says
+    /// `Joined`, so no queue pair is used before its peer's is ready.
+    fn select_rdma(
+        &self,
+        connector: Option<dsm_rdma::RdmaConnector>,
+        sink: Arc<Sink>,
+        deadline: Instant,
+    ) -> Result<()> {
+        let send = |to, message| self.send(to, message);
+        let hellos = rdma::trade_hellos(
+            &self.config,
+            connector.as_ref(),
+            &self.core.shared,
+            send,
+            deadline,
+        )?;
+        let Some(rdma) = rdma::connect(&self.config, connector, &hellos, sink)? else {
+            return Ok(());
+        };
+        self.transport.use_rdma(rdma);
+        let mut engine = EngineConfig::new(self.config.rank, self.config.size);
+        engine.one_sided = true;
+        self.core.engine(|c, _| {
+            *c = Coherence::new(Engine::new(engine));
+            Ok(())
+        })
     }
 
     /// Sends `Joined` to every other node and waits for theirs.
@@ -323,8 +341,18 @@ impl Node {
             consistency,
             placement: Placement::Block,
         };
-        self.core
-            .engine(|c, _| c.add_region(layout, Arc::clone(&region)))?;
+        let home = self.core.engine(|c, _| {
+            c.add_region(layout, Arc::clone(&region))?;
+            c.home_memory(id)
+                .ok_or_else(|| Error::Protocol(format!("region {id} added without home memory")))
+        })?;
+        rdma::expose(
+            &self.transport,
+            self.size(),
+            id,
+            home,
+            self.config.op_timeout,
+        )?;
         let resolver = Arc::new(Resolver {
             core: Arc::clone(&self.core),
             region: id,
@@ -370,6 +398,7 @@ impl Node {
     pub fn free<T: Copy>(&self, mut region: Region<'_, T>) -> Result<()> {
         self.barrier()?;
         drop(region.server.take());
+        rdma::withdraw(&self.transport, region.id)?;
         self.core.engine(|c, _| c.remove_region(region.id))?;
         self.rendezvous(Vec::new())?;
         Ok(())

@@ -45,6 +45,16 @@ impl HomeCopies {
         }
     }
 
+    /// The whole memory, for a transport to expose (RDMA READ by peers).
+    pub(crate) fn memory(&self) -> dsm_core::HomeMemory {
+        let pages = u32::try_from(self.pages()).expect("made from a u32 page count");
+        // SAFETY: `base` is page-aligned and valid for the whole layout while `self` lives;
+        // the node withdraws the region from its transport before dropping it (`Node::free`)
+        // and closes the transport's registrations before the node's memory goes. It is
+        // plain heap memory, never registered with userfaultfd.
+        unsafe { dsm_core::HomeMemory::new(self.base, pages) }
+    }
+
     /// Page `index`, writable.
     pub(crate) fn page_mut(&mut self, index: u32) -> &mut [u8; PAGE_SIZE] {
         assert!((index as usize) < self.pages(), "home page out of range");

@@ -65,6 +65,18 @@ impl RdmaTransport {
     pub fn add_remote_region(&self, peer: NodeId, key: &Alloc) -> Result<()> {
         self.shared.add_remote_region(peer, key)
     }
+
+    /// True once `peer`'s key for `region` has arrived, so that reads of its pages can be
+    /// posted (keys travel as SENDs, beside whatever control plane the runtime uses).
+    pub fn has_remote_region(&self, peer: NodeId, region: u32) -> bool {
+        self.shared.has_remote_region(peer, region)
+    }
+
+    /// Deregisters every exposed region without telling peers: call before the memory
+    /// behind them is freed when the node goes away (peers can no longer reach it).
+    pub fn close(&self) {
+        self.shared.close();
+    }
 }
 
 impl Transport for RdmaTransport {

@@ -328,6 +328,21 @@ impl Shared {
         })
     }
 
+    /// True once `peer`'s key for `region` has arrived (READs of it can be posted).
+    pub(crate) fn has_remote_region(&self, peer: NodeId, region: u32) -> bool {
+        let remote = self.remote.read().unwrap_or_else(|e| e.into_inner());
+        remote.contains_key(&(peer, region))
+    }
+
+    /// Deregisters every exposed region without telling peers (the node is going away):
+    /// afterwards no peer can reach this node's memory, whatever it still has in flight.
+    pub(crate) fn close(&self) {
+        self.exposed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// Records (or, with `len == 0`, forgets) `peer`'s announced region after checking it.
     pub(crate) fn add_remote_region(&self, peer: NodeId, key: &Alloc) -> Result<()> {
         let Alloc::RegionKey {

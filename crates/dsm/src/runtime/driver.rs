@@ -180,6 +180,11 @@ impl Driver {
                     });
                 }
             }
+            Membership::RdmaHello(info) => {
+                self.core
+                    .shared
+                    .update(|s| s.rdma_hellos.insert(from, info));
+            }
             Membership::Leave { rank } if rank == from => {
                 self.ring.left(rank, now);
                 self.core.shared.update(|s| s.left[rank as usize] = true);

@@ -39,6 +39,8 @@ pub(crate) struct State {
     pub(crate) allocs: HashMap<u64, (u32, u64, RegionSpec)>,
     /// The node is shutting down: every wait ends.
     pub(crate) closed: bool,
+    /// Peers' RDMA queue pair data (or declines), from `RdmaHello` at join.
+    pub(crate) rdma_hellos: HashMap<NodeId, dsm_wire::RdmaConnInfo>,
 }
 
 /// Everything the node's threads share: the state, the coherence engine, the transport.
@@ -116,6 +118,7 @@ impl Shared {
                 syncs: HashMap::new(),
                 allocs: HashMap::new(),
                 closed: false,
+                rdma_hellos: HashMap::new(),
             }),
             changed: Condvar::new(),
             counters: Arc::new(Counters::default()),
