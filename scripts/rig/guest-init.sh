@@ -46,7 +46,8 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 rigrun "/newroot$run" 
   fail "mount of the run folder over 9p failed"
 mkdir -p "/newroot/lib/modules/$kv"
 mount -o bind "/newroot$modules/lib/modules/$kv" "/newroot/lib/modules/$kv"
-mount -t tmpfs tmpfs /newroot/tmp
+# No tmpfs over /tmp: the overlay already makes it writable, and a checkout under the host's
+# /tmp (CI clones there) must stay visible to the guest.
 mount -t tmpfs tmpfs /newroot/run
 mount --move /dev /newroot/dev
 mkdir -p /newroot/dev/shm /newroot/dev/pts
