@@ -29,8 +29,8 @@ run() {
   fi
 }
 for mode in sequential release; do
-  run "jacobi $mode" 'jacobi check passed' "$bin/examples/jacobi" --n 64 --iters 10 --mode "$mode"
-  run "counter $mode" 'counter check passed' "$bin/examples/counter" --increments 40 --mode "$mode"
+  run "jacobi $mode" 'jacobi check passed' "$bin/examples/jacobi" --n 128 --iters 20 --mode "$mode"
+  run "counter $mode" 'counter check passed' "$bin/examples/counter" --increments 100 --mode "$mode"
 done
 if ((${#failed[@]})); then
   echo "FAILED: ${failed[*]}"

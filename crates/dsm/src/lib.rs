@@ -46,6 +46,9 @@
 //!   `vm.unprivileged_userfaultfd=1`.
 //! - x86-64 (fixed region addresses in the 47-bit user address space).
 //! - Every thread that touches a region must leave SIGBUS unblocked.
+//! - `DSM_TRANSPORT=rdma` (or `rdma!`): an RDMA device with an active port on every node (see
+//!   dsm-rdma's requirements: RoCE GID, locked memory). Pages then move by one-sided RDMA
+//!   READ from the home's registered master copy; control messages stay on TCP.
 //!
 //! # Cargo features
 //! None.

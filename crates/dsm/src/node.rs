@@ -348,6 +348,7 @@ impl Node {
         })?;
         rdma::expose(
             &self.transport,
+            &self.core.shared,
             self.size(),
             id,
             home,

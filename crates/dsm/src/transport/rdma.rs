@@ -150,11 +150,12 @@ fn rdma_failed(rank: NodeId, error: &dsm_rdma::Error) -> Error {
     }
 }
 
-/// Exposes a region's home copies for RDMA READ and waits (at most `timeout`) until every
-/// peer's key for it arrived, so that no fault can READ before its home's key is known.
-/// Nothing to do over TCP.
+/// Exposes a region's home copies for RDMA READ and waits (at most `timeout`, or until a
+/// node fails) until every peer's key for it arrived, so that no fault can READ before its
+/// home's key is known. Nothing to do over TCP.
 pub(crate) fn expose(
     wire: &Wire,
+    shared: &Shared,
     size: u32,
     region: u32,
     home: HomeMemory,
@@ -175,6 +176,9 @@ pub(crate) fn expose(
         let waiting = missing();
         if waiting.is_empty() {
             return Ok(());
+        }
+        if let Some(rank) = shared.read(|s| s.failed.first().copied()) {
+            return Err(Error::NodeFailed { rank });
         }
         if started.elapsed() >= timeout {
             return Err(Error::Timeout {
