@@ -9,6 +9,8 @@
 //!   first and last node, 2 for the others); `ratio_pages_to_min` (target ≤ 1.25);
 //! - `messages_per_iter` (every frame the node sent: page requests, invalidation traffic,
 //!   barrier messages);
+//! - `barrier_us_median`: the barrier's share of an iteration (release: diffs or in-place
+//!   publication, the rendezvous at rank 0, invalidation by write notices);
 //! - `iter_us_median`/`iter_us_p99` (step + barrier) beside `single_process_iter_us_median`:
 //!   the same stencil on plain memory in one process, measured in the same run;
 //!   `ratio_iter_to_single_process`.
@@ -128,11 +130,14 @@ fn node(mode: &str) -> anyhow::Result<Value> {
     node.barrier()?;
     let before = node.stats();
     let mut iter_us = Vec::with_capacity(ITERS);
+    let mut barrier_us = Vec::with_capacity(ITERS);
     for t in 0..ITERS {
         let started = Instant::now();
         step_shared(&grids[t % 2], &grids[(t + 1) % 2], rows.clone());
+        let stepped = Instant::now();
         node.barrier()?;
         iter_us.push(started.elapsed().as_secs_f64() * 1e6);
+        barrier_us.push(stepped.elapsed().as_secs_f64() * 1e6);
     }
     let after = node.stats();
     let iters = ITERS as f64;
@@ -144,6 +149,7 @@ fn node(mode: &str) -> anyhow::Result<Value> {
         2.0
     };
     let summary = summarize(&mut iter_us);
+    let barrier = summarize(&mut barrier_us);
     for grid in grids {
         node.free(grid)?;
     }
@@ -159,6 +165,7 @@ fn node(mode: &str) -> anyhow::Result<Value> {
             (after.invalidations_received - before.invalidations_received) as f64 / iters,
         "iter_us_median": summary.median,
         "iter_us_p99": summary.p99,
+        "barrier_us_median": barrier.median,
         "fault_latency_p50_ns": after.fault_latency_p50_ns,
         "fault_latency_p99_ns": after.fault_latency_p99_ns,
     }))

@@ -398,15 +398,14 @@ impl Cache {
         self.held.iter().any(|(_, page, _)| !self.reading(*page))
     }
 
-    /// The oldest request waiting longer than `limit` ticks, as a timeout error.
-    pub(crate) fn overdue(&self, now: u64, limit: u64) -> Option<Error> {
-        self.entries.iter().find_map(|(page, entry)| {
+    /// Every request waiting longer than `limit` ticks, as timeout errors.
+    pub(crate) fn overdue(&self, now: u64, limit: u64) -> impl Iterator<Item = Error> + '_ {
+        self.entries.iter().filter_map(move |(page, entry)| {
             let pending = entry.pending.as_ref()?;
             let ticks = now.saturating_sub(pending.since);
-            (ticks > limit).then_some(Error::Timeout {
-                waiting_for: "a grant (or one-sided read) for a fault",
+            (ticks > limit).then_some(Error::FaultTimeout {
                 page: *page,
-                peer: pending.home,
+                home: pending.home,
                 ticks,
             })
         })

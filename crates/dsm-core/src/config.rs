@@ -55,6 +55,9 @@ pub enum Mutation {
     GrantBeforeAcks,
     /// Release mode: a release reports no write notices.
     ForgetNotices,
+    /// Release mode: a home page published in place keeps its old twin, so later diffs
+    /// resend bytes it wrote long ago (and clobber newer writes of other nodes).
+    StaleTwin,
 }
 
 /// One engine's configuration.
@@ -96,6 +99,7 @@ impl EngineConfig {
                 (self.mutation, _which),
                 (Mutation::GrantBeforeAcks, MutationPoint::GrantBeforeAcks)
                     | (Mutation::ForgetNotices, MutationPoint::ForgetNotices)
+                    | (Mutation::StaleTwin, MutationPoint::StaleTwin)
             )
         }
         #[cfg(not(feature = "mutation"))]
@@ -108,6 +112,7 @@ impl EngineConfig {
 pub(crate) enum MutationPoint {
     GrantBeforeAcks,
     ForgetNotices,
+    StaleTwin,
 }
 
 #[cfg(test)]

@@ -194,9 +194,9 @@ impl Directory {
         Ok(())
     }
 
-    /// The oldest transaction waiting longer than `limit` ticks, as a timeout error.
-    pub(crate) fn overdue(&self, now: u64, limit: u64) -> Option<Error> {
-        self.entries.iter().find_map(|(page, entry)| {
+    /// Every transaction waiting longer than `limit` ticks, as timeout errors.
+    pub(crate) fn overdue(&self, now: u64, limit: u64) -> impl Iterator<Item = Error> + '_ {
+        self.entries.iter().filter_map(move |(page, entry)| {
             let txn = entry.txn.as_ref()?;
             let ticks = now.saturating_sub(txn.since);
             (ticks > limit).then(|| Error::Timeout {

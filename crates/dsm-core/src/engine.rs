@@ -82,6 +82,7 @@ impl Engine {
             .ok_or(Error::UnknownRegion { page })?;
         self.directory.remove_region(id);
         self.cache.remove_region(id);
+        self.syncs.remove_region(id);
         Ok(())
     }
 
@@ -185,16 +186,33 @@ impl Engine {
     /// the first wait older than the timeout.
     pub fn tick(&mut self, now: u64) -> Result<()> {
         self.now = now;
-        let limit = self.config.timeout_ticks;
-        if limit == 0 {
-            return Ok(());
-        }
-        let overdue = self.cache.overdue(now, limit);
-        let overdue = overdue.or_else(|| self.directory.overdue(now, limit));
-        match overdue.or_else(|| self.syncs.overdue(now, limit)) {
+        match self.overdue().into_iter().next() {
             Some(error) => Err(error),
             None => Ok(()),
         }
+    }
+
+    /// Every wait older than [`EngineConfig::timeout_ticks`] at the last [`tick`](Self::tick):
+    /// faults first ([`Error::FaultTimeout`], naming the page and its home), then home
+    /// transactions and syncs ([`Error::Timeout`]). Empty when the timeout is 0. A driver that
+    /// fails the threads of a timed-out fault uses this to find them all.
+    pub fn overdue(&self) -> Vec<Error> {
+        let (now, limit) = (self.now, self.config.timeout_ticks);
+        if limit == 0 {
+            return Vec::new();
+        }
+        let faults = self.cache.overdue(now, limit);
+        let homes = self.directory.overdue(now, limit);
+        faults
+            .chain(homes)
+            .chain(self.syncs.overdue(now, limit))
+            .collect()
+    }
+
+    /// Changes [`EngineConfig::timeout_ticks`] (a runtime sets it from its own configuration,
+    /// in the unit of its clock).
+    pub fn set_timeout_ticks(&mut self, ticks: u64) {
+        self.config.timeout_ticks = ticks;
     }
 
     /// The actions produced so far, in order. Apply them all before the next call.

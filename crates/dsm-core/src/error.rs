@@ -86,7 +86,19 @@ pub enum Error {
     /// A sync call reused the token of one still in progress.
     #[error("sync token {0} is already in use")]
     SyncTokenInUse(u64),
-    /// Something waited longer than [`EngineConfig::timeout_ticks`](crate::EngineConfig).
+    /// A fault waited longer than [`EngineConfig::timeout_ticks`](crate::EngineConfig) for
+    /// its page: the grant (or the one-sided read) from the page's home never came.
+    #[error("timed out after {ticks} ticks waiting for page {page:?} from its home, node {home}")]
+    FaultTimeout {
+        /// The page faulted on.
+        page: PageId,
+        /// Its home, which should have answered.
+        home: NodeId,
+        /// How long it waited.
+        ticks: u64,
+    },
+    /// A home transaction or a sync waited longer than
+    /// [`EngineConfig::timeout_ticks`](crate::EngineConfig).
     #[error("timed out after {ticks} ticks waiting for {waiting_for} (page {page:?}, node {peer})")]
     Timeout {
         /// What was awaited.

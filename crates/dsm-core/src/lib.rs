@@ -11,7 +11,9 @@
 //! * **Release** regions are home-based lazy release consistency: the first write of an
 //!   interval makes a twin, a release sends diffs to the homes and yields write notices, an
 //!   acquire invalidates the pages the notices name. Several writers of one page never
-//!   exchange it.
+//!   exchange it. A home writing its own pages publishes them in place at release (straight
+//!   into the master copy, no message) and keeps them writable, so a page written interval
+//!   after interval by its home faults once, not once per interval.
 //!
 //! The protocol, with diagrams, is in `docs/protocol.md`.
 //!
@@ -77,6 +79,7 @@ mod config;
 mod directory;
 mod engine;
 mod error;
+mod in_place;
 mod memory;
 mod region;
 mod release;
@@ -90,7 +93,7 @@ pub use config::{Consistency, EngineConfig, Placement, RegionLayout};
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use memory::Memory;
-pub use release::diff;
+pub use release::{KEEP_IDLE_RELEASES, diff};
 pub use transport::{EventSink, HomeMemory, Transport, TransportError, TransportEvent};
 
 #[cfg(test)]

@@ -22,6 +22,18 @@ pub trait Memory {
     /// The twin made for `page` by the last `MakeTwin` action.
     fn twin(&self, page: PageId) -> &[u8; PAGE_SIZE];
 
+    /// The twin of `page`, writable: a release that publishes a home page in place (without
+    /// write-protecting it) replaces the twin with the snapshot it published.
+    fn twin_mut(&mut self, page: PageId) -> &mut [u8; PAGE_SIZE];
+
+    /// Copies this node's copy of `page` into `into` while it stays **writable**: application
+    /// threads may store to it meanwhile, so an implementation over real memory must read each
+    /// byte once, through a raw copy, never hand out a reference (the default does, and suits
+    /// memories no other thread touches). Asked only for installed pages.
+    fn snapshot(&self, page: PageId, into: &mut [u8; PAGE_SIZE]) {
+        into.copy_from_slice(self.local_page(page));
+    }
+
     /// The master copy of a page homed here.
     fn home_page(&self, page: PageId) -> &[u8; PAGE_SIZE];
 

@@ -6,6 +6,12 @@
 //! an acquirer, the home copies hold the writes they announce. An acquire invalidates the named
 //! pages; a named page this node is itself writing (false sharing) is diffed to its home first,
 //! and announced at this node's next release.
+//!
+//! A page this node is the home of is published in place (see [`crate::in_place`]): its
+//! changes go straight into the master copy, with no message, no write-protection and no
+//! fresh twin, and the page stays writable into the next interval. A home page that no
+//! release found changed [`KEEP_IDLE_RELEASES`] times in a row goes back to the ordinary
+//! path (write-protected, twin dropped), so idle pages cost nothing at later releases.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -16,8 +22,14 @@ use crate::cache::{Cache, LocalState};
 use crate::config::{Consistency, MutationPoint};
 use crate::engine::Ctx;
 use crate::error::{Error, Result};
+use crate::in_place;
 use crate::memory::Memory;
 use crate::region::Located;
+
+/// Releases in a row that may find a home page written in place unchanged before it is
+/// write-protected again. Two covers pages written every other interval (double-buffered
+/// stencils alternate between two grids).
+pub const KEEP_IDLE_RELEASES: u32 = 2;
 
 /// A sync call waiting for diff acks.
 #[derive(Debug)]
@@ -36,6 +48,8 @@ pub(crate) struct Syncs {
     diffs: HashMap<u64, u64>,
     /// Pages diffed at an acquire, to announce at the next release.
     carried: BTreeSet<PageId>,
+    /// Home pages kept writable across releases: releases in a row that found them unchanged.
+    kept: HashMap<PageId, u32>,
     next_req: u64,
 }
 
@@ -59,6 +73,13 @@ impl Syncs {
             since: ctx.now,
         };
         for (page, loc) in dirty {
+            if self.keeps(*page, *loc, ctx) {
+                if self.publish_in_place(*page, ctx, mem) {
+                    wait.notices.push(*page);
+                }
+                continue; // Still writable, dirty, with its (refreshed) twin.
+            }
+            self.kept.remove(page);
             if self.flush(*page, *loc, token, &mut wait, cache, ctx, mem) {
                 wait.notices.push(*page);
             }
@@ -95,6 +116,7 @@ impl Syncs {
             match cache.state(*page) {
                 LocalState::Invalid => continue,
                 LocalState::Modified => {
+                    self.kept.remove(page);
                     if self.flush(*page, *loc, token, &mut wait, cache, ctx, mem) {
                         self.carried.insert(*page);
                     }
@@ -106,6 +128,37 @@ impl Syncs {
         }
         self.register(token, wait, ctx);
         Ok(())
+    }
+
+    /// True when a dirty page is published in place at this release: it is homed here and has
+    /// not been idle for [`KEEP_IDLE_RELEASES`] releases.
+    fn keeps(&self, page: PageId, loc: Located, ctx: &Ctx<'_>) -> bool {
+        loc.home == ctx.config.node
+            && self
+                .kept
+                .get(&page)
+                .is_none_or(|idle| *idle < KEEP_IDLE_RELEASES)
+    }
+
+    /// Merges the changes of a home page into its master copy and refreshes its twin, leaving
+    /// the page writable. Returns whether anything changed.
+    fn publish_in_place(&mut self, page: PageId, ctx: &Ctx<'_>, mem: &mut dyn Memory) -> bool {
+        let mut snapshot = [0u8; PAGE_SIZE];
+        mem.snapshot(page, &mut snapshot);
+        let twin = *mem.twin(page);
+        let changed = in_place::merge(&twin, &snapshot, mem.home_page_mut(page));
+        if !ctx.config.mutated(MutationPoint::StaleTwin) {
+            mem.twin_mut(page).copy_from_slice(&snapshot);
+        }
+        let idle = self.kept.entry(page).or_default();
+        *idle = if changed { 0 } else { *idle + 1 };
+        changed
+    }
+
+    /// Forgets the pages of a freed region.
+    pub(crate) fn remove_region(&mut self, region: u32) {
+        self.kept.retain(|page, _| page.region != region);
+        self.carried.retain(|page| page.region != region);
     }
 
     /// Diffs a dirty page against its twin and sends the diff home. Returns whether anything
@@ -178,9 +231,9 @@ impl Syncs {
         Ok(())
     }
 
-    /// The oldest sync waiting longer than `limit` ticks, as a timeout error.
-    pub(crate) fn overdue(&self, now: u64, limit: u64) -> Option<Error> {
-        self.waits.values().find_map(|wait| {
+    /// Every sync waiting longer than `limit` ticks, as timeout errors.
+    pub(crate) fn overdue(&self, now: u64, limit: u64) -> impl Iterator<Item = Error> + '_ {
+        self.waits.values().filter_map(move |wait| {
             let ticks = now.saturating_sub(wait.since);
             (ticks > limit).then_some(Error::Timeout {
                 waiting_for: "diff acks of a release or acquire",

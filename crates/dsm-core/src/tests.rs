@@ -25,6 +25,9 @@ impl Memory for TestMemory {
     fn twin(&self, page: PageId) -> &[u8; PAGE_SIZE] {
         &self.twins[&page]
     }
+    fn twin_mut(&mut self, page: PageId) -> &mut [u8; PAGE_SIZE] {
+        self.twins.get_mut(&page).expect("twin made")
+    }
     fn home_page(&self, page: PageId) -> &[u8; PAGE_SIZE] {
         self.home.get(&page).expect("home page set up by the test")
     }
@@ -376,8 +379,8 @@ fn a_lost_grant_times_out_naming_the_wait() {
     assert!(engine.tick(5).is_ok());
     assert!(matches!(
         engine.tick(50),
-        Err(Error::Timeout {
-            peer: 1,
+        Err(Error::FaultTimeout {
+            home: 1,
             page: P,
             ..
         })
@@ -421,4 +424,77 @@ fn acquire_of_a_page_being_written_flushes_it_and_announces_it_later() {
         token: 3,
         notices: vec![P]
     }));
+}
+
+#[test]
+fn overdue_lists_every_timed_out_fault_with_its_home() {
+    let mut config = EngineConfig::new(0, 2);
+    config.timeout_ticks = 10;
+    let mut engine = Engine::new(config);
+    engine
+        .add_region(RegionLayout {
+            id: 0,
+            pages: 4,
+            consistency: Consistency::Release,
+            placement: Placement::Cyclic,
+        })
+        .unwrap();
+    let mut mem = TestMemory::default();
+    let q = PageId { region: 0, page: 3 };
+    engine.fault(P, Access::Read, 1, &mut mem).unwrap();
+    engine.fault(q, Access::Write, 2, &mut mem).unwrap();
+    engine.tick(5).unwrap();
+    assert!(engine.overdue().is_empty());
+    assert!(engine.tick(50).is_err());
+    let mut late: Vec<(PageId, NodeId)> = engine
+        .overdue()
+        .into_iter()
+        .map(|e| match e {
+            Error::FaultTimeout { page, home, .. } => (page, home),
+            other => panic!("not a timeout: {other}"),
+        })
+        .collect();
+    late.sort();
+    assert_eq!(late, vec![(P, 1), (q, 1)]);
+}
+
+#[test]
+fn a_home_publishes_its_own_writes_in_place_and_keeps_the_page_writable() {
+    let mut c = Cluster::new(2, Consistency::Release, false);
+    c.fault(1, Access::Write, 1); // node 1 is P's home
+    c.deliver_all();
+    assert!(c.woken(1, 1));
+    for (interval, value) in [(0u64, 7u8), (1, 8)] {
+        c.mems[1].local.get_mut(&P).unwrap()[20] = value;
+        c.engines[1]
+            .release(100 + interval, &mut c.mems[1])
+            .unwrap();
+        c.collect(1);
+        assert!(c.wire.is_empty(), "a home's own release sends nothing");
+        assert_eq!(c.mems[1].home[&P][20], value, "the master has the write");
+        assert_eq!(c.engines[1].local_state(P), LocalState::Modified);
+        assert!(c.seen[1].contains(&Action::SyncDone {
+            token: 100 + interval,
+            notices: vec![P]
+        }));
+    }
+    // Another node's diff to other bytes, then the home writes again: both stay.
+    c.fault(0, Access::Write, 2);
+    c.deliver_all();
+    c.mems[0].local.get_mut(&P).unwrap()[30] = 3;
+    c.engines[0].release(5, &mut c.mems[0]).unwrap();
+    c.collect(0);
+    c.deliver_all();
+    c.mems[1].local.get_mut(&P).unwrap()[21] = 9;
+    c.engines[1].release(200, &mut c.mems[1]).unwrap();
+    c.collect(1);
+    let master = &c.mems[1].home[&P];
+    assert_eq!((master[20], master[21], master[30]), (8, 9, 3));
+    // Idle releases: after KEEP_IDLE_RELEASES unchanged ones the page is protected again.
+    for token in 0..=u64::from(crate::KEEP_IDLE_RELEASES) {
+        c.engines[1].release(300 + token, &mut c.mems[1]).unwrap();
+        c.collect(1);
+    }
+    assert_eq!(c.engines[1].local_state(P), LocalState::Shared);
+    assert!(c.seen[1].contains(&Action::DropTwin { page: P }));
 }

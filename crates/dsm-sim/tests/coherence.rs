@@ -77,6 +77,10 @@ fn release_seeds() {
     let total = run_seeds(Consistency::Release);
     if seeds().len() >= 20 {
         assert!(total.twins > 0 && total.diffs > 0 && total.barriers > 0);
+        assert!(
+            total.kept_writable > 0,
+            "no home page was published in place"
+        );
         assert!(total.invalidations > 0 && total.one_sided_reads > 0);
     }
 }
@@ -111,6 +115,15 @@ fn mutation_forgotten_write_notices_are_caught() {
     assert!(
         caught.is_some(),
         "releases without write notices went unnoticed"
+    );
+}
+
+#[test]
+fn mutation_stale_twin_of_a_home_page_is_caught() {
+    let caught = first_caught(Consistency::Release, Mutation::StaleTwin, 50);
+    assert!(
+        caught.is_some(),
+        "a home page published in place with a stale twin went unnoticed"
     );
 }
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 use dsm_core::{Access, Action, Engine, Memory, RegionLayout, Transport};
 use dsm_wire::{Coherence as Msg, Message, NodeId, PAGE_SIZE, Page, PageId};
 
-use crate::raw::{HomeCopies, installed_page};
+use crate::raw::{HomeCopies, installed_page, snapshot_page};
 use crate::runtime::Shared;
 use crate::runtime::driver::send_counted;
 use crate::stats::Counters;
@@ -41,6 +41,11 @@ pub(crate) struct Coherence {
     faults: HashMap<u64, (PageId, Instant)>,
     /// Sync tokens nobody waits for (acquires started by the lock table).
     detached: HashSet<u64>,
+    /// Pages whose fault timed out, with the error: every later fault on them fails with it
+    /// (the threads blocked on them are woken to fault again and fail).
+    timed_out: HashMap<PageId, Error>,
+    /// Home transactions and syncs already reported as overdue (logged once each).
+    reported: HashSet<String>,
     next_token: u64,
 }
 
@@ -49,6 +54,9 @@ pub(crate) struct Ctx<'a> {
     pub(crate) transport: &'a dyn Transport,
     pub(crate) shared: &'a Shared,
 }
+
+/// Most distinct overdue home transactions and syncs logged (the rest only count as one).
+const MAX_REPORTED: usize = 1024;
 
 /// Bound on poll rounds after one call (the engine defers only while pages settle).
 const MAX_POLLS: usize = 1024;
@@ -60,6 +68,8 @@ impl Coherence {
             regions: HashMap::new(),
             faults: HashMap::new(),
             detached: HashSet::new(),
+            timed_out: HashMap::new(),
+            reported: HashSet::new(),
             next_token: 1,
         }
     }
@@ -121,8 +131,56 @@ impl Coherence {
         Ok(())
     }
 
+    /// The clock moved to `now_ms` (milliseconds since the node started); waits older than
+    /// `timeout_ms` time out. Each fault that timed out is failed: its page is marked (later
+    /// faults on it fail), its threads are woken so that they fault again and fail, and its
+    /// error (naming the page and its home) is returned, once. Overdue home transactions and
+    /// syncs are logged once each (syncs also time out in their waiter).
+    pub(crate) fn tick(&mut self, now_ms: u64, timeout_ms: u64) -> Vec<Error> {
+        self.engine.set_timeout_ticks(timeout_ms);
+        let _ = self.engine.tick(now_ms);
+        let mut failed = Vec::new();
+        for error in self.engine.overdue() {
+            match error {
+                dsm_core::Error::FaultTimeout { page, home, ticks } => {
+                    if self.timed_out.contains_key(&page) {
+                        continue;
+                    }
+                    let error = fault_timeout(page, home, ticks);
+                    self.timed_out
+                        .insert(page, fault_timeout(page, home, ticks));
+                    self.wake_faults_on(page);
+                    failed.push(error);
+                }
+                other => {
+                    let text = other.to_string();
+                    if self.reported.len() < MAX_REPORTED && self.reported.insert(text.clone()) {
+                        tracing::error!(error = %text, "coherence wait overdue");
+                    }
+                }
+            }
+        }
+        failed
+    }
+
+    /// Wakes the threads blocked on `page` (they fault again and find it failed).
+    fn wake_faults_on(&mut self, page: PageId) {
+        self.faults.retain(|_, (p, _)| *p != page);
+        if let Some(mapped) = self.regions.get(&page.region) {
+            if let Err(e) = mapped.region.wake(page.page) {
+                tracing::warn!(?page, error = %e, "wake after a fault timeout");
+            }
+        }
+    }
+
     /// A thread faulted.
     pub(crate) fn fault(&mut self, page: PageId, access: Access, ctx: &Ctx<'_>) -> Result<()> {
+        if let Some(Error::Timeout { what, waited_ms }) = self.timed_out.get(&page) {
+            return Err(Error::Timeout {
+                what: what.clone(),
+                waited_ms: *waited_ms,
+            });
+        }
         let token = self.token();
         self.faults.insert(token, (page, Instant::now()));
         let mut mem = Mem {
@@ -269,6 +327,17 @@ impl Coherence {
     }
 }
 
+/// The error of a fault on `page` that waited `waited_ms` for its home `home`.
+fn fault_timeout(page: PageId, home: NodeId, waited_ms: u64) -> Error {
+    Error::Timeout {
+        what: format!(
+            "page {} of region {} from its home, node {home}",
+            page.page, page.region
+        ),
+        waited_ms,
+    }
+}
+
 fn page_home(engine: &Engine, page: PageId) -> Option<NodeId> {
     engine.home_of(page).ok()
 }
@@ -308,6 +377,24 @@ impl Memory for Mem<'_> {
             .expect("twin made before use")
     }
 
+    fn twin_mut(&mut self, page: PageId) -> &mut [u8; PAGE_SIZE] {
+        self.regions
+            .get_mut(&page.region)
+            .expect("the engine asks only for known regions")
+            .twins
+            .get_mut(&page.page)
+            .expect("twin made before use")
+    }
+
+    fn snapshot(&self, page: PageId, into: &mut [u8; PAGE_SIZE]) {
+        let region = &self.get(page).region;
+        let address = region.page_address(page.page).expect("page in range");
+        // SAFETY: the engine asks only for installed pages of live regions (the `Arc` in
+        // `Mapped` keeps the mapping); the page is writable and other threads may store to
+        // it, which the raw copy tolerates (each byte read once, no reference kept).
+        unsafe { snapshot_page(address, into) }
+    }
+
     fn home_page(&self, page: PageId) -> &[u8; PAGE_SIZE] {
         self.get(page).home.page(page.page)
     }
@@ -318,5 +405,96 @@ impl Memory for Mem<'_> {
             .expect("the engine asks only for known regions")
             .home
             .page_mut(page.page)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use dsm_core::{Consistency, EngineConfig, HomeMemory, Placement, TransportError};
+
+    use super::*;
+
+    /// Records what the engine sends (a mock of the network, for this unit test only).
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(NodeId, Message)>>);
+
+    impl Transport for Recorder {
+        fn local(&self) -> NodeId {
+            0
+        }
+        fn send(&self, to: NodeId, message: &Message) -> std::result::Result<(), TransportError> {
+            self.0.lock().unwrap().push((to, message.clone()));
+            Ok(())
+        }
+        fn expose(&self, _: u32, _: HomeMemory) -> std::result::Result<(), TransportError> {
+            Ok(())
+        }
+        fn withdraw(&self, _: u32) -> std::result::Result<(), TransportError> {
+            Ok(())
+        }
+        fn read_page(
+            &self,
+            _: NodeId,
+            _: PageId,
+            _: u64,
+        ) -> std::result::Result<(), TransportError> {
+            Ok(())
+        }
+        fn write_page(
+            &self,
+            _: NodeId,
+            _: PageId,
+            _: Page,
+            _: u64,
+        ) -> std::result::Result<(), TransportError> {
+            Ok(())
+        }
+        fn one_sided(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_fault_whose_home_never_answers_fails_naming_the_page_and_home() {
+        let region = match dsm_uffd::Region::new(0x5e00_0000_0000, 4, dsm_uffd::Delivery::Thread) {
+            Ok(region) => Arc::new(region),
+            Err(e) => {
+                eprintln!("SKIPPED: no userfaultfd region here ({e})");
+                return;
+            }
+        };
+        let mut c = Coherence::new(Engine::new(EngineConfig::new(0, 2)));
+        let layout = RegionLayout {
+            id: 3,
+            pages: 4,
+            consistency: Consistency::Release,
+            placement: Placement::Block,
+        };
+        c.add_region(layout, region).unwrap();
+        let (transport, shared) = (Recorder::default(), Shared::new(0, 2));
+        let ctx = Ctx {
+            transport: &transport,
+            shared: &shared,
+        };
+        let page = PageId { region: 3, page: 2 }; // homed on node 1
+        c.fault(page, Access::Read, &ctx).unwrap();
+        assert_eq!(
+            transport.0.lock().unwrap().len(),
+            1,
+            "a read request went out"
+        );
+        assert!(c.tick(1_000, 5_000).is_empty());
+        let failed = c.tick(7_000, 5_000);
+        assert_eq!(failed.len(), 1);
+        let text = failed[0].to_string();
+        assert!(
+            text.contains("page 2 of region 3") && text.contains("node 1"),
+            "{text}"
+        );
+        assert!(c.tick(8_000, 5_000).is_empty(), "reported once");
+        let again = c.fault(page, Access::Read, &ctx).unwrap_err().to_string();
+        assert_eq!(again, text, "a later fault on the page fails the same way");
     }
 }

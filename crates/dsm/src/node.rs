@@ -141,6 +141,8 @@ impl Node {
             central: Central::default(),
             allocator: Allocator::default(),
             events: receiver,
+            fault_timeout: config.op_timeout,
+            started: Instant::now(),
         };
         let driver = std::thread::Builder::new()
             .name(format!("dsm-driver-{}", config.rank))

@@ -86,6 +86,19 @@ pub(crate) unsafe fn installed_page<'a>(address: usize) -> &'a [u8; PAGE_SIZE] {
     unsafe { &*(address as *const [u8; PAGE_SIZE]) }
 }
 
+/// Copies the installed page at `address` into `into` while other threads may be storing to
+/// it (a torn word is fine: the engine's next release sees the rest of it change).
+///
+/// # Safety
+/// `address` must be the page-aligned start of an installed page of a live mapping.
+pub(crate) unsafe fn snapshot_page(address: usize, into: &mut [u8; PAGE_SIZE]) {
+    // SAFETY: the caller's contract; the source is read through a raw pointer (no reference
+    // to memory other threads write), the destination is ours and does not overlap it.
+    unsafe {
+        std::ptr::copy_nonoverlapping(address as *const u8, into.as_mut_ptr(), PAGE_SIZE);
+    }
+}
+
 /// Reads element `index` of a `T` array at `base` (through the mapping: may fault).
 ///
 /// # Safety

@@ -92,6 +92,22 @@ impl Memory for NodeMemory {
             .expect("engine read a twin it did not make")
     }
 
+    fn twin_mut(&mut self, page: PageId) -> &mut [u8; PAGE_SIZE] {
+        self.twin[index(page)]
+            .as_mut()
+            .expect("engine refreshed a twin it did not make")
+    }
+
+    fn snapshot(&self, page: PageId, into: &mut [u8; PAGE_SIZE]) {
+        let i = index(page);
+        assert_eq!(
+            self.perm[i],
+            Perm::Write,
+            "engine published in place a copy that is not writable"
+        );
+        into.copy_from_slice(&self.local[i][..]);
+    }
+
     fn home_page(&self, page: PageId) -> &[u8; PAGE_SIZE] {
         &self.home[index(page)]
     }

@@ -96,6 +96,8 @@ pub struct Report {
     pub twins: u64,
     /// Diffs sent (release mode).
     pub diffs: u64,
+    /// Pages still writable after a release (release mode: home pages published in place).
+    pub kept_writable: u64,
 }
 
 impl Report {
@@ -112,6 +114,7 @@ impl Report {
         self.one_sided_reads += other.one_sided_reads;
         self.twins += other.twins;
         self.diffs += other.diffs;
+        self.kept_writable += other.kept_writable;
     }
 }
 
@@ -129,7 +132,8 @@ pub(crate) struct World {
     /// Release mode drain: a node whose phase reaches this after a barrier is done.
     final_phase: u64,
     arrived: u32,
-    arrived_notices: BTreeSet<PageId>,
+    /// Write notices of the nodes arrived at the barrier: (writer, page).
+    arrived_notices: BTreeSet<(NodeId, PageId)>,
     pub(crate) report: Report,
 }
 
@@ -357,7 +361,7 @@ impl World {
                 let result = node.engine.on_page_read(token, data, &mut node.mem);
                 self.engine_result(n, result)?;
             }
-            Wire::BarrierArrive { notices } => return self.barrier_arrive(notices),
+            Wire::BarrierArrive { notices } => return self.barrier_arrive(from, notices),
             Wire::BarrierRelease { notices } => {
                 node.stage = Stage::Acquiring;
                 node.stage_since = self.step;

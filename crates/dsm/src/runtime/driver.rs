@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dsm_core::{EventSink, Transport, TransportEvent};
 use dsm_locks::LockTable;
@@ -53,23 +53,37 @@ pub(crate) struct Driver {
     pub(crate) central: Central,
     pub(crate) allocator: Allocator,
     pub(crate) events: Receiver<Event>,
+    /// Bound on a fault's wait for its page (the node's `op_timeout`); the engine's clock is
+    /// in milliseconds since `started`.
+    pub(crate) fault_timeout: Duration,
+    pub(crate) started: Instant,
 }
+
+/// How often the driver gives the coherence engine the time (its timeouts are checked then).
+const ENGINE_TICK: Duration = Duration::from_millis(100);
 
 impl Driver {
     /// Runs until stopped.
     pub(crate) fn run(mut self) {
         let mut actions = Vec::new();
+        let mut next_engine_tick = Instant::now();
         loop {
             let wait = self
                 .ring
                 .next_deadline()
+                .min(next_engine_tick)
                 .saturating_duration_since(Instant::now());
             match self.events.recv_timeout(wait) {
                 Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Ok(Event::Transport(event)) => self.on_event(event),
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            self.ring.tick(Instant::now(), &mut actions);
+            let now = Instant::now();
+            if now >= next_engine_tick {
+                self.tick_engine(now);
+                next_engine_tick = now + ENGINE_TICK;
+            }
+            self.ring.tick(now, &mut actions);
             for action in actions.drain(..) {
                 match action {
                     RingAction::Heartbeat { to, beat } => {
@@ -78,6 +92,18 @@ impl Driver {
                     RingAction::Declare { rank } => self.declare(rank),
                 }
             }
+        }
+    }
+
+    /// Gives the coherence engine the time; a fault that waited past the timeout fails (its
+    /// threads die with SIGBUS after the resolver prints the error naming the page and its
+    /// home) instead of hanging.
+    fn tick_engine(&self, now: Instant) {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (now_ms, timeout_ms) = (millis(now - self.started), millis(self.fault_timeout));
+        let failed = self.core.engine(|c, _| Ok(c.tick(now_ms, timeout_ms)));
+        for error in failed.unwrap_or_default() {
+            tracing::error!(rank = self.rank, %error, "fault timed out");
         }
     }
 

@@ -1,8 +1,10 @@
 //! Applying an engine's actions as a node's driver would: sends onto the simulated network,
 //! installs and protections into the node's memory, wakes, and the barrier built on syncs.
 
+use std::collections::BTreeSet;
+
 use dsm_core::{Action, Consistency};
-use dsm_wire::{Coherence, PageId};
+use dsm_wire::{Coherence, NodeId, PageId};
 
 use super::super::memory::{POISON, Perm};
 use super::super::workload::Op;
@@ -10,19 +12,25 @@ use super::{SYNC_TOKEN, Stage, Wire, World};
 use crate::error::Result;
 
 impl World {
-    pub(super) fn barrier_arrive(&mut self, notices: Vec<PageId>) -> Result<()> {
+    /// Like the runtime's barrier, each node is sent the notices of the *other* nodes: a page
+    /// only it wrote stays valid (and, homed there, writable) across the barrier.
+    pub(super) fn barrier_arrive(&mut self, from: NodeId, notices: Vec<PageId>) -> Result<()> {
         self.arrived += 1;
-        self.arrived_notices.extend(notices);
+        self.arrived_notices
+            .extend(notices.into_iter().map(|page| (from, page)));
         if self.arrived < self.config.nodes {
             return Ok(());
         }
         self.arrived = 0;
         self.report.barriers += 1;
-        let notices: Vec<PageId> = std::mem::take(&mut self.arrived_notices)
-            .into_iter()
-            .collect();
+        let all = std::mem::take(&mut self.arrived_notices);
         for to in 0..self.config.nodes {
-            let notices = notices.clone();
+            let notices: BTreeSet<PageId> = all
+                .iter()
+                .filter(|(writer, _)| *writer != to)
+                .map(|(_, page)| *page)
+                .collect();
+            let notices = notices.into_iter().collect();
             self.send(0, to, Wire::BarrierRelease { notices })?;
         }
         Ok(())
@@ -164,6 +172,13 @@ impl World {
         node.stage_since = self.step;
         match node.stage {
             Stage::Releasing => {
+                // Home pages published in place stay writable into the next phase.
+                let pages = u32::try_from(node.mem.perm.len()).expect("fits");
+                let kept = (0..pages)
+                    .filter(|p| node.mem.perm(*p) == Perm::Write)
+                    .count();
+                self.report.kept_writable += kept as u64;
+                let node = &mut self.nodes[n];
                 node.stage = Stage::Arrived;
                 let from = u32::try_from(n).expect("fits");
                 self.send(from, 0, Wire::BarrierArrive { notices })
