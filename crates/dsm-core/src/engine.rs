@@ -1,5 +1,7 @@
 //! The engine: one node's coherence state, fed events, producing actions.
 
+use std::collections::HashSet;
+
 use dsm_wire::{Coherence, NodeId, Page, PageId};
 
 use crate::actions::{Access, Action, Outbox};
@@ -139,9 +141,10 @@ impl Engine {
     /// Unknown pages → error, nothing changed.
     pub fn acquire(&mut self, token: u64, notices: &[PageId], mem: &mut dyn Memory) -> Result<()> {
         let mut named = Vec::with_capacity(notices.len());
+        let mut seen = HashSet::with_capacity(notices.len());
         for page in notices {
             let loc = self.locate(*page)?;
-            if loc.consistency == Consistency::Release && !named.iter().any(|(p, _)| p == page) {
+            if loc.consistency == Consistency::Release && seen.insert(*page) {
                 named.push((*page, loc));
             }
         }

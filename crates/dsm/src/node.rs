@@ -10,7 +10,7 @@ use dsm_locks::{BarrierEngine, BarrierKind, LockEngine, LockKind, LockTable, Tab
 use dsm_tcp_fallback::{TcpConfig, TcpTransport, cluster_key_from_str};
 
 use dsm_core::Transport;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::marker::PhantomData;
 
 use dsm_core::{Consistency, Engine, EngineConfig, Placement, RegionLayout};
@@ -476,11 +476,18 @@ impl Drop for Node {
 /// The notices of other nodes: `all` with one occurrence of each of `mine` removed (a page
 /// only this node wrote needs no invalidation here; one also written elsewhere does).
 fn others_notices(mut all: Vec<PageId>, mine: &[PageId]) -> Vec<PageId> {
+    // Linear, not a search per page: a barrier carries every page every node wrote.
+    let mut skip: HashMap<PageId, usize> = HashMap::with_capacity(mine.len());
     for page in mine {
-        if let Some(i) = all.iter().position(|p| p == page) {
-            all.swap_remove(i);
-        }
+        *skip.entry(*page).or_default() += 1;
     }
+    all.retain(|page| match skip.get_mut(page) {
+        Some(left) if *left > 0 => {
+            *left -= 1;
+            false
+        }
+        _ => true,
+    });
     all
 }
 
