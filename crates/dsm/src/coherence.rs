@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dsm_core::{Access, Action, Engine, Memory, RegionLayout, Transport};
+use dsm_uffd::{PageSlots, SlotId};
 use dsm_wire::{Coherence as Msg, Message, NodeId, PAGE_SIZE, Page, PageId};
 
 use crate::raw::{HomeCopies, installed_page, snapshot_page};
@@ -46,6 +47,10 @@ pub(crate) struct Coherence {
     timed_out: HashMap<PageId, Error>,
     /// Home transactions and syncs already reported as overdue (logged once each).
     reported: HashSet<String>,
+    /// Signal delivery: where faulting threads wait (shared with their SIGBUS handlers).
+    slots: Arc<PageSlots>,
+    /// Signal delivery: the slot of each outstanding fault's thread, by fault token.
+    signal_faults: HashMap<u64, SlotId>,
     next_token: u64,
 }
 
@@ -54,6 +59,13 @@ pub(crate) struct Ctx<'a> {
     pub(crate) transport: &'a dyn Transport,
     pub(crate) shared: &'a Shared,
 }
+
+/// Threads that may wait on a fault at once with signal delivery (one slot each).
+const SIGNAL_SLOTS: usize = 64;
+
+/// What a signal fault's slot is filled with: only its ready state matters (the driver
+/// installed the page into the region itself).
+static READY_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
 /// Most distinct overdue home transactions and syncs logged (the rest only count as one).
 const MAX_REPORTED: usize = 1024;
@@ -70,6 +82,8 @@ impl Coherence {
             detached: HashSet::new(),
             timed_out: HashMap::new(),
             reported: HashSet::new(),
+            slots: Arc::new(PageSlots::new(SIGNAL_SLOTS)),
+            signal_faults: HashMap::new(),
             next_token: 1,
         }
     }
@@ -80,9 +94,21 @@ impl Coherence {
         self.next_token
     }
 
+    /// The slots SIGBUS handlers wait on (signal delivery).
+    pub(crate) fn slots(&self) -> Arc<PageSlots> {
+        Arc::clone(&self.slots)
+    }
+
     /// A node failed: wakes every thread waiting on a fault, so that its access faults again
     /// and the resolver fails it (the engine cannot complete it any more).
-    pub(crate) fn wake_all_faults(&mut self) {
+    pub(crate) fn wake_all_faults(&mut self, failed: NodeId) {
+        for (token, slot) in self.signal_faults.drain() {
+            if let Some((page, _)) = self.faults.get(&token) {
+                // The SIGBUS handler cannot print: say here why its thread fails.
+                eprintln!("dsm: fault on {page:?} cannot be served: node {failed} failed");
+            }
+            self.slots.fail(slot);
+        }
         for (_, (page, _)) in self.faults.drain() {
             if let Some(mapped) = self.regions.get(&page.region) {
                 if let Err(e) = mapped.region.wake(page.page) {
@@ -165,7 +191,22 @@ impl Coherence {
 
     /// Wakes the threads blocked on `page` (they fault again and find it failed).
     fn wake_faults_on(&mut self, page: PageId) {
-        self.faults.retain(|_, (p, _)| *p != page);
+        let tokens: Vec<u64> = self
+            .faults
+            .iter()
+            .filter(|(_, (p, _))| *p == page)
+            .map(|(token, _)| *token)
+            .collect();
+        for token in tokens {
+            self.faults.remove(&token);
+            if let Some(slot) = self.signal_faults.remove(&token) {
+                if let Some(error) = self.timed_out.get(&page) {
+                    // The SIGBUS handler cannot print: say here why its thread fails.
+                    eprintln!("dsm: fault on {page:?} failed: {error}");
+                }
+                self.slots.fail(slot);
+            }
+        }
         if let Some(mapped) = self.regions.get(&page.region) {
             if let Err(e) = mapped.region.wake(page.page) {
                 tracing::warn!(?page, error = %e, "wake after a fault timeout");
@@ -173,14 +214,53 @@ impl Coherence {
         }
     }
 
-    /// A thread faulted.
-    pub(crate) fn fault(&mut self, page: PageId, access: Access, ctx: &Ctx<'_>) -> Result<()> {
-        if let Some(Error::Timeout { what, waited_ms }) = self.timed_out.get(&page) {
-            return Err(Error::Timeout {
+    /// Signal delivery: a thread's SIGBUS handler handed over its fault and waits on `slot`;
+    /// the wake of the fault's token marks the slot ready. A fault that cannot be served
+    /// fails its slot (after saying why: the handler cannot print).
+    pub(crate) fn fault_in_signal(
+        &mut self,
+        fault: (PageId, Access, SlotId, Instant),
+        ctx: &Ctx<'_>,
+    ) -> Result<()> {
+        let (page, access, slot, since) = fault;
+        if let Some(rank) = ctx.shared.read(|s| s.failed.first().copied()) {
+            eprintln!("dsm: fault on {page:?} cannot be served: node {rank} failed");
+            self.slots.fail(slot);
+            return Ok(());
+        }
+        let token = self.token();
+        let started = self.check_timed_out(page).and_then(|()| {
+            self.faults.insert(token, (page, since));
+            self.signal_faults.insert(token, slot);
+            let mut mem = Mem {
+                regions: &mut self.regions,
+            };
+            Ok(self.engine.fault(page, access, token, &mut mem)?)
+        });
+        if let Err(e) = started {
+            eprintln!("dsm: fault on {page:?} failed: {e}");
+            self.faults.remove(&token);
+            self.signal_faults.remove(&token);
+            self.slots.fail(slot);
+            return Ok(());
+        }
+        self.apply(ctx)
+    }
+
+    /// The error of a page whose fault timed out before, if it did.
+    fn check_timed_out(&self, page: PageId) -> Result<()> {
+        match self.timed_out.get(&page) {
+            Some(Error::Timeout { what, waited_ms }) => Err(Error::Timeout {
                 what: what.clone(),
                 waited_ms: *waited_ms,
-            });
+            }),
+            _ => Ok(()),
         }
+    }
+
+    /// A thread faulted.
+    pub(crate) fn fault(&mut self, page: PageId, access: Access, ctx: &Ctx<'_>) -> Result<()> {
+        self.check_timed_out(page)?;
         let token = self.token();
         self.faults.insert(token, (page, Instant::now()));
         let mut mem = Mem {
@@ -308,6 +388,11 @@ impl Coherence {
         };
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         counters.fault_latency.record(nanos);
+        if let Some(slot) = self.signal_faults.remove(&token) {
+            // The install (or upgrade) is done: the handler returns and the access re-runs.
+            self.slots.fill(slot, &READY_PAGE);
+            return Ok(());
+        }
         // The install or upgrade woke the thread already; this covers a fault the engine
         // resolved without touching the mapping (the thread retries its access).
         self.mapped(page)?.region.wake(page.page)?;

@@ -21,6 +21,19 @@ pub enum TransportChoice {
     RequireRdma,
 }
 
+/// How userfaultfd faults reach the runtime (`DSM_FAULT_DELIVERY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultDelivery {
+    /// A reader thread per region takes each fault and runs the coherence engine
+    /// (`DSM_FAULT_DELIVERY=thread`, the default).
+    Thread,
+    /// `UFFD_FEATURE_SIGBUS`: the faulting thread hands its fault to the driver thread from
+    /// its SIGBUS handler, lock-free, and waits on a preallocated slot
+    /// (`DSM_FAULT_DELIVERY=signal`; x86-64). Every thread that touches a region must leave
+    /// SIGBUS unblocked.
+    Signal,
+}
+
 /// Everything a node needs to join a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -42,6 +55,8 @@ pub struct Config {
     pub failure_timeout: Duration,
     /// Bound on any other wait: a fault, a lock, a barrier (`DSM_OP_TIMEOUT_MS`, default 60 s).
     pub op_timeout: Duration,
+    /// How faults are delivered (`DSM_FAULT_DELIVERY`, default thread).
+    pub fault_delivery: FaultDelivery,
 }
 
 /// Port used when `DSM_COORDINATOR` is absent and the cluster runs on one host.
@@ -61,6 +76,7 @@ impl Config {
                 heartbeat_interval: Duration::from_millis(200),
                 failure_timeout: Duration::from_millis(1500),
                 op_timeout: Duration::from_secs(60),
+                fault_delivery: FaultDelivery::Thread,
             },
         }
     }
@@ -101,6 +117,9 @@ impl Config {
         }
         if let Some(d) = ms("DSM_OP_TIMEOUT_MS")? {
             b = b.op_timeout(d);
+        }
+        if let Some(d) = lookup("DSM_FAULT_DELIVERY") {
+            b = b.fault_delivery(parse_delivery(&d)?);
         }
         b.build()
     }
@@ -156,6 +175,11 @@ impl ConfigBuilder {
     /// Bound on faults, locks and barriers.
     pub fn op_timeout(mut self, timeout: Duration) -> Self {
         self.config.op_timeout = timeout;
+        self
+    }
+    /// How faults are delivered.
+    pub fn fault_delivery(mut self, delivery: FaultDelivery) -> Self {
+        self.config.fault_delivery = delivery;
         self
     }
     /// Checks the configuration and returns it.
@@ -238,6 +262,16 @@ fn parse_transport(value: &str) -> Result<TransportChoice> {
     }
 }
 
+fn parse_delivery(value: &str) -> Result<FaultDelivery> {
+    match value.trim() {
+        "thread" => Ok(FaultDelivery::Thread),
+        "signal" => Ok(FaultDelivery::Signal),
+        other => Err(Error::Config(format!(
+            "DSM_FAULT_DELIVERY={other:?}: expected thread or signal"
+        ))),
+    }
+}
+
 /// FNV-1a: a stable hash for the cluster id (std's hasher is randomly seeded per process).
 struct Fnv(u64);
 
@@ -289,6 +323,16 @@ mod tests {
         assert_eq!(c.join_timeout, Duration::from_millis(1500));
         assert_eq!(c.heartbeat_interval, Duration::from_millis(50));
         assert_eq!(c.failure_timeout, Duration::from_millis(400));
+    }
+
+    #[test]
+    fn fault_delivery_is_thread_unless_signal_is_asked() {
+        let base = [("DSM_RANK", "0"), ("DSM_SIZE", "1")];
+        assert_eq!(from(&base).unwrap().fault_delivery, FaultDelivery::Thread);
+        let signal = from(&[base[0], base[1], ("DSM_FAULT_DELIVERY", "signal")]).unwrap();
+        assert_eq!(signal.fault_delivery, FaultDelivery::Signal);
+        let bad = from(&[base[0], base[1], ("DSM_FAULT_DELIVERY", "sigbus")]);
+        assert!(matches!(bad, Err(Error::Config(m)) if m.contains("DSM_FAULT_DELIVERY")));
     }
 
     #[test]

@@ -46,6 +46,11 @@
 //!   `vm.unprivileged_userfaultfd=1`.
 //! - x86-64 (fixed region addresses in the 47-bit user address space).
 //! - Every thread that touches a region must leave SIGBUS unblocked.
+//! - Faults reach the runtime through a reader thread per region (the default) or, with
+//!   `DSM_FAULT_DELIVERY=signal` ([`FaultDelivery::Signal`]), from the faulting thread's own
+//!   SIGBUS handler, which hands the fault to the driver thread lock-free and waits on a
+//!   preallocated slot. A fault that waits past `DSM_OP_TIMEOUT_MS` fails (the process gets
+//!   SIGBUS) after an error naming the page and its home.
 //! - `DSM_TRANSPORT=rdma` (or `rdma!`): an RDMA device with an active port on every node (see
 //!   dsm-rdma's requirements: RoCE GID, locked memory). Pages then move by one-sided RDMA
 //!   READ from the home's registered master copy; control messages stay on TCP.
@@ -66,7 +71,7 @@ mod runtime;
 mod stats;
 mod transport;
 
-pub use config::{Config, ConfigBuilder, DEFAULT_COORDINATOR, TransportChoice};
+pub use config::{Config, ConfigBuilder, DEFAULT_COORDINATOR, FaultDelivery, TransportChoice};
 pub use dsm_core::Consistency;
 pub use error::{Error, Result};
 pub use lock::{Lock, LockGuard};

@@ -17,7 +17,7 @@ use dsm_core::{Consistency, Engine, EngineConfig, Placement, RegionLayout};
 use dsm_wire::{Alloc, Membership, Message, NodeId, PAGE_SIZE, PageId, RegionSpec, Sync};
 
 use crate::coherence::Coherence;
-use crate::fault::Resolver;
+use crate::fault::{Resolver, SIGNAL_WAIT_MARGIN, SignalPath};
 use crate::lock::{Lock, LockConsistency, LockOutbox};
 use crate::membership::bootstrap::{self, Booted};
 use crate::membership::ring::Ring;
@@ -28,7 +28,7 @@ use crate::runtime::driver::{Driver, EVENT_QUEUE, Event, Sink, send_counted};
 use crate::runtime::{Core, Shared};
 use crate::stats::Counters;
 use crate::transport::{Wire, rdma};
-use crate::{Config, Error, Result, Stats};
+use crate::{Config, Error, FaultDelivery, Result, Stats};
 
 /// A node of a dsm cluster. Created by [`Node::join`]; every collective call (`alloc`,
 /// `free`, `barrier`, `leave`) must be made by every node in the same order.
@@ -335,7 +335,10 @@ impl Node {
         let region = Arc::new(dsm_uffd::Region::new(
             usize::try_from(base).map_err(|_| Error::Protocol("base address".into()))?,
             pages,
-            dsm_uffd::Delivery::Thread,
+            match self.config.fault_delivery {
+                FaultDelivery::Thread => dsm_uffd::Delivery::Thread,
+                FaultDelivery::Signal => dsm_uffd::Delivery::Signal,
+            },
         )?);
         let layout = RegionLayout {
             id,
@@ -356,9 +359,18 @@ impl Node {
             home,
             self.config.op_timeout,
         )?;
+        let signal = match self.config.fault_delivery {
+            FaultDelivery::Thread => None,
+            FaultDelivery::Signal => Some(SignalPath {
+                events: self.events.clone(),
+                slots: self.core.engine(|c, _| Ok(c.slots()))?,
+                timeout: self.config.op_timeout + SIGNAL_WAIT_MARGIN,
+            }),
+        };
         let resolver = Arc::new(Resolver {
             core: Arc::clone(&self.core),
             region: id,
+            signal,
         });
         let server = dsm_uffd::Engine::start(Arc::clone(&region), resolver)?;
         // No node may fault on the region before every node can serve it.
@@ -503,5 +515,44 @@ mod tests {
         let mut others = others_notices(all, &[p(1), p(2)]);
         others.sort();
         assert_eq!(others, vec![p(2), p(3)]);
+    }
+}
+
+/// The runtime with SIGBUS fault delivery, in this process (the examples under both
+/// deliveries run in the integration tests with `DSM_FAULT_DELIVERY`).
+#[cfg(test)]
+mod signal_delivery {
+    use super::*;
+
+    #[test]
+    fn a_single_node_serves_its_faults_from_sigbus_handlers() {
+        let config = Config::builder(0, 1)
+            .coordinator("127.0.0.1:0")
+            .fault_delivery(FaultDelivery::Signal)
+            .build()
+            .unwrap();
+        let node = match Node::join(config) {
+            Ok(node) => node,
+            Err(e) => {
+                eprintln!("SKIPPED: cannot start a node here ({e})");
+                return;
+            }
+        };
+        for consistency in [Consistency::Sequential, Consistency::Release] {
+            let region = node.alloc::<u64>("signal", 4096, consistency).unwrap();
+            let ptr = region.as_ptr();
+            for i in (0..4096).step_by(97) {
+                // SAFETY: in bounds of a live region; every page faults first (SIGBUS path).
+                unsafe { ptr.add(i).write_volatile(i as u64 * 3) };
+            }
+            node.barrier().unwrap();
+            for i in (0..4096).step_by(97) {
+                assert_eq!(region.get(i), i as u64 * 3);
+            }
+            node.free(region).unwrap();
+        }
+        let stats = node.stats();
+        assert!(stats.write_faults > 0, "no fault went through the handler");
+        node.leave().unwrap();
     }
 }

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
+use dsm_core::Access;
 use dsm_core::{EventSink, Transport, TransportEvent};
 use dsm_locks::LockTable;
-use dsm_wire::{Alloc, Membership, Message, NodeId, Sync};
+use dsm_uffd::SlotId;
+use dsm_wire::{Alloc, Membership, Message, NodeId, PageId, Sync};
 
 use super::Core;
 use super::alloc::Allocator;
@@ -21,6 +23,17 @@ use crate::stats::Counters;
 pub(crate) enum Event {
     /// Something from the transport.
     Transport(TransportEvent),
+    /// Signal delivery: a thread faulted and waits on `slot` (see `crate::fault`).
+    Fault {
+        /// The page.
+        page: PageId,
+        /// What the thread did.
+        access: Access,
+        /// Where the thread waits.
+        slot: SlotId,
+        /// When the handler ran (the fault latency counts from here).
+        since: Instant,
+    },
     /// The node is going away.
     Stop,
 }
@@ -76,6 +89,18 @@ impl Driver {
             match self.events.recv_timeout(wait) {
                 Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Ok(Event::Transport(event)) => self.on_event(event),
+                Ok(Event::Fault {
+                    page,
+                    access,
+                    slot,
+                    since,
+                }) => {
+                    let fault = (page, access, slot, since);
+                    let done = self.core.engine(|c, ctx| c.fault_in_signal(fault, ctx));
+                    if let Err(e) = done {
+                        tracing::error!(?page, error = %e, "fault failed");
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
             }
             let now = Instant::now();
@@ -201,7 +226,7 @@ impl Driver {
                 if self.ring.failed(rank, now) {
                     self.core.shared.update(|s| s.failed.push(rank));
                     let _ = self.core.engine(|c, _| {
-                        c.wake_all_faults();
+                        c.wake_all_faults(rank);
                         Ok(())
                     });
                 }
@@ -232,7 +257,7 @@ impl Driver {
         if news || first {
             tracing::warn!(rank = self.rank, failed = rank, "node declared failed");
             let _ = self.core.engine(|c, _| {
-                c.wake_all_faults();
+                c.wake_all_faults(rank);
                 Ok(())
             });
             self.broadcast(false, &Message::Membership(Membership::NodeFailed { rank }));
