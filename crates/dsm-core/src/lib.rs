@@ -70,7 +70,7 @@
 //! None: no I/O, no unsafe outside `transport.rs`'s `HomeMemory` contract.
 //!
 //! # Cargo features
-//! * `mutation`: adds [`EngineConfig::mutation`], deliberately broken protocol variants used by
+//! * `mutation`: adds the `mutation` field of [`EngineConfig`], deliberately broken variants used by
 //!   dsm-sim's mutation tests to prove its checker bites. Never for real nodes.
 
 mod actions;

@@ -23,7 +23,8 @@ pub enum Error {
     /// An operation waited longer than its bound for something other than a join.
     #[error("timed out after {waited_ms} ms waiting for {what}")]
     Timeout {
-        /// What was awaited, e.g. "barrier 3" or "lock 7 (replies from [2])".
+        /// What was awaited, e.g. `barrier 3`, `lock 7 (replies from [2])` or `page 5 of
+        /// region 1 from its home, node 2` (a fault).
         what: String,
         /// How long it waited.
         waited_ms: u64,
