@@ -30,9 +30,12 @@ pub struct Stats {
     /// Barriers passed.
     pub barriers: u64,
     /// Median fault service time, nanoseconds (0 when no fault was timed): from the moment
-    /// the runtime took the fault (userfaultfd message read) to the install or upgrade that
-    /// resumes the thread, remote round trip included; the kernel's delivery and the thread's
-    /// wake-up (measured by `dsm-bench uffd`) come on top.
+    /// the runtime took the fault to the install or upgrade that resumes the thread, remote
+    /// round trip included; the kernel's delivery and the thread's wake-up (measured by
+    /// `dsm-bench uffd`) come on top. Thread delivery starts the clock when the coherence
+    /// engine gets the fault on the reader thread; signal delivery starts it in the SIGBUS
+    /// handler, so it also counts the hand-over to the driver thread (figures of the two
+    /// deliveries are not directly comparable).
     pub fault_latency_p50_ns: u64,
     /// 99th-percentile fault service time, nanoseconds.
     pub fault_latency_p99_ns: u64,
