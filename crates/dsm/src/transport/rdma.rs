@@ -200,6 +200,8 @@ pub(crate) fn withdraw(wire: &Wire, region: u32) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write as _;
+
     use super::*;
 
     fn config(transport: TransportChoice) -> Config {
@@ -209,7 +211,9 @@ mod tests {
     #[test]
     fn without_a_device_rdma_falls_back_unless_required() {
         if dsm_rdma::device_names().is_ok_and(|names| !names.is_empty()) {
-            eprintln!(
+            // Straight to stderr: libtest captures `eprintln!` of passing tests.
+            let _ = writeln!(
+                std::io::stderr(),
                 "SKIPPED without_a_device_rdma_falls_back_unless_required: this machine has an \
                  RDMA device (the examples over RDMA in scripts/rig cover that case)"
             );
