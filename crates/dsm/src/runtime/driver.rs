@@ -238,7 +238,12 @@ impl Driver {
             }
             Membership::Leave { rank } if rank == from => {
                 self.ring.left(rank, now);
-                self.core.shared.update(|s| s.left[rank as usize] = true);
+                // `from` is a rank the transport knows, but a bad index must not panic here.
+                self.core.shared.update(|s| {
+                    if let Some(left) = s.left.get_mut(rank as usize) {
+                        *left = true;
+                    }
+                });
             }
             other => tracing::warn!(from, ?other, "unexpected membership message; dropped"),
         }
