@@ -22,6 +22,9 @@ pub(crate) const RECV_POOL: u8 = 3;
 
 /// Most frames queued for SEND slots; beyond it `send` fails `Exhausted`.
 const BACKLOG_LIMIT: usize = 4096;
+/// Most regions one peer may have announced at once: its keys are kept until withdrawn, so
+/// a peer announcing without end must not grow this node's memory without end.
+const MAX_REGIONS_PER_PEER: usize = 1 << 16;
 
 /// The registered buffers: page-sized staging slots for READ/WRITE, message slots for SEND
 /// and RECV.
@@ -364,6 +367,14 @@ impl Shared {
             return Ok(());
         }
         let checked = RemoteRegion::new(peer, region, addr, len, rkey, &self.limits)?;
+        let known = remote.contains_key(&(peer, region));
+        if !known && remote.keys().filter(|(p, _)| *p == peer).count() >= MAX_REGIONS_PER_PEER {
+            return Err(Error::BadRegionKey {
+                peer,
+                region,
+                reason: "the peer announced more regions than one peer may have",
+            });
+        }
         remote.insert((peer, region), checked);
         Ok(())
     }
