@@ -85,11 +85,22 @@ impl Core {
             let token = c.token();
             call(c, token, ctx).map(|()| token)
         })?;
-        self.shared.wait(
+        let waited = self.shared.wait(
             timeout,
             |_| what.to_owned(),
             |s| s.syncs.get(&token).map(|_| ()),
-        )?;
+        );
+        if waited.is_err() {
+            // Nobody takes this completion now: drop it if it came, or when it comes (it is
+            // recorded under the engine lock, so one of the two holds).
+            let _ = self.engine(|c, _| {
+                if self.shared.update(|s| s.syncs.remove(&token)).is_none() {
+                    c.detach(token);
+                }
+                Ok(())
+            });
+        }
+        waited?;
         Ok(self
             .shared
             .update(|s| s.syncs.remove(&token))
