@@ -49,6 +49,14 @@ pub enum Error {
         /// The bound.
         bound: u64,
     },
+    /// An environment variable that chooses the seeds or steps is not a number.
+    #[error("{name}={value} is not a number")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+    },
 }
 
 /// Result of a simulation.

@@ -9,6 +9,8 @@
 //! * [`coherence`]: the coherence engines (dsm-core) under random workloads, checked after
 //!   every step; `tests/coherence.rs` runs many seeds.
 //! * [`locks`]: the simulation of the lock and barrier engine (dsm-locks).
+//! * [`seeds`]: which seeds and how many steps a test runs, from `DSM_SIM_SEED`,
+//!   `DSM_SIM_SEEDS` and `DSM_SIM_STEPS`.
 //!
 //! ```
 //! use dsm_sim::net::{NetConfig, SimNet};
@@ -26,5 +28,6 @@ mod error;
 pub mod locks;
 pub mod net;
 pub mod rng;
+pub mod seeds;
 
 pub use error::{Error, Result};

@@ -16,25 +16,13 @@ const DEFAULT_SEEDS: u64 = 30_000;
 /// Workload steps per seed when `DSM_SIM_STEPS` is not set.
 const DEFAULT_STEPS: u64 = 2_000;
 
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value} is not a number")),
-    )
-}
-
-/// The seeds to run: exactly `DSM_SIM_SEED` if set, else `0..DSM_SIM_SEEDS`.
+/// The seeds to run (see [`dsm_sim::seeds`]).
 fn seeds() -> Vec<u64> {
-    match env_u64("DSM_SIM_SEED") {
-        Some(seed) => vec![seed],
-        None => (0..env_u64("DSM_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
-    }
+    dsm_sim::seeds::seeds(DEFAULT_SEEDS).expect("DSM_SIM_SEED(S)")
 }
 
 fn steps() -> u64 {
-    env_u64("DSM_SIM_STEPS").unwrap_or(DEFAULT_STEPS)
+    dsm_sim::seeds::steps(DEFAULT_STEPS).expect("DSM_SIM_STEPS")
 }
 
 fn run_seeds(consistency: Consistency) -> Report {

@@ -15,24 +15,13 @@ const DEFAULT_SEEDS: u64 = 4_000;
 /// Critical sections per seed (all threads together) when `DSM_SIM_STEPS` is not set.
 const DEFAULT_SECTIONS: u64 = 400;
 
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value} is not a number")),
-    )
-}
-
+/// The seeds to run (see [`dsm_sim::seeds`]).
 fn seeds() -> Vec<u64> {
-    match env_u64("DSM_SIM_SEED") {
-        Some(seed) => vec![seed],
-        None => (0..env_u64("DSM_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
-    }
+    dsm_sim::seeds::seeds(DEFAULT_SEEDS).expect("DSM_SIM_SEED(S)")
 }
 
 fn sections() -> u32 {
-    let sections = env_u64("DSM_SIM_STEPS").unwrap_or(DEFAULT_SECTIONS);
+    let sections = dsm_sim::seeds::steps(DEFAULT_SECTIONS).expect("DSM_SIM_STEPS");
     u32::try_from(sections).expect("DSM_SIM_STEPS fits in u32")
 }
 
