@@ -292,14 +292,7 @@ fn grant_read(
         }
         other => *other = Holders::Shared(BTreeSet::from([request.from])),
     }
-    let data = grant_data(page, request.from, ctx, mem);
-    let message = Coherence::ReadGrant {
-        req: request.req,
-        page,
-        version: entry.version,
-        data,
-    };
-    ctx.out.send(request.from, message);
+    send_read_grant(request.from, request.req, page, entry.version, ctx, mem);
 }
 
 fn grant_write(
@@ -334,14 +327,26 @@ pub(crate) fn serve_release_read(
     ctx: &mut Ctx<'_>,
     mem: &dyn Memory,
 ) {
-    let data = grant_data(page, from, ctx, mem);
+    send_read_grant(from, req, page, 0, ctx, mem);
+}
+
+/// Grants `to` a read copy of `page` at `version` (with the data unless it reads one-sided).
+fn send_read_grant(
+    to: NodeId,
+    req: u64,
+    page: PageId,
+    version: u64,
+    ctx: &mut Ctx<'_>,
+    mem: &dyn Memory,
+) {
+    let data = grant_data(page, to, ctx, mem);
     let message = Coherence::ReadGrant {
         req,
         page,
-        version: 0,
+        version,
         data,
     };
-    ctx.out.send(from, message);
+    ctx.out.send(to, message);
 }
 
 /// Release mode: applies a diff to the master copy (runs checked first, so a bad diff changes

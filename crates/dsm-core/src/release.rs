@@ -53,7 +53,27 @@ pub(crate) struct Syncs {
     next_req: u64,
 }
 
+impl SyncWait {
+    /// A sync of this node starting now, announcing `notices`, with nothing in flight yet.
+    fn new(notices: Vec<PageId>, ctx: &Ctx<'_>) -> Self {
+        SyncWait {
+            remaining: 0,
+            notices,
+            peer: ctx.config.node,
+            since: ctx.now,
+        }
+    }
+}
+
 impl Syncs {
+    /// A sync call may not reuse the token of one still in progress.
+    fn check_token(&self, token: u64) -> Result<()> {
+        if self.waits.contains_key(&token) {
+            return Err(Error::SyncTokenInUse(token));
+        }
+        Ok(())
+    }
+
     /// Release: diff every dirty page to its home; `SyncDone` with the notices once acked.
     pub(crate) fn release(
         &mut self,
@@ -63,15 +83,9 @@ impl Syncs {
         ctx: &mut Ctx<'_>,
         mem: &mut dyn Memory,
     ) -> Result<()> {
-        if self.waits.contains_key(&token) {
-            return Err(Error::SyncTokenInUse(token));
-        }
-        let mut wait = SyncWait {
-            remaining: 0,
-            notices: std::mem::take(&mut self.carried).into_iter().collect(),
-            peer: ctx.config.node,
-            since: ctx.now,
-        };
+        self.check_token(token)?;
+        let carried = std::mem::take(&mut self.carried).into_iter().collect();
+        let mut wait = SyncWait::new(carried, ctx);
         for (page, loc) in dirty {
             if self.keeps(*page, *loc, ctx) {
                 if self.publish_in_place(*page, ctx, mem) {
@@ -101,15 +115,8 @@ impl Syncs {
         ctx: &mut Ctx<'_>,
         mem: &mut dyn Memory,
     ) -> Result<()> {
-        if self.waits.contains_key(&token) {
-            return Err(Error::SyncTokenInUse(token));
-        }
-        let mut wait = SyncWait {
-            remaining: 0,
-            notices: Vec::new(),
-            peer: ctx.config.node,
-            since: ctx.now,
-        };
+        self.check_token(token)?;
+        let mut wait = SyncWait::new(Vec::new(), ctx);
         for (page, loc) in notices {
             debug_assert_eq!(loc.consistency, Consistency::Release);
             cache.mark_refetch(*page);

@@ -84,6 +84,25 @@ impl Cluster {
         }
     }
 
+    /// Node `n`'s application writes `value` at `offset` of its local copy of P.
+    fn write(&mut self, n: usize, offset: usize, value: u8) {
+        self.mems[n].local.get_mut(&P).unwrap()[offset] = value;
+    }
+
+    /// Node `n` releases with `token`; its actions are applied.
+    fn release(&mut self, n: usize, token: u64) {
+        self.engines[n].release(token, &mut self.mems[n]).unwrap();
+        self.collect(n);
+    }
+
+    /// Node `n` acquires with `token` and the write notices `pages`; its actions are applied.
+    fn acquire(&mut self, n: usize, token: u64, pages: &[PageId]) {
+        self.engines[n]
+            .acquire(token, pages, &mut self.mems[n])
+            .unwrap();
+        self.collect(n);
+    }
+
     /// Applies node `n`'s actions like a driver would (one-sided reads complete at once).
     fn collect(&mut self, n: usize) {
         for _ in 0..100 {
@@ -209,7 +228,7 @@ fn read_of_a_modified_page_downgrades_the_writer_first() {
     let mut c = Cluster::new(3, Consistency::Sequential, false);
     c.fault(0, Access::Write, 1);
     c.deliver_all();
-    c.mems[0].local.get_mut(&P).unwrap()[5] = 99; // The woken thread writes.
+    c.write(0, 5, 99); // The woken thread writes.
     c.fault(2, Access::Read, 2);
     c.deliver_all();
     assert_eq!(c.engines[0].local_state(P), LocalState::Shared);
@@ -253,9 +272,8 @@ fn release_sends_a_diff_and_notices_invalidate_readers() {
     c.fault(0, Access::Write, 2);
     c.deliver_all();
     assert!(c.seen[0].contains(&Action::MakeTwin { page: P }) && c.woken(0, 2));
-    c.mems[0].local.get_mut(&P).unwrap()[10] = 42;
-    c.engines[0].release(100, &mut c.mems[0]).unwrap();
-    c.collect(0);
+    c.write(0, 10, 42);
+    c.release(0, 100);
     assert!(matches!(
         c.wire.front(),
         Some((0, 1, Coherence::Diff { runs, .. })) if runs.len() == 1 && runs[0].offset == 10
@@ -270,8 +288,7 @@ fn release_sends_a_diff_and_notices_invalidate_readers() {
         _ => None,
     });
     assert_eq!(done, Some(vec![P]));
-    c.engines[2].acquire(5, &[P], &mut c.mems[2]).unwrap();
-    c.collect(2);
+    c.acquire(2, 5, &[P]);
     assert_eq!(c.engines[2].local_state(P), LocalState::Invalid);
     c.fault(2, Access::Read, 6);
     c.deliver_all();
@@ -284,15 +301,14 @@ fn false_sharing_writers_exchange_no_pages() {
     c.fault(0, Access::Write, 1);
     c.fault(2, Access::Write, 2);
     c.deliver_all();
-    c.mems[0].local.get_mut(&P).unwrap()[0] = 10;
-    c.mems[2].local.get_mut(&P).unwrap()[1] = 20;
+    c.write(0, 0, 10);
+    c.write(2, 1, 20);
     // More writes by both: no messages at all.
     c.fault(0, Access::Write, 3);
     c.fault(2, Access::Write, 4);
     assert!(c.wire.is_empty() && c.woken(0, 3) && c.woken(2, 4));
     for n in [0, 2] {
-        c.engines[n].release(9, &mut c.mems[n]).unwrap();
-        c.collect(n);
+        c.release(n, 9);
     }
     c.deliver_all();
     assert_eq!(
@@ -393,8 +409,7 @@ fn acquire_during_a_fetch_fetches_again() {
     c.fault(2, Access::Read, 1);
     c.deliver_one(); // The home answers with the old copy...
     c.mems[1].home.get_mut(&P).unwrap()[3] = 77; // ...then another node's diff lands.
-    c.engines[2].acquire(9, &[P], &mut c.mems[2]).unwrap(); // Its notice arrives first.
-    c.collect(2);
+    c.acquire(2, 9, &[P]); // Its notice arrives first.
     c.deliver_all();
     assert!(c.woken(2, 1));
     assert_eq!(c.mems[2].local[&P][3], 77, "the stale grant was discarded");
@@ -405,9 +420,8 @@ fn acquire_of_a_page_being_written_flushes_it_and_announces_it_later() {
     let mut c = Cluster::new(2, Consistency::Release, false);
     c.fault(0, Access::Write, 1);
     c.deliver_all();
-    c.mems[0].local.get_mut(&P).unwrap()[8] = 5;
-    c.engines[0].acquire(2, &[P], &mut c.mems[0]).unwrap();
-    c.collect(0);
+    c.write(0, 8, 5);
+    c.acquire(0, 2, &[P]);
     assert_eq!(c.engines[0].local_state(P), LocalState::Invalid);
     c.deliver_all();
     assert_eq!(
@@ -418,8 +432,7 @@ fn acquire_of_a_page_being_written_flushes_it_and_announces_it_later() {
         token: 2,
         notices: vec![]
     }));
-    c.engines[0].release(3, &mut c.mems[0]).unwrap();
-    c.collect(0);
+    c.release(0, 3);
     assert!(c.seen[0].contains(&Action::SyncDone {
         token: 3,
         notices: vec![P]
@@ -465,11 +478,8 @@ fn a_home_publishes_its_own_writes_in_place_and_keeps_the_page_writable() {
     c.deliver_all();
     assert!(c.woken(1, 1));
     for (interval, value) in [(0u64, 7u8), (1, 8)] {
-        c.mems[1].local.get_mut(&P).unwrap()[20] = value;
-        c.engines[1]
-            .release(100 + interval, &mut c.mems[1])
-            .unwrap();
-        c.collect(1);
+        c.write(1, 20, value);
+        c.release(1, 100 + interval);
         assert!(c.wire.is_empty(), "a home's own release sends nothing");
         assert_eq!(c.mems[1].home[&P][20], value, "the master has the write");
         assert_eq!(c.engines[1].local_state(P), LocalState::Modified);
@@ -481,19 +491,16 @@ fn a_home_publishes_its_own_writes_in_place_and_keeps_the_page_writable() {
     // Another node's diff to other bytes, then the home writes again: both stay.
     c.fault(0, Access::Write, 2);
     c.deliver_all();
-    c.mems[0].local.get_mut(&P).unwrap()[30] = 3;
-    c.engines[0].release(5, &mut c.mems[0]).unwrap();
-    c.collect(0);
+    c.write(0, 30, 3);
+    c.release(0, 5);
     c.deliver_all();
-    c.mems[1].local.get_mut(&P).unwrap()[21] = 9;
-    c.engines[1].release(200, &mut c.mems[1]).unwrap();
-    c.collect(1);
+    c.write(1, 21, 9);
+    c.release(1, 200);
     let master = &c.mems[1].home[&P];
     assert_eq!((master[20], master[21], master[30]), (8, 9, 3));
     // Idle releases: after KEEP_IDLE_RELEASES unchanged ones the page is protected again.
     for token in 0..=u64::from(crate::KEEP_IDLE_RELEASES) {
-        c.engines[1].release(300 + token, &mut c.mems[1]).unwrap();
-        c.collect(1);
+        c.release(1, 300 + token);
     }
     assert_eq!(c.engines[1].local_state(P), LocalState::Shared);
     assert!(c.seen[1].contains(&Action::DropTwin { page: P }));
