@@ -5,31 +5,20 @@
 //! dsm-run -n 4 -- target/release/examples/counter --increments 200 --mode release
 //! ```
 
-use dsm::{Consistency, Node};
+use dsm::Node;
 
 /// Histogram buckets: value `v` lands in bucket `v % BUCKETS`.
 const BUCKETS: usize = 16;
 
-fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
-}
+mod common;
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+fn main() {
+    common::exit_on_error(run);
 }
 
 fn run() -> dsm::Result<()> {
-    let increments: u64 = arg("--increments").map_or(200, |v| v.parse().expect("a number"));
-    let consistency = match arg("--mode").as_deref() {
-        Some("release") => Consistency::Release,
-        _ => Consistency::Sequential,
-    };
+    let increments: u64 = common::number("--increments", 200);
+    let consistency = common::mode();
     let node = Node::join(dsm::Config::from_env()?)?;
     // Element 0 is the counter, 1..=BUCKETS the histogram.
     let shared = node.alloc::<u64>("counter", 1 + BUCKETS, consistency)?;

@@ -6,24 +6,15 @@
 
 use std::time::Duration;
 
-fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
-}
+mod common;
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| v.parse().expect("a number"))
+fn main() {
+    common::exit_on_error(run);
 }
 
 fn run() -> dsm::Result<()> {
-    let iterations = arg("--iterations", 3);
-    let sleep = Duration::from_millis(arg("--sleep-ms", 0));
+    let iterations = common::number("--iterations", 3u64);
+    let sleep = Duration::from_millis(common::number("--sleep-ms", 0));
     let node = dsm::Node::join(dsm::Config::from_env()?)?;
     println!("rank {} of {} joined", node.rank(), node.size());
     for i in 0..iterations {

@@ -7,24 +7,12 @@
 
 use std::time::Instant;
 
-use dsm::{Consistency, Node, Region};
+use dsm::{Node, Region};
+
+mod common;
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
-}
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
-fn number(name: &str, default: usize) -> usize {
-    arg(name).map_or(default, |v| v.parse().expect("a number"))
+    common::exit_on_error(run);
 }
 
 /// The value of cell (i, j) after one update from `get`.
@@ -58,12 +46,9 @@ fn reference(n: usize, iters: usize) -> Vec<f64> {
 }
 
 fn run() -> dsm::Result<()> {
-    let n = number("--n", 256);
-    let iters = number("--iters", 40);
-    let consistency = match arg("--mode").as_deref() {
-        Some("release") => Consistency::Release,
-        _ => Consistency::Sequential,
-    };
+    let n = common::number("--n", 256);
+    let iters = common::number("--iters", 40);
+    let consistency = common::mode();
     let node = Node::join(dsm::Config::from_env()?)?;
     let (rank, size) = (node.rank() as usize, node.size() as usize);
     let grids = [

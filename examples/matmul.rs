@@ -5,20 +5,12 @@
 //! dsm-run -n 4 -- target/release/examples/matmul --n 96 --mode sequential
 //! ```
 
-use dsm::{Consistency, Node};
+use dsm::Node;
+
+mod common;
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
-}
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+    common::exit_on_error(run);
 }
 
 fn a_value(i: usize, j: usize) -> f64 {
@@ -30,11 +22,8 @@ fn b_value(i: usize, j: usize) -> f64 {
 }
 
 fn run() -> dsm::Result<()> {
-    let n: usize = arg("--n").map_or(96, |v| v.parse().expect("a number"));
-    let consistency = match arg("--mode").as_deref() {
-        Some("release") => Consistency::Release,
-        _ => Consistency::Sequential,
-    };
+    let n: usize = common::number("--n", 96);
+    let consistency = common::mode();
     let node = Node::join(dsm::Config::from_env()?)?;
     let (rank, size) = (node.rank() as usize, node.size() as usize);
     let a = node.alloc::<f64>("matmul-a", n * n, consistency)?;
