@@ -351,6 +351,34 @@ impl Node {
             c.home_memory(id)
                 .ok_or_else(|| Error::Protocol(format!("region {id} added without home memory")))
         })?;
+        let server = match self.serve(id, &region, home) {
+            Ok(server) => server,
+            Err(e) => {
+                // Nothing serves the region now: take it back out of the NIC, then the engine
+                // (which frees its home copies), so a failed alloc leaves nothing behind.
+                let _ = rdma::withdraw(&self.transport, id);
+                let _ = self.core.engine(|c, _| c.remove_region(id));
+                return Err(e);
+            }
+        };
+        Ok(Region {
+            id,
+            base: region.base().cast::<T>(),
+            len,
+            consistency,
+            server: Some(server),
+            _elements: PhantomData,
+        })
+    }
+
+    /// Exposes a newly added region's `home` copies, serves its faults, and waits until
+    /// every node does; on error the server (if started) has stopped again.
+    fn serve(
+        &self,
+        id: u32,
+        region: &Arc<dsm_uffd::Region>,
+        home: dsm_core::HomeMemory,
+    ) -> Result<dsm_uffd::Engine> {
         rdma::expose(
             &self.transport,
             &self.core.shared,
@@ -372,17 +400,10 @@ impl Node {
             region: id,
             signal,
         });
-        let server = dsm_uffd::Engine::start(Arc::clone(&region), resolver)?;
+        let server = dsm_uffd::Engine::start(Arc::clone(region), resolver)?;
         // No node may fault on the region before every node can serve it.
         self.rendezvous(Vec::new())?;
-        Ok(Region {
-            id,
-            base: region.base().cast::<T>(),
-            len,
-            consistency,
-            server: Some(server),
-            _elements: PhantomData,
-        })
+        Ok(server)
     }
 
     /// Sends `Malloc` to rank 0 and waits for its answer.
