@@ -14,6 +14,10 @@ use crate::engine::Ctx;
 use crate::notices::NoticeLog;
 use crate::{Action, Error, Result};
 
+/// Largest REQUEST timestamp adopted: a Lamport clock ticking once per message never gets
+/// near it, and the clock stays far from overflow after adopting one.
+const MAX_TIMESTAMP: u64 = u64::MAX / 2;
+
 /// One lock's Ricart–Agrawala state at one node.
 #[derive(Debug, Clone)]
 pub(crate) struct RaLock {
@@ -99,6 +103,10 @@ impl RaLock {
     ) -> Result<()> {
         if self.deferred.contains_key(&from) {
             return Err(self.unexpected(from, "second REQUEST while one is deferred"));
+        }
+        if timestamp > MAX_TIMESTAMP {
+            // Adopting it would overflow the clock (`+ 1` below, or at our next request).
+            return Err(self.unexpected(from, "REQUEST timestamp beyond any real clock"));
         }
         *cx.clock = (*cx.clock).max(timestamp) + 1;
         let defer = match &self.state {

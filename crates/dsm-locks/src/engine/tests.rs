@@ -383,3 +383,27 @@ fn home_queue_passes_a_failed_holders_lock_on() {
         "a node cannot fail itself"
     );
 }
+
+#[test]
+fn ra_request_with_a_timestamp_at_the_clock_end_is_rejected_and_changes_nothing() {
+    let mut c = Cluster::new(2, LockKind::RicartAgrawala);
+    let forged = Sync::LockRequest {
+        lock: 4,
+        timestamp: u64::MAX,
+    };
+    let mut out = Vec::new();
+    let err = c.engines[0].on_message(1, &forged, &mut out).unwrap_err();
+    assert!(
+        matches!(err, Error::Unexpected { from: 1, id: 4, .. }),
+        "{err}"
+    );
+    assert!(out.is_empty());
+    // The engine goes on as before: both nodes take the lock in turn.
+    c.acquire(0, 4);
+    c.acquire(1, 4);
+    c.deliver_all();
+    c.release(0, 4, vec![]);
+    c.deliver_all();
+    let holders: Vec<NodeId> = c.granted.iter().map(|(node, _, _)| *node).collect();
+    assert_eq!(holders, vec![0, 1]);
+}
