@@ -41,7 +41,8 @@ pub enum Resolution {
     /// not there). For a resolver that lost a race or must re-ask the coherence engine.
     Retry,
     /// The fault cannot be served (the home failed, the region was freed): the access fails
-    /// like a bad pointer would. The process dies with SIGBUS after a message on stderr.
+    /// like a bad pointer would. The process dies after a message on stderr: by SIGBUS under
+    /// signal delivery, by `abort` (SIGABRT) under thread delivery.
     Fail,
 }
 

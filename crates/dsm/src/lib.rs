@@ -49,8 +49,9 @@
 //! - Faults reach the runtime through a reader thread per region (the default) or, with
 //!   `DSM_FAULT_DELIVERY=signal` ([`FaultDelivery::Signal`]), from the faulting thread's own
 //!   SIGBUS handler, which hands the fault to the driver thread lock-free and waits on a
-//!   preallocated slot. A fault that waits past `DSM_OP_TIMEOUT_MS` fails (the process gets
-//!   SIGBUS) after an error naming the page and its home.
+//!   preallocated slot. A fault that waits past `DSM_OP_TIMEOUT_MS` fails after an error
+//!   naming the page and its home: the process dies (SIGBUS under signal delivery, abort
+//!   under thread delivery).
 //! - `DSM_TRANSPORT=rdma` (or `rdma!`): an RDMA device with an active port on every node (see
 //!   dsm-rdma's requirements: RoCE GID, locked memory). Pages then move by one-sided RDMA
 //!   READ from the home's registered master copy; control messages stay on TCP.

@@ -120,9 +120,9 @@ impl Driver {
         }
     }
 
-    /// Gives the coherence engine the time; a fault that waited past the timeout fails (its
-    /// threads die with SIGBUS after the resolver prints the error naming the page and its
-    /// home) instead of hanging.
+    /// Gives the coherence engine the time; a fault that waited past the timeout fails (the
+    /// process dies, by SIGBUS under signal delivery or abort under thread delivery, after
+    /// the error naming the page and its home is printed) instead of hanging.
     fn tick_engine(&self, now: Instant) {
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let (now_ms, timeout_ms) = (millis(now - self.started), millis(self.fault_timeout));
