@@ -21,6 +21,11 @@ pub fn summarize(samples: &mut [f64]) -> Summary {
     }
 }
 
+/// `x` to two decimals: the precision a report shows, on machines this noisy.
+pub fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     let rank = (q * (sorted.len() - 1) as f64).round();
     // The rank lies in 0..len by construction.

@@ -24,7 +24,7 @@ use dsm_locks::{BarrierKind, LockKind, LockTable};
 use dsm_wire::{Membership, Message};
 use serde_json::{Value, json};
 
-use crate::stats::{Summary, summarize};
+use crate::stats::{Summary, round, summarize};
 use node::{ChildNode, LOCK_HOME_LOCAL, LOCK_HOME_REMOTE, LOCK_RA, Node};
 
 const SAMPLES: usize = 2_000;
@@ -53,10 +53,6 @@ pub fn run() -> anyhow::Result<Value> {
 
 fn us(summary: Summary) -> Value {
     json!({ "median": round(summary.median), "p99": round(summary.p99) })
-}
-
-fn round(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 fn measure_cluster(size: u32) -> anyhow::Result<Value> {

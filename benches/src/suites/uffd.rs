@@ -32,7 +32,7 @@ use dsm_uffd::{Delivery, Engine, Fault, FaultKind, FaultResolver, Protection, Re
 use dsm_wire::PAGE_SIZE;
 use serde_json::{Value, json};
 
-use crate::stats::{Summary, summarize};
+use crate::stats::{Summary, round, summarize};
 
 /// Pages per measured region (32 MiB).
 pub const PAGES: u32 = 8192;
@@ -385,10 +385,6 @@ fn figure(name: &str, samples: &mut [f64], report: &mut serde_json::Map<String, 
     summary
 }
 
-fn round(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
-
 /// Runs the suite and returns its JSON report.
 pub fn run() -> anyhow::Result<serde_json::Value> {
     let mut report = serde_json::Map::new();
@@ -398,7 +394,54 @@ pub fn run() -> anyhow::Result<serde_json::Value> {
         "features".into(),
         json!(format!("{:?}", dsm_uffd::Features::probe()?)),
     );
+    let faults = fault_figures(&mut report)?;
+    let baselines = baseline_figures(&mut report)?;
+    let floor = baselines.touch + baselines.signal + baselines.copy_wp;
+    report.insert("floor_ns".into(), json!(round(floor)));
+    let ratios = [
+        ("ratio_read_fault_to_copy", faults.read / baselines.copy_wp),
+        ("ratio_read_fault_to_floor", faults.read / floor),
+        (
+            "ratio_thread_to_signal_read_fault",
+            faults.read_thread / faults.read,
+        ),
+        (
+            "ratio_thread_inline_to_signal_read_fault",
+            faults.read_inline / faults.read,
+        ),
+        (
+            "ratio_zero_copy_to_copy_read_fault",
+            faults.read_zero_copy / faults.read,
+        ),
+        (
+            "ratio_continue_to_copy_shmem",
+            faults.continue_ / faults.copy_shmem,
+        ),
+        (
+            "ratio_around16_per_page_to_copy",
+            faults.around / baselines.copy_wp,
+        ),
+    ];
+    for (name, ratio) in ratios {
+        report.insert(name.into(), json!(round(ratio)));
+    }
+    Ok(Value::Object(report))
+}
 
+/// Medians (ns) of the fault-service figures the ratios compare.
+struct FaultMedians {
+    read: f64,
+    read_thread: f64,
+    read_inline: f64,
+    read_zero_copy: f64,
+    around: f64,
+    continue_: f64,
+    copy_shmem: f64,
+}
+
+/// Measures fault service in every delivery, fault-around and zero-copy (with its CONTINUE
+/// baselines), and adds their figures to `report`.
+fn fault_figures(report: &mut serde_json::Map<String, Value>) -> anyhow::Result<FaultMedians> {
     let (mut read_signal, mut wp_signal) = fault_service(ServeOptions::signal(), 0)?;
     let (mut read_thread, mut wp_thread) = fault_service(ServeOptions::thread(1), 1)?;
     let (mut read_inline, mut wp_inline) = fault_service(ServeOptions::thread(0), 8)?;
@@ -409,66 +452,45 @@ pub fn run() -> anyhow::Result<serde_json::Value> {
     let (mut read_zero_copy, mut wp_zero_copy) = fault_service(zero_copy, 9)?;
     let [mut continue_, mut copy_shmem] = continue_baselines(10)?;
     let mut around = fault_around(2)?;
+
+    figure("wp_fault_signal", &mut wp_signal, report);
+    figure("wp_fault_thread", &mut wp_thread, report);
+    figure("wp_fault_thread_inline", &mut wp_inline, report);
+    figure("wp_fault_signal_zero_copy", &mut wp_zero_copy, report);
+    Ok(FaultMedians {
+        read: figure("read_fault_signal", &mut read_signal, report).median,
+        read_thread: figure("read_fault_thread", &mut read_thread, report).median,
+        read_inline: figure("read_fault_thread_inline", &mut read_inline, report).median,
+        read_zero_copy: figure("read_fault_signal_zero_copy", &mut read_zero_copy, report).median,
+        around: figure("read_fault_signal_around16_per_page", &mut around, report).median,
+        continue_: figure("bare_continue_wp", &mut continue_, report).median,
+        copy_shmem: figure("bare_copy_wp_shmem", &mut copy_shmem, report).median,
+    })
+}
+
+/// Medians (ns) of the kernel baselines the ratios compare.
+struct BaselineMedians {
+    copy_wp: f64,
+    touch: f64,
+    signal: f64,
+}
+
+/// Measures the kernel work a fault cannot avoid, and adds its figures to `report`.
+fn baseline_figures(
+    report: &mut serde_json::Map<String, Value>,
+) -> anyhow::Result<BaselineMedians> {
     let [mut copy, mut copy_wp, mut clear, mut invalidate] = kernel_baselines(3)?;
     let mut touch = first_touch()?;
     let mut memcpy = memcpy_4k();
     let mut signal = signal_round_trip()?;
 
-    let read = figure("read_fault_signal", &mut read_signal, &mut report);
-    figure("wp_fault_signal", &mut wp_signal, &mut report);
-    let read_t = figure("read_fault_thread", &mut read_thread, &mut report);
-    figure("wp_fault_thread", &mut wp_thread, &mut report);
-    let read_i = figure("read_fault_thread_inline", &mut read_inline, &mut report);
-    figure("wp_fault_thread_inline", &mut wp_inline, &mut report);
-    let around = figure(
-        "read_fault_signal_around16_per_page",
-        &mut around,
-        &mut report,
-    );
-    let read_z = figure(
-        "read_fault_signal_zero_copy",
-        &mut read_zero_copy,
-        &mut report,
-    );
-    figure("wp_fault_signal_zero_copy", &mut wp_zero_copy, &mut report);
-    let continue_ = figure("bare_continue_wp", &mut continue_, &mut report);
-    let copy_shmem = figure("bare_copy_wp_shmem", &mut copy_shmem, &mut report);
-    figure("invalidate", &mut invalidate, &mut report);
-    figure("bare_copy", &mut copy, &mut report);
-    let copy_wp = figure("bare_copy_wp", &mut copy_wp, &mut report);
-    figure("bare_write_protect_clear", &mut clear, &mut report);
-    figure("memcpy_4k", &mut memcpy, &mut report);
-    let touch = figure("first_touch_anon_read", &mut touch, &mut report);
-    let signal = figure("signal_round_trip", &mut signal, &mut report);
-
-    let floor = touch.median + signal.median + copy_wp.median;
-    report.insert("floor_ns".into(), json!(round(floor)));
-    let ratios = [
-        ("ratio_read_fault_to_copy", read.median / copy_wp.median),
-        ("ratio_read_fault_to_floor", read.median / floor),
-        (
-            "ratio_thread_to_signal_read_fault",
-            read_t.median / read.median,
-        ),
-        (
-            "ratio_thread_inline_to_signal_read_fault",
-            read_i.median / read.median,
-        ),
-        (
-            "ratio_zero_copy_to_copy_read_fault",
-            read_z.median / read.median,
-        ),
-        (
-            "ratio_continue_to_copy_shmem",
-            continue_.median / copy_shmem.median,
-        ),
-        (
-            "ratio_around16_per_page_to_copy",
-            around.median / copy_wp.median,
-        ),
-    ];
-    for (name, ratio) in ratios {
-        report.insert(name.into(), json!(round(ratio)));
-    }
-    Ok(Value::Object(report))
+    figure("invalidate", &mut invalidate, report);
+    figure("bare_copy", &mut copy, report);
+    figure("bare_write_protect_clear", &mut clear, report);
+    figure("memcpy_4k", &mut memcpy, report);
+    Ok(BaselineMedians {
+        copy_wp: figure("bare_copy_wp", &mut copy_wp, report).median,
+        touch: figure("first_touch_anon_read", &mut touch, report).median,
+        signal: figure("signal_round_trip", &mut signal, report).median,
+    })
 }
