@@ -113,7 +113,14 @@ impl<'a> Lock<'a> {
                     return Ok(LockGuard { _guard: guard });
                 }
                 Err(dsm_locks::Error::Timeout { .. }) if started.elapsed() < self.timeout => {}
-                Err(e) => return Err(e.into()),
+                Err(mut e) => {
+                    // The last slice's error names the lock and the nodes awaited; the wait
+                    // it reports is the whole acquire's, not the slice's.
+                    if let dsm_locks::Error::Timeout { waited, .. } = &mut e {
+                        *waited = started.elapsed();
+                    }
+                    return Err(e.into());
+                }
             }
         }
     }
