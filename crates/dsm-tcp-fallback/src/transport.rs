@@ -1,12 +1,14 @@
 //! [`TcpTransport`]: the public face: start the mesh, implement `dsm_core::Transport`, stop.
 
+use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use dsm_core::{EventSink, HomeMemory, Transport, TransportError};
-use dsm_wire::{Message, NodeId, Page, PageId, encode};
+use dsm_wire::{Message, NodeId, Page, PageId, Transport as WireTransport, encode};
 
+use crate::conn::Pending;
 use crate::handshake::Local;
 use crate::shared::{Op, Shared};
 use crate::worker::{self, Setup, peer_failed};
@@ -51,8 +53,12 @@ impl TcpTransport {
             key: config.key,
         };
         let mesh = mesh::connect(&config, &local)?;
-        let shared =
-            Arc::new(Shared::new(config.peers.len()).map_err(|e| Error::io("eventfd", e))?);
+        let sockets = mesh
+            .iter()
+            .map(|s| s.as_ref().map(TcpStream::try_clone).transpose())
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| Error::io("dup socket", e))?;
+        let shared = Arc::new(Shared::new(sockets).map_err(|e| Error::io("eventfd", e))?);
         let thread = worker::spawn(Setup {
             rank: config.rank,
             cluster: config.cluster,
@@ -129,17 +135,15 @@ impl Transport for TcpTransport {
 
     fn send(&self, to: NodeId, message: &Message) -> std::result::Result<(), TransportError> {
         self.reachable(to)?;
-        let op = if to == self.rank {
-            Op::Local {
-                message: message.clone(),
-            }
-        } else {
-            Op::Send {
-                to,
-                frame: encode(message, self.cluster, self.rank),
-            }
-        };
-        self.shared.submit(op)
+        if to == self.rank {
+            let message = message.clone();
+            return self.shared.submit(Op::Local { message });
+        }
+        let frame = encode(message, self.cluster, self.rank);
+        match self.shared.send_direct(to, frame, None) {
+            Ok(()) => Ok(()),
+            Err(frame) => self.shared.submit_for(to, Op::Send { to, frame }),
+        }
     }
 
     fn expose(&self, region: u32, memory: HomeMemory) -> std::result::Result<(), TransportError> {
@@ -170,7 +174,32 @@ impl Transport for TcpTransport {
         token: u64,
     ) -> std::result::Result<(), TransportError> {
         self.reachable(home)?;
-        self.shared.submit(Op::Read { home, page, token })
+        if home == self.rank {
+            return self.shared.submit(Op::Read { home, page, token });
+        }
+        let reads = &self.shared.reads[home as usize];
+        if reads.fetch_add(1, Ordering::SeqCst) > 0 {
+            return self
+                .shared
+                .submit_for(home, Op::Read { home, page, token })
+                .inspect_err(|_| {
+                    reads.fetch_sub(1, Ordering::SeqCst);
+                });
+        }
+        let request = Message::Transport(WireTransport::PageReadRequest { token, page });
+        let frame = encode(&request, self.cluster, self.rank);
+        let expect = Some(Pending::Read { token, page });
+        match self.shared.send_direct(home, frame, expect) {
+            Ok(()) => Ok(()),
+            // Queued like any read: the thread registers it and encodes it again (the
+            // request is 48 bytes).
+            Err(_) => self
+                .shared
+                .submit_for(home, Op::Read { home, page, token })
+                .inspect_err(|_| {
+                    reads.fetch_sub(1, Ordering::SeqCst);
+                }),
+        }
     }
 
     fn write_page(
@@ -181,12 +210,23 @@ impl Transport for TcpTransport {
         token: u64,
     ) -> std::result::Result<(), TransportError> {
         self.reachable(home)?;
-        self.shared.submit(Op::Write {
+        if home == self.rank {
+            return self.shared.submit(Op::Write {
+                home,
+                page,
+                data,
+                token,
+            });
+        }
+        self.shared.submit_for(
             home,
-            page,
-            data,
-            token,
-        })
+            Op::Write {
+                home,
+                page,
+                data,
+                token,
+            },
+        )
     }
 
     fn one_sided(&self) -> bool {
