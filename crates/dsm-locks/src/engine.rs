@@ -163,8 +163,9 @@ impl LockEngine {
                 from,
             });
         }
+        let fresh = !self.locks.contains_key(&lock);
         let (state, mut cx) = self.state(lock, out, true)?;
-        match (state, msg) {
+        let handled = match (state, msg) {
             (LockState::Ra(l), Sync::LockRequest { timestamp, .. }) => {
                 l.on_request(from, *timestamp, &mut cx)
             }
@@ -176,7 +177,13 @@ impl LockEngine {
             ) => l.on_reply(from, *timestamp, notices, &mut cx),
             (LockState::Home(l), msg) => l.on_message(from, msg, &mut cx),
             (LockState::Ra(_), _) => unreachable!("kind checked above"),
+        };
+        if handled.is_err() && fresh {
+            // A rejected message changes nothing, not even the count of locks peers made
+            // state for (else rejected messages could use up `max_locks`).
+            self.locks.remove(&lock);
         }
+        handled
     }
 
     /// `node` failed (the runtime saw its connection close or its heartbeats stop). From now

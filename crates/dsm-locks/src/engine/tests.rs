@@ -407,3 +407,28 @@ fn ra_request_with_a_timestamp_at_the_clock_end_is_rejected_and_changes_nothing(
     let holders: Vec<NodeId> = c.granted.iter().map(|(node, _, _)| *node).collect();
     assert_eq!(holders, vec![0, 1]);
 }
+
+#[test]
+fn rejected_messages_for_unknown_locks_leave_no_state_behind() {
+    let mut c = Cluster::new(2, LockKind::RicartAgrawala);
+    c.engines[0] = LockEngine::new(0, 2, LockKind::RicartAgrawala).with_max_locks(1);
+    let mut out = Vec::new();
+    for lock in 10..20 {
+        let stale = Sync::LockReply {
+            lock,
+            timestamp: 1,
+            notices: vec![],
+        };
+        let err = c.engines[0].on_message(1, &stale, &mut out).unwrap_err();
+        assert!(matches!(err, Error::Unexpected { .. }), "{err}");
+    }
+    assert!(out.is_empty());
+    assert!(c.engines[0].locks.is_empty());
+    // The one lock peers may create state for is still free for a real request.
+    let request = Sync::LockRequest {
+        lock: 30,
+        timestamp: 1,
+    };
+    c.engines[0].on_message(1, &request, &mut out).unwrap();
+    assert_eq!(c.engines[0].locks.len(), 1);
+}
