@@ -78,10 +78,31 @@ pub fn run(plan: &Plan) -> std::io::Result<Outcome> {
         }
     }
     let outcome = supervise(plan, &mut nodes);
-    for f in forwarders {
+    drain(forwarders);
+    Ok(outcome)
+}
+
+/// How long the output of exited nodes may still take to drain.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Waits (at most [`DRAIN`]) for the forwarders to reach the end of their pipes. A process a
+/// node started may hold a pipe open long after the node exited: dsm-run does not wait for
+/// it, it says so and leaves (its exit ends the forwarder threads).
+fn drain(forwarders: Vec<JoinHandle<()>>) {
+    let deadline = Instant::now() + DRAIN;
+    while forwarders.iter().any(|f| !f.is_finished()) && Instant::now() < deadline {
+        std::thread::sleep(POLL);
+    }
+    let open = forwarders.iter().filter(|f| !f.is_finished()).count();
+    if open > 0 {
+        eprintln!(
+            "dsm-run: {open} output stream(s) still open {DRAIN:?} after the nodes ended \
+             (a process they started holds them); not waiting for them"
+        );
+    }
+    for f in forwarders.into_iter().filter(|f| f.is_finished()) {
         let _ = f.join();
     }
-    Ok(outcome)
 }
 
 fn spawn(plan: &Plan, rank: u32, forwarders: &mut Vec<JoinHandle<()>>) -> std::io::Result<Child> {
