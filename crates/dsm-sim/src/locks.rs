@@ -214,12 +214,17 @@ pub fn run(config: &SimConfig) -> Result<Report> {
     Err(world.invariant(format!("not finished after {STEP_BOUND} steps")))
 }
 
-/// Barrier latency (ticks from a node's arrival to its exit) and messages of one barrier
-/// algorithm on `nodes` nodes, all arriving together, over 20 barriers.
-pub fn measure_barrier(kind: BarrierKind, nodes: u32, seed: u64) -> Result<Report> {
+/// The network of the measurements: every message takes 10 ticks, so ticks count round trips.
+fn fixed_delay_net(nodes: u32) -> NetConfig {
     let mut net = NetConfig::new(nodes);
     net.min_delay = 10;
     net.max_delay = 10;
+    net
+}
+
+/// Barrier latency (ticks from a node's arrival to its exit) and messages of one barrier
+/// algorithm on `nodes` nodes, all arriving together, over 20 barriers.
+pub fn measure_barrier(kind: BarrierKind, nodes: u32, seed: u64) -> Result<Report> {
     let config = SimConfig {
         seed,
         nodes,
@@ -233,7 +238,7 @@ pub fn measure_barrier(kind: BarrierKind, nodes: u32, seed: u64) -> Result<Repor
         handoff_bound: 1,
         pause_per_mille: 0,
         wait_bound: 2_000_000,
-        net,
+        net: fixed_delay_net(nodes),
         mutation: Mutation::None,
     };
     run(&config)
@@ -243,9 +248,6 @@ pub fn measure_barrier(kind: BarrierKind, nodes: u32, seed: u64) -> Result<Repor
 /// threads each (1 = one node wants the lock at a time more often than not; more = contended),
 /// measured on a fixed workload: the crossover figures.
 pub fn measure(kind: LockKind, nodes: u32, threads: u32, seed: u64) -> Result<Report> {
-    let mut net = NetConfig::new(nodes);
-    net.min_delay = 10;
-    net.max_delay = 10;
     let config = SimConfig {
         seed,
         nodes,
@@ -263,7 +265,7 @@ pub fn measure(kind: LockKind, nodes: u32, threads: u32, seed: u64) -> Result<Re
         handoff_bound: 4,
         pause_per_mille: 0,
         wait_bound: 2_000_000,
-        net,
+        net: fixed_delay_net(nodes),
         mutation: Mutation::None,
     };
     run(&config)

@@ -73,9 +73,9 @@ fn release_seeds() {
     }
 }
 
-/// Runs seeds `0..bound` with `mutation` and returns the first one the checker catches.
-fn first_caught(consistency: Consistency, mutation: Mutation, bound: u64) -> Option<u64> {
-    (0..bound).find(|seed| {
+/// Asserts that the checker catches `mutation` (described by `what`) in one of seeds 0..50.
+fn assert_caught(consistency: Consistency, mutation: Mutation, what: &str) {
+    let caught = (0..50).find(|seed| {
         let mut config = SimConfig::random(*seed, consistency, 2_000);
         config.mutation = mutation;
         match run(*seed, &config) {
@@ -85,33 +85,34 @@ fn first_caught(consistency: Consistency, mutation: Mutation, bound: u64) -> Opt
                 true
             }
         }
-    })
+    });
+    assert!(caught.is_some(), "{what} went unnoticed");
 }
 
 #[test]
 fn mutation_grant_before_acks_is_caught() {
-    let caught = first_caught(Consistency::Sequential, Mutation::GrantBeforeAcks, 50);
-    assert!(
-        caught.is_some(),
-        "granting M before the acks went unnoticed"
+    assert_caught(
+        Consistency::Sequential,
+        Mutation::GrantBeforeAcks,
+        "granting M before the acks",
     );
 }
 
 #[test]
 fn mutation_forgotten_write_notices_are_caught() {
-    let caught = first_caught(Consistency::Release, Mutation::ForgetNotices, 50);
-    assert!(
-        caught.is_some(),
-        "releases without write notices went unnoticed"
+    assert_caught(
+        Consistency::Release,
+        Mutation::ForgetNotices,
+        "releases without write notices",
     );
 }
 
 #[test]
 fn mutation_stale_twin_of_a_home_page_is_caught() {
-    let caught = first_caught(Consistency::Release, Mutation::StaleTwin, 50);
-    assert!(
-        caught.is_some(),
-        "a home page published in place with a stale twin went unnoticed"
+    assert_caught(
+        Consistency::Release,
+        Mutation::StaleTwin,
+        "a home page published in place with a stale twin",
     );
 }
 
