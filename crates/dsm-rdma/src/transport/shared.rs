@@ -367,15 +367,56 @@ impl Shared {
             return Ok(());
         }
         let checked = RemoteRegion::new(peer, region, addr, len, rkey, &self.limits)?;
-        let known = remote.contains_key(&(peer, region));
-        if !known && remote.keys().filter(|(p, _)| *p == peer).count() >= MAX_REGIONS_PER_PEER {
-            return Err(Error::BadRegionKey {
-                peer,
-                region,
-                reason: "the peer announced more regions than one peer may have",
-            });
+        record_remote(&mut remote, peer, region, checked, MAX_REGIONS_PER_PEER)
+    }
+}
+
+/// Records `peer`'s checked `region`, unless the peer already has `limit` other regions.
+fn record_remote(
+    remote: &mut HashMap<(NodeId, u32), RemoteRegion>,
+    peer: NodeId,
+    region: u32,
+    checked: RemoteRegion,
+    limit: usize,
+) -> Result<()> {
+    let known = remote.contains_key(&(peer, region));
+    if !known && remote.keys().filter(|(p, _)| *p == peer).count() >= limit {
+        return Err(Error::BadRegionKey {
+            peer,
+            region,
+            reason: "the peer announced more regions than one peer may have",
+        });
+    }
+    remote.insert((peer, region), checked);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use dsm_wire::Limits;
+
+    use super::*;
+
+    #[test]
+    fn a_peer_cannot_announce_more_regions_than_the_limit() {
+        let key =
+            |region: u32| RemoteRegion::new(1, region, 0x10000, 4096, 7, &Limits::new(0)).unwrap();
+        let mut remote = HashMap::new();
+        for region in 0..3 {
+            record_remote(&mut remote, 1, region, key(region), 3).unwrap();
         }
-        remote.insert((peer, region), checked);
-        Ok(())
+        let refused = record_remote(&mut remote, 1, 3, key(3), 3);
+        assert!(matches!(
+            refused,
+            Err(Error::BadRegionKey {
+                peer: 1,
+                region: 3,
+                ..
+            })
+        ));
+        // Announcing a known region again (a new key) and other peers' regions still work.
+        record_remote(&mut remote, 1, 2, key(2), 3).unwrap();
+        record_remote(&mut remote, 2, 0, key(0), 3).unwrap();
+        assert_eq!(remote.len(), 4);
     }
 }
