@@ -14,83 +14,93 @@ fn pid(region: u32, page: u32) -> PageId {
 
 /// One instance of every message (kept in command order).
 pub(crate) fn samples() -> Vec<Message> {
+    let mut all = Vec::new();
+    all.extend(membership_samples().into_iter().map(Message::Membership));
+    all.extend(coherence_samples().into_iter().map(Message::Coherence));
+    all.extend(sync_samples().into_iter().map(Message::Sync));
+    all.extend(alloc_samples().into_iter().map(Message::Alloc));
+    all.extend(view_samples().into_iter().map(Message::View));
+    all.extend(transport_samples().into_iter().map(Message::Transport));
+    all
+}
+
+fn membership_samples() -> Vec<Membership> {
     let ep = Endpoint {
         ip: [7; 16],
         port: 4000,
         transports: 3,
     };
-    let spec = RegionSpec {
-        name: "grid".into(),
-        pages: 10,
-        consistency: 1,
-        placement: 0,
-    };
     vec![
-        Message::Membership(Membership::Join {
+        Membership::Join {
             rank: 1,
             size: 4,
             endpoint: ep.clone(),
-        }),
-        Message::Membership(Membership::NodeList {
+        },
+        Membership::NodeList {
             nodes: vec![ep.clone(), ep],
-        }),
-        Message::Membership(Membership::Joined { rank: 2 }),
-        Message::Membership(Membership::Heartbeat { beat: 99 }),
-        Message::Membership(Membership::NodeFailed { rank: 3 }),
-        Message::Membership(Membership::RdmaHello(RdmaConnInfo {
+        },
+        Membership::Joined { rank: 2 },
+        Membership::Heartbeat { beat: 99 },
+        Membership::NodeFailed { rank: 3 },
+        Membership::RdmaHello(RdmaConnInfo {
             qp_num: 17,
             psn: 0x123,
             lid: 0,
             gid_index: 1,
             gid: [9; 16],
-        })),
-        Message::Membership(Membership::Leave { rank: 0 }),
-        Message::Coherence(Coherence::ReadRequest {
+        }),
+        Membership::Leave { rank: 0 },
+    ]
+}
+
+fn coherence_samples() -> Vec<Coherence> {
+    vec![
+        Coherence::ReadRequest {
             req: 1,
             page: pid(0, 1),
-        }),
-        Message::Coherence(Coherence::ReadGrant {
+        },
+        Coherence::ReadGrant {
             req: 1,
             page: pid(0, 1),
             version: 4,
             data: Some(page(1)),
-        }),
-        Message::Coherence(Coherence::ReadGrant {
+        },
+        Coherence::ReadGrant {
             req: 1,
             page: pid(0, 1),
             version: 4,
             data: None,
-        }),
-        Message::Coherence(Coherence::WriteRequest {
+        },
+        Coherence::WriteRequest {
             req: 2,
             page: pid(1, 2),
             has_copy: true,
-        }),
-        Message::Coherence(Coherence::WriteGrant {
+        },
+        Coherence::WriteGrant {
             req: 2,
             page: pid(1, 2),
             version: 5,
             data: None,
-        }),
-        Message::Coherence(Coherence::Invalidate {
+        },
+        Coherence::Invalidate {
             req: 3,
             page: pid(1, 2),
-        }),
-        Message::Coherence(Coherence::InvalidateAck {
+        },
+        Coherence::InvalidateAck {
             req: 3,
             page: pid(1, 2),
             data: Some(page(2)),
-        }),
-        Message::Coherence(Coherence::Downgrade {
+        },
+        Coherence::Downgrade {
             req: 4,
             page: pid(0, 0),
-        }),
-        Message::Coherence(Coherence::WriteBack {
+        },
+        Coherence::WriteBack {
             req: 4,
             page: pid(0, 0),
             data: page(3),
-        }),
-        Message::Coherence(Coherence::Diff {
+        },
+        Coherence::Diff {
             req: 5,
             page: pid(0, 0),
             runs: vec![
@@ -103,144 +113,170 @@ pub(crate) fn samples() -> Vec<Message> {
                     bytes: vec![3, 4],
                 },
             ],
-        }),
-        Message::Coherence(Coherence::DiffAck {
+        },
+        Coherence::DiffAck {
             req: 5,
             page: pid(0, 0),
-        }),
-        Message::Coherence(Coherence::WriteNotices {
+        },
+        Coherence::WriteNotices {
             pages: vec![pid(0, 1), pid(2, 3)],
-        }),
-        Message::Sync(Sync::LockRequest {
+        },
+    ]
+}
+
+fn sync_samples() -> Vec<Sync> {
+    vec![
+        Sync::LockRequest {
             lock: 7,
             timestamp: 11,
-        }),
-        Message::Sync(Sync::LockReply {
+        },
+        Sync::LockReply {
             lock: 7,
             timestamp: 11,
             notices: vec![pid(0, 9)],
-        }),
-        Message::Sync(Sync::LockAcquire { lock: 7, seq: 2 }),
-        Message::Sync(Sync::LockGrant {
+        },
+        Sync::LockAcquire { lock: 7, seq: 2 },
+        Sync::LockGrant {
             lock: 7,
             seq: 2,
             notices: vec![],
-        }),
-        Message::Sync(Sync::LockRelease {
+        },
+        Sync::LockRelease {
             lock: 7,
             seq: 2,
             notices: vec![pid(1, 1)],
-        }),
-        Message::Sync(Sync::LockRecall { lock: 7, seq: 2 }),
-        Message::Sync(Sync::BarrierArrive {
+        },
+        Sync::LockRecall { lock: 7, seq: 2 },
+        Sync::BarrierArrive {
             epoch: 3,
             round: 1,
             notices: vec![],
-        }),
-        Message::Sync(Sync::BarrierRelease {
+        },
+        Sync::BarrierRelease {
             epoch: 3,
             notices: vec![pid(0, 0)],
-        }),
-        Message::Alloc(Alloc::Malloc {
+        },
+    ]
+}
+
+fn alloc_samples() -> Vec<Alloc> {
+    let spec = RegionSpec {
+        name: "grid".into(),
+        pages: 10,
+        consistency: 1,
+        placement: 0,
+    };
+    vec![
+        Alloc::Malloc {
             req: 1,
             spec: spec.clone(),
-        }),
-        Message::Alloc(Alloc::NMalloc {
+        },
+        Alloc::NMalloc {
             req: 1,
             region: 2,
             base_addr: 0x7f00_0000_0000,
             spec,
-        }),
-        Message::Alloc(Alloc::Free { region: 2 }),
-        Message::Alloc(Alloc::NFree { region: 2 }),
-        Message::Alloc(Alloc::PRead {
+        },
+        Alloc::Free { region: 2 },
+        Alloc::NFree { region: 2 },
+        Alloc::PRead {
             req: 9,
             region: 2,
             offset: 100,
             len: 8,
-        }),
-        Message::Alloc(Alloc::PReadReply {
+        },
+        Alloc::PReadReply {
             req: 9,
             data: vec![1; 8],
-        }),
-        Message::Alloc(Alloc::PWrite {
+        },
+        Alloc::PWrite {
             req: 10,
             region: 2,
             offset: 100,
             data: vec![2; 8],
-        }),
-        Message::Alloc(Alloc::PWriteAck { req: 10 }),
-        Message::Alloc(Alloc::RegionKey {
+        },
+        Alloc::PWriteAck { req: 10 },
+        Alloc::RegionKey {
             region: 2,
             addr: 0x1000,
             len: 4096,
             rkey: 0xabc,
-        }),
-        Message::View(View::Open {
+        },
+    ]
+}
+
+fn view_samples() -> Vec<View> {
+    vec![
+        View::Open {
             req: 1,
             path: "/data/f".into(),
             writable: true,
-        }),
-        Message::View(View::Opened {
+        },
+        View::Opened {
             req: 1,
             file: 1,
             len: 1 << 20,
-        }),
-        Message::View(View::Define {
+        },
+        View::Define {
             req: 2,
             file: 1,
             offset: 0,
             len: 4096,
-        }),
-        Message::View(View::Merge {
+        },
+        View::Merge {
             req: 3,
             view: 1,
             offset: 8,
             data: vec![5; 3],
-        }),
-        Message::View(View::Close { req: 4, handle: 1 }),
-        Message::View(View::Status {
+        },
+        View::Close { req: 4, handle: 1 },
+        View::Status {
             req: 4,
             code: 0,
             handle: 0,
-        }),
-        Message::Transport(Transport::Hello {
+        },
+    ]
+}
+
+fn transport_samples() -> Vec<Transport> {
+    vec![
+        Transport::Hello {
             rank: 1,
             nonce: [3; 32],
-        }),
-        Message::Transport(Transport::Challenge {
+        },
+        Transport::Challenge {
             rank: 0,
             nonce: [4; 32],
             mac: [5; 32],
-        }),
-        Message::Transport(Transport::Response { mac: [6; 32] }),
-        Message::Transport(Transport::Welcome { rank: 0 }),
-        Message::Transport(Transport::PageReadRequest {
+        },
+        Transport::Response { mac: [6; 32] },
+        Transport::Welcome { rank: 0 },
+        Transport::PageReadRequest {
             token: 77,
             page: pid(2, 9),
-        }),
-        Message::Transport(Transport::PageReadReply {
+        },
+        Transport::PageReadReply {
             token: 77,
             page: pid(2, 9),
             status: PageStatus::Ok,
             data: Some(page(8)),
-        }),
-        Message::Transport(Transport::PageReadReply {
+        },
+        Transport::PageReadReply {
             token: 78,
             page: pid(2, 9),
             status: PageStatus::NotExposed,
             data: None,
-        }),
-        Message::Transport(Transport::PageWriteRequest {
+        },
+        Transport::PageWriteRequest {
             token: 79,
             page: pid(2, 1),
             data: page(9),
-        }),
-        Message::Transport(Transport::PageWriteReply {
+        },
+        Transport::PageWriteReply {
             token: 79,
             page: pid(2, 1),
             status: PageStatus::OutOfRange,
-        }),
+        },
     ]
 }
 
