@@ -59,11 +59,15 @@ pub struct Config {
     pub fault_delivery: FaultDelivery,
 }
 
+/// Largest cluster: every node keeps per-node state sized by it, and the RDMA transport
+/// carries ranks in 16 bits.
+pub(crate) const MAX_NODES: u32 = u16::MAX as u32;
+
 /// Port used when `DSM_COORDINATOR` is absent and the cluster runs on one host.
 pub const DEFAULT_COORDINATOR: &str = "127.0.0.1:7470";
 
 impl Config {
-    /// Starts a builder for a node of rank `rank` in a cluster of `size`.
+    /// Starts a builder for a node of rank `rank` in a cluster of `size` (at most 65535).
     pub fn builder(rank: NodeId, size: u32) -> ConfigBuilder {
         ConfigBuilder {
             config: Config {
@@ -189,6 +193,12 @@ impl ConfigBuilder {
             return Err(Error::Config(format!(
                 "rank {} is not in 0..{} (size)",
                 c.rank, c.size
+            )));
+        }
+        if c.size > MAX_NODES {
+            return Err(Error::Config(format!(
+                "a cluster of {} nodes is larger than {MAX_NODES}",
+                c.size
             )));
         }
         if !c.coordinator.contains(':') {
@@ -364,6 +374,7 @@ mod tests {
             &[("DSM_RANK", "x"), ("DSM_SIZE", "2")],
             &[("DSM_RANK", "2"), ("DSM_SIZE", "2")],
             &[("DSM_RANK", "0"), ("DSM_SIZE", "0")],
+            &[("DSM_RANK", "0"), ("DSM_SIZE", "4000000000")],
             &[
                 ("DSM_RANK", "0"),
                 ("DSM_SIZE", "2"),
