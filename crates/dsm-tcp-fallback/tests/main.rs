@@ -4,6 +4,7 @@
 #![allow(clippy::cast_possible_truncation)]
 
 mod common;
+mod concurrent;
 mod failure;
 mod hostile;
 mod mesh;
