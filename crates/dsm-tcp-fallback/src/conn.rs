@@ -8,9 +8,7 @@ use dsm_wire::{Limits, NodeId, PageId};
 use crate::reader::FrameReader;
 
 /// A page read or write sent to this peer and not answered yet. Homes answer in request order
-/// (one stream, one thread); a reply must match an outstanding request (callers sending
-/// directly register theirs through the work queue, so the order of registration may differ
-/// from the order on the wire).
+/// (one stream, one thread), so replies must match the front of the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pending {
     Read { token: u64, page: PageId },
@@ -38,9 +36,6 @@ pub(crate) struct Conn {
     /// the in-flight ones before the socket is closed.
     pub(crate) closing: bool,
     pub(crate) pending: VecDeque<Pending>,
-    /// Frames in `out`, and in the in-flight send: counted in the peer's lane until sent.
-    pub(crate) out_frames: u32,
-    pub(crate) sending_frames: u32,
 }
 
 impl Conn {
@@ -56,21 +51,12 @@ impl Conn {
             receiving: false,
             closing: false,
             pending: VecDeque::new(),
-            out_frames: 0,
-            sending_frames: 0,
         }
-    }
-
-    /// Puts the rest of a caller's direct write before everything queued.
-    pub(crate) fn queue_first(&mut self, bytes: &[u8]) {
-        self.out.splice(0..0, bytes.iter().copied());
-        self.out_frames += 1;
     }
 
     /// Queues an encoded frame. The first frame of an idle connection is moved in, not
     /// copied (the latency case); later ones are appended (the batching case).
     pub(crate) fn queue_frame(&mut self, frame: Vec<u8>) {
-        self.out_frames += 1;
         if self.out.is_empty() {
             let old = std::mem::replace(&mut self.out, frame);
             if self.spare.capacity() < old.capacity() {

@@ -10,11 +10,6 @@
 //! * **Application threads never block**: they encode frames and push work onto a lock-free
 //!   bounded queue (crossbeam `ArrayQueue`), waking the ring through an eventfd only when the
 //!   thread may be asleep. No sleep-polling anywhere on the data path.
-//! * **Direct sends for latency**: when nothing is queued or in flight towards a peer (and,
-//!   for a page read, no other read to that home is outstanding), the caller writes its frame
-//!   to the socket itself with one non-blocking `send`, skipping the hand-off to the ring
-//!   thread; a per-peer atomic word keeps each connection's byte stream in order (the
-//!   `shared` module documents the protocol). Replies still arrive through the ring.
 //! * **Pages** move as request/response that the *home's transport thread* answers straight
 //!   from the exposed [`HomeMemory`](dsm_core::HomeMemory), without the engine. The home copies
 //!   the page once, into the send buffer; the requester's page is decoded straight out of the

@@ -6,19 +6,9 @@
 //! writes the eventfd. The worker sets `notified` while it runs and, before sleeping, clears
 //! it, fences, and looks at the queue once more; anything pushed before the clear is seen by
 //! that look, anything pushed after it flips the flag and writes the eventfd.
-//!
-//! Direct sends (the round-trip case): a caller whose peer has nothing queued or in flight
-//! writes its frame to the socket itself, skipping the hand-off to the transport thread. Each
-//! peer's [`Lane`] word keeps the byte stream in order: `DIRECT` is held by the one caller
-//! writing, the low bits count frames the transport thread owns (queued, batched or in
-//! flight). A caller may go direct only from 0; the thread does not send while `DIRECT` is
-//! held. A direct write the socket cannot take whole leaves `DIRECT` set and queues the rest
-//! as [`Op::Rest`], which the thread puts before everything else and then clears `DIRECT`.
 
 use std::collections::HashMap;
-use std::net::TcpStream;
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -26,9 +16,6 @@ use crossbeam_queue::ArrayQueue;
 use dsm_core::{HomeMemory, TransportError};
 use dsm_wire::{Message, NodeId, Page, PageId};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-
-use crate::conn::Pending;
-use crate::sys;
 
 /// Capacity of the work queue (operations not yet taken by the transport thread).
 pub(crate) const QUEUE_CAPACITY: usize = 1 << 16;
@@ -55,14 +42,7 @@ pub(crate) enum Op {
         data: Page,
         token: u64,
     },
-    /// A caller sent a request directly: expect its reply.
-    Expect { home: NodeId, pending: Pending },
-    /// The part of a direct write the socket did not take; goes first, then ends `DIRECT`.
-    Rest { to: NodeId, bytes: Vec<u8> },
 }
-
-/// Lane bit: a caller is writing to the socket directly.
-pub(crate) const DIRECT: u32 = 1 << 31;
 
 /// See the module docs.
 #[derive(Debug)]
@@ -73,21 +53,10 @@ pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
     pub(crate) failed: Vec<AtomicBool>,
     pub(crate) exposed: RwLock<HashMap<u32, HomeMemory>>,
-    /// Per peer: `DIRECT` and the count of frames the transport thread owns (module docs).
-    pub(crate) lanes: Vec<AtomicU32>,
-    /// Per peer: the socket for direct sends (a duplicate, so it stays open while a caller
-    /// writes even if the thread drops its connection).
-    sockets: Vec<Option<TcpStream>>,
-    /// Per peer: page reads sent and not answered. Only a lone read goes direct (the
-    /// latency case); a stream of them is batched by the thread, one send for many.
-    pub(crate) reads: Vec<AtomicU32>,
-    /// Set when a direct send ended while the thread had frames waiting for it.
-    pub(crate) kick: AtomicBool,
 }
 
 impl Shared {
-    pub(crate) fn new(sockets: Vec<Option<TcpStream>>) -> std::io::Result<Self> {
-        let size = sockets.len();
+    pub(crate) fn new(size: usize) -> std::io::Result<Self> {
         // Blocking on purpose: io_uring then waits on it by poll; with O_NONBLOCK its read
         // would complete at once with EAGAIN.
         let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC)?;
@@ -98,85 +67,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             failed: (0..size).map(|_| AtomicBool::new(false)).collect(),
             exposed: RwLock::new(HashMap::new()),
-            lanes: (0..size).map(|_| AtomicU32::new(0)).collect(),
-            sockets,
-            reads: (0..size).map(|_| AtomicU32::new(0)).collect(),
-            kick: AtomicBool::new(false),
         })
-    }
-
-    /// Queues `op` carrying a frame for `to` (counted in its lane), waking the thread.
-    pub(crate) fn submit_for(&self, to: NodeId, op: Op) -> Result<(), TransportError> {
-        self.lanes[to as usize].fetch_add(1, Ordering::SeqCst);
-        self.submit(op)
-    }
-
-    /// Sends `frame` to `to` from the calling thread when the lane is idle, registering
-    /// `expect` first; otherwise hands the frame back for the queue.
-    pub(crate) fn send_direct(
-        &self,
-        to: NodeId,
-        frame: Vec<u8>,
-        expect: Option<Pending>,
-    ) -> Result<(), Vec<u8>> {
-        let (Some(lane), Some(Some(socket))) =
-            (self.lanes.get(to as usize), self.sockets.get(to as usize))
-        else {
-            return Err(frame);
-        };
-        if lane
-            .compare_exchange(0, DIRECT, Ordering::SeqCst, Ordering::Relaxed)
-            .is_err()
-        {
-            return Err(frame);
-        }
-        if let Some(pending) = expect {
-            // Before the request leaves: the reply cannot overtake its registration. No
-            // wake-up: the thread looks for it when the reply arrives.
-            if !self.push_quiet(Op::Expect { home: to, pending }) {
-                lane.fetch_and(!DIRECT, Ordering::SeqCst);
-                return Err(frame); // stopping or stuck: the queue path reports it
-            }
-        }
-        let sent = sys::send_now(socket.as_raw_fd(), &frame).unwrap_or_else(|e| {
-            // The thread sees the connection fail on its receive and reports the peer.
-            tracing::debug!(peer = to, error = %e, "direct send failed");
-            frame.len()
-        });
-        if sent < frame.len() {
-            lane.fetch_add(1, Ordering::SeqCst);
-            let bytes = frame[sent..].to_vec();
-            if self.submit(Op::Rest { to, bytes }).is_err() {
-                lane.fetch_and(!DIRECT, Ordering::SeqCst);
-            }
-            return Ok(());
-        }
-        if lane.fetch_and(!DIRECT, Ordering::SeqCst) != DIRECT {
-            // Frames were queued meanwhile and the thread held them back.
-            self.kick.store(true, Ordering::SeqCst);
-            self.wake();
-        }
-        Ok(())
-    }
-
-    /// The transport thread ended: shut every socket down, so peers see this node fail even
-    /// though the duplicates for direct sends keep the descriptors open.
-    pub(crate) fn shut_sockets(&self) {
-        for socket in self.sockets.iter().flatten() {
-            let _ = socket.shutdown(std::net::Shutdown::Both);
-        }
-    }
-
-    /// Queues `op` without waking the thread, waiting for room like `submit`.
-    fn push_quiet(&self, mut op: Op) -> bool {
-        let mut deadline = None;
-        while let Err(back) = self.queue.push(op) {
-            op = back;
-            if self.submit_contended(&mut deadline).is_err() {
-                return false;
-            }
-        }
-        true
     }
 
     /// Queues `op` and wakes the transport thread if it may be asleep.
@@ -225,9 +116,7 @@ impl Shared {
     pub(crate) fn prepare_to_sleep(&self) -> bool {
         self.notified.store(false, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        let busy = !self.queue.is_empty()
-            || self.stop.load(Ordering::SeqCst)
-            || self.kick.swap(false, Ordering::SeqCst);
+        let busy = !self.queue.is_empty() || self.stop.load(Ordering::SeqCst);
         if busy {
             self.notified.store(true, Ordering::SeqCst);
         }

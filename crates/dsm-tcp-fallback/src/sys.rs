@@ -435,33 +435,3 @@ fn build_ring(entries: u32) -> io::Result<io_uring::IoUring> {
         })
         .or_else(|_| io_uring::IoUring::builder().setup_cqsize(cq).build(entries))
 }
-
-/// Writes as much of `buf` to the socket `fd` as fits now, without blocking (the caller's own
-/// send, past the ring); `Ok(n)` with `n < buf.len()` when the socket buffer is full.
-pub(crate) fn send_now(fd: std::os::fd::RawFd, buf: &[u8]) -> io::Result<usize> {
-    let mut sent = 0;
-    while sent < buf.len() {
-        let rest = &buf[sent..];
-        // SAFETY: `rest` is valid for reads of `rest.len()` bytes for the whole call; the
-        // kernel only reads it. `fd` is a socket the caller keeps open across the call.
-        let n = unsafe {
-            libc::send(
-                fd,
-                rest.as_ptr().cast(),
-                rest.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n >= 0 {
-            sent += n.unsigned_abs();
-            continue;
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => {}
-            Some(libc::EAGAIN) => return Ok(sent),
-            _ => return Err(e),
-        }
-    }
-    Ok(sent)
-}

@@ -1,14 +1,12 @@
 //! [`TcpTransport`]: the public face: start the mesh, implement `dsm_core::Transport`, stop.
 
-use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use dsm_core::{EventSink, HomeMemory, Transport, TransportError};
-use dsm_wire::{Message, NodeId, Page, PageId, Transport as WireTransport, encode};
+use dsm_wire::{Message, NodeId, Page, PageId, encode};
 
-use crate::conn::Pending;
 use crate::handshake::Local;
 use crate::shared::{Op, Shared};
 use crate::worker::{self, Setup, peer_failed};
@@ -53,12 +51,8 @@ impl TcpTransport {
             key: config.key,
         };
         let mesh = mesh::connect(&config, &local)?;
-        let sockets = mesh
-            .iter()
-            .map(|s| s.as_ref().map(TcpStream::try_clone).transpose())
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(|e| Error::io("dup socket", e))?;
-        let shared = Arc::new(Shared::new(sockets).map_err(|e| Error::io("eventfd", e))?);
+        let shared =
+            Arc::new(Shared::new(config.peers.len()).map_err(|e| Error::io("eventfd", e))?);
         let thread = worker::spawn(Setup {
             rank: config.rank,
             cluster: config.cluster,
@@ -135,15 +129,17 @@ impl Transport for TcpTransport {
 
     fn send(&self, to: NodeId, message: &Message) -> std::result::Result<(), TransportError> {
         self.reachable(to)?;
-        if to == self.rank {
-            let message = message.clone();
-            return self.shared.submit(Op::Local { message });
-        }
-        let frame = encode(message, self.cluster, self.rank);
-        match self.shared.send_direct(to, frame, None) {
-            Ok(()) => Ok(()),
-            Err(frame) => self.shared.submit_for(to, Op::Send { to, frame }),
-        }
+        let op = if to == self.rank {
+            Op::Local {
+                message: message.clone(),
+            }
+        } else {
+            Op::Send {
+                to,
+                frame: encode(message, self.cluster, self.rank),
+            }
+        };
+        self.shared.submit(op)
     }
 
     fn expose(&self, region: u32, memory: HomeMemory) -> std::result::Result<(), TransportError> {
@@ -174,32 +170,7 @@ impl Transport for TcpTransport {
         token: u64,
     ) -> std::result::Result<(), TransportError> {
         self.reachable(home)?;
-        if home == self.rank {
-            return self.shared.submit(Op::Read { home, page, token });
-        }
-        let reads = &self.shared.reads[home as usize];
-        if reads.fetch_add(1, Ordering::SeqCst) > 0 {
-            return self
-                .shared
-                .submit_for(home, Op::Read { home, page, token })
-                .inspect_err(|_| {
-                    reads.fetch_sub(1, Ordering::SeqCst);
-                });
-        }
-        let request = Message::Transport(WireTransport::PageReadRequest { token, page });
-        let frame = encode(&request, self.cluster, self.rank);
-        let expect = Some(Pending::Read { token, page });
-        match self.shared.send_direct(home, frame, expect) {
-            Ok(()) => Ok(()),
-            // Queued like any read: the thread registers it and encodes it again (the
-            // request is 48 bytes).
-            Err(_) => self
-                .shared
-                .submit_for(home, Op::Read { home, page, token })
-                .inspect_err(|_| {
-                    reads.fetch_sub(1, Ordering::SeqCst);
-                }),
-        }
+        self.shared.submit(Op::Read { home, page, token })
     }
 
     fn write_page(
@@ -210,23 +181,12 @@ impl Transport for TcpTransport {
         token: u64,
     ) -> std::result::Result<(), TransportError> {
         self.reachable(home)?;
-        if home == self.rank {
-            return self.shared.submit(Op::Write {
-                home,
-                page,
-                data,
-                token,
-            });
-        }
-        self.shared.submit_for(
+        self.shared.submit(Op::Write {
             home,
-            Op::Write {
-                home,
-                page,
-                data,
-                token,
-            },
-        )
+            page,
+            data,
+            token,
+        })
     }
 
     fn one_sided(&self) -> bool {

@@ -19,7 +19,7 @@ use dsm_wire::{
 
 use crate::conn::{Conn, MAX_BACKLOG, Pending};
 use crate::mesh::Mesh;
-use crate::shared::{DIRECT, Op, QUEUE_CAPACITY, Shared};
+use crate::shared::{Op, Shared};
 use crate::sys::{self, Completion, Ring, Tag};
 use crate::{Error, Result};
 
@@ -80,7 +80,6 @@ impl Drop for StopOnExit {
             tracing::error!("transport thread panicked; the transport is stopped");
         }
         self.0.stop.store(true, Ordering::Release);
-        self.0.shut_sockets();
     }
 }
 
@@ -166,19 +165,6 @@ impl Worker {
                 }
             }
             Op::Read { home, page, token } => self.start_read(home, page, token),
-            Op::Expect { home, pending } => match open(&mut self.conns, home) {
-                Some(conn) => conn.pending.push_back(pending),
-                None => {
-                    let error = peer_failed(home, "connection closed");
-                    self.sink.deliver(failed_completion(pending, error));
-                }
-            },
-            Op::Rest { to, bytes } => {
-                if let Some(conn) = open(&mut self.conns, to) {
-                    conn.queue_first(&bytes);
-                }
-                self.shared.lanes[to as usize].fetch_and(!DIRECT, Ordering::SeqCst);
-            }
             Op::Write {
                 home,
                 page,
@@ -221,7 +207,6 @@ impl Worker {
         };
         conn.pending.push_back(Pending::Write { token, page });
         append_page_write_request(&mut conn.out, self.cluster, self.rank, token, page, &data);
-        conn.out_frames += 1;
     }
 
     /// Submits one send per peer carrying everything queued for it.
@@ -230,11 +215,8 @@ impl Worker {
             let Some(conn) = open(&mut self.conns, peer) else {
                 continue;
             };
-            if conn.sending
-                || conn.out.is_empty()
-                || self.shared.lanes[peer as usize].load(Ordering::SeqCst) & DIRECT != 0
-            {
-                continue; // a direct writer wakes us (kick) once it is done
+            if conn.sending || conn.out.is_empty() {
+                continue;
             }
             if conn.out.len() > MAX_BACKLOG {
                 let reason = format!("send backlog over {MAX_BACKLOG} bytes: peer stopped reading");
@@ -245,7 +227,6 @@ impl Worker {
             let buf = std::mem::replace(&mut conn.out, spare);
             let fd = conn.stream.as_raw_fd();
             conn.sending = true;
-            conn.sending_frames = std::mem::take(&mut conn.out_frames);
             if let Err(e) = self.ring.send(fd, peer, buf, 0) {
                 conn.sending = false;
                 self.fail(peer, format!("io_uring send: {e}"));
@@ -376,7 +357,6 @@ impl Worker {
             } => {
                 let expected = Pending::Read { token, page };
                 self.expect_reply(peer, expected)?;
-                self.shared.reads[peer as usize].fetch_sub(1, Ordering::SeqCst);
                 let result = match (status, data) {
                     (PageStatus::Ok, Some(data)) => Ok(data),
                     (status, _) => Err(status_error(status, page, peer)),
@@ -418,10 +398,7 @@ impl Worker {
             .map_or(PageStatus::OutOfRange, |()| PageStatus::Ok),
         };
         drop(exposed);
-        if status == PageStatus::Ok {
-            conn.out_frames += 1;
-            self.shared.lanes[peer as usize].fetch_add(1, Ordering::SeqCst);
-        } else {
+        if status != PageStatus::Ok {
             self.reply(
                 peer,
                 Transport::PageReadReply {
@@ -437,39 +414,21 @@ impl Worker {
     fn reply(&mut self, peer: NodeId, message: Transport) {
         let frame = encode(&Message::Transport(message), self.cluster, self.rank);
         if let Some(conn) = open(&mut self.conns, peer) {
-            self.shared.lanes[peer as usize].fetch_add(1, Ordering::SeqCst);
             conn.queue_frame(frame);
         }
     }
 
-    /// Takes the outstanding request `expected` answers. A caller that sent directly may
-    /// have its registration still in the work queue: look there before calling it a
-    /// protocol error.
     fn expect_reply(&mut self, peer: NodeId, expected: Pending) -> std::result::Result<(), String> {
-        for attempt in 0..2 {
-            let conn = open(&mut self.conns, peer).ok_or_else(|| "connection closed".to_owned())?;
-            if let Some(at) = conn.pending.iter().position(|p| *p == expected) {
-                conn.pending.remove(at);
-                return Ok(());
+        let conn = open(&mut self.conns, peer).ok_or_else(|| "connection closed".to_owned())?;
+        match conn.pending.front() {
+            Some(front) if *front == expected => {
+                conn.pending.pop_front();
+                Ok(())
             }
-            if attempt == 0 {
-                self.drain_all();
-            }
-        }
-        let front = open(&mut self.conns, peer).and_then(|c| c.pending.front().copied());
-        Err(protocol(
-            peer,
-            format!("reply {expected:?} while waiting for {front:?}"),
-        ))
-    }
-
-    /// Applies everything queued (bounded by the queue's capacity).
-    fn drain_all(&mut self) {
-        for _ in 0..QUEUE_CAPACITY {
-            let Some(op) = self.shared.queue.pop() else {
-                break;
-            };
-            self.apply(op);
+            front => Err(protocol(
+                peer,
+                format!("reply {expected:?} while waiting for {front:?}"),
+            )),
         }
     }
 
@@ -527,8 +486,6 @@ impl Worker {
                     }
                 } else {
                     conn.send_offset = 0;
-                    let frames = std::mem::take(&mut conn.sending_frames);
-                    self.shared.lanes[peer as usize].fetch_sub(frames, Ordering::SeqCst);
                     let mut buf = buf;
                     buf.clear();
                     if buf.capacity() > conn.spare.capacity() {
@@ -620,10 +577,7 @@ fn closed_op(sink: &dyn EventSink, op: Op) {
             token,
             result: Err(TransportError::Closed),
         }),
-        Op::Send { .. } | Op::Local { .. } | Op::Rest { .. } => {}
-        Op::Expect { pending, .. } => {
-            sink.deliver(failed_completion(pending, TransportError::Closed))
-        }
+        Op::Send { .. } | Op::Local { .. } => {}
     }
 }
 
