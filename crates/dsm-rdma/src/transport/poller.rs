@@ -16,18 +16,47 @@ use crate::raw::{Completion, Op, WrTag};
 const WAKE_INTERVAL: Duration = Duration::from_millis(50);
 /// Completions handled per poll.
 const BATCH: usize = 32;
+/// Consecutive failed polls (one every `WAKE_INTERVAL`, so about a second) after which the
+/// completion queue is taken as broken: no completion can be seen any more, so every peer is
+/// reported failed and the thread ends instead of logging forever.
+const MAX_POLL_FAILURES: u32 = 20;
+
+/// Counts consecutive failed polls of the completion queue.
+#[derive(Debug, Default)]
+struct PollFailures {
+    consecutive: u32,
+}
+
+impl PollFailures {
+    /// Records a failed poll; true once `MAX_POLL_FAILURES` failed in a row.
+    fn failed(&mut self) -> bool {
+        self.consecutive += 1;
+        self.consecutive >= MAX_POLL_FAILURES
+    }
+
+    /// Records a poll that worked.
+    fn succeeded(&mut self) {
+        self.consecutive = 0;
+    }
+}
 
 pub(crate) fn run(shared: Arc<Shared>) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut last_work = Instant::now();
     let mut armed = false;
+    let mut failures = PollFailures::default();
     while !shared.stop.load(Ordering::Acquire) {
         batch.clear();
         if let Err(error) = shared.cq.poll(&mut batch, BATCH) {
             tracing::error!(%error, "polling the completion queue failed");
+            if failures.failed() {
+                fail_every_peer(&shared, &error.to_string());
+                return;
+            }
             std::thread::sleep(WAKE_INTERVAL);
             continue;
         }
+        failures.succeeded();
         if !batch.is_empty() {
             batch.drain(..).for_each(|c| handle(&shared, c));
             last_work = Instant::now();
@@ -41,6 +70,15 @@ pub(crate) fn run(shared: Arc<Shared>) {
             let _ = shared.cq.wait(WAKE_INTERVAL);
             armed = false;
         }
+    }
+}
+
+/// The completion queue is broken: no peer can be heard from again, so each is reported
+/// failed (once: `peer_failed` skips peers already reported).
+fn fail_every_peer(shared: &Shared, error: &str) {
+    let reason = format!("the completion queue failed {MAX_POLL_FAILURES} polls in a row: {error}");
+    for node in shared.peers.iter().flatten().map(|peer| peer.node) {
+        shared.peer_failed(node, reason.clone());
     }
 }
 
@@ -147,4 +185,22 @@ fn on_message(shared: &Shared, from: NodeId, message: Message) {
     shared
         .sink
         .deliver(TransportEvent::Message { from, message });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_consecutive_poll_failures_give_up() {
+        let mut failures = PollFailures::default();
+        for _ in 1..MAX_POLL_FAILURES {
+            assert!(!failures.failed());
+        }
+        failures.succeeded();
+        for _ in 1..MAX_POLL_FAILURES {
+            assert!(!failures.failed(), "a success must restart the count");
+        }
+        assert!(failures.failed());
+    }
 }
