@@ -1,6 +1,6 @@
-//! Several application threads of one node sending to the same peer at once: the direct-send
-//! path and the ring thread's queue race for each connection, and every byte stream must stay
-//! whole and in each thread's order, with every page read answered by its own page.
+//! Several application threads of one node sending to the same peer at once through the ring
+//! thread's queue: every byte stream must stay whole and in each thread's order, with every
+//! page read answered by its own page, while the receiver stalls and sends end part-way.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ const PER_THREAD: u64 = 1_500;
 const PAGES: u32 = 32;
 
 /// A receiver that stalls now and then, like a busy engine: the sender's socket buffer fills,
-/// so direct writes end part-way and their rest races the other threads' frames.
+/// so sends end part-way and their rest must not interleave with other threads' frames.
 struct Stalling {
     events: Sender<TransportEvent>,
     seen: AtomicU64,
@@ -72,8 +72,8 @@ fn concurrent_senders_keep_each_stream_whole_and_in_order() {
                 let mut rng = StdRng::seed_from_u64(0xc0c0 + u64::from(thread));
                 for seq in 0..PER_THREAD {
                     // Thread 0 sends bulk (up to 500 KB, more than fits while the receiver
-                    // stalls: direct writes end part-way); the others small messages and page
-                    // reads, now and then pausing so that lanes fall idle and go direct.
+                    // stalls: sends end part-way); the others small messages and page reads,
+                    // now and then pausing so that connections fall idle.
                     let bulk = thread == 0;
                     if !bulk && rng.random_range(0..4) == 0 {
                         std::thread::sleep(Duration::from_micros(200));
