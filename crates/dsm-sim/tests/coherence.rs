@@ -18,11 +18,11 @@ const DEFAULT_STEPS: u64 = 2_000;
 
 /// The seeds to run (see [`dsm_sim::seeds`]).
 fn seeds() -> Vec<u64> {
-    dsm_sim::seeds::seeds(DEFAULT_SEEDS).expect("DSM_SIM_SEED(S)")
+    dsm_sim::seeds::seeds(DEFAULT_SEEDS).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn steps() -> u64 {
-    dsm_sim::seeds::steps(DEFAULT_STEPS).expect("DSM_SIM_STEPS")
+    dsm_sim::seeds::steps(DEFAULT_STEPS).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn run_seeds(consistency: Consistency) -> Report {

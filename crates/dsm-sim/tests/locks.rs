@@ -17,11 +17,11 @@ const DEFAULT_SECTIONS: u64 = 400;
 
 /// The seeds to run (see [`dsm_sim::seeds`]).
 fn seeds() -> Vec<u64> {
-    dsm_sim::seeds::seeds(DEFAULT_SEEDS).expect("DSM_SIM_SEED(S)")
+    dsm_sim::seeds::seeds(DEFAULT_SEEDS).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn sections() -> u32 {
-    let sections = dsm_sim::seeds::steps(DEFAULT_SECTIONS).expect("DSM_SIM_STEPS");
+    let sections = dsm_sim::seeds::steps(DEFAULT_SECTIONS).unwrap_or_else(|e| panic!("{e}"));
     u32::try_from(sections).expect("DSM_SIM_STEPS fits in u32")
 }
 
