@@ -87,10 +87,30 @@ impl FaultResolver for Resolver {
 }
 
 /// The SIGBUS handler's share (async-signal-safe: atomics, futex, `clock_gettime`, the
-/// channel's non-allocating `try_send`). The driver prints why a fault failed.
+/// channel's non-allocating `try_send`, `write(2)`). When the driver got the fault it prints
+/// why the fault failed; when it did not, the handler says why itself (static text: no
+/// allocation).
 fn in_signal_handler(signal: &SignalPath, page: PageId, access: Access) -> Resolution {
+    match hand_over(signal, page, access) {
+        Ok(resolution) => resolution,
+        Err(why) => {
+            crate::raw::write_stderr(b"dsm: a fault under signal delivery cannot be served: ");
+            crate::raw::write_stderr(why.as_bytes());
+            crate::raw::write_stderr(b"\n");
+            Resolution::Fail
+        }
+    }
+}
+
+/// Hands the fault to the driver and waits for the page; `Err` says why the fault failed
+/// when the driver did not report it.
+fn hand_over(
+    signal: &SignalPath,
+    page: PageId,
+    access: Access,
+) -> Result<Resolution, &'static str> {
     let Ok(slot) = signal.slots.claim() else {
-        return Resolution::Fail; // More threads faulting at once than slots.
+        return Err("every page slot is taken (more threads fault at once than there are slots)");
     };
     let mut event = Event::Fault {
         page,
@@ -98,6 +118,7 @@ fn in_signal_handler(signal: &SignalPath, page: PageId, access: Access) -> Resol
         slot,
         since: Instant::now(),
     };
+    let mut why = "the driver's event queue stayed full (10000 tries, 100 us apart)";
     let mut queued = false;
     for _ in 0..QUEUE_RETRIES {
         match signal.events.try_send(event) {
@@ -109,16 +130,68 @@ fn in_signal_handler(signal: &SignalPath, page: PageId, access: Access) -> Resol
                 event = back;
                 std::thread::sleep(Duration::from_micros(100)); // nanosleep: signal-safe
             }
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => break,
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                why = "the driver thread is gone (the node is stopping)";
+                break;
+            }
         }
     }
     if !queued {
         signal.slots.fail(slot);
         let _ = signal.slots.wait(slot, Duration::ZERO); // frees the slot
-        return Resolution::Fail;
+        return Err(why);
     }
     match signal.slots.wait(slot, signal.timeout) {
-        Ok(_done) => Resolution::Retry, // Installed by the driver: the access re-executes.
-        Err(_) => Resolution::Fail,
+        Ok(_done) => Ok(Resolution::Retry), // Installed by the driver: the access re-executes.
+        // The driver failed the fault and printed why.
+        Err(dsm_uffd::Error::FetchFailed) => Ok(Resolution::Fail),
+        Err(_) => Err("the driver neither served nor failed it within the fault timeout"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::sync_channel;
+
+    use super::*;
+
+    fn path(slots: usize) -> (SignalPath, std::sync::mpsc::Receiver<Event>) {
+        let (events, receiver) = sync_channel(4);
+        let slots = Arc::new(PageSlots::new(slots));
+        let timeout = Duration::from_millis(10);
+        (
+            SignalPath {
+                events,
+                slots,
+                timeout,
+            },
+            receiver,
+        )
+    }
+
+    const PAGE: PageId = PageId { region: 1, page: 2 };
+
+    #[test]
+    fn a_fault_with_no_free_slot_says_so() {
+        let (signal, _receiver) = path(1);
+        let _taken = signal.slots.claim().unwrap();
+        let why = hand_over(&signal, PAGE, Access::Read).unwrap_err();
+        assert!(why.contains("page slot"), "{why}");
+    }
+
+    #[test]
+    fn a_fault_after_the_driver_left_says_so_and_frees_its_slot() {
+        let (signal, receiver) = path(1);
+        drop(receiver);
+        let why = hand_over(&signal, PAGE, Access::Write).unwrap_err();
+        assert!(why.contains("driver thread is gone"), "{why}");
+        assert!(signal.slots.claim().is_ok(), "the slot must be free again");
+    }
+
+    #[test]
+    fn a_fault_nobody_serves_says_the_driver_never_answered() {
+        let (signal, _receiver) = path(1);
+        let why = hand_over(&signal, PAGE, Access::Read).unwrap_err();
+        assert!(why.contains("neither served nor failed"), "{why}");
     }
 }

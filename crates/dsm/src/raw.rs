@@ -1,4 +1,5 @@
-//! The crate's only unsafe code: page-aligned home memory and views of installed pages.
+//! The crate's only unsafe code: page-aligned home memory, views of installed pages, and the
+//! SIGBUS handler's one write to stderr.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 
@@ -131,4 +132,12 @@ pub(crate) unsafe fn copy_bytes(region: *mut u8, buffer: *mut u8, len: usize, to
             std::ptr::copy_nonoverlapping(region, buffer, len);
         }
     }
+}
+
+/// Writes `message` to stderr with one `write(2)` (async-signal-safe, unlike `eprintln!`,
+/// which takes a lock and may allocate); a short or failed write is ignored, as there is
+/// nowhere else to report it.
+pub(crate) fn write_stderr(message: &[u8]) {
+    // SAFETY: `message` is valid for reads of its length.
+    unsafe { libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len()) };
 }
