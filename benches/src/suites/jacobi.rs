@@ -80,14 +80,13 @@ fn cluster(mode: &str, single_us: f64) -> anyhow::Result<Value> {
                 .context("start a node")
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let outputs = wait_all(mode, children, NODE_DEADLINE)?;
     let mut nodes = Vec::new();
-    for (rank, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!("{mode}: node {rank} failed ({})", out.status);
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().last().context("node printed nothing")?;
+    for (rank, text) in outputs.iter().enumerate() {
+        let line = text
+            .lines()
+            .last()
+            .with_context(|| format!("{mode}: node {rank} printed nothing"))?;
         nodes.push(serde_json::from_str::<Value>(line)?);
     }
     let worst = nodes
@@ -105,6 +104,58 @@ fn cluster(mode: &str, single_us: f64) -> anyhow::Result<Value> {
         "iter_us_median_slowest_node": iter_us,
         "ratio_iter_to_single_process": iter_us / single_us,
     }))
+}
+
+/// How long a node process may run before the suite kills the cluster and fails.
+const NODE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Waits for every node (reading their stdout on threads so a full pipe cannot stall them);
+/// past `deadline` kills the rest and fails naming the ranks still running.
+fn wait_all(
+    mode: &str,
+    mut children: Vec<std::process::Child>,
+    deadline: std::time::Duration,
+) -> anyhow::Result<Vec<String>> {
+    use std::io::Read;
+    let readers: Vec<_> = children
+        .iter_mut()
+        .map(|child| {
+            let mut stdout = child.stdout.take().expect("stdout is piped");
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                stdout.read_to_string(&mut text).map(|_| text)
+            })
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let mut status = vec![None; children.len()];
+    while status.iter().any(Option::is_none) {
+        for (slot, child) in status.iter_mut().zip(&mut children) {
+            if slot.is_none() {
+                *slot = child.try_wait()?;
+            }
+        }
+        if started.elapsed() > deadline {
+            let running: Vec<usize> = (0..status.len()).filter(|&r| status[r].is_none()).collect();
+            children.iter_mut().for_each(|c| drop(c.kill()));
+            bail!("{mode}: nodes {running:?} still running after {deadline:?}; killed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for (rank, code) in status.iter().enumerate() {
+        let code = code.expect("every node exited");
+        if !code.success() {
+            bail!("{mode}: node {rank} failed ({code})");
+        }
+    }
+    readers
+        .into_iter()
+        .map(|r| {
+            r.join()
+                .expect("stdout reader panicked")
+                .context("read a node's stdout")
+        })
+        .collect()
 }
 
 /// One node: allocate, initialise, iterate, report.
