@@ -5,10 +5,12 @@
 
 use crate::{Error, Limits, PAGE_SIZE, Page, PageId, Result};
 
-/// Appends little-endian fields to a body.
+/// Appends little-endian fields to a body, or only counts them (see [`Writer::counter`]).
 #[derive(Debug, Default)]
 pub struct Writer {
     bytes: Vec<u8>,
+    written: usize,
+    count_only: bool,
 }
 
 impl Writer {
@@ -16,27 +18,43 @@ impl Writer {
     pub fn with_capacity(capacity: usize) -> Self {
         Writer {
             bytes: Vec::with_capacity(capacity),
+            ..Writer::default()
         }
+    }
+    /// A writer that stores nothing and only counts the bytes it is given: a body's length
+    /// from the encoder itself, so it cannot drift from what `encode` produces.
+    pub fn counter() -> Self {
+        Writer {
+            count_only: true,
+            ..Writer::default()
+        }
+    }
+    /// Bytes appended so far (counted or stored).
+    pub fn written(&self) -> usize {
+        self.written
     }
     /// Appends one byte.
     pub fn u8(&mut self, v: u8) {
-        self.bytes.push(v);
+        self.raw(&[v]);
     }
     /// Appends a u16.
     pub fn u16(&mut self, v: u16) {
-        self.bytes.extend_from_slice(&v.to_le_bytes());
+        self.raw(&v.to_le_bytes());
     }
     /// Appends a u32.
     pub fn u32(&mut self, v: u32) {
-        self.bytes.extend_from_slice(&v.to_le_bytes());
+        self.raw(&v.to_le_bytes());
     }
     /// Appends a u64.
     pub fn u64(&mut self, v: u64) {
-        self.bytes.extend_from_slice(&v.to_le_bytes());
+        self.raw(&v.to_le_bytes());
     }
     /// Appends raw bytes with no length prefix (fixed-size fields).
     pub fn raw(&mut self, v: &[u8]) {
-        self.bytes.extend_from_slice(v);
+        self.written += v.len();
+        if !self.count_only {
+            self.bytes.extend_from_slice(v);
+        }
     }
     /// Appends a u32 length prefix then the bytes.
     pub fn bytes(&mut self, v: &[u8]) {
@@ -65,7 +83,7 @@ impl Writer {
             None => self.u8(0),
         }
     }
-    /// The encoded body.
+    /// The encoded body (empty for a [`Writer::counter`]).
     pub fn finish(self) -> Vec<u8> {
         self.bytes
     }

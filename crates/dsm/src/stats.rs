@@ -64,11 +64,10 @@ impl Counters {
         counter.fetch_add(1, Relaxed);
     }
 
-    /// Adds the encoded size of `message` to `bytes`.
-    pub(crate) fn count(bytes: &AtomicU64, message: &dsm_wire::Message, sender: dsm_wire::NodeId) {
-        // The frame as it travels (header + body); cluster id does not change its length.
-        let len = dsm_wire::encode(message, 0, sender).len();
-        bytes.fetch_add(len as u64, Relaxed);
+    /// Adds the size of `message`'s frame (header + body, as it travels) to `bytes`.
+    pub(crate) fn count(bytes: &AtomicU64, message: &dsm_wire::Message) {
+        // Counted, not encoded: this runs for every message on the driver thread.
+        bytes.fetch_add(message.encoded_len() as u64, Relaxed);
     }
 
     /// A snapshot.
@@ -187,6 +186,20 @@ mod tests {
             assert!(upper_edge(b) >= ns.min(upper_edge(BUCKETS - 1)), "{ns}");
             last = b;
         }
+    }
+
+    #[test]
+    fn a_message_counts_as_its_whole_frame() {
+        let bytes = AtomicU64::new(0);
+        let message = dsm_wire::Message::Coherence(dsm_wire::Coherence::WriteBack {
+            req: 1,
+            page: dsm_wire::PageId { region: 0, page: 3 },
+            data: Box::new([7; dsm_wire::PAGE_SIZE]),
+        });
+        Counters::count(&bytes, &message);
+        Counters::count(&bytes, &message);
+        let frame = dsm_wire::encode(&message, 0, 1).len() as u64;
+        assert_eq!(bytes.load(Relaxed), 2 * frame);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 pub mod alloc;
 pub mod coherence;
+#[cfg(test)]
+mod len_tests;
 pub mod membership;
 pub mod sync;
 pub mod transport;
@@ -46,6 +48,14 @@ impl Message {
             Message::View(m) => m.command(),
             Message::Transport(m) => m.command(),
         }
+    }
+
+    /// Length of the whole frame [`encode`](crate::encode) makes of this message (header and
+    /// body), found without building it: no buffer, no page copy, no checksum.
+    pub fn encoded_len(&self) -> usize {
+        let mut counter = Writer::counter();
+        self.encode_body(&mut counter);
+        crate::HEADER_LEN + counter.written()
     }
 
     /// Encodes the body (no header).

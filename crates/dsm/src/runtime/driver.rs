@@ -136,7 +136,7 @@ impl Driver {
         match event {
             TransportEvent::Message { from, message } => {
                 self.ring.heard(from, Instant::now());
-                Counters::count(&self.core.shared.counters.bytes_received, &message, from);
+                Counters::count(&self.core.shared.counters.bytes_received, &message);
                 self.on_message(from, message);
             }
             TransportEvent::PeerFailed { node, reason } => {
@@ -302,7 +302,7 @@ pub(crate) fn send_counted(
     to: NodeId,
     message: &Message,
 ) {
-    Counters::count(&counters.bytes_sent, message, transport.local());
+    Counters::count(&counters.bytes_sent, message);
     Counters::bump(&counters.messages_sent);
     if let Err(e) = transport.send(to, message) {
         tracing::debug!(to, error = %e, "send failed");
