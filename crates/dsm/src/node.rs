@@ -255,12 +255,8 @@ impl Node {
                 mine.push(page);
             }
         }
-        let epoch = self.rendezvous(mine.clone())?;
-        let notices = self
-            .core
-            .shared
-            .update(|s| s.barrier_notices.remove(&epoch));
-        let others = others_notices(notices.unwrap_or_default(), &mine);
+        let notices = self.rendezvous(mine.clone())?;
+        let others = others_notices(notices, &mine);
         self.core
             .sync(timeout, "acquire after a barrier", |c, token, ctx| {
                 c.acquire(token, &others, ctx)
@@ -269,8 +265,9 @@ impl Node {
         Ok(())
     }
 
-    /// The barrier's message round: arrive at rank 0 with `notices`, wait for the release.
-    fn rendezvous(&self, notices: Vec<PageId>) -> Result<u64> {
+    /// The barrier's message round: arrive at rank 0 with `notices`, wait for the release;
+    /// returns every node's notices (taken, so nothing is left behind for this epoch).
+    fn rendezvous(&self, notices: Vec<PageId>) -> Result<Vec<PageId>> {
         let epoch = self.barrier_epoch.fetch_add(1, Ordering::Relaxed) + 1;
         self.send(
             0,
@@ -285,7 +282,11 @@ impl Node {
             |_| format!("barrier {epoch} (release from rank 0)"),
             |s| (s.barrier_released >= epoch).then_some(()),
         )?;
-        Ok(epoch)
+        let all = self
+            .core
+            .shared
+            .update(|s| s.barrier_notices.remove(&epoch));
+        Ok(all.unwrap_or_default())
     }
 
     /// The cluster-wide lock `id` (any `u32`; every node names the same lock by the same
@@ -416,6 +417,8 @@ impl Node {
                 spec: spec.clone(),
             }),
         );
+        // An answer that comes after this wait timed out is dropped when the next round is
+        // answered (`keep_answer`).
         let (id, base, agreed) = self.core.shared.wait(
             self.config.op_timeout,
             |_| format!("allocation round {req} ({:?}) from rank 0", spec.name),

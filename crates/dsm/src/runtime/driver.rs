@@ -184,7 +184,7 @@ impl Driver {
             Message::Sync(Sync::BarrierRelease { epoch, notices }) if from == 0 => {
                 self.core.shared.update(|s| {
                     s.barrier_released = s.barrier_released.max(epoch);
-                    s.barrier_notices.insert(epoch, notices);
+                    super::keep_answer(&mut s.barrier_notices, epoch, notices);
                 });
             }
             Message::Sync(m @ (Sync::BarrierArrive { .. } | Sync::BarrierRelease { .. })) => {
@@ -209,7 +209,7 @@ impl Driver {
             }) if from == 0 => {
                 self.core
                     .shared
-                    .update(|s| s.allocs.insert(req, (region, base_addr, spec)));
+                    .update(|s| super::keep_answer(&mut s.allocs, req, (region, base_addr, spec)));
             }
             other => tracing::warn!(from, ?other, "message with no consumer; dropped"),
         }

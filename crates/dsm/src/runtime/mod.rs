@@ -5,7 +5,7 @@ pub(crate) mod alloc;
 pub(crate) mod barrier;
 pub(crate) mod driver;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -31,12 +31,14 @@ pub(crate) struct State {
     pub(crate) left: Vec<bool>,
     /// Highest barrier epoch released.
     pub(crate) barrier_released: u64,
-    /// Write notices of released barrier epochs not yet taken by `Node::barrier`.
-    pub(crate) barrier_notices: HashMap<u64, Vec<PageId>>,
+    /// Write notices of released barrier epochs not yet taken by `Node::barrier` (bounded:
+    /// see [`keep_answer`]).
+    pub(crate) barrier_notices: BTreeMap<u64, Vec<PageId>>,
     /// Completed engine sync calls: token → write notices.
     pub(crate) syncs: HashMap<u64, Vec<PageId>>,
     /// Allocations decided by rank 0: request → (region id, base address, spec).
-    pub(crate) allocs: HashMap<u64, (u32, u64, RegionSpec)>,
+    /// Bounded like `barrier_notices`.
+    pub(crate) allocs: BTreeMap<u64, (u32, u64, RegionSpec)>,
     /// The node is shutting down: every wait ends.
     pub(crate) closed: bool,
     /// Peers' RDMA queue pair data (or declines), from `RdmaHello` at join.
@@ -108,6 +110,23 @@ impl Core {
     }
 }
 
+/// Most answers kept unclaimed in `State::barrier_notices` or `State::allocs`.
+const MAX_UNCLAIMED: usize = 8;
+
+/// Records rank 0's answer for collective round `round` (a barrier epoch or an allocation
+/// request), keeping only answers a waiter can still take. Rank 0 answers round `r` only once
+/// every live node (this one included) asked for `r`, and a node asks for `r` only after its
+/// wait for the round before ended; so when `r` comes, answers to earlier rounds are either
+/// taken or belong to waits that timed out, and they go. A rank 0 that answers rounds
+/// nobody asked for is bounded by `MAX_UNCLAIMED` (the oldest go first).
+pub(crate) fn keep_answer<V>(answers: &mut BTreeMap<u64, V>, round: u64, answer: V) {
+    answers.retain(|&r, _| r >= round);
+    answers.insert(round, answer);
+    while answers.len() > MAX_UNCLAIMED {
+        answers.pop_first();
+    }
+}
+
 /// Shared between the node's threads.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -125,9 +144,9 @@ impl Shared {
                 arrivals: Arrivals::new(rank, size),
                 left: vec![false; size as usize],
                 barrier_released: 0,
-                barrier_notices: HashMap::new(),
+                barrier_notices: BTreeMap::new(),
                 syncs: HashMap::new(),
-                allocs: HashMap::new(),
+                allocs: BTreeMap::new(),
                 closed: false,
                 rdma_hellos: HashMap::new(),
             }),
@@ -233,6 +252,24 @@ mod tests {
             waiter.join().unwrap(),
             Err(Error::NodeFailed { rank: 2 })
         ));
+    }
+
+    #[test]
+    fn answers_to_earlier_rounds_go_when_a_later_one_comes() {
+        let mut answers = BTreeMap::new();
+        keep_answer(&mut answers, 3, "three");
+        keep_answer(&mut answers, 5, "five");
+        assert_eq!(answers.keys().copied().collect::<Vec<_>>(), [5]);
+    }
+
+    #[test]
+    fn answers_nobody_asked_for_stay_bounded() {
+        let mut answers = BTreeMap::new();
+        for round in (0..1000u64).rev() {
+            keep_answer(&mut answers, 1_000_000 + round, ());
+        }
+        assert_eq!(answers.len(), MAX_UNCLAIMED);
+        assert_eq!(answers.keys().next_back(), Some(&1_000_999));
     }
 
     #[test]
