@@ -38,6 +38,8 @@ pub struct Node {
     transport: Arc<Wire>,
     locks: Arc<LockTable>,
     events: SyncSender<Event>,
+    /// Tells the driver to return (see `stop`).
+    driver_stop: Arc<AtomicBool>,
     /// The driver thread; joined on leave/drop (after `events` got `Stop`).
     driver: Mutex<Option<JoinHandle<()>>>,
     barrier_epoch: AtomicU64,
@@ -56,6 +58,11 @@ impl std::fmt::Debug for Node {
 
 /// How long a node dropped without `leave` lets queued frames go before closing.
 const DROP_FLUSH_GRACE: Duration = Duration::from_millis(200);
+
+/// Longest `stop` waits for the driver thread to return. Its turns are bounded (it waits at
+/// most 100 ms for an event, and a send into a full TCP queue at most 10 s), so it sees the
+/// stop flag well within this.
+const DRIVER_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Longest `leave` waits for the other nodes' `Leave`.
 pub const LEAVE_LINGER: Duration = Duration::from_secs(5);
@@ -113,6 +120,7 @@ impl Node {
         let booted = bootstrap::run(&config, rdma::offered(connector.as_ref()))?;
         let deadline = booted.deadline;
         let (events, receiver) = sync_channel(EVENT_QUEUE);
+        let driver_stop = Arc::new(AtomicBool::new(false));
         let sink = Arc::new(Sink {
             events: events.clone(),
         });
@@ -141,6 +149,7 @@ impl Node {
             central: Central::default(),
             allocator: Allocator::default(),
             events: receiver,
+            stop: Arc::clone(&driver_stop),
             fault_timeout: config.op_timeout,
             started: Instant::now(),
         };
@@ -154,6 +163,7 @@ impl Node {
             transport,
             locks,
             events,
+            driver_stop,
             driver: Mutex::new(Some(driver)),
             barrier_epoch: AtomicU64::new(0),
             alloc_round: AtomicU64::new(0),
@@ -484,10 +494,13 @@ impl Node {
         if self.gone.swap(true, Ordering::AcqRel) {
             return;
         }
-        let _ = self.events.send(Event::Stop);
+        // The flag stops the driver even when its queue is full; `Stop` (when it fits) only
+        // wakes it sooner.
+        self.driver_stop.store(true, Ordering::Release);
+        let _ = self.events.try_send(Event::Stop);
         let handle = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(handle) = handle {
-            let _ = handle.join();
+            join_within(handle, DRIVER_STOP_TIMEOUT, self.rank());
         }
         self.core.shared.update(|s| s.closed = true);
         if let Err(e) = self.transport.shutdown() {
@@ -506,6 +519,26 @@ impl Drop for Node {
             std::thread::sleep(DROP_FLUSH_GRACE);
         }
         self.stop();
+    }
+}
+
+/// Joins `driver` if it returns within `timeout`; otherwise leaves it running (detached: it
+/// holds only shared `Arc`s) and says what was awaited, instead of hanging the caller.
+fn join_within(driver: JoinHandle<()>, timeout: Duration, rank: NodeId) {
+    let deadline = Instant::now() + timeout;
+    while !driver.is_finished() {
+        if Instant::now() >= deadline {
+            tracing::error!(
+                rank,
+                ?timeout,
+                "the driver thread did not return after Stop; left running"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if driver.join().is_err() {
+        tracing::error!(rank, "the driver thread panicked");
     }
 }
 
@@ -530,6 +563,28 @@ fn others_notices(mut all: Vec<PageId>, mine: &[PageId]) -> Vec<PageId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_driver_that_does_not_return_is_left_after_the_timeout() {
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let stuck = std::thread::spawn(move || {
+            let _ = hold.recv_timeout(Duration::from_secs(30));
+        });
+        let started = Instant::now();
+        join_within(stuck, Duration::from_millis(50), 0);
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(50), "{waited:?}");
+        assert!(waited < Duration::from_secs(30), "{waited:?}");
+        drop(release);
+    }
+
+    #[test]
+    fn a_driver_that_returns_is_joined() {
+        let done = std::thread::spawn(|| ());
+        let started = Instant::now();
+        join_within(done, Duration::from_secs(30), 0);
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
 
     #[test]
     fn own_notices_are_removed_once_and_shared_pages_stay() {

@@ -3,7 +3,8 @@
 //! learns in [`Shared`](super::Shared).
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use dsm_core::Access;
@@ -41,6 +42,19 @@ pub(crate) enum Event {
 /// Bound on events queued for the driver.
 pub(crate) const EVENT_QUEUE: usize = 1 << 16;
 
+/// Longest the transport thread waits for room in the driver's queue before it drops an
+/// event (saying so).
+///
+/// The wait can stall the transport thread, and the driver may at the same time wait on the
+/// transport: the TCP transport's `send` waits for room in its own bounded queue, for at most
+/// 10 s, and then fails. Every other step of the driver is bounded too (engine and state
+/// locks are held only for short, non-blocking work). So the longest the driver can be
+/// kept from draining its queue is bounded, and this wait is made longer than the transport's
+/// own: in a cycle the driver's send gives up first and the driver drains the queue. Should
+/// the driver be stuck for longer anyway, events are dropped with an error instead of the
+/// transport thread hanging for ever.
+pub(crate) const DELIVER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The transport's sink: forwards into the driver's bounded queue.
 #[derive(Debug)]
 pub(crate) struct Sink {
@@ -49,10 +63,36 @@ pub(crate) struct Sink {
 
 impl EventSink for Sink {
     fn deliver(&self, event: TransportEvent) {
-        // Blocks only while the queue is full, i.e. while the driver is behind; the driver
-        // never waits on the transport thread, so this back-pressure cannot deadlock. After
-        // Stop the receiver is gone and events are dropped.
-        let _ = self.events.send(Event::Transport(event));
+        if let Err(dropped) = push_bounded(&self.events, Event::Transport(event), DELIVER_TIMEOUT) {
+            tracing::error!(
+                event = ?dropped,
+                timeout = ?DELIVER_TIMEOUT,
+                "no room in the driver's event queue: transport event dropped"
+            );
+        }
+    }
+}
+
+/// Queues `event` for the driver, waiting at most `timeout` for room. `Ok` also when the
+/// driver is gone (after `Stop`, events have no consumer and go quietly); `Err` gives back
+/// the event that found no room in time.
+pub(crate) fn push_bounded(
+    events: &SyncSender<Event>,
+    mut event: Event,
+    timeout: Duration,
+) -> std::result::Result<(), Event> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match events.try_send(event) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => return Ok(()),
+            Err(TrySendError::Full(back)) if Instant::now() >= deadline => return Err(back),
+            Err(TrySendError::Full(back)) => {
+                event = back;
+                // The queue is full only while the driver is far behind: a short nap, not a
+                // spin, so the driver gets the CPU.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
     }
 }
 
@@ -66,6 +106,9 @@ pub(crate) struct Driver {
     pub(crate) central: Central,
     pub(crate) allocator: Allocator,
     pub(crate) events: Receiver<Event>,
+    /// Set by `Node::stop`: the driver returns at its next turn even when the queue is too
+    /// full for `Event::Stop` to get in.
+    pub(crate) stop: Arc<AtomicBool>,
     /// Bound on a fault's wait for its page (the node's `op_timeout`); the engine's clock is
     /// in milliseconds since `started`.
     pub(crate) fault_timeout: Duration,
@@ -80,7 +123,7 @@ impl Driver {
     pub(crate) fn run(mut self) {
         let mut actions = Vec::new();
         let mut next_engine_tick = Instant::now();
-        loop {
+        while !self.stop.load(Ordering::Acquire) {
             let wait = self
                 .ring
                 .next_deadline()
@@ -306,5 +349,43 @@ pub(crate) fn send_counted(
     Counters::bump(&counters.messages_sent);
     if let Err(e) = transport.send(to, message) {
         tracing::debug!(to, error = %e, "send failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::sync_channel;
+
+    use super::*;
+
+    #[test]
+    fn a_full_queue_gives_the_event_back_after_the_timeout() {
+        let (events, _receiver) = sync_channel(1);
+        push_bounded(&events, Event::Stop, Duration::ZERO).unwrap();
+        let started = Instant::now();
+        let back = push_bounded(&events, Event::Stop, Duration::from_millis(20));
+        assert!(matches!(back, Err(Event::Stop)));
+        assert!(started.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn room_made_while_waiting_lets_the_event_in() {
+        let (events, receiver) = sync_channel(1);
+        push_bounded(&events, Event::Stop, Duration::ZERO).unwrap();
+        let drain = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let first = receiver.recv_timeout(Duration::from_secs(5));
+            let second = receiver.recv_timeout(Duration::from_secs(5));
+            first.is_ok() && second.is_ok()
+        });
+        push_bounded(&events, Event::Stop, Duration::from_secs(5)).unwrap();
+        assert!(drain.join().unwrap());
+    }
+
+    #[test]
+    fn a_gone_driver_drops_events_without_waiting() {
+        let (events, receiver) = sync_channel(1);
+        drop(receiver);
+        assert!(push_bounded(&events, Event::Stop, Duration::from_secs(60)).is_ok());
     }
 }
