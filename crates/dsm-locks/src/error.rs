@@ -99,6 +99,9 @@ pub enum Error {
     /// A barrier message given to the lock engine, or a lock message to the barrier.
     #[error("message {0} is not for this engine")]
     NotForEngine(&'static str),
+    /// A barrier call or message on a table built by `LockTable::locks_only`.
+    #[error("this lock table has no barrier engine (built by LockTable::locks_only)")]
+    NoBarrier,
 }
 
 /// Result of dsm-locks operations.

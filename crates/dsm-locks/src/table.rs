@@ -49,9 +49,16 @@ impl Default for TableConfig {
 /// Barrier progress shared with waiting threads.
 #[derive(Debug)]
 struct BarrierState {
-    engine: BarrierEngine,
+    /// None for a table built by [`LockTable::locks_only`].
+    engine: Option<BarrierEngine>,
     /// Barriers completed (epochs below this are done).
     completed: u64,
+}
+
+impl BarrierState {
+    fn engine(&mut self) -> Result<&mut BarrierEngine> {
+        self.engine.as_mut().ok_or(Error::NoBarrier)
+    }
 }
 
 /// Locks and the barrier of one node, for its threads. See the crate docs for an example.
@@ -136,6 +143,27 @@ impl LockTable {
         consistency: Box<dyn ReleaseConsistency>,
         config: TableConfig,
     ) -> Self {
+        Self::build(engine, Some(barrier), outbox, consistency, config)
+    }
+
+    /// A table of locks alone, for a runtime with a barrier of its own:
+    /// [`LockTable::barrier`] and barrier messages fail with [`Error::NoBarrier`].
+    pub fn locks_only(
+        engine: LockEngine,
+        outbox: Box<dyn Outbox>,
+        consistency: Box<dyn ReleaseConsistency>,
+        config: TableConfig,
+    ) -> Self {
+        Self::build(engine, None, outbox, consistency, config)
+    }
+
+    fn build(
+        engine: LockEngine,
+        barrier: Option<BarrierEngine>,
+        outbox: Box<dyn Outbox>,
+        consistency: Box<dyn ReleaseConsistency>,
+        config: TableConfig,
+    ) -> Self {
         LockTable {
             engine: Mutex::new(engine),
             barrier: Mutex::new(BarrierState {
@@ -185,16 +213,17 @@ impl LockTable {
     /// node at a time.
     pub fn barrier(&self) -> Result<()> {
         let start = Instant::now();
-        let epoch = lock_barrier(&self.barrier).engine.epoch();
+        let epoch = lock_barrier(&self.barrier).engine()?.epoch();
         // Flush without the mutex: the diffs' acks arrive through the protocol thread, which
         // must not block on it meanwhile.
         let notices = self.consistency.flush(SyncPoint::Barrier(epoch));
         let mut state = lock_barrier(&self.barrier);
-        if state.engine.epoch() != epoch || state.engine.is_active() {
+        let engine = state.engine()?;
+        if engine.epoch() != epoch || engine.is_active() {
             return Err(Error::BarrierBusy(epoch));
         }
         let mut out = Vec::new();
-        state.engine.arrive(notices, &mut out)?;
+        engine.arrive(notices, &mut out)?;
         let rest = self.send_all(out);
         drop(state);
         self.perform(rest);
@@ -203,7 +232,7 @@ impl LockTable {
         while state.completed <= epoch {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                let awaiting = state.engine.awaiting();
+                let awaiting = state.engine()?.awaiting();
                 return Err(Error::BarrierTimeout {
                     epoch,
                     waited: start.elapsed(),
@@ -226,7 +255,7 @@ impl LockTable {
             Sync::BarrierArrive { .. } | Sync::BarrierRelease { .. } => {
                 let mut state = lock_barrier(&self.barrier);
                 let mut out = Vec::new();
-                state.engine.on_message(from, message, &mut out)?;
+                state.engine()?.on_message(from, message, &mut out)?;
                 self.send_all(out)
             }
             _ => self.with_engine(|engine, out| engine.on_message(from, message, out))?,
@@ -337,4 +366,42 @@ fn lock_engine(engine: &Mutex<LockEngine>) -> MutexGuard<'_, LockEngine> {
 
 fn lock_barrier(barrier: &Mutex<BarrierState>) -> MutexGuard<'_, BarrierState> {
     barrier.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LockKind, NoConsistency};
+
+    struct Nowhere;
+
+    impl Outbox for Nowhere {
+        fn send(&self, _to: NodeId, _message: Sync) {}
+    }
+
+    fn locks_only() -> LockTable {
+        LockTable::locks_only(
+            LockEngine::new(0, 1, LockKind::RicartAgrawala),
+            Box::new(Nowhere),
+            Box::new(NoConsistency),
+            TableConfig::default(),
+        )
+    }
+
+    #[test]
+    fn a_locks_only_table_locks_and_refuses_barriers() {
+        let table = locks_only();
+        drop(
+            table
+                .try_acquire(7, Duration::from_secs(5))
+                .expect("one node locks alone"),
+        );
+        assert!(matches!(table.barrier(), Err(Error::NoBarrier)));
+        let arrive = Sync::BarrierArrive {
+            epoch: 0,
+            round: 0,
+            notices: Vec::new(),
+        };
+        assert!(matches!(table.handle(1, &arrive), Err(Error::NoBarrier)));
+    }
 }

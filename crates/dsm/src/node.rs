@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use dsm_locks::{BarrierEngine, BarrierKind, LockEngine, LockKind, LockTable, TableConfig};
+use dsm_locks::{LockEngine, LockKind, LockTable, TableConfig};
 use dsm_tcp_fallback::{TcpConfig, TcpTransport, cluster_key_from_str};
 
 use dsm_core::Transport;
@@ -70,11 +70,10 @@ pub const LEAVE_LINGER: Duration = Duration::from_secs(5);
 /// The node's lock table: Ricart–Agrawala locks whose hand-overs are release points.
 fn lock_table(config: &Config, core: &Arc<Core>) -> LockTable {
     let (rank, size) = (config.rank, config.size);
-    LockTable::new(
+    // Locks only: `Node::barrier` has its own barrier (runtime/barrier.rs), which fails
+    // promptly with NodeFailed and carries every node's write notices.
+    LockTable::locks_only(
         LockEngine::new(rank, size, LockKind::RicartAgrawala),
-        // The table's barrier is unused (Node::barrier has its own, which fails promptly
-        // with NodeFailed); the table still needs one.
-        BarrierEngine::new(rank, size, BarrierKind::Central),
         Box::new(LockOutbox {
             transport: Arc::clone(&core.transport),
             counters: Arc::clone(&core.shared.counters),

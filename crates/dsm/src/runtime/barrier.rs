@@ -1,8 +1,9 @@
 //! A central barrier (sans-IO): every node tells rank 0 it arrived at epoch `e`; when all live
 //! nodes have, rank 0 releases epoch `e` to everyone.
 //!
-//! This is the runtime's own barrier until the dissemination barrier of `dsm-locks` is wired
-//! in. Arrivals are counted per sender so a duplicate cannot release early.
+//! The runtime's own barrier rather than `dsm-locks`' (whose lock table is built without
+//! one): it fails promptly with `NodeFailed` and carries every node's write notices.
+//! Arrivals are counted per sender so a duplicate cannot release early.
 
 use std::collections::BTreeMap;
 
