@@ -47,12 +47,12 @@ pub(crate) const EVENT_QUEUE: usize = 1 << 16;
 ///
 /// The wait can stall the transport thread, and the driver may at the same time wait on the
 /// transport: the TCP transport's `send` waits for room in its own bounded queue, for at most
-/// 10 s, and then fails. Every other step of the driver is bounded too (engine and state
-/// locks are held only for short, non-blocking work). So the longest the driver can be
-/// kept from draining its queue is bounded, and this wait is made longer than the transport's
-/// own: in a cycle the driver's send gives up first and the driver drains the queue. Should
-/// the driver be stuck for longer anyway, events are dropped with an error instead of the
-/// transport thread hanging for ever.
+/// 10 s, and then fails. This wait is longer, so in that cycle the driver's send gives up
+/// first and the driver drains the queue. The driver can also wait for the engine lock while
+/// an application thread holding it sends (each send bounded the same way, but one release
+/// may send several messages), so it is not proved that the driver always drains within
+/// this bound: when it does not, the event is dropped with an error (the protocols above
+/// time out as for a lost message) instead of the transport thread hanging for ever.
 pub(crate) const DELIVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The transport's sink: forwards into the driver's bounded queue.
