@@ -268,10 +268,7 @@ impl Driver {
             Membership::NodeFailed { rank } => {
                 if self.ring.failed(rank, now) {
                     self.core.shared.update(|s| s.failed.push(rank));
-                    let _ = self.core.engine(|c, _| {
-                        c.wake_all_faults(rank);
-                        Ok(())
-                    });
+                    self.stop_waiting_for(rank);
                 }
             }
             Membership::RdmaHello(info) => {
@@ -304,11 +301,20 @@ impl Driver {
         });
         if news || first {
             tracing::warn!(rank = self.rank, failed = rank, "node declared failed");
-            let _ = self.core.engine(|c, _| {
-                c.wake_all_faults(rank);
-                Ok(())
-            });
+            self.stop_waiting_for(rank);
             self.broadcast(false, &Message::Membership(Membership::NodeFailed { rank }));
+        }
+    }
+
+    /// Nothing waits for a failed `rank` any more: its blocked faults are woken (and fail), and
+    /// the lock table stops expecting its replies, so the survivors keep using their locks.
+    fn stop_waiting_for(&self, rank: NodeId) {
+        let _ = self.core.engine(|c, _| {
+            c.wake_all_faults(rank);
+            Ok(())
+        });
+        if let Err(e) = self.locks.node_failed(rank) {
+            tracing::warn!(failed = rank, error = %e, "lock table could not drop the failed node");
         }
     }
 
