@@ -20,9 +20,9 @@ use dsm_locks::{
     Action, BarrierEngine, BarrierKind, LockEngine, LockKind, LockTable, NoConsistency, Outbox,
     TableConfig,
 };
-use dsm_wire::{NodeId, Sync};
+use dsm_wire::{NodeId, SyncMsg};
 
-type Envelope = Option<(NodeId, Sync)>;
+type Envelope = Option<(NodeId, SyncMsg)>;
 
 struct Channels {
     me: NodeId,
@@ -30,7 +30,7 @@ struct Channels {
 }
 
 impl Outbox for Channels {
-    fn send(&self, to: NodeId, message: Sync) {
+    fn send(&self, to: NodeId, message: SyncMsg) {
         let _ = self.peers[to as usize]
             .lock()
             .unwrap()
@@ -102,7 +102,7 @@ fn engine_ra_acquire(c: &mut Criterion) {
     let mut engines: Vec<LockEngine> = (0..4)
         .map(|me| LockEngine::new(me, 4, LockKind::RicartAgrawala))
         .collect();
-    let mut wire: VecDeque<(NodeId, NodeId, Sync)> = VecDeque::new();
+    let mut wire: VecDeque<(NodeId, NodeId, SyncMsg)> = VecDeque::new();
     let mut out = Vec::new();
     c.bench_function("engine_ra_acquire_4_nodes", |b| {
         b.iter(|| {

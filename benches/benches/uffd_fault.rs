@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use dsm_bench::suites::uffd::{AROUND, PAGES, ServeOptions, Served, bench_address};
-use dsm_uffd::{Delivery, Region};
+use dsm_uffd::{Delivery, UffdRegion};
 use dsm_wire::PAGE_SIZE;
 
 /// Times `access(page)` on `iters` pages, after an untimed `prepare(page)`, invalidating the
@@ -87,7 +87,7 @@ fn read_and_wp_faults(c: &mut Criterion) {
 
 fn baselines(c: &mut Criterion) {
     let mut group = c.benchmark_group("uffd_baseline");
-    let region = Region::new(bench_address(7), PAGES, Delivery::Signal).expect("region");
+    let region = UffdRegion::new(bench_address(7), PAGES, Delivery::Signal).expect("region");
     let data = [7u8; PAGE_SIZE];
     group.bench_function("bare_copy_wp", |b| {
         b.iter_custom(|iters| {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use dsm_core::{EventSink, HomeMemory, Transport, TransportEvent};
 use dsm_rdma::{RdmaConfig, RdmaConnector, RdmaTransport};
-use dsm_uffd::{Delivery, Engine, Fault, FaultResolver, Region, Resolution};
+use dsm_uffd::{Delivery, Fault, FaultResolver, FaultServer, Resolution, UffdRegion};
 use dsm_wire::{PAGE_SIZE, PageId};
 use serde_json::{Value, json};
 
@@ -39,7 +39,7 @@ use crate::stats::{Summary, summarize};
 
 /// Cluster id of the bench's transports.
 const CLUSTER: u64 = 0xbe_7c4;
-/// Region id the home exposes.
+/// UffdRegion id the home exposes.
 pub const REGION: u32 = 1;
 /// Pages the home exposes (and the fault regions map).
 pub const PAGES: u32 = 512;
@@ -201,7 +201,7 @@ fn time_page_reads() -> anyhow::Result<Summary> {
 
 /// Installs pages the reader's transport delivers into the fault region.
 struct InstallSink {
-    region: Arc<Region>,
+    region: Arc<UffdRegion>,
 }
 
 impl EventSink for InstallSink {
@@ -225,7 +225,7 @@ struct RemoteResolver {
 }
 
 impl FaultResolver for RemoteResolver {
-    fn resolve(&self, fault: Fault, _region: &Region) -> Resolution {
+    fn resolve(&self, fault: Fault, _region: &UffdRegion) -> Resolution {
         let page = PageId {
             region: REGION,
             page: fault.page,
@@ -243,7 +243,7 @@ struct LocalResolver {
 }
 
 impl FaultResolver for LocalResolver {
-    fn resolve(&self, fault: Fault, region: &Region) -> Resolution {
+    fn resolve(&self, fault: Fault, region: &UffdRegion) -> Resolution {
         match region.install_read_only(fault.page, &self.pages[fault.page as usize]) {
             Ok(_) => Resolution::Resolved,
             Err(_) => Resolution::Fail,
@@ -257,7 +257,7 @@ fn fault_address(slot: usize) -> usize {
 }
 
 /// Times the first read of every page, `ROUNDS` times (pages dropped between rounds).
-fn time_faults(region: &Region) -> anyhow::Result<Summary> {
+fn time_faults(region: &UffdRegion) -> anyhow::Result<Summary> {
     let mut samples = Vec::with_capacity(PAGES as usize * ROUNDS);
     for _ in 0..ROUNDS {
         for page in 0..PAGES {
@@ -276,7 +276,7 @@ fn time_faults(region: &Region) -> anyhow::Result<Summary> {
 }
 
 fn time_remote_faults() -> anyhow::Result<Summary> {
-    let region = Arc::new(Region::new(fault_address(0), PAGES, Delivery::Thread)?);
+    let region = Arc::new(UffdRegion::new(fault_address(0), PAGES, Delivery::Thread)?);
     let pair = RdmaPair::open(Arc::new(InstallSink {
         region: Arc::clone(&region),
     }))?;
@@ -284,7 +284,7 @@ fn time_remote_faults() -> anyhow::Result<Summary> {
         transport: Arc::clone(&pair.reader),
     };
     // No worker threads: the uffd reader resolves inline (the resolver never blocks).
-    let engine = Engine::start_with_workers(Arc::clone(&region), Arc::new(resolver), 0)?;
+    let engine = FaultServer::start_with_workers(Arc::clone(&region), Arc::new(resolver), 0)?;
     let summary = time_faults(&region);
     drop(engine);
     drop(pair);
@@ -292,12 +292,12 @@ fn time_remote_faults() -> anyhow::Result<Summary> {
 }
 
 fn time_local_faults() -> anyhow::Result<Summary> {
-    let region = Arc::new(Region::new(fault_address(1), PAGES, Delivery::Thread)?);
+    let region = Arc::new(UffdRegion::new(fault_address(1), PAGES, Delivery::Thread)?);
     let pages = (0..PAGES)
         .map(|i| [i.to_le_bytes()[0] | 1; PAGE_SIZE])
         .collect();
     let resolver = Arc::new(LocalResolver { pages });
-    let engine = Engine::start_with_workers(Arc::clone(&region), resolver, 0)?;
+    let engine = FaultServer::start_with_workers(Arc::clone(&region), resolver, 0)?;
     let summary = time_faults(&region);
     drop(engine);
     summary

@@ -28,7 +28,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use dsm_uffd::{Delivery, Engine, Fault, FaultKind, FaultResolver, Protection, Region, Resolution};
+use dsm_uffd::{
+    Delivery, Fault, FaultKind, FaultResolver, FaultServer, Protection, Resolution, UffdRegion,
+};
 use dsm_wire::PAGE_SIZE;
 use serde_json::{Value, json};
 
@@ -69,7 +71,7 @@ impl BenchSource {
         }
     }
 
-    fn read(&self, page: u32, region: &Region) -> dsm_uffd::Result<()> {
+    fn read(&self, page: u32, region: &UffdRegion) -> dsm_uffd::Result<()> {
         if self.zero_copy {
             region.write_shadow(page, &self.home[page as usize])?;
             return region
@@ -100,7 +102,7 @@ impl std::fmt::Debug for BenchSource {
 }
 
 impl FaultResolver for BenchSource {
-    fn resolve(&self, fault: Fault, region: &Region) -> Resolution {
+    fn resolve(&self, fault: Fault, region: &UffdRegion) -> Resolution {
         let done = match fault.kind {
             FaultKind::Read => self.read(fault.page, region),
             FaultKind::Write => region
@@ -154,21 +156,21 @@ impl ServeOptions {
 #[derive(Debug)]
 pub struct Served {
     /// The region (kept alive by the engine too).
-    pub region: Arc<Region>,
-    _engine: Engine,
+    pub region: Arc<UffdRegion>,
+    _engine: FaultServer,
 }
 
 impl Served {
     /// Maps `PAGES` pages at `address` and serves them as `options` say.
     pub fn new(address: usize, options: ServeOptions) -> anyhow::Result<Served> {
         let region = if options.shared {
-            Region::new_shared(address, PAGES, options.delivery)?
+            UffdRegion::new_shared(address, PAGES, options.delivery)?
         } else {
-            Region::new(address, PAGES, options.delivery)?
+            UffdRegion::new(address, PAGES, options.delivery)?
         };
         let region = Arc::new(region);
         let source = Arc::new(BenchSource::new(PAGES, options.around, options.shared));
-        let engine = Engine::start_with_workers(Arc::clone(&region), source, options.workers)?;
+        let engine = FaultServer::start_with_workers(Arc::clone(&region), source, options.workers)?;
         if options.shared {
             // The pages a NIC writes into stay allocated (registered memory): populate the
             // shadow once, untimed; callers re-arm with `invalidate_mapping`, which keeps it.
@@ -245,7 +247,7 @@ fn fault_around(slot: usize) -> anyhow::Result<Vec<f64>> {
 /// UFFDIO_COPY (and WRITEPROTECT clear, and DONTNEED) with nobody waiting: an unserved
 /// region, installs made by this thread.
 fn kernel_baselines(slot: usize) -> anyhow::Result<[Vec<f64>; 4]> {
-    let region = Region::new(bench_address(slot), PAGES, Delivery::Thread)?;
+    let region = UffdRegion::new(bench_address(slot), PAGES, Delivery::Thread)?;
     let data = [7u8; PAGE_SIZE];
     let [mut copy, mut copy_wp, mut clear, mut invalidate] = [(); 4].map(|()| Vec::new());
     for round in 0..ROUNDS * 2 {
@@ -275,7 +277,7 @@ fn kernel_baselines(slot: usize) -> anyhow::Result<[Vec<f64>; 4]> {
 /// written to the shadow before (untimed), against UFFDIO_COPY(MODE_WP) into the same
 /// region.
 fn continue_baselines(slot: usize) -> anyhow::Result<[Vec<f64>; 2]> {
-    let region = Region::new_shared(bench_address(slot), PAGES, Delivery::Thread)?;
+    let region = UffdRegion::new_shared(bench_address(slot), PAGES, Delivery::Thread)?;
     let data = [7u8; PAGE_SIZE];
     let (mut continue_, mut copy) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {

@@ -25,7 +25,7 @@ pub enum Action {
         message: Coherence,
     },
     /// Read `page` from `home`'s master copy, one-sided (RDMA READ), then call
-    /// [`Engine::on_page_read`](crate::Engine::on_page_read) with `token`.
+    /// [`CoherenceEngine::on_page_read`](crate::CoherenceEngine::on_page_read) with `token`.
     ReadPage {
         /// Home to read from.
         home: NodeId,

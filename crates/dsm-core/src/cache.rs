@@ -6,7 +6,7 @@
 //!
 //! An invalidation or downgrade that reaches a page whose data is not settled yet (a one-sided
 //! read in flight, or an install emitted in this very call and not yet applied by the driver)
-//! is held and answered by [`Engine::poll`](crate::Engine::poll): answering reads the local
+//! is held and answered by [`CoherenceEngine::poll`](crate::CoherenceEngine::poll): answering reads the local
 //! copy, which must be the installed one, with the woken thread's access done.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};

@@ -62,7 +62,7 @@ pub enum Mutation {
 
 /// One engine's configuration.
 #[derive(Debug, Clone)]
-pub struct EngineConfig {
+pub struct CoherenceConfig {
     /// This node's rank.
     pub node: NodeId,
     /// Cluster size; ranks are `0..nodes`.
@@ -71,7 +71,7 @@ pub struct EngineConfig {
     /// [`Action::ReadPage`](crate::Action::ReadPage) (RDMA). `false`: grants carry the page (TCP).
     pub one_sided: bool,
     /// A fault, home transaction or sync waiting longer than this many ticks makes
-    /// [`Engine::tick`](crate::Engine::tick) report [`Error::Timeout`](crate::Error::Timeout).
+    /// [`CoherenceEngine::tick`](crate::CoherenceEngine::tick) report [`Error::Timeout`](crate::Error::Timeout).
     /// 0 disables the check.
     pub timeout_ticks: u64,
     /// Broken variant for mutation testing (feature `mutation`).
@@ -79,10 +79,10 @@ pub struct EngineConfig {
     pub mutation: Mutation,
 }
 
-impl EngineConfig {
+impl CoherenceConfig {
     /// Node `node` of `nodes`, two-sided page transfer, no timeout.
     pub fn new(node: NodeId, nodes: u32) -> Self {
-        EngineConfig {
+        CoherenceConfig {
             node,
             nodes,
             one_sided: false,

@@ -6,7 +6,7 @@ use dsm_wire::{Coherence, NodeId, Page, PageId};
 
 use crate::actions::{Access, Action, Outbox};
 use crate::cache::{Cache, LocalState};
-use crate::config::{Consistency, EngineConfig, RegionLayout};
+use crate::config::{CoherenceConfig, Consistency, RegionLayout};
 use crate::directory::{self, Directory};
 use crate::error::{Error, Result};
 use crate::memory::Memory;
@@ -16,7 +16,7 @@ use crate::release::Syncs;
 /// What the parts of the engine share while handling one event.
 #[derive(Debug)]
 pub(crate) struct Ctx<'a> {
-    pub(crate) config: &'a EngineConfig,
+    pub(crate) config: &'a CoherenceConfig,
     pub(crate) now: u64,
     pub(crate) out: &'a mut Outbox,
 }
@@ -34,8 +34,8 @@ macro_rules! ctx {
 
 /// One node's coherence engine (sans-IO). See the [crate docs](crate) for how a driver uses it.
 #[derive(Debug)]
-pub struct Engine {
-    config: EngineConfig,
+pub struct CoherenceEngine {
+    config: CoherenceConfig,
     regions: Regions,
     directory: Directory,
     cache: Cache,
@@ -48,11 +48,11 @@ pub struct Engine {
 /// page touched), so hitting it means an engine bug.
 const LOOPBACK_BOUND: usize = 1 << 20;
 
-impl Engine {
+impl CoherenceEngine {
     /// An engine with no regions.
-    pub fn new(config: EngineConfig) -> Self {
+    pub fn new(config: CoherenceConfig) -> Self {
         assert!(config.node < config.nodes, "node rank outside the cluster");
-        Engine {
+        CoherenceEngine {
             out: Outbox::new(config.node),
             config,
             regions: Regions::default(),
@@ -64,7 +64,7 @@ impl Engine {
     }
 
     /// This engine's configuration.
-    pub fn config(&self) -> &EngineConfig {
+    pub fn config(&self) -> &CoherenceConfig {
         &self.config
     }
 
@@ -185,7 +185,7 @@ impl Engine {
         self.cache.has_answerable()
     }
 
-    /// The clock moved to `now` (any unit; [`EngineConfig::timeout_ticks`] is in it). Reports
+    /// The clock moved to `now` (any unit; [`CoherenceConfig::timeout_ticks`] is in it). Reports
     /// the first wait older than the timeout.
     pub fn tick(&mut self, now: u64) -> Result<()> {
         self.now = now;
@@ -195,7 +195,7 @@ impl Engine {
         }
     }
 
-    /// Every wait older than [`EngineConfig::timeout_ticks`] at the last [`tick`](Self::tick):
+    /// Every wait older than [`CoherenceConfig::timeout_ticks`] at the last [`tick`](Self::tick):
     /// faults first ([`Error::FaultTimeout`], naming the page and its home), then home
     /// transactions and syncs ([`Error::Timeout`]). Empty when the timeout is 0. A driver that
     /// fails the threads of a timed-out fault uses this to find them all.
@@ -212,7 +212,7 @@ impl Engine {
             .collect()
     }
 
-    /// Changes [`EngineConfig::timeout_ticks`] (a runtime sets it from its own configuration,
+    /// Changes [`CoherenceConfig::timeout_ticks`] (a runtime sets it from its own configuration,
     /// in the unit of its clock).
     pub fn set_timeout_ticks(&mut self, ticks: u64) {
         self.config.timeout_ticks = ticks;

@@ -86,7 +86,7 @@ pub enum Error {
     /// A sync call reused the token of one still in progress.
     #[error("sync token {0} is already in use")]
     SyncTokenInUse(u64),
-    /// A fault waited longer than [`EngineConfig::timeout_ticks`](crate::EngineConfig) for
+    /// A fault waited longer than [`CoherenceConfig::timeout_ticks`](crate::CoherenceConfig) for
     /// its page: the grant (or the one-sided read) from the page's home never came.
     #[error("timed out after {ticks} ticks waiting for page {page:?} from its home, node {home}")]
     FaultTimeout {
@@ -98,7 +98,7 @@ pub enum Error {
         ticks: u64,
     },
     /// A home transaction or a sync waited longer than
-    /// [`EngineConfig::timeout_ticks`](crate::EngineConfig).
+    /// [`CoherenceConfig::timeout_ticks`](crate::CoherenceConfig).
     #[error("timed out after {ticks} ticks waiting for {waiting_for} (page {page:?}, node {peer})")]
     Timeout {
         /// What was awaited.

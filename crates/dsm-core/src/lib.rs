@@ -1,6 +1,6 @@
 //! dsm-core: the protocol engines of dsm, with no I/O, and the [`Transport`] trait.
 //!
-//! The coherence [`Engine`] keeps one node's view of every shared page: the directory entries
+//! The coherence [`CoherenceEngine`] keeps one node's view of every shared page: the directory entries
 //! and master copies of the pages homed on this node, and this node's own copies. It takes
 //! events and returns [`Action`]s; it owns no thread, socket or mapping, so the real runtime and
 //! the deterministic simulator (dsm-sim) drive the very same code.
@@ -21,25 +21,25 @@
 //!
 //! | event | call |
 //! | --- | --- |
-//! | userfaultfd fault (missing page, or write to a write-protected one) | [`Engine::fault`] |
-//! | coherence message from a peer ([`TransportEvent::Message`]) | [`Engine::on_message`] |
-//! | one-sided read done ([`TransportEvent::PageRead`]) | [`Engine::on_page_read`] |
-//! | lock granted / barrier released, with write notices | [`Engine::acquire`] |
-//! | lock released / barrier arrival | [`Engine::release`] |
-//! | timer | [`Engine::tick`] |
+//! | userfaultfd fault (missing page, or write to a write-protected one) | [`CoherenceEngine::fault`] |
+//! | coherence message from a peer ([`TransportEvent::Message`]) | [`CoherenceEngine::on_message`] |
+//! | one-sided read done ([`TransportEvent::PageRead`]) | [`CoherenceEngine::on_page_read`] |
+//! | lock granted / barrier released, with write notices | [`CoherenceEngine::acquire`] |
+//! | lock released / barrier arrival | [`CoherenceEngine::release`] |
+//! | timer | [`CoherenceEngine::tick`] |
 //!
-//! After every call, take the actions with [`Engine::take_actions`] and apply them **in
-//! order**; then, if [`Engine::has_deferred`], call [`Engine::poll`] and apply its actions
+//! After every call, take the actions with [`CoherenceEngine::take_actions`] and apply them **in
+//! order**; then, if [`CoherenceEngine::has_deferred`], call [`CoherenceEngine::poll`] and apply its actions
 //! too. Page bytes the engine reads or writes (master copies, this node's copy, twins) go
 //! through the [`Memory`] trait the driver implements.
 //!
 //! ```no_run
-//! use dsm_core::{Access, Action, Consistency, Engine, EngineConfig, Memory, Placement,
+//! use dsm_core::{Access, Action, Consistency, CoherenceEngine, CoherenceConfig, Memory, Placement,
 //!     RegionLayout};
 //! use dsm_wire::{Message, PageId};
 //!
 //! fn drive(mem: &mut dyn Memory, send: impl Fn(u32, Message)) -> dsm_core::Result<()> {
-//!     let mut engine = Engine::new(EngineConfig::new(0, 4));
+//!     let mut engine = CoherenceEngine::new(CoherenceConfig::new(0, 4));
 //!     engine.add_region(RegionLayout {
 //!         id: 0,
 //!         pages: 1024,
@@ -70,7 +70,7 @@
 //! None: no I/O, no unsafe outside `transport.rs`'s `HomeMemory` contract.
 //!
 //! # Cargo features
-//! * `mutation`: adds the `mutation` field of [`EngineConfig`], deliberately broken variants used by
+//! * `mutation`: adds the `mutation` field of [`CoherenceConfig`], deliberately broken variants used by
 //!   dsm-sim's mutation tests to prove its checker bites. Never for real nodes.
 
 mod actions;
@@ -89,8 +89,8 @@ pub use actions::{Access, Action};
 pub use cache::LocalState;
 #[cfg(feature = "mutation")]
 pub use config::Mutation;
-pub use config::{Consistency, EngineConfig, Placement, RegionLayout};
-pub use engine::Engine;
+pub use config::{CoherenceConfig, Consistency, Placement, RegionLayout};
+pub use engine::CoherenceEngine;
 pub use error::{Error, Result};
 pub use memory::Memory;
 pub use release::{KEEP_IDLE_RELEASES, diff};

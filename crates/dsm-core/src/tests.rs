@@ -5,8 +5,8 @@ use std::collections::{HashMap, VecDeque};
 use dsm_wire::{Coherence, NodeId, PAGE_SIZE, Page, PageId};
 
 use crate::{
-    Access, Action, Consistency, Engine, EngineConfig, Error, LocalState, Memory, Placement,
-    RegionLayout,
+    Access, Action, CoherenceConfig, CoherenceEngine, Consistency, Error, LocalState, Memory,
+    Placement, RegionLayout,
 };
 
 /// Test memory: pages in hash maps (a mock of the runtime's mappings).
@@ -42,7 +42,7 @@ const P: PageId = PageId { region: 0, page: 1 };
 
 /// `n` engines sharing region 0 (4 pages, cyclic: page 1 is homed on node 1).
 struct Cluster {
-    engines: Vec<Engine>,
+    engines: Vec<CoherenceEngine>,
     mems: Vec<TestMemory>,
     /// Messages in flight, FIFO overall (so FIFO per pair).
     wire: VecDeque<(NodeId, NodeId, Coherence)>,
@@ -61,9 +61,9 @@ impl Cluster {
         let mut engines = Vec::new();
         let mut mems = Vec::new();
         for node in 0..n {
-            let mut config = EngineConfig::new(node, n);
+            let mut config = CoherenceConfig::new(node, n);
             config.one_sided = one_sided;
-            let mut engine = Engine::new(config);
+            let mut engine = CoherenceEngine::new(config);
             engine.add_region(layout).unwrap();
             engines.push(engine);
             let mut mem = TestMemory::default();
@@ -379,9 +379,9 @@ fn bad_peer_input_is_a_typed_error_and_changes_nothing() {
 
 #[test]
 fn a_lost_grant_times_out_naming_the_wait() {
-    let mut config = EngineConfig::new(0, 2);
+    let mut config = CoherenceConfig::new(0, 2);
     config.timeout_ticks = 10;
-    let mut engine = Engine::new(config);
+    let mut engine = CoherenceEngine::new(config);
     engine
         .add_region(RegionLayout {
             id: 0,
@@ -441,9 +441,9 @@ fn acquire_of_a_page_being_written_flushes_it_and_announces_it_later() {
 
 #[test]
 fn overdue_lists_every_timed_out_fault_with_its_home() {
-    let mut config = EngineConfig::new(0, 2);
+    let mut config = CoherenceConfig::new(0, 2);
     config.timeout_ticks = 10;
-    let mut engine = Engine::new(config);
+    let mut engine = CoherenceEngine::new(config);
     engine
         .add_region(RegionLayout {
             id: 0,

@@ -1,6 +1,6 @@
 //! What the engines ask their driver to do.
 
-use dsm_wire::{NodeId, PageId, Sync};
+use dsm_wire::{NodeId, PageId, SyncMsg};
 
 /// An output of [`LockEngine`](crate::LockEngine) or [`BarrierEngine`](crate::BarrierEngine).
 /// The driver performs them in order.
@@ -11,7 +11,7 @@ pub enum Action {
         /// Destination.
         to: NodeId,
         /// The message.
-        message: Sync,
+        message: SyncMsg,
     },
     /// This node now holds `lock`. Invalidate `notices` before any thread enters.
     Granted {

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 
-use dsm_wire::{NodeId, PageId, Sync};
+use dsm_wire::{NodeId, PageId, SyncMsg};
 
 use crate::{Action, Error, Result};
 
@@ -92,7 +92,7 @@ impl BarrierEngine {
             }
             BarrierKind::Central => {
                 let notices = self.gathered.iter().copied().collect();
-                let message = Sync::BarrierArrive {
+                let message = SyncMsg::BarrierArrive {
                     epoch: self.epoch,
                     round: 0,
                     notices,
@@ -105,7 +105,7 @@ impl BarrierEngine {
 
     /// Handles a barrier message from `from`; one the protocol does not allow is rejected
     /// with a typed error and changes nothing.
-    pub fn on_message(&mut self, from: NodeId, msg: &Sync, out: &mut Vec<Action>) -> Result<()> {
+    pub fn on_message(&mut self, from: NodeId, msg: &SyncMsg, out: &mut Vec<Action>) -> Result<()> {
         if from >= self.nodes || from == self.me {
             return Err(Error::UnknownNode {
                 node: from,
@@ -115,7 +115,7 @@ impl BarrierEngine {
         match (self.kind, msg) {
             (
                 BarrierKind::Dissemination,
-                Sync::BarrierArrive {
+                SyncMsg::BarrierArrive {
                     epoch,
                     round,
                     notices,
@@ -123,13 +123,13 @@ impl BarrierEngine {
             ) => self.on_round(from, *epoch, *round, notices, out),
             (
                 BarrierKind::Central,
-                Sync::BarrierArrive {
+                SyncMsg::BarrierArrive {
                     epoch,
                     round: 0,
                     notices,
                 },
             ) if self.me == 0 => self.on_central_arrive(from, *epoch, notices, out),
-            (BarrierKind::Central, Sync::BarrierRelease { epoch, notices }) if from == 0 => {
+            (BarrierKind::Central, SyncMsg::BarrierRelease { epoch, notices }) if from == 0 => {
                 if !self.active || *epoch != self.epoch {
                     return Err(self.unexpected(from, "release of a barrier this node is not in"));
                 }
@@ -137,7 +137,7 @@ impl BarrierEngine {
                 self.finish(out);
                 Ok(())
             }
-            (_, Sync::BarrierArrive { .. } | Sync::BarrierRelease { .. }) => {
+            (_, SyncMsg::BarrierArrive { .. } | SyncMsg::BarrierRelease { .. }) => {
                 Err(self.unexpected(from, "barrier message the algorithm does not use"))
             }
             _ => Err(Error::NotForEngine("lock")),
@@ -205,7 +205,7 @@ impl BarrierEngine {
         }
         let to = self.partner(self.round, true);
         let notices = self.gathered.iter().copied().collect();
-        let message = Sync::BarrierArrive {
+        let message = SyncMsg::BarrierArrive {
             epoch: self.epoch,
             round: self.round,
             notices,
@@ -235,7 +235,7 @@ impl BarrierEngine {
         }
         let notices: Vec<PageId> = self.gathered.iter().copied().collect();
         for to in 1..self.nodes {
-            let message = Sync::BarrierRelease {
+            let message = SyncMsg::BarrierRelease {
                 epoch: self.epoch,
                 notices: notices.clone(),
             };

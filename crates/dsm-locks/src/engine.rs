@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use dsm_wire::{NodeId, PageId, Sync};
+use dsm_wire::{NodeId, PageId, SyncMsg};
 
 use crate::home::HomeLock;
 use crate::ra::RaLock;
@@ -23,7 +23,7 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    pub(crate) fn send(&mut self, to: NodeId, message: Sync) {
+    pub(crate) fn send(&mut self, to: NodeId, message: SyncMsg) {
         self.out.push(Action::Send { to, message });
     }
 }
@@ -134,7 +134,7 @@ impl LockEngine {
 
     /// Handles a lock message from `from`. A message the protocol does not allow here is
     /// rejected with a typed error and changes nothing.
-    pub fn on_message(&mut self, from: NodeId, msg: &Sync, out: &mut Vec<Action>) -> Result<()> {
+    pub fn on_message(&mut self, from: NodeId, msg: &SyncMsg, out: &mut Vec<Action>) -> Result<()> {
         if from >= self.nodes || from == self.me {
             return Err(Error::UnknownNode {
                 node: from,
@@ -145,14 +145,14 @@ impl LockEngine {
             return Err(Error::NodeFailed(from));
         }
         let (lock, kind) = match msg {
-            Sync::LockRequest { lock, .. } | Sync::LockReply { lock, .. } => {
+            SyncMsg::LockRequest { lock, .. } | SyncMsg::LockReply { lock, .. } => {
                 (*lock, LockKind::RicartAgrawala)
             }
-            Sync::LockAcquire { lock, .. }
-            | Sync::LockGrant { lock, .. }
-            | Sync::LockRelease { lock, .. }
-            | Sync::LockRecall { lock, .. } => (*lock, LockKind::HomeQueue),
-            Sync::BarrierArrive { .. } | Sync::BarrierRelease { .. } => {
+            SyncMsg::LockAcquire { lock, .. }
+            | SyncMsg::LockGrant { lock, .. }
+            | SyncMsg::LockRelease { lock, .. }
+            | SyncMsg::LockRecall { lock, .. } => (*lock, LockKind::HomeQueue),
+            SyncMsg::BarrierArrive { .. } | SyncMsg::BarrierRelease { .. } => {
                 return Err(Error::NotForEngine("barrier"));
             }
         };
@@ -166,12 +166,12 @@ impl LockEngine {
         let fresh = !self.locks.contains_key(&lock);
         let (state, mut cx) = self.state(lock, out, true)?;
         let handled = match (state, msg) {
-            (LockState::Ra(l), Sync::LockRequest { timestamp, .. }) => {
+            (LockState::Ra(l), SyncMsg::LockRequest { timestamp, .. }) => {
                 l.on_request(from, *timestamp, &mut cx)
             }
             (
                 LockState::Ra(l),
-                Sync::LockReply {
+                SyncMsg::LockReply {
                     timestamp, notices, ..
                 },
             ) => l.on_reply(from, *timestamp, notices, &mut cx),

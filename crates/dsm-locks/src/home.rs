@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use dsm_wire::{NodeId, PageId, Sync};
+use dsm_wire::{NodeId, PageId, SyncMsg};
 
 use crate::engine::Ctx;
 use crate::{Action, Error, Result};
@@ -90,7 +90,7 @@ impl HomeLock {
         } else {
             cx.send(
                 self.home,
-                Sync::LockAcquire {
+                SyncMsg::LockAcquire {
                     lock: self.lock,
                     seq: self.seq,
                 },
@@ -108,20 +108,25 @@ impl HomeLock {
             self.home_release(cx.me, self.seq, &notices, cx)
         } else {
             let (lock, seq) = (self.lock, self.seq);
-            cx.send(self.home, Sync::LockRelease { lock, seq, notices });
+            cx.send(self.home, SyncMsg::LockRelease { lock, seq, notices });
             Ok(())
         }
     }
 
     /// Handles a home-queue message from `from`.
-    pub(crate) fn on_message(&mut self, from: NodeId, msg: &Sync, cx: &mut Ctx<'_>) -> Result<()> {
+    pub(crate) fn on_message(
+        &mut self,
+        from: NodeId,
+        msg: &SyncMsg,
+        cx: &mut Ctx<'_>,
+    ) -> Result<()> {
         match msg {
-            Sync::LockAcquire { seq, .. } => self.home_acquire(from, *seq, cx),
-            Sync::LockRelease { seq, notices, .. } => self.home_release(from, *seq, notices, cx),
-            Sync::LockGrant { seq, notices, .. } if from == self.home => {
+            SyncMsg::LockAcquire { seq, .. } => self.home_acquire(from, *seq, cx),
+            SyncMsg::LockRelease { seq, notices, .. } => self.home_release(from, *seq, notices, cx),
+            SyncMsg::LockGrant { seq, notices, .. } if from == self.home => {
                 self.granted(*seq, notices.clone(), cx)
             }
-            Sync::LockRecall { seq, .. } if from == self.home => {
+            SyncMsg::LockRecall { seq, .. } if from == self.home => {
                 self.recalled(*seq, cx);
                 Ok(())
             }
@@ -257,7 +262,7 @@ impl HomeLock {
         if to == cx.me {
             self.granted(seq, notices, cx)?;
         } else {
-            cx.send(to, Sync::LockGrant { lock, seq, notices });
+            cx.send(to, SyncMsg::LockGrant { lock, seq, notices });
         }
         if others_wait {
             self.recall(lock, to, seq, cx);
@@ -269,7 +274,7 @@ impl HomeLock {
         if holder == cx.me {
             self.recalled(seq, cx);
         } else {
-            cx.send(holder, Sync::LockRecall { lock, seq });
+            cx.send(holder, SyncMsg::LockRecall { lock, seq });
         }
     }
 

@@ -1,14 +1,14 @@
 //! What a [`LockTable`](crate::LockTable) needs from the node runtime: a way to send, and the
 //! coherence engine's side of release consistency.
 
-use dsm_wire::{NodeId, PageId, Sync};
+use dsm_wire::{NodeId, PageId, SyncMsg};
 
 /// Sends the engines' messages. Must not block (queue and return, like
 /// `dsm_core::Transport::send`); a message that cannot be delivered shows up as a timeout
 /// naming the node.
 pub trait Outbox: Send + std::marker::Sync {
     /// Queues `message` for node `to`.
-    fn send(&self, to: NodeId, message: Sync);
+    fn send(&self, to: NodeId, message: SyncMsg);
 }
 
 /// Where release consistency happens.

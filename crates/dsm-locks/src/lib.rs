@@ -4,7 +4,7 @@
 //! Two layers:
 //!
 //! * **Sans-IO engines** — [`LockEngine`] (every lock of one node) and [`BarrierEngine`]: events
-//!   in (a local acquire or release, a peer's [`dsm_wire::Sync`] message), [`Action`]s out
+//!   in (a local acquire or release, a peer's [`dsm_wire::SyncMsg`] message), [`Action`]s out
 //!   (send a message, the lock is granted with write notices, a remote node waits, the barrier
 //!   is done). No threads, sockets or clocks; `dsm-sim` runs many of them over a simulated
 //!   network. Each lock uses one of two algorithms ([`LockKind`], chosen per lock, the same on
@@ -45,11 +45,11 @@
 //! use std::time::Duration;
 //! use dsm_locks::{BarrierEngine, BarrierKind, LockEngine, LockKind, LockTable, NoConsistency,
 //!                 Outbox, TableConfig};
-//! use dsm_wire::{NodeId, Sync};
+//! use dsm_wire::{NodeId, SyncMsg};
 //!
 //! struct Net; // stands for the transport
 //! impl Outbox for Net {
-//!     fn send(&self, to: NodeId, message: Sync) { /* transport.send(to, &Message::Sync(message)) */ }
+//!     fn send(&self, to: NodeId, message: SyncMsg) { /* transport.send(to, &Message::Sync(message)) */ }
 //! }
 //!
 //! let (me, nodes) = (0, 4);

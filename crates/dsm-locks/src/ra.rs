@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dsm_wire::{NodeId, PageId, Sync};
+use dsm_wire::{NodeId, PageId, SyncMsg};
 
 use crate::engine::Ctx;
 use crate::notices::NoticeLog;
@@ -68,7 +68,7 @@ impl RaLock {
         for to in &awaiting {
             cx.send(
                 *to,
-                Sync::LockRequest {
+                SyncMsg::LockRequest {
                     lock: self.lock,
                     timestamp,
                 },
@@ -191,7 +191,7 @@ impl RaLock {
         let notices = self.log.take_for(to);
         cx.send(
             to,
-            Sync::LockReply {
+            SyncMsg::LockReply {
                 lock: self.lock,
                 timestamp,
                 notices,

@@ -14,7 +14,7 @@ use std::fmt;
 use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use dsm_wire::{NodeId, Sync};
+use dsm_wire::{NodeId, SyncMsg};
 
 use crate::local::{LocalLock, NodeSide};
 use crate::primitive::Arc;
@@ -250,9 +250,9 @@ impl LockTable {
 
     /// Handles a lock or barrier message from `from` (the node's protocol thread calls this).
     /// A message that breaks the protocol is rejected with a typed error and changes nothing.
-    pub fn handle(&self, from: NodeId, message: &Sync) -> Result<()> {
+    pub fn handle(&self, from: NodeId, message: &SyncMsg) -> Result<()> {
         let rest = match message {
-            Sync::BarrierArrive { .. } | Sync::BarrierRelease { .. } => {
+            SyncMsg::BarrierArrive { .. } | SyncMsg::BarrierRelease { .. } => {
                 let mut state = lock_barrier(&self.barrier);
                 let mut out = Vec::new();
                 state.engine()?.on_message(from, message, &mut out)?;
@@ -376,7 +376,7 @@ mod tests {
     struct Nowhere;
 
     impl Outbox for Nowhere {
-        fn send(&self, _to: NodeId, _message: Sync) {}
+        fn send(&self, _to: NodeId, _message: SyncMsg) {}
     }
 
     fn locks_only() -> LockTable {
@@ -397,7 +397,7 @@ mod tests {
                 .expect("one node locks alone"),
         );
         assert!(matches!(table.barrier(), Err(Error::NoBarrier)));
-        let arrive = Sync::BarrierArrive {
+        let arrive = SyncMsg::BarrierArrive {
             epoch: 0,
             round: 0,
             notices: Vec::new(),

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dsm_core::Transport;
-use dsm_wire::{Message, NodeId, Sync};
+use dsm_wire::{Message, NodeId, SyncMsg};
 
 use crate::Outbox;
 
@@ -14,7 +14,7 @@ const MAX_EARLY: usize = 1 << 16;
 
 enum State {
     /// Not connected yet: messages wait here (bounded).
-    Early(Vec<(NodeId, Sync)>),
+    Early(Vec<(NodeId, SyncMsg)>),
     Connected(Arc<dyn Transport>),
 }
 
@@ -70,7 +70,7 @@ impl TransportOutbox {
         self.failed.load(Ordering::Relaxed)
     }
 
-    fn send_now(&self, transport: &dyn Transport, to: NodeId, message: Sync) {
+    fn send_now(&self, transport: &dyn Transport, to: NodeId, message: SyncMsg) {
         if transport.send(to, &Message::Sync(message)).is_err() {
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
@@ -78,7 +78,7 @@ impl TransportOutbox {
 }
 
 impl Outbox for TransportOutbox {
-    fn send(&self, to: NodeId, message: Sync) {
+    fn send(&self, to: NodeId, message: SyncMsg) {
         // The mutex is held while sending so that kept messages leave before later ones;
         // `Transport::send` only queues.
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());

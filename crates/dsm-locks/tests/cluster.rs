@@ -10,9 +10,9 @@ use dsm_locks::{
     BarrierEngine, BarrierKind, LockEngine, LockKind, LockTable, NoConsistency, Outbox,
     ReleaseConsistency, TableConfig,
 };
-use dsm_wire::{NodeId, Sync};
+use dsm_wire::{NodeId, SyncMsg};
 
-type Envelope = Option<(NodeId, Sync)>;
+type Envelope = Option<(NodeId, SyncMsg)>;
 
 /// Sends to the other nodes' channels.
 struct Channels {
@@ -21,7 +21,7 @@ struct Channels {
 }
 
 impl Outbox for Channels {
-    fn send(&self, to: NodeId, message: Sync) {
+    fn send(&self, to: NodeId, message: SyncMsg) {
         let peer = self.peers[to as usize].lock().unwrap();
         // A stopped node's channel is closed: the message is lost, as on a failed link.
         let _ = peer.send(Some((self.me, message)));

@@ -1,10 +1,10 @@
-//! `Engine`: serves one region's faults with a resolver, the chosen delivery way, until dropped.
+//! `FaultServer`: serves one region's faults with a resolver, the chosen delivery way, until dropped.
 
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::fault::FaultResolver;
-use crate::region::Region;
+use crate::region::UffdRegion;
 use crate::{signal, thread};
 
 /// How faults reach the resolver. Fixed when the region is created (the kernel feature is
@@ -27,10 +27,10 @@ pub enum Delivery {
 /// Serves a region's faults until dropped. Dropping stops the delivery (joins the threads or
 /// leaves the SIGBUS table) and lets another engine serve the region.
 #[derive(Debug)]
-pub struct Engine {
-    /// Held for its `Drop` (stops delivery); see `Drop for Engine` for the order.
+pub struct FaultServer {
+    /// Held for its `Drop` (stops delivery); see `Drop for FaultServer` for the order.
     running: Running,
-    region: Arc<Region>,
+    region: Arc<UffdRegion>,
 }
 
 #[derive(Debug)]
@@ -41,24 +41,24 @@ enum Running {
     Stopped,
 }
 
-impl Engine {
+impl FaultServer {
     /// Starts serving `region` with `resolver`, delivered the region's way. For thread
     /// delivery, the uffd reader thread calls the resolver itself (no worker: measured about
     /// 2× faster than handing faults to a worker, `dsm-bench uffd --json`); a resolver that
-    /// may block for long should use [`Engine::start_with_workers`] with one or more workers.
-    pub fn start(region: Arc<Region>, resolver: Arc<dyn FaultResolver>) -> Result<Engine> {
-        Engine::start_with_workers(region, resolver, 0)
+    /// may block for long should use [`FaultServer::start_with_workers`] with one or more workers.
+    pub fn start(region: Arc<UffdRegion>, resolver: Arc<dyn FaultResolver>) -> Result<FaultServer> {
+        FaultServer::start_with_workers(region, resolver, 0)
     }
 
-    /// As [`Engine::start`], with `workers` worker threads for thread delivery (ignored for
+    /// As [`FaultServer::start`], with `workers` worker threads for thread delivery (ignored for
     /// SIGBUS delivery, where every faulting thread is its own worker). With 0 the uffd reader
     /// thread calls the resolver itself: one thread wake-up less per fault, for resolvers that
     /// return quickly (e.g. [`crate::Resolution::Pending`] after posting a request).
     pub fn start_with_workers(
-        region: Arc<Region>,
+        region: Arc<UffdRegion>,
         resolver: Arc<dyn FaultResolver>,
         workers: usize,
-    ) -> Result<Engine> {
+    ) -> Result<FaultServer> {
         if !region.claim() {
             return Err(Error::AlreadyServed);
         }
@@ -71,7 +71,7 @@ impl Engine {
             }
         };
         match running {
-            Ok(running) => Ok(Engine { running, region }),
+            Ok(running) => Ok(FaultServer { running, region }),
             Err(error) => {
                 region.release();
                 Err(error)
@@ -80,12 +80,12 @@ impl Engine {
     }
 
     /// The region served.
-    pub fn region(&self) -> &Arc<Region> {
+    pub fn region(&self) -> &Arc<UffdRegion> {
         &self.region
     }
 }
 
-impl Drop for Engine {
+impl Drop for FaultServer {
     fn drop(&mut self) {
         // `running` is dropped after this body; swap it out first so the region is released
         // only once delivery has stopped.

@@ -1,6 +1,6 @@
 //! What a fault is, and the trait the node runtime implements to serve one.
 
-use crate::region::Region;
+use crate::region::UffdRegion;
 
 /// Why a thread faulted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -11,12 +11,12 @@ pub enum FaultKind {
     /// Write to a missing page: install it (read-write if the coherence engine grants write
     /// access, else read-only and the retry raises a [`FaultKind::WriteProtect`] fault).
     Write,
-    /// Write to a write-protected page: [`Region::upgrade`] it once write access is granted.
+    /// Write to a write-protected page: [`UffdRegion::upgrade`] it once write access is granted.
     WriteProtect,
 }
 
 /// One fault, as handed to the [`FaultResolver`] (the default value is a placeholder for
-/// [`Region::read_faults`] buffers).
+/// [`UffdRegion::read_faults`] buffers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Fault {
     /// Page index within the region.
@@ -61,7 +61,7 @@ pub enum Resolution {
 ///   `thread_local!` lazy initialisation) — a spin or futex wait on memory allocated before
 ///   is fine, and so are lock-free structures whose push/pop never allocate (crossbeam's
 ///   `ArrayQueue`);
-/// - make only async-signal-safe calls: the page operations of [`Region`] that do not
+/// - make only async-signal-safe calls: the page operations of [`UffdRegion`] that do not
 ///   allocate (install, upgrade, downgrade, invalidate, wake, read_page), raw syscalls
 ///   (`write` to an eventfd, `futex`), atomics;
 /// - never touch a missing page of any registered region (SIGBUS is blocked inside its own
@@ -76,8 +76,8 @@ pub enum Resolution {
 /// [`crate::PageSlots::fill`]; install from the slot, release it, return `Resolved`.
 ///
 /// **Thread delivery ([`crate::Delivery::Thread`])**: `resolve` runs on the uffd reader
-/// thread ([`crate::Engine::start`]), or on one of the engine's worker threads, which take
-/// faults from a lock-free queue the reader fills ([`crate::Engine::start_with_workers`]).
+/// thread ([`crate::FaultServer::start`]), or on one of the engine's worker threads, which take
+/// faults from a lock-free queue the reader fills ([`crate::FaultServer::start_with_workers`]).
 /// While it runs on the reader, no other fault is read: return quickly. It may allocate and
 /// block briefly, but must not take a lock an application thread
 /// may hold while faulting (that thread is stopped in the kernel until its page comes) and
@@ -92,5 +92,5 @@ pub enum Resolution {
 /// (which wakes the thread so it re-executes the access).
 pub trait FaultResolver: Send + Sync + 'static {
     /// Serves `fault` on `region` (install, upgrade, or defer), and says what it did.
-    fn resolve(&self, fault: Fault, region: &Region) -> Resolution;
+    fn resolve(&self, fault: Fault, region: &UffdRegion) -> Resolution;
 }

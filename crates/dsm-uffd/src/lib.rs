@@ -1,13 +1,13 @@
 //! The userfaultfd fault engine of dsm: the kernel-facing half of a node.
 //!
-//! A [`Region`] maps whole pages at a fixed address (the same on every node) and registers them
-//! with userfaultfd for MISSING and write-protect faults. An [`Engine`] catches every access to
+//! A [`UffdRegion`] maps whole pages at a fixed address (the same on every node) and registers them
+//! with userfaultfd for MISSING and write-protect faults. An [`FaultServer`] catches every access to
 //! a page that is not valid here and hands it, as a [`Fault`], to the node runtime's
 //! [`FaultResolver`]; the resolver asks the coherence engine, fetches the page if needed, and
-//! installs it with the region's page operations ([`Region::install_read_only`],
-//! [`Region::install_read_write`], [`Region::upgrade`], [`Region::downgrade`],
-//! [`Region::invalidate`], [`Region::read_page`], [`Region::twin`]/[`Region::diff_against`]/
-//! [`Region::apply_diff`]). The thread then resumes.
+//! installs it with the region's page operations ([`UffdRegion::install_read_only`],
+//! [`UffdRegion::install_read_write`], [`UffdRegion::upgrade`], [`UffdRegion::downgrade`],
+//! [`UffdRegion::invalidate`], [`UffdRegion::read_page`], [`UffdRegion::twin`]/[`UffdRegion::diff_against`]/
+//! [`UffdRegion::apply_diff`]). The thread then resumes.
 //!
 //! # Two ways to deliver faults
 //! - [`Delivery::Signal`] (default): `UFFD_FEATURE_SIGBUS`; the faulting thread resolves its own
@@ -17,19 +17,19 @@
 //!   preallocated [`PageSlots`] slot that the transport thread fills (see [`slots`]).
 //! - [`Delivery::Thread`]: a reader thread polls the uffd and calls the resolver itself, or
 //!   queues faults (a crossbeam `ArrayQueue`) for worker threads that call it
-//!   ([`Engine::start_with_workers`]). The resolver may defer with [`Resolution::Pending`]
+//!   ([`FaultServer::start_with_workers`]). The resolver may defer with [`Resolution::Pending`]
 //!   and install later from any thread; the faulting thread sleeps in the kernel until then.
-//!   A runtime may also skip the engine and wait on [`Region::fault_fd`] in its own loop
+//!   A runtime may also skip the engine and wait on [`UffdRegion::fault_fd`] in its own loop
 //!   (e.g. io_uring `POLL_ADD` beside its network completions), reading faults with
-//!   [`Region::read_faults`].
+//!   [`UffdRegion::read_faults`].
 //!
 //! # Zero-copy regions
-//! [`Region::new_shared`] backs the region with a memfd mapped twice: the region itself and a
-//! never-registered shadow ([`Region::shadow_address`]) where the transport, or the NIC, writes
-//! a fetched page; [`Region::install_continue`] then maps it with `UFFDIO_CONTINUE`, no copy.
-//! [`Region::invalidate_mapping`] unmaps pages but keeps their memory (the next access is a
-//! MINOR fault), so memory registered with a NIC stays valid; [`Region::read_page`] and
-//! [`Region::apply_diff`] go through the shadow and never fault.
+//! [`UffdRegion::new_shared`] backs the region with a memfd mapped twice: the region itself and a
+//! never-registered shadow ([`UffdRegion::shadow_address`]) where the transport, or the NIC, writes
+//! a fetched page; [`UffdRegion::install_continue`] then maps it with `UFFDIO_CONTINUE`, no copy.
+//! [`UffdRegion::invalidate_mapping`] unmaps pages but keeps their memory (the next access is a
+//! MINOR fault), so memory registered with a NIC stays valid; [`UffdRegion::read_page`] and
+//! [`UffdRegion::apply_diff`] go through the shadow and never fault.
 //!
 //! # Measured here (`dsm-bench uffd --json`, medians, 2 vCPUs, nested guest)
 //! Read-fault service ~4.6 µs with SIGBUS delivery against ~1.3 µs for a bare `UFFDIO_COPY`
@@ -42,14 +42,14 @@
 //! # Quick start
 //! ```no_run
 //! use std::sync::Arc;
-//! use dsm_uffd::{Delivery, Engine, Fault, FaultKind, FaultResolver, Region, Resolution};
+//! use dsm_uffd::{Delivery, FaultServer, Fault, FaultKind, FaultResolver, UffdRegion, Resolution};
 //! use dsm_wire::PAGE_SIZE;
 //!
 //! /// Serves every page from memory prepared before (a home's copy, say).
 //! struct Local(Box<[[u8; PAGE_SIZE]]>);
 //!
 //! impl FaultResolver for Local {
-//!     fn resolve(&self, fault: Fault, region: &Region) -> Resolution {
+//!     fn resolve(&self, fault: Fault, region: &UffdRegion) -> Resolution {
 //!         let page = &self.0[fault.page as usize];
 //!         let done = match fault.kind {
 //!             FaultKind::Read => region.install_read_only(fault.page, page).map(drop),
@@ -61,9 +61,9 @@
 //! }
 //!
 //! # fn main() -> dsm_uffd::Result<()> {
-//! let region = Arc::new(Region::new(0x7e00_0000_0000, 16, Delivery::Signal)?);
+//! let region = Arc::new(UffdRegion::new(0x7e00_0000_0000, 16, Delivery::Signal)?);
 //! let source = Local(vec![[7u8; PAGE_SIZE]; 16].into_boxed_slice());
-//! let engine = Engine::start(Arc::clone(&region), Arc::new(source))?;
+//! let engine = FaultServer::start(Arc::clone(&region), Arc::new(source))?;
 //! // SAFETY: the region is mapped and served; page 3 is faulted in on first read.
 //! let byte = unsafe { region.base().add(3 * PAGE_SIZE).read_volatile() };
 //! assert_eq!(byte, 7);
@@ -101,11 +101,11 @@ pub mod thread;
 mod uffd;
 
 pub use diff::{apply as apply_diff, compute as compute_diff, validate as validate_diff};
-pub use engine::{Delivery, Engine};
+pub use engine::{Delivery, FaultServer};
 pub use error::{Errno, Error, Result};
 pub use fault::{Fault, FaultKind, FaultResolver, Resolution};
 pub use page_ops::{EAGAIN_RETRIES, Installed, Protection};
-pub use region::Region;
+pub use region::UffdRegion;
 pub use signal::MAX_REGIONS;
 pub use slots::{Doorbell, FilledSlot, PageSlots, SlotId};
 pub use uffd::{Features, Source};

@@ -1,4 +1,4 @@
-//! Page operations on a [`Region`]: install, upgrade, downgrade, invalidate, read, wake, and
+//! Page operations on a [`UffdRegion`]: install, upgrade, downgrade, invalidate, read, wake, and
 //! the twin/diff pair of release consistency.
 //!
 //! Install, upgrade, downgrade, invalidate, read and wake neither allocate nor lock: they may be
@@ -14,7 +14,7 @@ use crate::diff;
 use crate::engine::Delivery;
 use crate::error::{Error, Result};
 use crate::raw;
-use crate::region::Region;
+use crate::region::UffdRegion;
 
 /// Attempts for an ioctl that keeps failing with EAGAIN before giving up with [`Error::Busy`].
 pub const EAGAIN_RETRIES: u32 = 64;
@@ -53,7 +53,7 @@ pub enum Protection {
     ReadWrite,
 }
 
-impl Region {
+impl UffdRegion {
     /// Installs one page with `data`, write-protected (the first write faults).
     pub fn install_read_only(&self, index: u32, data: &[u8; PAGE_SIZE]) -> Result<Installed> {
         self.install_run(index, data, Protection::ReadOnly)
@@ -197,10 +197,10 @@ impl Region {
     }
 
     /// Unmaps pages `index..index + count` from the region (`MADV_DONTNEED`) so the next
-    /// access faults. For an anonymous region this is [`Region::invalidate`]. A shared region
+    /// access faults. For an anonymous region this is [`UffdRegion::invalidate`]. A shared region
     /// keeps the pages in its page cache and shadow: the next access is a MINOR fault, served
     /// by writing the new contents into the shadow (already allocated: no fault there, and a
-    /// NIC can keep the memory registered) and [`Region::install_continue`]. The zero-copy way.
+    /// NIC can keep the memory registered) and [`UffdRegion::install_continue`]. The zero-copy way.
     pub fn invalidate_mapping(&self, index: u32, count: u32) -> Result<()> {
         self.check(index, count)?;
         let address = self.base() as usize + index as usize * PAGE_SIZE;
@@ -238,7 +238,7 @@ impl Region {
 
     /// A copy of page `index` to diff against later (release consistency: taken at the first
     /// write after an acquire). Allocates: not for use in a SIGBUS resolver; there, copy into a
-    /// preallocated buffer with [`Region::read_page`].
+    /// preallocated buffer with [`UffdRegion::read_page`].
     pub fn twin(&self, index: u32) -> Result<Box<[u8; PAGE_SIZE]>> {
         let mut twin = Box::new([0u8; PAGE_SIZE]);
         self.read_page(index, &mut twin)?;
@@ -254,7 +254,7 @@ impl Region {
 
     /// Writes `runs` into page `index`. In a shared region this goes through the shadow and
     /// never faults. In an anonymous region the page must be installed and writable
-    /// ([`Region::upgrade`] it first if it is read-only; the caller otherwise takes a
+    /// ([`UffdRegion::upgrade`] it first if it is read-only; the caller otherwise takes a
     /// write-protect fault). The runs are checked first: out-of-bounds runs (bad input from
     /// the wire) give [`Error::DiffOutOfBounds`] and change nothing.
     pub fn apply_diff(&self, index: u32, runs: &[DiffRun]) -> Result<()> {
@@ -279,7 +279,7 @@ impl Region {
     }
 
     /// Address of page `index` in the shadow mapping of a shared region: write a fetched page
-    /// there (or let the NIC write it), then [`Region::install_continue`]. Writing there never
+    /// there (or let the NIC write it), then [`UffdRegion::install_continue`]. Writing there never
     /// faults and is visible at once to threads that have the page mapped.
     pub fn shadow_address(&self, index: u32) -> Result<usize> {
         if !self.is_shared() {

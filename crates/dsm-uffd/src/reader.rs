@@ -1,6 +1,6 @@
 //! Reading fault messages from a region's uffd yourself: for a runtime that waits on the uffd
 //! in its own loop (poll, epoll, or io_uring `POLL_ADD` next to its network completions)
-//! instead of running an [`crate::Engine`]. Thread delivery only: under SIGBUS delivery the
+//! instead of running an [`crate::FaultServer`]. Thread delivery only: under SIGBUS delivery the
 //! kernel queues no messages.
 
 use std::os::fd::RawFd;
@@ -11,12 +11,12 @@ use crate::engine::Delivery;
 use crate::error::{Error, Result};
 use crate::fault::{Fault, FaultKind};
 use crate::raw;
-use crate::region::Region;
+use crate::region::UffdRegion;
 
 /// Messages read per `read` call.
 const BATCH: usize = 32;
 
-impl Region {
+impl UffdRegion {
     /// The uffd (non-blocking), readable when faults are queued. Poll it; do not close it.
     pub fn fault_fd(&self) -> RawFd {
         self.uffd()
@@ -24,7 +24,7 @@ impl Region {
 
     /// Reads up to `out.len()` queued faults without blocking; returns how many (0: none).
     /// The faulting threads stay blocked until their pages are installed (or woken).
-    /// Refused while an [`crate::Engine`] serves the region (it reads them itself), and under
+    /// Refused while an [`crate::FaultServer`] serves the region (it reads them itself), and under
     /// SIGBUS delivery.
     pub fn read_faults(&self, out: &mut [Fault]) -> Result<usize> {
         if self.delivery() != Delivery::Thread {

@@ -1,4 +1,4 @@
-//! `Region`: whole pages mapped at a caller-chosen address and registered with userfaultfd.
+//! `UffdRegion`: whole pages mapped at a caller-chosen address and registered with userfaultfd.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,8 +39,8 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: the mapping is owned by this value and only reached through the Region
-        // that owns it; the Region is being dropped, so nothing uses the range any more.
+        // SAFETY: the mapping is owned by this value and only reached through the UffdRegion
+        // that owns it; the UffdRegion is being dropped, so nothing uses the range any more.
         let _ = unsafe { raw::unmap(self.base, self.len) };
     }
 }
@@ -59,13 +59,13 @@ struct Shadow {
 /// userfaultfd for MISSING and write-protect faults.
 ///
 /// Every node maps a region at the same address, so pointers stored inside it are valid on
-/// every node. Share it as `Arc<Region>`: the fault engine, the resolver and the runtime's
-/// transport thread all call its page operations ([`Region::install_read_only`] and the rest).
+/// every node. Share it as `Arc<UffdRegion>`: the fault engine, the resolver and the runtime's
+/// transport thread all call its page operations ([`UffdRegion::install_read_only`] and the rest).
 ///
 /// Dropping it unregisters the range, unmaps it (and the shadow, and closes the memfd of a
-/// shared region), and closes the uffd, in that order (field order below). Drop the [`crate::Engine`] serving it first (it holds an `Arc`).
+/// shared region), and closes the uffd, in that order (field order below). Drop the [`crate::FaultServer`] serving it first (it holds an `Arc`).
 #[derive(Debug)]
-pub struct Region {
+pub struct UffdRegion {
     /// Unmapped before the uffd closes: closing first would unregister the range and let
     /// missing pages read as zeros in between.
     mapping: Mapping,
@@ -77,30 +77,30 @@ pub struct Region {
     served: AtomicBool,
 }
 
-impl Region {
+impl UffdRegion {
     /// Maps `pages` pages of private anonymous memory at `address` (page-aligned) with
     /// `MAP_FIXED_NOREPLACE` and `MADV_DONTFORK` (a forked child must not see the region:
     /// without EVENT_FORK it would read zero-filled pages), and registers it for MISSING and
     /// write-protect faults delivered the `delivery` way. Pages are installed with
-    /// `UFFDIO_COPY` ([`Region::install_read_only`] and friends).
+    /// `UFFDIO_COPY` ([`UffdRegion::install_read_only`] and friends).
     ///
     /// Fails with [`Error::AddressTaken`] if anything is mapped in the range already.
-    pub fn new(address: usize, pages: u32, delivery: Delivery) -> Result<Region> {
-        Region::map(address, pages, delivery, false)
+    pub fn new(address: usize, pages: u32, delivery: Delivery) -> Result<UffdRegion> {
+        UffdRegion::map(address, pages, delivery, false)
     }
 
-    /// As [`Region::new`], but backed by a memfd mapped twice: the region (registered for
+    /// As [`UffdRegion::new`], but backed by a memfd mapped twice: the region (registered for
     /// MISSING, MINOR and write-protect faults) and a shadow mapping that is never registered
-    /// ([`Region::shadow_address`]). A fetched page can be written straight into the shadow
-    /// (by the transport, or by the NIC) and mapped with [`Region::install_continue`], with no
-    /// copy; [`Region::read_page`] and [`Region::apply_diff`] go through the shadow and never
+    /// ([`UffdRegion::shadow_address`]). A fetched page can be written straight into the shadow
+    /// (by the transport, or by the NIC) and mapped with [`UffdRegion::install_continue`], with no
+    /// copy; [`UffdRegion::read_page`] and [`UffdRegion::apply_diff`] go through the shadow and never
     /// fault. Needs `UFFD_FEATURE_MINOR_SHMEM` (5.14) and write-protect on shmem (5.19;
     /// `UFFDIO_CONTINUE_MODE_WP` needs 6.4).
-    pub fn new_shared(address: usize, pages: u32, delivery: Delivery) -> Result<Region> {
-        Region::map(address, pages, delivery, true)
+    pub fn new_shared(address: usize, pages: u32, delivery: Delivery) -> Result<UffdRegion> {
+        UffdRegion::map(address, pages, delivery, true)
     }
 
-    fn map(address: usize, pages: u32, delivery: Delivery, shared: bool) -> Result<Region> {
+    fn map(address: usize, pages: u32, delivery: Delivery, shared: bool) -> Result<UffdRegion> {
         let len = (pages as usize)
             .checked_mul(PAGE_SIZE)
             .filter(|&len| {
@@ -125,7 +125,7 @@ impl Region {
         })?;
         let shadow = memfd.map(|fd| Shadow::new(fd, len)).transpose()?;
         register(&uffd, address, len, shared)?;
-        Ok(Region {
+        Ok(UffdRegion {
             mapping,
             shadow,
             uffd,
@@ -201,7 +201,7 @@ impl Region {
             .map(|shadow| (shadow.mapping.base, raw::fd_of(&shadow.memfd)))
     }
 
-    /// True for a region made by [`Region::new_shared`].
+    /// True for a region made by [`UffdRegion::new_shared`].
     pub fn is_shared(&self) -> bool {
         self.shadow.is_some()
     }
@@ -259,7 +259,7 @@ fn register(uffd: &Uffd, address: usize, len: usize, shared: bool) -> Result<()>
     Ok(())
 }
 
-impl Drop for Region {
+impl Drop for UffdRegion {
     fn drop(&mut self) {
         // Unregistering first keeps the order explicit; unmapping would do it implicitly.
         let _ = raw::unregister(self.uffd.raw(), self.mapping.base, self.mapping.len);

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::fault::{Fault, FaultKind, FaultResolver, Resolution};
 use crate::raw;
-use crate::region::Region;
+use crate::region::UffdRegion;
 
 /// Regions that can be served by SIGBUS delivery at once, per process.
 pub const MAX_REGIONS: usize = 64;
@@ -30,7 +30,7 @@ pub const MAX_REGIONS: usize = 64;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Registration {
-    region: Arc<Region>,
+    region: Arc<UffdRegion>,
     resolver: Arc<dyn FaultResolver>,
 }
 
@@ -75,7 +75,7 @@ impl std::fmt::Debug for Registered {
 
 /// Installs the handler (once per process) and enters `region` in the table.
 pub(crate) fn register(
-    region: Arc<Region>,
+    region: Arc<UffdRegion>,
     resolver: Arc<dyn FaultResolver>,
 ) -> Result<Registered> {
     if !cfg!(target_arch = "x86_64") {

@@ -18,7 +18,7 @@ use crossbeam_queue::ArrayQueue;
 use crate::error::{Error, Result};
 use crate::fault::{Fault, FaultResolver, Resolution};
 use crate::raw;
-use crate::region::Region;
+use crate::region::UffdRegion;
 
 /// Faults queued between the reader and the workers. A faulting thread has at most one fault
 /// outstanding, so this bounds the application threads, not the pages.
@@ -29,7 +29,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_millis(200);
 const SPIN_POPS: u32 = 64;
 
 struct Shared {
-    region: Arc<Region>,
+    region: Arc<UffdRegion>,
     resolver: Arc<dyn FaultResolver>,
     queue: ArrayQueue<Fault>,
     stop: AtomicBool,
@@ -59,7 +59,7 @@ impl std::fmt::Debug for Threads {
 /// Starts one reader and `workers` workers; with none, the reader resolves each fault itself
 /// (one thread hop less, but a slow resolver then delays reading the next faults).
 pub(crate) fn start(
-    region: Arc<Region>,
+    region: Arc<UffdRegion>,
     resolver: Arc<dyn FaultResolver>,
     workers: usize,
 ) -> Result<Threads> {

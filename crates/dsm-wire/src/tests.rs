@@ -124,35 +124,35 @@ fn coherence_samples() -> Vec<Coherence> {
     ]
 }
 
-fn sync_samples() -> Vec<Sync> {
+fn sync_samples() -> Vec<SyncMsg> {
     vec![
-        Sync::LockRequest {
+        SyncMsg::LockRequest {
             lock: 7,
             timestamp: 11,
         },
-        Sync::LockReply {
+        SyncMsg::LockReply {
             lock: 7,
             timestamp: 11,
             notices: vec![pid(0, 9)],
         },
-        Sync::LockAcquire { lock: 7, seq: 2 },
-        Sync::LockGrant {
+        SyncMsg::LockAcquire { lock: 7, seq: 2 },
+        SyncMsg::LockGrant {
             lock: 7,
             seq: 2,
             notices: vec![],
         },
-        Sync::LockRelease {
+        SyncMsg::LockRelease {
             lock: 7,
             seq: 2,
             notices: vec![pid(1, 1)],
         },
-        Sync::LockRecall { lock: 7, seq: 2 },
-        Sync::BarrierArrive {
+        SyncMsg::LockRecall { lock: 7, seq: 2 },
+        SyncMsg::BarrierArrive {
             epoch: 3,
             round: 1,
             notices: vec![],
         },
-        Sync::BarrierRelease {
+        SyncMsg::BarrierRelease {
             epoch: 3,
             notices: vec![pid(0, 0)],
         },

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use dsm_core::{Access, Action, Engine, Memory, RegionLayout, Transport};
+use dsm_core::{Access, Action, CoherenceEngine, Memory, RegionLayout, Transport};
 use dsm_uffd::{PageSlots, SlotId};
 use dsm_wire::{Coherence as Msg, Message, NodeId, PAGE_SIZE, Page, PageId};
 
@@ -22,7 +22,7 @@ use crate::{Error, Result};
 /// One mapped region: the application's mapping, the master copies homed here, twins.
 #[derive(Debug)]
 struct Mapped {
-    region: Arc<dsm_uffd::Region>,
+    region: Arc<dsm_uffd::UffdRegion>,
     home: HomeCopies,
     twins: HashMap<u32, Page>,
     /// Release regions: the data of the last writable install of each page, which is what
@@ -36,7 +36,7 @@ struct Mapped {
 /// The engine and what it needs to act.
 #[derive(Debug)]
 pub(crate) struct Coherence {
-    engine: Engine,
+    engine: CoherenceEngine,
     regions: HashMap<u32, Mapped>,
     /// Outstanding faults: token → page and start time (for the latency histogram).
     faults: HashMap<u64, (PageId, Instant)>,
@@ -74,7 +74,7 @@ const MAX_REPORTED: usize = 1024;
 const MAX_POLLS: usize = 1024;
 
 impl Coherence {
-    pub(crate) fn new(engine: Engine) -> Self {
+    pub(crate) fn new(engine: CoherenceEngine) -> Self {
         Coherence {
             engine,
             regions: HashMap::new(),
@@ -127,7 +127,7 @@ impl Coherence {
     pub(crate) fn add_region(
         &mut self,
         layout: RegionLayout,
-        region: Arc<dsm_uffd::Region>,
+        region: Arc<dsm_uffd::UffdRegion>,
     ) -> Result<()> {
         self.engine.add_region(layout)?;
         let home = HomeCopies::new(layout.pages);
@@ -423,7 +423,7 @@ fn fault_timeout(page: PageId, home: NodeId, waited_ms: u64) -> Error {
     }
 }
 
-fn page_home(engine: &Engine, page: PageId) -> Option<NodeId> {
+fn page_home(engine: &CoherenceEngine, page: PageId) -> Option<NodeId> {
     engine.home_of(page).ok()
 }
 
@@ -498,7 +498,7 @@ mod tests {
     use std::io::Write as _;
     use std::sync::Mutex;
 
-    use dsm_core::{Consistency, EngineConfig, HomeMemory, Placement, TransportError};
+    use dsm_core::{CoherenceConfig, Consistency, HomeMemory, Placement, TransportError};
 
     use super::*;
 
@@ -544,17 +544,18 @@ mod tests {
 
     #[test]
     fn a_fault_whose_home_never_answers_fails_naming_the_page_and_home() {
-        let region = match dsm_uffd::Region::new(0x5e00_0000_0000, 4, dsm_uffd::Delivery::Thread) {
-            Ok(region) => Arc::new(region),
-            // Only a machine without userfaultfd skips; any other error is a failure.
-            Err(e @ dsm_uffd::Error::Unavailable { .. }) => {
-                // Straight to stderr: libtest captures `eprintln!` of passing tests.
-                let _ = writeln!(std::io::stderr(), "SKIPPED fault timeout test: {e}");
-                return;
-            }
-            Err(e) => panic!("userfaultfd region: {e}"),
-        };
-        let mut c = Coherence::new(Engine::new(EngineConfig::new(0, 2)));
+        let region =
+            match dsm_uffd::UffdRegion::new(0x5e00_0000_0000, 4, dsm_uffd::Delivery::Thread) {
+                Ok(region) => Arc::new(region),
+                // Only a machine without userfaultfd skips; any other error is a failure.
+                Err(e @ dsm_uffd::Error::Unavailable { .. }) => {
+                    // Straight to stderr: libtest captures `eprintln!` of passing tests.
+                    let _ = writeln!(std::io::stderr(), "SKIPPED fault timeout test: {e}");
+                    return;
+                }
+                Err(e) => panic!("userfaultfd region: {e}"),
+            };
+        let mut c = Coherence::new(CoherenceEngine::new(CoherenceConfig::new(0, 2)));
         let layout = RegionLayout {
             id: 3,
             pages: 4,

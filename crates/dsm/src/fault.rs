@@ -17,7 +17,7 @@ use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use dsm_core::Access;
-use dsm_uffd::{Fault, FaultKind, FaultResolver, PageSlots, Region, Resolution};
+use dsm_uffd::{Fault, FaultKind, FaultResolver, PageSlots, Resolution, UffdRegion};
 use dsm_wire::PageId;
 
 use crate::runtime::Core;
@@ -50,7 +50,7 @@ pub(crate) const SIGNAL_WAIT_MARGIN: Duration = Duration::from_secs(5);
 const QUEUE_RETRIES: u32 = 10_000;
 
 impl FaultResolver for Resolver {
-    fn resolve(&self, fault: Fault, _region: &Region) -> Resolution {
+    fn resolve(&self, fault: Fault, _region: &UffdRegion) -> Resolution {
         let counters = &self.core.shared.counters;
         let access = match fault.kind {
             FaultKind::Read => {

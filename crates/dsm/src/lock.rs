@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use dsm_core::Transport;
 use dsm_locks::{LockTable, Outbox, ReleaseConsistency, SyncPoint};
-use dsm_wire::{Message, NodeId, PageId, Sync};
+use dsm_wire::{Message, NodeId, PageId, SyncMsg};
 
 use crate::runtime::Core;
 use crate::runtime::driver::send_counted;
@@ -22,7 +22,7 @@ pub(crate) struct LockOutbox {
 }
 
 impl Outbox for LockOutbox {
-    fn send(&self, to: NodeId, message: Sync) {
+    fn send(&self, to: NodeId, message: SyncMsg) {
         send_counted(
             self.transport.as_ref(),
             &self.counters,

@@ -13,8 +13,8 @@ use dsm_core::Transport;
 use std::collections::{BTreeSet, HashMap};
 use std::marker::PhantomData;
 
-use dsm_core::{Consistency, Engine, EngineConfig, Placement, RegionLayout};
-use dsm_wire::{Alloc, Membership, Message, NodeId, PAGE_SIZE, PageId, RegionSpec, Sync};
+use dsm_core::{CoherenceConfig, CoherenceEngine, Consistency, Placement, RegionLayout};
+use dsm_wire::{Alloc, Membership, Message, NodeId, PAGE_SIZE, PageId, RegionSpec, SyncMsg};
 
 use crate::coherence::Coherence;
 use crate::fault::{Resolver, SIGNAL_WAIT_MARGIN, SignalPath};
@@ -125,7 +125,7 @@ impl Node {
         });
         let tcp = start_transport(&config, booted, Arc::clone(&sink))?;
         let transport = Arc::new(Wire::new(tcp));
-        let engine = Engine::new(EngineConfig::new(config.rank, config.size));
+        let engine = CoherenceEngine::new(CoherenceConfig::new(config.rank, config.size));
         let core = Arc::new(Core {
             shared: Shared::new(config.rank, config.size),
             coherence: Mutex::new(Coherence::new(engine)),
@@ -195,10 +195,10 @@ impl Node {
             return Ok(());
         };
         self.transport.use_rdma(rdma);
-        let mut engine = EngineConfig::new(self.config.rank, self.config.size);
+        let mut engine = CoherenceConfig::new(self.config.rank, self.config.size);
         engine.one_sided = true;
         self.core.engine(|c, _| {
-            *c = Coherence::new(Engine::new(engine));
+            *c = Coherence::new(CoherenceEngine::new(engine));
             Ok(())
         })
     }
@@ -280,7 +280,7 @@ impl Node {
         let epoch = self.barrier_epoch.fetch_add(1, Ordering::Relaxed) + 1;
         self.send(
             0,
-            Message::Sync(Sync::BarrierArrive {
+            Message::Sync(SyncMsg::BarrierArrive {
                 epoch,
                 round: 0,
                 notices,
@@ -342,7 +342,7 @@ impl Node {
             placement: 1,
         };
         let (id, base) = self.agree_on_region(&spec)?;
-        let region = Arc::new(dsm_uffd::Region::new(
+        let region = Arc::new(dsm_uffd::UffdRegion::new(
             usize::try_from(base).map_err(|_| Error::Protocol("base address".into()))?,
             pages,
             match self.config.fault_delivery {
@@ -386,9 +386,9 @@ impl Node {
     fn serve(
         &self,
         id: u32,
-        region: &Arc<dsm_uffd::Region>,
+        region: &Arc<dsm_uffd::UffdRegion>,
         home: dsm_core::HomeMemory,
-    ) -> Result<dsm_uffd::Engine> {
+    ) -> Result<dsm_uffd::FaultServer> {
         rdma::expose(
             &self.transport,
             &self.core.shared,
@@ -410,7 +410,7 @@ impl Node {
             region: id,
             signal,
         });
-        let server = dsm_uffd::Engine::start(Arc::clone(region), resolver)?;
+        let server = dsm_uffd::FaultServer::start(Arc::clone(region), resolver)?;
         // No node may fault on the region before every node can serve it.
         self.rendezvous(Vec::new())?;
         Ok(server)

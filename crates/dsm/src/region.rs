@@ -30,7 +30,7 @@ pub struct Region<'node, T: Copy> {
     pub(crate) len: usize,
     pub(crate) consistency: Consistency,
     /// Serves the region's faults; dropped (stopping the service) before the mapping goes.
-    pub(crate) server: Option<dsm_uffd::Engine>,
+    pub(crate) server: Option<dsm_uffd::FaultServer>,
     /// Elements of `T`, borrowed from the node: a region cannot outlive the node that
     /// serves its faults (`leave` needs every region freed or dropped first).
     pub(crate) _elements: PhantomData<(T, &'node Node)>,

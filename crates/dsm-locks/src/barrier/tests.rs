@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use dsm_wire::{NodeId, PageId, Sync};
+use dsm_wire::{NodeId, PageId, SyncMsg};
 
 use crate::{Action, BarrierEngine, BarrierKind, Error};
 
@@ -12,7 +12,7 @@ fn pid(page: u32) -> PageId {
 
 struct Cluster {
     engines: Vec<BarrierEngine>,
-    wire: VecDeque<(NodeId, NodeId, Sync)>,
+    wire: VecDeque<(NodeId, NodeId, SyncMsg)>,
     sent: usize,
     done: Vec<(NodeId, u64, Vec<PageId>)>,
 }
@@ -128,7 +128,7 @@ fn a_node_one_barrier_ahead_is_buffered() {
 fn bad_barrier_messages_are_rejected_and_change_nothing() {
     let mut e = BarrierEngine::new(1, 4, BarrierKind::Dissemination);
     let mut out = Vec::new();
-    let from_wrong = Sync::BarrierArrive {
+    let from_wrong = SyncMsg::BarrierArrive {
         epoch: 0,
         round: 0,
         notices: vec![],
@@ -137,26 +137,26 @@ fn bad_barrier_messages_are_rejected_and_change_nothing() {
         e.on_message(2, &from_wrong, &mut out),
         Err(Error::Unexpected { .. })
     ));
-    let far_ahead = Sync::BarrierArrive {
+    let far_ahead = SyncMsg::BarrierArrive {
         epoch: 5,
         round: 0,
         notices: vec![],
     };
     assert!(e.on_message(0, &far_ahead, &mut out).is_err());
-    let bad_round = Sync::BarrierArrive {
+    let bad_round = SyncMsg::BarrierArrive {
         epoch: 0,
         round: 7,
         notices: vec![],
     };
     assert!(e.on_message(0, &bad_round, &mut out).is_err());
-    let ok = Sync::BarrierArrive {
+    let ok = SyncMsg::BarrierArrive {
         epoch: 0,
         round: 0,
         notices: vec![],
     };
     e.on_message(0, &ok, &mut out).unwrap();
     assert!(e.on_message(0, &ok, &mut out).is_err(), "duplicate");
-    let release = Sync::BarrierRelease {
+    let release = SyncMsg::BarrierRelease {
         epoch: 0,
         notices: vec![],
     };
@@ -170,7 +170,7 @@ fn bad_barrier_messages_are_rejected_and_change_nothing() {
     assert_eq!(e.awaiting(), vec![3], "round 1 comes from node 1 - 2");
 
     let mut central = BarrierEngine::new(1, 3, BarrierKind::Central);
-    let early = Sync::BarrierRelease {
+    let early = SyncMsg::BarrierRelease {
         epoch: 0,
         notices: vec![],
     };
@@ -178,7 +178,7 @@ fn bad_barrier_messages_are_rejected_and_change_nothing() {
         central.on_message(0, &early, &mut out).is_err(),
         "release before arriving"
     );
-    let lock = Sync::LockRequest {
+    let lock = SyncMsg::LockRequest {
         lock: 0,
         timestamp: 0,
     };

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use dsm_wire::{NodeId, PageId, Sync};
+use dsm_wire::{NodeId, PageId, SyncMsg};
 
 use crate::{Action, Error, LockEngine, LockKind};
 
@@ -13,7 +13,7 @@ fn pid(page: u32) -> PageId {
 /// Engines of a cluster and the messages between them.
 struct Cluster {
     engines: Vec<LockEngine>,
-    wire: VecDeque<(NodeId, NodeId, Sync)>,
+    wire: VecDeque<(NodeId, NodeId, SyncMsg)>,
     sent: usize,
     /// (node, lock, notices) per grant, in order.
     granted: Vec<(NodeId, u32, Vec<PageId>)>,
@@ -128,7 +128,7 @@ fn ra_notices_reach_each_later_acquirer_once() {
 fn ra_stale_reply_is_rejected_and_changes_nothing() {
     let mut c = Cluster::new(2, LockKind::RicartAgrawala);
     c.acquire(0, 3);
-    let stale = Sync::LockReply {
+    let stale = SyncMsg::LockReply {
         lock: 3,
         timestamp: 99,
         notices: vec![],
@@ -143,7 +143,7 @@ fn ra_stale_reply_is_rejected_and_changes_nothing() {
     assert_eq!(c.engines[0].awaiting(3), vec![1]);
     c.deliver_all();
     assert_eq!(c.granted, vec![(0, 3, vec![])]);
-    let dup = Sync::LockReply {
+    let dup = SyncMsg::LockReply {
         lock: 3,
         timestamp: 1,
         notices: vec![],
@@ -226,7 +226,7 @@ fn home_queue_is_fifo_recalls_the_holder_and_carries_notices() {
 fn home_queue_rejects_forged_and_stale_messages() {
     let mut c = Cluster::new(3, LockKind::HomeQueue);
     let mut out = Vec::new();
-    let grant = Sync::LockGrant {
+    let grant = SyncMsg::LockGrant {
         lock: 0,
         seq: 1,
         notices: vec![],
@@ -236,7 +236,7 @@ fn home_queue_rejects_forged_and_stale_messages() {
         c.engines[1].on_message(2, &grant, &mut out),
         Err(Error::Unexpected { .. })
     ));
-    let release = Sync::LockRelease {
+    let release = SyncMsg::LockRelease {
         lock: 0,
         seq: 1,
         notices: vec![],
@@ -245,7 +245,7 @@ fn home_queue_rejects_forged_and_stale_messages() {
         c.engines[0].on_message(1, &release, &mut out).is_err(),
         "release of nothing held"
     );
-    let acquire = Sync::LockAcquire { lock: 0, seq: 1 };
+    let acquire = SyncMsg::LockAcquire { lock: 0, seq: 1 };
     assert!(
         c.engines[1].on_message(2, &acquire, &mut out).is_err(),
         "node 1 is not the home"
@@ -262,12 +262,12 @@ fn home_queue_rejects_forged_and_stale_messages() {
 fn wrong_kind_unknown_node_and_barrier_messages_are_rejected() {
     let mut e = LockEngine::new(0, 3, LockKind::RicartAgrawala);
     let mut out = Vec::new();
-    let acquire = Sync::LockAcquire { lock: 0, seq: 1 };
+    let acquire = SyncMsg::LockAcquire { lock: 0, seq: 1 };
     assert!(matches!(
         e.on_message(1, &acquire, &mut out),
         Err(Error::WrongKind { lock: 0, .. })
     ));
-    let request = Sync::LockRequest {
+    let request = SyncMsg::LockRequest {
         lock: 0,
         timestamp: 1,
     };
@@ -279,7 +279,7 @@ fn wrong_kind_unknown_node_and_barrier_messages_are_rejected() {
         e.on_message(0, &request, &mut out),
         Err(Error::UnknownNode { .. })
     ));
-    let barrier = Sync::BarrierRelease {
+    let barrier = SyncMsg::BarrierRelease {
         epoch: 0,
         notices: vec![],
     };
@@ -314,10 +314,10 @@ fn peers_cannot_create_unbounded_lock_state() {
     let mut e = LockEngine::new(0, 2, LockKind::RicartAgrawala).with_max_locks(2);
     let mut out = Vec::new();
     for lock in 0..2 {
-        e.on_message(1, &Sync::LockRequest { lock, timestamp: 1 }, &mut out)
+        e.on_message(1, &SyncMsg::LockRequest { lock, timestamp: 1 }, &mut out)
             .unwrap();
     }
-    let third = Sync::LockRequest {
+    let third = SyncMsg::LockRequest {
         lock: 2,
         timestamp: 1,
     };
@@ -353,7 +353,7 @@ fn ra_stops_waiting_for_a_failed_node() {
     let sent = c.sent;
     c.acquire(0, 1);
     assert_eq!(c.sent - sent, 1);
-    let late = Sync::LockReply {
+    let late = SyncMsg::LockReply {
         lock: 1,
         timestamp: 1,
         notices: vec![],
@@ -387,7 +387,7 @@ fn home_queue_passes_a_failed_holders_lock_on() {
 #[test]
 fn ra_request_with_a_timestamp_at_the_clock_end_is_rejected_and_changes_nothing() {
     let mut c = Cluster::new(2, LockKind::RicartAgrawala);
-    let forged = Sync::LockRequest {
+    let forged = SyncMsg::LockRequest {
         lock: 4,
         timestamp: u64::MAX,
     };
@@ -414,7 +414,7 @@ fn rejected_messages_for_unknown_locks_leave_no_state_behind() {
     c.engines[0] = LockEngine::new(0, 2, LockKind::RicartAgrawala).with_max_locks(1);
     let mut out = Vec::new();
     for lock in 10..20 {
-        let stale = Sync::LockReply {
+        let stale = SyncMsg::LockReply {
             lock,
             timestamp: 1,
             notices: vec![],
@@ -425,7 +425,7 @@ fn rejected_messages_for_unknown_locks_leave_no_state_behind() {
     assert!(out.is_empty());
     assert!(c.engines[0].locks.is_empty());
     // The one lock peers may create state for is still free for a real request.
-    let request = Sync::LockRequest {
+    let request = SyncMsg::LockRequest {
         lock: 30,
         timestamp: 1,
     };

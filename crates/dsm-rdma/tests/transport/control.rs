@@ -1,12 +1,12 @@
 //! Control messages by SEND/RECV.
 
 use dsm_core::{Transport, TransportEvent};
-use dsm_wire::{Message, Sync};
+use dsm_wire::{Message, SyncMsg};
 
 use crate::support::{pair, rdma_or_skip};
 
 fn barrier(epoch: u64) -> Message {
-    Message::Sync(Sync::LockRequest {
+    Message::Sync(SyncMsg::LockRequest {
         lock: 7,
         timestamp: epoch,
     })

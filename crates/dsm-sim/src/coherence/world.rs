@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use dsm_core::{Access, Consistency, Engine, EngineConfig, RegionLayout};
+use dsm_core::{Access, CoherenceConfig, CoherenceEngine, Consistency, RegionLayout};
 use dsm_wire::{Coherence, NodeId, PAGE_SIZE, Page, PageId};
 
 use super::SimConfig;
@@ -57,7 +57,7 @@ pub(crate) enum Stage {
 
 #[derive(Debug)]
 pub(crate) struct Node {
-    pub(crate) engine: Engine,
+    pub(crate) engine: CoherenceEngine,
     pub(crate) mem: NodeMemory,
     pub(crate) threads: Vec<Thread>,
     pub(crate) stage: Stage,
@@ -152,11 +152,11 @@ impl World {
         };
         let mut nodes = Vec::new();
         for node in 0..config.nodes {
-            let mut engine_config = EngineConfig::new(node, config.nodes);
+            let mut engine_config = CoherenceConfig::new(node, config.nodes);
             engine_config.one_sided = config.one_sided;
             engine_config.timeout_ticks = config.fault_bound;
             engine_config.mutation = config.mutation;
-            let mut engine = Engine::new(engine_config);
+            let mut engine = CoherenceEngine::new(engine_config);
             engine.add_region(layout).map_err(|error| Error::Engine {
                 step: 0,
                 node,

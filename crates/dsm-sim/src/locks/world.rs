@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use dsm_locks::{Action, BarrierEngine, LockEngine, LockKind};
-use dsm_wire::{NodeId, PageId, Sync};
+use dsm_wire::{NodeId, PageId, SyncMsg};
 
 use super::check::Checker;
 use super::{Mutation, Report, SimConfig};
@@ -66,7 +66,7 @@ enum Timer {
 pub(super) struct World {
     config: SimConfig,
     rng: Rng,
-    net: SimNet<Sync>,
+    net: SimNet<SyncMsg>,
     nodes: Vec<Node>,
     timers: BTreeMap<(u64, u64), Timer>,
     timer_seq: u64,
@@ -255,11 +255,11 @@ impl World {
         }
     }
 
-    fn on_message(&mut self, from: NodeId, to: NodeId, message: &Sync) -> Result<()> {
+    fn on_message(&mut self, from: NodeId, to: NodeId, message: &SyncMsg) -> Result<()> {
         let mut out = Vec::new();
         let n = &mut self.nodes[to as usize];
         let result = match message {
-            Sync::BarrierArrive { .. } | Sync::BarrierRelease { .. } => {
+            SyncMsg::BarrierArrive { .. } | SyncMsg::BarrierRelease { .. } => {
                 n.barrier.on_message(from, message, &mut out)
             }
             _ => n.engine.on_message(from, message, &mut out),
@@ -291,19 +291,19 @@ impl World {
         Ok(())
     }
 
-    fn send(&mut self, from: NodeId, to: NodeId, message: Sync) -> Result<()> {
+    fn send(&mut self, from: NodeId, to: NodeId, message: SyncMsg) -> Result<()> {
         match &message {
-            Sync::LockRequest { lock, timestamp } => {
+            SyncMsg::LockRequest { lock, timestamp } => {
                 self.check.ra_message(from, *lock, *timestamp);
                 self.report.lock_messages_by_kind[0] += 1;
             }
-            Sync::LockReply {
+            SyncMsg::LockReply {
                 lock, timestamp, ..
             } => {
                 self.check.ra_message(to, *lock, *timestamp);
                 self.report.lock_messages_by_kind[0] += 1;
             }
-            Sync::BarrierArrive { .. } | Sync::BarrierRelease { .. } => {
+            SyncMsg::BarrierArrive { .. } | SyncMsg::BarrierRelease { .. } => {
                 self.report.barrier_messages += 1
             }
             _ => self.report.lock_messages_by_kind[1] += 1,

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use dsm_uffd::{Fault, FaultKind, FaultResolver, Protection, Region, Resolution};
+use dsm_uffd::{Fault, FaultKind, FaultResolver, Protection, Resolution, UffdRegion};
 use dsm_wire::PAGE_SIZE;
 
 /// Each test maps its region at its own address so tests can run in parallel.
@@ -85,7 +85,7 @@ impl LocalSource {
 impl LocalSource {
     fn install(
         &self,
-        region: &Region,
+        region: &UffdRegion,
         index: u32,
         page: &[u8; PAGE_SIZE],
         protection: Protection,
@@ -100,7 +100,7 @@ impl LocalSource {
 }
 
 impl FaultResolver for LocalSource {
-    fn resolve(&self, fault: Fault, region: &Region) -> Resolution {
+    fn resolve(&self, fault: Fault, region: &UffdRegion) -> Resolution {
         let page = self.home.page(fault.page);
         let done = match fault.kind {
             FaultKind::Read => {
@@ -125,7 +125,7 @@ impl FaultResolver for LocalSource {
 }
 
 /// The region's page `index` as a slice. Reading it faults the page in if missing.
-pub fn page_of(region: &Region, index: u32) -> &[u8] {
+pub fn page_of(region: &UffdRegion, index: u32) -> &[u8] {
     let address = region.page_address(index).expect("page in range");
     // SAFETY: the page lies in the live mapping; a missing page is faulted in and served by
     // the engine the test started; the tests write it only through raw pointers between
@@ -134,7 +134,7 @@ pub fn page_of(region: &Region, index: u32) -> &[u8] {
 }
 
 /// Writes `value` at `offset` of page `index` (faults: missing or write-protect).
-pub fn write_byte(region: &Region, index: u32, offset: usize, value: u8) {
+pub fn write_byte(region: &UffdRegion, index: u32, offset: usize, value: u8) {
     let address = region.page_address(index).expect("page in range") + offset;
     // SAFETY: inside the live mapping; the engine serves the faults this raises.
     unsafe { (address as *mut u8).write_volatile(value) }

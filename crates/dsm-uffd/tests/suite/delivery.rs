@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Barrier};
 
-use dsm_uffd::{Delivery, Engine, Region};
+use dsm_uffd::{Delivery, FaultServer, UffdRegion};
 use dsm_wire::PAGE_SIZE;
 
 use super::common::{LocalSource, page_of, test_address, write_byte};
@@ -21,16 +21,17 @@ pub struct Setup {
 }
 
 impl Setup {
-    fn start(self, address: usize, pages: u32) -> (Arc<Region>, Arc<LocalSource>, Engine) {
+    fn start(self, address: usize, pages: u32) -> (Arc<UffdRegion>, Arc<LocalSource>, FaultServer) {
         let region = if self.shared {
-            Region::new_shared(address, pages, self.delivery)
+            UffdRegion::new_shared(address, pages, self.delivery)
         } else {
-            Region::new(address, pages, self.delivery)
+            UffdRegion::new(address, pages, self.delivery)
         };
         let region = Arc::new(region.expect("map and register"));
         let source = Arc::new(LocalSource::with_zero_copy(pages as usize, self.shared));
-        let engine = Engine::start_with_workers(Arc::clone(&region), source.clone(), self.workers)
-            .expect("start engine");
+        let engine =
+            FaultServer::start_with_workers(Arc::clone(&region), source.clone(), self.workers)
+                .expect("start engine");
         (region, source, engine)
     }
 }

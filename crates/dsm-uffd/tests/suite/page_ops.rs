@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use dsm_uffd::{
-    Delivery, Engine, Error, Fault, FaultKind, Features, Installed, Protection, Region,
+    Delivery, Error, Fault, FaultKind, FaultServer, Features, Installed, Protection, UffdRegion,
 };
 use dsm_wire::{DiffRun, PAGE_SIZE};
 
@@ -12,9 +12,9 @@ use super::common::{LocalSource, page_of, test_address, write_byte};
 #[test]
 fn a_fixed_address_already_taken_is_a_clear_error() {
     let address = test_address(10);
-    let _first = Region::new(address, 4, Delivery::Signal).expect("first region");
+    let _first = UffdRegion::new(address, 4, Delivery::Signal).expect("first region");
     // Overlapping by one page is enough.
-    let second = Region::new(address + 3 * PAGE_SIZE, 4, Delivery::Thread);
+    let second = UffdRegion::new(address + 3 * PAGE_SIZE, 4, Delivery::Thread);
     let error = second.expect_err("the range is taken");
     assert_eq!(
         error,
@@ -33,11 +33,11 @@ fn a_fixed_address_already_taken_is_a_clear_error() {
 fn bad_geometry_is_refused() {
     let address = test_address(11);
     assert!(matches!(
-        Region::new(address + 1, 4, Delivery::Signal),
+        UffdRegion::new(address + 1, 4, Delivery::Signal),
         Err(Error::BadGeometry { .. })
     ));
     assert!(matches!(
-        Region::new(address, 0, Delivery::Signal),
+        UffdRegion::new(address, 0, Delivery::Signal),
         Err(Error::BadGeometry { .. })
     ));
 }
@@ -51,18 +51,18 @@ fn the_kernel_offers_what_the_engine_needs() {
 
 #[test]
 fn a_region_has_at_most_one_engine() {
-    let region = Arc::new(Region::new(test_address(12), 4, Delivery::Signal).unwrap());
+    let region = Arc::new(UffdRegion::new(test_address(12), 4, Delivery::Signal).unwrap());
     let source = Arc::new(LocalSource::new(4));
-    let _engine = Engine::start(Arc::clone(&region), source.clone()).unwrap();
+    let _engine = FaultServer::start(Arc::clone(&region), source.clone()).unwrap();
     assert_eq!(
-        Engine::start(Arc::clone(&region), source).err(),
+        FaultServer::start(Arc::clone(&region), source).err(),
         Some(Error::AlreadyServed)
     );
 }
 
 #[test]
 fn page_operations_check_their_bounds() {
-    let region = Region::new(test_address(13), 4, Delivery::Thread).unwrap();
+    let region = UffdRegion::new(test_address(13), 4, Delivery::Thread).unwrap();
     let page = [0u8; PAGE_SIZE];
     assert_eq!(
         region.install_read_only(4, &page),
@@ -80,9 +80,9 @@ fn page_operations_check_their_bounds() {
 
 #[test]
 fn a_run_install_skips_present_pages_and_installs_the_rest() {
-    let region = Arc::new(Region::new(test_address(14), 8, Delivery::Signal).unwrap());
+    let region = Arc::new(UffdRegion::new(test_address(14), 8, Delivery::Signal).unwrap());
     let source = Arc::new(LocalSource::new(8));
-    let _engine = Engine::start(Arc::clone(&region), source.clone()).unwrap();
+    let _engine = FaultServer::start(Arc::clone(&region), source.clone()).unwrap();
     assert_eq!(
         region.install_read_only(2, &[1; PAGE_SIZE]),
         Ok(Installed::New)
@@ -115,9 +115,9 @@ fn a_run_install_skips_present_pages_and_installs_the_rest() {
 
 #[test]
 fn twin_diff_and_apply_round_trip_through_a_region() {
-    let region = Arc::new(Region::new(test_address(15), 2, Delivery::Signal).unwrap());
+    let region = Arc::new(UffdRegion::new(test_address(15), 2, Delivery::Signal).unwrap());
     let source = Arc::new(LocalSource::new(2));
-    let _engine = Engine::start(Arc::clone(&region), source.clone()).unwrap();
+    let _engine = FaultServer::start(Arc::clone(&region), source.clone()).unwrap();
     region.install_read_write(0, &[3; PAGE_SIZE]).unwrap();
     let twin = region.twin(0).unwrap();
     write_byte(&region, 0, 10, 4);
@@ -152,9 +152,9 @@ fn twin_diff_and_apply_round_trip_through_a_region() {
 
 #[test]
 fn downgrade_makes_the_next_write_fault_again() {
-    let region = Arc::new(Region::new(test_address(16), 1, Delivery::Thread).unwrap());
+    let region = Arc::new(UffdRegion::new(test_address(16), 1, Delivery::Thread).unwrap());
     let source = Arc::new(LocalSource::new(1));
-    let _engine = Engine::start(Arc::clone(&region), source.clone()).unwrap();
+    let _engine = FaultServer::start(Arc::clone(&region), source.clone()).unwrap();
     write_byte(&region, 0, 0, 1);
     assert_eq!(source.counts(), (0, 1, 0), "write to a missing page");
     region.downgrade(0).unwrap();
@@ -167,9 +167,9 @@ fn downgrade_makes_the_next_write_fault_again() {
 /// MINOR faults are served from the shadow; reads through the shadow never fault.
 fn shared_region_minor_faults(delivery: Delivery, slot: usize) {
     const PAGES: u32 = 64;
-    let region = Arc::new(Region::new_shared(test_address(slot), PAGES, delivery).unwrap());
+    let region = Arc::new(UffdRegion::new_shared(test_address(slot), PAGES, delivery).unwrap());
     let source = Arc::new(LocalSource::with_zero_copy(PAGES as usize, true));
-    let _engine = Engine::start(Arc::clone(&region), source.clone()).unwrap();
+    let _engine = FaultServer::start(Arc::clone(&region), source.clone()).unwrap();
     let mut copy = [0u8; PAGE_SIZE];
     region.read_page(5, &mut copy).unwrap();
     assert!(
@@ -201,7 +201,7 @@ fn shared_region_minor_faults(delivery: Delivery, slot: usize) {
     }
     assert_eq!(source.counts(), (2 * u64::from(PAGES), 0, 0));
     assert!(matches!(
-        Region::new(test_address(slot + 1), 1, delivery)
+        UffdRegion::new(test_address(slot + 1), 1, delivery)
             .unwrap()
             .shadow_address(0),
         Err(Error::Unsupported(_))
@@ -221,7 +221,7 @@ fn shared_region_minor_faults_under_thread_delivery() {
 #[test]
 fn a_runtime_can_read_faults_in_its_own_loop() {
     const PAGES: u32 = 32;
-    let region = Arc::new(Region::new(test_address(26), PAGES, Delivery::Thread).unwrap());
+    let region = Arc::new(UffdRegion::new(test_address(26), PAGES, Delivery::Thread).unwrap());
     let source = LocalSource::new(PAGES as usize);
     let reader = {
         let region = Arc::clone(&region);
@@ -258,6 +258,6 @@ fn a_runtime_can_read_faults_in_its_own_loop() {
     for (index, byte) in bytes.into_iter().enumerate() {
         assert_eq!(byte, source.home.page(index as u32)[100]);
     }
-    let _engine = Engine::start(Arc::clone(&region), Arc::new(source)).unwrap();
+    let _engine = FaultServer::start(Arc::clone(&region), Arc::new(source)).unwrap();
     assert_eq!(region.read_faults(&mut faults), Err(Error::AlreadyServed));
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
 use dsm_uffd::{
-    Delivery, Doorbell, Engine, Error, Fault, FaultKind, FaultResolver, PageSlots, Region,
-    Resolution, SlotId,
+    Delivery, Doorbell, Error, Fault, FaultKind, FaultResolver, FaultServer, PageSlots, Resolution,
+    SlotId, UffdRegion,
 };
 use dsm_wire::PAGE_SIZE;
 
@@ -24,7 +24,7 @@ struct Remote {
 }
 
 impl FaultResolver for Remote {
-    fn resolve(&self, fault: Fault, region: &Region) -> Resolution {
+    fn resolve(&self, fault: Fault, region: &UffdRegion) -> Resolution {
         if fault.kind == FaultKind::WriteProtect {
             return if region.upgrade(fault.page).is_ok() {
                 Resolution::Resolved
@@ -64,7 +64,7 @@ fn transport(remote: &Remote, home: &Home, stop: &AtomicBool) {
 
 #[test]
 fn faulting_threads_wait_in_the_handler_for_pages_another_thread_delivers() {
-    let region = Arc::new(Region::new(test_address(20), PAGES, Delivery::Signal).unwrap());
+    let region = Arc::new(UffdRegion::new(test_address(20), PAGES, Delivery::Signal).unwrap());
     let remote = Arc::new(Remote {
         slots: PageSlots::new(8),
         requests: ArrayQueue::new(8),
@@ -72,7 +72,7 @@ fn faulting_threads_wait_in_the_handler_for_pages_another_thread_delivers() {
     });
     let home = Arc::new(Home::new(PAGES as usize));
     let stop = Arc::new(AtomicBool::new(false));
-    let engine = Engine::start(Arc::clone(&region), remote.clone()).unwrap();
+    let engine = FaultServer::start(Arc::clone(&region), remote.clone()).unwrap();
     let server = {
         let (remote, home, stop) = (remote.clone(), home.clone(), stop.clone());
         std::thread::spawn(move || transport(&remote, &home, &stop))

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use dsm_uffd::{Delivery, Engine, Fault, FaultResolver, Region, Resolution};
+use dsm_uffd::{Delivery, Fault, FaultResolver, FaultServer, Resolution, UffdRegion};
 use dsm_wire::PAGE_SIZE;
 
 use super::common::{LocalSource, page_of, test_address};
@@ -60,9 +60,9 @@ fn child_chains_foreign_sigbus() {
             0
         );
     }
-    let region = Arc::new(Region::new(test_address(40), 4, Delivery::Signal).unwrap());
+    let region = Arc::new(UffdRegion::new(test_address(40), 4, Delivery::Signal).unwrap());
     let source = Arc::new(LocalSource::new(4));
-    let _engine = Engine::start(Arc::clone(&region), source.clone()).unwrap();
+    let _engine = FaultServer::start(Arc::clone(&region), source.clone()).unwrap();
     // A shared mapping of an empty file: touching it raises SIGBUS (beyond end of file).
     // SAFETY: a fresh memfd of size 0 mapped anywhere; touched only below.
     let foreign = unsafe {
@@ -110,14 +110,14 @@ fn a_sigbus_outside_every_region_reaches_the_earlier_handler() {
 struct Refuse;
 
 impl FaultResolver for Refuse {
-    fn resolve(&self, _: Fault, _: &Region) -> Resolution {
+    fn resolve(&self, _: Fault, _: &UffdRegion) -> Resolution {
         Resolution::Fail
     }
 }
 
 fn touch_with_refusing_resolver(delivery: Delivery, slot: usize) {
-    let region = Arc::new(Region::new(test_address(slot), 1, delivery).unwrap());
-    let _engine = Engine::start(Arc::clone(&region), Arc::new(Refuse)).unwrap();
+    let region = Arc::new(UffdRegion::new(test_address(slot), 1, delivery).unwrap());
+    let _engine = FaultServer::start(Arc::clone(&region), Arc::new(Refuse)).unwrap();
     println!("TOUCHING");
     let byte = page_of(&region, 0)[0];
     println!("SURVIVED {byte}");

@@ -16,7 +16,7 @@ use crate::{Error, Result};
 pub use alloc::{Alloc, RegionSpec};
 pub use coherence::{Coherence, DiffRun};
 pub use membership::{Endpoint, Membership, RdmaConnInfo};
-pub use sync::Sync;
+pub use sync::SyncMsg;
 pub use transport::{PageStatus, Transport};
 pub use view::View;
 
@@ -28,7 +28,7 @@ pub enum Message {
     /// Page coherence (0x02xx).
     Coherence(Coherence),
     /// Locks and barriers (0x03xx).
-    Sync(Sync),
+    Sync(SyncMsg),
     /// Allocation and byte-range access (0x04xx).
     Alloc(Alloc),
     /// File views (0x05xx).
@@ -75,7 +75,7 @@ impl Message {
         Ok(match command >> 8 {
             0x01 => Message::Membership(Membership::decode(command, r)?),
             0x02 => Message::Coherence(Coherence::decode(command, r)?),
-            0x03 => Message::Sync(Sync::decode(command, r)?),
+            0x03 => Message::Sync(SyncMsg::decode(command, r)?),
             0x04 => Message::Alloc(Alloc::decode(command, r)?),
             0x05 => Message::View(View::decode(command, r)?),
             0x06 => Message::Transport(Transport::decode(command, r)?),

@@ -5,7 +5,7 @@ use crate::{Error, PageId, Result};
 
 /// Lock and barrier messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sync {
+pub enum SyncMsg {
     /// Ricart–Agrawala REQUEST: (Lamport timestamp, sender) orders competing requests.
     LockRequest {
         /// Lock id.
@@ -82,27 +82,27 @@ pub(crate) const BARRIER_ARRIVE: u16 = 0x0306;
 pub(crate) const BARRIER_RELEASE: u16 = 0x0307;
 pub(crate) const LOCK_RECALL: u16 = 0x0308;
 
-impl Sync {
+impl SyncMsg {
     pub(crate) fn command(&self) -> u16 {
         match self {
-            Sync::LockRequest { .. } => LOCK_REQUEST,
-            Sync::LockReply { .. } => LOCK_REPLY,
-            Sync::LockAcquire { .. } => LOCK_ACQUIRE,
-            Sync::LockGrant { .. } => LOCK_GRANT,
-            Sync::LockRelease { .. } => LOCK_RELEASE,
-            Sync::BarrierArrive { .. } => BARRIER_ARRIVE,
-            Sync::BarrierRelease { .. } => BARRIER_RELEASE,
-            Sync::LockRecall { .. } => LOCK_RECALL,
+            SyncMsg::LockRequest { .. } => LOCK_REQUEST,
+            SyncMsg::LockReply { .. } => LOCK_REPLY,
+            SyncMsg::LockAcquire { .. } => LOCK_ACQUIRE,
+            SyncMsg::LockGrant { .. } => LOCK_GRANT,
+            SyncMsg::LockRelease { .. } => LOCK_RELEASE,
+            SyncMsg::BarrierArrive { .. } => BARRIER_ARRIVE,
+            SyncMsg::BarrierRelease { .. } => BARRIER_RELEASE,
+            SyncMsg::LockRecall { .. } => LOCK_RECALL,
         }
     }
 
     pub(crate) fn encode(&self, w: &mut Writer) {
         match self {
-            Sync::LockRequest { lock, timestamp } => {
+            SyncMsg::LockRequest { lock, timestamp } => {
                 w.u32(*lock);
                 w.u64(*timestamp);
             }
-            Sync::LockReply {
+            SyncMsg::LockReply {
                 lock,
                 timestamp,
                 notices,
@@ -111,20 +111,21 @@ impl Sync {
                 w.u64(*timestamp);
                 w.page_ids(notices);
             }
-            Sync::LockAcquire { lock, seq } => {
+            SyncMsg::LockAcquire { lock, seq } => {
                 w.u32(*lock);
                 w.u64(*seq);
             }
-            Sync::LockGrant { lock, seq, notices } | Sync::LockRelease { lock, seq, notices } => {
+            SyncMsg::LockGrant { lock, seq, notices }
+            | SyncMsg::LockRelease { lock, seq, notices } => {
                 w.u32(*lock);
                 w.u64(*seq);
                 w.page_ids(notices);
             }
-            Sync::LockRecall { lock, seq } => {
+            SyncMsg::LockRecall { lock, seq } => {
                 w.u32(*lock);
                 w.u64(*seq);
             }
-            Sync::BarrierArrive {
+            SyncMsg::BarrierArrive {
                 epoch,
                 round,
                 notices,
@@ -133,7 +134,7 @@ impl Sync {
                 w.u32(*round);
                 w.page_ids(notices);
             }
-            Sync::BarrierRelease { epoch, notices } => {
+            SyncMsg::BarrierRelease { epoch, notices } => {
                 w.u64(*epoch);
                 w.page_ids(notices);
             }
@@ -142,39 +143,39 @@ impl Sync {
 
     pub(crate) fn decode(command: u16, r: &mut Reader<'_>) -> Result<Self> {
         Ok(match command {
-            LOCK_REQUEST => Sync::LockRequest {
+            LOCK_REQUEST => SyncMsg::LockRequest {
                 lock: r.u32("lock")?,
                 timestamp: r.u64("timestamp")?,
             },
-            LOCK_REPLY => Sync::LockReply {
+            LOCK_REPLY => SyncMsg::LockReply {
                 lock: r.u32("lock")?,
                 timestamp: r.u64("timestamp")?,
                 notices: r.page_ids()?,
             },
-            LOCK_ACQUIRE => Sync::LockAcquire {
+            LOCK_ACQUIRE => SyncMsg::LockAcquire {
                 lock: r.u32("lock")?,
                 seq: r.u64("seq")?,
             },
-            LOCK_GRANT => Sync::LockGrant {
-                lock: r.u32("lock")?,
-                seq: r.u64("seq")?,
-                notices: r.page_ids()?,
-            },
-            LOCK_RELEASE => Sync::LockRelease {
+            LOCK_GRANT => SyncMsg::LockGrant {
                 lock: r.u32("lock")?,
                 seq: r.u64("seq")?,
                 notices: r.page_ids()?,
             },
-            LOCK_RECALL => Sync::LockRecall {
+            LOCK_RELEASE => SyncMsg::LockRelease {
+                lock: r.u32("lock")?,
+                seq: r.u64("seq")?,
+                notices: r.page_ids()?,
+            },
+            LOCK_RECALL => SyncMsg::LockRecall {
                 lock: r.u32("lock")?,
                 seq: r.u64("seq")?,
             },
-            BARRIER_ARRIVE => Sync::BarrierArrive {
+            BARRIER_ARRIVE => SyncMsg::BarrierArrive {
                 epoch: r.u64("epoch")?,
                 round: r.u32("round")?,
                 notices: r.page_ids()?,
             },
-            BARRIER_RELEASE => Sync::BarrierRelease {
+            BARRIER_RELEASE => SyncMsg::BarrierRelease {
                 epoch: r.u64("epoch")?,
                 notices: r.page_ids()?,
             },

@@ -11,7 +11,7 @@ use dsm_core::Access;
 use dsm_core::{EventSink, Transport, TransportEvent};
 use dsm_locks::LockTable;
 use dsm_uffd::SlotId;
-use dsm_wire::{Alloc, Membership, Message, NodeId, PageId, Sync};
+use dsm_wire::{Alloc, Membership, Message, NodeId, PageId, SyncMsg};
 
 use super::Core;
 use super::alloc::Allocator;
@@ -214,23 +214,23 @@ impl Driver {
                     tracing::warn!(from, error = %e, "coherence message rejected");
                 }
             }
-            Message::Sync(Sync::BarrierArrive { epoch, notices, .. }) if self.rank == 0 => {
+            Message::Sync(SyncMsg::BarrierArrive { epoch, notices, .. }) if self.rank == 0 => {
                 let gone = self.core.shared.read(|s| s.left.clone());
                 if let Some(all) = self.central.arrive(epoch, from, &gone, notices) {
-                    let release = Sync::BarrierRelease {
+                    let release = SyncMsg::BarrierRelease {
                         epoch,
                         notices: all,
                     };
                     self.broadcast(true, &Message::Sync(release));
                 }
             }
-            Message::Sync(Sync::BarrierRelease { epoch, notices }) if from == 0 => {
+            Message::Sync(SyncMsg::BarrierRelease { epoch, notices }) if from == 0 => {
                 self.core.shared.update(|s| {
                     s.barrier_released = s.barrier_released.max(epoch);
                     super::keep_answer(&mut s.barrier_notices, epoch, notices);
                 });
             }
-            Message::Sync(m @ (Sync::BarrierArrive { .. } | Sync::BarrierRelease { .. })) => {
+            Message::Sync(m @ (SyncMsg::BarrierArrive { .. } | SyncMsg::BarrierRelease { .. })) => {
                 tracing::warn!(from, message = ?m, "barrier message out of place; dropped");
             }
             Message::Sync(m) => {
