@@ -139,10 +139,19 @@ mod tests {
     fn out_of_bounds_run_changes_nothing() {
         let mut target = [0u8; 10];
         let runs = [
-            Run { offset: 0, bytes: vec![1] },
-            Run { offset: 9, bytes: vec![1, 2] },
+            Run {
+                offset: 0,
+                bytes: vec![1],
+            },
+            Run {
+                offset: 9,
+                bytes: vec![1, 2],
+            },
         ];
-        assert!(matches!(apply(&mut target, &runs), Err(Error::RunOutOfBounds { offset: 9, .. })));
+        assert!(matches!(
+            apply(&mut target, &runs),
+            Err(Error::RunOutOfBounds { offset: 9, .. })
+        ));
         assert_eq!(target, [0; 10]);
     }
 }

@@ -160,7 +160,10 @@ fn check_trailer(bytes: &[u8], records_len: u64) -> Result<&[u8]> {
     }
     // total == bytes.len() from here on, so these slices are in bounds.
     let (body, trailer) = bytes.split_at(bytes.len() - JOURNAL_TRAILER_LEN);
-    let mut r = Reader { bytes: trailer, at: 0 };
+    let mut r = Reader {
+        bytes: trailer,
+        at: 0,
+    };
     let crc = u32::from_le_bytes(r.array("trailer")?);
     let commit: [u8; 4] = r.array("trailer")?;
     if commit != JOURNAL_COMMIT {

@@ -246,10 +246,13 @@ impl MasterFile {
             let _ = self.journal.write_all_at(&journal[..journal.len() / 2], 0);
             die();
         }
-        let written = self.journal.write_all_at(journal, 0).map_err(|source| Error::Write {
-            path: self.journal_path.clone(),
-            source,
-        });
+        let written = self
+            .journal
+            .write_all_at(journal, 0)
+            .map_err(|source| Error::Write {
+                path: self.journal_path.clone(),
+                source,
+            });
         self.crash_at(CrashPoint::AfterJournalWrite);
         let synced = written.and_then(|()| match durability {
             Durability::Fsync => self.journal.sync_data().map_err(|source| Error::Sync {
@@ -345,14 +348,19 @@ impl MasterFile {
             Ok(journal) => journal,
             Err(e) => return self.discard(e.to_string()),
         };
-        let batch: Vec<(u64, &[u8])> = journal.records.iter().map(|r| (r.offset, r.bytes)).collect();
+        let batch: Vec<(u64, &[u8])> = journal
+            .records
+            .iter()
+            .map(|r| (r.offset, r.bytes))
+            .collect();
         for &(offset, data) in &batch {
-            self.check_bounds(offset, data.len() as u64)
-                .map_err(|_| Error::JournalRecordOutOfBounds {
+            self.check_bounds(offset, data.len() as u64).map_err(|_| {
+                Error::JournalRecordOutOfBounds {
                     offset,
                     len: data.len() as u64,
                     file_len: self.len,
-                })?;
+                }
+            })?;
         }
         self.apply(&batch, Durability::Fsync)?;
         self.clear_journal(Durability::Fsync)?;
@@ -400,7 +408,10 @@ fn open_or_create(path: &Path, create_len: Option<u64>) -> Result<File> {
         source,
     };
     let mut options = OpenOptions::new();
-    options.read(true).write(true).custom_flags(libc::O_NOFOLLOW);
+    options
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW);
     match options.open(path) {
         Ok(file) => return Ok(file),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -412,7 +423,9 @@ fn open_or_create(path: &Path, create_len: Option<u64>) -> Result<File> {
     let file = match options.clone().create_new(true).mode(0o644).open(path) {
         Ok(file) => file,
         // Somebody else created it first: use theirs.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return options.open(path).map_err(open_error),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return options.open(path).map_err(open_error);
+        }
         Err(e) => return Err(open_error(e)),
     };
     file.set_len(len).map_err(|source| Error::Truncate {

@@ -158,7 +158,9 @@ impl ViewTable {
             .map(|v| v.id)
             .collect();
         ids.sort_unstable();
-        ids.into_iter().filter_map(|id| self.close(id).ok()).collect()
+        ids.into_iter()
+            .filter_map(|id| self.close(id).ok())
+            .collect()
     }
 
     /// Every view, in no particular order.
@@ -203,10 +205,7 @@ impl ViewTable {
 
     fn insert(&mut self, owner: NodeId, offset: u64, len: u64, access: Access) -> Result<ViewId> {
         let id = ViewId(self.next_id);
-        self.next_id = self
-            .next_id
-            .checked_add(1)
-            .ok_or(Error::ViewIdsExhausted)?;
+        self.next_id = self.next_id.checked_add(1).ok_or(Error::ViewIdsExhausted)?;
         let view = View {
             id,
             owner,
@@ -232,8 +231,13 @@ mod tests {
         assert_ne!(a, b);
         assert_ne!(b, c);
         assert!(matches!(
-            t.define(4, 19, 2),
+            t.define(4, 19, 1),
             Err(Error::Overlap { other, owner: 1, .. }) if other == a
+        ));
+        // Overlapping two views: the error names one of them.
+        assert!(matches!(
+            t.define(4, 19, 2),
+            Err(Error::Overlap { other, owner: 2, .. }) if other == b
         ));
     }
 }
