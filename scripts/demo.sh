@@ -10,7 +10,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "demo: no cargo on PATH: install a Rust toolchain (>= 1.86) first" >&2
   exit 1
 fi
-cargo build --release -p dsm --bins --examples
+cargo build --release -p dsm-run -p dsm --examples
 mode=${MODE:-release}
 bin="${CARGO_TARGET_DIR:-target}/release"
 echo "== jacobi ${N:-512}x${N:-512}, ${ITERS:-200} iterations, 4 nodes, $mode consistency"

@@ -18,7 +18,7 @@ pub fn example(name: &str) -> PathBuf {
     let path = dir.join("examples").join(name);
     assert!(
         path.exists(),
-        "{} is missing: `cargo test -p dsm` builds the examples, `--test integration` alone \
+        "{} is missing: `cargo test --workspace` builds the examples, `cargo test -p dsm-run` alone \
          does not (run `cargo build -p dsm --examples` with the same profile first)",
         path.display()
     );

@@ -20,7 +20,7 @@ if ((${#binaries[@]} == 0)); then
   exit 1
 fi
 # dsm-run and the examples, run over RDMA after the transport tests.
-cargo build --release -p dsm --bin dsm-run --example jacobi --example counter
+cargo build --release -p dsm-run -p dsm --example jacobi --example counter
 bin=${CARGO_TARGET_DIR:-$repo/target}/release
 
 # Boot plus tests take well under a minute here; a hung guest must not eat CI's budget.

@@ -34,29 +34,32 @@ pub enum FaultDelivery {
     Signal,
 }
 
-/// Everything a node needs to join a cluster.
+/// Everything a node needs to join a cluster. Built only by [`Config::from_env`],
+/// [`Config::from_vars`], [`Config::single`] or [`Config::builder`]: every one of them checks
+/// it, so a `Config` in hand is a valid one (the fields are private; read them with the
+/// methods of the same names).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// This node's rank, `0..size`.
-    pub rank: NodeId,
+    pub(crate) rank: NodeId,
     /// Number of nodes.
-    pub size: u32,
+    pub(crate) size: u32,
     /// `host:port` of rank 0's bootstrap listener (`DSM_COORDINATOR`). Rank 0 listens there.
-    pub coordinator: String,
+    pub(crate) coordinator: String,
     /// Page transport (`DSM_TRANSPORT`).
-    pub transport: TransportChoice,
+    pub(crate) transport: TransportChoice,
     /// Shared secret authenticating peers (`DSM_CLUSTER_KEY`); `None` = no authentication.
-    pub cluster_key: Option<Vec<u8>>,
+    pub(crate) cluster_key: Option<Vec<u8>>,
     /// How long `Node::join` waits for every rank (`DSM_JOIN_TIMEOUT_MS`, default 30 s).
-    pub join_timeout: Duration,
+    pub(crate) join_timeout: Duration,
     /// Ring heartbeat period (`DSM_HEARTBEAT_MS`, default 200 ms).
-    pub heartbeat_interval: Duration,
+    pub(crate) heartbeat_interval: Duration,
     /// Silence after which a node is declared failed (`DSM_FAILURE_TIMEOUT_MS`, default 1.5 s).
-    pub failure_timeout: Duration,
+    pub(crate) failure_timeout: Duration,
     /// Bound on any other wait: a fault, a lock, a barrier (`DSM_OP_TIMEOUT_MS`, default 60 s).
-    pub op_timeout: Duration,
+    pub(crate) op_timeout: Duration,
     /// How faults are delivered (`DSM_FAULT_DELIVERY`, default thread).
-    pub fault_delivery: FaultDelivery,
+    pub(crate) fault_delivery: FaultDelivery,
 }
 
 /// Largest cluster: every node keeps per-node state sized by it, and the RDMA transport
@@ -126,6 +129,47 @@ impl Config {
             b = b.fault_delivery(parse_delivery(&d)?);
         }
         b.build()
+    }
+
+    /// This node's rank, `0..size`.
+    pub fn rank(&self) -> NodeId {
+        self.rank
+    }
+    /// Number of nodes.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+    /// `host:port` of rank 0's bootstrap listener.
+    pub fn coordinator(&self) -> &str {
+        &self.coordinator
+    }
+    /// Page transport.
+    pub fn transport(&self) -> TransportChoice {
+        self.transport
+    }
+    /// Whether peers authenticate with a shared key (the key itself is not handed out).
+    pub fn has_cluster_key(&self) -> bool {
+        self.cluster_key.is_some()
+    }
+    /// Bound on `Node::join`.
+    pub fn join_timeout(&self) -> Duration {
+        self.join_timeout
+    }
+    /// Ring heartbeat period.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+    /// Silence after which a node is declared failed.
+    pub fn failure_timeout(&self) -> Duration {
+        self.failure_timeout
+    }
+    /// Bound on faults, locks, barriers and collectives.
+    pub fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+    /// How faults are delivered.
+    pub fn fault_delivery(&self) -> FaultDelivery {
+        self.fault_delivery
     }
 
     /// The wire's cluster id: every frame carries it and a node drops frames of other

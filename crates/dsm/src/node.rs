@@ -179,7 +179,7 @@ impl Node {
     /// `Joined`, so no queue pair is used before its peer's is ready.
     fn select_rdma(
         &self,
-        connector: Option<dsm_rdma::RdmaConnector>,
+        connector: Option<rdma::RdmaConnector>,
         sink: Arc<Sink>,
         deadline: Instant,
     ) -> Result<()> {

@@ -7,11 +7,16 @@
 //! RDMA is for: homes expose their master copies, and a faulting node READs the page itself
 //! (the engine's `one_sided` mode: grants carry no data).
 
+#[cfg(not(feature = "rdma"))]
+mod absent;
 pub(crate) mod rdma;
 
 use std::sync::OnceLock;
 
+#[cfg(not(feature = "rdma"))]
+use absent::RdmaTransport;
 use dsm_core::{HomeMemory, Transport, TransportError};
+#[cfg(feature = "rdma")]
 use dsm_rdma::RdmaTransport;
 use dsm_tcp_fallback::TcpTransport;
 use dsm_wire::{Message, NodeId, Page, PageId};

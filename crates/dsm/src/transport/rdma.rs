@@ -6,8 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[cfg(not(feature = "rdma"))]
+pub(crate) use super::absent::{RdmaConfig, RdmaConnector, RdmaTransport};
 use dsm_core::{EventSink, HomeMemory, Transport};
-use dsm_rdma::{RdmaConfig, RdmaConnector, RdmaTransport};
+#[cfg(feature = "rdma")]
+pub(crate) use dsm_rdma::{RdmaConfig, RdmaConnector, RdmaTransport};
 use dsm_wire::msg::membership::transports;
 use dsm_wire::{Membership, Message, NodeId, RdmaConnInfo};
 
@@ -143,7 +146,7 @@ pub(crate) fn connect(
     Ok(Some(transport))
 }
 
-fn rdma_failed(rank: NodeId, error: &dsm_rdma::Error) -> Error {
+fn rdma_failed(rank: NodeId, error: &dyn std::fmt::Display) -> Error {
     Error::RdmaUnavailable {
         rank,
         reason: error.to_string(),
