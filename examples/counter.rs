@@ -36,19 +36,11 @@ fn run() -> dsm::Result<()> {
     if node.rank() == 0 {
         check(&shared, total)?;
     }
-    let s = node.stats();
-    println!(
-        "rank {}: {} lock acquires, {} messages sent, fault p50 {} ns",
-        node.rank(),
-        s.lock_acquires,
-        s.messages_sent,
-        s.fault_latency_p50_ns
-    );
-    node.free(shared)?;
+    println!("rank {}: {}", node.rank(), node.stats());
     node.leave()
 }
 
-fn check(shared: &dsm::Region<'_, u64>, total: u64) -> dsm::Result<()> {
+fn check(shared: &dsm::Region<u64>, total: u64) -> dsm::Result<()> {
     let counter = shared.get(0);
     let histogram: Vec<u64> = (1..=BUCKETS).map(|b| shared.get(b)).collect();
     let expected: Vec<u64> = (0..BUCKETS as u64)

@@ -24,13 +24,6 @@ fn run() -> dsm::Result<()> {
             println!("barrier {} passed", i + 1);
         }
     }
-    let s = node.stats();
-    println!(
-        "rank {} done: {} barriers, {} messages sent, {} bytes sent",
-        node.rank(),
-        s.barriers,
-        s.messages_sent,
-        s.bytes_sent
-    );
+    println!("rank {} done: {}", node.rank(), node.stats());
     node.leave()
 }

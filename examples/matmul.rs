@@ -58,13 +58,6 @@ fn run() -> dsm::Result<()> {
         }
         println!("matmul check passed: {n}x{n}, max |diff| = 0");
     }
-    let s = node.stats();
-    println!(
-        "rank {rank}: pages_fetched={} messages_sent={}",
-        s.pages_fetched, s.messages_sent
-    );
-    node.free(a)?;
-    node.free(b)?;
-    node.free(c)?;
+    println!("rank {rank}: {} (matrix c: {})", node.stats(), c.stats());
     node.leave()
 }

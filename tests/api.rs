@@ -61,3 +61,65 @@ fn a_single_node_uses_every_call_of_the_api() {
     assert!(s.fault_latency_p50_ns > 0 && s.fault_latency_p99_ns >= s.fault_latency_p50_ns);
     node.leave().unwrap();
 }
+
+/// Runs the ignored test `name` of this binary in a child process and returns its output.
+fn run_child_test(name: &str) -> std::process::Output {
+    let exe = std::env::current_exe().expect("test binary");
+    let (out, _) = crate::util::run_bounded(
+        std::process::Command::new(exe).args(["--ignored", "--exact", "--nocapture", name]),
+        std::time::Duration::from_secs(60),
+    );
+    out
+}
+
+#[test]
+fn a_region_used_after_leave_fails_loudly_and_never_reads_zeros() {
+    for (child, says) in [
+        ("api::child_gets_after_leave", "used after its node left"),
+        (
+            "api::child_loads_through_a_pointer_after_leave",
+            "touched after its node left",
+        ),
+    ] {
+        let out = run_child_test(child);
+        let all = crate::util::text(&out);
+        assert!(!out.status.success(), "{child} exited 0: {all}");
+        assert!(all.contains(says), "{child}: {all}");
+        assert!(!all.contains("read zero"), "{child}: {all}");
+    }
+}
+
+/// A region that outlives `leave`: its node is gone, every access must fail.
+fn region_after_leave() -> dsm::Region<u64> {
+    let node = Node::join(Config::single()).expect("join a cluster of one");
+    let region = node
+        .alloc::<u64>("after-leave", 4096, Consistency::Sequential)
+        .unwrap();
+    for i in (0..4096).step_by(512) {
+        region.set(i, 7);
+    }
+    node.leave().unwrap();
+    region
+}
+
+#[test]
+#[ignore = "child process of a_region_used_after_leave_fails_loudly_and_never_reads_zeros"]
+fn child_gets_after_leave() {
+    let region = region_after_leave();
+    let mut buffer = [0u64; 4];
+    assert!(matches!(
+        region.read_slice(0, &mut buffer),
+        Err(Error::Closed)
+    ));
+    let value = region.get(0); // panics
+    println!("read {} (read zero: {})", value, value == 0);
+}
+
+#[test]
+#[ignore = "child process of a_region_used_after_leave_fails_loudly_and_never_reads_zeros"]
+fn child_loads_through_a_pointer_after_leave() {
+    let region = region_after_leave();
+    // SAFETY: in bounds of a mapping the region keeps; the load must fault and kill us.
+    let value = unsafe { region.as_ptr().read_volatile() };
+    println!("read {} (read zero: {})", value, value == 0);
+}

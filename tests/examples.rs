@@ -34,12 +34,49 @@ fn every_size_and_mode(name: &str, args: &[&str], passed: &str) {
 }
 
 #[test]
+fn the_readme_program_is_the_quickstart_example_and_runs_on_two_nodes() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).expect("README.md");
+    let file =
+        std::fs::read_to_string(format!("{root}/examples/quickstart.rs")).expect("quickstart");
+    // The example's own doc comment (the lint wants one) is not part of the README's copy.
+    let source = file
+        .split_once("\n\n")
+        .filter(|(head, _)| head.lines().all(|l| l.starts_with("//!")))
+        .map_or(file.as_str(), |(_, body)| body);
+    let block = readme
+        .split_once("```rust\n")
+        .and_then(|(_, rest)| rest.split_once("```\n"))
+        .map(|(block, _)| block)
+        .expect("the README has a rust block");
+    assert_eq!(
+        block, source,
+        "README's program and examples/quickstart.rs differ"
+    );
+    let out = run_example("quickstart", 2, &[]);
+    for rank in 0..2 {
+        assert!(
+            out.contains(&format!("rank {rank}: quickstart passed")),
+            "{out}"
+        );
+    }
+}
+
+#[test]
 fn jacobi_matches_the_single_process_result() {
     every_size_and_mode(
         "jacobi",
         &["--n", "128", "--iters", "10"],
         "jacobi check passed",
     );
+    for mode in ["sequential", "release"] {
+        let args = ["--n", "128", "--iters", "10", "--zero-copy", "--mode", mode];
+        let out = run_example("jacobi", 2, &args);
+        assert!(
+            out.contains("jacobi check passed"),
+            "zero-copy {mode}: {out}"
+        );
+    }
 }
 
 #[test]

@@ -62,7 +62,8 @@ fn hello_runs_on_1_2_and_4_nodes() {
         let all = text(&out);
         assert!(out.status.success(), "n={n}: {all}");
         assert!(all.contains(&format!("rank 0 of {n} joined")), "{all}");
-        assert!(all.contains("rank 0 done: 50 barriers"), "{all}");
+        assert!(all.contains("rank 0 done: faults"), "{all}");
+        assert!(all.contains(" 50 barriers"), "{all}");
     }
 }
 

@@ -22,7 +22,7 @@ pub struct Header {
     pub magic: u32,
     /// [`PROTOCOL_VERSION`].
     pub version: u16,
-    /// Message command code (see [`crate::Command`]).
+    /// Message command code (see [`Message::command`](crate::Message::command)).
     pub command: u16,
     /// Cluster id: a node never accepts a frame from another cluster.
     pub cluster: u64,

@@ -16,7 +16,7 @@ use dsm_wire::{Coherence as Msg, Message, NodeId, PAGE_SIZE, Page, PageId};
 use crate::raw::{HomeCopies, installed_page, snapshot_page};
 use crate::runtime::Shared;
 use crate::runtime::driver::send_counted;
-use crate::stats::Counters;
+use crate::stats::{Counters, RegionCounters};
 use crate::{Error, Result};
 
 /// One mapped region: the application's mapping, the master copies homed here, twins.
@@ -31,6 +31,8 @@ struct Mapped {
     /// from the mapping; the twin is taken from the installed data instead.
     installed: HashMap<u32, Page>,
     release: bool,
+    /// The region's own counters (pages fetched; faults are counted by its resolver).
+    counters: Arc<RegionCounters>,
 }
 
 /// The engine and what it needs to act.
@@ -128,6 +130,7 @@ impl Coherence {
         &mut self,
         layout: RegionLayout,
         region: Arc<dsm_uffd::UffdRegion>,
+        counters: Arc<RegionCounters>,
     ) -> Result<()> {
         self.engine.add_region(layout)?;
         let home = HomeCopies::new(layout.pages);
@@ -140,6 +143,7 @@ impl Coherence {
                 twins: HashMap::new(),
                 installed: HashMap::new(),
                 release,
+                counters,
             },
         );
         Ok(())
@@ -148,6 +152,17 @@ impl Coherence {
     /// The master copies of region `id` homed here, for the transport to expose.
     pub(crate) fn home_memory(&self, id: u32) -> Option<dsm_core::HomeMemory> {
         self.regions.get(&id).map(|mapped| mapped.home.memory())
+    }
+
+    /// Drops every page of every region from the mappings (the node stopped): any later
+    /// access faults, and the resolver fails it loudly instead of the kernel handing out a
+    /// zero page. Errors are logged: the node is going away either way.
+    pub(crate) fn unmap_all(&mut self) {
+        for (id, mapped) in &self.regions {
+            if let Err(e) = mapped.region.invalidate_mapping(0, mapped.region.pages()) {
+                tracing::warn!(region = id, error = %e, "unmapping a region at stop");
+            }
+        }
     }
 
     /// Forgets a region; its mapping goes when the last `Arc` does.
@@ -342,10 +357,12 @@ impl Coherence {
                 data,
                 writable,
             } => {
-                if page_home(&self.engine, page) != Some(ctx.transport.local()) {
-                    Counters::bump(&counters.pages_fetched);
-                }
+                let fetched = page_home(&self.engine, page) != Some(ctx.transport.local());
                 let mapped = self.mapped_mut(page)?;
+                if fetched {
+                    Counters::bump(&counters.pages_fetched);
+                    Counters::bump(&mapped.counters.pages_fetched);
+                }
                 if writable {
                     if mapped.release {
                         mapped.installed.insert(page.page, data.clone());
@@ -562,7 +579,7 @@ mod tests {
             consistency: Consistency::Release,
             placement: Placement::Block,
         };
-        c.add_region(layout, region).unwrap();
+        c.add_region(layout, region, Arc::default()).unwrap();
         let (transport, shared) = (Recorder::default(), Shared::new(0, 2));
         let ctx = Ctx {
             transport: &transport,

@@ -2,7 +2,8 @@
 //!
 //! `DSM_*` variables win; when `DSM_RANK`/`DSM_SIZE` are absent the launchers' own variables
 //! are used: Open MPI (`OMPI_COMM_WORLD_RANK/SIZE`), PMI (`PMI_RANK/SIZE`), Slurm
-//! (`SLURM_PROCID/NTASKS`).
+//! (`SLURM_PROCID/NTASKS`). A process started with none of them runs as a cluster of one
+//! (rank 0 of 1), as an MPI program started without `mpirun` does.
 
 use std::time::Duration;
 
@@ -282,9 +283,8 @@ fn rank_and_size(lookup: &impl Fn(&str) -> Option<String>) -> Result<(NodeId, u3
             }
         }
     }
-    Err(Error::Config(
-        "no rank: set DSM_RANK and DSM_SIZE, or start under dsm-run, mpirun or srun".to_owned(),
-    ))
+    // Started on its own, like an MPI singleton: a cluster of one.
+    Ok((0, 1))
 }
 
 fn number(var: &str, value: &str) -> Result<u32> {
@@ -398,6 +398,11 @@ mod tests {
     }
 
     #[test]
+    fn no_rank_variables_make_a_cluster_of_one() {
+        assert_eq!(from(&[]).unwrap(), Config::single());
+    }
+
+    #[test]
     fn launcher_variables_in_order() {
         let ompi = [("OMPI_COMM_WORLD_RANK", "1"), ("OMPI_COMM_WORLD_SIZE", "3")];
         assert_eq!(from(&ompi).unwrap().rank, 1);
@@ -413,7 +418,6 @@ mod tests {
     #[test]
     fn bad_values_are_config_errors() {
         let cases: &[&[(&str, &str)]] = &[
-            &[],
             &[("DSM_RANK", "1")],
             &[("DSM_RANK", "x"), ("DSM_SIZE", "2")],
             &[("DSM_RANK", "2"), ("DSM_SIZE", "2")],

@@ -22,13 +22,15 @@ use dsm_wire::PageId;
 
 use crate::runtime::Core;
 use crate::runtime::driver::Event;
-use crate::stats::Counters;
+use crate::stats::{Counters, RegionCounters};
 
 /// The resolver of one region.
 #[derive(Debug)]
 pub(crate) struct Resolver {
     pub(crate) core: Arc<Core>,
     pub(crate) region: u32,
+    /// The region's own counters.
+    pub(crate) counters: Arc<RegionCounters>,
     /// Signal delivery only: how the handler reaches the driver.
     pub(crate) signal: Option<SignalPath>,
 }
@@ -51,14 +53,24 @@ const QUEUE_RETRIES: u32 = 10_000;
 
 impl FaultResolver for Resolver {
     fn resolve(&self, fault: Fault, _region: &UffdRegion) -> Resolution {
+        if self.core.is_gone() {
+            // Async-signal-safe: static text, one write(2), whichever delivery runs this.
+            crate::raw::write_stderr(
+                b"dsm: a region was touched after its node left (Node::leave or drop): \
+                  nothing serves its pages any more\n",
+            );
+            return Resolution::Fail;
+        }
         let counters = &self.core.shared.counters;
         let access = match fault.kind {
             FaultKind::Read => {
                 Counters::bump(&counters.read_faults);
+                Counters::bump(&self.counters.read_faults);
                 Access::Read
             }
             FaultKind::Write | FaultKind::WriteProtect => {
                 Counters::bump(&counters.write_faults);
+                Counters::bump(&self.counters.write_faults);
                 Access::Write
             }
         };

@@ -13,18 +13,17 @@
 //! let node = Node::join(Config::from_env()?)?; // blocks until every node has joined
 //! let n = 1 << 16;
 //! let grid = node.alloc::<f64>("grid", n, Consistency::Sequential)?; // collective
-//! let rows = node.rank() as usize * n / node.size() as usize;
-//! grid.set(rows, 1.0); // element access through the coherence path
+//! let mine = node.rank() as usize * n / node.size() as usize;
+//! grid.set(mine, 1.0); // one element through the coherence path
+//! grid.write_slice(mine + 1, &[2.0, 3.0])?; // or a run of them
 //! node.barrier()?;
 //! {
 //!     let _guard = node.lock(7).acquire()?; // released on drop
 //!     grid.set(0, grid.get(0) + 1.0);
 //! }
 //! node.barrier()?;
-//! let s = node.stats();
-//! println!("{} read faults, p99 {} ns", s.read_faults, s.fault_latency_p99_ns);
-//! node.free(grid)?; // collective
-//! node.leave()?; // collective clean shutdown
+//! println!("{}", node.stats()); // one line: faults, pages, messages, latency
+//! node.leave()?; // collective clean shutdown; regions need no explicit free
 //! # Ok::<(), dsm::Error>(())
 //! ```
 //!
@@ -57,7 +56,19 @@
 //!   READ from the home's registered master copy; control messages stay on TCP.
 //!
 //! # Cargo features
-//! None.
+//! - `rdma` (default): the verbs transport (dsm-rdma over rdma-sys; building it needs
+//!   `libibverbs-dev` and `librdmacm-dev`). Without it (`default-features = false`) nothing
+//!   of RDMA is compiled, pages move over TCP, and `DSM_TRANSPORT=rdma!` fails
+//!   [`Node::join`] with [`Error::RdmaUnavailable`]. `libclang-dev` is needed either way
+//!   (userfaultfd-sys runs bindgen).
+//!
+//! The launcher `dsm-run` is a package of its own (`crates/dsm-run`), so a program linking
+//! this crate never compiles its command-line parser.
+
+/// The README's code blocks, compiled and run as doctests (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
 
 mod coherence;
 mod config;
@@ -78,4 +89,4 @@ pub use error::{Error, Result};
 pub use lock::{Lock, LockGuard};
 pub use node::{LEAVE_LINGER, Node};
 pub use region::Region;
-pub use stats::Stats;
+pub use stats::{RegionStats, Stats};

@@ -26,7 +26,7 @@ use crate::runtime::alloc::Allocator;
 use crate::runtime::barrier::Central;
 use crate::runtime::driver::{Driver, EVENT_QUEUE, Event, Sink, send_counted};
 use crate::runtime::{Core, Shared};
-use crate::stats::Counters;
+use crate::stats::{Counters, RegionCounters};
 use crate::transport::{Wire, rdma};
 use crate::{Config, Error, FaultDelivery, Result, Stats};
 
@@ -131,6 +131,7 @@ impl Node {
             coherence: Mutex::new(Coherence::new(engine)),
             released: Mutex::new(BTreeSet::new()),
             transport: Arc::clone(&transport) as Arc<dyn Transport>,
+            gone: AtomicBool::new(false),
         });
         let locks = Arc::new(lock_table(&config, &core));
         let driver = Driver {
@@ -319,7 +320,7 @@ impl Node {
         name: &str,
         len: usize,
         consistency: Consistency,
-    ) -> Result<Region<'_, T>> {
+    ) -> Result<Region<T>> {
         self.check_open()?;
         let bytes = len
             .checked_mul(size_of::<T>())
@@ -356,12 +357,13 @@ impl Node {
             consistency,
             placement: Placement::Block,
         };
+        let counters = Arc::new(RegionCounters::default());
         let home = self.core.engine(|c, _| {
-            c.add_region(layout, Arc::clone(&region))?;
+            c.add_region(layout, Arc::clone(&region), Arc::clone(&counters))?;
             c.home_memory(id)
                 .ok_or_else(|| Error::Protocol(format!("region {id} added without home memory")))
         })?;
-        let server = match self.serve(id, &region, home) {
+        let server = match self.serve(id, &region, home, &counters) {
             Ok(server) => server,
             Err(e) => {
                 // Nothing serves the region now: take it back out of the NIC, then the engine
@@ -377,6 +379,8 @@ impl Node {
             len,
             consistency,
             server: Some(server),
+            core: Arc::clone(&self.core),
+            counters,
             _elements: PhantomData,
         })
     }
@@ -388,6 +392,7 @@ impl Node {
         id: u32,
         region: &Arc<dsm_uffd::UffdRegion>,
         home: dsm_core::HomeMemory,
+        counters: &Arc<RegionCounters>,
     ) -> Result<dsm_uffd::FaultServer> {
         rdma::expose(
             &self.transport,
@@ -408,6 +413,7 @@ impl Node {
         let resolver = Arc::new(Resolver {
             core: Arc::clone(&self.core),
             region: id,
+            counters: Arc::clone(counters),
             signal,
         });
         let server = dsm_uffd::FaultServer::start(Arc::clone(region), resolver)?;
@@ -443,7 +449,7 @@ impl Node {
     }
 
     /// Frees a region (collective). Every node must be done with it: a barrier comes first.
-    pub fn free<T: Copy>(&self, mut region: Region<'_, T>) -> Result<()> {
+    pub fn free<T: Copy>(&self, mut region: Region<T>) -> Result<()> {
         self.barrier()?;
         drop(region.server.take());
         rdma::withdraw(&self.transport, region.id)?;
@@ -502,6 +508,13 @@ impl Node {
             join_within(handle, DRIVER_STOP_TIMEOUT, self.rank());
         }
         self.core.shared.update(|s| s.closed = true);
+        // Regions may outlive the node: unmap their pages so that any later access faults
+        // and fails loudly (the resolver checks `gone`) instead of reading stale bytes.
+        self.core.gone.store(true, Ordering::Release);
+        let _ = self.core.engine(|c, _| {
+            c.unmap_all();
+            Ok(())
+        });
         if let Err(e) = self.transport.shutdown() {
             tracing::warn!(rank = self.rank(), error = %e, "transport shutdown");
         }

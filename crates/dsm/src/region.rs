@@ -1,18 +1,37 @@
 //! [`Region`]: a shared array, at the same address on every node.
 
 use std::marker::PhantomData;
+use std::ops::Range;
+use std::sync::Arc;
 
 use crate::raw;
-use crate::{Consistency, Error, Node, Result};
+use crate::runtime::Core;
+use crate::stats::{RegionCounters, RegionStats};
+use crate::{Consistency, Error, Result};
 
 /// A shared array of `len` elements of `T`, allocated collectively by
-/// [`Node::alloc`](crate::Node::alloc) and given back with [`Node::free`](crate::Node::free). It sits at the same virtual address on every node, so pointers into
-/// it mean the same everywhere.
+/// [`Node::alloc`](crate::Node::alloc). It sits at the same virtual address on every node, so
+/// pointers into it mean the same everywhere.
 ///
-/// # What a program may assume about `as_ptr` access
-/// Plain loads and stores through [`as_ptr`](Self::as_ptr) go through the same coherence
-/// path as [`get`](Self::get)/[`set`](Self::set) (a page that is not valid here faults and is
-/// fetched). The guarantees depend on the region's [`Consistency`]:
+/// A region shares its node's runtime (it does not borrow the [`Node`](crate::Node)), so a
+/// program can [`leave`](crate::Node::leave) with regions still in scope. Give one back
+/// early with [`Node::free`](crate::Node::free) (collective); dropping it only stops serving
+/// its faults here. After `leave` a region must not be used: element and slice calls panic or
+/// return [`Error::Closed`], and a load or store through a pointer or slice kills the process
+/// with a message (its pages are unmapped at `leave`, so it can never read zeros).
+///
+/// # Access
+/// - [`get`](Self::get)/[`set`](Self::set): one element, bounds-checked.
+/// - [`read_slice`](Self::read_slice)/[`write_slice`](Self::write_slice): a run of elements
+///   copied to or from a buffer of yours, bounds-checked, safe; the buffer is plain memory,
+///   so a stencil reads its rows, computes on them (the compiler vectorises), and writes back.
+/// - [`as_slice`](Self::as_slice)/[`as_mut_slice`](Self::as_mut_slice): borrow region memory
+///   directly (no copy), `unsafe`: see their `# Safety`.
+/// - [`as_ptr`](Self::as_ptr): the raw base address.
+///
+/// # What a program may assume
+/// Every access, whichever way it is made, goes through the same coherence path (a page that
+/// is not valid here faults and is fetched). The guarantees depend on the [`Consistency`]:
 /// - `Sequential`: every page is single-writer/multiple-reader; a load returns the latest
 ///   store to that page (per-page sequential consistency). Word-sized aligned accesses are
 ///   not torn. Races are still races: use a lock for read-modify-write.
@@ -23,27 +42,32 @@ use crate::{Consistency, Error, Node, Result};
 ///
 /// Never pass region memory to a system call (`read(2)` into it, say) before touching its
 /// pages from user space: the kernel's own accesses are not routed through the fault path.
+/// [`read_slice`](Self::read_slice) into a buffer of yours, then the system call, is safe.
 #[derive(Debug)]
-pub struct Region<'node, T: Copy> {
+pub struct Region<T: Copy> {
     pub(crate) id: u32,
     pub(crate) base: *mut T,
     pub(crate) len: usize,
     pub(crate) consistency: Consistency,
     /// Serves the region's faults; dropped (stopping the service) before the mapping goes.
+    /// It holds the mapping and its userfaultfd open, so that after `leave` an access still
+    /// faults (and fails loudly) instead of finding an unregistered zero page.
     pub(crate) server: Option<dsm_uffd::FaultServer>,
-    /// Elements of `T`, borrowed from the node: a region cannot outlive the node that
-    /// serves its faults (`leave` needs every region freed or dropped first).
-    pub(crate) _elements: PhantomData<(T, &'node Node)>,
+    /// The node's runtime, shared: the region may outlive the `Node` value.
+    pub(crate) core: Arc<Core>,
+    pub(crate) counters: Arc<RegionCounters>,
+    pub(crate) _elements: PhantomData<T>,
 }
 
 // SAFETY: the region is shared memory made coherent by the runtime; access to elements is
-// through volatile reads/writes of `Copy` values, and the element type must itself be Send.
-unsafe impl<T: Copy + Send> Send for Region<'_, T> {}
+// through volatile reads/writes or copies of `Copy` values, and the element type must itself
+// be Send.
+unsafe impl<T: Copy + Send> Send for Region<T> {}
 // SAFETY: as above; concurrent access from threads is what shared memory is for, and its
 // meaning is documented on the type.
-unsafe impl<T: Copy + Send> Sync for Region<'_, T> {}
+unsafe impl<T: Copy + Send> Sync for Region<T> {}
 
-impl<T: Copy> Region<'_, T> {
+impl<T: Copy> Region<T> {
     /// Number of elements.
     pub fn len(&self) -> usize {
         self.len
@@ -64,46 +88,93 @@ impl<T: Copy> Region<'_, T> {
         self.consistency
     }
 
-    /// Element `index`. Panics when `index >= len()`.
+    /// This region's faults and fetched pages on this node.
+    pub fn stats(&self) -> RegionStats {
+        self.counters.snapshot()
+    }
+
+    /// Element `index`. Panics when `index >= len()` or after the node left.
     pub fn get(&self, index: usize) -> T {
-        assert!(
-            index < self.len,
-            "index {index} out of a region of {}",
-            self.len
-        );
-        // SAFETY: in bounds (asserted) of a live mapping aligned for T (page-aligned base).
+        self.check_index(index);
+        // SAFETY: in bounds (checked) of a live mapping aligned for T (page-aligned base).
         unsafe { raw::read_element(self.base, index) }
     }
 
-    /// Sets element `index`. Panics when `index >= len()`.
+    /// Sets element `index`. Panics when `index >= len()` or after the node left.
     pub fn set(&self, index: usize, value: T) {
-        assert!(
-            index < self.len,
-            "index {index} out of a region of {}",
-            self.len
-        );
+        self.check_index(index);
         // SAFETY: as in `get`.
         unsafe { raw::write_element(self.base, index, value) }
     }
 
-    fn bytes(&self) -> usize {
-        self.len * size_of::<T>()
+    /// Copies elements `start..start + target.len()` into `target`.
+    pub fn read_slice(&self, start: usize, target: &mut [T]) -> Result<()> {
+        self.check_elements(start, target.len())?;
+        // SAFETY: the range is inside the region (checked); `target` is the caller's memory,
+        // not region memory (a `&mut` to region memory would need `as_mut_slice`, whose
+        // contract forbids overlapping this call), so the two do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.base.add(start), target.as_mut_ptr(), target.len())
+        };
+        Ok(())
     }
 
-    fn check_range(&self, offset: usize, len: usize) -> Result<()> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.bytes() => Ok(()),
-            _ => Err(Error::OutOfRange {
-                offset,
-                len,
-                size: self.bytes(),
-            }),
-        }
+    /// Copies `source` into elements `start..start + source.len()`.
+    pub fn write_slice(&self, start: usize, source: &[T]) -> Result<()> {
+        self.check_elements(start, source.len())?;
+        // SAFETY: as in `read_slice`; the source is only read.
+        unsafe {
+            std::ptr::copy_nonoverlapping(source.as_ptr(), self.base.add(start), source.len())
+        };
+        Ok(())
     }
 
-    /// Copies bytes at `offset` of the region into `buffer` (the seed's PREAD).
+    /// Borrows elements `range` of region memory directly, with no copy. Panics when the
+    /// range is out of bounds or the node left.
+    ///
+    /// # Safety
+    /// Between two synchronisation points of this node (lock acquire/release, barrier), the
+    /// caller must ensure:
+    /// - No thread of this node writes the range meanwhile (through `set`, `write_slice`,
+    ///   `as_mut_slice` or a pointer): a `&[T]` promises the bytes do not change under it.
+    /// - `Sequential` regions: no other node writes a page under the slice while it lives.
+    ///   A page under a live slice may be invalidated when another node wants to write it,
+    ///   and the next load through the slice faults and refetches it with that node's bytes:
+    ///   the slice would see values change, which `&[T]` forbids. Write-sharing pages under
+    ///   a live slice is undefined behaviour.
+    /// - `Release` regions: other nodes may write the range's pages only if this node
+    ///   acquires nothing while the slice lives (their writes become visible here only at
+    ///   this node's next acquire, which may invalidate and refetch the pages). Drop the
+    ///   slice before the next `barrier` or `acquire`.
+    /// - The node has not left, and the region is not freed while the slice lives.
+    pub unsafe fn as_slice(&self, range: Range<usize>) -> &[T] {
+        self.check_range_or_panic(&range);
+        // SAFETY: in bounds (checked) of a live mapping aligned for T; the caller promises
+        // the bytes do not change while the slice lives (see `# Safety`).
+        unsafe { std::slice::from_raw_parts(self.base.add(range.start), range.len()) }
+    }
+
+    /// Borrows elements `range` of region memory mutably, with no copy. Panics when the
+    /// range is out of bounds or the node left.
+    ///
+    /// # Safety
+    /// As for [`as_slice`](Self::as_slice), and moreover no other access to the range by any
+    /// thread of this node (reads included) while the mutable slice lives. Other nodes may
+    /// write other bytes of the same pages only in `Release` regions (their writes merge
+    /// byte-wise at the home); in `Sequential` regions a write by another node takes the page
+    /// away, and this node's next store refetches it: stores made before stay in the home's
+    /// copy, but the slice must not be relied on to hold only this node's values.
+    #[allow(clippy::mut_from_ref)] // Shared memory: exclusivity is the caller's promise.
+    pub unsafe fn as_mut_slice(&self, range: Range<usize>) -> &mut [T] {
+        self.check_range_or_panic(&range);
+        // SAFETY: in bounds (checked) of a live writable mapping aligned for T; the caller
+        // promises exclusive access to the range while the slice lives (see `# Safety`).
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(range.start), range.len()) }
+    }
+
+    /// Copies bytes at `offset` of the region into `buffer`.
     pub fn read_at(&self, offset: usize, buffer: &mut [u8]) -> Result<()> {
-        self.check_range(offset, buffer.len())?;
+        self.check_bytes(offset, buffer.len())?;
         // SAFETY: the range is inside the region (checked); the buffer is ours, not in it.
         unsafe {
             raw::copy_bytes(
@@ -116,9 +187,9 @@ impl<T: Copy> Region<'_, T> {
         Ok(())
     }
 
-    /// Copies `data` into the region at `offset` (the seed's PWRITE).
+    /// Copies `data` into the region at `offset`.
     pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<()> {
-        self.check_range(offset, data.len())?;
+        self.check_bytes(offset, data.len())?;
         // SAFETY: as in `read_at`; the source is only read.
         unsafe {
             raw::copy_bytes(
@@ -130,9 +201,65 @@ impl<T: Copy> Region<'_, T> {
         }
         Ok(())
     }
+
+    fn check_index(&self, index: usize) {
+        assert!(
+            !self.core.is_gone(),
+            "dsm region used after its node left: {}",
+            Error::Closed
+        );
+        assert!(
+            index < self.len,
+            "index {index} out of a region of {}",
+            self.len
+        );
+    }
+
+    fn check_range_or_panic(&self, range: &Range<usize>) {
+        assert!(
+            !self.core.is_gone(),
+            "dsm region used after its node left: {}",
+            Error::Closed
+        );
+        assert!(
+            range.start <= range.end && range.end <= self.len,
+            "range {range:?} out of a region of {}",
+            self.len
+        );
+    }
+
+    /// Elements `start..start + count` are in range and the node is still here.
+    fn check_elements(&self, start: usize, count: usize) -> Result<()> {
+        let size = size_of::<T>();
+        let out_of_range = || Error::OutOfRange {
+            offset: start.saturating_mul(size),
+            len: count.saturating_mul(size),
+            size: self.len * size,
+        };
+        match start.checked_add(count) {
+            Some(end) if end <= self.len => self.check_open(),
+            _ => Err(out_of_range()),
+        }
+    }
+
+    /// Bytes `offset..offset + len` are in range and the node is still here.
+    fn check_bytes(&self, offset: usize, len: usize) -> Result<()> {
+        let size = self.len * size_of::<T>();
+        match offset.checked_add(len) {
+            Some(end) if end <= size => self.check_open(),
+            _ => Err(Error::OutOfRange { offset, len, size }),
+        }
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.core.is_gone() {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
 }
 
-impl<T: Copy> Drop for Region<'_, T> {
+impl<T: Copy> Drop for Region<T> {
     fn drop(&mut self) {
         // A region dropped without `Node::free` stops being served (its pointers must not
         // be used any more); its mapping and home copies stay until the node stops, since

@@ -3,8 +3,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// A snapshot of a node's counters (`Node::stats`).
+/// A snapshot of a node's counters ([`Node::stats`](crate::Node::stats)).
+///
+/// `Display` gives the one-line summary the examples print; [`to_json`](Self::to_json) one
+/// JSON object for tools. New counters may be added in any release (`#[non_exhaustive]`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Read faults taken on this node.
     pub read_faults: u64,
@@ -39,6 +43,122 @@ pub struct Stats {
     pub fault_latency_p50_ns: u64,
     /// 99th-percentile fault service time, nanoseconds.
     pub fault_latency_p99_ns: u64,
+}
+
+impl Stats {
+    /// Every counter as `(name, value)`, in declaration order: the JSON form's fields.
+    pub fn fields(&self) -> [(&'static str, u64); 13] {
+        [
+            ("read_faults", self.read_faults),
+            ("write_faults", self.write_faults),
+            ("pages_fetched", self.pages_fetched),
+            ("bytes_sent", self.bytes_sent),
+            ("bytes_received", self.bytes_received),
+            ("messages_sent", self.messages_sent),
+            ("invalidations_sent", self.invalidations_sent),
+            ("invalidations_received", self.invalidations_received),
+            ("diffs_sent", self.diffs_sent),
+            ("lock_acquires", self.lock_acquires),
+            ("barriers", self.barriers),
+            ("fault_latency_p50_ns", self.fault_latency_p50_ns),
+            ("fault_latency_p99_ns", self.fault_latency_p99_ns),
+        ]
+    }
+
+    /// One JSON object with every counter (`{"read_faults":12,...}`), for tools.
+    pub fn to_json(&self) -> String {
+        json_object(&self.fields())
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "faults {} read / {} write (p50 {:.1} us, p99 {:.1} us), {} pages fetched, \
+             {} messages ({} B out, {} B in), invalidations {} sent / {} received, {} diffs, \
+             {} lock acquires, {} barriers",
+            self.read_faults,
+            self.write_faults,
+            micros(self.fault_latency_p50_ns),
+            micros(self.fault_latency_p99_ns),
+            self.pages_fetched,
+            self.messages_sent,
+            self.bytes_sent,
+            self.bytes_received,
+            self.invalidations_sent,
+            self.invalidations_received,
+            self.diffs_sent,
+            self.lock_acquires,
+            self.barriers,
+        )
+    }
+}
+
+/// Nanoseconds as fractional microseconds, for display only.
+#[allow(clippy::cast_precision_loss)]
+fn micros(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+/// `{"name":value,...}`: names are fixed identifiers (no escaping needed), values integers.
+fn json_object(fields: &[(&str, u64)]) -> String {
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(name, value)| format!("\"{name}\":{value}"))
+        .collect();
+    format!("{{{}}}", body.join(","))
+}
+
+/// A snapshot of one region's counters ([`Region::stats`](crate::Region::stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RegionStats {
+    /// Read faults taken on this region on this node.
+    pub read_faults: u64,
+    /// Write faults taken on this region on this node.
+    pub write_faults: u64,
+    /// Pages of this region fetched from other nodes.
+    pub pages_fetched: u64,
+}
+
+impl RegionStats {
+    /// One JSON object with every counter, for tools.
+    pub fn to_json(&self) -> String {
+        json_object(&[
+            ("read_faults", self.read_faults),
+            ("write_faults", self.write_faults),
+            ("pages_fetched", self.pages_fetched),
+        ])
+    }
+}
+
+impl std::fmt::Display for RegionStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "faults {} read / {} write, {} pages fetched",
+            self.read_faults, self.write_faults, self.pages_fetched
+        )
+    }
+}
+
+/// The live counters of one region (shared by its fault resolver and the coherence glue).
+#[derive(Debug, Default)]
+pub(crate) struct RegionCounters {
+    pub(crate) read_faults: AtomicU64,
+    pub(crate) write_faults: AtomicU64,
+    pub(crate) pages_fetched: AtomicU64,
+}
+
+impl RegionCounters {
+    pub(crate) fn snapshot(&self) -> RegionStats {
+        RegionStats {
+            read_faults: self.read_faults.load(Relaxed),
+            write_faults: self.write_faults.load(Relaxed),
+            pages_fetched: self.pages_fetched.load(Relaxed),
+        }
+    }
 }
 
 /// The live counters behind [`Stats`].
@@ -163,6 +283,28 @@ fn upper_edge(index: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_print_on_one_line_and_as_json_with_every_counter() {
+        let stats = Stats {
+            read_faults: 3,
+            pages_fetched: 2,
+            fault_latency_p50_ns: 1500,
+            ..Stats::default()
+        };
+        let line = stats.to_string();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with("faults 3 read / 0 write (p50 1.5 us"),
+            "{line}"
+        );
+        assert!(line.contains("2 pages fetched"), "{line}");
+        let json = stats.to_json();
+        assert!(json.starts_with("{\"read_faults\":3,"), "{json}");
+        assert!(json.contains("\"fault_latency_p50_ns\":1500"), "{json}");
+        assert_eq!(json.matches(':').count(), stats.fields().len(), "{json}");
+        assert!(json.ends_with('}'));
+    }
 
     #[test]
     fn percentiles_are_within_an_eighth() {

@@ -1,4 +1,4 @@
-//! Cluster membership: the seed's boot-up protocol and ring monitoring.
+//! Cluster membership: the boot-up protocol at rank 0 and ring monitoring.
 //!
 //! Boot-up: rank 0 is the coordinator and listens on `DSM_COORDINATOR`. Every other node binds
 //! its own listener, connects to the coordinator (retrying until the join deadline: nodes may

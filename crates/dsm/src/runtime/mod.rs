@@ -6,6 +6,7 @@ pub(crate) mod barrier;
 pub(crate) mod driver;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,9 @@ pub(crate) struct Core {
     pub(crate) released: Mutex<BTreeSet<PageId>>,
     pub(crate) coherence: Mutex<Coherence>,
     pub(crate) transport: Arc<dyn Transport>,
+    /// The node left (or was dropped): nothing serves faults any more. An atomic, not part
+    /// of `State`, so that element access and SIGBUS handlers can read it without a lock.
+    pub(crate) gone: AtomicBool,
 }
 
 impl std::fmt::Debug for Core {
@@ -62,6 +66,11 @@ impl std::fmt::Debug for Core {
 }
 
 impl Core {
+    /// True once the node stopped: regions still alive must not be used.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+
     /// Runs `f` on the coherence engine (under its lock) with what applying actions needs.
     pub(crate) fn engine<R>(
         &self,
