@@ -234,7 +234,7 @@ fn stencil(get: impl Fn(usize) -> f64, i: usize, j: usize) -> f64 {
     0.25 * (get((i - 1) * N + j) + get((i + 1) * N + j) + get(i * N + j - 1) + get(i * N + j + 1))
 }
 
-fn step_shared(from: &Region<'_, f64>, to: &Region<'_, f64>, rows: std::ops::Range<usize>) {
+fn step_shared(from: &Region<f64>, to: &Region<f64>, rows: std::ops::Range<usize>) {
     for i in rows.filter(|&i| i > 0 && i < N - 1) {
         for j in 1..N - 1 {
             to.set(i * N + j, stencil(|k| from.get(k), i, j));
