@@ -126,7 +126,7 @@ pub enum Error {
         /// Bytes available.
         available: u64,
     },
-    /// The journal does not start with [`crate::JOURNAL_MAGIC`].
+    /// The journal does not start with [`crate::journal::JOURNAL_MAGIC`].
     #[error("journal magic {0:02x?} is not dsm-views'")]
     JournalMagic([u8; 8]),
     /// The journal was written by another layout version.
