@@ -93,7 +93,7 @@ impl FrameReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dsm_wire::{Coherence, Message, PageId, View, encode};
+    use dsm_wire::{Coherence, Message, PageId, ViewMsg, encode};
 
     const CLUSTER: u64 = 9;
 
@@ -101,7 +101,7 @@ mod tests {
         let msgs: Vec<Message> = (0..20u8)
             .map(|i| {
                 if i % 3 == 0 {
-                    Message::View(View::Merge {
+                    Message::View(ViewMsg::Merge {
                         req: u64::from(i),
                         view: 1,
                         offset: 0,

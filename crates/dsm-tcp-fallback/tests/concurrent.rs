@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dsm_core::{EventSink, Transport, TransportEvent};
 use dsm_tcp_fallback::{TcpConfig, TcpTransport};
-use dsm_wire::{Message, PAGE_SIZE, PageId, View};
+use dsm_wire::{Message, PAGE_SIZE, PageId, ViewMsg};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -82,7 +82,7 @@ fn concurrent_senders_keep_each_stream_whole_and_in_order() {
                         0 if bulk => rng.random_range(100_000..500_000usize),
                         _ => rng.random_range(0..3_000usize),
                     };
-                    let message = Message::View(View::Merge {
+                    let message = Message::View(ViewMsg::Merge {
                         req: seq,
                         view: thread,
                         offset: len as u64,
@@ -111,7 +111,7 @@ fn concurrent_senders_keep_each_stream_whole_and_in_order() {
             TransportEvent::Message {
                 from: 0,
                 message:
-                    Message::View(View::Merge {
+                    Message::View(ViewMsg::Merge {
                         req,
                         view,
                         offset,

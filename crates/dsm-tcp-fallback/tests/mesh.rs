@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use dsm_core::{EventSink, Transport, TransportError, TransportEvent};
 use dsm_tcp_fallback::{TcpConfig, TcpTransport};
-use dsm_wire::{Message, PAGE_SIZE, PageId, View};
+use dsm_wire::{Message, PAGE_SIZE, PageId, ViewMsg};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -49,7 +49,7 @@ impl Checker {
     }
 
     fn check_message(&self, from: u32, message: Message) {
-        let Message::View(View::Merge {
+        let Message::View(ViewMsg::Merge {
             req,
             view,
             offset,
@@ -139,7 +139,7 @@ fn drive(rank: u32, transport: &TcpTransport, checker: &Checker, seed: u64) -> [
         let len = rng.random_range(0..6000usize);
         let seq = sent[to as usize];
         let data = payload(rank, seq, len);
-        let message = Message::View(View::Merge {
+        let message = Message::View(ViewMsg::Merge {
             req: seq,
             view: rank,
             offset: len as u64,

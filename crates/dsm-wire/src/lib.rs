@@ -33,7 +33,7 @@ pub use frame::{Frame, decode, decode_prefix, encode};
 pub use header::{HEADER_LEN, Header, MAGIC, PROTOCOL_VERSION};
 pub use msg::{
     Alloc, Coherence, DiffRun, Endpoint, Membership, Message, PageStatus, RdmaConnInfo, RegionSpec,
-    SyncMsg, Transport, View,
+    SyncMsg, Transport, ViewMsg,
 };
 pub use types::{Limits, NodeId, PAGE_SIZE, Page, PageId};
 

@@ -205,35 +205,62 @@ fn alloc_samples() -> Vec<Alloc> {
     ]
 }
 
-fn view_samples() -> Vec<View> {
+fn view_samples() -> Vec<ViewMsg> {
     vec![
-        View::Open {
+        ViewMsg::Locate {
             req: 1,
-            path: "/data/f".into(),
-            writable: true,
+            path: "data/f".into(),
         },
-        View::Opened {
+        ViewMsg::Located { req: 1, master: 2 },
+        ViewMsg::Open {
+            req: 1,
+            path: "data/f".into(),
+            writable: true,
+            create_len: 4096,
+        },
+        ViewMsg::Opened {
             req: 1,
             file: 1,
             len: 1 << 20,
         },
-        View::Define {
+        ViewMsg::Define {
             req: 2,
             file: 1,
             offset: 0,
             len: 4096,
         },
-        View::Merge {
+        ViewMsg::Read {
+            req: 3,
+            file: 1,
+            offset: 7,
+            len: 100,
+        },
+        ViewMsg::Data {
+            req: 3,
+            data: vec![9; 100],
+        },
+        ViewMsg::Merge {
             req: 3,
             view: 1,
             offset: 8,
             data: vec![5; 3],
         },
-        View::Close { req: 4, handle: 1 },
-        View::Status {
+        ViewMsg::Commit {
+            req: 3,
+            file: 1,
+            view: 1,
+        },
+        ViewMsg::CloseView {
             req: 4,
-            code: 0,
+            file: 1,
+            view: 1,
+        },
+        ViewMsg::Close { req: 4, handle: 1 },
+        ViewMsg::Status {
+            req: 4,
+            code: 3,
             handle: 0,
+            detail: "overlaps view 2 of node 1".into(),
         },
     ]
 }

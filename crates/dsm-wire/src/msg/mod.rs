@@ -18,7 +18,7 @@ pub use coherence::{Coherence, DiffRun};
 pub use membership::{Endpoint, Membership, RdmaConnInfo};
 pub use sync::SyncMsg;
 pub use transport::{PageStatus, Transport};
-pub use view::View;
+pub use view::ViewMsg;
 
 /// A decoded message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub enum Message {
     /// Allocation and byte-range access (0x04xx).
     Alloc(Alloc),
     /// File views (0x05xx).
-    View(View),
+    View(ViewMsg),
     /// Transport handshake and emulated one-sided page access (0x06xx).
     Transport(Transport),
 }
@@ -77,7 +77,7 @@ impl Message {
             0x02 => Message::Coherence(Coherence::decode(command, r)?),
             0x03 => Message::Sync(SyncMsg::decode(command, r)?),
             0x04 => Message::Alloc(Alloc::decode(command, r)?),
-            0x05 => Message::View(View::decode(command, r)?),
+            0x05 => Message::View(ViewMsg::decode(command, r)?),
             0x06 => Message::Transport(Transport::decode(command, r)?),
             _ => return Err(Error::UnknownCommand(command)),
         })
