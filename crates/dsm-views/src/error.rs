@@ -108,8 +108,9 @@ pub enum Error {
         limit: u64,
     },
     /// An earlier merge failed after its journal committed: the file may hold part of it, so
-    /// the master copy must be reopened (which replays the journal) before it serves again.
-    #[error("{path}: an earlier merge failed half-applied; reopen the file to recover it")]
+    /// the journal must be replayed ([`crate::MasterFile::recover`], or a reopen) before the
+    /// master copy serves again.
+    #[error("{path}: an earlier merge failed half-applied; recover the file first")]
     NeedsRecovery {
         /// The master file.
         path: PathBuf,

@@ -18,7 +18,10 @@
 //!
 //! # Design
 //!
-//! The master copy is a plain file on the master node, written in place with `pwrite(2)`. The
+//! The master copy is a plain file on the master node: the first node to open a path becomes
+//! its master, and only the master's local file is ever written (on one host or on a shared
+//! file system every node sees that same file; other nodes never write their view of it). It
+//! is written in place with `pwrite(2)`. The
 //! runtime may map it (`MAP_SHARED`) as the home copy of a release-mode region: on Linux a
 //! `pwrite` to a file is coherent with every shared mapping of it, since both go through the
 //! same page cache.

@@ -246,7 +246,19 @@ impl Master {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Reply::Merged(open.master.merge(&batch, durability)?))
+        match open.master.merge(&batch, durability) {
+            Ok(report) => Ok(Reply::Merged(report)),
+            Err(e) => {
+                if open.master.needs_recovery() {
+                    // Make the file whole again now, so that the next request finds it so;
+                    // if that fails too, the next merge says so.
+                    if let Err(again) = open.master.recover() {
+                        tracing::error!(path = %open.master.path().display(), error = %again, "recovery after a failed merge failed");
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
     fn opened_by(&mut self, file: FileId, node: NodeId) -> Result<&mut OpenFile> {

@@ -134,7 +134,7 @@ impl MasterFile {
             journal_path,
             journal,
         };
-        master.recovery = master.recover()?;
+        master.recover()?;
         Ok(master)
     }
 
@@ -143,8 +143,10 @@ impl MasterFile {
     /// the whole batch or none of it. Later records win where records overlap.
     ///
     /// Refused, with nothing written: a record outside the file, a batch over
-    /// [`MAX_JOURNAL_LEN`]. After an I/O error past the journal's commit, the file refuses
-    /// merges ([`Error::NeedsRecovery`]) until reopened.
+    /// [`MAX_JOURNAL_LEN`]. After an I/O error the merge may or may not be in the file (as
+    /// with any failed write), but never in part once recovered: past the journal's commit the
+    /// file refuses merges ([`Error::NeedsRecovery`]) until [`recover`](Self::recover) has
+    /// replayed the journal (or the file is reopened).
     pub fn merge(&mut self, batch: &[(u64, &[u8])], durability: Durability) -> Result<MergeReport> {
         if self.poisoned {
             return Err(Error::NeedsRecovery {
@@ -211,9 +213,24 @@ impl MasterFile {
         &self.journal_path
     }
 
-    /// What `open` found in the journal.
+    /// What the last recovery (the one `open` runs, or an explicit
+    /// [`recover`](Self::recover)) found in the journal.
     pub fn recovery(&self) -> &Recovery {
         &self.recovery
+    }
+
+    /// Whether a failed merge left the file needing [`recover`](Self::recover).
+    pub fn needs_recovery(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Runs recovery again without reopening: replays a committed journal, discards an
+    /// incomplete one. `open` does this first; call it after a merge failed with
+    /// [`Error::NeedsRecovery`] or another I/O error.
+    pub fn recover(&mut self) -> Result<&Recovery> {
+        self.recovery = self.recover_journal()?;
+        self.poisoned = false;
+        Ok(&self.recovery)
     }
 
     /// Makes the process kill itself with `SIGKILL` when a later merge reaches `point`.
@@ -321,7 +338,7 @@ impl MasterFile {
     }
 
     /// Replays a committed journal, discards an incomplete one.
-    fn recover(&mut self) -> Result<Recovery> {
+    fn recover_journal(&mut self) -> Result<Recovery> {
         let journal_len = self
             .journal
             .metadata()

@@ -163,3 +163,23 @@ fn a_journal_outside_the_file_is_a_typed_error() {
         journal
     );
 }
+
+#[test]
+fn recover_runs_again_on_an_open_file() {
+    let dir = TempDir::new("mf-rerecover");
+    let mut m = MasterFile::open(dir.path(), "f", Some(8)).unwrap();
+    assert!(!m.needs_recovery());
+    assert_eq!(m.recover().unwrap(), &Recovery::Clean);
+    // What a failed merge past its commit leaves: a committed journal, the file not (all)
+    // written.
+    plant_journal(&dir, "f", &encode_journal(5, &[(2, b"late")]).unwrap());
+    assert_eq!(
+        m.recover().unwrap(),
+        &Recovery::Replayed {
+            sequence: 5,
+            records: 1
+        }
+    );
+    assert_eq!(contents(&m), b"\0\0late\0\0");
+    assert_eq!(m.merge(&[], Durability::NoSync).unwrap().sequence, 6);
+}
