@@ -6,3 +6,4 @@ mod examples;
 mod membership;
 mod mpirun;
 mod util;
+mod views;

@@ -75,6 +75,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The master of a shared file refused a request ([`crate::views`]).
+    #[error("shared file: {detail}")]
+    View {
+        /// What kind of refusal, to branch on.
+        kind: crate::views::ViewErrorKind,
+        /// The master's explanation (names the other view and its owner for an overlap).
+        detail: String,
+    },
     /// A peer broke the protocol (an unexpected message or a disagreeing collective call).
     #[error("protocol: {0}")]
     Protocol(String),

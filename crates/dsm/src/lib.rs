@@ -82,6 +82,7 @@ mod region;
 mod runtime;
 mod stats;
 mod transport;
+pub mod views;
 
 pub use config::{Config, ConfigBuilder, DEFAULT_COORDINATOR, FaultDelivery, TransportChoice};
 pub use dsm_core::Consistency;

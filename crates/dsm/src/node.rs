@@ -25,6 +25,7 @@ use crate::region::Region;
 use crate::runtime::alloc::Allocator;
 use crate::runtime::barrier::Central;
 use crate::runtime::driver::{Driver, EVENT_QUEUE, Event, Sink, send_counted};
+use crate::runtime::views::ViewService;
 use crate::runtime::{Core, Shared};
 use crate::stats::{Counters, RegionCounters};
 use crate::transport::{Wire, rdma};
@@ -131,6 +132,7 @@ impl Node {
             coherence: Mutex::new(Coherence::new(engine)),
             released: Mutex::new(BTreeSet::new()),
             transport: Arc::clone(&transport) as Arc<dyn Transport>,
+            requests: AtomicU64::new(0),
             gone: AtomicBool::new(false),
         });
         let locks = Arc::new(lock_table(&config, &core));
@@ -148,6 +150,7 @@ impl Node {
             ),
             central: Central::default(),
             allocator: Allocator::default(),
+            views: ViewService::default(),
             events: receiver,
             stop: Arc::clone(&driver_stop),
             fault_timeout: config.op_timeout,
@@ -237,6 +240,11 @@ impl Node {
     /// The configuration this node joined with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The runtime this node shares with its regions and files.
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.core
     }
 
     /// A snapshot of this node's counters.

@@ -16,6 +16,7 @@ use dsm_wire::{Alloc, Membership, Message, NodeId, PageId, SyncMsg};
 use super::Core;
 use super::alloc::Allocator;
 use super::barrier::Central;
+use super::views::ViewService;
 use crate::membership::ring::{Ring, RingAction};
 use crate::stats::Counters;
 
@@ -105,6 +106,8 @@ pub(crate) struct Driver {
     pub(crate) ring: Ring,
     pub(crate) central: Central,
     pub(crate) allocator: Allocator,
+    /// Rank 0's directory of file masters and this node's master service.
+    pub(crate) views: ViewService,
     pub(crate) events: Receiver<Event>,
     /// Set by `Node::stop`: the driver returns at its next turn even when the queue is too
     /// full for `Event::Stop` to get in.
@@ -254,6 +257,17 @@ impl Driver {
                     .shared
                     .update(|s| super::keep_answer(&mut s.allocs, req, (region, base_addr, spec)));
             }
+            Message::View(m) if super::views::is_answer(&m) => {
+                let req = super::views::answer_req(&m);
+                self.core
+                    .shared
+                    .update(|s| super::keep_view_answer(&mut s.view_answers, req, m));
+            }
+            Message::View(m) => {
+                if let Some((to, answer)) = self.views.handle(self.rank, from, m) {
+                    self.send(to, answer);
+                }
+            }
             other => tracing::warn!(from, ?other, "message with no consumer; dropped"),
         }
     }
@@ -308,7 +322,8 @@ impl Driver {
 
     /// Nothing waits for a failed `rank` any more: its blocked faults are woken (and fail), and
     /// the lock table stops expecting its replies, so the survivors keep using their locks.
-    fn stop_waiting_for(&self, rank: NodeId) {
+    fn stop_waiting_for(&mut self, rank: NodeId) {
+        self.views.node_failed(rank);
         let _ = self.core.engine(|c, _| {
             c.wake_all_faults(rank);
             Ok(())

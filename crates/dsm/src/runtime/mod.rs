@@ -4,9 +4,10 @@
 pub(crate) mod alloc;
 pub(crate) mod barrier;
 pub(crate) mod driver;
+pub(crate) mod views;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,9 @@ pub(crate) struct State {
     pub(crate) closed: bool,
     /// Peers' RDMA queue pair data (or declines), from `RdmaHello` at join.
     pub(crate) rdma_hellos: HashMap<NodeId, dsm_wire::RdmaConnInfo>,
+    /// Answers to this node's shared-file requests, by request id (bounded: see
+    /// [`keep_view_answer`]).
+    pub(crate) view_answers: BTreeMap<u64, dsm_wire::ViewMsg>,
 }
 
 /// Everything the node's threads share: the state, the coherence engine, the transport.
@@ -54,6 +58,8 @@ pub(crate) struct Core {
     pub(crate) released: Mutex<BTreeSet<PageId>>,
     pub(crate) coherence: Mutex<Coherence>,
     pub(crate) transport: Arc<dyn Transport>,
+    /// Request ids of this node's shared-file requests.
+    pub(crate) requests: AtomicU64,
     /// The node left (or was dropped): nothing serves faults any more. An atomic, not part
     /// of `State`, so that element access and SIGBUS handlers can read it without a lock.
     pub(crate) gone: AtomicBool,
@@ -66,6 +72,11 @@ impl std::fmt::Debug for Core {
 }
 
 impl Core {
+    /// A fresh request id.
+    pub(crate) fn next_request(&self) -> u64 {
+        self.requests.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     /// True once the node stopped: regions still alive must not be used.
     pub(crate) fn is_gone(&self) -> bool {
         self.gone.load(Ordering::Acquire)
@@ -122,6 +133,22 @@ impl Core {
 /// Most answers kept unclaimed in `State::barrier_notices` or `State::allocs`.
 const MAX_UNCLAIMED: usize = 8;
 
+/// Most shared-file answers kept for waiters: an answer nobody waits for (its wait timed
+/// out, or the close of a dropped file) is dropped oldest first past this.
+const MAX_VIEW_ANSWERS: usize = 4096;
+
+/// Records the answer to shared-file request `req` for its waiter.
+pub(crate) fn keep_view_answer(
+    answers: &mut BTreeMap<u64, dsm_wire::ViewMsg>,
+    req: u64,
+    answer: dsm_wire::ViewMsg,
+) {
+    answers.insert(req, answer);
+    while answers.len() > MAX_VIEW_ANSWERS {
+        answers.pop_first();
+    }
+}
+
 /// Records rank 0's answer for collective round `round` (a barrier epoch or an allocation
 /// request), keeping only answers a waiter can still take. Rank 0 answers round `r` only once
 /// every live node (this one included) asked for `r`, and a node asks for `r` only after its
@@ -158,6 +185,7 @@ impl Shared {
                 allocs: BTreeMap::new(),
                 closed: false,
                 rdma_hellos: HashMap::new(),
+                view_answers: BTreeMap::new(),
             }),
             changed: Condvar::new(),
             counters: Arc::new(Counters::default()),
