@@ -373,3 +373,25 @@ fn child_recover() {
     file.close_with_merge().unwrap();
     node.leave().unwrap();
 }
+
+#[test]
+fn the_views_example_renders_one_image_from_1_2_and_4_nodes() {
+    for nodes in [1u32, 2, 4] {
+        let root = scratch_dir(&format!("example{nodes}"));
+        let (out, _) = run_bounded(
+            Command::new(dsm_run())
+                .args(["-n", &nodes.to_string(), "--timeout-secs", "60", "--"])
+                .arg(crate::util::example("views"))
+                .args(["--width", "203", "--height", "97"])
+                .env("DSM_VIEWS_ROOT", &root),
+            Duration::from_secs(90),
+        );
+        let all = text(&out);
+        assert!(out.status.success(), "{nodes} nodes: {all}");
+        assert!(all.contains("views check passed: 203x97"), "{all}");
+        let image = std::fs::read(root.join("mandelbrot.pgm")).expect("the image");
+        assert!(image.starts_with(b"P5\n203 97\n255\n"));
+        assert_eq!(image.len(), "P5\n203 97\n255\n".len() + 203 * 97);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

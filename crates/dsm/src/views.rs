@@ -48,6 +48,16 @@
 //! refused definition names the other view and its owner. A view never reaches past the end
 //! of the file: files do not grow through views.
 //!
+//! ```compile_fail
+//! # use dsm::views::{Access, SharedFile};
+//! # fn f(node: &dsm::Node) -> dsm::Result<()> {
+//! let file = SharedFile::open(node, "data/grid.bin", Access::Read)?;
+//! let mut m = file.map_view(file.define_view(0, 8)?)?;
+//! m.as_mut_slice()[0] = 1; // error: a read-only open's view has no mutable access
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Failures
 //! Every request waits at most the node's operation timeout and ends with
 //! [`Error::NodeFailed`] when the master fails. Refusals come back as [`Error::View`] with a
