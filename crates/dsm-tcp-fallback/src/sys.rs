@@ -422,14 +422,18 @@ impl Ring {
 /// else plain.
 fn build_ring(entries: u32) -> io::Result<io_uring::IoUring> {
     let cq = entries * 4;
+    // TASKRUN_FLAG: the kernel flags pending task work in the SQ ring, so that a polling
+    // `submit(false)` knows to enter with GETEVENTS (deferred completions run only then).
     io_uring::IoUring::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
+        .setup_taskrun_flag()
         .setup_cqsize(cq)
         .build(entries)
         .or_else(|_| {
             io_uring::IoUring::builder()
                 .setup_coop_taskrun()
+                .setup_taskrun_flag()
                 .setup_cqsize(cq)
                 .build(entries)
         })

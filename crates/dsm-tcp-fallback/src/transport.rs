@@ -57,6 +57,7 @@ impl TcpTransport {
             rank: config.rank,
             cluster: config.cluster,
             limits: config.limits.clone(),
+            spin: config.spin,
             mesh,
             shared: Arc::clone(&shared),
             sink,

@@ -9,7 +9,7 @@ use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dsm_core::{EventSink, TransportError, TransportEvent};
 use dsm_wire::msg::transport::{append_page_read_reply, append_page_write_request};
@@ -39,6 +39,8 @@ pub(crate) struct Setup {
     pub(crate) rank: NodeId,
     pub(crate) cluster: u64,
     pub(crate) limits: Limits,
+    /// See `TcpConfig::spin`.
+    pub(crate) spin: Duration,
     pub(crate) mesh: Mesh,
     pub(crate) shared: Arc<Shared>,
     pub(crate) sink: Arc<dyn EventSink>,
@@ -96,6 +98,7 @@ struct Worker {
     cluster: u64,
     completions: Vec<Completion>,
     frames: Vec<Frame>,
+    spin: Duration,
 }
 
 impl Worker {
@@ -124,32 +127,45 @@ impl Worker {
             cluster: setup.cluster,
             completions: Vec::with_capacity(256),
             frames: Vec::with_capacity(256),
+            spin: setup.spin,
         })
     }
 
     fn run(mut self) {
+        let mut active_at = Instant::now();
         while !self.shared.stop.load(Ordering::Acquire) {
-            self.drain_queue();
+            let queued = self.drain_queue();
             self.flush();
-            let wait = !self.shared.prepare_to_sleep();
+            // Poll without sleeping while activity is recent (see `TcpConfig::spin`); the
+            // wake-up flag stays set meanwhile, so producers skip the eventfd write too.
+            let polling = active_at.elapsed() < self.spin;
+            let wait = !polling && !self.shared.prepare_to_sleep();
             if let Err(e) = self.ring.submit(wait) {
                 tracing::error!(rank = self.rank, error = %e, "io_uring_enter failed; transport stops");
                 self.shared.stop.store(true, Ordering::Release);
                 break;
             }
             self.shared.awake();
-            self.handle_completions();
+            let completed = self.handle_completions();
+            if queued > 0 || completed > 0 {
+                active_at = Instant::now();
+            } else if polling {
+                // Nothing yet: let any thread sharing this CPU run before the next poll.
+                std::thread::yield_now();
+            }
         }
         self.shutdown();
     }
 
-    fn drain_queue(&mut self) {
-        for _ in 0..DRAIN_BATCH {
+    /// Applies queued work (at most a batch); returns how many operations.
+    fn drain_queue(&mut self) -> usize {
+        for done in 0..DRAIN_BATCH {
             let Some(op) = self.shared.queue.pop() else {
-                break;
+                return done;
             };
             self.apply(op);
         }
+        DRAIN_BATCH
     }
 
     fn apply(&mut self, op: Op) {
@@ -234,9 +250,11 @@ impl Worker {
         }
     }
 
-    fn handle_completions(&mut self) {
+    /// Handles every completion reaped; returns how many.
+    fn handle_completions(&mut self) -> usize {
         let mut done = std::mem::take(&mut self.completions);
         self.ring.reap(&mut done);
+        let count = done.len();
         for c in done.drain(..) {
             match c.tag {
                 Tag::Wake => self.on_wake(c),
@@ -246,6 +264,7 @@ impl Worker {
             }
         }
         self.completions = done;
+        count
     }
 
     fn on_wake(&mut self, c: Completion) {

@@ -61,11 +61,17 @@ pub struct Config {
     pub(crate) op_timeout: Duration,
     /// How faults are delivered (`DSM_FAULT_DELIVERY`, default thread).
     pub(crate) fault_delivery: FaultDelivery,
+    /// How long the transport thread polls after activity before sleeping (`DSM_SPIN_US`).
+    pub(crate) spin: Duration,
 }
 
 /// Largest cluster: every node keeps per-node state sized by it, and the RDMA transport
 /// carries ranks in 16 bits.
 pub(crate) const MAX_NODES: u32 = u16::MAX as u32;
+
+/// Default of [`ConfigBuilder::spin`]: long enough to catch a reply to a request just sent
+/// on a loaded machine, short enough to cost little when nothing comes.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(100);
 
 /// Port used when `DSM_COORDINATOR` is absent and the cluster runs on one host.
 pub const DEFAULT_COORDINATOR: &str = "127.0.0.1:7470";
@@ -85,6 +91,7 @@ impl Config {
                 failure_timeout: Duration::from_millis(1500),
                 op_timeout: Duration::from_secs(60),
                 fault_delivery: FaultDelivery::Thread,
+                spin: DEFAULT_SPIN,
             },
         }
     }
@@ -125,6 +132,14 @@ impl Config {
         }
         if let Some(d) = ms("DSM_OP_TIMEOUT_MS")? {
             b = b.op_timeout(d);
+        }
+        if let Some(us) = lookup("DSM_SPIN_US") {
+            let us = us.trim().parse::<u64>().map_err(|_| {
+                Error::Config(format!(
+                    "DSM_SPIN_US={us:?} is not a number of microseconds"
+                ))
+            })?;
+            b = b.spin(Duration::from_micros(us));
         }
         if let Some(d) = lookup("DSM_FAULT_DELIVERY") {
             b = b.fault_delivery(parse_delivery(&d)?);
@@ -171,6 +186,10 @@ impl Config {
     /// How faults are delivered.
     pub fn fault_delivery(&self) -> FaultDelivery {
         self.fault_delivery
+    }
+    /// How long the transport thread polls after activity before sleeping.
+    pub fn spin(&self) -> Duration {
+        self.spin
     }
 
     /// The wire's cluster id: every frame carries it and a node drops frames of other
@@ -231,6 +250,12 @@ impl ConfigBuilder {
         self.config.fault_delivery = delivery;
         self
     }
+    /// How long the transport thread keeps polling after its last activity before it sleeps
+    /// in the kernel (0: never polls). Bounded, and it yields the CPU between polls.
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.config.spin = spin;
+        self
+    }
     /// Checks the configuration and returns it.
     pub fn build(self) -> Result<Config> {
         let c = self.config;
@@ -250,6 +275,12 @@ impl ConfigBuilder {
             return Err(Error::Config(format!(
                 "coordinator {:?} is not host:port",
                 c.coordinator
+            )));
+        }
+        if c.spin > Duration::from_millis(10) {
+            return Err(Error::Config(format!(
+                "a spin of {:?} would hold a CPU for too long (at most 10 ms)",
+                c.spin
             )));
         }
         if c.heartbeat_interval.is_zero() || c.failure_timeout <= c.heartbeat_interval {

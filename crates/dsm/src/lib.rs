@@ -84,7 +84,9 @@ mod stats;
 mod transport;
 pub mod views;
 
-pub use config::{Config, ConfigBuilder, DEFAULT_COORDINATOR, FaultDelivery, TransportChoice};
+pub use config::{
+    Config, ConfigBuilder, DEFAULT_COORDINATOR, DEFAULT_SPIN, FaultDelivery, TransportChoice,
+};
 pub use dsm_core::Consistency;
 pub use error::{Error, Result};
 pub use lock::{Lock, LockGuard};

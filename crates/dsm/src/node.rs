@@ -103,6 +103,7 @@ fn start_transport(config: &Config, booted: Booted, sink: Arc<Sink>) -> Result<T
         .as_deref()
         .map(|k| cluster_key_from_str(&String::from_utf8_lossy(k)));
     tcp.connect_timeout = booted.deadline.saturating_duration_since(Instant::now());
+    tcp.spin = config.spin;
     TcpTransport::start(tcp, sink).map_err(|e| match e {
         dsm_tcp_fallback::Error::MeshTimeout { missing, .. } => Error::JoinTimeout { missing },
         other => Error::Transport(dsm_core::TransportError::Io {
