@@ -99,6 +99,11 @@ struct Worker {
     completions: Vec<Completion>,
     frames: Vec<Frame>,
     spin: Duration,
+    /// Messages this node sent itself this turn, delivered once the turn's frames are
+    /// submitted: a local delivery can wake a thread that takes this CPU for milliseconds
+    /// (an application thread leaving a barrier), and a frame queued beside it must not wait
+    /// for that (rank 0's release of a barrier to the other nodes, say).
+    local: Vec<Message>,
 }
 
 impl Worker {
@@ -128,6 +133,7 @@ impl Worker {
             completions: Vec::with_capacity(256),
             frames: Vec::with_capacity(256),
             spin: setup.spin,
+            local: Vec::new(),
         })
     }
 
@@ -138,7 +144,7 @@ impl Worker {
             self.flush();
             // Poll without sleeping while activity is recent (see `TcpConfig::spin`); the
             // wake-up flag stays set meanwhile, so producers skip the eventfd write too.
-            let polling = active_at.elapsed() < self.spin;
+            let polling = active_at.elapsed() < self.spin || !self.local.is_empty();
             let wait = !polling && !self.shared.prepare_to_sleep();
             if let Err(e) = self.ring.submit(wait) {
                 tracing::error!(rank = self.rank, error = %e, "io_uring_enter failed; transport stops");
@@ -146,6 +152,7 @@ impl Worker {
                 break;
             }
             self.shared.awake();
+            self.deliver_local();
             let completed = self.handle_completions();
             if queued > 0 || completed > 0 {
                 active_at = Instant::now();
@@ -155,6 +162,15 @@ impl Worker {
             }
         }
         self.shutdown();
+    }
+
+    fn deliver_local(&mut self) {
+        for message in self.local.drain(..) {
+            self.sink.deliver(TransportEvent::Message {
+                from: self.rank,
+                message,
+            });
+        }
     }
 
     /// Applies queued work (at most a batch); returns how many operations.
@@ -170,10 +186,8 @@ impl Worker {
 
     fn apply(&mut self, op: Op) {
         match op {
-            Op::Local { message } => self.sink.deliver(TransportEvent::Message {
-                from: self.rank,
-                message,
-            }),
+            // Delivered after this turn's frames left (see `run`).
+            Op::Local { message } => self.local.push(message),
             Op::Send { to, frame } => {
                 // To a failed peer the frame is dropped: PeerFailed was delivered already.
                 if let Some(conn) = open(&mut self.conns, to) {
