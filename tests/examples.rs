@@ -70,11 +70,11 @@ fn jacobi_matches_the_single_process_result() {
         "jacobi check passed",
     );
     for mode in ["sequential", "release"] {
-        let args = ["--n", "128", "--iters", "10", "--zero-copy", "--mode", mode];
+        let args = ["--n", "128", "--iters", "10", "--copy", "--mode", mode];
         let out = run_example("jacobi", 2, &args);
         assert!(
             out.contains("jacobi check passed"),
-            "zero-copy {mode}: {out}"
+            "--copy {mode}: {out}"
         );
     }
 }
