@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages dsm needs to build and test, when any is missing.
 # Build: libclang-dev (bindgen for userfaultfd-sys and rdma-sys), pkg-config, libibverbs-dev,
-# librdmacm-dev (rdma-sys). Tests: openmpi-bin (the mpirun test). Soft-RoCE rig: qemu-system-x86,
+# librdmacm-dev (rdma-sys). Tests: openmpi-bin (the mpirun test). Benches: libopenmpi-dev (mpicc and
+# mpi.h for the MPI baseline of `dsm-bench jacobi`). Soft-RoCE rig: qemu-system-x86,
 # busybox-static, kmod, cpio, iproute2, rdma-core, ibverbs-utils, ibverbs-providers, perftest.
 set -euo pipefail
-packages=(libclang-dev pkg-config libibverbs-dev librdmacm-dev openmpi-bin
+packages=(libclang-dev pkg-config libibverbs-dev librdmacm-dev openmpi-bin libopenmpi-dev
           qemu-system-x86 busybox-static kmod cpio iproute2 rdma-core ibverbs-utils
           ibverbs-providers rdmacm-utils perftest)
 missing=()

@@ -19,8 +19,12 @@ enum Suite {
     Locks,
     /// Remote read fault over RDMA vs ib_read_lat + local fault (issue #7).
     Rdma,
-    /// Jacobi stencil protocol efficiency at 4 nodes (issue #6).
+    /// Jacobi stencil protocol efficiency at 4 nodes (issue #6), and dsm against
+    /// hand-written MPI at 1, 2 and 4 ranks (issue #10).
     Jacobi,
+    /// Remote fault, scan, lock hand-off and barrier latency against the round-trip and
+    /// local-fault floors, 2 pinned nodes and 4 oversubscribed (issue #10).
+    Latency,
 }
 
 #[derive(Debug, Parser)]
@@ -41,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         Suite::Locks => suites::locks::run()?,
         Suite::Rdma => suites::rdma::run()?,
         Suite::Jacobi => suites::jacobi::run()?,
+        Suite::Latency => suites::latency::run()?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

@@ -17,6 +17,18 @@
 //!
 //! The nodes are this same binary re-executed with `DSM_BENCH_JACOBI_NODE` set; each prints
 //! one JSON line that the parent collects.
+//!
+//! `versus_mpi` (issue #10): the same stencil at 2048×2048, 100 iterations, in place (and, as
+//! `dsm_copy_seconds`, with bulk row copies), at 1, 2 and 4 nodes against a hand-written MPI version (`benches/mpi/jacobi.c`,
+//! compiled with `mpicc -O2` at bench time) over TCP and over shared memory, runs interleaved,
+//! medians of 3: `dsm_seconds`, `mpi_tcp_seconds`, `mpi_shm_seconds` per node count,
+//! `ratio_dsm_speed_to_mpi_tcp_N` (MPI time / dsm time; target ≥ 0.8 at 2 and 4),
+//! `dsm_2_not_slower_than_1`, and the grids' checksums compared exactly. Without `mpicc` the
+//! MPI figures are `null` beside `mpi_error` (and a warning on stderr). See
+//! `jacobi/versus_mpi.rs`.
+
+mod mpi;
+mod versus_mpi;
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -44,11 +56,17 @@ pub fn run() -> anyhow::Result<Value> {
         println!("{line}");
         std::process::exit(0);
     }
+    if let Ok(cpu) = std::env::var(versus_mpi::NODE_ENV) {
+        let line = versus_mpi::node(&cpu)?;
+        println!("{line}");
+        std::process::exit(0);
+    }
     let single = single_process();
     let mut modes = serde_json::Map::new();
     for mode in ["sequential", "release"] {
         modes.insert(mode.to_owned(), cluster(mode, single)?);
     }
+    let versus_mpi = versus_mpi::report()?;
     Ok(json!({
         "suite": "jacobi",
         "grid": N,
@@ -56,6 +74,7 @@ pub fn run() -> anyhow::Result<Value> {
         "nodes": NODES,
         "single_process_iter_us_median": single,
         "modes": modes,
+        "versus_mpi": versus_mpi,
     }))
 }
 
@@ -110,7 +129,8 @@ fn cluster(mode: &str, single_us: f64) -> anyhow::Result<Value> {
 const NODE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Waits for every node (reading their stdout on threads so a full pipe cannot stall them);
-/// past `deadline` kills the rest and fails naming the ranks still running.
+/// past `deadline` kills the rest and fails naming the ranks still running. `mode` names the
+/// cluster in errors.
 fn wait_all(
     mode: &str,
     mut children: Vec<std::process::Child>,

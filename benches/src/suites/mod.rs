@@ -1,6 +1,7 @@
 //! One module per suite; each `run` measures its figures and their baselines in the same run.
 
 pub mod jacobi;
+pub mod latency;
 pub mod locks;
 pub mod rdma;
 pub mod tcp;

@@ -206,7 +206,13 @@ pub fn time_ns(f: impl FnOnce()) -> f64 {
     start.elapsed().as_nanos() as f64
 }
 
-fn fault_service(options: ServeOptions, slot: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+/// Read and write (WP) fault service of `PAGES` pages, `ROUNDS` times, on a region at
+/// `bench_address(slot)` served as `options` say: nanoseconds per fault. Also the local
+/// floor of the `latency` suite, measured inside its node processes.
+pub(crate) fn fault_service(
+    options: ServeOptions,
+    slot: usize,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let served = Served::new(bench_address(slot), options)?;
     let (mut reads, mut writes) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {

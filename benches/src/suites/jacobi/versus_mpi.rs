@@ -1,0 +1,245 @@
+//! dsm against hand-written MPI on the same stencil (issue #10): a 2048×2048 grid, 100
+//! iterations, at 1, 2 and 4 nodes, in one invocation, runs interleaved (dsm in place, dsm
+//! with copies, MPI over TCP, MPI over shared memory at 1 node, then at 2, then at 4; three
+//! times), medians of 3.
+//!
+//! The dsm version (this binary re-executed in the node role of `versus_mpi/node.rs`,
+//! `DSM_TRANSPORT=tcp`, sequential consistency) is the stencil as a program would write it
+//! with the public API, as `examples/jacobi` does: rows split in blocks, one barrier per
+//! iteration, region memory read and written in place (`as_slice`/`as_mut_slice`; this is
+//! `dsm_seconds`, which the ratio uses) or through safe bulk copies (`read_slice` of a
+//! three-row window, `write_slice` of each new row; `dsm_copy_seconds`). The MPI version (`benches/mpi/jacobi.c`) swaps boundary rows with
+//! `MPI_Sendrecv` each iteration. Both start from the suite's `initial` values and sum each
+//! update in the same order, so their grids are bit for bit equal: each reports the wrapping
+//! sum of the cells' bit patterns, compared exactly (`checksum_matches_mpi`).
+//!
+//! Times are the slowest rank's over the iterations (allocation, initialisation, joining and
+//! leaving excluded). Placement as `mpirun` does it: while ranks do not outnumber CPUs each
+//! is pinned to CPU `rank % ncpus` (dsm: `sched_setaffinity`; MPI: `--bind-to core`), beyond
+//! that none is pinned (`--bind-to none`).
+
+mod node;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use super::mpi::{Btl, Mpi};
+use super::wait_all;
+use crate::stats::{round, summarize};
+use crate::suites::latency::{allowed_cpus, cpu_for};
+pub(super) use node::{NODE_ENV, main as node};
+use node::{STYLE_ENV, Style};
+
+/// Grid side and iterations (issue #10).
+const N: usize = 2048;
+const ITERATIONS: usize = 100;
+/// Runs of each configuration; figures are their medians.
+const RUNS: usize = 3;
+const NODE_COUNTS: [u32; 3] = [1, 2, 4];
+/// Speed against MPI over TCP the issue asks for at 2 and 4 nodes.
+const TARGET_SPEED_TO_MPI_TCP: f64 = 0.8;
+/// Bounds on the dsm nodes' waits, and on a whole dsm run.
+const OP_TIMEOUT_MS: u64 = 30_000;
+const JOIN_TIMEOUT_MS: u64 = 30_000;
+const RUN_DEADLINE: Duration = Duration::from_secs(120);
+
+/// One dsm run: the slowest rank's time and the grid's checksum.
+#[derive(Debug, Clone, Copy)]
+struct DsmRun {
+    seconds: f64,
+    checksum_bits: u64,
+}
+
+/// Every run of one node count.
+#[derive(Debug, Default)]
+struct Runs {
+    dsm: Vec<DsmRun>,
+    dsm_copy: Vec<DsmRun>,
+    mpi_tcp: Vec<Result<f64, String>>,
+    mpi_shm: Vec<Result<f64, String>>,
+    mpi_tcp_checksums: Vec<u64>,
+}
+
+/// Runs every configuration and returns the `versus_mpi` report.
+pub(super) fn report() -> anyhow::Result<Value> {
+    let cpus = allowed_cpus()?.len();
+    let mpi = Mpi::build();
+    if let Err(e) = &mpi {
+        eprintln!("dsm-bench jacobi: WARNING: no MPI baseline, its figures will be null: {e}");
+    }
+    let mut runs: BTreeMap<u32, Runs> = BTreeMap::new();
+    for run in 0..RUNS {
+        for size in NODE_COUNTS {
+            let entry = runs.entry(size).or_default();
+            for (style, times) in [
+                (Style::InPlace, &mut entry.dsm),
+                (Style::Copy, &mut entry.dsm_copy),
+            ] {
+                let label = format!("dsm ({}), {size} nodes, run {run}", style.name());
+                times.push(dsm_run(size, cpus, style).context(label)?);
+            }
+            let Ok(mpi) = &mpi else { continue };
+            for (btl, times) in [
+                (Btl::Tcp, &mut entry.mpi_tcp),
+                (Btl::SharedMemory, &mut entry.mpi_shm),
+            ] {
+                let result = mpi.run(size, btl, cpus, N, ITERATIONS);
+                if let Err(e) = &result {
+                    eprintln!("dsm-bench jacobi: WARNING: MPI ({btl:?}) failed: {e}");
+                }
+                if let (Btl::Tcp, Ok(r)) = (btl, &result) {
+                    entry.mpi_tcp_checksums.push(r.checksum_bits);
+                }
+                times.push(result.map(|r| r.seconds));
+            }
+        }
+    }
+    let mut report = json!({
+        "grid": N,
+        "iterations": ITERATIONS,
+        "runs_per_figure": RUNS,
+        "dsm": "sequential consistency, DSM_TRANSPORT=tcp, a barrier per iteration; \
+                dsm_seconds: in place (as_slice/as_mut_slice), dsm_copy_seconds: \
+                read_slice/write_slice rows",
+        "mpi": "benches/mpi/jacobi.c, mpicc -O2 (GCC 12 at -O2 does not vectorise the update \
+                loop; -O3 does), MPI_Sendrecv halos each iteration",
+        "placement": "ranks <= CPUs: rank pinned to CPU rank % ncpus (dsm sched_setaffinity, \
+                      mpirun --bind-to core); more ranks than CPUs: unpinned (--bind-to none)",
+        "mpi_error": mpi.as_ref().err(),
+    });
+    if let Ok(mpi) = &mpi {
+        let at_2 = |btl| mpi.arguments(2, btl, cpus).map(|a| a.join(" ")).ok();
+        report["mpi_tcp_arguments_at_2"] = json!(at_2(Btl::Tcp));
+        report["mpi_shm_arguments_at_2"] = json!(at_2(Btl::SharedMemory));
+        report["mpi_shm_btl"] = json!(mpi.shared_memory_btl().ok());
+    }
+    summarise(&mut report, &runs);
+    Ok(report)
+}
+
+/// Adds per node count the medians, the checksum check and the ratio, then the targets.
+fn summarise(report: &mut Value, runs: &BTreeMap<u32, Runs>) {
+    let mut dsm_seconds = BTreeMap::new();
+    let mut met = serde_json::Map::new();
+    for (&size, runs) in runs {
+        let mut dsm: Vec<f64> = runs.dsm.iter().map(|r| r.seconds).collect();
+        let dsm_median = summarize(&mut dsm).median;
+        dsm_seconds.insert(size, dsm_median);
+        let mut copy: Vec<f64> = runs.dsm_copy.iter().map(|r| r.seconds).collect();
+        let copy_median = summarize(&mut copy).median;
+        let (tcp, tcp_error) = median_or_error(&runs.mpi_tcp);
+        let (shm, shm_error) = median_or_error(&runs.mpi_shm);
+        let mpi_checksum = runs.mpi_tcp_checksums.first().copied();
+        let matches = mpi_checksum
+            .map(|m| (runs.dsm.iter().chain(&runs.dsm_copy)).all(|r| r.checksum_bits == m));
+        let ratio = tcp.map(|tcp| tcp / dsm_median);
+        report[format!("nodes_{size}")] = json!({
+            "dsm_seconds": round4(dsm_median),
+            "dsm_seconds_runs": runs.dsm.iter().map(|r| round4(r.seconds)).collect::<Vec<_>>(),
+            "dsm_copy_seconds": round4(copy_median),
+            "mpi_tcp_seconds": tcp.map(round4),
+            "mpi_tcp_error": tcp_error,
+            "mpi_shm_seconds": shm.map(round4),
+            "mpi_shm_error": shm_error,
+            "dsm_checksum_bits": runs.dsm.first().map(|r| format!("{:016x}", r.checksum_bits)),
+            "mpi_checksum_bits": mpi_checksum.map(|c| format!("{c:016x}")),
+            "checksum_matches_mpi": matches,
+        });
+        report[format!("ratio_dsm_speed_to_mpi_tcp_{size}")] = json!(ratio.map(round));
+        if size >= 2 {
+            met.insert(
+                format!("ratio_dsm_speed_to_mpi_tcp_{size}"),
+                json!(ratio.map(|r| r >= TARGET_SPEED_TO_MPI_TCP)),
+            );
+        }
+    }
+    let not_slower = match (dsm_seconds.get(&2), dsm_seconds.get(&1)) {
+        (Some(two), Some(one)) => Some(two <= one),
+        _ => None,
+    };
+    let mut checksums = runs
+        .values()
+        .flat_map(|r| r.dsm.iter().map(|d| d.checksum_bits));
+    let first = checksums.next();
+    report["dsm_checksums_agree_across_runs"] = json!(checksums.all(|c| Some(c) == first));
+    report["dsm_2_not_slower_than_1"] = json!(not_slower);
+    met.insert("dsm_2_not_slower_than_1".to_owned(), json!(not_slower));
+    report["target_ratio_dsm_speed_to_mpi_tcp_at_2_and_4"] = json!(TARGET_SPEED_TO_MPI_TCP);
+    report["meets_targets"] = Value::Object(met);
+}
+
+/// The median of the successful runs, or (when none succeeded) the first error.
+fn median_or_error(runs: &[Result<f64, String>]) -> (Option<f64>, Option<String>) {
+    let mut ok: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    let error = runs.iter().find_map(|r| r.as_ref().err().cloned());
+    if ok.is_empty() {
+        let error = error.or_else(|| Some("not run: no MPI baseline (see mpi_error)".to_owned()));
+        return (None, error);
+    }
+    (Some(summarize(&mut ok).median), error)
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+/// Starts `size` dsm nodes (stencil `style`) on a fresh coordinator port and collects their
+/// reports.
+fn dsm_run(size: u32, cpus: usize, style: Style) -> anyhow::Result<DsmRun> {
+    let allowed = allowed_cpus()?;
+    let coordinator = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    let exe = std::env::current_exe()?;
+    let children = (0..size)
+        .map(|rank| {
+            let cpu = if size as usize <= cpus {
+                cpu_for(rank, &allowed).to_string()
+            } else {
+                "none".to_owned()
+            };
+            Command::new(&exe)
+                .args(["jacobi", "--json"])
+                .env(NODE_ENV, cpu)
+                .env(STYLE_ENV, style.name())
+                .env("DSM_RANK", rank.to_string())
+                .env("DSM_SIZE", size.to_string())
+                .env("DSM_COORDINATOR", &coordinator)
+                .env("DSM_TRANSPORT", "tcp")
+                .env("DSM_OP_TIMEOUT_MS", OP_TIMEOUT_MS.to_string())
+                .env("DSM_JOIN_TIMEOUT_MS", JOIN_TIMEOUT_MS.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("start a node")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let label = format!("dsm versus MPI ({}), {size} nodes", style.name());
+    let outputs = wait_all(&label, children, RUN_DEADLINE)?;
+    let mut run = DsmRun {
+        seconds: 0.0,
+        checksum_bits: 0,
+    };
+    for (rank, text) in outputs.iter().enumerate() {
+        let line = text
+            .lines()
+            .last()
+            .with_context(|| format!("{label}: node {rank} printed nothing"))?;
+        let node: Value = serde_json::from_str(line)?;
+        let seconds = node["seconds"].as_f64().context("seconds")?;
+        let bits = node["checksum_bits"].as_str().context("checksum_bits")?;
+        run.seconds = run.seconds.max(seconds);
+        run.checksum_bits = run
+            .checksum_bits
+            .wrapping_add(u64::from_str_radix(bits, 16)?);
+    }
+    Ok(run)
+}
