@@ -19,13 +19,13 @@
 //! one JSON line that the parent collects.
 //!
 //! `versus_mpi` (issue #10): the same stencil at 2048×2048, 100 iterations, in place (and, as
-//! `dsm_copy_seconds`, with bulk row copies), at 1, 2 and 4 nodes against a hand-written MPI version (`benches/mpi/jacobi.c`,
-//! compiled with `mpicc -O2` at bench time) over TCP and over shared memory, runs interleaved,
-//! medians of 3: `dsm_seconds`, `mpi_tcp_seconds`, `mpi_shm_seconds` per node count,
-//! `ratio_dsm_speed_to_mpi_tcp_N` (MPI time / dsm time; target ≥ 0.8 at 2 and 4),
-//! `dsm_2_not_slower_than_1`, and the grids' checksums compared exactly. Without `mpicc` the
-//! MPI figures are `null` beside `mpi_error` (and a warning on stderr). See
-//! `jacobi/versus_mpi.rs`.
+//! `dsm_copy_seconds`, with bulk row copies), at 1, 2 and 4 nodes against a hand-written MPI
+//! version (`benches/mpi/jacobi.c`, compiled with `mpicc -O2` at bench time) over TCP and
+//! over shared memory, runs interleaved, medians of 3: `dsm_seconds`, `mpi_tcp_seconds`,
+//! `mpi_shm_seconds` per node count, `ratio_dsm_speed_to_mpi_tcp_N` (MPI time / dsm time;
+//! target ≥ 0.8 at 2 and 4), `dsm_2_not_slower_than_1`, and the grids' checksums compared
+//! exactly. Without `mpicc` the MPI figures are `null` beside `mpi_error` (and a warning on
+//! stderr). See `jacobi/versus_mpi.rs`.
 
 mod mpi;
 mod versus_mpi;
