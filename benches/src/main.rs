@@ -25,6 +25,8 @@ enum Suite {
     /// Remote fault, scan, lock hand-off and barrier latency against the round-trip and
     /// local-fault floors, 2 pinned nodes and 4 oversubscribed (issue #10).
     Latency,
+    /// Shared files: merge throughput and release-to-acquire latency vs pwrite+fsync (issue #13).
+    Views,
 }
 
 #[derive(Debug, Parser)]
@@ -46,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Suite::Rdma => suites::rdma::run()?,
         Suite::Jacobi => suites::jacobi::run()?,
         Suite::Latency => suites::latency::run()?,
+        Suite::Views => suites::views::run()?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

@@ -6,3 +6,4 @@ pub mod locks;
 pub mod rdma;
 pub mod tcp;
 pub mod uffd;
+pub mod views;
