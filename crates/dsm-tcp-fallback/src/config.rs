@@ -10,6 +10,9 @@ use crate::{Error, Result};
 /// Name of the environment variable holding the cluster key.
 pub const CLUSTER_KEY_ENV: &str = "DSM_CLUSTER_KEY";
 
+/// BLAKE3 `derive_key` context turning a passphrase into a cluster key.
+pub const PASSPHRASE_CONTEXT: &str = "dsm cluster key v1";
+
 /// Everything [`TcpTransport::start`](crate::TcpTransport::start) needs.
 ///
 /// Rank `r` dials every rank below it and accepts every rank above it, so `peers[i]` needs to
@@ -24,7 +27,10 @@ pub struct TcpConfig {
     pub peers: Vec<SocketAddr>,
     /// Cluster id: carried in every frame header; frames of another cluster are rejected.
     pub cluster: u64,
-    /// Cluster key: when set, every connection proves it with a challenge–response MAC.
+    /// Cluster key: when set, every connection proves it with a challenge–response MAC and
+    /// every frame after the handshake carries a tag under a key of that connection (see
+    /// [`crate::session`]). `None` authenticates nothing: anyone who can reach the listener
+    /// can join the mesh.
     pub key: Option<[u8; 32]>,
     /// How long `start` waits for the whole mesh before failing with the missing ranks.
     pub connect_timeout: Duration,
@@ -41,15 +47,15 @@ pub struct TcpConfig {
 }
 
 impl TcpConfig {
-    /// A configuration with defaults: no key, 30 s to connect, 2 s per handshake, and
-    /// `Limits::new(cluster)`.
+    /// A configuration with defaults: the key of [`CLUSTER_KEY_ENV`] if set (else none), 30 s
+    /// to connect, 2 s per handshake, and `Limits::new(cluster)`.
     pub fn new(rank: NodeId, listener: TcpListener, peers: Vec<SocketAddr>, cluster: u64) -> Self {
         TcpConfig {
             rank,
             listener,
             peers,
             cluster,
-            key: None,
+            key: cluster_key_from_env(),
             connect_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(2),
             limits: Limits::new(cluster),
@@ -78,8 +84,12 @@ impl TcpConfig {
 }
 
 /// Reads the cluster key from [`CLUSTER_KEY_ENV`]: 64 hex digits are taken as the key itself,
-/// anything else as a passphrase the key is derived from (BLAKE3 `derive_key`). `None` when
-/// the variable is unset or empty.
+/// anything else as a passphrase the key is derived from (BLAKE3 `derive_key`, context
+/// [`PASSPHRASE_CONTEXT`]). `None` when the variable is unset or empty.
+///
+/// A passphrase is only as strong as it is long: anyone who records one handshake can test
+/// guesses offline. Use 64 random hex digits (what `dsm-run` and the per-user key file of
+/// crate `dsm` generate).
 pub fn cluster_key_from_env() -> Option<[u8; 32]> {
     let value = std::env::var(CLUSTER_KEY_ENV).ok()?;
     (!value.is_empty()).then(|| cluster_key_from_str(&value))
@@ -87,8 +97,7 @@ pub fn cluster_key_from_env() -> Option<[u8; 32]> {
 
 /// Turns a configured key string into key bytes (see [`cluster_key_from_env`]).
 pub fn cluster_key_from_str(value: &str) -> [u8; 32] {
-    parse_hex_key(value)
-        .unwrap_or_else(|| blake3::derive_key("dsm cluster key v1", value.as_bytes()))
+    parse_hex_key(value).unwrap_or_else(|| blake3::derive_key(PASSPHRASE_CONTEXT, value.as_bytes()))
 }
 
 fn parse_hex_key(value: &str) -> Option<[u8; 32]> {

@@ -6,6 +6,7 @@ use std::net::TcpStream;
 use dsm_wire::{Limits, NodeId, PageId};
 
 use crate::reader::FrameReader;
+use crate::session::{FrameMac, SessionKeys, TAG_LEN};
 
 /// A page read or write sent to this peer and not answered yet. Homes answer in request order
 /// (one stream, one thread), so replies must match the front of the queue.
@@ -24,6 +25,8 @@ pub(crate) struct Conn {
     pub(crate) peer: NodeId,
     pub(crate) stream: TcpStream,
     pub(crate) reader: FrameReader,
+    /// Tags every frame sent, in queue order (= send order); `None` on a keyless connection.
+    seal: Option<FrameMac>,
     /// Frames queued since the last send was submitted: the next send takes them all at once.
     pub(crate) out: Vec<u8>,
     /// Spare buffer for `out`, so steady state allocates nothing.
@@ -39,11 +42,24 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(peer: NodeId, stream: TcpStream, limits: Limits) -> Self {
+    pub(crate) fn new(
+        peer: NodeId,
+        stream: TcpStream,
+        limits: Limits,
+        session: Option<SessionKeys>,
+    ) -> Self {
+        let (reader, seal) = match session {
+            Some(keys) => (
+                FrameReader::authenticated(limits, keys.receive),
+                Some(keys.send),
+            ),
+            None => (FrameReader::new(limits), None),
+        };
         Conn {
             peer,
             stream,
-            reader: FrameReader::new(limits),
+            reader,
+            seal,
             out: Vec::with_capacity(64 << 10),
             spare: Vec::with_capacity(64 << 10),
             sending: false,
@@ -55,15 +71,37 @@ impl Conn {
     }
 
     /// Queues an encoded frame. The first frame of an idle connection is moved in, not
-    /// copied (the latency case); later ones are appended (the batching case).
+    /// copied (the latency case) unless its tag would make it grow while `out` has room for
+    /// both (a copy of a small frame is cheaper than a reallocation); later ones are appended
+    /// (the batching case).
     pub(crate) fn queue_frame(&mut self, frame: Vec<u8>) {
-        if self.out.is_empty() {
+        let start = self.out.len();
+        let tag = if self.seal.is_some() { TAG_LEN } else { 0 };
+        let fits = frame.len() + tag <= frame.capacity() || frame.len() + tag > self.out.capacity();
+        if self.out.is_empty() && fits {
             let old = std::mem::replace(&mut self.out, frame);
             if self.spare.capacity() < old.capacity() {
                 self.spare = old;
             }
         } else {
             self.out.extend_from_slice(&frame);
+        }
+        self.seal_from(start);
+    }
+
+    /// Appends one frame that `write` encodes straight into the send buffer (a page copied
+    /// from home memory, say), then its tag.
+    pub(crate) fn append_frame(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.out.len();
+        write(&mut self.out);
+        self.seal_from(start);
+    }
+
+    /// Tags the frame at `out[start..]` (authenticated connections only).
+    fn seal_from(&mut self, start: usize) {
+        if let Some(seal) = &mut self.seal {
+            let tag = seal.tag(&self.out[start..]);
+            self.out.extend_from_slice(&tag);
         }
     }
 

@@ -24,6 +24,15 @@ pub enum Error {
         #[source]
         source: dsm_wire::Error,
     },
+    /// A frame failed authentication: injected, altered, replayed or reordered on the path.
+    #[error("frame from node {peer} rejected: {source}")]
+    Forged {
+        /// Peer the connection belongs to.
+        peer: NodeId,
+        /// Which frame and why.
+        #[source]
+        source: crate::reader::ReadError,
+    },
     /// A well-formed frame that breaks the transport protocol (wrong sender rank, a reply
     /// nobody asked for, a handshake message after the handshake).
     #[error("protocol violation by node {peer}: {what}")]
@@ -62,6 +71,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error of a connection to `peer` whose stream could not be read on.
+    pub(crate) fn from_read(peer: NodeId, error: crate::reader::ReadError) -> Self {
+        match error {
+            crate::reader::ReadError::Wire(source) => Error::Wire { peer, source },
+            forged => Error::Forged {
+                peer,
+                source: forged,
+            },
+        }
+    }
+
     /// Wraps the current OS error for `call`.
     pub(crate) fn io(call: &'static str, source: std::io::Error) -> Self {
         Error::Io { call, source }

@@ -1,8 +1,15 @@
 //! The connection handshake (see `dsm_wire::msg::transport` for the message flow), run with
-//! blocking socket I/O and timeouts before a connection is handed to the io_uring thread.
+//! blocking socket I/O and timeouts before a connection is handed to the io_uring thread. The
+//! boot-up exchange with the coordinator (crate `dsm`) runs the same handshake, with
+//! [`Purpose::Bootstrap`].
 //!
 //! Cluster id and protocol version are checked by dsm-wire on every header; this module checks
-//! ranks and, with a cluster key, that both sides can MAC the other's fresh nonce.
+//! ranks and, with a cluster key, that both sides can MAC the other's fresh nonce. Each proof
+//! is a BLAKE3 keyed hash under a key derived from the cluster key (context
+//! [`PROOF_CONTEXT`]) over a role label, the purpose, the cluster id, both ranks and the
+//! nonce. With a key, the handshake ends with the [`SessionKeys`] that tag every later frame
+//! (see [`crate::session`]); a captured handshake replayed later fails, since the other
+//! end's nonce is fresh.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,6 +17,7 @@ use std::net::TcpStream;
 use dsm_wire::msg::transport::{MAC_LEN, NONCE_LEN};
 use dsm_wire::{HEADER_LEN, Header, Limits, Message, NodeId, Transport, decode, encode};
 
+use crate::session::{Purpose, SessionKeys, Transcript};
 use crate::{Error, Result};
 
 /// Largest handshake body (Challenge: rank + nonce + MAC); anything longer is rejected before
@@ -17,12 +25,28 @@ use crate::{Error, Result};
 const MAX_HANDSHAKE_BODY: u32 = 4 + 32 + 32;
 const _: () = assert!(MAX_HANDSHAKE_BODY as usize == 4 + NONCE_LEN + MAC_LEN);
 
-/// Identity and secret of the local end.
-#[derive(Debug, Clone)]
-pub(crate) struct Local {
-    pub(crate) rank: NodeId,
-    pub(crate) cluster: u64,
-    pub(crate) key: Option<[u8; 32]>,
+/// BLAKE3 `derive_key` context of the key the handshake proofs are computed with.
+pub const PROOF_CONTEXT: &str = "dsm 2025 tcp handshake proof v1";
+
+/// Identity and secret of the local end of a handshake.
+#[derive(Clone)]
+pub struct Credentials {
+    rank: NodeId,
+    cluster: u64,
+    purpose: Purpose,
+    /// The cluster key and the proof key derived from it; `None` runs keyless.
+    keys: Option<([u8; 32], [u8; 32])>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("rank", &self.rank)
+            .field("cluster", &self.cluster)
+            .field("purpose", &self.purpose)
+            .field("keyed", &self.keys.is_some())
+            .finish()
+    }
 }
 
 /// Which side of a connection computes a MAC: the two proofs differ so one cannot be replayed
@@ -33,7 +57,28 @@ enum Proof {
     Dialer,
 }
 
-impl Local {
+impl Credentials {
+    /// The local end `rank` of cluster `cluster`, for connections of `purpose`, proving
+    /// `key` (`None`: no authentication at all, every MAC is zero).
+    pub fn new(rank: NodeId, cluster: u64, key: Option<[u8; 32]>, purpose: Purpose) -> Self {
+        Credentials {
+            rank,
+            cluster,
+            purpose,
+            keys: key.map(|k| (k, blake3::derive_key(PROOF_CONTEXT, &k))),
+        }
+    }
+
+    /// This end's rank.
+    pub fn rank(&self) -> NodeId {
+        self.rank
+    }
+
+    /// The cluster id every frame carries.
+    pub fn cluster(&self) -> u64 {
+        self.cluster
+    }
+
     fn mac(
         &self,
         proof: Proof,
@@ -41,14 +86,15 @@ impl Local {
         acceptor: NodeId,
         nonce: &[u8; NONCE_LEN],
     ) -> [u8; MAC_LEN] {
-        let Some(key) = &self.key else {
+        let Some((_, proof_key)) = &self.keys else {
             return [0; MAC_LEN];
         };
-        let mut hasher = blake3::Hasher::new_keyed(key);
+        let mut hasher = blake3::Hasher::new_keyed(proof_key);
         hasher.update(match proof {
             Proof::Acceptor => b"dsm tcp acceptor proof",
             Proof::Dialer => b"dsm tcp dialer proof  ",
         });
+        hasher.update(&[self.purpose.byte()]);
         hasher.update(&self.cluster.to_le_bytes());
         hasher.update(&dialer.to_le_bytes());
         hasher.update(&acceptor.to_le_bytes());
@@ -59,11 +105,17 @@ impl Local {
     fn check_mac(&self, got: &[u8; MAC_LEN], expected: [u8; MAC_LEN], who: &str) -> Result<()> {
         // Without a key both sides send zeros and nothing is proven: nothing to compare.
         // blake3::Hash compares in constant time.
-        if self.key.is_none() || blake3::Hash::from(*got) == blake3::Hash::from(expected) {
+        if self.keys.is_none() || blake3::Hash::from(*got) == blake3::Hash::from(expected) {
             Ok(())
         } else {
             Err(handshake(who, "wrong cluster key (MAC mismatch)"))
         }
+    }
+
+    fn session(&self, t: &Transcript<'_>, dialed: bool) -> Option<SessionKeys> {
+        self.keys
+            .as_ref()
+            .map(|(key, _)| SessionKeys::derive(key, t, dialed))
     }
 
     fn send(&self, stream: &mut TcpStream, msg: Transport, who: &str) -> Result<()> {
@@ -74,8 +126,13 @@ impl Local {
     }
 }
 
-/// Dialer side: runs the handshake on a fresh connection to `peer`.
-pub(crate) fn dial(local: &Local, stream: &mut TcpStream, peer: NodeId) -> Result<()> {
+/// Dialer side: runs the handshake on a fresh connection to `peer`. Returns the session keys
+/// of the connection (`None` without a cluster key).
+pub fn dial(
+    local: &Credentials,
+    stream: &mut TcpStream,
+    peer: NodeId,
+) -> Result<Option<SessionKeys>> {
     let who = format!("node {peer}");
     let nonce = fresh_nonce()?;
     local.send(
@@ -105,18 +162,28 @@ pub(crate) fn dial(local: &Local, stream: &mut TcpStream, peer: NodeId) -> Resul
     let mac = local.mac(Proof::Dialer, local.rank, peer, &theirs);
     local.send(stream, Transport::Response { mac }, &who)?;
     match receive(local, stream, peer)? {
-        Transport::Welcome { rank } if rank == peer => Ok(()),
-        _ => Err(handshake(&who, "expected Welcome")),
+        Transport::Welcome { rank } if rank == peer => {}
+        _ => return Err(handshake(&who, "expected Welcome")),
     }
+    let transcript = Transcript {
+        purpose: local.purpose,
+        cluster: local.cluster,
+        dialer: local.rank,
+        acceptor: peer,
+        dialer_nonce: &nonce,
+        acceptor_nonce: &theirs,
+    };
+    Ok(local.session(&transcript, true))
 }
 
-/// Acceptor side: runs the handshake on an accepted connection and returns the dialer's rank.
-/// `expected(rank)` says whether that rank may connect now (a higher rank not yet connected).
-pub(crate) fn accept(
-    local: &Local,
+/// Acceptor side: runs the handshake on an accepted connection and returns the dialer's rank
+/// and the session keys (`None` without a cluster key). `expected(rank)` says whether that
+/// rank may connect now (for the mesh: a higher rank not yet connected).
+pub fn accept(
+    local: &Credentials,
     stream: &mut TcpStream,
     expected: impl Fn(NodeId) -> bool,
-) -> Result<NodeId> {
+) -> Result<(NodeId, Option<SessionKeys>)> {
     let who = stream
         .peer_addr()
         .map_or_else(|_| "unknown address".to_owned(), |a| a.to_string());
@@ -154,13 +221,21 @@ pub(crate) fn accept(
         &who,
     )?;
     local.send(stream, Transport::Welcome { rank: local.rank }, &who)?;
-    Ok(peer)
+    let transcript = Transcript {
+        purpose: local.purpose,
+        cluster: local.cluster,
+        dialer: peer,
+        acceptor: local.rank,
+        dialer_nonce: &theirs,
+        acceptor_nonce: &nonce,
+    };
+    Ok((peer, local.session(&transcript, false)))
 }
 
 /// Reads exactly one handshake frame: the header first (checked, so the body length is
 /// bounded), then the body. Reads never go past the frame, so nothing meant for the io_uring
 /// thread is consumed here.
-fn receive(local: &Local, stream: &mut TcpStream, peer: NodeId) -> Result<Transport> {
+fn receive(local: &Credentials, stream: &mut TcpStream, peer: NodeId) -> Result<Transport> {
     let mut limits = Limits::new(local.cluster);
     limits.max_body_len = MAX_HANDSHAKE_BODY;
     let mut frame = [0u8; HEADER_LEN + MAX_HANDSHAKE_BODY as usize];

@@ -20,7 +20,12 @@
 //! * **Every connection is authenticated** (`dsm_wire::msg::transport` documents the flow):
 //!   cluster id and protocol version in every header, ranks checked, and with a cluster key
 //!   ([`TcpConfig::key`], [`cluster_key_from_env`]) a BLAKE3 keyed-hash challenge–response
-//!   over fresh random nonces, both ways.
+//!   over fresh random nonces, both ways ([`handshake`]).
+//! * **Every frame is authenticated** after a keyed handshake: a 16-byte tag (BLAKE3 keyed
+//!   hash over header, body and the frame's sequence number, under a key of that connection
+//!   and direction, [`session`]) follows each frame. An injected, altered, replayed or
+//!   reordered frame closes that connection ([`ReadError::Forged`]). Bodies are not
+//!   encrypted.
 //! * **Failures are reported, never hung**: a closed or reset connection, a malformed frame
 //!   (typed [`dsm_wire::Error`], logged) or a protocol violation closes that one connection,
 //!   fails its outstanding page requests and delivers `TransportEvent::PeerFailed` with the
@@ -46,8 +51,8 @@
 //! // Each node binds its listener, the runtime exchanges the addresses (here: fixed ones).
 //! let listener = TcpListener::bind("127.0.0.1:7001")?;
 //! let peers = vec!["127.0.0.1:7000".parse()?, "127.0.0.1:7001".parse()?];
-//! let mut config = TcpConfig::new(1, listener, peers, 0xd5);
-//! config.key = dsm_tcp_fallback::cluster_key_from_env();
+//! // The key comes from DSM_CLUSTER_KEY when set; `config.key` sets it in code.
+//! let config = TcpConfig::new(1, listener, peers, 0xd5);
 //! let transport = TcpTransport::start(config, Arc::new(Print))?; // waits for the mesh
 //! transport.send(0, &Message::Membership(Membership::Heartbeat { beat: 1 }))?;
 //! transport.shutdown()?;
@@ -66,15 +71,19 @@
 mod config;
 mod conn;
 mod error;
-mod handshake;
+pub mod handshake;
 mod mesh;
 pub mod reader;
+pub mod session;
 mod shared;
 mod sys;
 mod transport;
 mod worker;
 
-pub use config::{CLUSTER_KEY_ENV, TcpConfig, cluster_key_from_env, cluster_key_from_str};
+pub use config::{
+    CLUSTER_KEY_ENV, PASSPHRASE_CONTEXT, TcpConfig, cluster_key_from_env, cluster_key_from_str,
+};
 pub use error::{Error, Result};
-pub use reader::FrameReader;
+pub use reader::{FrameReader, ReadError};
+pub use session::{FrameMac, Purpose, SessionKeys, TAG_LEN};
 pub use transport::TcpTransport;

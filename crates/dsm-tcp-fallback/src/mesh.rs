@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use dsm_wire::NodeId;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use crate::handshake::{self, Local};
+use crate::handshake::{self, Credentials};
+use crate::session::SessionKeys;
 use crate::{Error, Result, TcpConfig};
 
 /// Pause between connection attempts to a rank whose listener is not up yet.
@@ -23,11 +24,18 @@ const REDIAL_PAUSE: Duration = Duration::from_millis(20);
 /// Seconds after which unacknowledged data or unanswered keepalives declare a peer dead.
 const DEAD_PEER_SECS: u32 = 10;
 
+/// One connected, authenticated socket and the keys that tag its frames (`None` keyless).
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) stream: TcpStream,
+    pub(crate) session: Option<SessionKeys>,
+}
+
 /// Connected, authenticated sockets indexed by rank (`None` at the local rank).
-pub(crate) type Mesh = Vec<Option<TcpStream>>;
+pub(crate) type Mesh = Vec<Option<Link>>;
 
 /// Connects to every peer of `config` or fails naming the ranks missing at the deadline.
-pub(crate) fn connect(config: &TcpConfig, local: &Local) -> Result<Mesh> {
+pub(crate) fn connect(config: &TcpConfig, local: &Credentials) -> Result<Mesh> {
     let started = Instant::now();
     let deadline = started + config.connect_timeout;
     let slots: Mutex<Mesh> = Mutex::new((0..config.peers.len()).map(|_| None).collect());
@@ -53,7 +61,7 @@ pub(crate) fn connect(config: &TcpConfig, local: &Local) -> Result<Mesh> {
 
 fn dial_lower(
     config: &TcpConfig,
-    local: &Local,
+    local: &Credentials,
     deadline: Instant,
     slots: &Mutex<Mesh>,
     last_error: &Mutex<String>,
@@ -61,8 +69,8 @@ fn dial_lower(
     for peer in 0..config.rank {
         while Instant::now() < deadline {
             match dial_one(config, local, peer, deadline) {
-                Ok(stream) => {
-                    lock(slots)[peer as usize] = Some(stream);
+                Ok(link) => {
+                    lock(slots)[peer as usize] = Some(link);
                     break;
                 }
                 Err(e) => {
@@ -79,23 +87,23 @@ fn dial_lower(
 
 fn dial_one(
     config: &TcpConfig,
-    local: &Local,
+    local: &Credentials,
     peer: NodeId,
     deadline: Instant,
-) -> Result<TcpStream> {
+) -> Result<Link> {
     let addr: SocketAddr = config.peers[peer as usize];
     let budget = bounded(config.handshake_timeout, deadline);
     let mut stream =
         TcpStream::connect_timeout(&addr, budget).map_err(|e| Error::io("connect", e))?;
     prepare(&stream, budget)?;
-    handshake::dial(local, &mut stream, peer)?;
+    let session = handshake::dial(local, &mut stream, peer)?;
     finish(&stream)?;
-    Ok(stream)
+    Ok(Link { stream, session })
 }
 
 fn accept_higher(
     config: &TcpConfig,
-    local: &Local,
+    local: &Credentials,
     deadline: Instant,
     slots: &Mutex<Mesh>,
     last_error: &Mutex<String>,
@@ -113,9 +121,9 @@ fn accept_higher(
                     wanted(r) && lock(slots)[r as usize].is_none()
                 })
             })
-            .and_then(|peer| finish(&stream).map(|()| peer));
+            .and_then(|accepted| finish(&stream).map(|()| accepted));
         match result {
-            Ok(peer) => lock(slots)[peer as usize] = Some(stream),
+            Ok((peer, session)) => lock(slots)[peer as usize] = Some(Link { stream, session }),
             Err(e) => {
                 tracing::warn!(rank = config.rank, error = %e, "rejected an incoming connection");
                 *lock(last_error) = e.to_string();

@@ -1,25 +1,64 @@
 //! Reassembles frames from a byte stream delivered in arbitrary chunks (one multishot-recv
-//! buffer at a time).
+//! buffer at a time), and checks each frame's tag when the connection is authenticated (see
+//! [`crate::session`]).
 //!
-//! Frames that lie wholly inside a chunk are decoded in place; only a frame cut by a chunk
-//! boundary is copied, once, into the reader's own buffer. A header is checked as soon as its
-//! 32 bytes are in, so the buffer never grows beyond a header plus a body the limits allow.
+//! Frames that lie wholly inside a chunk are checked and decoded in place; only a frame cut by
+//! a chunk boundary is copied, once, into the reader's own buffer. A header is checked as soon
+//! as its 32 bytes are in, so the buffer never grows beyond a header plus a body the limits
+//! allow (plus a tag). A tag is checked before the body is decoded: nothing of a forged frame
+//! reaches a decoder but its checksummed header.
 
 use dsm_wire::{Frame, HEADER_LEN, Header, Limits, decode_prefix};
+
+use crate::session::{FrameMac, TAG_LEN};
+
+/// Why a stream cannot be read on: the connection must close.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The frame is malformed (bad magic, checksum, cluster, length, command…).
+    #[error(transparent)]
+    Wire(#[from] dsm_wire::Error),
+    /// The frame's tag is wrong: it was injected, altered, replayed or reordered on the path,
+    /// or comes from someone without the session key.
+    #[error(
+        "frame #{seq} (command {command:#06x}) failed authentication: injected, altered, \
+         replayed or reordered"
+    )]
+    Forged {
+        /// Its position on the connection (frames counted from 0 after the handshake).
+        seq: u64,
+        /// The command its header claims.
+        command: u16,
+    },
+}
 
 /// Stream-to-frame reassembly for one connection.
 #[derive(Debug)]
 pub struct FrameReader {
     limits: Limits,
     partial: Vec<u8>,
+    /// Checks each frame's tag; `None` on a keyless connection (no tags on the wire).
+    mac: Option<FrameMac>,
 }
 
 impl FrameReader {
-    /// A reader enforcing `limits` on every frame.
+    /// A reader of untagged frames (a keyless connection) enforcing `limits` on every frame.
     pub fn new(limits: Limits) -> Self {
         FrameReader {
             limits,
             partial: Vec::new(),
+            mac: None,
+        }
+    }
+
+    /// A reader of an authenticated connection: each frame is followed by a tag that `mac`
+    /// must accept.
+    pub fn authenticated(limits: Limits, mac: FrameMac) -> Self {
+        FrameReader {
+            limits,
+            partial: Vec::new(),
+            mac: Some(mac),
         }
     }
 
@@ -27,7 +66,7 @@ impl FrameReader {
     ///
     /// On error the frames before the bad one have been pushed; the stream cannot be resynced
     /// (frames carry no sync marker), so the caller closes the connection.
-    pub fn feed(&mut self, mut chunk: &[u8], frames: &mut Vec<Frame>) -> dsm_wire::Result<()> {
+    pub fn feed(&mut self, mut chunk: &[u8], frames: &mut Vec<Frame>) -> Result<(), ReadError> {
         if !self.partial.is_empty() {
             chunk = self.complete_partial(chunk, frames)?;
             if !self.partial.is_empty() {
@@ -35,14 +74,14 @@ impl FrameReader {
             }
         }
         while !chunk.is_empty() {
-            match decode_prefix(chunk, &self.limits)? {
-                Some((frame, used)) => {
-                    frames.push(frame);
-                    chunk = &chunk[used..];
+            match self.whole_len(chunk)? {
+                Some(total) if total <= chunk.len() => {
+                    self.open(&chunk[..total], frames)?;
+                    chunk = &chunk[total..];
                 }
-                None => {
+                _ => {
                     // Bounded: a cut header is < 32 bytes; a cut body was announced by a header
-                    // `decode_prefix` already checked against `max_body_len`.
+                    // `whole_len` already checked against `max_body_len`.
                     self.partial.extend_from_slice(chunk);
                     break;
                 }
@@ -56,30 +95,60 @@ impl FrameReader {
         self.partial.len()
     }
 
-    /// Moves bytes from `chunk` into the partial frame until it is whole, decodes it, and
-    /// returns the rest of the chunk.
+    /// Bytes of the frame starting at `bytes` (tag included), once its header is in.
+    fn whole_len(&self, bytes: &[u8]) -> Result<Option<usize>, ReadError> {
+        if bytes.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let header = Header::parse(bytes, self.limits.cluster, self.limits.max_body_len)?;
+        Ok(Some(HEADER_LEN + header.body_len as usize + self.tag_len()))
+    }
+
+    fn tag_len(&self) -> usize {
+        if self.mac.is_some() { TAG_LEN } else { 0 }
+    }
+
+    /// Checks the tag of one whole frame (`whole` = header, body, tag), then decodes it.
+    fn open(&mut self, whole: &[u8], frames: &mut Vec<Frame>) -> Result<(), ReadError> {
+        let (frame, tag) = whole.split_at(whole.len() - self.tag_len());
+        if let Some(mac) = &mut self.mac {
+            let seq = mac.seq();
+            if !mac.verify(frame, tag) {
+                let command = u16::from_le_bytes([frame[6], frame[7]]);
+                return Err(ReadError::Forged { seq, command });
+            }
+        }
+        if let Some((decoded, _)) = decode_prefix(frame, &self.limits)? {
+            frames.push(decoded);
+        }
+        Ok(())
+    }
+
+    /// Moves bytes from `chunk` into the partial frame until it is whole, checks and decodes
+    /// it, and returns the rest of the chunk.
     fn complete_partial<'c>(
         &mut self,
         mut chunk: &'c [u8],
         frames: &mut Vec<Frame>,
-    ) -> dsm_wire::Result<&'c [u8]> {
+    ) -> Result<&'c [u8], ReadError> {
         if self.partial.len() < HEADER_LEN {
             chunk = self.take(chunk, HEADER_LEN);
             if self.partial.len() < HEADER_LEN {
                 return Ok(chunk);
             }
         }
-        let header = Header::parse(&self.partial, self.limits.cluster, self.limits.max_body_len)?;
-        let total = HEADER_LEN + header.body_len as usize;
+        let total = self
+            .whole_len(&self.partial)?
+            .expect("a whole header is buffered");
         chunk = self.take(chunk, total);
         if self.partial.len() < total {
             return Ok(chunk);
         }
-        if let Some((frame, _)) = decode_prefix(&self.partial, &self.limits)? {
-            frames.push(frame);
-        }
+        let whole = std::mem::take(&mut self.partial);
+        let opened = self.open(&whole, frames);
+        self.partial = whole;
         self.partial.clear();
-        Ok(chunk)
+        opened.map(|()| chunk)
     }
 
     /// Appends bytes of `chunk` until the partial frame holds `want` bytes.
@@ -94,6 +163,8 @@ impl FrameReader {
 mod tests {
     use super::*;
     use dsm_wire::{Coherence, Message, PageId, ViewMsg, encode};
+
+    use crate::session::{FrameMac, TAG_LEN};
 
     const CLUSTER: u64 = 9;
 
@@ -143,9 +214,98 @@ mod tests {
         reader.feed(&bytes[..20], &mut frames).unwrap();
         assert!(matches!(
             reader.feed(&bytes[20..40], &mut frames),
-            Err(dsm_wire::Error::BadMagic(_))
+            Err(ReadError::Wire(dsm_wire::Error::BadMagic(_)))
         ));
         assert!(frames.is_empty());
         assert!(reader.buffered() <= HEADER_LEN);
+    }
+
+    /// The frames of `stream()`, each followed by its tag under a fresh key, and the key.
+    fn tagged() -> (Vec<Message>, Vec<Vec<u8>>, [u8; 32]) {
+        let (msgs, _) = stream();
+        let key = [7u8; 32];
+        let mut mac = FrameMac::new(key);
+        let frames = msgs
+            .iter()
+            .map(|m| {
+                let mut f = encode(m, CLUSTER, 4);
+                let tag = mac.tag(&f);
+                f.extend_from_slice(&tag);
+                f
+            })
+            .collect();
+        (msgs, frames, key)
+    }
+
+    fn read_all(key: [u8; 32], bytes: &[u8], chunk: usize) -> (Vec<Message>, Option<ReadError>) {
+        let mut reader = FrameReader::authenticated(Limits::new(CLUSTER), FrameMac::new(key));
+        let mut frames = Vec::new();
+        let mut error = None;
+        for piece in bytes.chunks(chunk) {
+            if let Err(e) = reader.feed(piece, &mut frames) {
+                error = Some(e);
+                break;
+            }
+        }
+        (frames.into_iter().map(|f| f.message).collect(), error)
+    }
+
+    #[test]
+    fn tagged_frames_read_in_any_chunking() {
+        let (msgs, frames, key) = tagged();
+        let bytes = frames.concat();
+        for chunk in [1, 15, 16, 17, 32, 48, 100, 4096, bytes.len()] {
+            assert_eq!(
+                read_all(key, &bytes, chunk),
+                (msgs.clone(), None),
+                "{chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn altered_replayed_reordered_or_untagged_frames_stop_the_stream() {
+        let (msgs, frames, key) = tagged();
+        let forged = |seq| {
+            Some(ReadError::Forged {
+                seq,
+                command: 0x0201,
+            })
+        };
+        // A body byte altered in frame 1 (checksums recomputed would not help either: the
+        // tag covers the header).
+        let mut altered = frames.clone();
+        let n = altered[1].len();
+        altered[1][n - TAG_LEN - 1] ^= 1;
+        let (got, err) = read_all(key, &altered.concat(), 4096);
+        assert_eq!(got, msgs[..1]);
+        assert!(matches!(
+            err,
+            Some(ReadError::Wire(_)) | Some(ReadError::Forged { .. })
+        ));
+        // Frame 1 sent twice (a replay), and frames 1 and 2 swapped.
+        let replayed = [&frames[..2], &frames[1..2]].concat().concat();
+        assert_eq!(read_all(key, &replayed, 7), (msgs[..2].to_vec(), forged(2)));
+        let swapped = [&frames[..1], &frames[2..3], &frames[1..2]]
+            .concat()
+            .concat();
+        assert_eq!(
+            read_all(key, &swapped, 4096),
+            (msgs[..1].to_vec(), forged(1))
+        );
+        // A frame with a valid header and checksums but no key: injected.
+        let injected = [
+            frames[0].clone(),
+            encode(&msgs[1], CLUSTER, 4),
+            vec![0; TAG_LEN],
+        ];
+        assert_eq!(
+            read_all(key, &injected.concat(), 33),
+            (msgs[..1].to_vec(), forged(1))
+        );
+        // Another key altogether.
+        let (got, err) = read_all([8; 32], &frames.concat(), 4096);
+        assert!(got.is_empty());
+        assert!(matches!(err, Some(ReadError::Forged { seq: 0, .. })));
     }
 }

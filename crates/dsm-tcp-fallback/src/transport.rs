@@ -7,7 +7,8 @@ use std::thread::JoinHandle;
 use dsm_core::{EventSink, HomeMemory, Transport, TransportError};
 use dsm_wire::{Message, NodeId, Page, PageId, encode};
 
-use crate::handshake::Local;
+use crate::handshake::Credentials;
+use crate::session::Purpose;
 use crate::shared::{Op, Shared};
 use crate::worker::{self, Setup, peer_failed};
 use crate::{Error, Result, TcpConfig, mesh};
@@ -45,11 +46,7 @@ impl TcpTransport {
     /// the handshake are logged and dropped while waiting.
     pub fn start(config: TcpConfig, sink: Arc<dyn EventSink>) -> Result<Self> {
         config.check()?;
-        let local = Local {
-            rank: config.rank,
-            cluster: config.cluster,
-            key: config.key,
-        };
+        let local = Credentials::new(config.rank, config.cluster, config.key, Purpose::Mesh);
         let mesh = mesh::connect(&config, &local)?;
         let shared =
             Arc::new(Shared::new(config.peers.len()).map_err(|e| Error::io("eventfd", e))?);

@@ -112,8 +112,8 @@ impl Worker {
         let mut ring = Ring::new(RING_ENTRIES, size, RECV_BUFFERS, RECV_BUFFER_LEN)?;
         ring.read_wake(setup.shared.wake.as_raw_fd())?;
         let mut conns = Vec::with_capacity(size);
-        for (peer, stream) in (0..).zip(setup.mesh) {
-            let conn = stream.map(|s| Conn::new(peer, s, setup.limits.clone()));
+        for (peer, link) in (0..).zip(setup.mesh) {
+            let conn = link.map(|l| Conn::new(peer, l.stream, setup.limits.clone(), l.session));
             if let Some(conn) = &conn {
                 ring.recv_multi(conn.stream.as_raw_fd(), conn.peer)?;
             }
@@ -236,7 +236,8 @@ impl Worker {
                 .deliver(TransportEvent::PageWritten { token, result });
         };
         conn.pending.push_back(Pending::Write { token, page });
-        append_page_write_request(&mut conn.out, self.cluster, self.rank, token, page, &data);
+        let (cluster, rank) = (self.cluster, self.rank);
+        conn.append_frame(|out| append_page_write_request(out, cluster, rank, token, page, &data));
     }
 
     /// Submits one send per peer carrying everything queued for it.
@@ -344,7 +345,7 @@ impl Worker {
         }
         self.frames = frames;
         handled?;
-        fed.map_err(|source| Error::Wire { peer, source }.to_string())
+        fed.map_err(|e| Error::from_read(peer, e).to_string())
     }
 
     fn handle_frame(&mut self, peer: NodeId, frame: Frame) -> std::result::Result<(), String> {
@@ -426,7 +427,9 @@ impl Worker {
         let status = match exposed.get(&page.region) {
             None => PageStatus::NotExposed,
             Some(memory) => sys::with_home_page(memory, page.page, |data| {
-                append_page_read_reply(&mut conn.out, cluster, rank, token, page, data)
+                conn.append_frame(|out| {
+                    append_page_read_reply(out, cluster, rank, token, page, data);
+                });
             })
             .map_or(PageStatus::OutOfRange, |()| PageStatus::Ok),
         };

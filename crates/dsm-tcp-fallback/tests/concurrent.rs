@@ -56,7 +56,12 @@ fn concurrent_senders_keep_each_stream_whole_and_in_order() {
     ];
     let configs = (0..)
         .zip(listeners)
-        .map(|(rank, l)| TcpConfig::new(rank, l, addrs.clone(), CLUSTER))
+        .map(|(rank, l)| {
+            // Keyed: tags must follow the frames of many senders in queue order.
+            let mut c = TcpConfig::new(rank, l, addrs.clone(), CLUSTER);
+            c.key = Some([0xc0; 32]);
+            c
+        })
         .collect();
     let transports: Vec<TcpTransport> = start_all(configs, sinks)
         .into_iter()

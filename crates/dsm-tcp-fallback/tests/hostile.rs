@@ -1,5 +1,6 @@
 //! Hostile and broken input: garbage bytes, a wrong cluster, a wrong key, bad frames after a
-//! good handshake, a spoofed sender. Each is rejected on its own connection; the rest of the
+//! good handshake, a spoofed sender, and on a keyed mesh frames injected, altered, replayed or
+//! reordered after the handshake. Each is rejected on its own connection; the rest of the
 //! mesh keeps working.
 
 use std::io::{Read, Write};
@@ -9,7 +10,10 @@ use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
 use dsm_core::{EventSink, Transport, TransportEvent};
-use dsm_tcp_fallback::{Error, TcpConfig, TcpTransport};
+use dsm_tcp_fallback::handshake::{self, Credentials};
+use dsm_tcp_fallback::{
+    Error, FrameReader, Purpose, SessionKeys, TAG_LEN, TcpConfig, TcpTransport,
+};
 use dsm_wire::{
     HEADER_LEN, Header, Limits, Membership, Message, Transport as Wire, decode, encode,
 };
@@ -188,6 +192,7 @@ fn two_real_one_fake() -> (
         .enumerate()
         .map(|(rank, l)| {
             let mut c = TcpConfig::new(rank as u32, l, addrs.clone(), CLUSTER);
+            c.key = None; // the fake peer speaks without a key
             c.connect_timeout = TIMEOUT;
             c
         })
@@ -295,4 +300,131 @@ fn keyed_mesh_works_end_to_end() {
     let (transports, receivers) = channel_mesh(3, Some(KEY));
     transports[2].send(0, &beat(5)).unwrap();
     expect_message(&receivers[0], 2, &beat(5));
+}
+
+/// Ranks 0 and 1 are real, keyed with `KEY`; rank 2 is this test holding the key and speaking
+/// the protocol by hand: it dials both and keeps each connection's session keys.
+/// Two real nodes, their events, and the insider's connection to each.
+type Insider = (
+    Vec<TcpTransport>,
+    Vec<Receiver<TransportEvent>>,
+    Vec<(TcpStream, SessionKeys)>,
+);
+
+fn keyed_two_real_one_insider() -> Insider {
+    let (listeners, mut addrs) = listeners(2);
+    addrs.push("127.0.0.1:9".parse().unwrap());
+    let (sinks, receivers): (Vec<Arc<dyn EventSink>>, Vec<_>) = (0..2)
+        .map(|_| {
+            let (tx, rx) = channel();
+            (Arc::new(Collect(tx)) as Arc<dyn EventSink>, rx)
+        })
+        .unzip();
+    let configs = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(rank, l)| {
+            let mut c = TcpConfig::new(rank as u32, l, addrs.clone(), CLUSTER);
+            c.key = Some(KEY);
+            c.connect_timeout = TIMEOUT;
+            c
+        })
+        .collect::<Vec<_>>();
+    let targets = [(0, addrs[0]), (1, addrs[1])];
+    let insider = std::thread::spawn(move || {
+        let me = Credentials::new(2, CLUSTER, Some(KEY), Purpose::Mesh);
+        targets
+            .iter()
+            .map(|&(rank, addr)| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(TIMEOUT)).unwrap();
+                let keys = handshake::dial(&me, &mut s, rank).unwrap().expect("keyed");
+                (s, keys)
+            })
+            .collect::<Vec<_>>()
+    });
+    let transports = start_all(configs, sinks)
+        .into_iter()
+        .map(|t| t.unwrap())
+        .collect();
+    (transports, receivers, insider.join().unwrap())
+}
+
+/// `message` from rank 2 as a frame followed by its tag.
+fn sealed(keys: &mut SessionKeys, message: &Message) -> Vec<u8> {
+    let mut frame = encode(message, CLUSTER, 2);
+    let tag = keys.send.tag(&frame);
+    frame.extend_from_slice(&tag);
+    frame
+}
+
+#[test]
+fn frames_on_a_keyed_mesh_carry_tags_the_receiver_checks() {
+    let (transports, receivers, mut insider) = keyed_two_real_one_insider();
+    let (stream, keys) = &mut insider[0];
+    // A tagged frame is delivered; the node's own frames come tagged under the session.
+    stream.write_all(&sealed(keys, &beat(1))).unwrap();
+    expect_message(&receivers[0], 2, &beat(1));
+    transports[0].send(2, &beat(2)).unwrap();
+    let mut reader = FrameReader::authenticated(Limits::new(CLUSTER), keys.receive.clone());
+    let mut frames = Vec::new();
+    let mut buf = [0u8; 256];
+    while frames.is_empty() {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed");
+        reader.feed(&buf[..n], &mut frames).unwrap();
+    }
+    assert_eq!(frames[0].message, beat(2));
+    // The same frame again: a replay.
+    let replay = sealed(&mut keys.clone(), &beat(3));
+    stream.write_all(&sealed(keys, &beat(3))).unwrap();
+    expect_message(&receivers[0], 2, &beat(3));
+    stream.write_all(&replay).unwrap();
+    expect_failed(&receivers[0], 2, "failed authentication");
+    assert!(closed_by_peer(stream));
+    transports[1].send(0, &beat(4)).unwrap();
+    expect_message(&receivers[0], 1, &beat(4));
+}
+
+#[test]
+fn injected_altered_and_reordered_frames_close_the_keyed_connection() {
+    let (transports, receivers, mut insider) = keyed_two_real_one_insider();
+    // To node 0: a frame with valid header and checksums but no tag (an injection by someone
+    // on the path without the key).
+    let (stream, keys) = &mut insider[0];
+    stream.write_all(&sealed(keys, &beat(1))).unwrap();
+    expect_message(&receivers[0], 2, &beat(1));
+    let mut injected = encode(&beat(66), CLUSTER, 2);
+    injected.extend_from_slice(&[0; TAG_LEN]);
+    stream.write_all(&injected).unwrap();
+    expect_failed(&receivers[0], 2, "failed authentication");
+    assert!(closed_by_peer(stream));
+    // To node 1: a frame altered in flight with its checksums recomputed (what an attacker
+    // who knows the format does), then two frames swapped.
+    let (stream, keys) = &mut insider[1];
+    let mut altered = sealed(keys, &beat(5));
+    altered[HEADER_LEN] ^= 1; // the beat number
+    let body = HEADER_LEN..altered.len() - TAG_LEN;
+    let body_crc = crc32(&altered[body]);
+    altered[24..28].copy_from_slice(&body_crc.to_le_bytes());
+    altered[28..32].fill(0);
+    let crc = crc32(&altered[..HEADER_LEN]);
+    altered[28..32].copy_from_slice(&crc.to_le_bytes());
+    stream.write_all(&altered).unwrap();
+    expect_failed(&receivers[1], 2, "frame #0");
+    assert!(closed_by_peer(stream));
+    transports[0].send(1, &beat(6)).unwrap();
+    expect_message(&receivers[1], 0, &beat(6));
+}
+
+#[test]
+fn reordered_frames_close_the_keyed_connection() {
+    let (_transports, receivers, mut insider) = keyed_two_real_one_insider();
+    let (stream, keys) = &mut insider[0];
+    let first = sealed(keys, &beat(1));
+    let second = sealed(keys, &beat(2));
+    stream.write_all(&second).unwrap();
+    stream.write_all(&first).unwrap();
+    expect_failed(&receivers[0], 2, "frame #0");
+    assert!(closed_by_peer(stream));
 }

@@ -223,7 +223,12 @@ fn four_nodes_exchange_100k_checked_messages_and_pages() {
     let configs = listeners
         .into_iter()
         .enumerate()
-        .map(|(rank, l)| TcpConfig::new(rank as u32, l, addrs.clone(), CLUSTER))
+        .map(|(rank, l)| {
+            // Keyed: every frame and page below is tagged and checked.
+            let mut c = TcpConfig::new(rank as u32, l, addrs.clone(), CLUSTER);
+            c.key = Some([0x5e; 32]);
+            c
+        })
         .collect();
     let sinks = checkers
         .iter()

@@ -9,7 +9,15 @@
 //! 3. D → A [`Transport::Response`]: a MAC over `n_a` proving D holds the key.
 //! 4. A → D [`Transport::Welcome`]: A accepted the connection.
 //!
-//! Without a cluster key the MACs are all zero and only cluster, version and ranks are checked.
+//! Both MACs are BLAKE3 keyed hashes under a key derived from the cluster key, over a role
+//! label, the connection's purpose (mesh or boot-up), cluster id, both ranks and the nonce.
+//! After the Welcome, each side derives a key per direction from the cluster key and both
+//! nonces, and every later frame is followed by a 16-byte tag over its header, its body and its
+//! sequence number on the connection (dsm-tcp-fallback's `session` module): an injected,
+//! altered, replayed or reordered frame closes the connection. Bodies are not encrypted.
+//!
+//! Without a cluster key the MACs are all zero, frames carry no tag, and only cluster, version
+//! and ranks are checked.
 
 use crate::codec::{Reader, Writer};
 use crate::header::{HEADER_LEN, Header};
