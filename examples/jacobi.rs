@@ -5,6 +5,8 @@
 //! dsm-run -n 4 --attach 0 -- target/release/examples/jacobi --n 256 --iters 50 --mode release --progress
 //! ```
 //!
+//! `--prefetch K` sets the grids' read prefetch (pages per read fault; 1 turns it off).
+//!
 //! Rows are read and written in place by default, borrowing region memory with
 //! `as_slice`/`as_mut_slice` (see `step_zero_copy` for why that is sound here); `--copy` uses
 //! the safe `Region::read_slice`/`write_slice` instead (a rolling window of three rows in
@@ -57,9 +59,11 @@ fn run() -> dsm::Result<()> {
     let consistency = common::mode();
     let node = Node::join(dsm::Config::from_env()?)?;
     let (rank, size) = (node.rank() as usize, node.size() as usize);
+    let options = dsm::RegionOptions::new(consistency)
+        .prefetch(common::number("--prefetch", dsm::DEFAULT_PREFETCH));
     let grids = [
-        node.alloc::<f64>("jacobi-a", n * n, consistency)?,
-        node.alloc::<f64>("jacobi-b", n * n, consistency)?,
+        node.alloc_with::<f64>("jacobi-a", n * n, options)?,
+        node.alloc_with::<f64>("jacobi-b", n * n, options)?,
     ];
     let rows = rank * n / size..(rank + 1) * n / size;
     for grid in &grids {

@@ -72,10 +72,7 @@ fn jacobi_matches_the_single_process_result() {
     for mode in ["sequential", "release"] {
         let args = ["--n", "128", "--iters", "10", "--copy", "--mode", mode];
         let out = run_example("jacobi", 2, &args);
-        assert!(
-            out.contains("jacobi check passed"),
-            "--copy {mode}: {out}"
-        );
+        assert!(out.contains("jacobi check passed"), "--copy {mode}: {out}");
     }
 }
 

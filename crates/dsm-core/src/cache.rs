@@ -82,6 +82,8 @@ pub(crate) struct Cache {
     /// Invalidations and downgrades waiting for their page to settle.
     held: VecDeque<(NodeId, PageId, Coherence)>,
     next_req: u64,
+    /// Per region: the last page a thread faulted on, to spot in-order scans.
+    last_demand: HashMap<u32, u32>,
 }
 
 impl Cache {
@@ -111,6 +113,7 @@ impl Cache {
         ctx: &mut Ctx<'_>,
     ) {
         let (token, access) = waiter;
+        self.last_demand.insert(page.region, page.page);
         let entry = self.entries.entry(page).or_default();
         if entry.state.allows(access) {
             ctx.out.push(Action::Wake { token });
@@ -135,6 +138,51 @@ impl Cache {
         self.settling.insert(page);
         self.dirty.insert(page);
         self.set_state(page, LocalState::Modified);
+    }
+
+    /// Read prefetch after a read fault on `page` (homed elsewhere) that continues an
+    /// in-order scan (the previous fault in the region was on the page before): asks the same
+    /// home for the pages after it, as reads with nobody waiting, while each is missing here,
+    /// has no fetch in flight and has that home; at most `loc.prefetch` pages in all.
+    ///
+    /// Only scans: whether a prefetched page is used cannot be seen (it is mapped before the
+    /// access, which then does not fault), so a rule like "prefetch what was here before"
+    /// keeps refetching pages that were touched once and never again (measured: 8 pages per
+    /// iteration instead of 1 on a row-split stencil whose setup read past its rows).
+    pub(crate) fn prefetch(
+        &mut self,
+        page: PageId,
+        (loc, scanning): (Located, bool),
+        locate: impl Fn(PageId) -> Option<Located>,
+        ctx: &mut Ctx<'_>,
+    ) {
+        if !scanning {
+            return;
+        }
+        let last = page
+            .page
+            .saturating_add(loc.prefetch.max(1) - 1)
+            .min(loc.pages - 1);
+        for index in page.page + 1..=last {
+            let next = PageId {
+                region: page.region,
+                page: index,
+            };
+            let entry = self.entries.get(&next);
+            let missing =
+                entry.is_none_or(|e| e.state == LocalState::Invalid && e.pending.is_none());
+            let same_home = locate(next).is_some_and(|l| l.home == loc.home);
+            if !(missing && same_home) {
+                break;
+            }
+            self.request(next, loc, Vec::new(), ctx);
+        }
+    }
+
+    /// True when a fault on `page` comes right after a fault on the page before it (asked
+    /// before the fault itself is recorded).
+    pub(crate) fn continues_scan(&self, page: PageId) -> bool {
+        page.page > 0 && self.last_demand.get(&page.region) == Some(&(page.page - 1))
     }
 
     fn request(&mut self, page: PageId, loc: Located, waiters: Vec<Waiter>, ctx: &mut Ctx<'_>) {
@@ -417,5 +465,6 @@ impl Cache {
         self.reads.retain(|_, page| page.region != region);
         self.dirty.retain(|page| page.region != region);
         self.held.retain(|(_, page, _)| page.region != region);
+        self.last_demand.remove(&region);
     }
 }

@@ -32,6 +32,10 @@ pub struct RegionLayout {
     pub consistency: Consistency,
     /// Home placement.
     pub placement: Placement,
+    /// Read prefetch: a read fault on a page homed elsewhere may fetch up to this many pages
+    /// (the faulting one included) from the same home in one go; 1 (or 0) turns it off. See
+    /// [`CoherenceEngine::fault`](crate::CoherenceEngine::fault) for which pages.
+    pub prefetch: u32,
 }
 
 impl RegionLayout {
@@ -125,6 +129,7 @@ mod tests {
             pages,
             consistency: Consistency::Sequential,
             placement,
+            prefetch: 1,
         }
     }
 

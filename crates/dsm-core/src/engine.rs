@@ -99,6 +99,12 @@ impl CoherenceEngine {
     }
 
     /// A thread faulted on `page`; `token` names it in the [`Action::Wake`] that resumes it.
+    ///
+    /// A read fault on a page homed elsewhere that continues an in-order scan (the previous
+    /// fault in its region was on the page before) also prefetches (region setting
+    /// [`RegionLayout::prefetch`](crate::RegionLayout::prefetch)): the pages right after it
+    /// that are missing here and have the same home are fetched as reads with nobody
+    /// waiting, in the same burst of requests, so their round trips overlap.
     pub fn fault(
         &mut self,
         page: PageId,
@@ -108,8 +114,15 @@ impl CoherenceEngine {
     ) -> Result<()> {
         let loc = self.locate(page)?;
         self.begin_call();
+        let scanning = self.cache.continues_scan(page);
         let mut ctx = ctx!(self);
         self.cache.fault(page, loc, (token, access), &mut ctx);
+        if scanning && access == Access::Read && loc.prefetch > 1 && loc.home != self.config.node {
+            let regions = &self.regions;
+            let nodes = self.config.nodes;
+            let locate = |p| regions.locate(p, nodes).ok();
+            self.cache.prefetch(page, (loc, scanning), locate, &mut ctx);
+        }
         self.end_call(mem)
     }
 

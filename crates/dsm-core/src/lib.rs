@@ -45,6 +45,7 @@
 //!         pages: 1024,
 //!         consistency: Consistency::Sequential,
 //!         placement: Placement::Cyclic,
+//!         prefetch: 8, // a read fault may bring up to 8 pages of its home
 //!     })?;
 //!     // The fault handler saw a write to page 5 by the thread it calls token 7.
 //!     engine.fault(PageId { region: 0, page: 5 }, Access::Write, 7, mem)?;

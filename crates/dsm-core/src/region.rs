@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 pub(crate) struct Located {
     pub(crate) home: NodeId,
     pub(crate) consistency: Consistency,
+    /// The region's read prefetch (pages per read fault) and length in pages.
+    pub(crate) prefetch: u32,
+    pub(crate) pages: u32,
 }
 
 /// Known regions.
@@ -48,6 +51,8 @@ impl Regions {
         Ok(Located {
             home: layout.home_of(page.page, nodes),
             consistency: layout.consistency,
+            prefetch: layout.prefetch,
+            pages: layout.pages,
         })
     }
 }

@@ -57,6 +57,7 @@ impl Cluster {
             pages: 4,
             consistency,
             placement: Placement::Cyclic,
+            prefetch: 1,
         };
         let mut engines = Vec::new();
         let mut mems = Vec::new();
@@ -388,6 +389,7 @@ fn a_lost_grant_times_out_naming_the_wait() {
             pages: 4,
             consistency: Consistency::Sequential,
             placement: Placement::Cyclic,
+            prefetch: 1,
         })
         .unwrap();
     let mut mem = TestMemory::default();
@@ -450,6 +452,7 @@ fn overdue_lists_every_timed_out_fault_with_its_home() {
             pages: 4,
             consistency: Consistency::Release,
             placement: Placement::Cyclic,
+            prefetch: 1,
         })
         .unwrap();
     let mut mem = TestMemory::default();
@@ -504,4 +507,165 @@ fn a_home_publishes_its_own_writes_in_place_and_keeps_the_page_writable() {
     }
     assert_eq!(c.engines[1].local_state(P), LocalState::Shared);
     assert!(c.seen[1].contains(&Action::DropTwin { page: P }));
+}
+
+/// The pages a node asked its homes for in the actions of its last call.
+fn read_requests(engine: &mut CoherenceEngine) -> Vec<(NodeId, u32)> {
+    engine
+        .take_actions()
+        .into_iter()
+        .filter_map(|action| match action {
+            Action::Send {
+                to,
+                message: Coherence::ReadRequest { page, .. },
+            } => Some((to, page.page)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Node 1 of 2, 16 pages in blocks (0..8 homed on node 0), prefetch `prefetch`.
+fn prefetching_node(prefetch: u32) -> CoherenceEngine {
+    let mut engine = CoherenceEngine::new(CoherenceConfig::new(1, 2));
+    engine
+        .add_region(RegionLayout {
+            id: 0,
+            pages: 16,
+            consistency: Consistency::Sequential,
+            placement: Placement::Block,
+            prefetch,
+        })
+        .unwrap();
+    engine
+}
+
+#[test]
+fn an_in_order_scan_prefetches_the_next_pages_of_the_same_home() {
+    let mut engine = prefetching_node(4);
+    let mut mem = TestMemory::default();
+    let page = |page| PageId { region: 0, page };
+    // The first fault is not a scan yet: one page.
+    engine.fault(page(0), Access::Read, 1, &mut mem).unwrap();
+    assert_eq!(read_requests(&mut engine), vec![(0, 0)]);
+    // Right after it: a scan, so up to 4 pages in one burst.
+    engine.fault(page(1), Access::Read, 2, &mut mem).unwrap();
+    assert_eq!(
+        read_requests(&mut engine),
+        vec![(0, 1), (0, 2), (0, 3), (0, 4)]
+    );
+    // A fault on a page being prefetched joins that fetch: nothing new is asked.
+    engine.fault(page(4), Access::Read, 3, &mut mem).unwrap();
+    assert_eq!(read_requests(&mut engine), vec![]);
+    // The scan goes on; the run stops where the home changes (page 8).
+    engine.fault(page(5), Access::Read, 4, &mut mem).unwrap();
+    assert_eq!(read_requests(&mut engine), vec![(0, 5), (0, 6), (0, 7)]);
+}
+
+/// Moves messages between two engines (node 0 the home of pages 0..8) until both are quiet;
+/// installs go into the receiving node's local pages. Returns node 1's read requests.
+fn pump(engines: &mut [CoherenceEngine; 2], mems: &mut [TestMemory; 2]) -> Vec<u32> {
+    let mut asked = Vec::new();
+    let mut wire = VecDeque::new();
+    for _ in 0..1000 {
+        for n in 0..2 {
+            for action in engines[n].take_actions() {
+                match action {
+                    Action::Send { to, message } => {
+                        if let (1, Coherence::ReadRequest { page, .. }) = (n, &message) {
+                            asked.push(page.page);
+                        }
+                        wire.push_back((n as NodeId, to, message));
+                    }
+                    Action::Install { page, data, .. } => {
+                        mems[n].local.insert(page, data);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let Some((from, to, message)) = wire.pop_front() else {
+            return asked;
+        };
+        let to = to as usize;
+        engines[to]
+            .on_message(from, message, &mut mems[to])
+            .unwrap();
+    }
+    panic!("the engines never went quiet");
+}
+
+#[test]
+fn a_page_faulted_on_once_is_not_prefetched_later_without_a_scan() {
+    let layout = |_| RegionLayout {
+        id: 0,
+        pages: 16,
+        consistency: Consistency::Sequential,
+        placement: Placement::Block,
+        prefetch: 8,
+    };
+    let mut engines = [0, 1].map(|node| {
+        let mut engine = CoherenceEngine::new(CoherenceConfig::new(node, 2));
+        engine.add_region(layout(node)).unwrap();
+        engine
+    });
+    let mut mems = [TestMemory::default(), TestMemory::default()];
+    let page = |page| PageId { region: 0, page };
+    for index in 0..8 {
+        mems[0].home.insert(page(index), Box::new([7; PAGE_SIZE]));
+    }
+    // Node 1 reads pages 3 then 2 (not in order: no scan), never page 4.
+    engines[1]
+        .fault(page(3), Access::Read, 1, &mut mems[1])
+        .unwrap();
+    assert_eq!(pump(&mut engines, &mut mems), vec![3]);
+    engines[1]
+        .fault(page(2), Access::Read, 2, &mut mems[1])
+        .unwrap();
+    assert_eq!(pump(&mut engines, &mut mems), vec![2]);
+    // The home writes both: node 1's copies are invalidated.
+    for (token, index) in [(3, 2), (4, 3)] {
+        engines[0]
+            .fault(page(index), Access::Write, token, &mut mems[0])
+            .unwrap();
+        let _ = pump(&mut engines, &mut mems);
+    }
+    assert_eq!(engines[1].local_state(page(3)), LocalState::Invalid);
+    // A fault on page 2 does not bring page 3 back: without a scan, nothing is guessed.
+    engines[1]
+        .fault(page(2), Access::Read, 5, &mut mems[1])
+        .unwrap();
+    assert_eq!(pump(&mut engines, &mut mems), vec![2]);
+    assert_eq!(engines[1].local_state(page(3)), LocalState::Invalid);
+    // Then page 3 right after: a scan, so 4..8 come along (page 8 has another home).
+    engines[1]
+        .fault(page(3), Access::Read, 6, &mut mems[1])
+        .unwrap();
+    assert_eq!(pump(&mut engines, &mut mems), vec![3, 4, 5, 6, 7]);
+    assert_eq!(engines[1].local_state(page(7)), LocalState::Shared);
+}
+
+#[test]
+fn prefetch_one_fetches_only_the_faulting_page() {
+    let mut engine = prefetching_node(1);
+    let mut mem = TestMemory::default();
+    for (token, index) in [(1, 0), (2, 1), (3, 2)] {
+        let page = PageId {
+            region: 0,
+            page: index,
+        };
+        engine.fault(page, Access::Read, token, &mut mem).unwrap();
+        assert_eq!(read_requests(&mut engine), vec![(0, index)]);
+    }
+}
+
+#[test]
+fn write_faults_and_pages_homed_here_never_prefetch() {
+    let mut engine = prefetching_node(8);
+    let mut mem = TestMemory::default();
+    let page = |page| PageId { region: 0, page };
+    engine.fault(page(0), Access::Read, 1, &mut mem).unwrap();
+    let _ = read_requests(&mut engine);
+    // A write fault right after: a write request for that page only.
+    engine.fault(page(1), Access::Write, 2, &mut mem).unwrap();
+    assert_eq!(read_requests(&mut engine), vec![]);
 }

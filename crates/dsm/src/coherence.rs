@@ -578,6 +578,7 @@ mod tests {
             pages: 4,
             consistency: Consistency::Release,
             placement: Placement::Block,
+            prefetch: 1,
         };
         c.add_region(layout, region, Arc::default()).unwrap();
         let (transport, shared) = (Recorder::default(), Shared::new(0, 2));

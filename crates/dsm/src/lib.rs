@@ -91,5 +91,5 @@ pub use dsm_core::Consistency;
 pub use error::{Error, Result};
 pub use lock::{Lock, LockGuard};
 pub use node::{LEAVE_LINGER, Node};
-pub use region::Region;
+pub use region::{DEFAULT_PREFETCH, Region, RegionOptions};
 pub use stats::{RegionStats, Stats};

@@ -21,7 +21,7 @@ use crate::fault::{Resolver, SIGNAL_WAIT_MARGIN, SignalPath};
 use crate::lock::{Lock, LockConsistency, LockOutbox};
 use crate::membership::bootstrap::{self, Booted};
 use crate::membership::ring::Ring;
-use crate::region::Region;
+use crate::region::{Region, RegionOptions};
 use crate::runtime::alloc::Allocator;
 use crate::runtime::barrier::Central;
 use crate::runtime::driver::{Driver, EVENT_QUEUE, Event, Sink, send_counted};
@@ -330,6 +330,21 @@ impl Node {
         len: usize,
         consistency: Consistency,
     ) -> Result<Region<T>> {
+        self.alloc_with(name, len, RegionOptions::new(consistency))
+    }
+
+    /// [`alloc`](Self::alloc) with every per-region setting (every node must pass the same
+    /// consistency; the prefetch may differ per node).
+    pub fn alloc_with<T: Copy>(
+        &self,
+        name: &str,
+        len: usize,
+        options: RegionOptions,
+    ) -> Result<Region<T>> {
+        let RegionOptions {
+            consistency,
+            prefetch,
+        } = options;
         self.check_open()?;
         let bytes = len
             .checked_mul(size_of::<T>())
@@ -365,6 +380,7 @@ impl Node {
             pages,
             consistency,
             placement: Placement::Block,
+            prefetch,
         };
         let counters = Arc::new(RegionCounters::default());
         let home = self.core.engine(|c, _| {

@@ -59,6 +59,40 @@ pub struct Region<T: Copy> {
     pub(crate) _elements: PhantomData<T>,
 }
 
+/// Per-region settings for [`Node::alloc_with`](crate::Node::alloc_with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RegionOptions {
+    /// The consistency model (the same on every node).
+    pub consistency: Consistency,
+    /// Read prefetch: a read fault on a page homed elsewhere that comes right after a fault
+    /// on the page before it (an in-order scan) fetches up to this many pages (itself
+    /// included) from that home at once. 1 turns it off.
+    pub prefetch: u32,
+}
+
+/// The default of [`RegionOptions::prefetch`]. ArgoDSM uses 8; 4 keeps the pages a row-split
+/// stencil fetches within 1.25x of its halo rows (a scan is seen on the second page of a
+/// row, so up to 3 pages past it may come along) while a scan takes one round trip per 4
+/// pages.
+pub const DEFAULT_PREFETCH: u32 = 4;
+
+impl RegionOptions {
+    /// `consistency` with the default prefetch.
+    pub fn new(consistency: Consistency) -> Self {
+        RegionOptions {
+            consistency,
+            prefetch: DEFAULT_PREFETCH,
+        }
+    }
+
+    /// Sets the read prefetch (pages per read fault; 1 turns it off).
+    pub fn prefetch(mut self, pages: u32) -> Self {
+        self.prefetch = pages.max(1);
+        self
+    }
+}
+
 // SAFETY: the region is shared memory made coherent by the runtime; access to elements is
 // through volatile reads/writes or copies of `Copy` values, and the element type must itself
 // be Send.

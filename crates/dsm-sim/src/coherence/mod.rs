@@ -68,18 +68,20 @@ pub struct SimConfig {
     pub ops_per_phase: u64,
     /// Deliberately broken engine variant (mutation tests).
     pub mutation: Mutation,
+    /// Read prefetch of the region (pages per read fault; 1 = off).
+    pub prefetch: u32,
 }
 
 impl SimConfig {
     /// A scenario drawn from `seed`: 1 to 16 nodes, 1 to 4 pages, either placement, one- or
     /// two-sided page transfer, 1 or 2 threads per node, delays of 1 to 1..40
-    /// ticks, occasional pauses.
+    /// ticks, occasional pauses, read prefetch of 1 (off) to 4 pages.
     pub fn random(seed: u64, consistency: Consistency, steps: u64) -> Self {
         let mut rng = Rng::new(seed ^ 0x5eed_c0de);
         let nodes = u32::try_from(rng.range(1, 16)).expect("fits");
         let mut net = NetConfig::new(nodes);
         net.max_delay = rng.range(1, 40);
-        SimConfig {
+        let mut config = SimConfig {
             nodes,
             pages: u32::try_from(rng.range(1, 4)).expect("fits"),
             words: usize::try_from(rng.range(1, 16)).expect("fits"),
@@ -97,7 +99,11 @@ impl SimConfig {
             fault_bound: 50_000,
             ops_per_phase: rng.range(1, 12),
             mutation: Mutation::None,
-        }
+            prefetch: 1,
+        };
+        // Drawn last, so that every other choice of a seed is what it was before prefetch.
+        config.prefetch = u32::try_from(rng.range(1, 4)).expect("fits");
+        config
     }
 }
 

@@ -149,6 +149,7 @@ impl World {
             pages: config.pages,
             consistency: config.consistency,
             placement: config.placement,
+            prefetch: config.prefetch,
         };
         let mut nodes = Vec::new();
         for node in 0..config.nodes {
