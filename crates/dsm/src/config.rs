@@ -4,12 +4,21 @@
 //! are used: Open MPI (`OMPI_COMM_WORLD_RANK/SIZE`), PMI (`PMI_RANK/SIZE`), Slurm
 //! (`SLURM_PROCID/NTASKS`). A process started with none of them runs as a cluster of one
 //! (rank 0 of 1), as an MPI program started without `mpirun` does.
+//!
+//! The cluster key comes from `DSM_CLUSTER_KEY`, else from the per-user key file (created on
+//! first use); only `DSM_INSECURE=1` runs without one. The membership module's `key` docs
+//! say how each is used.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use dsm_wire::NodeId;
 
+use crate::membership::key::{self, Secret};
 use crate::{Error, Result};
+
+/// Variable that runs a cluster without a key when set to `1`.
+pub const INSECURE_ENV: &str = "DSM_INSECURE";
 
 /// Which network carries pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +58,11 @@ pub struct Config {
     pub(crate) coordinator: String,
     /// Page transport (`DSM_TRANSPORT`).
     pub(crate) transport: TransportChoice,
-    /// Shared secret authenticating peers (`DSM_CLUSTER_KEY`); `None` = no authentication.
-    pub(crate) cluster_key: Option<Vec<u8>>,
+    /// Shared secret authenticating peers and their frames (`DSM_CLUSTER_KEY` or the per-user
+    /// key file). `None` only in a cluster of one or when [`insecure`](Self::insecure).
+    pub(crate) cluster_key: Option<Secret>,
+    /// Runs without a key (`DSM_INSECURE=1`): anyone who reaches the coordinator can join.
+    pub(crate) insecure: bool,
     /// How long `Node::join` waits for every rank (`DSM_JOIN_TIMEOUT_MS`, default 30 s).
     pub(crate) join_timeout: Duration,
     /// Ring heartbeat period (`DSM_HEARTBEAT_MS`, default 200 ms).
@@ -80,12 +92,14 @@ impl Config {
     /// Starts a builder for a node of rank `rank` in a cluster of `size` (at most 65535).
     pub fn builder(rank: NodeId, size: u32) -> ConfigBuilder {
         ConfigBuilder {
+            key: KeySource::UserFile(None),
             config: Config {
                 rank,
                 size,
                 coordinator: DEFAULT_COORDINATOR.to_owned(),
                 transport: TransportChoice::Tcp,
                 cluster_key: None,
+                insecure: false,
                 join_timeout: Duration::from_secs(30),
                 heartbeat_interval: Duration::from_millis(200),
                 failure_timeout: Duration::from_millis(1500),
@@ -117,9 +131,14 @@ impl Config {
         if let Some(t) = lookup("DSM_TRANSPORT") {
             b = b.transport(parse_transport(&t)?);
         }
-        if let Some(k) = lookup("DSM_CLUSTER_KEY").filter(|k| !k.is_empty()) {
-            b = b.cluster_key(k.into_bytes());
-        }
+        b.key = if let Some(k) = lookup("DSM_CLUSTER_KEY").filter(|k| !k.is_empty()) {
+            KeySource::Given(Secret::new(k.into_bytes()))
+        } else if lookup(INSECURE_ENV).is_some_and(|v| v.trim() == "1") {
+            KeySource::Insecure
+        } else {
+            key::default_key_file(&lookup)
+                .map_or(KeySource::Missing, |path| KeySource::UserFile(Some(path)))
+        };
         let ms = |name: &str| millis(&lookup, name);
         if let Some(d) = ms("DSM_JOIN_TIMEOUT_MS")? {
             b = b.join_timeout(d);
@@ -167,6 +186,14 @@ impl Config {
     pub fn has_cluster_key(&self) -> bool {
         self.cluster_key.is_some()
     }
+    /// Whether this node runs without a key although it has peers (`DSM_INSECURE=1`).
+    pub fn insecure(&self) -> bool {
+        self.insecure && self.size > 1
+    }
+    /// The 32-byte cluster key (`None` when keyless).
+    pub(crate) fn key(&self) -> Option<[u8; 32]> {
+        self.cluster_key.as_ref().map(Secret::key)
+    }
     /// Bound on `Node::join`.
     pub fn join_timeout(&self) -> Duration {
         self.join_timeout
@@ -193,13 +220,11 @@ impl Config {
     }
 
     /// The wire's cluster id: every frame carries it and a node drops frames of other
-    /// clusters. Derived from the coordinator address and the key, which every node shares.
+    /// clusters. Derived (BLAKE3 `derive_key`) from the coordinator address and the key, which
+    /// every node shares. It is sent in clear: a guessable passphrase can be tested against
+    /// it offline, a random key (dsm-run's, the key file's) cannot.
     pub fn cluster_id(&self) -> u64 {
-        let mut h = Fnv::new();
-        h.write(self.coordinator.as_bytes());
-        h.write(&[0]);
-        h.write(self.cluster_key.as_deref().unwrap_or_default());
-        h.finish()
+        key::cluster_id(&self.coordinator, self.key().as_ref())
     }
 }
 
@@ -207,6 +232,21 @@ impl Config {
 #[derive(Debug, Clone)]
 pub struct ConfigBuilder {
     config: Config,
+    key: KeySource,
+}
+
+/// Where [`ConfigBuilder::build`] takes the cluster key from.
+#[derive(Debug, Clone)]
+enum KeySource {
+    /// A passphrase or 64 hex digits given in code or in `DSM_CLUSTER_KEY`.
+    Given(Secret),
+    /// The per-user key file (the default); `None`: its default place, from `XDG_CONFIG_HOME`
+    /// or `HOME` of the process environment.
+    UserFile(Option<PathBuf>),
+    /// No key (`DSM_INSECURE=1`).
+    Insecure,
+    /// None of the above can be had (no `HOME` in the variables `Config::from_vars` read).
+    Missing,
 }
 
 impl ConfigBuilder {
@@ -220,9 +260,22 @@ impl ConfigBuilder {
         self.config.transport = transport;
         self
     }
-    /// Shared secret authenticating peers.
+    /// Shared secret authenticating peers: 64 hex digits (the key itself) or a passphrase
+    /// the key is derived from. Without one, the per-user key file is used.
     pub fn cluster_key(mut self, key: impl Into<Vec<u8>>) -> Self {
-        self.config.cluster_key = Some(key.into());
+        self.key = KeySource::Given(Secret::new(key.into()));
+        self
+    }
+    /// Takes the key from this key file (created, mode 0600, with a random key if absent)
+    /// instead of the per-user one.
+    pub fn key_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.key = KeySource::UserFile(Some(path.into()));
+        self
+    }
+    /// Runs without a cluster key: no peer is authenticated, anyone who can reach the
+    /// coordinator can join, read and write. `Node::join` says so on stderr.
+    pub fn insecure(mut self) -> Self {
+        self.key = KeySource::Insecure;
         self
     }
     /// Bound on `Node::join`.
@@ -256,9 +309,10 @@ impl ConfigBuilder {
         self.config.spin = spin;
         self
     }
-    /// Checks the configuration and returns it.
+    /// Checks the configuration and returns it. A cluster of more than one node gets its key
+    /// here: with no key given, the per-user key file is read (created on first use).
     pub fn build(self) -> Result<Config> {
-        let c = self.config;
+        let mut c = self.config;
         if c.size == 0 || c.rank >= c.size {
             return Err(Error::Config(format!(
                 "rank {} is not in 0..{} (size)",
@@ -289,8 +343,34 @@ impl ConfigBuilder {
                 c.failure_timeout, c.heartbeat_interval
             )));
         }
+        (c.cluster_key, c.insecure) = resolve_key(self.key, c.size)?;
         Ok(c)
     }
+}
+
+/// The key a node of a cluster of `size` runs with, and whether it runs keyless on purpose.
+fn resolve_key(source: KeySource, size: u32) -> Result<(Option<Secret>, bool)> {
+    match source {
+        // Alone, a node talks to no one: it needs no key, and no file is made for it.
+        _ if size == 1 => Ok((None, false)),
+        KeySource::Given(secret) => Ok((Some(secret), false)),
+        KeySource::Insecure => Ok((None, true)),
+        KeySource::UserFile(path) => {
+            let path = path
+                .or_else(|| key::default_key_file(|n| std::env::var(n).ok()))
+                .ok_or_else(no_key)?;
+            Ok((Some(key::load_or_create(&path)?), false))
+        }
+        KeySource::Missing => Err(no_key()),
+    }
+}
+
+fn no_key() -> Error {
+    Error::Config(
+        "no cluster key: set DSM_CLUSTER_KEY (or HOME or XDG_CONFIG_HOME for the per-user key \
+         file), or DSM_INSECURE=1 to run without one"
+            .into(),
+    )
 }
 
 /// The rank/size pairs tried in order: dsm's own, then Open MPI, PMI, Slurm.
@@ -357,34 +437,22 @@ fn parse_delivery(value: &str) -> Result<FaultDelivery> {
     }
 }
 
-/// FNV-1a: a stable hash for the cluster id (std's hasher is randomly seeded per process).
-struct Fnv(u64);
-
-impl Fnv {
-    fn new() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 
     use super::*;
 
+    /// The configuration of `vars`, with a test key unless they say where the key comes from.
     fn from(vars: &[(&str, &str)]) -> Result<Config> {
-        let map: HashMap<String, String> = vars
+        let mut map: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
+        let keyed = ["DSM_CLUSTER_KEY", "DSM_INSECURE", "XDG_CONFIG_HOME", "HOME"];
+        if !keyed.iter().any(|k| map.contains_key(*k)) {
+            map.insert("DSM_CLUSTER_KEY".into(), "test key".into());
+        }
         Config::from_vars(|name| map.get(name).cloned())
     }
 
@@ -404,7 +472,15 @@ mod tests {
         assert_eq!((c.rank, c.size), (2, 4));
         assert_eq!(c.coordinator, "10.0.0.1:9000");
         assert_eq!(c.transport, TransportChoice::RequireRdma);
-        assert_eq!(c.cluster_key.as_deref(), Some(&b"secret"[..]));
+        assert_eq!(
+            c.cluster_key.as_ref().map(Secret::bytes),
+            Some(&b"secret"[..])
+        );
+        assert!(!c.insecure());
+        assert!(
+            !format!("{c:?}").contains("secret"),
+            "the key is printed: {c:?}"
+        );
         assert_eq!(c.join_timeout, Duration::from_millis(1500));
         assert_eq!(c.heartbeat_interval, Duration::from_millis(50));
         assert_eq!(c.failure_timeout, Duration::from_millis(400));
@@ -483,16 +559,45 @@ mod tests {
 
     #[test]
     fn cluster_id_depends_on_coordinator_and_key() {
-        let a = Config::builder(0, 2).coordinator("h:1").build().unwrap();
-        let b = Config::builder(1, 2).coordinator("h:1").build().unwrap();
-        let c = Config::builder(0, 2).coordinator("h:2").build().unwrap();
-        let d = a.clone();
-        let d = ConfigBuilder { config: d }
-            .cluster_key("k")
-            .build()
-            .unwrap();
-        assert_eq!(a.cluster_id(), b.cluster_id());
-        assert_ne!(a.cluster_id(), c.cluster_id());
-        assert_ne!(a.cluster_id(), d.cluster_id());
+        let with = |rank, coordinator, key| {
+            Config::builder(rank, 2)
+                .coordinator(coordinator)
+                .cluster_key(key)
+                .build()
+                .unwrap()
+        };
+        let a = with(0, "h:1", "k");
+        assert_eq!(a.cluster_id(), with(1, "h:1", "k").cluster_id());
+        assert_ne!(a.cluster_id(), with(0, "h:2", "k").cluster_id());
+        assert_ne!(a.cluster_id(), with(0, "h:1", "j").cluster_id());
+        let keyless = Config::builder(0, 2).coordinator("h:1").insecure();
+        assert_ne!(a.cluster_id(), keyless.build().unwrap().cluster_id());
+    }
+
+    #[test]
+    fn a_cluster_is_keyless_only_when_asked() {
+        let base = [("DSM_RANK", "0"), ("DSM_SIZE", "2")];
+        let insecure = from(&[base[0], base[1], ("DSM_INSECURE", "1")]).unwrap();
+        assert!(insecure.insecure() && !insecure.has_cluster_key());
+        // A key wins over DSM_INSECURE.
+        let both = [
+            base[0],
+            base[1],
+            ("DSM_INSECURE", "1"),
+            ("DSM_CLUSTER_KEY", "k"),
+        ];
+        assert!(from(&both).unwrap().has_cluster_key());
+        // Neither: the per-user key file, here under a scratch XDG_CONFIG_HOME.
+        let dir = std::env::temp_dir().join(format!("dsm-config-{}", std::process::id()));
+        let xdg = dir.to_str().unwrap();
+        let filed = from(&[base[0], base[1], ("XDG_CONFIG_HOME", xdg)]).unwrap();
+        assert!(filed.has_cluster_key() && !filed.insecure());
+        assert!(dir.join("dsm").join("cluster.key").exists());
+        let again = from(&[base[0], base[1], ("XDG_CONFIG_HOME", xdg)]).unwrap();
+        assert_eq!(again.cluster_id(), filed.cluster_id());
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Alone, no key and no file.
+        let single = from(&[("DSM_RANK", "0"), ("DSM_SIZE", "1")]).unwrap();
+        assert!(!single.has_cluster_key() && !single.insecure());
     }
 }

@@ -75,6 +75,7 @@ mod config;
 mod error;
 mod fault;
 mod lock;
+mod log;
 mod membership;
 mod node;
 mod raw;

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dsm_locks::{LockEngine, LockKind, LockTable, TableConfig};
-use dsm_tcp_fallback::{TcpConfig, TcpTransport, cluster_key_from_str};
+use dsm_tcp_fallback::{TcpConfig, TcpTransport};
 
 use dsm_core::Transport;
 use std::collections::{BTreeSet, HashMap};
@@ -98,10 +98,8 @@ fn start_transport(config: &Config, booted: Booted, sink: Arc<Sink>) -> Result<T
         booted.peers,
         config.cluster_id(),
     );
-    tcp.key = config
-        .cluster_key
-        .as_deref()
-        .map(|k| cluster_key_from_str(&String::from_utf8_lossy(k)));
+    // Explicit either way: keyless only when the configuration says insecure (or alone).
+    tcp.key = config.key();
     tcp.connect_timeout = booted.deadline.saturating_duration_since(Instant::now());
     tcp.spin = config.spin;
     TcpTransport::start(tcp, sink).map_err(|e| match e {
@@ -117,6 +115,15 @@ impl Node {
     /// Joins the cluster `config` describes and blocks until every node has joined (or fails
     /// with [`Error::JoinTimeout`] naming the ranks that did not come).
     pub fn join(config: Config) -> Result<Node> {
+        crate::log::install_default();
+        if config.insecure() {
+            tracing::warn!(
+                rank = config.rank,
+                "DSM_INSECURE=1: running without a cluster key; anyone who can reach {} or a \
+                 node's port can join this cluster and read or write its memory",
+                config.coordinator
+            );
+        }
         let connector = rdma::open(&config)?;
         let booted = bootstrap::run(&config, rdma::offered(connector.as_ref()))?;
         let deadline = booted.deadline;

@@ -1,11 +1,23 @@
 //! The boot-up driver: the coordinator's side and the joiners' side of the exchange, over
 //! plain std TCP (the transport mesh does not exist yet). See the module docs of
 //! [`membership`](super) for the protocol.
+//!
+//! Every connection to the coordinator first runs the transport's handshake
+//! (dsm-tcp-fallback's `handshake`, with `Purpose::Bootstrap`): with a cluster key a joiner
+//! proves it over a fresh nonce of the coordinator, so a stranger or a replayed capture gets
+//! nothing, not even the node list, and every frame after it is tagged. The coordinator runs
+//! each connection's handshake and `Join` on a thread of its own with its own deadline
+//! ([`JOIN_READ_TIMEOUT`]), so idle or slow connections delay no one.
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Sender, channel};
 use std::time::{Duration, Instant};
 
+use dsm_tcp_fallback::Purpose;
+use dsm_tcp_fallback::handshake::{self, Credentials};
 use dsm_wire::{Endpoint, Limits, Membership, Message, NodeId};
 
 use super::endpoint::{local_ip_towards, resolve, to_endpoint, to_socket_addr};
@@ -24,7 +36,8 @@ pub(crate) struct Booted {
     pub(crate) deadline: Instant,
 }
 
-/// How long an accepted connection may take to say `Join` (a silent intruder is dropped).
+/// How long an accepted connection may take to pass the handshake and say `Join` (a silent
+/// intruder is dropped).
 const JOIN_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between attempts to reach a coordinator that is not listening yet, and between
 /// accept polls.
@@ -32,6 +45,11 @@ const RETRY_PAUSE: Duration = Duration::from_millis(10);
 /// Extra time a joiner waits for the coordinator's verdict after its own deadline (the
 /// coordinator's clock started when it did, possibly later).
 const VERDICT_SLACK: Duration = Duration::from_secs(5);
+/// Connections the coordinator admits at once (each on its own thread, for at most
+/// [`JOIN_READ_TIMEOUT`]); more are closed at once, with a warning.
+const MAX_ADMISSIONS: usize = 256;
+/// Stack of an admission thread: a handshake and one small frame.
+const ADMISSION_STACK: usize = 256 << 10;
 
 /// Runs boot-up for `config`, offering `offered` transports (a bit set of
 /// `dsm_wire::msg::membership::transports`).
@@ -46,22 +64,22 @@ pub(crate) fn run(config: &Config, offered: u8) -> Result<Booted> {
         .local_addr()
         .map_err(|e| Error::io("node listener address", e))?;
     let limits = Limits::new(config.cluster_id());
+    let credentials = Credentials::new(
+        config.rank,
+        limits.cluster,
+        config.key(),
+        Purpose::Bootstrap,
+    );
+    let gate = Gate {
+        credentials,
+        limits,
+        size: config.size,
+        deadline,
+    };
     let nodes = match (config.rank, config.size) {
         (_, 1) => vec![to_endpoint(own, offered)],
-        (0, _) => coordinate(
-            config,
-            coordinator,
-            to_endpoint(own, offered),
-            &limits,
-            deadline,
-        )?,
-        _ => subscribe(
-            config,
-            coordinator,
-            to_endpoint(own, offered),
-            &limits,
-            deadline,
-        )?,
+        (0, _) => coordinate(coordinator, to_endpoint(own, offered), &gate)?,
+        _ => subscribe(config, coordinator, to_endpoint(own, offered), &gate)?,
     };
     let peers = nodes.iter().map(to_socket_addr).collect();
     tracing::debug!(rank = config.rank, ?peers, "node list received");
@@ -72,27 +90,38 @@ pub(crate) fn run(config: &Config, offered: u8) -> Result<Booted> {
     })
 }
 
-/// Rank 0: collect every `Join`, then send the node list (or the missing ranks) to each.
-fn coordinate(
-    config: &Config,
-    address: SocketAddr,
-    own: Endpoint,
-    limits: &Limits,
+/// What every side of the boot-up shares: who we are, what frames look like, the deadline.
+#[derive(Debug, Clone)]
+struct Gate {
+    credentials: Credentials,
+    limits: Limits,
+    size: u32,
     deadline: Instant,
-) -> Result<Vec<Endpoint>> {
+}
+
+/// A joiner that passed the handshake and said `Join` (not yet checked against the roster).
+#[derive(Debug)]
+struct Admitted {
+    from: SocketAddr,
+    rank: NodeId,
+    size: u32,
+    endpoint: Endpoint,
+    framed: Framed,
+}
+
+/// Rank 0: collect every `Join`, then send the node list (or the missing ranks) to each.
+fn coordinate(address: SocketAddr, own: Endpoint, gate: &Gate) -> Result<Vec<Endpoint>> {
     let listener = bind_coordinator(address)?;
-    let mut roster = Roster::new(config.size, own);
+    let mut roster = Roster::new(gate.size, own);
     let mut joiners: Vec<(NodeId, Framed)> = Vec::new();
-    while roster.complete().is_none() && Instant::now() < deadline {
-        match listener.accept() {
-            Ok((stream, from)) => {
-                if let Some(joiner) = admit(stream, from, &mut roster, limits, deadline) {
-                    joiners.push(joiner);
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(RETRY_PAUSE),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io(format!("accept on coordinator {address}"), e)),
+    let (admitted_tx, admitted) = channel();
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    while roster.complete().is_none() && Instant::now() < gate.deadline {
+        accept_pending(&listener, address, |stream, from| {
+            spawn_admission(gate, &in_flight, &admitted_tx, stream, from);
+        })?;
+        if let Ok(joiner) = admitted.recv_timeout(RETRY_PAUSE) {
+            record(&mut roster, joiner, &mut joiners);
         }
     }
     let Some(nodes) = roster.complete() else {
@@ -130,63 +159,162 @@ fn bind_coordinator(address: SocketAddr) -> Result<TcpListener> {
     Ok(listener)
 }
 
-/// Reads one connection's `Join` and records it; anything else drops the connection.
-fn admit(
+/// Hands every connection waiting on the listener to `admit` (at most [`MAX_ADMISSIONS`]
+/// per call, so the roster is looked at in between).
+fn accept_pending(
+    listener: &TcpListener,
+    address: SocketAddr,
+    mut admit: impl FnMut(TcpStream, SocketAddr),
+) -> Result<()> {
+    for _ in 0..MAX_ADMISSIONS {
+        match listener.accept() {
+            Ok((stream, from)) => admit(stream, from),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(format!("accept on coordinator {address}"), e)),
+        }
+    }
+    Ok(())
+}
+
+/// Runs one connection's handshake and `Join` on a thread of its own; what it admits is sent
+/// to `admitted`.
+fn spawn_admission(
+    gate: &Gate,
+    in_flight: &Arc<AtomicUsize>,
+    admitted: &Sender<Admitted>,
     stream: TcpStream,
     from: SocketAddr,
-    roster: &mut Roster,
-    limits: &Limits,
-    deadline: Instant,
-) -> Option<(NodeId, Framed)> {
-    stream.set_nonblocking(false).ok()?;
-    let mut framed = Framed::new(stream, limits.clone(), 0);
-    let read_by = deadline.min(Instant::now() + JOIN_READ_TIMEOUT);
-    let frame = match framed.recv(read_by, "a Join") {
-        Ok(Some(frame)) => frame,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::warn!(%from, error = %e, "dropped a connection to the coordinator");
-            return None;
-        }
-    };
-    let Message::Membership(Membership::Join {
-        rank,
-        size,
-        endpoint,
-    }) = frame.message
-    else {
-        tracing::warn!(%from, message = ?frame.message, "expected Join; dropped");
-        return None;
-    };
-    if frame.sender != rank {
-        tracing::warn!(%from, sender = frame.sender, rank, "Join from a sender of another rank");
-        return None;
+) {
+    if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_ADMISSIONS {
+        in_flight.fetch_sub(1, Ordering::AcqRel);
+        tracing::warn!(
+            %from,
+            "rejected a connection to the coordinator: {MAX_ADMISSIONS} others are in their handshake"
+        );
+        return;
     }
-    match roster.join(rank, size, endpoint) {
-        Ok(()) => Some((rank, framed)),
-        Err(reject) => {
-            tracing::warn!(%from, %reject, "Join rejected");
+    let (gate, in_flight, admitted) = (gate.clone(), Arc::clone(in_flight), admitted.clone());
+    let counter = Arc::clone(&in_flight);
+    let spawned = std::thread::Builder::new()
+        .name("dsm-admit".into())
+        .stack_size(ADMISSION_STACK)
+        .spawn(move || {
+            let joiner = admit(&gate, stream, from);
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            if let Some(joiner) = joiner {
+                // The coordinator may be done (complete, or past its deadline): then the
+                // connection just closes.
+                let _ = admitted.send(joiner);
+            }
+        });
+    if let Err(e) = spawned {
+        counter.fetch_sub(1, Ordering::AcqRel);
+        tracing::warn!(%from, error = %e, "rejected a connection to the coordinator: no thread");
+    }
+}
+
+/// Authenticates one connection and reads its `Join`; anything else drops the connection,
+/// with one line saying who and why.
+fn admit(gate: &Gate, stream: TcpStream, from: SocketAddr) -> Option<Admitted> {
+    let by = gate.deadline.min(Instant::now() + JOIN_READ_TIMEOUT);
+    match handshake_and_join(gate, stream, from, by) {
+        Ok(joiner) => Some(joiner),
+        Err(e) => {
+            tracing::warn!(%from, error = %e, "rejected a connection to the coordinator");
             None
         }
     }
 }
 
-/// Ranks 1..size: reach the coordinator, say `Join`, wait for the node list.
+fn handshake_and_join(
+    gate: &Gate,
+    mut stream: TcpStream,
+    from: SocketAddr,
+    by: Instant,
+) -> Result<Admitted> {
+    stream
+        .set_nonblocking(false)
+        .map_err(|e| Error::io("set_nonblocking", e))?;
+    set_timeouts(&stream, by)?;
+    let size = gate.size;
+    let (rank, session) =
+        handshake::accept(&gate.credentials, &mut stream, |r| (1..size).contains(&r))
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+    let mut framed = Framed::new(stream, gate.limits.clone(), 0, session);
+    let frame = framed
+        .recv(by, "a Join")?
+        .ok_or_else(|| Error::Protocol(format!("node {rank} closed before its Join")))?;
+    let Message::Membership(Membership::Join {
+        rank: claimed,
+        size,
+        endpoint,
+    }) = frame.message
+    else {
+        return Err(Error::Protocol(format!(
+            "node {rank} sent {:?} instead of Join",
+            frame.message.command()
+        )));
+    };
+    if frame.sender != rank || claimed != rank {
+        return Err(Error::Protocol(format!(
+            "node {rank} sent a Join for rank {claimed} (sender {})",
+            frame.sender
+        )));
+    }
+    Ok(Admitted {
+        from,
+        rank,
+        size,
+        endpoint,
+        framed,
+    })
+}
+
+/// Enters an admitted joiner in the roster, or drops it saying why.
+fn record(roster: &mut Roster, joiner: Admitted, joiners: &mut Vec<(NodeId, Framed)>) {
+    match roster.join(joiner.rank, joiner.size, joiner.endpoint) {
+        Ok(()) => joiners.push((joiner.rank, joiner.framed)),
+        Err(reject) => {
+            tracing::warn!(from = %joiner.from, %reject, "rejected a Join to the coordinator");
+        }
+    }
+}
+
+/// Blocking reads and writes on `stream` give up at `by`.
+fn set_timeouts(stream: &TcpStream, by: Instant) -> Result<()> {
+    let left = Some(
+        by.saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1)),
+    );
+    stream
+        .set_read_timeout(left)
+        .and_then(|()| stream.set_write_timeout(left))
+        .map_err(|e| Error::io("socket timeouts", e))
+}
+
+/// Ranks 1..size: reach the coordinator, prove the key, say `Join`, wait for the node list.
 fn subscribe(
     config: &Config,
     address: SocketAddr,
     own: Endpoint,
-    limits: &Limits,
-    deadline: Instant,
+    gate: &Gate,
 ) -> Result<Vec<Endpoint>> {
-    let stream = connect_until(address, deadline)?;
-    let mut framed = Framed::new(stream, limits.clone(), config.rank);
+    let mut stream = connect_until(address, gate.deadline)?;
+    let verdict_by = Instant::now().max(gate.deadline) + VERDICT_SLACK;
+    set_timeouts(&stream, verdict_by)?;
+    let session = handshake::dial(&gate.credentials, &mut stream, 0).map_err(|e| {
+        Error::Protocol(format!(
+            "rank 0 rejected our Join ({e}): another DSM_CLUSTER_KEY or DSM_COORDINATOR, \
+             or DSM_INSECURE=1 on one side only"
+        ))
+    })?;
+    let mut framed = Framed::new(stream, gate.limits.clone(), config.rank, session);
     framed.send(&Message::Membership(Membership::Join {
         rank: config.rank,
         size: config.size,
         endpoint: own,
     }))?;
-    let verdict_by = Instant::now().max(deadline) + VERDICT_SLACK;
     let mut missing = Vec::new();
     loop {
         let frame = match framed.recv(verdict_by, "the node list from rank 0") {
@@ -195,7 +323,7 @@ fn subscribe(
             Ok(None) => {
                 return Err(Error::Protocol(
                     "rank 0 closed the connection without a node list: it rejected our Join \
-                     (another DSM_CLUSTER_KEY or DSM_SIZE, or this rank taken by another process)"
+                     (another DSM_SIZE, or this rank taken by another process)"
                         .into(),
                 ));
             }

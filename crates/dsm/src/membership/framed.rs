@@ -1,38 +1,69 @@
 //! Frames over a blocking std `TcpStream`, for the boot-up exchange with the coordinator.
+//! After the handshake every frame carries the tag of the connection's session (the same
+//! format as the transport mesh, dsm-tcp-fallback's `session`).
 
+use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Instant;
 
-use dsm_wire::{Frame, Limits, Message, NodeId, decode_prefix, encode};
+use dsm_tcp_fallback::{FrameMac, FrameReader, ReadError, SessionKeys};
+use dsm_wire::{Frame, Limits, Message, NodeId, encode};
 
 use crate::{Error, Result};
+
+/// Frames decoded from one read, at most: a read is 4 KiB, a frame at least a header.
+const READ_CHUNK: usize = 4096;
 
 /// A stream that sends and receives whole dsm frames.
 #[derive(Debug)]
 pub(crate) struct Framed {
     stream: TcpStream,
-    buffer: Vec<u8>,
-    limits: Limits,
+    reader: FrameReader,
+    /// Frames read but not yet asked for (bounded: one read's worth).
+    frames: VecDeque<Frame>,
+    /// Tags the frames sent; `None` on a keyless connection.
+    seal: Option<FrameMac>,
+    cluster: u64,
     local: NodeId,
 }
 
 impl Framed {
-    /// Wraps a connected stream of cluster `limits.cluster`, sending as `local`.
-    pub(crate) fn new(stream: TcpStream, limits: Limits, local: NodeId) -> Self {
+    /// Wraps a connected stream of cluster `limits.cluster`, sending as `local`; `session`
+    /// tags and checks every frame (`None`: keyless, no tags).
+    pub(crate) fn new(
+        stream: TcpStream,
+        limits: Limits,
+        local: NodeId,
+        session: Option<SessionKeys>,
+    ) -> Self {
         // Small control frames: do not let Nagle hold them back.
         let _ = stream.set_nodelay(true);
+        let cluster = limits.cluster;
+        let (reader, seal) = match session {
+            Some(keys) => (
+                FrameReader::authenticated(limits, keys.receive),
+                Some(keys.send),
+            ),
+            None => (FrameReader::new(limits), None),
+        };
         Framed {
             stream,
-            buffer: Vec::with_capacity(4096),
-            limits,
+            reader,
+            frames: VecDeque::new(),
+            seal,
+            cluster,
             local,
         }
     }
 
     /// Sends one frame.
     pub(crate) fn send(&mut self, message: &Message) -> Result<()> {
-        let frame = encode(message, self.limits.cluster, self.local);
+        let mut frame = encode(message, self.cluster, self.local);
+        if let Some(seal) = &mut self.seal {
+            let tag = seal.tag(&frame);
+            frame.extend_from_slice(&tag);
+        }
         self.stream
             .write_all(&frame)
             .map_err(|e| Error::io(format!("send {:?}", message.command()), e))
@@ -42,10 +73,9 @@ impl Framed {
     /// `Ok(None)` means the peer closed the connection cleanly between frames.
     pub(crate) fn recv(&mut self, deadline: Instant, what: &str) -> Result<Option<Frame>> {
         let started = Instant::now();
-        let mut chunk = [0u8; 4096];
+        let mut chunk = [0u8; READ_CHUNK];
         loop {
-            if let Some((frame, used)) = decode_prefix(&self.buffer, &self.limits)? {
-                self.buffer.drain(..used);
+            if let Some(frame) = self.frames.pop_front() {
                 return Ok(Some(frame));
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -56,19 +86,30 @@ impl Framed {
                 .set_read_timeout(Some(left))
                 .map_err(|e| Error::io("set_read_timeout", e))?;
             match self.stream.read(&mut chunk) {
-                Ok(0) if self.buffer.is_empty() => return Ok(None),
+                Ok(0) if self.reader.buffered() == 0 => return Ok(None),
                 Ok(0) => {
                     return Err(Error::Protocol(format!(
                         "connection closed mid-frame ({what})"
                     )));
                 }
-                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Ok(n) => self.feed(&chunk[..n])?,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     return Err(timeout(what, started));
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::io(format!("recv ({what})"), e)),
             }
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) -> Result<()> {
+        let mut frames = Vec::new();
+        let fed = self.reader.feed(bytes, &mut frames);
+        self.frames.extend(frames);
+        match fed {
+            Ok(()) => Ok(()),
+            Err(ReadError::Wire(e)) => Err(Error::Wire(e)),
+            Err(forged) => Err(Error::Protocol(forged.to_string())),
         }
     }
 }
@@ -93,7 +134,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (b, _) = l.accept().unwrap();
-        (Framed::new(a, Limits::new(7), 1), b)
+        (Framed::new(a, Limits::new(7), 1, None), b)
     }
 
     #[test]

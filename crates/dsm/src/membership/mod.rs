@@ -2,7 +2,10 @@
 //!
 //! Boot-up: rank 0 is the coordinator and listens on `DSM_COORDINATOR`. Every other node binds
 //! its own listener, connects to the coordinator (retrying until the join deadline: nodes may
-//! start in any order) and sends `Join { rank, size, endpoint }`. When every rank has joined,
+//! start in any order), proves the cluster key in the transport's challenge–response handshake
+//! ([`key`] says where the key comes from) and sends `Join { rank, size, endpoint }`, tagged
+//! like every later frame. The coordinator handles each connection on its own thread with its
+//! own deadline; one that fails the handshake gets nothing and is reported. When every rank has joined,
 //! the coordinator sends each one the `NodeList`; the nodes then build the transport mesh and
 //! each sends `Joined` to every other. `Node::join` returns once a node has seen every
 //! `Joined`, so all nodes agree on the node set and ranks. If ranks are still missing at the
@@ -19,5 +22,6 @@
 pub(crate) mod bootstrap;
 pub(crate) mod endpoint;
 pub(crate) mod framed;
+pub(crate) mod key;
 pub(crate) mod ring;
 pub(crate) mod roster;
