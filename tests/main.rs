@@ -5,5 +5,6 @@ mod dsm_run;
 mod examples;
 mod membership;
 mod mpirun;
+mod security;
 mod util;
 mod views;

@@ -1,5 +1,6 @@
 //! Starts the nodes, watches them, and kills the rest after a failure.
 
+use std::io::Read;
 use std::net::TcpListener;
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::thread::JoinHandle;
@@ -16,6 +17,9 @@ pub struct Plan {
     pub transport: String,
     /// `DSM_COORDINATOR` value.
     pub coordinator: String,
+    /// `DSM_CLUSTER_KEY` value for the nodes; `None` leaves the variable as inherited (set by
+    /// the user, or `DSM_INSECURE=1`).
+    pub key: Option<String>,
     /// Time the others get after a failure before they are killed.
     pub grace: Duration,
     /// Overall limit.
@@ -42,6 +46,18 @@ impl Outcome {
             (false, false) => ExitCode::SUCCESS,
         }
     }
+}
+
+/// The key the nodes of this run share: the user's `DSM_CLUSTER_KEY` (inherited, so `None`
+/// here), none with `DSM_INSECURE=1`, else 64 random hex digits, new for every run.
+pub fn run_key() -> std::io::Result<Option<String>> {
+    let set = |name| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    if set("DSM_CLUSTER_KEY") || std::env::var("DSM_INSECURE").is_ok_and(|v| v.trim() == "1") {
+        return Ok(None);
+    }
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    Ok(Some(key.iter().map(|b| format!("{b:02x}")).collect()))
 }
 
 /// Picks a loopback port that is free now. (Another process could take it before rank 0
@@ -120,6 +136,9 @@ fn spawn(plan: &Plan, rank: u32, forwarders: &mut Vec<JoinHandle<()>>) -> std::i
         } else {
             Stdio::piped()
         });
+    if let Some(key) = &plan.key {
+        cmd.env("DSM_CLUSTER_KEY", key);
+    }
     let mut child = cmd.spawn()?;
     if let Some(out) = child.stdout.take() {
         forwarders.push(output::forward(rank, out, Sink::Stdout));

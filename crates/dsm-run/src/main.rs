@@ -1,8 +1,10 @@
 //! `dsm-run -n N [--transport tcp|rdma|rdma!] -- PROGRAM ARGS...`: runs a dsm program as N
 //! local nodes.
 //!
-//! Each process gets `DSM_RANK`, `DSM_SIZE`, `DSM_COORDINATOR` (a free loopback port) and
-//! `DSM_TRANSPORT`; every line it prints is prefixed with `[rank]`. When a process fails the
+//! Each process gets `DSM_RANK`, `DSM_SIZE`, `DSM_COORDINATOR` (a free loopback port),
+//! `DSM_TRANSPORT` and `DSM_CLUSTER_KEY`: a random key made for this run (unless the user set
+//! one, or `DSM_INSECURE=1`), so no other process of the host can join it. Every line a node
+//! prints is prefixed with `[rank]`. When a process fails the
 //! others get a grace period to notice (they see `NodeFailed`) and are then killed. The exit
 //! status is 0 only when every process exited 0.
 
@@ -53,10 +55,18 @@ fn main() -> ExitCode {
             }
         },
     };
+    let key = match launch::run_key() {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("dsm-run: cannot make a cluster key (/dev/urandom): {e}");
+            return ExitCode::from(2);
+        }
+    };
     let plan = launch::Plan {
         nodes: args.nodes,
         transport: args.transport,
         coordinator,
+        key,
         grace: Duration::from_millis(args.grace_ms),
         timeout: (args.timeout_secs > 0).then(|| Duration::from_secs(args.timeout_secs)),
         attach: args.attach,

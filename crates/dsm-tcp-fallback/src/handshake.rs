@@ -236,20 +236,30 @@ pub fn accept(
 /// bounded), then the body. Reads never go past the frame, so nothing meant for the io_uring
 /// thread is consumed here.
 fn receive(local: &Credentials, stream: &mut TcpStream, peer: NodeId) -> Result<Transport> {
+    let who = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown address".to_owned(), |a| a.to_string());
+    let who = if peer == NodeId::MAX {
+        format!("connecting socket {who}")
+    } else {
+        format!("node {peer} at {who}")
+    };
+    // Before the Hello names a rank, a bad frame is the socket's, not a node's.
+    let wire = |source: dsm_wire::Error| {
+        if peer == NodeId::MAX {
+            handshake(&who, &source.to_string())
+        } else {
+            Error::Wire { peer, source }
+        }
+    };
     let mut limits = Limits::new(local.cluster);
     limits.max_body_len = MAX_HANDSHAKE_BODY;
     let mut frame = [0u8; HEADER_LEN + MAX_HANDSHAKE_BODY as usize];
-    let who = if peer == NodeId::MAX {
-        "connecting socket".to_owned()
-    } else {
-        format!("node {peer}")
-    };
     read_exact(stream, &mut frame[..HEADER_LEN], &who)?;
-    let header = Header::parse(&frame, local.cluster, limits.max_body_len)
-        .map_err(|source| Error::Wire { peer, source })?;
+    let header = Header::parse(&frame, local.cluster, limits.max_body_len).map_err(wire)?;
     let total = HEADER_LEN + header.body_len as usize;
     read_exact(stream, &mut frame[HEADER_LEN..total], &who)?;
-    match decode(&frame[..total], &limits).map_err(|source| Error::Wire { peer, source })? {
+    match decode(&frame[..total], &limits).map_err(wire)? {
         f if peer != NodeId::MAX && f.sender != peer => {
             Err(handshake(&who, &format!("frame from rank {}", f.sender)))
         }

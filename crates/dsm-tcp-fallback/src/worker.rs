@@ -31,6 +31,8 @@ const RING_ENTRIES: u32 = 512;
 /// 4 KiB pages to a few completions per 64 pages.
 const RECV_BUFFERS: u16 = 64;
 const RECV_BUFFER_LEN: u32 = 64 << 10;
+/// Why a connection whose peer closed it cleanly (end of stream) fails.
+const CLOSED_BY_PEER: &str = "connection closed by peer";
 /// How long shutdown waits for the kernel to return in-flight operations.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -300,7 +302,7 @@ impl Worker {
                 self.ring.buffers().recycle(bid);
                 outcome
             }
-            (0, _) => Err("connection closed by peer".to_owned()),
+            (0, _) => Err(CLOSED_BY_PEER.to_owned()),
             (e, _) if e == -libc::ENOBUFS => Ok(()), // buffers ran out: re-armed below
             (e, _) => Err(format!("recv: {}", std::io::Error::from_raw_os_error(-e))),
         };
@@ -544,7 +546,13 @@ impl Worker {
         let Some(conn) = open(&mut self.conns, peer) else {
             return;
         };
-        tracing::warn!(rank = self.rank, peer, %reason, "closing connection");
+        if reason == CLOSED_BY_PEER {
+            // Also how every peer says goodbye at a clean leave: the runtime, which knows
+            // whether the peer had left, reports it when it is a failure.
+            tracing::debug!(rank = self.rank, peer, %reason, "closing connection");
+        } else {
+            tracing::warn!(rank = self.rank, peer, %reason, "closing connection");
+        }
         conn.closing = true;
         let _ = conn.stream.shutdown(Shutdown::Both);
         conn.out = Vec::new();
