@@ -129,9 +129,7 @@ impl Node {
         let deadline = booted.deadline;
         let (events, receiver) = sync_channel(EVENT_QUEUE);
         let driver_stop = Arc::new(AtomicBool::new(false));
-        let sink = Arc::new(Sink {
-            events: events.clone(),
-        });
+        let sink = Arc::new(Sink::new(events.clone()));
         let tcp = start_transport(&config, booted, Arc::clone(&sink))?;
         let transport = Arc::new(Wire::new(tcp));
         let engine = CoherenceEngine::new(CoherenceConfig::new(config.rank, config.size));
@@ -144,6 +142,7 @@ impl Node {
             gone: AtomicBool::new(false),
         });
         let locks = Arc::new(lock_table(&config, &core));
+        sink.attach(Arc::clone(&core), Arc::clone(&locks));
         let driver = Driver {
             rank: config.rank,
             size: config.size,

@@ -2,9 +2,9 @@
 //! the allocation rounds, feeds coherence messages to the engine, and publishes what it
 //! learns in [`Shared`](super::Shared).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use dsm_core::Access;
@@ -56,14 +56,106 @@ pub(crate) const EVENT_QUEUE: usize = 1 << 16;
 /// time out as for a lost message) instead of the transport thread hanging for ever.
 pub(crate) const DELIVER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The transport's sink: forwards into the driver's bounded queue.
+/// The transport's sink. Coherence and lock messages, and one-sided read completions, run to
+/// completion on the thread that received them (the transport's): the engine handles them
+/// there and its answers leave on the same thread's next turn, with no hand-off to the driver
+/// (a thread woken on another CPU costs ~30 us on virtual machines; one on the same CPU a
+/// few). Everything else (membership, barriers, allocation, files) goes to the driver's
+/// bounded queue.
 #[derive(Debug)]
 pub(crate) struct Sink {
     pub(crate) events: SyncSender<Event>,
+    /// Set once the runtime exists; until then every event goes to the driver.
+    inline: OnceLock<Inline>,
+}
+
+#[derive(Debug)]
+struct Inline {
+    core: Arc<Core>,
+    locks: Arc<LockTable>,
+}
+
+impl Sink {
+    pub(crate) fn new(events: SyncSender<Event>) -> Self {
+        Sink {
+            events,
+            inline: OnceLock::new(),
+        }
+    }
+
+    /// From now on coherence and lock messages are handled on the receiving thread.
+    pub(crate) fn attach(&self, core: Arc<Core>, locks: Arc<LockTable>) {
+        let _ = self.inline.set(Inline { core, locks });
+    }
+
+    /// Handles `event` on this thread when it is one that runs to completion; gives it back
+    /// otherwise.
+    fn run_inline(&self, event: TransportEvent) -> Option<TransportEvent> {
+        let Some(inline) = self.inline.get() else {
+            return Some(event);
+        };
+        if let TransportEvent::Message { message, .. } = &event {
+            if runs_inline(message) {
+                Counters::count(&inline.core.shared.counters.bytes_received, message);
+            }
+        }
+        match event {
+            TransportEvent::Message {
+                from,
+                message: Message::Coherence(m),
+            } => {
+                if let Err(e) = inline.core.engine(|c, ctx| c.on_message(from, m, ctx)) {
+                    tracing::warn!(from, error = %e, "coherence message rejected");
+                }
+                None
+            }
+            TransportEvent::Message {
+                from,
+                message: Message::Sync(m),
+            } if !is_barrier(&m) => {
+                if let Err(e) = inline.locks.handle(from, &m) {
+                    tracing::warn!(from, error = %e, "lock message rejected");
+                }
+                None
+            }
+            TransportEvent::PageRead { token, result } => {
+                let done = match result {
+                    Ok(page) => inline
+                        .core
+                        .engine(|c, ctx| c.on_page_read(token, page, ctx)),
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = done {
+                    tracing::error!(token, error = %e, "page read failed");
+                }
+                None
+            }
+            other => Some(other),
+        }
+    }
+}
+
+/// Messages the receiving thread handles itself (see [`Sink`]).
+fn runs_inline(message: &Message) -> bool {
+    match message {
+        Message::Coherence(_) => true,
+        Message::Sync(m) => !is_barrier(m),
+        _ => false,
+    }
+}
+
+fn is_barrier(message: &SyncMsg) -> bool {
+    matches!(
+        message,
+        SyncMsg::BarrierArrive { .. } | SyncMsg::BarrierRelease { .. }
+    )
 }
 
 impl EventSink for Sink {
     fn deliver(&self, event: TransportEvent) {
+        let Some(event) = self.run_inline(event) else {
+            return;
+        };
         if let Err(dropped) = push_bounded(&self.events, Event::Transport(event), DELIVER_TIMEOUT) {
             tracing::error!(
                 event = ?dropped,
