@@ -138,6 +138,7 @@ impl Node {
             coherence: Mutex::new(Coherence::new(engine)),
             released: Mutex::new(BTreeSet::new()),
             transport: Arc::clone(&transport) as Arc<dyn Transport>,
+            central: Mutex::new(Central::default()),
             requests: AtomicU64::new(0),
             gone: AtomicBool::new(false),
         });
@@ -145,7 +146,6 @@ impl Node {
         sink.attach(Arc::clone(&core), Arc::clone(&locks));
         let driver = Driver {
             rank: config.rank,
-            size: config.size,
             core: Arc::clone(&core),
             locks: Arc::clone(&locks),
             ring: Ring::new(
@@ -155,7 +155,6 @@ impl Node {
                 config.failure_timeout,
                 Instant::now(),
             ),
-            central: Central::default(),
             allocator: Allocator::default(),
             views: ViewService::default(),
             events: receiver,

@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use dsm_wire::{NodeId, PageId};
+use dsm_wire::{Message, NodeId, PageId, SyncMsg};
+
+use super::Core;
 
 /// Rank 0's arrivals per epoch.
 #[derive(Debug, Default)]
@@ -50,6 +52,41 @@ impl Central {
             return self.arrived.remove(&epoch).map(|(_, all)| all);
         }
         None
+    }
+}
+
+impl Core {
+    /// A barrier message from `from`: rank 0 counts arrivals and, when every live node has
+    /// arrived, releases the epoch to all (itself included); every node records releases
+    /// from rank 0. Runs on the thread that received it.
+    pub(crate) fn on_barrier(&self, from: NodeId, message: SyncMsg) {
+        let local = self.transport.local();
+        match message {
+            SyncMsg::BarrierArrive { epoch, notices, .. } if local == 0 => {
+                let gone = self.shared.read(|s| s.left.clone());
+                let released = self
+                    .central
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .arrive(epoch, from, &gone, notices);
+                if let Some(all) = released {
+                    let release = SyncMsg::BarrierRelease {
+                        epoch,
+                        notices: all,
+                    };
+                    self.broadcast(true, &Message::Sync(release));
+                }
+            }
+            SyncMsg::BarrierRelease { epoch, notices } if from == 0 => {
+                self.shared.update(|s| {
+                    s.barrier_released = s.barrier_released.max(epoch);
+                    super::keep_answer(&mut s.barrier_notices, epoch, notices);
+                });
+            }
+            other => {
+                tracing::warn!(from, message = ?other, "barrier message out of place; dropped")
+            }
+        }
     }
 }
 

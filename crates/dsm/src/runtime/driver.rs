@@ -15,7 +15,6 @@ use dsm_wire::{Alloc, Membership, Message, NodeId, PageId, SyncMsg};
 
 use super::Core;
 use super::alloc::Allocator;
-use super::barrier::Central;
 use super::views::ViewService;
 use crate::membership::ring::{Ring, RingAction};
 use crate::stats::Counters;
@@ -56,12 +55,12 @@ pub(crate) const EVENT_QUEUE: usize = 1 << 16;
 /// time out as for a lost message) instead of the transport thread hanging for ever.
 pub(crate) const DELIVER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The transport's sink. Coherence and lock messages, and one-sided read completions, run to
-/// completion on the thread that received them (the transport's): the engine handles them
-/// there and its answers leave on the same thread's next turn, with no hand-off to the driver
-/// (a thread woken on another CPU costs ~30 us on virtual machines; one on the same CPU a
-/// few). Everything else (membership, barriers, allocation, files) goes to the driver's
-/// bounded queue.
+/// The transport's sink. Coherence, lock and barrier messages, and one-sided read completions,
+/// run to completion on the thread that received them (the transport's): the engine, the
+/// lock table or the barrier handles them there and the answers leave on the same thread's
+/// next turn, with no hand-off to the driver (a thread woken on another CPU costs ~30 us on
+/// virtual machines; one on the same CPU a few). Everything else (membership, allocation,
+/// files) goes to the driver's bounded queue.
 #[derive(Debug)]
 pub(crate) struct Sink {
     pub(crate) events: SyncSender<Event>,
@@ -112,7 +111,14 @@ impl Sink {
             TransportEvent::Message {
                 from,
                 message: Message::Sync(m),
-            } if !is_barrier(&m) => {
+            } if is_barrier(&m) => {
+                inline.core.on_barrier(from, m);
+                None
+            }
+            TransportEvent::Message {
+                from,
+                message: Message::Sync(m),
+            } => {
                 if let Err(e) = inline.locks.handle(from, &m) {
                     tracing::warn!(from, error = %e, "lock message rejected");
                 }
@@ -137,11 +143,7 @@ impl Sink {
 
 /// Messages the receiving thread handles itself (see [`Sink`]).
 fn runs_inline(message: &Message) -> bool {
-    match message {
-        Message::Coherence(_) => true,
-        Message::Sync(m) => !is_barrier(m),
-        _ => false,
-    }
+    matches!(message, Message::Coherence(_) | Message::Sync(_))
 }
 
 fn is_barrier(message: &SyncMsg) -> bool {
@@ -192,11 +194,9 @@ pub(crate) fn push_bounded(
 /// The driver's state; it runs on its own thread until `Event::Stop`.
 pub(crate) struct Driver {
     pub(crate) rank: NodeId,
-    pub(crate) size: u32,
     pub(crate) core: Arc<Core>,
     pub(crate) locks: Arc<LockTable>,
     pub(crate) ring: Ring,
-    pub(crate) central: Central,
     pub(crate) allocator: Allocator,
     /// Rank 0's directory of file masters and this node's master service.
     pub(crate) views: ViewService,
@@ -309,25 +309,7 @@ impl Driver {
                     tracing::warn!(from, error = %e, "coherence message rejected");
                 }
             }
-            Message::Sync(SyncMsg::BarrierArrive { epoch, notices, .. }) if self.rank == 0 => {
-                let gone = self.core.shared.read(|s| s.left.clone());
-                if let Some(all) = self.central.arrive(epoch, from, &gone, notices) {
-                    let release = SyncMsg::BarrierRelease {
-                        epoch,
-                        notices: all,
-                    };
-                    self.broadcast(true, &Message::Sync(release));
-                }
-            }
-            Message::Sync(SyncMsg::BarrierRelease { epoch, notices }) if from == 0 => {
-                self.core.shared.update(|s| {
-                    s.barrier_released = s.barrier_released.max(epoch);
-                    super::keep_answer(&mut s.barrier_notices, epoch, notices);
-                });
-            }
-            Message::Sync(m @ (SyncMsg::BarrierArrive { .. } | SyncMsg::BarrierRelease { .. })) => {
-                tracing::warn!(from, message = ?m, "barrier message out of place; dropped");
-            }
+            Message::Sync(m) if is_barrier(&m) => self.core.on_barrier(from, m),
             Message::Sync(m) => {
                 if let Err(e) = self.locks.handle(from, &m) {
                     tracing::warn!(from, error = %e, "lock message rejected");
@@ -427,17 +409,7 @@ impl Driver {
 
     /// Sends to every node not failed or gone (and to ourselves when `include_self`).
     fn broadcast(&self, include_self: bool, message: &Message) {
-        let (failed, left) = self
-            .core
-            .shared
-            .read(|s| (s.failed.clone(), s.left.clone()));
-        for to in 0..self.size {
-            let skip =
-                failed.contains(&to) || left[to as usize] || (to == self.rank && !include_self);
-            if !skip {
-                self.send(to, message.clone());
-            }
-        }
+        self.core.broadcast(include_self, message);
     }
 
     fn send(&self, to: NodeId, message: Message) {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use dsm_wire::{NodeId, PageId, RegionSpec};
+use dsm_wire::{Message, NodeId, PageId, RegionSpec};
 
 use std::sync::Arc;
 
@@ -58,6 +58,8 @@ pub(crate) struct Core {
     pub(crate) released: Mutex<BTreeSet<PageId>>,
     pub(crate) coherence: Mutex<Coherence>,
     pub(crate) transport: Arc<dyn Transport>,
+    /// Rank 0: the barrier's arrivals (handled on whichever thread receives them).
+    pub(crate) central: Mutex<barrier::Central>,
     /// Request ids of this node's shared-file requests.
     pub(crate) requests: AtomicU64,
     /// The node left (or was dropped): nothing serves faults any more. An atomic, not part
@@ -72,6 +74,18 @@ impl std::fmt::Debug for Core {
 }
 
 impl Core {
+    /// Sends `message` to every node not failed or gone (and to itself when `include_self`).
+    pub(crate) fn broadcast(&self, include_self: bool, message: &Message) {
+        let local = self.transport.local();
+        let (failed, left) = self.shared.read(|s| (s.failed.clone(), s.left.clone()));
+        for (to, gone) in (0..).zip(&left) {
+            if failed.contains(&to) || *gone || (to == local && !include_self) {
+                continue;
+            }
+            driver::send_counted(self.transport.as_ref(), &self.shared.counters, to, message);
+        }
+    }
+
     /// A fresh request id.
     pub(crate) fn next_request(&self) -> u64 {
         self.requests.fetch_add(1, Ordering::Relaxed) + 1
