@@ -306,7 +306,9 @@ fn subscribe(
     let session = handshake::dial(&gate.credentials, &mut stream, 0).map_err(|e| {
         Error::Protocol(format!(
             "rank 0 rejected our Join ({e}): another DSM_CLUSTER_KEY or DSM_COORDINATOR, \
-             or DSM_INSECURE=1 on one side only"
+             another per-user key file (hosts without a shared home: copy \
+             ~/.config/dsm/cluster.key, or set DSM_CLUSTER_KEY), or DSM_INSECURE=1 on one \
+             side only"
         ))
     })?;
     let mut framed = Framed::new(stream, gate.limits.clone(), config.rank, session);
