@@ -245,6 +245,11 @@ fn view_samples() -> Vec<ViewMsg> {
             offset: 8,
             data: vec![5; 3],
         },
+        ViewMsg::MergeRuns {
+            req: 3,
+            view: 1,
+            runs: vec![(0, vec![1, 2]), (100, vec![3; 7])],
+        },
         ViewMsg::Commit {
             req: 3,
             file: 1,

@@ -68,7 +68,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use dsm_wire::msg::view::{MAX_MERGE_LEN, MAX_READ_LEN};
+use dsm_wire::msg::view::{MAX_MERGE_LEN, MAX_MERGE_RUNS, MAX_READ_LEN};
 use dsm_wire::{Message, NodeId, ViewMsg};
 
 use crate::{Error, Node, Result};
@@ -493,16 +493,13 @@ fn merge<M: Mode>(file: &SharedFile<'_, M>, data: &ViewData, bytes: &[u8]) -> Re
     }
     let node = file.node;
     let commit = next_req(node);
-    for run in &runs {
-        for (i, part) in run.bytes.chunks(MAX_MERGE_LEN).enumerate() {
-            let message = ViewMsg::Merge {
-                req: commit,
-                view: data.view.id,
-                offset: run.offset + (i * MAX_MERGE_LEN) as u64,
-                data: part.to_vec(),
-            };
-            node.send(file.master, Message::View(message));
-        }
+    for runs in batches(&runs) {
+        let message = ViewMsg::MergeRuns {
+            req: commit,
+            view: data.view.id,
+            runs,
+        };
+        node.send(file.master, Message::View(message));
     }
     node.send(
         file.master,
@@ -520,6 +517,31 @@ fn merge<M: Mode>(file: &SharedFile<'_, M>, data: &ViewData, bytes: &[u8]) -> Re
     )?)?;
     twin.copy_from_slice(bytes);
     Ok(())
+}
+
+/// The runs as messages: each at most [`MAX_MERGE_RUNS`] runs and [`MAX_MERGE_LEN`] bytes
+/// (a longer run is cut in pieces).
+fn batches(runs: &[dsm_views::Run]) -> Vec<Vec<(u64, Vec<u8>)>> {
+    let mut batches = Vec::new();
+    let (mut batch, mut bytes) = (Vec::new(), 0);
+    let pieces = runs.iter().flat_map(|run| {
+        run.bytes
+            .chunks(MAX_MERGE_LEN)
+            .enumerate()
+            .map(move |(i, part)| (run.offset + (i * MAX_MERGE_LEN) as u64, part))
+    });
+    for (offset, part) in pieces {
+        if batch.len() == MAX_MERGE_RUNS || bytes + part.len() > MAX_MERGE_LEN {
+            batches.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += part.len();
+        batch.push((offset, part.to_vec()));
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
 }
 
 fn next_req(node: &Node) -> u64 {
@@ -581,4 +603,49 @@ fn status_error(answer: ViewMsg) -> Error {
 
 fn unexpected(wanted: &str, got: &ViewMsg) -> Error {
     Error::Protocol(format!("expected {wanted}, the master answered {got:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_travel_in_messages_within_the_wire_limits_and_in_order() {
+        let runs = vec![
+            dsm_views::Run {
+                offset: 3,
+                bytes: vec![1; MAX_MERGE_LEN + 10],
+            },
+            dsm_views::Run {
+                offset: 2 * MAX_MERGE_LEN as u64,
+                bytes: vec![2; 5],
+            },
+        ];
+        let messages = batches(&runs);
+        for batch in &messages {
+            assert!(batch.len() <= MAX_MERGE_RUNS);
+            assert!(batch.iter().map(|(_, d)| d.len()).sum::<usize>() <= MAX_MERGE_LEN);
+        }
+        let flat: Vec<(u64, usize)> = messages
+            .iter()
+            .flatten()
+            .map(|(offset, data)| (*offset, data.len()))
+            .collect();
+        let second = 3 + MAX_MERGE_LEN as u64;
+        assert_eq!(
+            flat,
+            vec![
+                (3, MAX_MERGE_LEN),
+                (second, 10),
+                (2 * MAX_MERGE_LEN as u64, 5)
+            ]
+        );
+        let many: Vec<dsm_views::Run> = (0..MAX_MERGE_RUNS as u64 + 1)
+            .map(|i| dsm_views::Run {
+                offset: i * 2,
+                bytes: vec![9],
+            })
+            .collect();
+        assert_eq!(batches(&many).len(), 2);
+    }
 }

@@ -10,6 +10,8 @@ pub const MAX_MERGE_LEN: usize = 512 * 1024;
 
 /// Longest `detail` text of a refusal.
 pub const MAX_DETAIL_LEN: usize = 1024;
+/// Most runs one `MergeRuns` carries.
+pub const MAX_MERGE_RUNS: usize = 16 * 1024;
 /// Largest byte range one `Read` asks for (its `Data` answer carries at most this).
 pub const MAX_READ_LEN: u32 = 512 * 1024;
 
@@ -93,6 +95,16 @@ pub enum ViewMsg {
         /// New bytes.
         data: Vec<u8>,
     },
+    /// Several runs of changed bytes of a view in one message (at most [`MAX_MERGE_RUNS`]
+    /// runs and [`MAX_MERGE_LEN`] bytes in all); staged with `Merge` runs of the same `req`.
+    MergeRuns {
+        /// Request id (the release's).
+        req: u64,
+        /// View handle.
+        view: u32,
+        /// (offset within the view, new bytes) per run.
+        runs: Vec<(u64, Vec<u8>)>,
+    },
     /// Apply every `Merge` run of release `req` to the master copy, all or nothing; answered
     /// by `Status` once it is written (and synced).
     Commit {
@@ -145,6 +157,7 @@ pub(crate) const READ: u16 = 0x0509;
 pub(crate) const DATA: u16 = 0x050a;
 pub(crate) const COMMIT: u16 = 0x050b;
 pub(crate) const CLOSE_VIEW: u16 = 0x050c;
+pub(crate) const MERGE_RUNS: u16 = 0x050d;
 
 impl ViewMsg {
     pub(crate) fn command(&self) -> u16 {
@@ -157,6 +170,7 @@ impl ViewMsg {
             ViewMsg::Read { .. } => READ,
             ViewMsg::Data { .. } => DATA,
             ViewMsg::Merge { .. } => MERGE,
+            ViewMsg::MergeRuns { .. } => MERGE_RUNS,
             ViewMsg::Commit { .. } => COMMIT,
             ViewMsg::CloseView { .. } => CLOSE_VIEW,
             ViewMsg::Close { .. } => CLOSE,
@@ -227,6 +241,15 @@ impl ViewMsg {
                 w.u64(*offset);
                 w.bytes(data);
             }
+            ViewMsg::MergeRuns { req, view, runs } => {
+                w.u64(*req);
+                w.u32(*view);
+                w.u32(u32::try_from(runs.len()).unwrap_or(u32::MAX));
+                for (offset, data) in runs {
+                    w.u64(*offset);
+                    w.bytes(data);
+                }
+            }
             ViewMsg::Commit { req, file, view } | ViewMsg::CloseView { req, file, view } => {
                 w.u64(*req);
                 w.u32(*file);
@@ -283,6 +306,7 @@ impl ViewMsg {
                 offset: r.u64("offset")?,
                 data: r.bytes("merge data", MAX_MERGE_LEN)?.to_vec(),
             },
+            MERGE_RUNS => decode_merge_runs(r)?,
             COMMIT => ViewMsg::Commit {
                 req: r.u64("req")?,
                 file: r.u32("file")?,
@@ -323,6 +347,20 @@ fn decode_define(r: &mut Reader<'_>) -> Result<ViewMsg> {
         offset,
         len,
     })
+}
+
+fn decode_merge_runs(r: &mut Reader<'_>) -> Result<ViewMsg> {
+    let (req, view) = (r.u64("req")?, r.u32("view")?);
+    let count = r.count("merge runs", MAX_MERGE_RUNS)?;
+    let mut runs = Vec::with_capacity(count.min(1024));
+    let mut total = 0usize;
+    for _ in 0..count {
+        let offset = r.u64("run offset")?;
+        let data = r.bytes("run data", MAX_MERGE_LEN - total)?;
+        total += data.len();
+        runs.push((offset, data.to_vec()));
+    }
+    Ok(ViewMsg::MergeRuns { req, view, runs })
 }
 
 fn decode_read(r: &mut Reader<'_>) -> Result<ViewMsg> {

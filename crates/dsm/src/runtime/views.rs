@@ -58,6 +58,7 @@ pub(crate) fn answer_req(message: &ViewMsg) -> u64 {
         | ViewMsg::Read { req, .. }
         | ViewMsg::Data { req, .. }
         | ViewMsg::Merge { req, .. }
+        | ViewMsg::MergeRuns { req, .. }
         | ViewMsg::Commit { req, .. }
         | ViewMsg::CloseView { req, .. }
         | ViewMsg::Close { req, .. }
@@ -82,7 +83,8 @@ impl ViewService {
             }
             ViewMsg::Merge {
                 view, offset, data, ..
-            } => return self.stage(from, req, view, offset, data),
+            } => return self.stage(from, req, view, vec![(offset, data)]),
+            ViewMsg::MergeRuns { view, runs, .. } => return self.stage(from, req, view, runs),
             ViewMsg::Read {
                 file, offset, len, ..
             } => self.read(req, file, offset, len),
@@ -99,26 +101,25 @@ impl ViewService {
         }
     }
 
+    /// Stages `runs` of release `req`; applied together at its `Commit`.
     fn stage(
         &mut self,
         from: NodeId,
         req: u64,
         view: u32,
-        offset: u64,
-        data: Vec<u8>,
+        runs: Vec<(u64, Vec<u8>)>,
     ) -> Option<Answer> {
         let staged = self.staged.entry((from, req)).or_default();
         staged.view = view;
-        staged.bytes = staged.bytes.saturating_add(data.len() as u64);
+        for (offset, bytes) in runs {
+            staged.bytes = staged.bytes.saturating_add(bytes.len() as u64);
+            staged.runs.push(Run { offset, bytes });
+        }
         if staged.bytes > MAX_STAGED_BYTES {
             self.staged.remove(&(from, req));
             let detail = format!("merge {req} stages more than {MAX_STAGED_BYTES} bytes");
             return Some((from, Message::View(refusal(req, Refusal::Invalid, detail))));
         }
-        staged.runs.push(Run {
-            offset,
-            bytes: data,
-        });
         None
     }
 
