@@ -4,6 +4,7 @@ mod api;
 mod dsm_run;
 mod examples;
 mod membership;
+mod memory;
 mod mpirun;
 mod security;
 mod util;

@@ -125,15 +125,25 @@ impl Coherence {
         self.detached.insert(token);
     }
 
-    /// Adds a mapped region.
+    /// Adds a mapped region. Its home copies are mapped first (lazily committed: this takes
+    /// the same time for any size, under the lock heartbeats also need), so a node that
+    /// cannot get them fails with nothing added.
     pub(crate) fn add_region(
         &mut self,
         layout: RegionLayout,
         region: Arc<dsm_uffd::UffdRegion>,
         counters: Arc<RegionCounters>,
     ) -> Result<()> {
+        let home = HomeCopies::new(layout.pages).map_err(|e| {
+            Error::io(
+                format!(
+                    "mmap home copies of region {} ({} pages)",
+                    layout.id, layout.pages
+                ),
+                e,
+            )
+        })?;
         self.engine.add_region(layout)?;
-        let home = HomeCopies::new(layout.pages);
         let release = layout.consistency == dsm_core::Consistency::Release;
         self.regions.insert(
             layout.id,

@@ -86,6 +86,46 @@ pub enum Error {
     /// A peer broke the protocol (an unexpected message or a disagreeing collective call).
     #[error("protocol: {0}")]
     Protocol(String),
+    /// `alloc` asked for a region larger than the cluster can serve. Checked on every node
+    /// before any message is sent (every node makes the same call, so every node refuses it
+    /// alike): the cluster goes on, and the next collective call pairs up as usual.
+    #[error("region {name:?} of {bytes} bytes is too large: at most {max_bytes} bytes ({limit})")]
+    RegionTooLarge {
+        /// The region's name.
+        name: String,
+        /// Bytes asked (elements times element size; may exceed `usize`).
+        bytes: u128,
+        /// The largest region allowed.
+        max_bytes: u64,
+        /// What sets the limit.
+        limit: &'static str,
+    },
+    /// Rank 0 found no room left for the region in the window of addresses regions are
+    /// placed in (addresses are not reused after `free`); every node fails the `alloc`.
+    #[error(
+        "no address space left for region {name:?} of {bytes} bytes (regions share a window \
+         of {window_bytes} bytes; addresses are not reused after free)"
+    )]
+    AddressSpaceExhausted {
+        /// The region's name.
+        name: String,
+        /// Bytes asked.
+        bytes: u64,
+        /// Size of the whole window.
+        window_bytes: u64,
+    },
+    /// A collective `alloc` that rank 0 agreed to failed on other nodes (they could not map
+    /// the region or its home copies, expose them or serve them). Every node failed it and
+    /// none keeps anything of it; the node that failed returns its own error instead.
+    #[error("alloc of region {name:?} failed on ranks {ranks:?}: {what}")]
+    AllocFailed {
+        /// The region's name.
+        name: String,
+        /// The ranks that failed, ascending.
+        ranks: Vec<NodeId>,
+        /// What failed on each, e.g. `rank 1 could not map the region at its address`.
+        what: String,
+    },
     /// The node has left the cluster (after `leave`, or after it was declared failed).
     #[error("node has left the cluster")]
     Closed,

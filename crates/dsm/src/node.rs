@@ -340,28 +340,33 @@ impl Node {
 
     /// [`alloc`](Self::alloc) with every per-region setting (every node must pass the same
     /// consistency; the prefetch may differ per node).
+    ///
+    /// A region larger than the cluster can serve (64 GiB: page indices on the wire) fails
+    /// with [`Error::RegionTooLarge`] on every node before anything is sent. Memory is
+    /// committed lazily: a node pays for the home pages it writes and the pages it caches,
+    /// and the call takes the same time for any size (over TCP). A node that cannot set the
+    /// region up fails the call on every node ([`Error::AllocFailed`] on the others).
     pub fn alloc_with<T: Copy>(
         &self,
         name: &str,
         len: usize,
         options: RegionOptions,
     ) -> Result<Region<T>> {
+        use crate::runtime::alloc::{SetupStep, placed, region_pages};
         let RegionOptions {
             consistency,
             prefetch,
         } = options;
         self.check_open()?;
-        let bytes = len
-            .checked_mul(size_of::<T>())
-            .filter(|b| *b > 0 && align_of::<T>() <= PAGE_SIZE)
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "cannot allocate {len} elements of {} bytes",
-                    size_of::<T>()
-                ))
-            })?;
-        let pages = u32::try_from(bytes.div_ceil(PAGE_SIZE))
-            .map_err(|_| Error::Config(format!("region {name:?} of {bytes} bytes is too large")))?;
+        if len == 0 || size_of::<T>() == 0 || align_of::<T>() > PAGE_SIZE {
+            return Err(Error::Config(format!(
+                "cannot allocate {len} elements of {} bytes",
+                size_of::<T>()
+            )));
+        }
+        // The one size limit, before anything is sent: every node makes the same call and
+        // refuses it alike, so no round is left half open.
+        let pages = region_pages(name, len, size_of::<T>())?;
         let spec = RegionSpec {
             name: name.to_owned(),
             pages,
@@ -372,14 +377,7 @@ impl Node {
             placement: 1,
         };
         let (id, base) = self.agree_on_region(&spec)?;
-        let region = Arc::new(dsm_uffd::UffdRegion::new(
-            usize::try_from(base).map_err(|_| Error::Protocol("base address".into()))?,
-            pages,
-            match self.config.fault_delivery {
-                FaultDelivery::Thread => dsm_uffd::Delivery::Thread,
-                FaultDelivery::Signal => dsm_uffd::Delivery::Signal,
-            },
-        )?);
+        let base = placed(&spec, base)?;
         let layout = RegionLayout {
             id,
             pages,
@@ -388,21 +386,29 @@ impl Node {
             prefetch,
         };
         let counters = Arc::new(RegionCounters::default());
-        let home = self.core.engine(|c, _| {
-            c.add_region(layout, Arc::clone(&region), Arc::clone(&counters))?;
-            c.home_memory(id)
-                .ok_or_else(|| Error::Protocol(format!("region {id} added without home memory")))
-        })?;
-        let server = match self.serve(id, &region, home, &counters) {
-            Ok(server) => server,
-            Err(e) => {
-                // Nothing serves the region now: take it back out of the NIC, then the engine
-                // (which frees its home copies), so a failed alloc leaves nothing behind.
-                let _ = rdma::withdraw(&self.transport, id);
-                let _ = self.core.engine(|c, _| c.remove_region(id));
-                return Err(e);
-            }
+        // From here on, failed or not, this node goes to the rendezvous in `serve`, so that a
+        // node that cannot get the memory fails the call on every node instead of leaving
+        // the others waiting.
+        let delivery = match self.config.fault_delivery {
+            FaultDelivery::Thread => dsm_uffd::Delivery::Thread,
+            FaultDelivery::Signal => dsm_uffd::Delivery::Signal,
         };
+        let mapped = usize::try_from(base)
+            .map_err(|_| Error::Protocol(format!("base address {base:#x}")))
+            .and_then(|base| Ok(dsm_uffd::UffdRegion::new(base, pages, delivery)?))
+            .map_err(|e| (SetupStep::Map, e))
+            .and_then(|region| {
+                let region = Arc::new(region);
+                let home = self.core.engine(|c, _| {
+                    c.add_region(layout, Arc::clone(&region), Arc::clone(&counters))?;
+                    c.home_memory(id).ok_or_else(|| {
+                        Error::Protocol(format!("region {id} added without home memory"))
+                    })
+                });
+                home.map(|home| (region, home))
+                    .map_err(|e| (SetupStep::Home, e))
+            });
+        let (region, server) = self.serve(id, name, mapped, &counters)?;
         Ok(Region {
             id,
             base: region.base().cast::<T>(),
@@ -416,40 +422,83 @@ impl Node {
     }
 
     /// Exposes a newly added region's `home` copies, serves its faults, and waits until
-    /// every node does; on error the server (if started) has stopped again.
+    /// every node does (`mapped` is this node's region and home copies, or the step that
+    /// failed). Every node goes to the rendezvous, saying whether it could set the region
+    /// up; unless all could, every node takes the region back out of its NIC, engine and
+    /// address space and fails: the one that failed with its own error, the others with
+    /// [`Error::AllocFailed`] naming it.
     fn serve(
         &self,
         id: u32,
-        region: &Arc<dsm_uffd::UffdRegion>,
-        home: dsm_core::HomeMemory,
+        name: &str,
+        mapped: std::result::Result<
+            (Arc<dsm_uffd::UffdRegion>, dsm_core::HomeMemory),
+            (crate::runtime::alloc::SetupStep, Error),
+        >,
         counters: &Arc<RegionCounters>,
-    ) -> Result<dsm_uffd::FaultServer> {
-        rdma::expose(
-            &self.transport,
-            &self.core.shared,
-            self.size(),
-            id,
-            home,
-            self.config.op_timeout,
-        )?;
-        let signal = match self.config.fault_delivery {
-            FaultDelivery::Thread => None,
-            FaultDelivery::Signal => Some(SignalPath {
-                events: self.events.clone(),
-                slots: self.core.engine(|c, _| Ok(c.slots()))?,
-                timeout: self.config.op_timeout + SIGNAL_WAIT_MARGIN,
-            }),
-        };
-        let resolver = Arc::new(Resolver {
-            core: Arc::clone(&self.core),
-            region: id,
-            counters: Arc::clone(counters),
-            signal,
+    ) -> Result<(Arc<dsm_uffd::UffdRegion>, dsm_uffd::FaultServer)> {
+        use crate::runtime::alloc::{SetupStep, failures};
+        let started = mapped.and_then(|(region, home)| {
+            // Half the operation timeout: a node whose peers' keys never come (a peer that
+            // could not register) still reaches the rendezvous well within the others' wait.
+            let timeout = self.config.op_timeout / 2;
+            rdma::expose(
+                &self.transport,
+                &self.core.shared,
+                self.size(),
+                id,
+                home,
+                timeout,
+            )
+            .map_err(|e| (SetupStep::Expose, e))?;
+            let signal = match self.config.fault_delivery {
+                FaultDelivery::Thread => None,
+                FaultDelivery::Signal => Some(SignalPath {
+                    events: self.events.clone(),
+                    slots: self
+                        .core
+                        .engine(|c, _| Ok(c.slots()))
+                        .map_err(|e| (SetupStep::Serve, e))?,
+                    timeout: self.config.op_timeout + SIGNAL_WAIT_MARGIN,
+                }),
+            };
+            let resolver = Arc::new(Resolver {
+                core: Arc::clone(&self.core),
+                region: id,
+                counters: Arc::clone(counters),
+                signal,
+            });
+            let server = dsm_uffd::FaultServer::start(Arc::clone(&region), resolver)
+                .map_err(|e| (SetupStep::Serve, e.into()))?;
+            Ok((region, server))
         });
-        let server = dsm_uffd::FaultServer::start(Arc::clone(region), resolver)?;
-        // No node may fault on the region before every node can serve it.
-        self.rendezvous(Vec::new())?;
-        Ok(server)
+        let notice = started
+            .as_ref()
+            .err()
+            .map(|(step, _)| step.notice(self.rank()));
+        // No node may fault on the region before every node can serve it, and none keeps it
+        // unless every node could set it up.
+        let everyone = self.rendezvous(notice.into_iter().collect());
+        let failed = match (started, everyone) {
+            (Ok(served), Ok(notices)) => match failures(name, &notices) {
+                None => return Ok(served),
+                Some(error) => error,
+            },
+            (Ok((_region, server)), Err(error)) => {
+                drop(server);
+                error
+            }
+            (Err((step, error)), _) => {
+                tracing::error!(rank = self.rank(), region = id, ?step, %error, "alloc failed");
+                error
+            }
+        };
+        // Nothing serves the region now (the server stopped when dropped): take it back out
+        // of the NIC, then the engine (which unmaps its home copies and drops its mapping),
+        // so a failed alloc leaves nothing behind. Either may never have held it.
+        let _ = rdma::withdraw(&self.transport, id);
+        let _ = self.core.engine(|c, _| c.remove_region(id));
+        Err(failed)
     }
 
     /// Sends `Malloc` to rank 0 and waits for its answer.

@@ -1,43 +1,72 @@
 //! The crate's only unsafe code: page-aligned home memory, views of installed pages, and the
 //! SIGBUS handler's one write to stderr.
 
-use std::alloc::{Layout, alloc_zeroed, dealloc};
-
 use dsm_wire::PAGE_SIZE;
 
 /// Zeroed, page-aligned memory for the master copies of a region's pages (never registered
-/// with userfaultfd, so any thread may touch it). Freed on drop.
+/// with userfaultfd, so any thread may touch it). Unmapped on drop.
+///
+/// Sized for the whole region, so that page `i` is at `base + i * PAGE_SIZE` on every node
+/// (the transports index exposed memory by page), but it costs only what is touched: it is a
+/// private anonymous mapping with `MAP_NORESERVE`, so the kernel commits a page on its first
+/// write, and a read of an untouched page maps the shared zero page. A node writes only the
+/// pages it homes (`Placement::Block`: about `pages / nodes`), and only once they are
+/// written, so a region of S bytes costs this node the home pages actually used, not S, and
+/// mapping it takes the same time for any S. RDMA registration pins the whole range (see
+/// `memory`).
 #[derive(Debug)]
 pub(crate) struct HomeCopies {
     base: *mut u8,
-    layout: Layout,
+    len: usize,
 }
 
 // SAFETY: plain owned memory; the node runtime accesses it only under the coherence lock.
 unsafe impl Send for HomeCopies {}
 
 impl HomeCopies {
-    /// `pages` zeroed pages (`pages > 0`).
-    pub(crate) fn new(pages: u32) -> Self {
-        let layout = Layout::from_size_align(pages as usize * PAGE_SIZE, PAGE_SIZE)
-            .expect("region size fits the address space");
-        assert!(layout.size() > 0, "empty home memory");
-        // SAFETY: the layout has a non-zero size (asserted).
-        let base = unsafe { alloc_zeroed(layout) };
-        if base.is_null() {
-            std::alloc::handle_alloc_error(layout);
+    /// `pages` zeroed pages (`pages > 0`), committed lazily. Fails as `mmap` does (ENOMEM
+    /// when the address space or `RLIMIT_AS` has no room for the range).
+    pub(crate) fn new(pages: u32) -> std::io::Result<Self> {
+        assert!(pages > 0, "empty home memory");
+        let len = (pages as usize)
+            .checked_mul(PAGE_SIZE)
+            .expect("u32 pages fit a 64-bit address space");
+        // SAFETY: a fresh mapping chosen by the kernel (no address hint, no MAP_FIXED), so no
+        // existing memory is affected; the result is checked before use.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
         }
-        HomeCopies { base, layout }
+        let home = HomeCopies {
+            base: base.cast(),
+            len,
+        };
+        // Home pages are written one at a time, anywhere in the range: a transparent huge
+        // page would commit 2 MiB for each 4 KiB written. Advice only: a kernel without THP
+        // refuses it (EINVAL), which is the same outcome.
+        // SAFETY: the range is the mapping just made, owned by `home`.
+        let _ = unsafe { libc::madvise(base, len, libc::MADV_NOHUGEPAGE) };
+        Ok(home)
     }
 
     fn pages(&self) -> usize {
-        self.layout.size() / PAGE_SIZE
+        self.len / PAGE_SIZE
     }
 
     /// Page `index`.
     pub(crate) fn page(&self, index: u32) -> &[u8; PAGE_SIZE] {
         assert!((index as usize) < self.pages(), "home page out of range");
-        // SAFETY: in range (asserted), aligned, initialised (zeroed), borrowed from `self`.
+        // SAFETY: in range (asserted), aligned, initialised (anonymous memory reads as
+        // zeros), borrowed from `self`.
         unsafe {
             &*self
                 .base
@@ -46,13 +75,15 @@ impl HomeCopies {
         }
     }
 
-    /// The whole memory, for a transport to expose (RDMA READ by peers).
+    /// The whole memory, for a transport to expose (TCP serves page reads from it; RDMA
+    /// registers it for READ by peers, and registration pins every page of the range: with
+    /// RDMA a region costs its full size on every node, see the README's "Memory").
     pub(crate) fn memory(&self) -> dsm_core::HomeMemory {
         let pages = u32::try_from(self.pages()).expect("made from a u32 page count");
-        // SAFETY: `base` is page-aligned and valid for the whole layout while `self` lives;
+        // SAFETY: `base` is page-aligned and valid for the whole mapping while `self` lives;
         // the node withdraws the region from its transport before dropping it (`Node::free`)
         // and closes the transport's registrations before the node's memory goes. It is
-        // plain heap memory, never registered with userfaultfd.
+        // plain anonymous memory, never registered with userfaultfd.
         unsafe { dsm_core::HomeMemory::new(self.base, pages) }
     }
 
@@ -71,8 +102,9 @@ impl HomeCopies {
 
 impl Drop for HomeCopies {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout, freed once.
-        unsafe { dealloc(self.base, self.layout) };
+        // SAFETY: mapped in `new` with this length, unmapped once; every borrow of it ended
+        // with `self`'s, and the transports withdrew it first (see `memory`).
+        unsafe { libc::munmap(self.base.cast(), self.len) };
     }
 }
 
