@@ -574,7 +574,7 @@ fn pump(engines: &mut [CoherenceEngine; 2], mems: &mut [TestMemory; 2]) -> Vec<u
                         if let (1, Coherence::ReadRequest { page, .. }) = (n, &message) {
                             asked.push(page.page);
                         }
-                        wire.push_back((n as NodeId, to, message));
+                        wire.push_back((NodeId::try_from(n).expect("two nodes"), to, message));
                     }
                     Action::Install { page, data, .. } => {
                         mems[n].local.insert(page, data);
