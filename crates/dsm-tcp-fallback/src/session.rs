@@ -11,7 +11,7 @@
 //! a frame injected, altered, dropped, replayed or reordered on the path fails the next tag
 //! and the receiver closes the connection. The two directions use different keys, so a frame
 //! cannot be reflected back to its sender either. Keys come from the handshake
-//! ([`SessionKeys::derive`]): the cluster key and both fresh nonces, so no two connections
+//! (`SessionKeys::derive`): the cluster key and both fresh nonces, so no two connections
 //! (nor two runs) share one.
 //!
 //! Confidentiality is not provided: bodies travel in clear.
