@@ -543,6 +543,8 @@ impl Node {
     /// cut off; then the connections close without anyone being declared failed.
     pub fn leave(self) -> Result<()> {
         self.barrier()?;
+        // From here peers may close at any moment: judging their silence would blame them.
+        let _ = self.events.try_send(Event::Leaving);
         let rank = self.rank();
         for to in (0..self.size()).filter(|&to| to != rank) {
             self.send(to, Message::Membership(Membership::Leave { rank }));

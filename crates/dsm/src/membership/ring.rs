@@ -36,6 +36,11 @@ pub(crate) struct Ring {
     next_beat: Instant,
     watched: Option<NodeId>,
     last_heard: Instant,
+    /// When `tick` last ran: a longer gap means this node itself was not running (stopped,
+    /// or starved of CPU), and its peers' heartbeats may be waiting unread.
+    last_tick: Instant,
+    /// False once this node is leaving: it still beats, but blames nobody.
+    watching: bool,
 }
 
 impl Ring {
@@ -56,6 +61,8 @@ impl Ring {
             next_beat: now,
             watched: None,
             last_heard: now,
+            last_tick: now,
+            watching: true,
         };
         ring.rewatch(now);
         ring
@@ -117,8 +124,20 @@ impl Ring {
         news
     }
 
-    /// Advances to `now`: heartbeats that are due and a failure to declare, if any.
+    /// This node is leaving: from now on it judges nobody (its peers may stop at any time).
+    pub(crate) fn stop_watching(&mut self) {
+        self.watching = false;
+    }
+
+    /// Advances to `now`: heartbeats that are due and a failure to declare, if any. After a
+    /// gap in this node's own ticks longer than two heartbeat intervals (it was stopped or
+    /// starved), silence is measured afresh from `now`: what the watched node sent meanwhile
+    /// has not been read yet, so it is not held against it.
     pub(crate) fn tick(&mut self, now: Instant, actions: &mut Vec<RingAction>) {
+        if now.duration_since(self.last_tick) > 2 * self.interval {
+            self.last_heard = now;
+        }
+        self.last_tick = now;
         if now >= self.next_beat {
             if let Some(to) = self.successor() {
                 self.beat += 1;
@@ -129,7 +148,7 @@ impl Ring {
             }
             self.next_beat = now + self.interval;
         }
-        if let Some(watched) = self.watched {
+        if let Some(watched) = self.watched.filter(|_| self.watching) {
             if now.duration_since(self.last_heard) > self.timeout {
                 self.failed(watched, now);
                 actions.push(RingAction::Declare { rank: watched });
@@ -180,22 +199,28 @@ mod tests {
         let t0 = Instant::now();
         let mut ring = Ring::new(2, 4, BEAT, TIMEOUT, t0);
         ring.heard(1, t0 + BEAT);
-        let later = t0 + BEAT + TIMEOUT;
-        assert!(!ticks(&mut ring, later).contains(&RingAction::Declare { rank: 1 }));
-        let actions = ticks(&mut ring, later + BEAT);
+        // Ticking on time (the driver wakes at every beat): no verdict within the timeout.
+        let mut now = t0;
+        while now < t0 + BEAT + TIMEOUT {
+            now += BEAT / 2;
+            if now <= t0 + BEAT + TIMEOUT {
+                assert!(!ticks(&mut ring, now).contains(&RingAction::Declare { rank: 1 }));
+            }
+        }
+        let actions = ticks(&mut ring, t0 + 2 * BEAT + TIMEOUT);
         assert!(
             actions.contains(&RingAction::Declare { rank: 1 }),
             "{actions:?}"
         );
         // Now watching rank 0, with a fresh timeout.
         assert_eq!(ring.predecessor(), Some(0));
-        let actions = ticks(&mut ring, later + 2 * BEAT);
+        let actions = ticks(&mut ring, t0 + 3 * BEAT + TIMEOUT);
         assert!(
             !actions
                 .iter()
                 .any(|a| matches!(a, RingAction::Declare { .. }))
         );
-        assert!(!ring.failed(1, later), "declared twice");
+        assert!(!ring.failed(1, now), "declared twice");
     }
 
     #[test]
@@ -208,6 +233,62 @@ mod tests {
         assert_eq!((ring.successor(), ring.predecessor()), (None, None));
         let actions = ticks(&mut ring, t0 + 10 * TIMEOUT);
         assert_eq!(actions, vec![]);
+    }
+
+    #[test]
+    fn a_node_that_was_stopped_does_not_blame_its_predecessor_on_resuming() {
+        let t0 = Instant::now();
+        let mut ring = Ring::new(1, 3, BEAT, TIMEOUT, t0);
+        assert!(
+            ticks(&mut ring, t0)
+                .iter()
+                .all(|a| !matches!(a, RingAction::Declare { .. }))
+        );
+        // Stopped for 3 s: the first tick after it judges nobody...
+        let resumed = t0 + Duration::from_secs(3);
+        let actions = ticks(&mut ring, resumed);
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, RingAction::Declare { .. })),
+            "{actions:?}"
+        );
+        // ...and the predecessor is heard from in time.
+        ring.heard(0, resumed + BEAT);
+        let later = resumed + BEAT + TIMEOUT / 2;
+        assert!(
+            !ticks(&mut ring, later)
+                .iter()
+                .any(|a| matches!(a, RingAction::Declare { .. }))
+        );
+        // A real silence (ticking on time, nothing heard) is still declared.
+        let mut now = later;
+        let mut declared = false;
+        for _ in 0..20 {
+            now += BEAT;
+            declared |= ticks(&mut ring, now).contains(&RingAction::Declare { rank: 0 });
+        }
+        assert!(declared);
+    }
+
+    #[test]
+    fn a_leaving_node_keeps_beating_and_blames_nobody() {
+        let t0 = Instant::now();
+        let mut ring = Ring::new(1, 3, BEAT, TIMEOUT, t0);
+        ring.stop_watching();
+        let mut now = t0;
+        let mut beats = 0;
+        for _ in 0..20 {
+            now += BEAT;
+            let actions = ticks(&mut ring, now);
+            assert!(
+                !actions
+                    .iter()
+                    .any(|a| matches!(a, RingAction::Declare { .. }))
+            );
+            beats += actions.len();
+        }
+        assert!(beats >= 10, "{beats} heartbeats");
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub(crate) enum Event {
         /// When the handler ran (the fault latency counts from here).
         since: Instant,
     },
+    /// The node is leaving cleanly: stop judging peers (they may go at any moment now).
+    Leaving,
     /// The node is going away.
     Stop,
 }
@@ -226,6 +228,7 @@ impl Driver {
                 .saturating_duration_since(Instant::now());
             match self.events.recv_timeout(wait) {
                 Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(Event::Leaving) => self.ring.stop_watching(),
                 Ok(Event::Transport(event)) => self.on_event(event),
                 Ok(Event::Fault {
                     page,
