@@ -26,7 +26,7 @@ use crate::runtime::alloc::Allocator;
 use crate::runtime::barrier::Central;
 use crate::runtime::driver::{Driver, EVENT_QUEUE, Event, Sink, send_counted};
 use crate::runtime::views::ViewService;
-use crate::runtime::{Core, Shared};
+use crate::runtime::{Core, Shared, monitor};
 use crate::stats::{Counters, RegionCounters};
 use crate::transport::{Wire, rdma};
 use crate::{Config, Error, FaultDelivery, Result, Stats};
@@ -43,6 +43,8 @@ pub struct Node {
     driver_stop: Arc<AtomicBool>,
     /// The driver thread; joined on leave/drop (after `events` got `Stop`).
     driver: Mutex<Option<JoinHandle<()>>>,
+    /// The heartbeat and failure-detection thread; joined like the driver.
+    monitor: Mutex<Option<JoinHandle<()>>>,
     barrier_epoch: AtomicU64,
     alloc_round: AtomicU64,
     gone: AtomicBool,
@@ -139,6 +141,13 @@ impl Node {
             released: Mutex::new(BTreeSet::new()),
             transport: Arc::clone(&transport) as Arc<dyn Transport>,
             central: Mutex::new(Central::default()),
+            ring: Mutex::new(Ring::new(
+                config.rank,
+                config.size,
+                config.heartbeat_interval,
+                config.failure_timeout,
+                Instant::now(),
+            )),
             requests: AtomicU64::new(0),
             gone: AtomicBool::new(false),
         });
@@ -148,13 +157,6 @@ impl Node {
             rank: config.rank,
             core: Arc::clone(&core),
             locks: Arc::clone(&locks),
-            ring: Ring::new(
-                config.rank,
-                config.size,
-                config.heartbeat_interval,
-                config.failure_timeout,
-                Instant::now(),
-            ),
             allocator: Allocator::default(),
             views: ViewService::default(),
             events: receiver,
@@ -166,6 +168,13 @@ impl Node {
             .name(format!("dsm-driver-{}", config.rank))
             .spawn(move || driver.run())
             .map_err(|e| Error::io("spawn driver thread", e))?;
+        let monitor = monitor::spawn(
+            config.rank,
+            Arc::clone(&core),
+            events.clone(),
+            Arc::clone(&driver_stop),
+        )
+        .map_err(|e| Error::io("spawn monitor thread", e))?;
         let node = Node {
             config,
             core,
@@ -174,6 +183,7 @@ impl Node {
             events,
             driver_stop,
             driver: Mutex::new(Some(driver)),
+            monitor: Mutex::new(Some(monitor)),
             barrier_epoch: AtomicU64::new(0),
             alloc_round: AtomicU64::new(0),
             gone: AtomicBool::new(false),
@@ -584,9 +594,11 @@ impl Node {
         // wakes it sooner.
         self.driver_stop.store(true, Ordering::Release);
         let _ = self.events.try_send(Event::Stop);
-        let handle = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(handle) = handle {
-            join_within(handle, DRIVER_STOP_TIMEOUT, self.rank());
+        for thread in [&self.driver, &self.monitor] {
+            let handle = thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(handle) = handle {
+                join_within(handle, DRIVER_STOP_TIMEOUT, self.rank());
+            }
         }
         self.core.shared.update(|s| s.closed = true);
         // Regions may outlive the node: unmap their pages so that any later access faults
@@ -624,14 +636,14 @@ fn join_within(driver: JoinHandle<()>, timeout: Duration, rank: NodeId) {
             tracing::error!(
                 rank,
                 ?timeout,
-                "the driver thread did not return after Stop; left running"
+                "a runtime thread (driver or monitor) did not return after Stop; left running"
             );
             return;
         }
         std::thread::sleep(Duration::from_millis(1));
     }
     if driver.join().is_err() {
-        tracing::error!(rank, "the driver thread panicked");
+        tracing::error!(rank, "a runtime thread (driver or monitor) panicked");
     }
 }
 

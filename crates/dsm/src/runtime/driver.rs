@@ -16,7 +16,6 @@ use dsm_wire::{Alloc, Membership, Message, NodeId, PageId, SyncMsg};
 use super::Core;
 use super::alloc::Allocator;
 use super::views::ViewService;
-use crate::membership::ring::{Ring, RingAction};
 use crate::stats::Counters;
 
 /// What the driver consumes.
@@ -37,6 +36,11 @@ pub(crate) enum Event {
     },
     /// The node is leaving cleanly: stop judging peers (they may go at any moment now).
     Leaving,
+    /// The monitor found `rank` silent for the failure timeout.
+    Declare {
+        /// The silent node.
+        rank: NodeId,
+    },
     /// The node is going away.
     Stop,
 }
@@ -157,6 +161,19 @@ fn is_barrier(message: &SyncMsg) -> bool {
 
 impl EventSink for Sink {
     fn deliver(&self, event: TransportEvent) {
+        if let (Some(inline), TransportEvent::Message { from, message }) =
+            (self.inline.get(), &event)
+        {
+            // Any message is a sign of life, heard here so that a busy driver cannot make a
+            // live peer look silent; a heartbeat says nothing else.
+            let mut ring = inline.core.ring.lock().unwrap_or_else(|p| p.into_inner());
+            ring.heard(*from, Instant::now());
+            drop(ring);
+            if matches!(message, Message::Membership(Membership::Heartbeat { .. })) {
+                Counters::count(&inline.core.shared.counters.bytes_received, message);
+                return;
+            }
+        }
         let Some(event) = self.run_inline(event) else {
             return;
         };
@@ -198,7 +215,6 @@ pub(crate) struct Driver {
     pub(crate) rank: NodeId,
     pub(crate) core: Arc<Core>,
     pub(crate) locks: Arc<LockTable>,
-    pub(crate) ring: Ring,
     pub(crate) allocator: Allocator,
     /// Rank 0's directory of file masters and this node's master service.
     pub(crate) views: ViewService,
@@ -218,17 +234,13 @@ const ENGINE_TICK: Duration = Duration::from_millis(100);
 impl Driver {
     /// Runs until stopped.
     pub(crate) fn run(mut self) {
-        let mut actions = Vec::new();
         let mut next_engine_tick = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
-            let wait = self
-                .ring
-                .next_deadline()
-                .min(next_engine_tick)
-                .saturating_duration_since(Instant::now());
+            let wait = next_engine_tick.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(wait) {
                 Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                Ok(Event::Leaving) => self.ring.stop_watching(),
+                Ok(Event::Leaving) => self.ring().stop_watching(),
+                Ok(Event::Declare { rank }) => self.declare(rank),
                 Ok(Event::Transport(event)) => self.on_event(event),
                 Ok(Event::Fault {
                     page,
@@ -249,16 +261,11 @@ impl Driver {
                 self.tick_engine(now);
                 next_engine_tick = now + ENGINE_TICK;
             }
-            self.ring.tick(now, &mut actions);
-            for action in actions.drain(..) {
-                match action {
-                    RingAction::Heartbeat { to, beat } => {
-                        self.send(to, Message::Membership(Membership::Heartbeat { beat }));
-                    }
-                    RingAction::Declare { rank } => self.declare(rank),
-                }
-            }
         }
+    }
+
+    fn ring(&self) -> std::sync::MutexGuard<'_, crate::membership::ring::Ring> {
+        self.core.ring.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Gives the coherence engine the time; a fault that waited past the timeout fails (the
@@ -276,7 +283,6 @@ impl Driver {
     fn on_event(&mut self, event: TransportEvent) {
         match event {
             TransportEvent::Message { from, message } => {
-                self.ring.heard(from, Instant::now());
                 Counters::count(&self.core.shared.counters.bytes_received, &message);
                 self.on_message(from, message);
             }
@@ -357,7 +363,7 @@ impl Driver {
                 self.core.shared.update(|s| s.arrivals.joined(rank));
             }
             Membership::NodeFailed { rank } => {
-                if self.ring.failed(rank, now) {
+                if self.ring().failed(rank, now) {
                     self.core.shared.update(|s| s.failed.push(rank));
                     self.stop_waiting_for(rank);
                 }
@@ -368,7 +374,7 @@ impl Driver {
                     .update(|s| s.rdma_hellos.insert(from, info));
             }
             Membership::Leave { rank } if rank == from => {
-                self.ring.left(rank, now);
+                self.ring().left(rank, now);
                 // `from` is a rank the transport knows, but a bad index must not panic here.
                 self.core.shared.update(|s| {
                     if let Some(left) = s.left.get_mut(rank as usize) {
@@ -382,7 +388,7 @@ impl Driver {
 
     /// Declares `rank` failed here and tells every other live node.
     fn declare(&mut self, rank: NodeId) {
-        let news = self.ring.failed(rank, Instant::now());
+        let news = self.ring().failed(rank, Instant::now());
         let first = self.core.shared.update(|s| {
             let first = !s.failed.contains(&rank);
             if first {

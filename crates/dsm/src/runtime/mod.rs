@@ -4,6 +4,7 @@
 pub(crate) mod alloc;
 pub(crate) mod barrier;
 pub(crate) mod driver;
+pub(crate) mod monitor;
 pub(crate) mod views;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -58,6 +59,9 @@ pub(crate) struct Core {
     pub(crate) released: Mutex<BTreeSet<PageId>>,
     pub(crate) coherence: Mutex<Coherence>,
     pub(crate) transport: Arc<dyn Transport>,
+    /// The membership ring: ticked by the monitor thread, told what was heard by the
+    /// transport thread and of failures and departures by the driver.
+    pub(crate) ring: Mutex<crate::membership::ring::Ring>,
     /// Rank 0: the barrier's arrivals (handled on whichever thread receives them).
     pub(crate) central: Mutex<barrier::Central>,
     /// Request ids of this node's shared-file requests.
