@@ -1,6 +1,7 @@
 //! Integration tests of the `dsm` crate: real processes on loopback.
 
 mod api;
+mod collectives;
 mod dsm_run;
 mod examples;
 mod membership;

@@ -137,9 +137,12 @@ impl BarrierEngine {
                 self.finish(out);
                 Ok(())
             }
-            (_, SyncMsg::BarrierArrive { .. } | SyncMsg::BarrierRelease { .. }) => {
-                Err(self.unexpected(from, "barrier message the algorithm does not use"))
-            }
+            (
+                _,
+                SyncMsg::BarrierArrive { .. }
+                | SyncMsg::BarrierRelease { .. }
+                | SyncMsg::BarrierAbort { .. },
+            ) => Err(self.unexpected(from, "barrier message the algorithm does not use")),
             _ => Err(Error::NotForEngine("lock")),
         }
     }

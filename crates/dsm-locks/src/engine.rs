@@ -152,7 +152,9 @@ impl LockEngine {
             | SyncMsg::LockGrant { lock, .. }
             | SyncMsg::LockRelease { lock, .. }
             | SyncMsg::LockRecall { lock, .. } => (*lock, LockKind::HomeQueue),
-            SyncMsg::BarrierArrive { .. } | SyncMsg::BarrierRelease { .. } => {
+            SyncMsg::BarrierArrive { .. }
+            | SyncMsg::BarrierRelease { .. }
+            | SyncMsg::BarrierAbort { .. } => {
                 return Err(Error::NotForEngine("barrier"));
             }
         };

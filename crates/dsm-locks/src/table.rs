@@ -252,7 +252,9 @@ impl LockTable {
     /// A message that breaks the protocol is rejected with a typed error and changes nothing.
     pub fn handle(&self, from: NodeId, message: &SyncMsg) -> Result<()> {
         let rest = match message {
-            SyncMsg::BarrierArrive { .. } | SyncMsg::BarrierRelease { .. } => {
+            SyncMsg::BarrierArrive { .. }
+            | SyncMsg::BarrierRelease { .. }
+            | SyncMsg::BarrierAbort { .. } => {
                 let mut state = lock_barrier(&self.barrier);
                 let mut out = Vec::new();
                 state.engine()?.on_message(from, message, &mut out)?;

@@ -152,6 +152,7 @@ fn sync_samples() -> Vec<SyncMsg> {
             round: 1,
             notices: vec![],
         },
+        SyncMsg::BarrierAbort { epoch: 4 },
         SyncMsg::BarrierRelease {
             epoch: 3,
             notices: vec![pid(0, 0)],

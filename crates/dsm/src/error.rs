@@ -75,6 +75,23 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Nodes reached one barrier from different collective calls (a barrier on one node, an
+    /// allocation on another, say): rank 0 refused to pair them and every node's call failed.
+    #[error("collective calls disagree at barrier {epoch}: {detail}")]
+    CollectiveMismatch {
+        /// The barrier instance.
+        epoch: u64,
+        /// What this node was doing.
+        detail: String,
+    },
+    /// An earlier collective call (barrier, alloc, free, leave) failed or timed out on this
+    /// node, so the nodes may no longer agree on which call is which: every later collective
+    /// call fails with this.
+    #[error("an earlier collective call failed ({first}); no collective call can succeed now")]
+    CollectiveFailed {
+        /// The first failure.
+        first: String,
+    },
     /// The master of a shared file refused a request ([`crate::views`]).
     #[error("shared file: {detail}")]
     View {

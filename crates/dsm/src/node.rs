@@ -48,6 +48,9 @@ pub struct Node {
     barrier_epoch: AtomicU64,
     alloc_round: AtomicU64,
     gone: AtomicBool,
+    /// The first failure of a collective call: every later one fails with it (the nodes may
+    /// no longer agree on which call is which).
+    collective_failure: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -187,6 +190,7 @@ impl Node {
             barrier_epoch: AtomicU64::new(0),
             alloc_round: AtomicU64::new(0),
             gone: AtomicBool::new(false),
+            collective_failure: Mutex::new(None),
         };
         node.select_rdma(connector, sink, deadline)?;
         node.announce(deadline)?;
@@ -273,6 +277,39 @@ impl Node {
     /// any node are visible after it on every node. Fails with [`Error::NodeFailed`] when a
     /// node fails meanwhile.
     pub fn barrier(&self) -> Result<()> {
+        self.collective(|| self.barrier_unchecked())
+    }
+
+    /// Runs the collective call `call`: refused when an earlier one failed; a failure that
+    /// may leave the nodes disagreeing on which call is which (a timeout, a mismatch, a
+    /// failed node, a protocol error) is remembered for every later one. Failures every node
+    /// sees alike before any message (a region too large, say) are not.
+    fn collective<R>(&self, call: impl FnOnce() -> Result<R>) -> Result<R> {
+        let failure = || {
+            self.collective_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        };
+        if let Some(first) = failure().clone() {
+            return Err(Error::CollectiveFailed { first });
+        }
+        let result = call();
+        if let Err(e) = &result {
+            let sticky = matches!(
+                e,
+                Error::Timeout { .. }
+                    | Error::CollectiveMismatch { .. }
+                    | Error::NodeFailed { .. }
+                    | Error::Protocol(_)
+            );
+            if sticky {
+                failure().get_or_insert_with(|| e.to_string());
+            }
+        }
+        result
+    }
+
+    fn barrier_unchecked(&self) -> Result<()> {
         self.check_open()?;
         let timeout = self.config.op_timeout;
         let mut mine = self
@@ -289,7 +326,7 @@ impl Node {
                 mine.push(page);
             }
         }
-        let notices = self.rendezvous(mine.clone())?;
+        let notices = self.rendezvous(Collective::Barrier, mine.clone())?;
         let others = others_notices(notices, &mine);
         self.core
             .sync(timeout, "acquire after a barrier", |c, token, ctx| {
@@ -299,23 +336,33 @@ impl Node {
         Ok(())
     }
 
-    /// The barrier's message round: arrive at rank 0 with `notices`, wait for the release;
-    /// returns every node's notices (taken, so nothing is left behind for this epoch).
-    fn rendezvous(&self, notices: Vec<PageId>) -> Result<Vec<PageId>> {
+    /// The barrier's message round, for a call of `kind`: arrive at rank 0 with `notices`,
+    /// wait for the release; returns every node's notices (taken, so nothing is left behind
+    /// for this epoch). Rank 0 refuses an epoch that nodes reach from different calls.
+    fn rendezvous(&self, kind: Collective, notices: Vec<PageId>) -> Result<Vec<PageId>> {
         let epoch = self.barrier_epoch.fetch_add(1, Ordering::Relaxed) + 1;
         self.send(
             0,
             Message::Sync(SyncMsg::BarrierArrive {
                 epoch,
-                round: 0,
+                round: kind as u32,
                 notices,
             }),
         );
-        self.core.shared.wait(
+        let aborted = self.core.shared.wait(
             self.config.op_timeout,
-            |_| format!("barrier {epoch} (release from rank 0)"),
-            |s| (s.barrier_released >= epoch).then_some(()),
+            |_| format!("barrier {epoch} of {kind:?} (release from rank 0)"),
+            |s| {
+                let aborted = s.barrier_aborted.contains(&epoch);
+                (aborted || s.barrier_released >= epoch).then_some(aborted)
+            },
         )?;
+        if aborted {
+            return Err(Error::CollectiveMismatch {
+                epoch,
+                detail: format!("this node was in {kind:?}; another node was not"),
+            });
+        }
         let all = self
             .core
             .shared
@@ -357,6 +404,15 @@ impl Node {
     /// and the call takes the same time for any size (over TCP). A node that cannot set the
     /// region up fails the call on every node ([`Error::AllocFailed`] on the others).
     pub fn alloc_with<T: Copy>(
+        &self,
+        name: &str,
+        len: usize,
+        options: RegionOptions,
+    ) -> Result<Region<T>> {
+        self.collective(|| self.alloc_unchecked(name, len, options))
+    }
+
+    fn alloc_unchecked<T: Copy>(
         &self,
         name: &str,
         len: usize,
@@ -488,7 +544,7 @@ impl Node {
             .map(|(step, _)| step.notice(self.rank()));
         // No node may fault on the region before every node can serve it, and none keeps it
         // unless every node could set it up.
-        let everyone = self.rendezvous(notice.into_iter().collect());
+        let everyone = self.rendezvous(Collective::Alloc, notice.into_iter().collect());
         let failed = match (started, everyone) {
             (Ok(served), Ok(notices)) => match failures(name, &notices) {
                 None => return Ok(served),
@@ -538,12 +594,16 @@ impl Node {
     }
 
     /// Frees a region (collective). Every node must be done with it: a barrier comes first.
-    pub fn free<T: Copy>(&self, mut region: Region<T>) -> Result<()> {
+    pub fn free<T: Copy>(&self, region: Region<T>) -> Result<()> {
+        self.collective(|| self.free_unchecked(region))
+    }
+
+    fn free_unchecked<T: Copy>(&self, mut region: Region<T>) -> Result<()> {
         self.barrier()?;
         drop(region.server.take());
         rdma::withdraw(&self.transport, region.id)?;
         self.core.engine(|c, _| c.remove_region(region.id))?;
-        self.rendezvous(Vec::new())?;
+        self.rendezvous(Collective::Free, Vec::new())?;
         Ok(())
     }
 
@@ -625,6 +685,16 @@ impl Drop for Node {
         }
         self.stop();
     }
+}
+
+/// The collective call a barrier instance belongs to (carried in `BarrierArrive.round`), so
+/// that rank 0 never pairs a barrier with an allocation's or a free's rendezvous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Collective {
+    Barrier = 0,
+    Alloc = 1,
+    Free = 2,
 }
 
 /// Joins `driver` if it returns within `timeout`; otherwise leaves it running (detached: it

@@ -71,6 +71,13 @@ pub enum SyncMsg {
         /// Write notices from every node.
         notices: Vec<PageId>,
     },
+    /// Central barrier: rank 0 refuses barrier instance `epoch` because the nodes arrived
+    /// from different collective calls (`round` carries each call's kind); every waiter
+    /// fails.
+    BarrierAbort {
+        /// Barrier instance.
+        epoch: u64,
+    },
 }
 
 pub(crate) const LOCK_REQUEST: u16 = 0x0301;
@@ -81,6 +88,7 @@ pub(crate) const LOCK_RELEASE: u16 = 0x0305;
 pub(crate) const BARRIER_ARRIVE: u16 = 0x0306;
 pub(crate) const BARRIER_RELEASE: u16 = 0x0307;
 pub(crate) const LOCK_RECALL: u16 = 0x0308;
+pub(crate) const BARRIER_ABORT: u16 = 0x0309;
 
 impl SyncMsg {
     pub(crate) fn command(&self) -> u16 {
@@ -93,6 +101,7 @@ impl SyncMsg {
             SyncMsg::BarrierArrive { .. } => BARRIER_ARRIVE,
             SyncMsg::BarrierRelease { .. } => BARRIER_RELEASE,
             SyncMsg::LockRecall { .. } => LOCK_RECALL,
+            SyncMsg::BarrierAbort { .. } => BARRIER_ABORT,
         }
     }
 
@@ -138,6 +147,7 @@ impl SyncMsg {
                 w.u64(*epoch);
                 w.page_ids(notices);
             }
+            SyncMsg::BarrierAbort { epoch } => w.u64(*epoch),
         }
     }
 
@@ -178,6 +188,9 @@ impl SyncMsg {
             BARRIER_RELEASE => SyncMsg::BarrierRelease {
                 epoch: r.u64("epoch")?,
                 notices: r.page_ids()?,
+            },
+            BARRIER_ABORT => SyncMsg::BarrierAbort {
+                epoch: r.u64("epoch")?,
             },
             other => return Err(Error::UnknownCommand(other)),
         })

@@ -155,7 +155,9 @@ fn runs_inline(message: &Message) -> bool {
 fn is_barrier(message: &SyncMsg) -> bool {
     matches!(
         message,
-        SyncMsg::BarrierArrive { .. } | SyncMsg::BarrierRelease { .. }
+        SyncMsg::BarrierArrive { .. }
+            | SyncMsg::BarrierRelease { .. }
+            | SyncMsg::BarrierAbort { .. }
     )
 }
 

@@ -34,6 +34,8 @@ pub(crate) struct State {
     pub(crate) left: Vec<bool>,
     /// Highest barrier epoch released.
     pub(crate) barrier_released: u64,
+    /// Barrier epochs rank 0 refused (arrivals from different collective calls); bounded.
+    pub(crate) barrier_aborted: BTreeSet<u64>,
     /// Write notices of released barrier epochs not yet taken by `Node::barrier` (bounded:
     /// see [`keep_answer`]).
     pub(crate) barrier_notices: BTreeMap<u64, Vec<PageId>>,
@@ -149,7 +151,7 @@ impl Core {
 }
 
 /// Most answers kept unclaimed in `State::barrier_notices` or `State::allocs`.
-const MAX_UNCLAIMED: usize = 8;
+pub(crate) const MAX_UNCLAIMED: usize = 8;
 
 /// Most shared-file answers kept for waiters: an answer nobody waits for (its wait timed
 /// out, or the close of a dropped file) is dropped oldest first past this.
@@ -198,6 +200,7 @@ impl Shared {
                 arrivals: Arrivals::new(rank, size),
                 left: vec![false; size as usize],
                 barrier_released: 0,
+                barrier_aborted: BTreeSet::new(),
                 barrier_notices: BTreeMap::new(),
                 syncs: HashMap::new(),
                 allocs: BTreeMap::new(),
