@@ -82,7 +82,7 @@ pub(crate) struct Cache {
     /// Invalidations and downgrades waiting for their page to settle.
     held: VecDeque<(NodeId, PageId, Coherence)>,
     next_req: u64,
-    /// Per region: the last page a thread faulted on, to spot in-order scans.
+    /// Per region: the last page homed elsewhere a thread read-faulted on, to spot scans.
     last_demand: HashMap<u32, u32>,
 }
 
@@ -113,7 +113,6 @@ impl Cache {
         ctx: &mut Ctx<'_>,
     ) {
         let (token, access) = waiter;
-        self.last_demand.insert(page.region, page.page);
         let entry = self.entries.entry(page).or_default();
         if entry.state.allows(access) {
             ctx.out.push(Action::Wake { token });
@@ -179,10 +178,16 @@ impl Cache {
         }
     }
 
-    /// True when a fault on `page` comes right after a fault on the page before it (asked
-    /// before the fault itself is recorded).
+    /// True when a read fault on `page` comes right after a read fault on the page before
+    /// it (asked before this fault is recorded with [`Cache::note_read_fault`]).
     pub(crate) fn continues_scan(&self, page: PageId) -> bool {
         page.page > 0 && self.last_demand.get(&page.region) == Some(&(page.page - 1))
+    }
+
+    /// Records a read fault on a page homed elsewhere, the only kind a scan is made of (a
+    /// write fault on this node's own page next to a neighbour's row is not a scan).
+    pub(crate) fn note_read_fault(&mut self, page: PageId) {
+        self.last_demand.insert(page.region, page.page);
     }
 
     fn request(&mut self, page: PageId, loc: Located, waiters: Vec<Waiter>, ctx: &mut Ctx<'_>) {

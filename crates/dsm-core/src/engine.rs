@@ -101,7 +101,7 @@ impl CoherenceEngine {
     /// A thread faulted on `page`; `token` names it in the [`Action::Wake`] that resumes it.
     ///
     /// A read fault on a page homed elsewhere that continues an in-order scan (the previous
-    /// fault in its region was on the page before) also prefetches (region setting
+    /// such read fault in its region was on the page before) also prefetches (region setting
     /// [`RegionLayout::prefetch`](crate::RegionLayout::prefetch)): the pages right after it
     /// that are missing here and have the same home are fetched as reads with nobody
     /// waiting, in the same burst of requests, so their round trips overlap.
@@ -114,10 +114,14 @@ impl CoherenceEngine {
     ) -> Result<()> {
         let loc = self.locate(page)?;
         self.begin_call();
-        let scanning = self.cache.continues_scan(page);
+        let remote_read = access == Access::Read && loc.home != self.config.node;
+        let scanning = remote_read && self.cache.continues_scan(page);
+        if remote_read {
+            self.cache.note_read_fault(page);
+        }
         let mut ctx = ctx!(self);
         self.cache.fault(page, loc, (token, access), &mut ctx);
-        if scanning && access == Access::Read && loc.prefetch > 1 && loc.home != self.config.node {
+        if scanning && loc.prefetch > 1 {
             let regions = &self.regions;
             let nodes = self.config.nodes;
             let locate = |p| regions.locate(p, nodes).ok();

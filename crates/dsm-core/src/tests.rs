@@ -669,3 +669,33 @@ fn write_faults_and_pages_homed_here_never_prefetch() {
     engine.fault(page(1), Access::Write, 2, &mut mem).unwrap();
     assert_eq!(read_requests(&mut engine), vec![]);
 }
+
+#[test]
+fn a_fault_on_an_own_page_next_to_a_remote_row_is_not_a_scan() {
+    // Node 0 of 2: pages 0..8 homed here, 8..16 on node 1 (a row-split stencil's halo).
+    let mut engine = CoherenceEngine::new(CoherenceConfig::new(0, 2));
+    engine
+        .add_region(RegionLayout {
+            id: 0,
+            pages: 16,
+            consistency: Consistency::Sequential,
+            placement: Placement::Block,
+            prefetch: 4,
+        })
+        .unwrap();
+    let mut mem = TestMemory::default();
+    for index in 0..8 {
+        mem.home.insert(
+            PageId {
+                region: 0,
+                page: index,
+            },
+            Box::new([0; PAGE_SIZE]),
+        );
+    }
+    let page = |page| PageId { region: 0, page };
+    engine.fault(page(7), Access::Write, 1, &mut mem).unwrap();
+    let _ = engine.take_actions();
+    engine.fault(page(8), Access::Read, 2, &mut mem).unwrap();
+    assert_eq!(read_requests(&mut engine), vec![(1, 8)]);
+}
