@@ -1,5 +1,7 @@
 //! The examples as real multi-process runs under `dsm-run`, for 1, 2 and 4 nodes in both
-//! consistency modes; each example checks its own result and exits non-zero when wrong.
+//! consistency modes and both fault deliveries (a reader thread, the default, and the
+//! faulting thread's SIGBUS handler); each example checks its own result and exits non-zero
+//! when wrong.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -7,28 +9,38 @@ use std::time::{Duration, Instant};
 use crate::util::{dsm_run, example, run_bounded, text};
 
 fn run_example(name: &str, nodes: u32, args: &[&str]) -> String {
+    run_example_with(name, nodes, args, "thread")
+}
+
+fn run_example_with(name: &str, nodes: u32, args: &[&str], delivery: &str) -> String {
     let (out, _) = run_bounded(
         Command::new(dsm_run())
             .args(["-n", &nodes.to_string(), "--timeout-secs", "60", "--"])
             .arg(example(name))
-            .args(args),
+            .args(args)
+            .env("DSM_FAULT_DELIVERY", delivery),
         Duration::from_secs(90),
     );
     let all = text(&out);
     assert!(
         out.status.success(),
-        "{name} on {nodes} nodes {args:?}: {all}"
+        "{name} on {nodes} nodes {args:?}, {delivery} delivery: {all}"
     );
     all
 }
 
 fn every_size_and_mode(name: &str, args: &[&str], passed: &str) {
-    for mode in ["sequential", "release"] {
-        for nodes in [1, 2, 4] {
-            let mut all_args = args.to_vec();
-            all_args.extend(["--mode", mode]);
-            let out = run_example(name, nodes, &all_args);
-            assert!(out.contains(passed), "{name} {mode} {nodes}: {out}");
+    for delivery in ["thread", "signal"] {
+        for mode in ["sequential", "release"] {
+            for nodes in [1, 2, 4] {
+                let mut all_args = args.to_vec();
+                all_args.extend(["--mode", mode]);
+                let out = run_example_with(name, nodes, &all_args, delivery);
+                assert!(
+                    out.contains(passed),
+                    "{name} {mode} {nodes} {delivery}: {out}"
+                );
+            }
         }
     }
 }
