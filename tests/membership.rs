@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{dsm_run, example, run_bounded, text};
+use crate::util::{dsm_run, example, finish, run_bounded, signal, text};
 
 fn free_address() -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -25,28 +25,6 @@ fn start(rank: u32, size: u32, coordinator: &str, args: &[&str], env: &[(&str, &
         .stderr(Stdio::piped())
         .spawn()
         .expect("start hello example")
-}
-
-/// Waits for `child` at most `limit`; returns (success, combined output).
-fn finish(child: Child, limit: Duration) -> (bool, String) {
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let out = child.wait_with_output().unwrap();
-        let _ = tx.send(());
-        out
-    });
-    if rx.recv_timeout(limit).is_err() {
-        signal(pid, libc::SIGKILL);
-        panic!("process {pid} still running after {limit:?}");
-    }
-    let out = waiter.join().unwrap();
-    (out.status.success(), text(&out))
-}
-
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a child this test started and has not reaped yet.
-    unsafe { libc::kill(i32::try_from(pid).unwrap(), sig) };
 }
 
 #[test]

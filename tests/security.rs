@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{dsm_run, example, run_bounded, text};
+use crate::util::{dsm_run, example, finish, run_bounded, signal, text};
 
 const KEY: &str = "a passphrase only the honest nodes know";
 
@@ -63,28 +63,6 @@ fn start(
         .stderr(Stdio::piped())
         .spawn()
         .expect("start example")
-}
-
-/// Waits for `child` at most `limit`; returns (success, combined output).
-fn finish(child: Child, limit: Duration) -> (bool, String) {
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let out = child.wait_with_output().unwrap();
-        let _ = tx.send(());
-        out
-    });
-    if rx.recv_timeout(limit).is_err() {
-        signal(pid, libc::SIGKILL);
-        panic!("process {pid} still running after {limit:?}");
-    }
-    let out = waiter.join().unwrap();
-    (out.status.success(), text(&out))
-}
-
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a child this test started and has not reaped yet.
-    unsafe { libc::kill(i32::try_from(pid).unwrap(), sig) };
 }
 
 /// Waits until something listens on `address` (rank 0's coordinator socket). The probe

@@ -57,3 +57,29 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// Waits for `child` at most `limit` (then kills it and panics); returns (success, combined
+/// output).
+#[allow(dead_code)]
+pub fn finish(child: std::process::Child, limit: Duration) -> (bool, String) {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let out = child.wait_with_output().expect("wait");
+        let _ = tx.send(());
+        out
+    });
+    if rx.recv_timeout(limit).is_err() {
+        signal(pid, libc::SIGKILL);
+        panic!("process {pid} still running after {limit:?}");
+    }
+    let out = waiter.join().expect("waiter");
+    (out.status.success(), text(&out))
+}
+
+/// Sends `sig` to the child process `pid`.
+#[allow(dead_code)]
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a child the test started and has not reaped yet.
+    unsafe { libc::kill(i32::try_from(pid).expect("pid"), sig) };
+}
