@@ -395,3 +395,39 @@ fn the_views_example_renders_one_image_from_1_2_and_4_nodes() {
         let _ = std::fs::remove_dir_all(&root);
     }
 }
+
+#[test]
+fn a_view_larger_than_one_fetch_window_maps_merges_and_acquires_whole() {
+    let root = scratch_dir("large");
+    let out = run_nodes("views::child_large_view", 1, &root, &[]);
+    assert!(out.contains("large view checked"), "{out}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+#[ignore = "node program of a_view_larger_than_one_fetch_window_maps_merges_and_acquires_whole"]
+fn child_large_view() {
+    // 40 MiB: more than the 32 MiB a fetch keeps in flight, so it takes two windows.
+    let len: u64 = 40 << 20;
+    let node = Node::join(Config::from_env().unwrap()).unwrap();
+    let file = SharedFile::create(&node, "shared/large.bin", len).unwrap();
+    let mut m = file.map_view(file.define_view(0, len).unwrap()).unwrap();
+    assert!(m.as_slice().iter().all(|b| *b == 0));
+    for (k, byte) in m.as_mut_slice().iter_mut().enumerate().step_by(4093) {
+        *byte = (k % 251) as u8 + 1;
+    }
+    m.release_with_merge().unwrap();
+    m.acquire().unwrap();
+    for (k, byte) in m.as_slice().iter().enumerate() {
+        let want = if k % 4093 == 0 {
+            (k % 251) as u8 + 1
+        } else {
+            0
+        };
+        assert_eq!(*byte, want, "byte {k}");
+    }
+    drop(m);
+    file.close_with_merge().unwrap();
+    println!("large view checked");
+    node.leave().unwrap();
+}

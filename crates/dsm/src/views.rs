@@ -73,6 +73,10 @@ use dsm_wire::{Message, NodeId, ViewMsg};
 
 use crate::{Error, Node, Result};
 
+/// Most `Read` requests one fetch keeps in flight (32 MiB): their answers wait in a table
+/// bounded to 4,096 entries shared with every other request.
+const READS_IN_FLIGHT: usize = 64;
+
 /// The access modes of [`SharedFile::open`], as values of distinct types so that a view of a
 /// read-only open has no mutable access at compile time: `Access::Read` is a [`Read`],
 /// `Access::ReadWrite` a [`ReadWrite`].
@@ -305,24 +309,35 @@ impl<'n, M: Mode> SharedFile<'n, M> {
         })
     }
 
-    /// Reads `len` bytes at `offset` of the master copy, [`MAX_READ_LEN`] per request, all
-    /// requests in flight at once.
+    /// Reads `len` bytes at `offset` of the master copy: [`MAX_READ_LEN`] per request, up to
+    /// [`READS_IN_FLIGHT`] requests in flight (answers wait in a bounded table).
     fn fetch(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         let mut data = vec![0; len];
         let chunk = MAX_READ_LEN as usize;
-        let mut pending = Vec::new();
-        for (i, part) in data.chunks(chunk).enumerate() {
-            let at = offset + (i * chunk) as u64;
-            let part_len = u32::try_from(part.len()).expect("a chunk fits u32");
-            let req = send_request(self.node, self.master, |req| ViewMsg::Read {
-                req,
-                file: self.file,
-                offset: at,
-                len: part_len,
-            });
-            pending.push(req);
+        let window = chunk * READS_IN_FLIGHT;
+        for (w, part) in data.chunks_mut(window).enumerate() {
+            self.fetch_window(offset + (w * window) as u64, part)?;
         }
-        for (req, part) in pending.into_iter().zip(data.chunks_mut(chunk)) {
+        Ok(data)
+    }
+
+    /// Fills `target` from the master copy at `offset`, its requests all in flight at once.
+    fn fetch_window(&self, offset: u64, target: &mut [u8]) -> Result<()> {
+        let chunk = MAX_READ_LEN as usize;
+        let pending: Vec<u64> = target
+            .chunks(chunk)
+            .enumerate()
+            .map(|(i, part)| {
+                let len = u32::try_from(part.len()).expect("a chunk fits u32");
+                send_request(self.node, self.master, |req| ViewMsg::Read {
+                    req,
+                    file: self.file,
+                    offset: offset + (i * chunk) as u64,
+                    len,
+                })
+            })
+            .collect();
+        for (req, part) in pending.into_iter().zip(target.chunks_mut(chunk)) {
             let answer = wait_answer(self.node, self.master, req, "Data")?;
             let ViewMsg::Data { data: got, .. } = answer else {
                 return Err(status_error(answer));
@@ -336,7 +351,7 @@ impl<'n, M: Mode> SharedFile<'n, M> {
             }
             part.copy_from_slice(&got);
         }
-        Ok(data)
+        Ok(())
     }
 
     fn lock_mapped(&self) -> std::sync::MutexGuard<'_, Vec<Arc<ViewData>>> {
