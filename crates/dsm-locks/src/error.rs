@@ -26,6 +26,13 @@ pub enum Error {
         /// The node owned the lock and a local thread was holding it.
         held_locally: bool,
     },
+    /// An acquire stopped waiting because a node failed ([`LockTable::node_failed`](crate::LockTable::node_failed)):
+    /// the caller decides whether to wait again.
+    #[error("lock {lock}: the wait was interrupted by a node failure")]
+    Interrupted {
+        /// Lock id.
+        lock: u32,
+    },
     /// A barrier wait timed out.
     #[error("barrier {epoch}: not complete after {waited:?}; still awaiting nodes {awaiting:?}")]
     BarrierTimeout {

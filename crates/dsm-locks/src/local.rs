@@ -89,14 +89,26 @@ impl Waiter {
 
     /// Parks until granted or `deadline`; true if granted. Bounded: every park ends at the
     /// deadline at the latest.
+    #[cfg(test)]
     pub(crate) fn wait(&self, deadline: Instant) -> bool {
+        self.wait_or(deadline, || false)
+    }
+
+    /// As [`wait`](Self::wait), and also gives up when `stop` holds after a wake-up (see
+    /// [`wake`](Self::wake)); true if granted.
+    pub(crate) fn wait_or(&self, deadline: Instant, stop: impl Fn() -> bool) -> bool {
         while !self.is_granted() {
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline || stop() {
                 return false;
             }
             thread::park_until(deadline);
         }
         true
+    }
+
+    /// Unparks the waiting thread so that it looks at its `stop` condition again.
+    pub(crate) fn wake(&self) {
+        self.thread.unpark();
     }
 
     /// Gives up waiting; false if the lock was granted first (the caller then holds it).

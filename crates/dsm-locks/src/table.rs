@@ -11,12 +11,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use dsm_wire::{NodeId, SyncMsg};
 
-use crate::local::{LocalLock, NodeSide};
+use crate::local::{LocalLock, NodeSide, Waiter};
 use crate::primitive::Arc;
 use crate::{
     Action, BarrierEngine, Error, LockEngine, Outbox, ReleaseConsistency, Result, SyncPoint,
@@ -70,6 +71,10 @@ pub struct LockTable {
     outbox: Box<dyn Outbox>,
     consistency: Box<dyn ReleaseConsistency>,
     config: TableConfig,
+    /// Node failures seen so far: a waiter that sees it change stops waiting.
+    failures: AtomicU64,
+    /// Threads waiting in an acquire, woken when a node fails.
+    parked: Mutex<Vec<Arc<Waiter>>>,
 }
 
 impl fmt::Debug for LockTable {
@@ -175,6 +180,8 @@ impl LockTable {
             outbox,
             consistency,
             config,
+            failures: AtomicU64::new(0),
+            parked: Mutex::new(Vec::new()),
         }
     }
 
@@ -193,12 +200,20 @@ impl LockTable {
             lock,
             limit: self.config.max_waiters,
         })?;
-        if waiter.wait(start + timeout) || !waiter.cancel() {
+        let failures = self.failures.load(Ordering::Acquire);
+        let interrupted = || self.failures.load(Ordering::Acquire) != failures;
+        lock_parked(&self.parked).push(Arc::clone(&waiter));
+        let granted = waiter.wait_or(start + timeout, interrupted);
+        lock_parked(&self.parked).retain(|w| !Arc::ptr_eq(w, &waiter));
+        if granted || !waiter.cancel() {
             return Ok(Guard {
                 table: self,
                 lock,
                 local,
             });
+        }
+        if interrupted() {
+            return Err(Error::Interrupted { lock });
         }
         Err(Error::Timeout {
             lock,
@@ -272,6 +287,12 @@ impl LockTable {
     pub fn node_failed(&self, node: NodeId) -> Result<()> {
         let rest = self.with_engine(|engine, out| engine.node_failed(node, out))?;
         self.perform(rest);
+        // Every acquire under way stops waiting with `Error::Interrupted`: its caller learns
+        // of the failure now, not at its timeout.
+        self.failures.fetch_add(1, Ordering::AcqRel);
+        for waiter in lock_parked(&self.parked).iter() {
+            waiter.wake();
+        }
         Ok(())
     }
 
@@ -370,6 +391,10 @@ fn lock_barrier(barrier: &Mutex<BarrierState>) -> MutexGuard<'_, BarrierState> {
     barrier.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
+fn lock_parked(parked: &Mutex<Vec<Arc<Waiter>>>) -> MutexGuard<'_, Vec<Arc<Waiter>>> {
+    parked.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,5 +430,37 @@ mod tests {
             notices: Vec::new(),
         };
         assert!(matches!(table.handle(1, &arrive), Err(Error::NoBarrier)));
+    }
+
+    #[test]
+    fn a_node_failure_ends_a_waiting_acquire_at_once() {
+        // Node 0 of 2; node 1 never answers (its messages go nowhere).
+        let table = std::sync::Arc::new(LockTable::locks_only(
+            LockEngine::new(0, 2, LockKind::RicartAgrawala),
+            Box::new(Nowhere),
+            Box::new(NoConsistency),
+            TableConfig::default(),
+        ));
+        let waiting = std::sync::Arc::clone(&table);
+        let started = Instant::now();
+        let acquire = std::thread::spawn(move || {
+            waiting
+                .try_acquire(3, Duration::from_secs(30))
+                .map(drop)
+                .map_err(|e| (e, started.elapsed()))
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        table.node_failed(1).unwrap();
+        let result = acquire.join().unwrap();
+        // Either the failure freed the lock (the failed node's reply is no longer needed) or
+        // the wait was interrupted; never the 30 s timeout.
+        match result {
+            Ok(()) => {}
+            Err((Error::Interrupted { lock: 3 }, waited)) => {
+                assert!(waited < Duration::from_secs(5), "{waited:?}");
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

@@ -90,9 +90,6 @@ pub struct LockGuard<'a> {
     _guard: dsm_locks::Guard<'a>,
 }
 
-/// How long one attempt waits before looking for failed nodes again.
-const SLICE: Duration = Duration::from_millis(200);
-
 impl<'a> Lock<'a> {
     /// This lock's id.
     pub fn id(&self) -> u32 {
@@ -100,22 +97,25 @@ impl<'a> Lock<'a> {
     }
 
     /// Waits for the lock (at most the node's operation timeout). Fails with
-    /// [`Error::NodeFailed`] when a node fails meanwhile.
+    /// [`Error::NodeFailed`] as soon as a node fails meanwhile (the lock table interrupts
+    /// every wait then; no polling).
     pub fn acquire(&self) -> Result<LockGuard<'a>> {
         let started = Instant::now();
         loop {
             if let Some(rank) = self.core.shared.read(|s| s.failed.first().copied()) {
                 return Err(Error::NodeFailed { rank });
             }
-            match self.table.try_acquire(self.id, SLICE) {
+            let left = self.timeout.saturating_sub(started.elapsed());
+            match self.table.try_acquire(self.id, left) {
                 Ok(guard) => {
                     Counters::bump(&self.core.shared.counters.lock_acquires);
                     return Ok(LockGuard { _guard: guard });
                 }
-                Err(dsm_locks::Error::Timeout { .. }) if started.elapsed() < self.timeout => {}
+                // A node failed: the check above says which.
+                Err(dsm_locks::Error::Interrupted { .. }) => {}
                 Err(mut e) => {
-                    // The last slice's error names the lock and the nodes awaited; the wait
-                    // it reports is the whole acquire's, not the slice's.
+                    // The error names the lock and the nodes awaited; the wait it reports is
+                    // the whole acquire's.
                     if let dsm_locks::Error::Timeout { waited, .. } = &mut e {
                         *waited = started.elapsed();
                     }
