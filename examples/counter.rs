@@ -4,6 +4,8 @@
 //! ```sh
 //! dsm-run -n 4 -- target/release/examples/counter --increments 200 --mode release
 //! ```
+//!
+//! `--home-queue` uses the home-queue lock instead of Ricart–Agrawala.
 
 use dsm::Node;
 
@@ -22,6 +24,9 @@ fn run() -> dsm::Result<()> {
     let node = Node::join(dsm::Config::from_env()?)?;
     // Element 0 is the counter, 1..=BUCKETS the histogram.
     let shared = node.alloc::<u64>("counter", 1 + BUCKETS, consistency)?;
+    if std::env::args().any(|a| a == "--home-queue") {
+        node.set_lock_kind(0, dsm::LockKind::HomeQueue)?;
+    }
     node.barrier()?;
     let lock = node.lock(0);
     for _ in 0..increments {

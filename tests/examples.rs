@@ -91,6 +91,14 @@ fn jacobi_matches_the_single_process_result() {
 #[test]
 fn counter_loses_no_increment_under_the_lock() {
     every_size_and_mode("counter", &["--increments", "100"], "counter check passed");
+    for nodes in [2, 4] {
+        let args = ["--increments", "100", "--home-queue", "--mode", "release"];
+        let out = run_example("counter", nodes, &args);
+        assert!(
+            out.contains("counter check passed"),
+            "home-queue {nodes}: {out}"
+        );
+    }
 }
 
 #[test]

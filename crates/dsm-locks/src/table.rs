@@ -20,7 +20,8 @@ use dsm_wire::{NodeId, SyncMsg};
 use crate::local::{LocalLock, NodeSide, Waiter};
 use crate::primitive::Arc;
 use crate::{
-    Action, BarrierEngine, Error, LockEngine, Outbox, ReleaseConsistency, Result, SyncPoint,
+    Action, BarrierEngine, Error, LockEngine, LockKind, Outbox, ReleaseConsistency, Result,
+    SyncPoint,
 };
 
 /// Bounds and defaults of a [`LockTable`].
@@ -183,6 +184,12 @@ impl LockTable {
             failures: AtomicU64::new(0),
             parked: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Sets the algorithm of `lock` (every node must choose the same before any uses it);
+    /// refused with [`Error::KindInUse`] while the lock is held or requested.
+    pub fn set_kind(&self, lock: u32, kind: LockKind) -> Result<()> {
+        lock_engine(&self.engine).set_kind(lock, kind)
     }
 
     /// Acquires `lock` within the configured timeout.

@@ -89,6 +89,7 @@ pub use config::{
     Config, ConfigBuilder, DEFAULT_COORDINATOR, DEFAULT_SPIN, FaultDelivery, TransportChoice,
 };
 pub use dsm_core::Consistency;
+pub use dsm_locks::LockKind;
 pub use error::{Error, Result};
 pub use lock::{Lock, LockGuard};
 pub use node::{LEAVE_LINGER, Node};

@@ -370,6 +370,14 @@ impl Node {
         Ok(all.unwrap_or_default())
     }
 
+    /// Chooses the algorithm of lock `id`: Ricart–Agrawala (the default: 2(N−1) messages per
+    /// acquire, no node special) or the home-queue lock (3 messages per acquire whatever N,
+    /// none at its home, node `id % size`). Every node must choose the same for a lock before
+    /// any node uses it (e.g. right after `join`, before a barrier).
+    pub fn set_lock_kind(&self, id: u32, kind: LockKind) -> Result<()> {
+        Ok(self.locks.set_kind(id, kind)?)
+    }
+
     /// The cluster-wide lock `id` (any `u32`; every node names the same lock by the same
     /// id). `lock(id).acquire()` returns a guard that releases on drop.
     pub fn lock(&self, id: u32) -> Lock<'_> {
