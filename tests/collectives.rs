@@ -3,25 +3,14 @@
 //! no longer agree on which call is which. Real processes under dsm-run; the node programs
 //! are the ignored `child_*` tests of this binary.
 
-use std::process::Command;
 use std::time::Duration;
 
 use dsm::{Config, Consistency, Error, Node};
 
-use crate::util::{dsm_run, run_bounded, text};
+use crate::util::run_child_nodes;
 
 fn run_nodes(child: &str, nodes: u32) -> String {
-    let (out, _) = run_bounded(
-        Command::new(dsm_run())
-            .args(["-n", &nodes.to_string(), "--timeout-secs", "60", "--"])
-            .arg(std::env::current_exe().expect("test binary"))
-            .args(["--ignored", "--exact", "--nocapture", child])
-            .env("DSM_OP_TIMEOUT_MS", "2000"),
-        Duration::from_secs(90),
-    );
-    let all = text(&out);
-    assert!(out.status.success(), "{child}: {all}");
-    all
+    run_child_nodes(child, nodes, &[("DSM_OP_TIMEOUT_MS", "2000")])
 }
 
 #[test]

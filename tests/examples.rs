@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{dsm_run, example, run_bounded, text};
+use crate::util::{dsm_run, example, free_address, run_bounded, text};
 
 fn run_example(name: &str, nodes: u32, args: &[&str]) -> String {
     run_example_with(name, nodes, args, "thread")
@@ -108,10 +108,7 @@ fn matmul_matches_the_single_process_product() {
 
 #[test]
 fn jacobi_nodes_fail_promptly_when_one_is_killed_mid_run() {
-    let coordinator = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
+    let coordinator = free_address();
     let start = |rank: u32| {
         Command::new(example("jacobi"))
             .args(["--n", "128", "--iters", "1000000"])

@@ -1,16 +1,10 @@
 //! Cluster membership with real processes on loopback: any start order, a rank that never
 //! comes, a node killed or frozen mid-run.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{dsm_run, example, finish, run_bounded, signal, text};
-
-fn free_address() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
+use crate::util::{dsm_run, example, finish, free_address, run_bounded, signal, text};
 
 /// Starts rank `rank` of `size` of the `hello` example directly (no launcher).
 fn start(rank: u32, size: u32, coordinator: &str, args: &[&str], env: &[(&str, &str)]) -> Child {

@@ -8,32 +8,16 @@
 
 #![allow(clippy::cast_possible_truncation)] // Page and word indices are far below usize::MAX.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dsm::{Config, Consistency, Error, Node};
 
-use crate::util::{dsm_run, run_bounded, text};
+use crate::util::run_child_nodes;
 
 /// 64 GiB: the largest region the wire carries.
 const BIG_BYTES: usize = 64 << 30;
 const PAGE: usize = 4096;
 const WORDS_PER_PAGE: usize = PAGE / 8;
-
-/// Runs this binary's ignored test `child` on `nodes` nodes under dsm-run; returns the output.
-fn run_nodes(child: &str, nodes: u32, env: &[(&str, &str)]) -> String {
-    let (out, _) = run_bounded(
-        Command::new(dsm_run())
-            .args(["-n", &nodes.to_string(), "--timeout-secs", "100", "--"])
-            .arg(std::env::current_exe().expect("test binary"))
-            .args(["--ignored", "--exact", "--nocapture", child])
-            .envs(env.iter().copied()),
-        Duration::from_secs(120),
-    );
-    let all = text(&out);
-    assert!(out.status.success(), "{child} on {nodes} nodes: {all}");
-    all
-}
 
 /// A field of /proc/self/status in KiB (`VmRSS`, `VmSize`).
 fn status_kib(field: &str) -> u64 {
@@ -60,7 +44,7 @@ fn touched_pages(rank: usize, count: usize, pages: usize) -> impl Iterator<Item 
 
 #[test]
 fn a_64_gib_region_on_4_nodes_allocates_at_once_and_costs_the_pages_touched() {
-    let out = run_nodes("memory::child_big_region", 4, &[]);
+    let out = run_child_nodes("memory::child_big_region", 4, &[]);
     for rank in 0..4 {
         assert!(out.contains(&format!("rank {rank}: 64 GiB ok")), "{out}");
     }
@@ -129,7 +113,7 @@ fn child_big_region() {
 
 #[test]
 fn an_oversize_alloc_fails_on_every_node_and_the_cluster_goes_on() {
-    let out = run_nodes("memory::child_oversize", 4, &[]);
+    let out = run_child_nodes("memory::child_oversize", 4, &[]);
     for rank in 0..4 {
         assert!(
             out.contains(&format!("rank {rank}: refused and went on")),
@@ -189,7 +173,7 @@ fn child_oversize() {
 
 #[test]
 fn a_node_that_cannot_map_a_region_fails_the_alloc_on_every_node() {
-    let out = run_nodes("memory::child_one_node_short", 3, &[]);
+    let out = run_child_nodes("memory::child_one_node_short", 3, &[]);
     for rank in 0..3 {
         assert!(
             out.contains(&format!("rank {rank}: failed together")),

@@ -3,20 +3,15 @@
 //! against the transport itself (dsm-tcp-fallback `tests/hostile.rs`), a replayed Join
 //! against the boot-up (`membership::bootstrap` unit tests), with a recording proxy.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{dsm_run, example, finish, run_bounded, signal, text};
+use crate::util::{dsm_run, example, finish, free_address, run_bounded, signal, text};
 
 const KEY: &str = "a passphrase only the honest nodes know";
-
-fn free_address() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
 
 /// A scratch directory standing in for `$XDG_CONFIG_HOME`, removed on drop.
 struct ConfigHome(PathBuf);

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: locating binaries, running with a bound.
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Path of the `dsm-run` binary cargo built for these tests.
@@ -34,6 +34,12 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> (Output, Duration) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    let out = wait_output(child, limit, &format!("{cmd:?}"));
+    (out, start.elapsed())
+}
+
+/// Waits for `child` at most `limit` (then kills it and panics naming `what`); its output.
+fn wait_output(child: Child, limit: Duration, what: &str) -> Output {
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     let waiter = std::thread::spawn(move || {
@@ -42,11 +48,34 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> (Output, Duration) {
         out
     });
     if rx.recv_timeout(limit).is_err() {
-        // SAFETY: kill(2) on the pid of our own unreaped child (the waiter has not returned).
-        unsafe { libc::kill(i32::try_from(pid).expect("pid"), libc::SIGKILL) };
-        panic!("{cmd:?} did not finish within {limit:?}");
+        signal(pid, libc::SIGKILL);
+        panic!("{what} did not finish within {limit:?}");
     }
-    (waiter.join().expect("waiter"), start.elapsed())
+    waiter.join().expect("waiter")
+}
+
+/// Runs this test binary's ignored test `child` (a node program) on `nodes` nodes under
+/// dsm-run with `env`, bounded; asserts every node succeeded and returns the output.
+#[allow(dead_code)]
+pub fn run_child_nodes(child: &str, nodes: u32, env: &[(&str, &str)]) -> String {
+    let (out, _) = run_bounded(
+        Command::new(dsm_run())
+            .args(["-n", &nodes.to_string(), "--timeout-secs", "100", "--"])
+            .arg(std::env::current_exe().expect("test binary"))
+            .args(["--ignored", "--exact", "--nocapture", child])
+            .envs(env.iter().copied()),
+        Duration::from_secs(120),
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{child} on {nodes} nodes: {all}");
+    all
+}
+
+/// A loopback address free right now (for a coordinator).
+#[allow(dead_code)]
+pub fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").to_string()
 }
 
 /// Stdout and stderr as one string, for assertions and failure messages.
@@ -61,19 +90,9 @@ pub fn text(out: &Output) -> String {
 /// Waits for `child` at most `limit` (then kills it and panics); returns (success, combined
 /// output).
 #[allow(dead_code)]
-pub fn finish(child: std::process::Child, limit: Duration) -> (bool, String) {
+pub fn finish(child: Child, limit: Duration) -> (bool, String) {
     let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let out = child.wait_with_output().expect("wait");
-        let _ = tx.send(());
-        out
-    });
-    if rx.recv_timeout(limit).is_err() {
-        signal(pid, libc::SIGKILL);
-        panic!("process {pid} still running after {limit:?}");
-    }
-    let out = waiter.join().expect("waiter");
+    let out = wait_output(child, limit, &format!("process {pid}"));
     (out.status.success(), text(&out))
 }
 

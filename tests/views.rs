@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use dsm::views::{Access, SharedFile, ViewErrorKind};
 use dsm::{Config, Error, Node};
 
-use crate::util::{dsm_run, run_bounded, text};
+use crate::util::{dsm_run, free_address, run_bounded, run_child_nodes, text};
 
 const FILE: &str = "shared/grid.bin";
 /// Not a multiple of anything: views start and end at unaligned bytes.
@@ -54,20 +54,12 @@ fn env_u64(name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} unset"))
 }
 
-/// Runs this binary's ignored test `child` on `nodes` nodes under dsm-run.
+/// Runs the node program `child` on `nodes` nodes with `DSM_VIEWS_ROOT=root` and `env`.
 fn run_nodes(child: &str, nodes: u32, root: &Path, env: &[(&str, String)]) -> String {
-    let (out, _) = run_bounded(
-        Command::new(dsm_run())
-            .args(["-n", &nodes.to_string(), "--timeout-secs", "90", "--"])
-            .arg(std::env::current_exe().expect("test binary"))
-            .args(["--ignored", "--exact", "--nocapture", child])
-            .env("DSM_VIEWS_ROOT", root)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str()))),
-        Duration::from_secs(120),
-    );
-    let all = text(&out);
-    assert!(out.status.success(), "{child} on {nodes} nodes: {all}");
-    all
+    let root = root.display().to_string();
+    let mut all: Vec<(&str, &str)> = vec![("DSM_VIEWS_ROOT", root.as_str())];
+    all.extend(env.iter().map(|(k, v)| (*k, v.as_str())));
+    run_child_nodes(child, nodes, &all)
 }
 
 #[test]
@@ -285,10 +277,7 @@ fn nodes_killed_during_merges_leave_whole_merges_after_recovery() {
     for iteration in 0..12u64 {
         let root = scratch_dir(&format!("kill{iteration}"));
         let shift = (seed >> 8).wrapping_add(iteration * 7919) % 997;
-        let coordinator = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().to_string()
-        };
+        let coordinator = free_address();
         let env = [
             ("DSM_VIEWS_ROOT", root.display().to_string()),
             ("VIEWS_TEST_ROUNDS", rounds.to_string()),

@@ -526,7 +526,12 @@ fn read_requests(engine: &mut CoherenceEngine) -> Vec<(NodeId, u32)> {
 
 /// Node 1 of 2, 16 pages in blocks (0..8 homed on node 0), prefetch `prefetch`.
 fn prefetching_node(prefetch: u32) -> CoherenceEngine {
-    let mut engine = CoherenceEngine::new(CoherenceConfig::new(1, 2));
+    node_of_two(1, prefetch)
+}
+
+/// Node `node` of 2, 16 sequential pages in blocks (0..8 on node 0), prefetch `prefetch`.
+fn node_of_two(node: NodeId, prefetch: u32) -> CoherenceEngine {
+    let mut engine = CoherenceEngine::new(CoherenceConfig::new(node, 2));
     engine
         .add_region(RegionLayout {
             id: 0,
@@ -596,18 +601,7 @@ fn pump(engines: &mut [CoherenceEngine; 2], mems: &mut [TestMemory; 2]) -> Vec<u
 
 #[test]
 fn a_page_faulted_on_once_is_not_prefetched_later_without_a_scan() {
-    let layout = |_| RegionLayout {
-        id: 0,
-        pages: 16,
-        consistency: Consistency::Sequential,
-        placement: Placement::Block,
-        prefetch: 8,
-    };
-    let mut engines = [0, 1].map(|node| {
-        let mut engine = CoherenceEngine::new(CoherenceConfig::new(node, 2));
-        engine.add_region(layout(node)).unwrap();
-        engine
-    });
+    let mut engines = [0, 1].map(|node| node_of_two(node, 8));
     let mut mems = [TestMemory::default(), TestMemory::default()];
     let page = |page| PageId { region: 0, page };
     for index in 0..8 {
@@ -673,16 +667,7 @@ fn write_faults_and_pages_homed_here_never_prefetch() {
 #[test]
 fn a_fault_on_an_own_page_next_to_a_remote_row_is_not_a_scan() {
     // Node 0 of 2: pages 0..8 homed here, 8..16 on node 1 (a row-split stencil's halo).
-    let mut engine = CoherenceEngine::new(CoherenceConfig::new(0, 2));
-    engine
-        .add_region(RegionLayout {
-            id: 0,
-            pages: 16,
-            consistency: Consistency::Sequential,
-            placement: Placement::Block,
-            prefetch: 4,
-        })
-        .unwrap();
+    let mut engine = node_of_two(0, 4);
     let mut mem = TestMemory::default();
     for index in 0..8 {
         mem.home.insert(

@@ -88,15 +88,11 @@ impl Central {
             open.seen[from as usize] = true;
             open.notices.extend(notices);
         }
-        let complete = open.seen.iter().zip(gone).all(|(s, g)| *s || *g);
-        match self.arrived.remove(&epoch) {
-            Some(open) if complete => Outcome::Released(open.notices),
-            Some(open) => {
-                self.arrived.insert(epoch, open);
-                Outcome::Waiting
-            }
-            None => Outcome::Waiting,
+        if !open.seen.iter().zip(gone).all(|(s, g)| *s || *g) {
+            return Outcome::Waiting;
         }
+        let open = self.arrived.remove(&epoch).expect("inserted above");
+        Outcome::Released(open.notices)
     }
 }
 

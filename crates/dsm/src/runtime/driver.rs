@@ -96,54 +96,63 @@ impl Sink {
     /// Handles `event` on this thread when it is one that runs to completion; gives it back
     /// otherwise.
     fn run_inline(&self, event: TransportEvent) -> Option<TransportEvent> {
-        let Some(inline) = self.inline.get() else {
-            return Some(event);
-        };
-        if let TransportEvent::Message { message, .. } = &event {
-            if runs_inline(message) {
-                Counters::count(&inline.core.shared.counters.bytes_received, message);
-            }
+        match self.inline.get() {
+            Some(inline) => run_to_completion(&inline.core, &inline.locks, event),
+            None => Some(event),
         }
-        match event {
-            TransportEvent::Message {
-                from,
-                message: Message::Coherence(m),
-            } => {
-                if let Err(e) = inline.core.engine(|c, ctx| c.on_message(from, m, ctx)) {
-                    tracing::warn!(from, error = %e, "coherence message rejected");
-                }
-                None
-            }
-            TransportEvent::Message {
-                from,
-                message: Message::Sync(m),
-            } if is_barrier(&m) => {
-                inline.core.on_barrier(from, m);
-                None
-            }
-            TransportEvent::Message {
-                from,
-                message: Message::Sync(m),
-            } => {
-                if let Err(e) = inline.locks.handle(from, &m) {
-                    tracing::warn!(from, error = %e, "lock message rejected");
-                }
-                None
-            }
-            TransportEvent::PageRead { token, result } => {
-                let done = match result {
-                    Ok(page) => inline
-                        .core
-                        .engine(|c, ctx| c.on_page_read(token, page, ctx)),
-                    Err(e) => Err(e.into()),
-                };
-                if let Err(e) = done {
-                    tracing::error!(token, error = %e, "page read failed");
-                }
-                None
-            }
-            other => Some(other),
+    }
+}
+
+/// Handles a coherence, lock or barrier message, or a one-sided read completion, on the
+/// calling thread (counting the message's bytes); gives back any other event.
+fn run_to_completion(
+    core: &Core,
+    locks: &LockTable,
+    event: TransportEvent,
+) -> Option<TransportEvent> {
+    if let TransportEvent::Message { message, .. } = &event {
+        if runs_inline(message) {
+            Counters::count(&core.shared.counters.bytes_received, message);
         }
+    }
+    match event {
+        TransportEvent::Message {
+            from,
+            message: Message::Coherence(m),
+        } => {
+            // Bad input changes nothing in the engine: log it and go on.
+            if let Err(e) = core.engine(|c, ctx| c.on_message(from, m, ctx)) {
+                tracing::warn!(from, error = %e, "coherence message rejected");
+            }
+            None
+        }
+        TransportEvent::Message {
+            from,
+            message: Message::Sync(m),
+        } if is_barrier(&m) => {
+            core.on_barrier(from, m);
+            None
+        }
+        TransportEvent::Message {
+            from,
+            message: Message::Sync(m),
+        } => {
+            if let Err(e) = locks.handle(from, &m) {
+                tracing::warn!(from, error = %e, "lock message rejected");
+            }
+            None
+        }
+        TransportEvent::PageRead { token, result } => {
+            let done = match result {
+                Ok(page) => core.engine(|c, ctx| c.on_page_read(token, page, ctx)),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = done {
+                tracing::error!(token, error = %e, "page read failed");
+            }
+            None
+        }
+        other => Some(other),
     }
 }
 
@@ -283,6 +292,10 @@ impl Driver {
     }
 
     fn on_event(&mut self, event: TransportEvent) {
+        // Before the sink is attached (join), protocol messages land here: same handling.
+        let Some(event) = run_to_completion(&self.core, &self.locks, event) else {
+            return;
+        };
         match event {
             TransportEvent::Message { from, message } => {
                 Counters::count(&self.core.shared.counters.bytes_received, &message);
@@ -298,15 +311,6 @@ impl Driver {
                     self.declare(node);
                 }
             }
-            TransportEvent::PageRead { token, result } => {
-                let done = match result {
-                    Ok(page) => self.core.engine(|c, ctx| c.on_page_read(token, page, ctx)),
-                    Err(e) => Err(e.into()),
-                };
-                if let Err(e) = done {
-                    tracing::error!(token, error = %e, "page read failed");
-                }
-            }
             other => tracing::debug!(?other, "transport event with no consumer"),
         }
     }
@@ -314,18 +318,6 @@ impl Driver {
     fn on_message(&mut self, from: NodeId, message: Message) {
         match message {
             Message::Membership(m) => self.on_membership(from, m),
-            Message::Coherence(m) => {
-                // Bad input changes nothing in the engine: log it and go on.
-                if let Err(e) = self.core.engine(|c, ctx| c.on_message(from, m, ctx)) {
-                    tracing::warn!(from, error = %e, "coherence message rejected");
-                }
-            }
-            Message::Sync(m) if is_barrier(&m) => self.core.on_barrier(from, m),
-            Message::Sync(m) => {
-                if let Err(e) = self.locks.handle(from, &m) {
-                    tracing::warn!(from, error = %e, "lock message rejected");
-                }
-            }
             Message::Alloc(Alloc::Malloc { req, spec }) if self.rank == 0 => {
                 let gone = self.core.shared.read(|s| s.left.clone());
                 if let Some(reply) = self.allocator.request(req, from, spec, &gone) {
