@@ -99,6 +99,7 @@ mod signal;
 pub mod slots;
 pub mod thread;
 mod uffd;
+mod written;
 
 pub use diff::{apply as apply_diff, compute as compute_diff, validate as validate_diff};
 pub use engine::{Delivery, FaultServer};
@@ -109,3 +110,4 @@ pub use region::UffdRegion;
 pub use signal::MAX_REGIONS;
 pub use slots::{Doorbell, FilledSlot, PageSlots, SlotId};
 pub use uffd::{Features, Source};
+pub use written::probe_write_tracking;

@@ -565,3 +565,96 @@ pub(crate) fn continue_(fd: RawFd, start: usize, len: usize, mode: u64) -> Resul
     };
     ioctl(fd, sys::UFFDIO_CONTINUE, &mut arg)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Dirty tracking: asynchronous write-protect and PAGEMAP_SCAN (Linux 6.7)
+
+/// `UFFD_FEATURE_WP_ASYNC` (Linux 6.7): the kernel resolves write-protect faults itself and
+/// marks the page written. Missing from the 6.1 headers of this toolchain.
+pub(crate) const FEATURE_WP_ASYNC: u64 = 1 << 15;
+
+/// `PAGEMAP_SCAN` = `_IOWR('f', 16, struct pm_scan_arg)` (96 bytes).
+const PAGEMAP_SCAN: u32 = (3 << 30) | (96 << 16) | (0x66 << 8) | 16;
+/// Write-protect the pages the scan reports, atomically with reporting them.
+const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+/// Fail (EPERM) unless the range is registered with an async write-protect uffd.
+const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+/// Page category: written since it was last write-protected.
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
+
+/// `struct page_region`: one run of pages the scan reports.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PageRun {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    categories: u64,
+}
+
+/// `struct pm_scan_arg` (include/uapi/linux/fs.h).
+#[repr(C)]
+#[derive(Debug, Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// Opens `/proc/self/pagemap` (the file `PAGEMAP_SCAN` is issued on).
+pub(crate) fn open_pagemap() -> Result<OwnedFd, Errno> {
+    // SAFETY: a NUL-terminated path literal; `open` does not keep the pointer.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/pagemap".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// One `PAGEMAP_SCAN` of `[start, end)`: fills `runs` with the written runs, write-protecting
+/// them again in the same call. Returns the runs filled and where the walk stopped (`end`
+/// unless `runs` filled up first).
+pub(crate) fn scan_written(
+    pagemap: RawFd,
+    start: usize,
+    end: usize,
+    runs: &mut [PageRun],
+) -> Result<(usize, usize), Errno> {
+    let mut arg = PmScanArg {
+        size: std::mem::size_of::<PmScanArg>() as u64,
+        flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+        start: start as u64,
+        end: end as u64,
+        vec: runs.as_mut_ptr() as u64,
+        vec_len: runs.len() as u64,
+        category_mask: PAGE_IS_WRITTEN,
+        return_mask: PAGE_IS_WRITTEN,
+        ..PmScanArg::default()
+    };
+    // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points at `runs.len()` writable
+    // page_region structs that outlive the call; the kernel writes only within them.
+    let rc = unsafe {
+        libc::ioctl(
+            pagemap,
+            libc::c_ulong::from(PAGEMAP_SCAN),
+            &mut arg as *mut PmScanArg,
+        )
+    };
+    let filled = usize::try_from(rc).map_err(|_| last_errno())?;
+    let walk_end = usize::try_from(arg.walk_end).unwrap_or(end);
+    Ok((filled.min(runs.len()), walk_end))
+}

@@ -72,9 +72,23 @@ pub struct UffdRegion {
     /// Shared (memfd) regions only.
     shadow: Option<Shadow>,
     uffd: Uffd,
+    /// Tracked regions only: `/proc/self/pagemap`, for `PAGEMAP_SCAN`.
+    pagemap: Option<OwnedFd>,
     pages: u32,
     delivery: Delivery,
     served: AtomicBool,
+}
+
+/// What backs a region and how its writes are seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Private anonymous memory; write-protect faults reach the handler.
+    Private,
+    /// A memfd mapped twice (see [`UffdRegion::new_shared`]).
+    Shared,
+    /// Private anonymous memory; write-protect faults resolved by the kernel and written
+    /// pages found by `PAGEMAP_SCAN` (see [`UffdRegion::new_tracked`]).
+    Tracked,
 }
 
 impl UffdRegion {
@@ -86,7 +100,17 @@ impl UffdRegion {
     ///
     /// Fails with [`Error::AddressTaken`] if anything is mapped in the range already.
     pub fn new(address: usize, pages: u32, delivery: Delivery) -> Result<UffdRegion> {
-        UffdRegion::map(address, pages, delivery, false)
+        UffdRegion::map(address, pages, delivery, Kind::Private)
+    }
+
+    /// As [`UffdRegion::new`], but writes never fault: the uffd has `UFFD_FEATURE_WP_ASYNC`
+    /// (Linux 6.7), so a write to a write-protected page is resolved by the kernel (0.5–0.7
+    /// µs here) and the page marked written; [`UffdRegion::take_written`] reports the written
+    /// pages and write-protects them again, atomically (`PAGEMAP_SCAN`). Missing pages still
+    /// fault to the handler. [`probe_write_tracking`](crate::probe_write_tracking) says
+    /// whether this kernel (and its seccomp filter) allows it.
+    pub fn new_tracked(address: usize, pages: u32, delivery: Delivery) -> Result<UffdRegion> {
+        UffdRegion::map(address, pages, delivery, Kind::Tracked)
     }
 
     /// As [`UffdRegion::new`], but backed by a memfd mapped twice: the region (registered for
@@ -97,17 +121,26 @@ impl UffdRegion {
     /// fault. Needs `UFFD_FEATURE_MINOR_SHMEM` (5.14) and write-protect on shmem (5.19;
     /// `UFFDIO_CONTINUE_MODE_WP` needs 6.4).
     pub fn new_shared(address: usize, pages: u32, delivery: Delivery) -> Result<UffdRegion> {
-        UffdRegion::map(address, pages, delivery, true)
+        UffdRegion::map(address, pages, delivery, Kind::Shared)
     }
 
-    fn map(address: usize, pages: u32, delivery: Delivery, shared: bool) -> Result<UffdRegion> {
+    fn map(address: usize, pages: u32, delivery: Delivery, kind: Kind) -> Result<UffdRegion> {
+        let shared = kind == Kind::Shared;
+        let tracked = kind == Kind::Tracked;
         let len = (pages as usize)
             .checked_mul(PAGE_SIZE)
             .filter(|&len| {
                 len > 0 && address % PAGE_SIZE == 0 && address.checked_add(len).is_some()
             })
             .ok_or(Error::BadGeometry { address, pages })?;
-        let uffd = Uffd::open(delivery == Delivery::Signal, shared)?;
+        let uffd = Uffd::open(delivery == Delivery::Signal, shared, tracked)?;
+        let pagemap = tracked
+            .then(raw::open_pagemap)
+            .transpose()
+            .map_err(|errno| Error::Setup {
+                call: "open /proc/self/pagemap",
+                errno,
+            })?;
         let memfd = shared
             .then(|| raw::memfd(len))
             .transpose()
@@ -129,6 +162,7 @@ impl UffdRegion {
             mapping,
             shadow,
             uffd,
+            pagemap,
             pages,
             delivery,
             served: AtomicBool::new(false),
@@ -199,6 +233,16 @@ impl UffdRegion {
         self.shadow
             .as_ref()
             .map(|shadow| (shadow.mapping.base, raw::fd_of(&shadow.memfd)))
+    }
+
+    /// `/proc/self/pagemap` of a tracked region.
+    pub(crate) fn pagemap(&self) -> Option<i32> {
+        self.pagemap.as_ref().map(raw::fd_of)
+    }
+
+    /// True for a region made by [`UffdRegion::new_tracked`].
+    pub fn is_tracked(&self) -> bool {
+        self.pagemap.is_some()
     }
 
     /// True for a region made by [`UffdRegion::new_shared`].

@@ -53,6 +53,12 @@ impl Features {
         self.has(sys::UFFD_FEATURE_MINOR_SHMEM)
     }
 
+    /// `UFFD_FEATURE_WP_ASYNC` (6.7): write-protect faults resolved by the kernel, the page
+    /// marked written for `PAGEMAP_SCAN` (see [`UffdRegion::new_tracked`](crate::UffdRegion::new_tracked)).
+    pub fn wp_async(&self) -> bool {
+        self.has(raw::FEATURE_WP_ASYNC)
+    }
+
     /// `UFFD_FEATURE_THREAD_ID` (4.14): fault messages carry the faulting thread's id.
     pub fn thread_id(&self) -> bool {
         self.has(sys::UFFD_FEATURE_THREAD_ID)
@@ -72,9 +78,10 @@ pub(crate) struct Uffd {
 }
 
 impl Uffd {
-    /// Opens a uffd and enables `sigbus` delivery or not, write-protect faults, and for
-    /// `shared` (memfd) regions MINOR faults and write-protect on shmem.
-    pub(crate) fn open(sigbus: bool, shared: bool) -> Result<Uffd> {
+    /// Opens a uffd and enables `sigbus` delivery or not, write-protect faults (resolved by
+    /// the kernel itself for `wp_async`), and for `shared` (memfd) regions MINOR faults and
+    /// write-protect on shmem.
+    pub(crate) fn open(sigbus: bool, shared: bool, wp_async: bool) -> Result<Uffd> {
         let probed = Features::probe()?;
         if !probed.write_protect() {
             return Err(Error::MissingFeature {
@@ -94,6 +101,15 @@ impl Uffd {
         }
         if shared {
             wanted |= shared_features(&probed)?;
+        }
+        if wp_async {
+            if !probed.wp_async() {
+                return Err(Error::MissingFeature {
+                    feature: "UFFD_FEATURE_WP_ASYNC",
+                    kernel: "6.7",
+                });
+            }
+            wanted |= raw::FEATURE_WP_ASYNC;
         }
         let (fd, source) = open_fd()?;
         raw::api(raw::fd_of(&fd), wanted).map_err(Error::Api)?;

@@ -6,3 +6,4 @@ mod page_ops;
 mod remote;
 mod signals;
 mod unprivileged;
+mod written;
