@@ -1,7 +1,7 @@
 //! The examples as real multi-process runs under `dsm-run`, for 1, 2 and 4 nodes in both
-//! consistency modes and both fault deliveries (a reader thread, the default, and the
-//! faulting thread's SIGBUS handler); each example checks its own result and exits non-zero
-//! when wrong.
+//! consistency modes (release mode under both write trackings) and both fault deliveries (a
+//! reader thread, the default, and the faulting thread's SIGBUS handler); each example
+//! checks its own result and exits non-zero when wrong.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,36 +9,45 @@ use std::time::{Duration, Instant};
 use crate::util::{dsm_run, example, free_address, run_bounded, text};
 
 fn run_example(name: &str, nodes: u32, args: &[&str]) -> String {
-    run_example_with(name, nodes, args, "thread")
+    run_example_with(name, nodes, args, ("thread", "scan"))
 }
 
-fn run_example_with(name: &str, nodes: u32, args: &[&str], delivery: &str) -> String {
+/// Runs example `name` on `nodes` nodes with `(DSM_FAULT_DELIVERY, DSM_WRITE_TRACKING)`.
+fn run_example_with(name: &str, nodes: u32, args: &[&str], env: (&str, &str)) -> String {
+    let (delivery, tracking) = env;
     let (out, _) = run_bounded(
         Command::new(dsm_run())
             .args(["-n", &nodes.to_string(), "--timeout-secs", "60", "--"])
             .arg(example(name))
             .args(args)
-            .env("DSM_FAULT_DELIVERY", delivery),
+            .env("DSM_FAULT_DELIVERY", delivery)
+            .env("DSM_WRITE_TRACKING", tracking),
         Duration::from_secs(90),
     );
     let all = text(&out);
     assert!(
         out.status.success(),
-        "{name} on {nodes} nodes {args:?}, {delivery} delivery: {all}"
+        "{name} on {nodes} nodes {args:?}, {delivery} delivery, {tracking} tracking: {all}"
     );
     all
 }
 
+/// Every node count and delivery, sequential mode and release mode under both write
+/// trackings (scanned, and forced write faults: CI runs release mode both ways).
 fn every_size_and_mode(name: &str, args: &[&str], passed: &str) {
     for delivery in ["thread", "signal"] {
-        for mode in ["sequential", "release"] {
+        for (mode, tracking) in [
+            ("sequential", "scan"),
+            ("release", "scan"),
+            ("release", "faults"),
+        ] {
             for nodes in [1, 2, 4] {
                 let mut all_args = args.to_vec();
                 all_args.extend(["--mode", mode]);
-                let out = run_example_with(name, nodes, &all_args, delivery);
+                let out = run_example_with(name, nodes, &all_args, (delivery, tracking));
                 assert!(
                     out.contains(passed),
-                    "{name} {mode} {nodes} {delivery}: {out}"
+                    "{name} {mode} {nodes} {delivery} {tracking}: {out}"
                 );
             }
         }

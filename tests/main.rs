@@ -8,5 +8,6 @@ mod membership;
 mod memory;
 mod mpirun;
 mod security;
+mod tracking;
 mod util;
 mod views;

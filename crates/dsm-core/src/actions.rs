@@ -61,6 +61,16 @@ pub enum Action {
         /// The page.
         page: PageId,
     },
+    /// Keep `data` as the twin of `page` (release regions whose writes are found by scanning,
+    /// [`CoherenceConfig::scan_writes`](crate::CoherenceConfig::scan_writes)): the bytes the
+    /// page was installed or last published with. Taken from the data at hand, never read back
+    /// from the mapping, where threads may already write.
+    Twin {
+        /// The page.
+        page: PageId,
+        /// The twin's bytes.
+        data: Page,
+    },
     /// Free the twin of `page`.
     DropTwin {
         /// The page.

@@ -9,7 +9,7 @@
 //! is held and answered by [`CoherenceEngine::poll`](crate::CoherenceEngine::poll): answering reads the local
 //! copy, which must be the installed one, with the woken thread's access done.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use dsm_wire::{Coherence, NodeId, Page, PageId};
 
@@ -19,6 +19,8 @@ use crate::engine::Ctx;
 use crate::error::{Error, Result};
 use crate::memory::Memory;
 use crate::region::Located;
+
+mod scanned;
 
 /// This node's copy of a page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,6 +79,11 @@ pub(crate) struct Cache {
     reads: HashMap<u64, PageId>,
     /// Release mode: pages written since the last release (they have twins).
     pub(crate) dirty: BTreeSet<PageId>,
+    /// Release mode with scanned writes: installed pages with a twin, whose writes the scans
+    /// at releases and acquires find (see [`crate::scanned`]).
+    pub(crate) tracked: BTreeSet<PageId>,
+    /// Release mode with scanned writes: pages homed here that another node fetched.
+    pub(crate) shared_home: HashSet<PageId>,
     /// Pages whose install or upgrade was emitted in the current call.
     settling: BTreeSet<PageId>,
     /// Invalidations and downgrades waiting for their page to settle.
@@ -122,7 +129,9 @@ impl Cache {
             pending.waiters.push(Waiter { token, access });
             return;
         }
-        if loc.consistency == Consistency::Release && entry.state == LocalState::Shared {
+        let scanned = ctx.config.scan_writes;
+        if loc.consistency == Consistency::Release && entry.state == LocalState::Shared && !scanned
+        {
             // First write of the interval to a clean page: twin it, no message.
             self.start_writing(page, ctx);
             ctx.out.push(Action::Wake { token });
@@ -306,6 +315,11 @@ impl Cache {
             self.request(page, loc, waiters, ctx);
             return;
         }
+        if loc.consistency == Consistency::Release && ctx.config.scan_writes {
+            self.install_scanned(page, loc, data, ctx);
+            self.finish(page, loc, ctx);
+            return;
+        }
         let writable = match loc.consistency {
             Consistency::Sequential => pending.asked == Access::Write,
             Consistency::Release => pending.waiters.iter().any(|w| w.access == Access::Write),
@@ -469,6 +483,8 @@ impl Cache {
         self.entries.retain(|page, _| page.region != region);
         self.reads.retain(|_, page| page.region != region);
         self.dirty.retain(|page| page.region != region);
+        self.tracked.retain(|page| page.region != region);
+        self.shared_home.retain(|page| page.region != region);
         self.held.retain(|(_, page, _)| page.region != region);
         self.last_demand.remove(&region);
     }

@@ -62,6 +62,8 @@ pub enum Mutation {
     /// Release mode: a home page published in place keeps its old twin, so later diffs
     /// resend bytes it wrote long ago (and clobber newer writes of other nodes).
     StaleTwin,
+    /// Release mode with scanned writes: the scan at a release misses one written page.
+    ScanMissesPage,
 }
 
 /// One engine's configuration.
@@ -78,6 +80,12 @@ pub struct CoherenceConfig {
     /// [`CoherenceEngine::tick`](crate::CoherenceEngine::tick) report [`Error::Timeout`](crate::Error::Timeout).
     /// 0 disables the check.
     pub timeout_ticks: u64,
+    /// Release regions find written pages by scanning ([`Memory::take_written`](crate::Memory::take_written):
+    /// asynchronous write-protect and `PAGEMAP_SCAN` in the runtime) instead of taking a write
+    /// fault per page per interval. Installed copies are then always writable as far as the
+    /// engine knows; only pages another node fetched are tracked (twinned, scanned, announced):
+    /// a home page no other node ever held is written freely, with no twin and no notice.
+    pub scan_writes: bool,
     /// Broken variant for mutation testing (feature `mutation`).
     #[cfg(feature = "mutation")]
     pub mutation: Mutation,
@@ -91,6 +99,7 @@ impl CoherenceConfig {
             nodes,
             one_sided: false,
             timeout_ticks: 0,
+            scan_writes: false,
             #[cfg(feature = "mutation")]
             mutation: Mutation::None,
         }
@@ -104,6 +113,7 @@ impl CoherenceConfig {
                 (Mutation::GrantBeforeAcks, MutationPoint::GrantBeforeAcks)
                     | (Mutation::ForgetNotices, MutationPoint::ForgetNotices)
                     | (Mutation::StaleTwin, MutationPoint::StaleTwin)
+                    | (Mutation::ScanMissesPage, MutationPoint::ScanMissesPage)
             )
         }
         #[cfg(not(feature = "mutation"))]
@@ -117,6 +127,7 @@ pub(crate) enum MutationPoint {
     GrantBeforeAcks,
     ForgetNotices,
     StaleTwin,
+    ScanMissesPage,
 }
 
 #[cfg(test)]

@@ -93,6 +93,12 @@ impl CoherenceEngine {
         Ok(self.locate(page)?.home)
     }
 
+    /// Release mode: pages whose changes this node published so far (diffs sent to homes,
+    /// home pages merged into their master in place).
+    pub fn pages_published(&self) -> u64 {
+        self.syncs.published
+    }
+
     /// This node's copy of `page` as the engine sees it (for invariant checks and debugging).
     pub fn local_state(&self, page: PageId) -> LocalState {
         self.cache.state(page)
@@ -167,8 +173,13 @@ impl CoherenceEngine {
         }
         self.begin_call();
         let mut ctx = ctx!(self);
-        self.syncs
-            .acquire(token, &named, &mut self.cache, &mut ctx, mem)?;
+        if self.config.scan_writes {
+            self.syncs
+                .acquire_scanned(token, &named, &mut self.cache, &mut ctx, mem)?;
+        } else {
+            self.syncs
+                .acquire(token, &named, &mut self.cache, &mut ctx, mem)?;
+        }
         self.end_call(mem)
     }
 
@@ -176,16 +187,23 @@ impl CoherenceEngine {
     /// [`Action::SyncDone`] for `token` carries the write notices once they are applied. A
     /// barrier is a release, then an acquire with the notices of every node.
     pub fn release(&mut self, token: u64, mem: &mut dyn Memory) -> Result<()> {
-        let dirty: Vec<(PageId, Located)> = self
-            .cache
-            .dirty
+        let pages = if self.config.scan_writes {
+            &self.cache.tracked
+        } else {
+            &self.cache.dirty
+        };
+        let pages: Vec<(PageId, Located)> = pages
             .iter()
             .filter_map(|page| Some((*page, self.locate(*page).ok()?)))
             .collect();
         self.begin_call();
         let mut ctx = ctx!(self);
-        self.syncs
-            .release(token, &dirty, &mut self.cache, &mut ctx, mem)?;
+        if self.config.scan_writes {
+            self.syncs.release_scanned(token, &pages, &mut ctx, mem)?;
+        } else {
+            self.syncs
+                .release(token, &pages, &mut self.cache, &mut ctx, mem)?;
+        }
         self.end_call(mem)
     }
 
@@ -296,6 +314,9 @@ impl CoherenceEngine {
                 dir.request(from, page, req, Access::Read, &mut ctx, mem)
             }
             Coherence::ReadRequest { req, .. } => {
+                if self.config.scan_writes && from != self.config.node {
+                    self.cache.share_home_page(page, &mut ctx, mem);
+                }
                 directory::serve_release_read(from, page, req, &mut ctx, mem);
                 Ok(())
             }

@@ -5,7 +5,7 @@ use dsm_wire::{PAGE_SIZE, PageId};
 
 /// The bytes the engine needs. The engine only asks for pages it knows to exist (a known
 /// region, in range; `home_page*` only for pages homed on this node; `twin` only after it
-/// asked for [`Action::MakeTwin`](crate::Action::MakeTwin) and before
+/// asked for [`Action::MakeTwin`](crate::Action::MakeTwin) or [`Action::Twin`](crate::Action::Twin) and before
 /// [`Action::DropTwin`](crate::Action::DropTwin)), so implementations may panic on anything
 /// else: that is an engine bug, not bad input.
 pub trait Memory {
@@ -32,6 +32,16 @@ pub trait Memory {
     /// memories no other thread touches). Asked only for installed pages.
     fn snapshot(&self, page: PageId, into: &mut [u8; PAGE_SIZE]) {
         into.copy_from_slice(self.local_page(page));
+    }
+
+    /// Of `pages` (installed copies, sorted), the ones written since they were installed or
+    /// last reported, each write-protected again in the same step, so that a write landing
+    /// afterwards is reported by the next call ([`CoherenceConfig::scan_writes`](crate::CoherenceConfig::scan_writes):
+    /// `PAGEMAP_SCAN` over async write-protect in the runtime). A memory that cannot tell
+    /// must return every page: an unchanged page then only costs an empty diff. The default
+    /// does that.
+    fn take_written(&mut self, pages: &[PageId]) -> Vec<PageId> {
+        pages.to_vec()
     }
 
     /// The master copy of a page homed here.

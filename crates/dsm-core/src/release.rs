@@ -26,6 +26,8 @@ use crate::in_place;
 use crate::memory::Memory;
 use crate::region::Located;
 
+mod scanned;
+
 /// Releases in a row that may find a home page written in place unchanged before it is
 /// write-protected again. Two covers pages written every other interval (double-buffered
 /// stencils alternate between two grids).
@@ -51,6 +53,8 @@ pub(crate) struct Syncs {
     /// Home pages kept writable across releases: releases in a row that found them unchanged.
     kept: HashMap<PageId, u32>,
     next_req: u64,
+    /// Pages whose changes were published so far (diffs sent, home pages merged in place).
+    pub(crate) published: u64,
 }
 
 impl SyncWait {
@@ -154,6 +158,7 @@ impl Syncs {
         mem.snapshot(page, &mut snapshot);
         let twin = *mem.twin(page);
         let changed = in_place::merge(&twin, &snapshot, mem.home_page_mut(page));
+        self.published += u64::from(changed);
         if !ctx.config.mutated(MutationPoint::StaleTwin) {
             mem.twin_mut(page).copy_from_slice(&snapshot);
         }
@@ -188,13 +193,27 @@ impl Syncs {
         if runs.is_empty() {
             return false;
         }
+        self.send_diff(page, loc, runs, token, wait, ctx);
+        true
+    }
+
+    /// Sends `runs` of `page` to its home as part of sync `token`.
+    fn send_diff(
+        &mut self,
+        page: PageId,
+        loc: Located,
+        runs: Vec<DiffRun>,
+        token: u64,
+        wait: &mut SyncWait,
+        ctx: &mut Ctx<'_>,
+    ) {
         self.next_req += 1;
+        self.published += 1;
         let req = self.next_req;
         self.diffs.insert(req, token);
         wait.remaining += 1;
         wait.peer = loc.home;
         ctx.out.send(loc.home, Coherence::Diff { req, page, runs });
-        true
     }
 
     fn register(&mut self, token: u64, wait: SyncWait, ctx: &mut Ctx<'_>) {

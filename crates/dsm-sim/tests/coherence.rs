@@ -26,11 +26,16 @@ fn steps() -> u64 {
 }
 
 fn run_seeds(consistency: Consistency) -> Report {
+    run_seeds_with(consistency, false)
+}
+
+fn run_seeds_with(consistency: Consistency, scan_writes: bool) -> Report {
     let (seeds, steps) = (seeds(), steps());
     let started = Instant::now();
     let mut total = Report::default();
     for seed in &seeds {
-        let config = SimConfig::random(*seed, consistency, steps);
+        let mut config = SimConfig::random(*seed, consistency, steps);
+        config.scan_writes = scan_writes;
         match run(*seed, &config) {
             Ok(report) => total.absorb(&report),
             Err(error) => panic!(
@@ -40,7 +45,7 @@ fn run_seeds(consistency: Consistency) -> Report {
         }
     }
     println!(
-        "{consistency:?}: {} seeds x {steps} steps in {:.1?}: {total:?}",
+        "{consistency:?} (scanned writes: {scan_writes}): {} seeds x {steps} steps in {:.1?}: {total:?}",
         seeds.len(),
         started.elapsed()
     );
@@ -73,11 +78,27 @@ fn release_seeds() {
     }
 }
 
+/// Release mode with written pages found by scanning (no write faults): the same workload
+/// and checks, every read against the latest write of the reference.
+#[test]
+fn release_seeds_with_scanned_writes() {
+    let total = run_seeds_with(Consistency::Release, true);
+    if seeds().len() >= 20 {
+        assert!(total.twins > 0 && total.diffs > 0 && total.barriers > 0);
+        assert!(total.invalidations > 0 && total.one_sided_reads > 0);
+    }
+}
+
 /// Asserts that the checker catches `mutation` (described by `what`) in one of seeds 0..50.
 fn assert_caught(consistency: Consistency, mutation: Mutation, what: &str) {
+    assert_caught_with(consistency, false, mutation, what);
+}
+
+fn assert_caught_with(consistency: Consistency, scan: bool, mutation: Mutation, what: &str) {
     let caught = (0..50).find(|seed| {
         let mut config = SimConfig::random(*seed, consistency, 2_000);
         config.mutation = mutation;
+        config.scan_writes = scan;
         match run(*seed, &config) {
             Ok(_) => false,
             Err(error) => {
@@ -114,6 +135,26 @@ fn mutation_stale_twin_of_a_home_page_is_caught() {
         Mutation::StaleTwin,
         "a home page published in place with a stale twin",
     );
+}
+
+#[test]
+fn mutation_a_scan_missing_one_written_page_is_caught() {
+    assert_caught_with(
+        Consistency::Release,
+        true,
+        Mutation::ScanMissesPage,
+        "a release whose scan misses a written page",
+    );
+}
+
+#[test]
+fn mutations_of_releases_are_caught_with_scanned_writes_too() {
+    for (mutation, what) in [
+        (Mutation::ForgetNotices, "releases without write notices"),
+        (Mutation::StaleTwin, "a published page keeping a stale twin"),
+    ] {
+        assert_caught_with(Consistency::Release, true, mutation, what);
+    }
 }
 
 /// Per-pair FIFO is an assumption of the protocol (TCP and RC QPs give it): without it, an

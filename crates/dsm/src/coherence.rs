@@ -257,9 +257,7 @@ impl Coherence {
         let started = self.check_timed_out(page).and_then(|()| {
             self.faults.insert(token, (page, since));
             self.signal_faults.insert(token, slot);
-            let mut mem = Mem {
-                regions: &mut self.regions,
-            };
+            let mut mem = Mem::new(&mut self.regions);
             Ok(self.engine.fault(page, access, token, &mut mem)?)
         });
         if let Err(e) = started {
@@ -288,46 +286,42 @@ impl Coherence {
         self.check_timed_out(page)?;
         let token = self.token();
         self.faults.insert(token, (page, Instant::now()));
-        let mut mem = Mem {
-            regions: &mut self.regions,
-        };
+        let mut mem = Mem::new(&mut self.regions);
         self.engine.fault(page, access, token, &mut mem)?;
         self.apply(ctx)
     }
 
     /// A coherence message arrived.
     pub(crate) fn on_message(&mut self, from: NodeId, message: Msg, ctx: &Ctx<'_>) -> Result<()> {
-        let mut mem = Mem {
-            regions: &mut self.regions,
-        };
+        let mut mem = Mem::new(&mut self.regions);
         self.engine.on_message(from, message, &mut mem)?;
         self.apply(ctx)
     }
 
     /// A one-sided read completed.
     pub(crate) fn on_page_read(&mut self, token: u64, data: Page, ctx: &Ctx<'_>) -> Result<()> {
-        let mut mem = Mem {
-            regions: &mut self.regions,
-        };
+        let mut mem = Mem::new(&mut self.regions);
         self.engine.on_page_read(token, data, &mut mem)?;
         self.apply(ctx)
     }
 
     /// Starts a release (diffs to homes); completes as `SyncDone { token }` in `Shared`.
     pub(crate) fn release(&mut self, token: u64, ctx: &Ctx<'_>) -> Result<()> {
-        let mut mem = Mem {
-            regions: &mut self.regions,
-        };
-        self.engine.release(token, &mut mem)?;
+        let mut mem = Mem::new(&mut self.regions);
+        let result = self.engine.release(token, &mut mem);
+        let found = mem.found;
+        self.count_sync(found, &ctx.shared.counters);
+        result?;
         self.apply(ctx)
     }
 
     /// Starts an acquire with `notices`; completes as `SyncDone { token }` in `Shared`.
     pub(crate) fn acquire(&mut self, token: u64, notices: &[PageId], ctx: &Ctx<'_>) -> Result<()> {
-        let mut mem = Mem {
-            regions: &mut self.regions,
-        };
-        self.engine.acquire(token, notices, &mut mem)?;
+        let mut mem = Mem::new(&mut self.regions);
+        let result = self.engine.acquire(token, notices, &mut mem);
+        let found = mem.found;
+        self.count_sync(found, &ctx.shared.counters);
+        result?;
         self.apply(ctx)
     }
 
@@ -340,9 +334,7 @@ impl Coherence {
             if !self.engine.has_deferred() {
                 return Ok(());
             }
-            let mut mem = Mem {
-                regions: &mut self.regions,
-            };
+            let mut mem = Mem::new(&mut self.regions);
             self.engine.poll(&mut mem)?;
         }
         Err(Error::Protocol(format!(
@@ -395,9 +387,15 @@ impl Coherence {
                     None => mapped.region.twin(page.page)?,
                 };
                 mapped.twins.insert(page.page, twin);
+                self.count_twins(counters);
+            }
+            Action::Twin { page, data } => {
+                self.mapped_mut(page)?.twins.insert(page.page, data);
+                self.count_twins(counters);
             }
             Action::DropTwin { page } => {
                 self.mapped_mut(page)?.twins.remove(&page.page);
+                self.count_twins(counters);
             }
             Action::Wake { token } => self.wake(token, counters)?,
             Action::SyncDone { token, notices } => {
@@ -407,6 +405,23 @@ impl Coherence {
             }
         }
         Ok(())
+    }
+
+    /// Publishes the memory twins take now ([`Stats::twin_bytes`](crate::Stats::twin_bytes)).
+    fn count_twins(&self, counters: &Counters) {
+        let twins: usize = self.regions.values().map(|m| m.twins.len()).sum();
+        let bytes = u64::try_from(twins * PAGE_SIZE).unwrap_or(u64::MAX);
+        counters
+            .twin_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Publishes what a release or acquire found and published.
+    fn count_sync(&self, found: u64, counters: &Counters) {
+        use std::sync::atomic::Ordering::Relaxed;
+        counters.pages_found_written.fetch_add(found, Relaxed);
+        let published = self.engine.pages_published();
+        counters.pages_diffed.store(published, Relaxed);
     }
 
     fn wake(&mut self, token: u64, counters: &Counters) -> Result<()> {
@@ -457,6 +472,30 @@ fn page_home(engine: &CoherenceEngine, page: PageId) -> Option<NodeId> {
 /// The engine's view of page bytes.
 struct Mem<'a> {
     regions: &'a mut HashMap<u32, Mapped>,
+    /// Pages the scans of this call found written.
+    found: u64,
+}
+
+impl<'a> Mem<'a> {
+    fn new(regions: &'a mut HashMap<u32, Mapped>) -> Self {
+        Mem { regions, found: 0 }
+    }
+}
+
+/// Consecutive pages of one region, as `(region, first, count)`, from sorted `pages`.
+fn runs(pages: &[PageId]) -> Vec<(u32, u32, u32)> {
+    let mut runs: Vec<(u32, u32, u32)> = Vec::new();
+    for page in pages {
+        match runs.last_mut() {
+            Some((region, first, count))
+                if *region == page.region && first.checked_add(*count) == Some(page.page) =>
+            {
+                *count += 1;
+            }
+            _ => runs.push((page.region, page.page, 1)),
+        }
+    }
+    runs
 }
 
 impl Mem<'_> {
@@ -505,6 +544,32 @@ impl Memory for Mem<'_> {
         // `Mapped` keeps the mapping); the page is writable and other threads may store to
         // it, which the raw copy tolerates (each byte read once, no reference kept).
         unsafe { snapshot_page(address, into) }
+    }
+
+    fn take_written(&mut self, pages: &[PageId]) -> Vec<PageId> {
+        let mut written = Vec::new();
+        let mut indices = Vec::new();
+        for (region, first, count) in runs(pages) {
+            indices.clear();
+            let run = (first..first + count).map(|page| PageId { region, page });
+            match self
+                .get(PageId {
+                    region,
+                    page: first,
+                })
+                .region
+                .take_written(first, count, &mut indices)
+            {
+                Ok(_) => written.extend(indices.iter().map(|&page| PageId { region, page })),
+                Err(e) => {
+                    // Never lose a write: an unchanged page only costs an empty diff.
+                    tracing::error!(region, first, count, error = %e, "scan failed; diffing the whole run");
+                    written.extend(run);
+                }
+            }
+        }
+        self.found += written.len() as u64;
+        written
     }
 
     fn home_page(&self, page: PageId) -> &[u8; PAGE_SIZE] {

@@ -44,6 +44,21 @@ pub enum FaultDelivery {
     Signal,
 }
 
+/// How a release-mode region learns which pages a node wrote (`DSM_WRITE_TRACKING`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteTracking {
+    /// Writes never fault: the kernel marks written pages (`UFFD_FEATURE_WP_ASYNC`) and a
+    /// release finds them with one `PAGEMAP_SCAN` (Linux 6.7). Only pages another node
+    /// fetched are tracked at all. Falls back to [`WriteTracking::Faults`] (saying so once on
+    /// stderr and in [`Stats`](crate::Stats)) where the kernel or a seccomp filter lacks it
+    /// (`DSM_WRITE_TRACKING=scan`, the default).
+    Scan,
+    /// The first write to a page in each interval faults, twins the page and unprotects it
+    /// (`DSM_WRITE_TRACKING=faults`; any kernel with userfaultfd write-protect, 5.7).
+    #[default]
+    Faults,
+}
+
 /// Everything a node needs to join a cluster. Built only by [`Config::from_env`],
 /// [`Config::from_vars`], [`Config::single`] or [`Config::builder`]: every one of them checks
 /// it, so a `Config` in hand is a valid one (the fields are private; read them with the
@@ -73,6 +88,8 @@ pub struct Config {
     pub(crate) op_timeout: Duration,
     /// How faults are delivered (`DSM_FAULT_DELIVERY`, default thread).
     pub(crate) fault_delivery: FaultDelivery,
+    /// How release-mode regions find written pages (`DSM_WRITE_TRACKING`, default scan).
+    pub(crate) write_tracking: WriteTracking,
     /// How long the transport thread polls after activity before sleeping (`DSM_SPIN_US`).
     pub(crate) spin: Duration,
 }
@@ -105,6 +122,7 @@ impl Config {
                 failure_timeout: Duration::from_millis(1500),
                 op_timeout: Duration::from_secs(60),
                 fault_delivery: FaultDelivery::Thread,
+                write_tracking: WriteTracking::Scan,
                 spin: DEFAULT_SPIN,
             },
         }
@@ -163,6 +181,9 @@ impl Config {
         if let Some(d) = lookup("DSM_FAULT_DELIVERY") {
             b = b.fault_delivery(parse_delivery(&d)?);
         }
+        if let Some(t) = lookup("DSM_WRITE_TRACKING") {
+            b = b.write_tracking(parse_tracking(&t)?);
+        }
         b.build()
     }
 
@@ -213,6 +234,11 @@ impl Config {
     /// How faults are delivered.
     pub fn fault_delivery(&self) -> FaultDelivery {
         self.fault_delivery
+    }
+    /// How release-mode regions find written pages (asked for; see [`Stats`](crate::Stats)
+    /// for what the kernel allowed).
+    pub fn write_tracking(&self) -> WriteTracking {
+        self.write_tracking
     }
     /// How long the transport thread polls after activity before sleeping.
     pub fn spin(&self) -> Duration {
@@ -301,6 +327,11 @@ impl ConfigBuilder {
     /// How faults are delivered.
     pub fn fault_delivery(mut self, delivery: FaultDelivery) -> Self {
         self.config.fault_delivery = delivery;
+        self
+    }
+    /// How release-mode regions find written pages.
+    pub fn write_tracking(mut self, tracking: WriteTracking) -> Self {
+        self.config.write_tracking = tracking;
         self
     }
     /// How long the transport thread keeps polling after its last activity before it sleeps
@@ -427,6 +458,16 @@ fn parse_transport(value: &str) -> Result<TransportChoice> {
     }
 }
 
+fn parse_tracking(value: &str) -> Result<WriteTracking> {
+    match value.trim() {
+        "scan" => Ok(WriteTracking::Scan),
+        "faults" => Ok(WriteTracking::Faults),
+        other => Err(Error::Config(format!(
+            "DSM_WRITE_TRACKING={other:?}: expected scan or faults"
+        ))),
+    }
+}
+
 fn parse_delivery(value: &str) -> Result<FaultDelivery> {
     match value.trim() {
         "thread" => Ok(FaultDelivery::Thread),
@@ -484,6 +525,16 @@ mod tests {
         assert_eq!(c.join_timeout, Duration::from_millis(1500));
         assert_eq!(c.heartbeat_interval, Duration::from_millis(50));
         assert_eq!(c.failure_timeout, Duration::from_millis(400));
+    }
+
+    #[test]
+    fn write_tracking_is_scan_unless_faults_is_asked() {
+        let base = [("DSM_RANK", "0"), ("DSM_SIZE", "1")];
+        assert_eq!(from(&base).unwrap().write_tracking, WriteTracking::Scan);
+        let faults = from(&[base[0], base[1], ("DSM_WRITE_TRACKING", "faults")]).unwrap();
+        assert_eq!(faults.write_tracking, WriteTracking::Faults);
+        let bad = from(&[base[0], base[1], ("DSM_WRITE_TRACKING", "wp")]);
+        assert!(matches!(bad, Err(Error::Config(m)) if m.contains("DSM_WRITE_TRACKING")));
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub mod views;
 
 pub use config::{
     Config, ConfigBuilder, DEFAULT_COORDINATOR, DEFAULT_SPIN, FaultDelivery, TransportChoice,
+    WriteTracking,
 };
 pub use dsm_core::Consistency;
 pub use dsm_locks::LockKind;

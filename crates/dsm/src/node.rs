@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use crate::runtime::views::ViewService;
 use crate::runtime::{Core, Shared, monitor};
 use crate::stats::{Counters, RegionCounters};
 use crate::transport::{Wire, rdma};
-use crate::{Config, Error, FaultDelivery, Result, Stats};
+use crate::{Config, Error, FaultDelivery, Result, Stats, WriteTracking};
 
 /// A node of a dsm cluster. Created by [`Node::join`]; every collective call (`alloc`,
 /// `free`, `barrier`, `leave`) must be made by every node in the same order.
@@ -74,6 +74,38 @@ const DRIVER_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 pub const LEAVE_LINGER: Duration = Duration::from_secs(5);
 
 /// The node's lock table: Ricart–Agrawala locks whose hand-overs are release points.
+/// The engine configuration of this node (`one_sided`: pages move by RDMA READ).
+fn engine_config(config: &Config, one_sided: bool) -> CoherenceConfig {
+    let mut engine = CoherenceConfig::new(config.rank, config.size);
+    engine.one_sided = one_sided;
+    engine.scan_writes = config.write_tracking == WriteTracking::Scan;
+    engine
+}
+
+/// The write tracking this process can use: `asked`, unless it asked for scanning and the
+/// kernel (before 6.7) or a seccomp filter does not allow it; then write faults, said once.
+fn write_tracking(asked: WriteTracking) -> WriteTracking {
+    static PROBED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    if asked == WriteTracking::Faults {
+        return asked;
+    }
+    let probed = PROBED.get_or_init(|| {
+        let outcome = dsm_uffd::probe_write_tracking().map_err(|e| e.to_string());
+        if let Err(why) = &outcome {
+            eprintln!(
+                "dsm: release-mode regions take a write fault per page per interval: \
+                 asynchronous write tracking is unavailable here ({why}; needs Linux 6.7)"
+            );
+        }
+        outcome
+    });
+    if probed.is_ok() {
+        WriteTracking::Scan
+    } else {
+        WriteTracking::Faults
+    }
+}
+
 fn lock_table(config: &Config, core: &Arc<Core>) -> LockTable {
     let (rank, size) = (config.rank, config.size);
     // Locks only: `Node::barrier` has its own barrier (runtime/barrier.rs), which fails
@@ -119,8 +151,9 @@ fn start_transport(config: &Config, booted: Booted, sink: Arc<Sink>) -> Result<T
 impl Node {
     /// Joins the cluster `config` describes and blocks until every node has joined (or fails
     /// with [`Error::JoinTimeout`] naming the ranks that did not come).
-    pub fn join(config: Config) -> Result<Node> {
+    pub fn join(mut config: Config) -> Result<Node> {
         crate::log::install_default();
+        config.write_tracking = write_tracking(config.write_tracking);
         if config.insecure() {
             tracing::warn!(
                 rank = config.rank,
@@ -137,7 +170,7 @@ impl Node {
         let sink = Arc::new(Sink::new(events.clone()));
         let tcp = start_transport(&config, booted, Arc::clone(&sink))?;
         let transport = Arc::new(Wire::new(tcp));
-        let engine = CoherenceEngine::new(CoherenceConfig::new(config.rank, config.size));
+        let engine = CoherenceEngine::new(engine_config(&config, false));
         let core = Arc::new(Core {
             shared: Shared::new(config.rank, config.size),
             coherence: Mutex::new(Coherence::new(engine)),
@@ -154,6 +187,11 @@ impl Node {
             requests: AtomicU64::new(0),
             gone: AtomicBool::new(false),
         });
+        let scan = config.write_tracking == WriteTracking::Scan;
+        core.shared
+            .counters
+            .scan_writes
+            .store(scan, Ordering::Relaxed);
         let locks = Arc::new(lock_table(&config, &core));
         sink.attach(Arc::clone(&core), Arc::clone(&locks));
         let driver = Driver {
@@ -219,12 +257,16 @@ impl Node {
             return Ok(());
         };
         self.transport.use_rdma(rdma);
-        let mut engine = CoherenceConfig::new(self.config.rank, self.config.size);
-        engine.one_sided = true;
+        let engine = engine_config(&self.config, true);
         self.core.engine(|c, _| {
             *c = Coherence::new(CoherenceEngine::new(engine));
             Ok(())
         })
+    }
+
+    /// Release-mode regions find written pages by scanning.
+    fn scan_writes(&self) -> bool {
+        self.config.write_tracking == WriteTracking::Scan
     }
 
     /// Sends `Joined` to every other node and waits for theirs.
@@ -469,7 +511,14 @@ impl Node {
         };
         let mapped = usize::try_from(base)
             .map_err(|_| Error::Protocol(format!("base address {base:#x}")))
-            .and_then(|base| Ok(dsm_uffd::UffdRegion::new(base, pages, delivery)?))
+            .and_then(|base| {
+                let tracked = consistency == Consistency::Release && self.scan_writes();
+                Ok(if tracked {
+                    dsm_uffd::UffdRegion::new_tracked(base, pages, delivery)?
+                } else {
+                    dsm_uffd::UffdRegion::new(base, pages, delivery)?
+                })
+            })
             .map_err(|e| (SetupStep::Map, e))
             .and_then(|region| {
                 let region = Arc::new(region);

@@ -29,6 +29,14 @@ pub struct Stats {
     pub invalidations_received: u64,
     /// Diffs sent to homes (release mode).
     pub diffs_sent: u64,
+    /// Release mode: pages the scans at releases and acquires found written
+    /// ([`WriteTracking::Scan`](crate::WriteTracking::Scan); 0 with write faults).
+    pub pages_found_written: u64,
+    /// Release mode: pages whose changes were published: diffs sent home plus home pages
+    /// merged into their master copy in place.
+    pub pages_diffed: u64,
+    /// Release mode: bytes of twins held now (one 4 KiB twin per tracked or written page).
+    pub twin_bytes: u64,
     /// Locks acquired.
     pub lock_acquires: u64,
     /// Barriers passed.
@@ -43,11 +51,14 @@ pub struct Stats {
     pub fault_latency_p50_ns: u64,
     /// 99th-percentile fault service time, nanoseconds.
     pub fault_latency_p99_ns: u64,
+    /// How release-mode regions find written pages on this node: what was asked
+    /// (`DSM_WRITE_TRACKING`) and the kernel allowed.
+    pub write_tracking: crate::WriteTracking,
 }
 
 impl Stats {
     /// Every counter as `(name, value)`, in declaration order: the JSON form's fields.
-    pub fn fields(&self) -> [(&'static str, u64); 13] {
+    pub fn fields(&self) -> [(&'static str, u64); 16] {
         [
             ("read_faults", self.read_faults),
             ("write_faults", self.write_faults),
@@ -58,6 +69,9 @@ impl Stats {
             ("invalidations_sent", self.invalidations_sent),
             ("invalidations_received", self.invalidations_received),
             ("diffs_sent", self.diffs_sent),
+            ("pages_found_written", self.pages_found_written),
+            ("pages_diffed", self.pages_diffed),
+            ("twin_bytes", self.twin_bytes),
             ("lock_acquires", self.lock_acquires),
             ("barriers", self.barriers),
             ("fault_latency_p50_ns", self.fault_latency_p50_ns),
@@ -65,9 +79,18 @@ impl Stats {
         ]
     }
 
-    /// One JSON object with every counter (`{"read_faults":12,...}`), for tools.
+    /// One JSON object with every counter (`{"read_faults":12,...}`) and the write
+    /// tracking in use (`"write_tracking":"scan"`), for tools.
     pub fn to_json(&self) -> String {
-        json_object(&self.fields())
+        let counters = json_object(&self.fields());
+        let tracking = match self.write_tracking {
+            crate::WriteTracking::Scan => "scan",
+            crate::WriteTracking::Faults => "faults",
+        };
+        format!(
+            "{},\"write_tracking\":\"{tracking}\"}}",
+            &counters[..counters.len() - 1]
+        )
     }
 }
 
@@ -173,6 +196,11 @@ pub(crate) struct Counters {
     pub(crate) invalidations_sent: AtomicU64,
     pub(crate) invalidations_received: AtomicU64,
     pub(crate) diffs_sent: AtomicU64,
+    pub(crate) pages_found_written: AtomicU64,
+    pub(crate) pages_diffed: AtomicU64,
+    pub(crate) twin_bytes: AtomicU64,
+    /// Set once at join: release regions find written pages by scanning.
+    pub(crate) scan_writes: std::sync::atomic::AtomicBool,
     pub(crate) lock_acquires: AtomicU64,
     pub(crate) barriers: AtomicU64,
     pub(crate) fault_latency: Histogram,
@@ -203,10 +231,18 @@ impl Counters {
             invalidations_sent: get(&self.invalidations_sent),
             invalidations_received: get(&self.invalidations_received),
             diffs_sent: get(&self.diffs_sent),
+            pages_found_written: get(&self.pages_found_written),
+            pages_diffed: get(&self.pages_diffed),
+            twin_bytes: get(&self.twin_bytes),
             lock_acquires: get(&self.lock_acquires),
             barriers: get(&self.barriers),
             fault_latency_p50_ns: self.fault_latency.percentile(0.50),
             fault_latency_p99_ns: self.fault_latency.percentile(0.99),
+            write_tracking: if self.scan_writes.load(Relaxed) {
+                crate::WriteTracking::Scan
+            } else {
+                crate::WriteTracking::Faults
+            },
         }
     }
 }
@@ -302,7 +338,12 @@ mod tests {
         let json = stats.to_json();
         assert!(json.starts_with("{\"read_faults\":3,"), "{json}");
         assert!(json.contains("\"fault_latency_p50_ns\":1500"), "{json}");
-        assert_eq!(json.matches(':').count(), stats.fields().len(), "{json}");
+        assert_eq!(
+            json.matches(':').count(),
+            stats.fields().len() + 1,
+            "{json}"
+        );
+        assert!(json.contains("\"write_tracking\":\"faults\""), "{json}");
         assert!(json.ends_with('}'));
     }
 

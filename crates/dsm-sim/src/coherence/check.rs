@@ -26,12 +26,15 @@ impl World {
             for page in 0..self.config.pages {
                 let state = node.engine.local_state(PageId { region: 0, page });
                 let perm = node.mem.perm(page);
-                let agree = matches!(
-                    (state, perm),
-                    (LocalState::Invalid, Perm::None)
-                        | (LocalState::Shared, Perm::Read)
-                        | (LocalState::Modified, Perm::Write)
-                );
+                // Scanned writes: a tracked copy is write-protected and still writable.
+                let scanned = node.mem.scan && state == LocalState::Modified;
+                let agree = scanned && perm == Perm::Read
+                    || matches!(
+                        (state, perm),
+                        (LocalState::Invalid, Perm::None)
+                            | (LocalState::Shared, Perm::Read)
+                            | (LocalState::Modified, Perm::Write)
+                    );
                 if !agree {
                     return Err(self.invariant(format!(
                         "node {n} page {page}: engine says {state:?}, mapping is {perm:?}"
@@ -105,7 +108,8 @@ impl World {
 
     /// At quiescence: every access and sync finished, nothing in flight, and the memory equals
     /// the reference execution (sequential: the current copy of each page; release: every home
-    /// copy after the final barrier).
+    /// copy after the final barrier, or, with scanned writes, the home's own copy of a page no
+    /// other node fetched).
     pub(crate) fn check_end(&self) -> Result<()> {
         let release = self.config.consistency == Consistency::Release;
         let busy = self.nodes.iter().enumerate().find(|(_, node)| {
@@ -141,8 +145,14 @@ impl World {
             }
             _ => {
                 let id = PageId { region: 0, page };
-                let home = self.nodes[0].engine.home_of(id).expect("known page");
-                &self.nodes[home as usize].mem.home[page as usize][..]
+                let home =
+                    &self.nodes[self.nodes[0].engine.home_of(id).expect("known page") as usize];
+                if home.mem.scan && home.mem.perm(page) == Perm::Write {
+                    // Scanned writes: a home page no other node fetched is written in place
+                    // in the home's own copy; its master is published only when fetched.
+                    return &home.mem.local[page as usize][..];
+                }
+                &home.mem.home[page as usize][..]
             }
         }
     }

@@ -25,6 +25,10 @@ pub struct NodeMemory {
     pub(crate) perm: Vec<Perm>,
     pub(crate) twin: Vec<Option<Page>>,
     pub(crate) home: Vec<Page>,
+    /// Scanned writes: a write-protected copy is still writable, and a write marks it here
+    /// (the kernel's asynchronous write-protect).
+    pub(crate) scan: bool,
+    pub(crate) written: Vec<bool>,
 }
 
 fn index(page: PageId) -> usize {
@@ -41,7 +45,24 @@ impl NodeMemory {
             perm: vec![Perm::None; n],
             twin: (0..n).map(|_| None).collect(),
             home: (0..n).map(|_| Box::new([0; PAGE_SIZE])).collect(),
+            scan: false,
+            written: vec![false; n],
         }
+    }
+
+    /// As [`NodeMemory::new`], with scanned writes or not.
+    pub fn with_scan(pages: u32, scan: bool) -> Self {
+        NodeMemory {
+            scan,
+            ..NodeMemory::new(pages)
+        }
+    }
+
+    /// Whether a thread may store to the local copy of `page` now (a store to a
+    /// write-protected copy of a scanned region is allowed and marks it written).
+    pub fn writable(&self, page: u32) -> bool {
+        let perm = self.perm[page as usize];
+        perm == Perm::Write || (self.scan && perm == Perm::Read)
     }
 
     /// The protection of a local copy.
@@ -56,6 +77,9 @@ impl NodeMemory {
 
     /// Stores `value` at `word` of the local copy.
     pub fn write_word(&mut self, page: u32, word: usize, value: u64) {
+        if self.perm[page as usize] == Perm::Read {
+            self.written[page as usize] = true;
+        }
         let bytes = &mut self.local[page as usize][word * 8..word * 8 + 8];
         bytes.copy_from_slice(&value.to_le_bytes());
     }
@@ -100,12 +124,40 @@ impl Memory for NodeMemory {
 
     fn snapshot(&self, page: PageId, into: &mut [u8; PAGE_SIZE]) {
         let i = index(page);
-        assert_eq!(
-            self.perm[i],
-            Perm::Write,
-            "engine published in place a copy that is not writable"
-        );
+        if self.scan {
+            assert_ne!(
+                self.perm[i],
+                Perm::None,
+                "engine read a copy that is not installed"
+            );
+        } else {
+            assert_eq!(
+                self.perm[i],
+                Perm::Write,
+                "engine published in place a copy that is not writable"
+            );
+        }
         into.copy_from_slice(&self.local[i][..]);
+    }
+
+    fn take_written(&mut self, pages: &[PageId]) -> Vec<PageId> {
+        let mut written = Vec::new();
+        for page in pages {
+            let i = index(*page);
+            assert_ne!(
+                self.perm[i],
+                Perm::None,
+                "engine scanned a copy that is not installed"
+            );
+            if self.perm[i] == Perm::Write {
+                // Installed writable: unprotected, so the kernel reports it and protects it.
+                self.perm[i] = Perm::Read;
+                written.push(*page);
+            } else if std::mem::take(&mut self.written[i]) {
+                written.push(*page);
+            }
+        }
+        written
     }
 
     fn home_page(&self, page: PageId) -> &[u8; PAGE_SIZE] {

@@ -70,6 +70,10 @@ pub struct SimConfig {
     pub mutation: Mutation,
     /// Read prefetch of the region (pages per read fault; 1 = off).
     pub prefetch: u32,
+    /// Release mode: written pages are found by a scan (asynchronous write-protect and
+    /// `PAGEMAP_SCAN` in the runtime): a write to a write-protected copy does not fault, it
+    /// marks the page written, and the engine's `take_written` reports and clears the marks.
+    pub scan_writes: bool,
 }
 
 impl SimConfig {
@@ -100,6 +104,7 @@ impl SimConfig {
             ops_per_phase: rng.range(1, 12),
             mutation: Mutation::None,
             prefetch: 1,
+            scan_writes: false,
         };
         // Drawn last, so that every other choice of a seed is what it was before prefetch.
         config.prefetch = u32::try_from(rng.range(1, 4)).expect("fits");

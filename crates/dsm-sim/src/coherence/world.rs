@@ -157,6 +157,7 @@ impl World {
             engine_config.one_sided = config.one_sided;
             engine_config.timeout_ticks = config.fault_bound;
             engine_config.mutation = config.mutation;
+            engine_config.scan_writes = config.scan_writes;
             let mut engine = CoherenceEngine::new(engine_config);
             engine.add_region(layout).map_err(|error| Error::Engine {
                 step: 0,
@@ -165,7 +166,7 @@ impl World {
             })?;
             nodes.push(Node {
                 engine,
-                mem: NodeMemory::new(config.pages),
+                mem: NodeMemory::with_scan(config.pages, config.scan_writes),
                 threads: (0..config.threads).map(|_| Thread::default()).collect(),
                 stage: Stage::Working {
                     left: config.ops_per_phase,
@@ -299,7 +300,7 @@ impl World {
         let perm = self.nodes[n].mem.perm(page);
         let allowed = match op {
             Op::Read { .. } => perm != Perm::None,
-            Op::Write { .. } => perm == Perm::Write,
+            Op::Write { .. } => self.nodes[n].mem.writable(page),
         };
         if allowed {
             return self.execute(n, t, op);

@@ -94,6 +94,7 @@ impl World {
                 let mem = &mut self.nodes[n].mem;
                 mem.local[i] = data;
                 mem.perm[i] = if writable { Perm::Write } else { Perm::Read };
+                mem.written[i] = false;
                 self.run_unblocked(n, page.page)?;
             }
             Action::Upgrade { page } => {
@@ -112,12 +113,17 @@ impl World {
                 self.report.invalidations += 1;
                 let i = page.page as usize;
                 mem.perm[i] = Perm::None;
+                mem.written[i] = false;
                 mem.local[i].fill(POISON);
             }
             Action::MakeTwin { page } => {
                 self.report.twins += 1;
                 let i = page.page as usize;
                 mem.twin[i] = Some(mem.local[i].clone());
+            }
+            Action::Twin { page, data } => {
+                self.report.twins += 1;
+                mem.twin[page.page as usize] = Some(data);
             }
             Action::DropTwin { page } => mem.twin[page.page as usize] = None,
             Action::Wake { token } => return Ok(Some(token)),
@@ -138,7 +144,7 @@ impl World {
             };
             let allowed = match op {
                 Op::Read { .. } => perm != Perm::None,
-                Op::Write { .. } => perm == Perm::Write,
+                Op::Write { .. } => self.nodes[n].mem.writable(page),
             };
             if thread.blocked_since.is_some() && allowed {
                 let token = thread.token;

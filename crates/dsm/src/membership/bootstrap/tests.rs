@@ -204,7 +204,15 @@ fn recording_proxy(upstream: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
     let record = Arc::clone(&captured);
     std::thread::spawn(move || {
         let (mut client, _) = proxy.accept().unwrap();
-        let mut server = TcpStream::connect(upstream).unwrap();
+        // The coordinator's thread may not listen yet: retry for a while, not forever.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut server = loop {
+            match TcpStream::connect(upstream) {
+                Ok(server) => break server,
+                Err(e) if Instant::now() > deadline => panic!("coordinator never listened: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
         let (mut back_from, mut back_to) =
             (server.try_clone().unwrap(), client.try_clone().unwrap());
         std::thread::spawn(move || std::io::copy(&mut back_from, &mut back_to));

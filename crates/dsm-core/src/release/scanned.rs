@@ -1,0 +1,130 @@
+//! Releases and acquires of regions whose writes are found by scanning
+//! ([`CoherenceConfig::scan_writes`](crate::CoherenceConfig::scan_writes)).
+//!
+//! At a release one scan over the tracked copies gives the pages written since the last one
+//! (and write-protects them again, atomically). Each is then read once, as a snapshot: the
+//! diff against the twin goes home (or, for a home page, is merged into the master in place)
+//! and the twin becomes exactly that snapshot. A write that lands after the scan is either in
+//! the snapshot (then in this diff, and in the twin) or only after it (then the next scan
+//! reports the page and the next diff carries it): never lost. Copies stay installed and
+//! tracked across releases; only write notices invalidate them.
+
+use std::collections::HashMap;
+
+use dsm_wire::{PAGE_SIZE, PageId};
+
+use super::{SyncWait, Syncs, diff};
+use crate::cache::{Cache, LocalState};
+use crate::config::MutationPoint;
+use crate::engine::Ctx;
+use crate::error::Result;
+use crate::in_place;
+use crate::memory::Memory;
+use crate::region::Located;
+
+impl Syncs {
+    /// Release: publishes every tracked copy the scan finds written; `SyncDone` with the
+    /// notices once the diffs are acknowledged.
+    pub(crate) fn release_scanned(
+        &mut self,
+        token: u64,
+        tracked: &[(PageId, Located)],
+        ctx: &mut Ctx<'_>,
+        mem: &mut dyn Memory,
+    ) -> Result<()> {
+        self.check_token(token)?;
+        let carried = std::mem::take(&mut self.carried).into_iter().collect();
+        let mut wait = SyncWait::new(carried, ctx);
+        let mut written = written_of(tracked, mem);
+        if ctx.config.mutated(MutationPoint::ScanMissesPage) && !written.is_empty() {
+            written.remove(0);
+        }
+        for (page, loc) in written {
+            if self.publish_scanned(page, loc, (token, &mut wait), ctx, mem) {
+                wait.notices.push(page);
+            }
+        }
+        if ctx.config.mutated(MutationPoint::ForgetNotices) {
+            wait.notices.clear();
+        }
+        self.register(token, wait, ctx);
+        Ok(())
+    }
+
+    /// Acquire: invalidates the pages named by `notices`; a named copy this node wrote
+    /// (false sharing) is published first and announced at this node's next release.
+    pub(crate) fn acquire_scanned(
+        &mut self,
+        token: u64,
+        notices: &[(PageId, Located)],
+        cache: &mut Cache,
+        ctx: &mut Ctx<'_>,
+        mem: &mut dyn Memory,
+    ) -> Result<()> {
+        self.check_token(token)?;
+        let mut wait = SyncWait::new(Vec::new(), ctx);
+        let held: Vec<(PageId, Located)> = notices
+            .iter()
+            .filter(|(page, _)| cache.tracked.contains(page))
+            .copied()
+            .collect();
+        for (page, loc) in written_of(&held, mem) {
+            if self.publish_scanned(page, loc, (token, &mut wait), ctx, mem) {
+                self.carried.insert(page);
+            }
+        }
+        for (page, _) in notices {
+            cache.mark_refetch(*page);
+            if cache.state(*page) != LocalState::Invalid {
+                cache.drop_tracked(*page, ctx);
+            }
+        }
+        self.register(token, wait, ctx);
+        Ok(())
+    }
+
+    /// Publishes a written copy: its diff goes home, or (home page) is merged into the
+    /// master; the twin becomes the snapshot the diff was taken from. Returns whether
+    /// anything changed.
+    fn publish_scanned(
+        &mut self,
+        page: PageId,
+        loc: Located,
+        (token, wait): (u64, &mut SyncWait),
+        ctx: &mut Ctx<'_>,
+        mem: &mut dyn Memory,
+    ) -> bool {
+        let mut snapshot = [0u8; PAGE_SIZE];
+        mem.snapshot(page, &mut snapshot);
+        let changed = if loc.home == ctx.config.node {
+            let twin = *mem.twin(page);
+            let merged = in_place::merge(&twin, &snapshot, mem.home_page_mut(page));
+            self.published += u64::from(merged);
+            merged
+        } else {
+            let runs = diff(mem.twin(page), &snapshot);
+            let changed = !runs.is_empty();
+            if changed {
+                self.send_diff(page, loc, runs, token, wait, ctx);
+            }
+            changed
+        };
+        if changed && !ctx.config.mutated(MutationPoint::StaleTwin) {
+            mem.twin_mut(page).copy_from_slice(&snapshot);
+        }
+        changed
+    }
+}
+
+/// The pages of `tracked` the memory reports written (write-protecting them again).
+fn written_of(tracked: &[(PageId, Located)], mem: &mut dyn Memory) -> Vec<(PageId, Located)> {
+    if tracked.is_empty() {
+        return Vec::new();
+    }
+    let pages: Vec<PageId> = tracked.iter().map(|(page, _)| *page).collect();
+    let located: HashMap<PageId, Located> = tracked.iter().copied().collect();
+    mem.take_written(&pages)
+        .into_iter()
+        .filter_map(|page| Some((page, *located.get(&page)?)))
+        .collect()
+}
