@@ -22,7 +22,11 @@
 //!   `ratio_read_fault_to_floor` (against first touch + signal + COPY_WP: the floor of
 //!   in-thread resolution), `ratio_thread_to_signal_read_fault`,
 //!   `ratio_thread_inline_to_signal_read_fault`, `ratio_around16_per_page_to_copy`,
-//!   `ratio_zero_copy_to_copy_read_fault`, `ratio_continue_to_copy_shmem`.
+//!   `ratio_zero_copy_to_copy_read_fault`, `ratio_continue_to_copy_shmem`,
+//!   `ratio_async_write_to_wp_fault_thread` (issue #11: see `uffd/tracking.rs` for
+//!   `async_write_first`, `scan_per_page` and `twin_copy`).
+
+mod tracking;
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -40,6 +44,8 @@ use crate::stats::{Summary, round, summarize};
 pub const PAGES: u32 = 8192;
 /// Rounds over the region per figure (invalidate between rounds).
 const ROUNDS: usize = 2;
+/// Address slot of the tracked region (issue #11's figures).
+const TRACKING_SLOT: usize = 12;
 /// Pages installed per fault with fault-around.
 pub const AROUND: u32 = 16;
 
@@ -386,7 +392,11 @@ fn signal_round_trip() -> anyhow::Result<Vec<f64>> {
         .collect())
 }
 
-fn figure(name: &str, samples: &mut [f64], report: &mut serde_json::Map<String, Value>) -> Summary {
+pub(crate) fn figure(
+    name: &str,
+    samples: &mut [f64],
+    report: &mut serde_json::Map<String, Value>,
+) -> Summary {
     let summary = summarize(samples);
     report.insert(format!("{name}_ns_median"), json!(round(summary.median)));
     report.insert(format!("{name}_ns_p99"), json!(round(summary.p99)));
@@ -403,6 +413,7 @@ pub fn run() -> anyhow::Result<serde_json::Value> {
         json!(format!("{:?}", dsm_uffd::Features::probe()?)),
     );
     let faults = fault_figures(&mut report)?;
+    let (async_write, _scan) = tracking::figures(TRACKING_SLOT, &mut report)?;
     let baselines = baseline_figures(&mut report)?;
     let floor = baselines.touch + baselines.signal + baselines.copy_wp;
     report.insert("floor_ns".into(), json!(round(floor)));
@@ -429,6 +440,10 @@ pub fn run() -> anyhow::Result<serde_json::Value> {
             "ratio_around16_per_page_to_copy",
             faults.around / baselines.copy_wp,
         ),
+        (
+            "ratio_async_write_to_wp_fault_thread",
+            async_write / faults.wp_thread,
+        ),
     ];
     for (name, ratio) in ratios {
         report.insert(name.into(), json!(round(ratio)));
@@ -439,6 +454,7 @@ pub fn run() -> anyhow::Result<serde_json::Value> {
 /// Medians (ns) of the fault-service figures the ratios compare.
 struct FaultMedians {
     read: f64,
+    wp_thread: f64,
     read_thread: f64,
     read_inline: f64,
     read_zero_copy: f64,
@@ -462,11 +478,12 @@ fn fault_figures(report: &mut serde_json::Map<String, Value>) -> anyhow::Result<
     let mut around = fault_around(2)?;
 
     figure("wp_fault_signal", &mut wp_signal, report);
-    figure("wp_fault_thread", &mut wp_thread, report);
+    let wp_thread = figure("wp_fault_thread", &mut wp_thread, report).median;
     figure("wp_fault_thread_inline", &mut wp_inline, report);
     figure("wp_fault_signal_zero_copy", &mut wp_zero_copy, report);
     Ok(FaultMedians {
         read: figure("read_fault_signal", &mut read_signal, report).median,
+        wp_thread,
         read_thread: figure("read_fault_thread", &mut read_thread, report).median,
         read_inline: figure("read_fault_thread_inline", &mut read_inline, report).median,
         read_zero_copy: figure("read_fault_signal_zero_copy", &mut read_zero_copy, report).median,
