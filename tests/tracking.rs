@@ -120,3 +120,65 @@ fn the_configuration_names_the_tracking() {
         .expect("config");
     assert_eq!(faults.write_tracking(), WriteTracking::Faults);
 }
+
+/// Runs on 2 nodes: each reads and writes one word of every page of the other's block, far
+/// more pages than the twin limit (`DSM_TWIN_LIMIT_MB=1`: 256 pages), then checks that the
+/// twins were cut back at the release and that no write was lost.
+#[test]
+#[ignore = "a node program: run by the tests below under dsm-run"]
+fn child_many_remote_pages_under_a_twin_limit() {
+    const BLOCK: usize = 1024; // pages per node
+    let node = Node::join(Config::from_env().expect("config")).expect("join");
+    let (rank, other) = (node.rank() as usize, 1 - node.rank() as usize);
+    let region = node
+        .alloc::<u64>("limited", 2 * BLOCK * WORDS, Consistency::Release)
+        .expect("alloc");
+    for page in 0..BLOCK {
+        region.set((rank * BLOCK + page) * WORDS, 1);
+    }
+    node.barrier().expect("barrier");
+    for page in 0..BLOCK {
+        let at = (other * BLOCK + page) * WORDS;
+        assert_eq!(region.get(at), 1);
+        region.set(at + 1 + rank, 7);
+    }
+    let before = node.stats().twin_bytes;
+    node.barrier().expect("barrier");
+    let after = node.stats().twin_bytes;
+    for page in 0..2 * BLOCK {
+        let at = page * WORDS;
+        // The node not homing the page wrote word 1 + its rank.
+        let writer = 1 - page / BLOCK;
+        let want = if writer == 0 { (1, 7, 0) } else { (1, 0, 7) };
+        let got = (region.get(at), region.get(at + 1), region.get(at + 2));
+        assert_eq!(got, want, "page {page}");
+    }
+    println!("rank {rank}: twin bytes before the release {before}, after {after}");
+    node.leave().expect("leave");
+}
+
+#[test]
+fn twins_are_cut_back_to_the_limit_at_a_release_and_nothing_is_lost() {
+    let env = [("DSM_TWIN_LIMIT_MB", "1")];
+    let out = run_child_nodes(
+        "tracking::child_many_remote_pages_under_a_twin_limit",
+        2,
+        &env,
+    );
+    for rank in 0..2 {
+        let line = out
+            .lines()
+            .find(|l| l.contains(&format!("rank {rank}: twin bytes")))
+            .unwrap_or_else(|| panic!("{out}"));
+        let numbers: Vec<u64> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let (before, after) = (numbers[numbers.len() - 2], numbers[numbers.len() - 1]);
+        assert!(
+            before > 1 << 20,
+            "the node held more than the limit: {line}"
+        );
+        assert!(after <= 1 << 20, "cut back at the release: {line}");
+    }
+}

@@ -84,6 +84,9 @@ pub(crate) struct Cache {
     pub(crate) tracked: BTreeSet<PageId>,
     /// Release mode with scanned writes: pages homed here that another node fetched.
     pub(crate) shared_home: HashSet<PageId>,
+    /// Release mode with scanned writes: tracked pages in the order they were installed
+    /// (entries of pages dropped since are skipped), to evict the oldest past the twin limit.
+    pub(crate) tracked_order: VecDeque<PageId>,
     /// Pages whose install or upgrade was emitted in the current call.
     settling: BTreeSet<PageId>,
     /// Invalidations and downgrades waiting for their page to settle.
@@ -484,6 +487,7 @@ impl Cache {
         self.reads.retain(|_, page| page.region != region);
         self.dirty.retain(|page| page.region != region);
         self.tracked.retain(|page| page.region != region);
+        self.tracked_order.retain(|page| page.region != region);
         self.shared_home.retain(|page| page.region != region);
         self.held.retain(|(_, page, _)| page.region != region);
         self.last_demand.remove(&region);

@@ -86,6 +86,10 @@ pub struct CoherenceConfig {
     /// engine knows; only pages another node fetched are tracked (twinned, scanned, announced):
     /// a home page no other node ever held is written freely, with no twin and no notice.
     pub scan_writes: bool,
+    /// With [`scan_writes`](Self::scan_writes): most tracked copies (each holds a 4 KiB twin)
+    /// kept past a release; the oldest installed beyond it are published and dropped at the
+    /// release. 0: no limit.
+    pub twin_limit: usize,
     /// Broken variant for mutation testing (feature `mutation`).
     #[cfg(feature = "mutation")]
     pub mutation: Mutation,
@@ -100,6 +104,7 @@ impl CoherenceConfig {
             one_sided: false,
             timeout_ticks: 0,
             scan_writes: false,
+            twin_limit: 0,
             #[cfg(feature = "mutation")]
             mutation: Mutation::None,
         }

@@ -199,7 +199,8 @@ impl CoherenceEngine {
         self.begin_call();
         let mut ctx = ctx!(self);
         if self.config.scan_writes {
-            self.syncs.release_scanned(token, &pages, &mut ctx, mem)?;
+            self.syncs
+                .release_scanned(token, &pages, &mut self.cache, &mut ctx, mem)?;
         } else {
             self.syncs
                 .release(token, &pages, &mut self.cache, &mut ctx, mem)?;

@@ -44,6 +44,16 @@ pub trait Memory {
         pages.to_vec()
     }
 
+    /// Takes this node's copy of `page` away and copies its last contents into `last`: every
+    /// store a thread made to it is in `last`, and any later access faults (the runtime moves
+    /// the page out with `UFFDIO_MOVE`). Returns false when the page was not installed. The
+    /// default copies the copy and leaves unmapping to the [`Action::Invalidate`](crate::Action::Invalidate)
+    /// that follows (right for memories no other thread writes).
+    fn take_away(&mut self, page: PageId, last: &mut [u8; PAGE_SIZE]) -> bool {
+        last.copy_from_slice(self.local_page(page));
+        true
+    }
+
     /// The master copy of a page homed here.
     fn home_page(&self, page: PageId) -> &[u8; PAGE_SIZE];
 

@@ -36,6 +36,8 @@ fn run_seeds_with(consistency: Consistency, scan_writes: bool) -> Report {
     for seed in &seeds {
         let mut config = SimConfig::random(*seed, consistency, steps);
         config.scan_writes = scan_writes;
+        // A quarter of the seeds each: no twin limit, or 1 to 3 copies kept (evictions).
+        config.twin_limit = if scan_writes { (*seed % 4) as usize } else { 0 };
         match run(*seed, &config) {
             Ok(report) => total.absorb(&report),
             Err(error) => panic!(

@@ -224,6 +224,26 @@ pub(crate) fn map_fixed(address: usize, len: usize) -> Result<(), Errno> {
     Ok(())
 }
 
+/// Maps `len` bytes of private anonymous memory wherever the kernel chooses.
+pub(crate) fn map_anywhere(len: usize) -> Result<usize, Errno> {
+    // SAFETY: a fresh mapping at an address of the kernel's choosing affects no memory in
+    // use; the result is checked before use.
+    let got = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if got == libc::MAP_FAILED {
+        return Err(last_errno());
+    }
+    Ok(got as usize)
+}
+
 /// Unmaps `[address, address + len)`.
 ///
 /// # Safety
@@ -657,4 +677,39 @@ pub(crate) fn scan_written(
     let filled = usize::try_from(rc).map_err(|_| last_errno())?;
     let walk_end = usize::try_from(arg.walk_end).unwrap_or(end);
     Ok((filled.min(runs.len()), walk_end))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Taking a page away atomically: UFFDIO_MOVE (Linux 6.8)
+
+/// `UFFD_FEATURE_MOVE` (Linux 6.8).
+pub(crate) const FEATURE_MOVE: u64 = 1 << 16;
+/// `UFFDIO_MOVE` = `_IOWR(0xAA, 0x05, struct uffdio_move)` (40 bytes).
+const UFFDIO_MOVE: u32 = (3 << 30) | (40 << 16) | (0xAA << 8) | 0x05;
+
+/// `struct uffdio_move` (include/uapi/linux/userfaultfd.h).
+#[repr(C)]
+#[derive(Debug, Default)]
+struct UffdioMove {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    moved: i64,
+}
+
+/// `UFFDIO_MOVE` of `len` bytes from `src` to `dst` (both registered with `fd`'s uffd, `dst`
+/// empty): the page tables of `src` are emptied and its pages appear at `dst`, in one step for
+/// every other thread (a store to `src` after the move faults as missing). Returns the bytes
+/// moved; a hole at `src` fails with ENOENT.
+pub(crate) fn move_pages(fd: RawFd, dst: usize, src: usize, len: usize) -> Result<usize, Errno> {
+    let mut arg = UffdioMove {
+        dst: dst as u64,
+        src: src as u64,
+        len: len as u64,
+        mode: 0,
+        moved: 0,
+    };
+    ioctl(fd, UFFDIO_MOVE, &mut arg)?;
+    Ok(usize::try_from(arg.moved).unwrap_or(0))
 }

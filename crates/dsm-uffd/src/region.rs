@@ -74,6 +74,9 @@ pub struct UffdRegion {
     uffd: Uffd,
     /// Tracked regions only: `/proc/self/pagemap`, for `PAGEMAP_SCAN`.
     pagemap: Option<OwnedFd>,
+    /// Tracked regions with `UFFDIO_MOVE`: one page registered with the same uffd, where
+    /// [`UffdRegion::take_page`] moves a page to read it after it left the region.
+    scratch: Option<Mapping>,
     pages: u32,
     delivery: Delivery,
     served: AtomicBool,
@@ -158,11 +161,17 @@ impl UffdRegion {
         })?;
         let shadow = memfd.map(|fd| Shadow::new(fd, len)).transpose()?;
         register(&uffd, address, len, shared)?;
+        let scratch = if tracked && uffd.features().move_pages() {
+            Some(scratch_page(&uffd)?)
+        } else {
+            None
+        };
         Ok(UffdRegion {
             mapping,
             shadow,
             uffd,
             pagemap,
+            scratch,
             pages,
             delivery,
             served: AtomicBool::new(false),
@@ -278,6 +287,29 @@ impl Shadow {
             mapping: Mapping { base, len },
             memfd,
         })
+    }
+}
+
+/// A page of anonymous memory anywhere, registered with `uffd` like a region (MISSING + WP,
+/// so that its protection matches the region's, which `UFFDIO_MOVE` requires).
+fn scratch_page(uffd: &Uffd) -> Result<Mapping> {
+    let base = raw::map_anywhere(PAGE_SIZE).map_err(|errno| Error::Map {
+        address: 0,
+        len: PAGE_SIZE,
+        errno,
+    })?;
+    let mapping = Mapping {
+        base,
+        len: PAGE_SIZE,
+    };
+    register(uffd, base, PAGE_SIZE, false)?;
+    Ok(mapping)
+}
+
+impl UffdRegion {
+    /// The scratch page of a tracked region, if the kernel can move pages.
+    pub(crate) fn scratch(&self) -> Option<usize> {
+        self.scratch.as_ref().map(|m| m.base)
     }
 }
 

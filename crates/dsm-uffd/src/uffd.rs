@@ -64,6 +64,11 @@ impl Features {
         self.has(sys::UFFD_FEATURE_THREAD_ID)
     }
 
+    /// `UFFD_FEATURE_MOVE` (6.8): `UFFDIO_MOVE` ([`UffdRegion::take_page`](crate::UffdRegion::take_page)).
+    pub fn move_pages(&self) -> bool {
+        self.has(raw::FEATURE_MOVE)
+    }
+
     fn has(&self, bit: u64) -> bool {
         self.bits & bit != 0
     }
@@ -110,6 +115,10 @@ impl Uffd {
                 });
             }
             wanted |= raw::FEATURE_WP_ASYNC;
+            if probed.has(raw::FEATURE_MOVE) {
+                // Lets a tracked region take a page away atomically (UffdRegion::take_page).
+                wanted |= raw::FEATURE_MOVE;
+            }
         }
         let (fd, source) = open_fd()?;
         raw::api(raw::fd_of(&fd), wanted).map_err(Error::Api)?;

@@ -51,6 +51,45 @@ impl UffdRegion {
     }
 }
 
+impl UffdRegion {
+    /// Takes page `index` out of the region and copies its last contents into `last`: every
+    /// store another thread made to it is in `last`, and any later access faults as missing.
+    /// Returns false (and leaves `last` alone) when the page was not installed.
+    ///
+    /// With `UFFDIO_MOVE` (Linux 6.8) this is one step for every other thread: the page is
+    /// moved to a scratch page (registered with the same uffd), read there and dropped. Without
+    /// it (or when the kernel refuses the move: a page pinned for DMA), the page is copied and
+    /// then unmapped, and a store landing between the two is lost; tracked regions of a
+    /// kernel with `WP_ASYNC` (6.7) but without `MOVE` (6.8) live with that window.
+    pub fn take_page(&self, index: u32, last: &mut [u8; PAGE_SIZE]) -> Result<bool> {
+        self.check(index, 1)?;
+        let address = self.page_address(index)?;
+        if let Some(scratch) = self.scratch() {
+            match raw::move_pages(self.uffd(), scratch, address, PAGE_SIZE) {
+                Ok(moved) if moved == PAGE_SIZE => {
+                    // SAFETY: the scratch page now holds the moved page, and only this call
+                    // (under its caller's lock) ever touches the scratch page.
+                    unsafe { raw::read_bytes(scratch, last) };
+                    // SAFETY: the scratch page is ours; emptying it readies the next move.
+                    unsafe { raw::madvise(scratch, PAGE_SIZE, libc::MADV_DONTNEED) }.map_err(
+                        |errno| Error::Madvise {
+                            call: "MADV_DONTNEED (scratch)",
+                            errno,
+                        },
+                    )?;
+                    return Ok(true);
+                }
+                Ok(_) => return Ok(false),
+                Err(errno) if errno.0 == libc::ENOENT => return Ok(false),
+                Err(_) => {} // Pinned or otherwise immovable: copy, then unmap.
+            }
+        }
+        self.read_page(index, last)?;
+        self.invalidate(index, 1)?;
+        Ok(true)
+    }
+}
+
 /// Whether this process can use tracked regions: opens one with `UFFD_FEATURE_WP_ASYNC`,
 /// installs a page write-protected, writes it, and checks that `PAGEMAP_SCAN` reports it
 /// exactly once. `Err` says what is missing (kernel before 6.7, a seccomp filter refusing

@@ -572,6 +572,18 @@ impl Memory for Mem<'_> {
         written
     }
 
+    fn take_away(&mut self, page: PageId, last: &mut [u8; PAGE_SIZE]) -> bool {
+        match self.get(page).region.take_page(page.page, last) {
+            Ok(taken) => taken,
+            Err(e) => {
+                // Not taken: the Invalidate that follows unmaps it; its writes since the last
+                // release are lost, and said so.
+                tracing::error!(?page, error = %e, "taking a page away failed");
+                false
+            }
+        }
+    }
+
     fn home_page(&self, page: PageId) -> &[u8; PAGE_SIZE] {
         self.get(page).home.page(page.page)
     }

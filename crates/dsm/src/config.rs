@@ -44,6 +44,9 @@ pub enum FaultDelivery {
     Signal,
 }
 
+/// Default of `DSM_TWIN_LIMIT_MB`: twin memory kept past a release with scanned writes.
+pub const DEFAULT_TWIN_LIMIT_MB: u64 = 1024;
+
 /// How a release-mode region learns which pages a node wrote (`DSM_WRITE_TRACKING`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WriteTracking {
@@ -90,6 +93,9 @@ pub struct Config {
     pub(crate) fault_delivery: FaultDelivery,
     /// How release-mode regions find written pages (`DSM_WRITE_TRACKING`, default scan).
     pub(crate) write_tracking: WriteTracking,
+    /// Most twin memory a node keeps past a release with scanned writes
+    /// (`DSM_TWIN_LIMIT_MB`, default 1024 MiB; 0: no limit).
+    pub(crate) twin_limit_bytes: u64,
     /// How long the transport thread polls after activity before sleeping (`DSM_SPIN_US`).
     pub(crate) spin: Duration,
 }
@@ -123,6 +129,7 @@ impl Config {
                 op_timeout: Duration::from_secs(60),
                 fault_delivery: FaultDelivery::Thread,
                 write_tracking: WriteTracking::Scan,
+                twin_limit_bytes: DEFAULT_TWIN_LIMIT_MB << 20,
                 spin: DEFAULT_SPIN,
             },
         }
@@ -184,6 +191,13 @@ impl Config {
         if let Some(t) = lookup("DSM_WRITE_TRACKING") {
             b = b.write_tracking(parse_tracking(&t)?);
         }
+        if let Some(mb) = lookup("DSM_TWIN_LIMIT_MB") {
+            let mb = mb.trim().parse::<u64>().ok().filter(|mb| *mb < 1 << 30);
+            let mb = mb.ok_or_else(|| {
+                Error::Config("DSM_TWIN_LIMIT_MB is not a number of MiB (0: no limit)".into())
+            })?;
+            b = b.twin_limit(mb << 20);
+        }
         b.build()
     }
 
@@ -239,6 +253,10 @@ impl Config {
     /// for what the kernel allowed).
     pub fn write_tracking(&self) -> WriteTracking {
         self.write_tracking
+    }
+    /// Most twin memory kept past a release with scanned writes, in bytes (0: no limit).
+    pub fn twin_limit(&self) -> u64 {
+        self.twin_limit_bytes
     }
     /// How long the transport thread polls after activity before sleeping.
     pub fn spin(&self) -> Duration {
@@ -332,6 +350,13 @@ impl ConfigBuilder {
     /// How release-mode regions find written pages.
     pub fn write_tracking(mut self, tracking: WriteTracking) -> Self {
         self.config.write_tracking = tracking;
+        self
+    }
+    /// Most twin memory (bytes, rounded down to pages) kept past a release with scanned
+    /// writes: at each release the oldest cached copies beyond it are published and dropped
+    /// (they are fetched again when touched). 0: no limit.
+    pub fn twin_limit(mut self, bytes: u64) -> Self {
+        self.config.twin_limit_bytes = bytes;
         self
     }
     /// How long the transport thread keeps polling after its last activity before it sleeps

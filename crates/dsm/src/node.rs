@@ -79,6 +79,8 @@ fn engine_config(config: &Config, one_sided: bool) -> CoherenceConfig {
     let mut engine = CoherenceConfig::new(config.rank, config.size);
     engine.one_sided = one_sided;
     engine.scan_writes = config.write_tracking == WriteTracking::Scan;
+    let pages = config.twin_limit_bytes / PAGE_SIZE as u64;
+    engine.twin_limit = usize::try_from(pages).unwrap_or(usize::MAX);
     engine
 }
 

@@ -12,6 +12,8 @@
 //!   grant: write-protect first, then snapshot, so a write racing the fetch is either in the
 //!   snapshot (and the twin) or reported by the next scan.
 
+use std::collections::HashSet;
+
 use dsm_wire::{PAGE_SIZE, Page, PageId};
 
 use super::{Cache, LocalState};
@@ -45,7 +47,7 @@ impl Cache {
                 writable: false,
             });
             ctx.out.push(Action::Twin { page, data: twin });
-            self.tracked.insert(page);
+            self.track(page);
         }
         self.settling.insert(page);
         self.set_state(page, LocalState::Modified);
@@ -74,7 +76,33 @@ impl Cache {
             page,
             data: snapshot,
         });
+        self.track(page);
+    }
+
+    fn track(&mut self, page: PageId) {
         self.tracked.insert(page);
+        self.tracked_order.push_back(page);
+        if self.tracked_order.len() > 2 * self.tracked.len() + 64 {
+            // Forget entries of pages dropped since, so the queue stays near the set's size.
+            let tracked = &self.tracked;
+            let mut seen = HashSet::new();
+            self.tracked_order
+                .retain(|p| tracked.contains(p) && seen.insert(*p));
+        }
+    }
+
+    /// The oldest-installed tracked pages beyond `limit`, to evict.
+    pub(crate) fn over_limit(&mut self, limit: usize) -> Vec<PageId> {
+        let mut victims = Vec::new();
+        while self.tracked.len() - victims.len() > limit {
+            let Some(page) = self.tracked_order.pop_front() else {
+                break;
+            };
+            if self.tracked.contains(&page) && !victims.contains(&page) {
+                victims.push(page);
+            }
+        }
+        victims
     }
 
     /// Forgets a tracked copy (invalidated): its twin goes too.

@@ -7,7 +7,11 @@
 //! and the twin becomes exactly that snapshot. A write that lands after the scan is either in
 //! the snapshot (then in this diff, and in the twin) or only after it (then the next scan
 //! reports the page and the next diff carries it): never lost. Copies stay installed and
-//! tracked across releases; only write notices invalidate them.
+//! tracked across releases; only write notices drop them, and the twin limit
+//! ([`CoherenceConfig::twin_limit`](crate::CoherenceConfig::twin_limit)), oldest first. A
+//! copy is dropped by taking it away ([`Memory::take_away`]: `UFFDIO_MOVE` in the runtime),
+//! then publishing its last bytes, so a store another thread makes meanwhile is either in
+//! those bytes or faults and waits.
 
 use std::collections::HashMap;
 
@@ -23,12 +27,14 @@ use crate::memory::Memory;
 use crate::region::Located;
 
 impl Syncs {
-    /// Release: publishes every tracked copy the scan finds written; `SyncDone` with the
-    /// notices once the diffs are acknowledged.
+    /// Release: publishes every tracked copy the scan finds written; past the twin limit the
+    /// oldest copies are published and dropped too. `SyncDone` with the notices once the
+    /// diffs are acknowledged.
     pub(crate) fn release_scanned(
         &mut self,
         token: u64,
         tracked: &[(PageId, Located)],
+        cache: &mut Cache,
         ctx: &mut Ctx<'_>,
         mem: &mut dyn Memory,
     ) -> Result<()> {
@@ -40,8 +46,21 @@ impl Syncs {
             written.remove(0);
         }
         for (page, loc) in written {
-            if self.publish_scanned(page, loc, (token, &mut wait), ctx, mem) {
+            let mut snapshot = [0u8; PAGE_SIZE];
+            mem.snapshot(page, &mut snapshot);
+            if self.publish_scanned(page, loc, &snapshot, (token, &mut wait), ctx, mem) {
                 wait.notices.push(page);
+            }
+        }
+        if ctx.config.twin_limit > 0 {
+            let located: HashMap<PageId, Located> = tracked.iter().copied().collect();
+            for page in cache.over_limit(ctx.config.twin_limit) {
+                let Some(loc) = located.get(&page).copied() else {
+                    continue;
+                };
+                if self.drop_copy(page, loc, (token, &mut wait), cache, ctx, mem) {
+                    wait.notices.push(page);
+                }
             }
         }
         if ctx.config.mutated(MutationPoint::ForgetNotices) {
@@ -51,8 +70,8 @@ impl Syncs {
         Ok(())
     }
 
-    /// Acquire: invalidates the pages named by `notices`; a named copy this node wrote
-    /// (false sharing) is published first and announced at this node's next release.
+    /// Acquire: invalidates the pages named by `notices`; what this node wrote to a named
+    /// copy (false sharing) is published first and announced at this node's next release.
     pub(crate) fn acquire_scanned(
         &mut self,
         token: u64,
@@ -63,46 +82,61 @@ impl Syncs {
     ) -> Result<()> {
         self.check_token(token)?;
         let mut wait = SyncWait::new(Vec::new(), ctx);
-        let held: Vec<(PageId, Located)> = notices
-            .iter()
-            .filter(|(page, _)| cache.tracked.contains(page))
-            .copied()
-            .collect();
-        for (page, loc) in written_of(&held, mem) {
-            if self.publish_scanned(page, loc, (token, &mut wait), ctx, mem) {
-                self.carried.insert(page);
-            }
-        }
-        for (page, _) in notices {
+        for (page, loc) in notices {
             cache.mark_refetch(*page);
-            if cache.state(*page) != LocalState::Invalid {
-                cache.drop_tracked(*page, ctx);
+            if cache.state(*page) == LocalState::Invalid {
+                continue;
+            }
+            if self.drop_copy(*page, *loc, (token, &mut wait), cache, ctx, mem) {
+                self.carried.insert(*page);
             }
         }
         self.register(token, wait, ctx);
         Ok(())
     }
 
-    /// Publishes a written copy: its diff goes home, or (home page) is merged into the
-    /// master; the twin becomes the snapshot the diff was taken from. Returns whether
+    /// Drops this node's copy of `page`, taking it away first (so that no store of another
+    /// thread is lost between reading and unmapping) and publishing what changed since its
+    /// twin. Returns whether anything changed.
+    fn drop_copy(
+        &mut self,
+        page: PageId,
+        loc: Located,
+        sync: (u64, &mut SyncWait),
+        cache: &mut Cache,
+        ctx: &mut Ctx<'_>,
+        mem: &mut dyn Memory,
+    ) -> bool {
+        let mut changed = false;
+        if cache.tracked.contains(&page) {
+            let mut last = [0u8; PAGE_SIZE];
+            if mem.take_away(page, &mut last) {
+                changed = self.publish_scanned(page, loc, &last, sync, ctx, mem);
+            }
+        }
+        cache.drop_tracked(page, ctx);
+        changed
+    }
+
+    /// Publishes `current`, the bytes of a written copy: its diff against the twin goes home,
+    /// or (home page) is merged into the master; the twin becomes `current`. Returns whether
     /// anything changed.
     fn publish_scanned(
         &mut self,
         page: PageId,
         loc: Located,
+        current: &[u8; PAGE_SIZE],
         (token, wait): (u64, &mut SyncWait),
         ctx: &mut Ctx<'_>,
         mem: &mut dyn Memory,
     ) -> bool {
-        let mut snapshot = [0u8; PAGE_SIZE];
-        mem.snapshot(page, &mut snapshot);
         let changed = if loc.home == ctx.config.node {
             let twin = *mem.twin(page);
-            let merged = in_place::merge(&twin, &snapshot, mem.home_page_mut(page));
+            let merged = in_place::merge(&twin, current, mem.home_page_mut(page));
             self.published += u64::from(merged);
             merged
         } else {
-            let runs = diff(mem.twin(page), &snapshot);
+            let runs = diff(mem.twin(page), current);
             let changed = !runs.is_empty();
             if changed {
                 self.send_diff(page, loc, runs, token, wait, ctx);
@@ -110,7 +144,7 @@ impl Syncs {
             changed
         };
         if changed && !ctx.config.mutated(MutationPoint::StaleTwin) {
-            mem.twin_mut(page).copy_from_slice(&snapshot);
+            mem.twin_mut(page).copy_from_slice(current);
         }
         changed
     }

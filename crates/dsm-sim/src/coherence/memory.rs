@@ -160,6 +160,18 @@ impl Memory for NodeMemory {
         written
     }
 
+    fn take_away(&mut self, page: PageId, last: &mut [u8; PAGE_SIZE]) -> bool {
+        let i = index(page);
+        if self.perm[i] == Perm::None {
+            return false;
+        }
+        last.copy_from_slice(&self.local[i][..]);
+        self.perm[i] = Perm::None;
+        self.written[i] = false;
+        self.local[i].fill(POISON);
+        true
+    }
+
     fn home_page(&self, page: PageId) -> &[u8; PAGE_SIZE] {
         &self.home[index(page)]
     }

@@ -74,6 +74,8 @@ pub struct SimConfig {
     /// `PAGEMAP_SCAN` in the runtime): a write to a write-protected copy does not fault, it
     /// marks the page written, and the engine's `take_written` reports and clears the marks.
     pub scan_writes: bool,
+    /// With `scan_writes`: tracked copies kept past a release (0: no limit).
+    pub twin_limit: usize,
 }
 
 impl SimConfig {
@@ -105,6 +107,7 @@ impl SimConfig {
             mutation: Mutation::None,
             prefetch: 1,
             scan_writes: false,
+            twin_limit: 0,
         };
         // Drawn last, so that every other choice of a seed is what it was before prefetch.
         config.prefetch = u32::try_from(rng.range(1, 4)).expect("fits");

@@ -158,6 +158,7 @@ impl World {
             engine_config.timeout_ticks = config.fault_bound;
             engine_config.mutation = config.mutation;
             engine_config.scan_writes = config.scan_writes;
+            engine_config.twin_limit = config.twin_limit;
             let mut engine = CoherenceEngine::new(engine_config);
             engine.add_region(layout).map_err(|error| Error::Engine {
                 step: 0,

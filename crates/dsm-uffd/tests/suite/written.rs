@@ -85,3 +85,29 @@ fn only_tracked_regions_can_be_scanned() {
         Err(Error::PageOutOfRange { .. })
     ));
 }
+
+#[test]
+fn a_page_taken_away_keeps_every_store_and_faults_afterwards() {
+    let region = UffdRegion::new_tracked(test_address(45), 4, Delivery::Thread).expect("region");
+    region
+        .install_read_only(1, &[5; PAGE_SIZE])
+        .expect("install");
+    write_byte(&region, 1, 100, 9);
+    let mut last = [0u8; PAGE_SIZE];
+    assert!(region.take_page(1, &mut last).expect("take"));
+    assert_eq!(
+        (last[0], last[100]),
+        (5, 9),
+        "the store is in the last contents"
+    );
+    // Gone: installing again works (the page is missing), and a missing page is not taken.
+    assert!(!region.take_page(2, &mut last).expect("hole"));
+    region
+        .install_read_only(1, &[6; PAGE_SIZE])
+        .expect("install again");
+    let mut copy = [0u8; PAGE_SIZE];
+    region.read_page(1, &mut copy).expect("read");
+    assert_eq!(copy[100], 6);
+    // The move is available here (Linux 6.18): no window where a store could be lost.
+    assert!(dsm_uffd::Features::probe().expect("probe").move_pages());
+}
