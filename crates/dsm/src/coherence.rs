@@ -344,6 +344,7 @@ impl Coherence {
 
     fn act(&mut self, action: Action, ctx: &Ctx<'_>) -> Result<()> {
         let counters = &ctx.shared.counters;
+        crate::trace::action(ctx.shared, &action);
         match action {
             Action::Send { to, message } => {
                 match &message {

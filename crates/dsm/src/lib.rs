@@ -82,6 +82,7 @@ mod raw;
 mod region;
 mod runtime;
 mod stats;
+mod trace;
 mod transport;
 pub mod views;
 

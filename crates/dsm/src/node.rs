@@ -115,6 +115,7 @@ fn lock_table(config: &Config, core: &Arc<Core>) -> LockTable {
         Box::new(LockOutbox {
             transport: Arc::clone(&core.transport),
             counters: Arc::clone(&core.shared.counters),
+            trace: Arc::clone(&core.shared.trace),
         }),
         Box::new(LockConsistency {
             core: Arc::clone(core),
@@ -232,6 +233,7 @@ impl Node {
         };
         node.select_rdma(connector, sink, deadline)?;
         node.announce(deadline)?;
+        crate::trace::start(&node.core.shared, &node.config);
         Ok(node)
     }
 
@@ -314,6 +316,15 @@ impl Node {
         self.core.shared.counters.snapshot()
     }
 
+    /// Pauses (`false`) or resumes (`true`) per-hop tracing, and returns whether this node
+    /// records now. Only a node with a trace file ([`Config::trace`]) records: from the end of
+    /// [`join`](Self::join) until its trace is written at [`leave`](Self::leave) (or drop).
+    /// Pausing keeps what was recorded; a program (or a benchmark) turns tracing on around
+    /// the part it wants to see.
+    pub fn set_tracing(&self, on: bool) -> bool {
+        self.core.shared.trace.set_on(on)
+    }
+
     /// Waits until every node has called `barrier` as many times as this one (collective).
     /// A barrier is a release and an acquire: writes to `Release` regions made before it by
     /// any node are visible after it on every node. Fails with [`Error::NodeFailed`] when a
@@ -353,6 +364,8 @@ impl Node {
 
     fn barrier_unchecked(&self) -> Result<()> {
         self.check_open()?;
+        let epoch = self.barrier_epoch.load(Ordering::Relaxed) + 1; // the one `rendezvous` takes
+        crate::trace::barrier_enter(&self.core.shared, epoch);
         let timeout = self.config.op_timeout;
         let mut mine = self
             .core
@@ -375,6 +388,7 @@ impl Node {
                 c.acquire(token, &others, ctx)
             })?;
         Counters::bump(&self.core.shared.counters.barriers);
+        crate::trace::barrier_return(&self.core.shared, epoch);
         Ok(())
     }
 
@@ -383,6 +397,7 @@ impl Node {
     /// for this epoch). Rank 0 refuses an epoch that nodes reach from different calls.
     fn rendezvous(&self, kind: Collective, notices: Vec<PageId>) -> Result<Vec<PageId>> {
         let epoch = self.barrier_epoch.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::trace::barrier_arrive(&self.core.shared, epoch);
         self.send(
             0,
             Message::Sync(SyncMsg::BarrierArrive {
@@ -682,8 +697,9 @@ impl Node {
         if !all_gone {
             tracing::warn!(rank, "leaving before every peer said Leave");
         }
+        let traced = self.core.shared.trace.write_once();
         self.stop();
-        Ok(())
+        traced
     }
 
     fn check_open(&self) -> Result<()> {
@@ -707,6 +723,7 @@ impl Node {
         if self.gone.swap(true, Ordering::AcqRel) {
             return;
         }
+        crate::trace::finish(&self.core.shared, self.rank());
         // The flag stops the driver even when its queue is full; `Stop` (when it fits) only
         // wakes it sooner.
         self.driver_stop.store(true, Ordering::Release);

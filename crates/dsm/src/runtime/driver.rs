@@ -110,6 +110,7 @@ fn run_to_completion(
     locks: &LockTable,
     event: TransportEvent,
 ) -> Option<TransportEvent> {
+    crate::trace::received(&core.shared, &event);
     if let TransportEvent::Message { message, .. } = &event {
         if runs_inline(message) {
             Counters::count(&core.shared.counters.bytes_received, message);
