@@ -31,8 +31,16 @@
 //! Ratios of medians: `ratio_remote_read_fault_to_floor` = remote read fault / (round-trip
 //! floor + local floor) (target ≤ 2 at 2 nodes), `ratio_lock_handoff_to_rtt` (≤ 4),
 //! `ratio_barrier_to_rtt` (≤ 3), `ratio_scan_per_page_to_floor` (no target); `meets_targets`
-//! says which hold. `hops` (the per-hop breakdown) is `null` until the runtime records
-//! timestamps at its hand-offs.
+//! says which hold.
+//!
+//! Per-hop breakdown and tracing overhead (2 nodes): the nodes run with `DSM_TRACE` in a
+//! scratch directory but turn tracing off after `join`; after the figures above they run the
+//! remote read fault (on pages between the first pass's), the lock hand-off and the barriers
+//! again with tracing on (`Node::set_tracing`), then a floor round. `n2` gets those as
+//! `*_traced_us` and `ratio_{fault,lock_handoff,barrier}_traced_to_untraced` (what tracing
+//! costs, same run); `hops` gives the median and p99 of every hop of the traced pass, read
+//! from both ranks' trace files (see `latency/hops.rs`), and names the files, which stay
+//! for a viewer (<https://ui.perfetto.dev>).
 //!
 //! Nothing waits unboundedly: nodes run with `DSM_OP_TIMEOUT_MS` and `DSM_JOIN_TIMEOUT_MS`,
 //! the floor connection's reads and spins are bounded, and the parent kills the nodes after a

@@ -102,7 +102,7 @@ impl Hops {
     /// One sample: the stamps in path order, named `from → to`, and the whole.
     fn add(&mut self, path: &[(&str, u64)]) {
         for pair in path.windows(2) {
-            let name = format!("{} → {}", pair[0].0, pair[1].0);
+            let name = format!("{} -> {}", pair[0].0, pair[1].0);
             if !self.samples.contains_key(&name) {
                 self.names.push(name.clone());
             }
@@ -212,6 +212,9 @@ fn remote_read_fault(accesses: &Value, zero: &Value, one: &Value) -> Value {
         else {
             continue;
         };
+        if let Some(taken) = fault.at("driver took it") {
+            path.insert(2, ("driver took it", taken)); // signal delivery's hand-over
+        }
         if let Some(resumed) = fault.at("thread resumed") {
             path.push(("thread resumed", resumed));
         }
@@ -279,4 +282,107 @@ fn barrier(trace: &Value) -> Value {
         }
     }
     hops.report("barrier")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A complete event of category `cat` with `args` and `hops` (`[name, ns]`).
+    fn event(cat: &str, mut args: Value, hops: &[(&str, u64)]) -> Value {
+        args["complete"] = json!(true);
+        args["hops"] = hops
+            .iter()
+            .map(|(hop, ns)| json!({"hop": hop, "ns": ns}))
+            .collect();
+        json!({"cat": cat, "ph": "X", "args": args})
+    }
+
+    fn trace(events: Vec<Value>) -> Value {
+        json!({ "traceEvents": events })
+    }
+
+    #[test]
+    fn a_fault_is_split_across_both_ranks_files_by_page() {
+        let zero = trace(vec![event(
+            "fault",
+            json!({"page": 40, "region": 2}),
+            &[
+                ("fault raised", 1_000),
+                ("request sent", 2_000),
+                ("reply received", 9_000),
+                ("install issued", 10_000),
+            ],
+        )]);
+        let one = trace(vec![event(
+            "fault.home",
+            json!({"page": 40, "region": 2, "from": 0}),
+            &[("request received", 4_000), ("reply sent", 6_000)],
+        )]);
+        let accesses = json!([[40, 0, 14_000], [41, 0, 1]]);
+        let report = remote_read_fault(&accesses, &zero, &one);
+        assert_eq!(report["samples"], 1, "page 41 has no trace: left out");
+        let medians: Vec<(String, f64)> = report["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["hop"].as_str().unwrap().to_owned(),
+                    h["median_us"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        let expected = [
+            ("access -> fault raised", 1.0),
+            ("fault raised -> request sent", 1.0),
+            ("request sent -> received at home", 2.0),
+            ("received at home -> reply sent by home", 2.0),
+            ("reply sent by home -> reply received", 3.0),
+            ("reply received -> install issued", 1.0),
+            ("install issued -> access returns", 4.0),
+        ];
+        let expected: Vec<(String, f64)> = expected
+            .iter()
+            .map(|(h, m)| ((*h).to_owned(), *m))
+            .collect();
+        assert_eq!(medians, expected);
+        assert_eq!(report["access_median_us"], 14.0);
+        assert_eq!(report["sum_of_hop_medians_us"], 14.0);
+    }
+
+    #[test]
+    fn a_lock_wait_takes_the_first_grant_received_after_its_request() {
+        let lock = u64::from(LOCK_ID);
+        let zero = trace(vec![event(
+            "lock",
+            json!({"lock": lock}),
+            &[
+                ("acquire called", 0),
+                ("request sent", 1_000),
+                ("grant received", 20_000),
+                ("acquire returned", 21_000),
+            ],
+        )]);
+        let grant = |received, sent| {
+            event(
+                "lock.grant",
+                json!({"lock": lock, "from": 0}),
+                &[("request received", received), ("grant sent", sent)],
+            )
+        };
+        // An earlier request's grant, this one's, and a later one.
+        let one = trace(vec![
+            grant(500, 800),
+            grant(3_000, 15_000),
+            grant(30_000, 31_000),
+        ]);
+        let report = lock_handoff(&zero, &one);
+        assert_eq!(report["samples"], 1);
+        let hops = report["hops"].as_array().unwrap();
+        assert_eq!(hops[1]["hop"], "request sent -> received by holder");
+        assert_eq!(hops[1]["median_us"], 2.0);
+        assert_eq!(hops[2]["median_us"], 12.0);
+        assert_eq!(report["lock_wait_median_us"], 21.0);
+    }
 }

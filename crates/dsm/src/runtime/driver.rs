@@ -260,6 +260,7 @@ impl Driver {
                     slot,
                     since,
                 }) => {
+                    crate::trace::fault_taken(&self.core.shared, page);
                     let fault = (page, access, slot, since);
                     let done = self.core.engine(|c, ctx| c.fault_in_signal(fault, ctx));
                     if let Err(e) = done {

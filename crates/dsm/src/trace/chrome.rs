@@ -135,7 +135,7 @@ impl Builder {
                 }
                 self.join(0, r, |s| !s.has(Hop::FaultRequestSent), false);
             }
-            Hop::FaultReplyReceived => self.join(0, r, |s| !s.has(r.hop), false),
+            Hop::FaultTaken | Hop::FaultReplyReceived => self.join(0, r, |s| !s.has(r.hop), false),
             Hop::FaultInstalled => {
                 // Every thread waiting on the page is woken by the one install.
                 for _ in self.open_of(0, r.id) {

@@ -11,7 +11,8 @@
 //!
 //! Hops (id: page, lock or barrier epoch):
 //! - remote fault, requester: fault raised (the resolver got it: SIGBUS handler or uffd
-//!   reader) → request handed to the transport → reply received (transport thread) →
+//!   reader) → (signal delivery: the driver thread took it from the handler) → request
+//!   handed to the transport → reply received (transport thread) →
 //!   install issued (the page goes to the kernel: `UFFDIO_COPY`, which wakes the thread) →
 //!   thread resumed (signal delivery only: under thread delivery the faulting thread wakes
 //!   in the kernel, with no runtime code on it; `dsm-bench latency` stamps its return in
@@ -48,6 +49,7 @@ pub(crate) const CAPACITY: usize = 1 << 18;
 pub(crate) enum Hop {
     FaultRaisedRead = 1,
     FaultRaisedWrite,
+    FaultTaken,
     FaultRequestSent,
     FaultReplyReceived,
     FaultInstalled,
@@ -68,9 +70,10 @@ pub(crate) enum Hop {
     BarrierReturn,
 }
 
-const HOPS: [Hop; 20] = [
+const HOPS: [Hop; 21] = [
     Hop::FaultRaisedRead,
     Hop::FaultRaisedWrite,
+    Hop::FaultTaken,
     Hop::FaultRequestSent,
     Hop::FaultReplyReceived,
     Hop::FaultInstalled,
@@ -100,6 +103,7 @@ impl Hop {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Hop::FaultRaisedRead | Hop::FaultRaisedWrite => "fault raised",
+            Hop::FaultTaken => "driver took it",
             Hop::FaultRequestSent => "request sent",
             Hop::FaultReplyReceived => "reply received",
             Hop::FaultInstalled => "install issued",
@@ -188,6 +192,14 @@ impl Tracer {
             dropped: buffer.dropped(),
             capacity: buffer.capacity(),
         };
+        if trace.dropped > 0 {
+            tracing::warn!(
+                rank = setup.rank,
+                dropped = trace.dropped,
+                capacity = trace.capacity,
+                "the trace buffer filled up: later records were dropped (the file says how many)"
+            );
+        }
         trace
             .write(&setup.file)
             .map_err(|e| Error::io(format!("write the trace {}", setup.file.display()), e))
@@ -253,6 +265,14 @@ pub(crate) fn fault_raised(shared: &Shared, page: PageId, kind: dsm_uffd::FaultK
             _ => Hop::FaultRaisedWrite,
         };
         shared.trace.record(hop, page_key(page), None);
+    }
+}
+
+/// Signal delivery: the driver thread took the fault a SIGBUS handler handed over.
+#[inline]
+pub(crate) fn fault_taken(shared: &Shared, page: PageId) {
+    if shared.trace.on() {
+        shared.trace.record(Hop::FaultTaken, page_key(page), None);
     }
 }
 
