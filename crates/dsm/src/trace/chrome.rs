@@ -146,6 +146,12 @@ impl Builder {
                 let tid = r.tid;
                 self.join(0, r, |s| s.tid == tid, true);
             }
+            // Thread delivery: ends a fault that got no install (under signal delivery its
+            // thread's resumption ends it).
+            Hop::FaultDone if !signal => {
+                self.join(0, r, |s| !s.has(Hop::FaultInstalled), true);
+            }
+            Hop::FaultDone => {}
             Hop::HomeReadReceived => self.begin(Kind::Serve { write: false }, r),
             Hop::HomeWriteReceived => self.begin(Kind::Serve { write: true }, r),
             Hop::HomeReplySent => self.join(1, r, |s| s.peer == r.peer, true),
@@ -396,6 +402,31 @@ mod tests {
         assert_eq!(events[0]["args"]["home"], 1);
         assert_eq!(events[0]["dur"], 0.4);
         assert_eq!(events[1]["name"], "fault raised → request sent");
+    }
+
+    #[test]
+    fn a_fault_woken_without_an_install_ends_there_and_takes_no_later_hop() {
+        let mut trace = Trace {
+            rank: 0,
+            signal: false,
+            records: vec![
+                record(100, Hop::FaultRaisedRead, PAGE, None, 7),
+                record(150, Hop::FaultDone, PAGE, None, 7),
+                record(300, Hop::FaultRaisedRead, PAGE, None, 7),
+                record(350, Hop::FaultRequestSent, PAGE, Some(1), 7),
+                record(500, Hop::FaultInstalled, PAGE, None, 9),
+                // The second fault's own wake comes after its install: nothing left to end.
+                record(510, Hop::FaultDone, PAGE, None, 9),
+            ],
+            dropped: 0,
+            capacity: 8,
+        };
+        let spans = trace.spans();
+        assert_eq!(spans.len(), 2);
+        assert!(spans[0].complete && spans[1].complete);
+        assert_eq!(spans[0].hops.len(), 2, "{:?}", spans[0]);
+        assert_eq!(spans[1].hops.len(), 3, "{:?}", spans[1]);
+        assert_eq!(spans[1].peer, Some(1));
     }
 
     #[test]

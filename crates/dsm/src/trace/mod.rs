@@ -54,6 +54,7 @@ pub(crate) enum Hop {
     FaultReplyReceived,
     FaultInstalled,
     FaultResumed,
+    FaultDone,
     HomeReadReceived,
     HomeWriteReceived,
     HomeReplySent,
@@ -70,7 +71,7 @@ pub(crate) enum Hop {
     BarrierReturn,
 }
 
-const HOPS: [Hop; 21] = [
+const HOPS: [Hop; 22] = [
     Hop::FaultRaisedRead,
     Hop::FaultRaisedWrite,
     Hop::FaultTaken,
@@ -78,6 +79,7 @@ const HOPS: [Hop; 21] = [
     Hop::FaultReplyReceived,
     Hop::FaultInstalled,
     Hop::FaultResumed,
+    Hop::FaultDone,
     Hop::HomeReadReceived,
     Hop::HomeWriteReceived,
     Hop::HomeReplySent,
@@ -108,6 +110,7 @@ impl Hop {
             Hop::FaultReplyReceived => "reply received",
             Hop::FaultInstalled => "install issued",
             Hop::FaultResumed => "thread resumed",
+            Hop::FaultDone => "woken without install",
             Hop::HomeReadReceived | Hop::HomeWriteReceived | Hop::LockRequestReceived => {
                 "request received"
             }
@@ -286,15 +289,24 @@ pub(crate) fn resumed(shared: &Shared, page: PageId, resolution: Resolution) -> 
 }
 
 /// The engine is about to perform `action` (a request or a grant handed to the transport,
-/// a page handed to the kernel).
+/// a page handed to the kernel, a fault completed); `fault_page` gives the page of an
+/// outstanding fault's token.
 #[inline]
-pub(crate) fn action(shared: &Shared, action: &Action) {
+pub(crate) fn action(
+    shared: &Shared,
+    action: &Action,
+    fault_page: impl FnOnce(u64) -> Option<PageId>,
+) {
     if shared.trace.on() {
-        action_contended(&shared.trace, action);
+        action_contended(&shared.trace, action, fault_page);
     }
 }
 
-fn action_contended(trace: &Tracer, action: &Action) {
+fn action_contended(
+    trace: &Tracer,
+    action: &Action,
+    fault_page: impl FnOnce(u64) -> Option<PageId>,
+) {
     match action {
         Action::Send { to, message } => match message {
             Coherence::ReadRequest { page, .. } | Coherence::WriteRequest { page, .. } => {
@@ -313,6 +325,13 @@ fn action_contended(trace: &Tracer, action: &Action) {
         // thread (on the same CPU) could run first and fault again before the stamp.
         Action::Install { page, .. } | Action::Upgrade { page } => {
             trace.record(Hop::FaultInstalled, page_key(*page), None);
+        }
+        // The fault is complete. Only a fault the engine resolved without an install (its
+        // page came meanwhile) ends here in the file: the others ended at their install.
+        Action::Wake { token } => {
+            if let Some(page) = fault_page(*token) {
+                trace.record(Hop::FaultDone, page_key(page), None);
+            }
         }
         _ => {}
     }
