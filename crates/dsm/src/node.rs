@@ -682,7 +682,9 @@ impl Node {
     /// Leaves the cluster cleanly (collective): a barrier, then every node says `Leave` and
     /// waits (at most [`LEAVE_LINGER`]) until every other node said it too or closed its
     /// connections, so that nothing still in flight to a peer (the barrier's release, say) is
-    /// cut off; then the connections close without anyone being declared failed.
+    /// cut off; then the connections close without anyone being declared failed. A node
+    /// tracing ([`Config::trace`]) writes its trace file first; when that fails, `leave`
+    /// returns [`Error::Io`] naming the file, and the node has left all the same.
     pub fn leave(self) -> Result<()> {
         self.barrier()?;
         // From here peers may close at any moment: judging their silence would blame them.
@@ -887,5 +889,52 @@ mod signal_delivery {
         let stats = node.stats();
         assert!(stats.write_faults > 0, "no fault went through the handler");
         node.leave().unwrap();
+    }
+}
+
+/// `DSM_TRACE` on a single node, in this process: the file is written at `leave`, and a file
+/// that cannot be written fails `leave` (after leaving).
+#[cfg(test)]
+mod tracing_file {
+    use std::io::Write as _;
+
+    use super::*;
+
+    fn traced_node(file: &std::path::Path) -> Option<Node> {
+        let config = Config::builder(0, 1)
+            .coordinator("127.0.0.1:0")
+            .trace(file)
+            .build()
+            .unwrap();
+        match Node::join(config) {
+            Ok(node) => Some(node),
+            Err(e @ Error::Uffd(dsm_uffd::Error::Unavailable { .. })) => {
+                let _ = writeln!(std::io::stderr(), "SKIPPED trace file test: {e}");
+                None
+            }
+            Err(e) => panic!("a one-node cluster could not start: {e}"),
+        }
+    }
+
+    #[test]
+    fn leave_writes_the_trace_and_says_when_it_cannot() {
+        let dir = std::env::temp_dir().join(format!("dsm-trace-leave-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let Some(node) = traced_node(&dir.join("t.json")) else {
+            return;
+        };
+        node.barrier().unwrap();
+        node.leave().unwrap();
+        let text = std::fs::read_to_string(dir.join("t.rank0.json")).unwrap();
+        assert!(text.contains("\"barrier\""), "{text}");
+        let Some(node) = traced_node(&dir.join("gone.json")) else {
+            return;
+        };
+        std::fs::remove_dir_all(&dir).unwrap();
+        let err = node.leave().unwrap_err();
+        assert!(
+            matches!(&err, Error::Io { .. }) && err.to_string().contains("gone.rank0.json"),
+            "{err}"
+        );
     }
 }
