@@ -8,6 +8,7 @@ mod membership;
 mod memory;
 mod mpirun;
 mod security;
+mod trace;
 mod tracking;
 mod util;
 mod views;

@@ -31,8 +31,16 @@
 //! Ratios of medians: `ratio_remote_read_fault_to_floor` = remote read fault / (round-trip
 //! floor + local floor) (target ≤ 2 at 2 nodes), `ratio_lock_handoff_to_rtt` (≤ 4),
 //! `ratio_barrier_to_rtt` (≤ 3), `ratio_scan_per_page_to_floor` (no target); `meets_targets`
-//! says which hold. `hops` (the per-hop breakdown) is `null` until the runtime records
-//! timestamps at its hand-offs.
+//! says which hold.
+//!
+//! Per-hop breakdown and tracing overhead (2 nodes): the nodes run with `DSM_TRACE` in a
+//! scratch directory but turn tracing off after `join`; after the figures above they run the
+//! remote read fault (on pages between the first pass's), the lock hand-off and the barriers
+//! again with tracing on (`Node::set_tracing`), then a floor round. `n2` gets those as
+//! `*_traced_us` and `ratio_{fault,lock_handoff,barrier}_traced_to_untraced` (what tracing
+//! costs, same run); `hops` gives the median and p99 of every hop of the traced pass, read
+//! from both ranks' trace files (see `latency/hops.rs`), and names the files, which stay
+//! for a viewer (<https://ui.perfetto.dev>).
 //!
 //! Nothing waits unboundedly: nodes run with `DSM_OP_TIMEOUT_MS` and `DSM_JOIN_TIMEOUT_MS`,
 //! the floor connection's reads and spins are bounded, and the parent kills the nodes after a
@@ -40,6 +48,7 @@
 
 mod figures;
 mod floor;
+mod hops;
 mod node;
 mod placement;
 mod spawn;
@@ -72,8 +81,10 @@ pub fn run() -> anyhow::Result<Value> {
     }
     let started = Instant::now();
     let cpus = allowed_cpus()?;
-    let two = cluster(2, &cpus).context("latency, 2 nodes")?;
-    let four = cluster(4, &cpus).context("latency, 4 nodes (oversubscribed)")?;
+    let traces = std::env::temp_dir().join(format!("dsm-bench-latency-{}", std::process::id()));
+    std::fs::create_dir_all(&traces).with_context(|| format!("{}", traces.display()))?;
+    let (two, hops) = cluster(2, &cpus, Some(&traces)).context("latency, 2 nodes")?;
+    let (four, _) = cluster(4, &cpus, None).context("latency, 4 nodes (oversubscribed)")?;
     Ok(json!({
         "suite": "latency",
         "unit": "microseconds",
@@ -88,29 +99,36 @@ pub fn run() -> anyhow::Result<Value> {
         ),
         "n2": two,
         "n4_oversubscribed": four,
-        "hops": null,
-        "hops_note": "pending runtime tracing: the per-hop breakdown of a fault, a lock \
-                      hand-off and a barrier needs timestamps at the runtime's hand-offs \
-                      (issue #10, step 1), which do not exist yet",
+        "hops": hops,
         "elapsed_s": round(started.elapsed().as_secs_f64()),
     }))
 }
 
 /// Runs `size` nodes pinned `rank % ncpus` and returns rank 0's report with its ratios (and,
-/// at 2 nodes, the targets).
-fn cluster(size: u32, cpus: &[usize]) -> anyhow::Result<Value> {
+/// at 2 nodes, the targets). With `traces`, the nodes also run the traced pass with
+/// `DSM_TRACE` in that directory, and the per-hop breakdown comes back too.
+fn cluster(
+    size: u32,
+    cpus: &[usize],
+    traces: Option<&std::path::Path>,
+) -> anyhow::Result<(Value, Option<Value>)> {
     let placement: Vec<usize> = (0..size).map(|rank| cpu_for(rank, cpus)).collect();
     let label = format!("latency, {size} nodes");
+    let mut env = vec![
+        ("DSM_TRANSPORT", "tcp".to_owned()),
+        ("DSM_OP_TIMEOUT_MS", OP_TIMEOUT_MS.to_string()),
+        ("DSM_JOIN_TIMEOUT_MS", JOIN_TIMEOUT_MS.to_string()),
+    ];
+    if let Some(dir) = traces {
+        let path = hops::trace_path(dir);
+        env.push(("DSM_TRACE", path.to_string_lossy().into_owned()));
+    }
     let nodes = Nodes::start(&Launch {
         label: &label,
         args: &["latency", "--json"],
         cpus: placement.iter().copied().map(Some).collect(),
         role_env: node::NODE_ENV,
-        env: vec![
-            ("DSM_TRANSPORT", "tcp".to_owned()),
-            ("DSM_OP_TIMEOUT_MS", OP_TIMEOUT_MS.to_string()),
-            ("DSM_JOIN_TIMEOUT_MS", JOIN_TIMEOUT_MS.to_string()),
-        ],
+        env,
     })?;
     let results = nodes.wait(CLUSTER_DEADLINE)?;
     let line = results[0]
@@ -120,7 +138,34 @@ fn cluster(size: u32, cpus: &[usize]) -> anyhow::Result<Value> {
     report["nodes"] = json!(size);
     report["placement_cpu_per_rank"] = json!(placement);
     add_ratios(&mut report, size == 2)?;
-    Ok(report)
+    let hops = match traces {
+        Some(dir) => {
+            add_tracing_overhead(&mut report)?;
+            Some(hops::breakdown(dir, &mut report).context("the per-hop breakdown")?)
+        }
+        None => None,
+    };
+    Ok((report, hops))
+}
+
+/// What the runtime's tracing costs: `ratio_<figure>_traced_to_untraced`, the traced pass's
+/// median over the first pass's, in the same run.
+fn add_tracing_overhead(report: &mut Value) -> anyhow::Result<()> {
+    for (ratio, figure) in [
+        ("fault", "remote_read_fault"),
+        ("lock_handoff", "lock_handoff"),
+        ("barrier", "barrier"),
+    ] {
+        let median = |name: String| {
+            report[&name]["median"]
+                .as_f64()
+                .with_context(|| format!("{name} missing from rank 0's result"))
+        };
+        let traced = median(format!("{figure}_traced_us"))?;
+        let untraced = median(format!("{figure}_us"))?;
+        report[format!("ratio_{ratio}_traced_to_untraced")] = json!(round(traced / untraced));
+    }
+    Ok(())
 }
 
 /// Adds the `ratio_*` fields (medians over medians) and, with `targets`, the targets and

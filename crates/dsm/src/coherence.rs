@@ -344,6 +344,9 @@ impl Coherence {
 
     fn act(&mut self, action: Action, ctx: &Ctx<'_>) -> Result<()> {
         let counters = &ctx.shared.counters;
+        crate::trace::action(ctx.shared, &action, |token| {
+            self.faults.get(&token).map(|f| f.0)
+        });
         match action {
             Action::Send { to, message } => {
                 match &message {

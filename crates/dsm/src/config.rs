@@ -9,7 +9,7 @@
 //! first use); only `DSM_INSECURE=1` runs without one. The membership module's `key` docs
 //! say how each is used.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dsm_wire::NodeId;
@@ -98,6 +98,8 @@ pub struct Config {
     pub(crate) twin_limit_bytes: u64,
     /// How long the transport thread polls after activity before sleeping (`DSM_SPIN_US`).
     pub(crate) spin: Duration,
+    /// Where the per-hop trace goes (`DSM_TRACE`); each node inserts its rank.
+    pub(crate) trace: Option<PathBuf>,
 }
 
 /// Largest cluster: every node keeps per-node state sized by it, and the RDMA transport
@@ -131,6 +133,7 @@ impl Config {
                 write_tracking: WriteTracking::Scan,
                 twin_limit_bytes: DEFAULT_TWIN_LIMIT_MB << 20,
                 spin: DEFAULT_SPIN,
+                trace: None,
             },
         }
     }
@@ -198,6 +201,9 @@ impl Config {
             })?;
             b = b.twin_limit(mb << 20);
         }
+        if let Some(path) = lookup("DSM_TRACE") {
+            b = b.trace(path);
+        }
         b.build()
     }
 
@@ -261,6 +267,18 @@ impl Config {
     /// How long the transport thread polls after activity before sleeping.
     pub fn spin(&self) -> Duration {
         self.spin
+    }
+    /// The trace path as given (`DSM_TRACE`), when tracing.
+    pub fn trace(&self) -> Option<&Path> {
+        self.trace.as_deref()
+    }
+    /// The file this node writes its trace to: the trace path with `.rank<r>` inserted
+    /// before the file name's last extension (`trace.json` → `trace.rank0.json`), or
+    /// appended when it has none (`trace` → `trace.rank0`).
+    pub fn trace_file(&self) -> Option<PathBuf> {
+        self.trace
+            .as_deref()
+            .map(|path| crate::trace::rank_file(path, self.rank))
     }
 
     /// The wire's cluster id: every frame carries it and a node drops frames of other
@@ -365,6 +383,15 @@ impl ConfigBuilder {
         self.config.spin = spin;
         self
     }
+    /// Records per-hop timestamps of faults, lock waits and barriers (`DSM_TRACE`) and writes
+    /// them at [`Node::leave`](crate::Node::leave) (or drop) as a Chrome trace (JSON; open it
+    /// in <https://ui.perfetto.dev> or `chrome://tracing`) to
+    /// [`Config::trace_file`]: `path` with this node's rank inserted. The directory must
+    /// exist. [`Node::set_tracing`](crate::Node::set_tracing) pauses and resumes recording.
+    pub fn trace(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.trace = Some(path.into());
+        self
+    }
     /// Checks the configuration and returns it. A cluster of more than one node gets its key
     /// here: with no key given, the per-user key file is read (created on first use).
     pub fn build(self) -> Result<Config> {
@@ -399,6 +426,9 @@ impl ConfigBuilder {
                 c.failure_timeout, c.heartbeat_interval
             )));
         }
+        if let Some(path) = &c.trace {
+            check_trace_path(path)?;
+        }
         (c.cluster_key, c.insecure) = resolve_key(self.key, c.size)?;
         Ok(c)
     }
@@ -419,6 +449,28 @@ fn resolve_key(source: KeySource, size: u32) -> Result<(Option<Secret>, bool)> {
         }
         KeySource::Missing => Err(no_key()),
     }
+}
+
+/// A trace path names a file (not a directory) in a directory that exists, so that a long
+/// run does not end with a trace nowhere to go.
+fn check_trace_path(path: &Path) -> Result<()> {
+    let text = path.to_string_lossy();
+    if text.is_empty() || text.ends_with('/') || path.file_name().is_none() {
+        return Err(Error::Config(format!(
+            "DSM_TRACE={text:?} does not name a file (e.g. /tmp/trace.json)"
+        )));
+    }
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(Error::Config(format!(
+            "DSM_TRACE={text:?}: the directory {} does not exist",
+            parent.display()
+        )));
+    }
+    Ok(())
 }
 
 fn no_key() -> Error {
@@ -570,6 +622,25 @@ mod tests {
         assert_eq!(signal.fault_delivery, FaultDelivery::Signal);
         let bad = from(&[base[0], base[1], ("DSM_FAULT_DELIVERY", "sigbus")]);
         assert!(matches!(bad, Err(Error::Config(m)) if m.contains("DSM_FAULT_DELIVERY")));
+    }
+
+    #[test]
+    fn a_trace_path_gets_the_rank_and_must_name_a_file_in_a_directory() {
+        let base = [("DSM_RANK", "1"), ("DSM_SIZE", "2")];
+        assert_eq!(from(&base).unwrap().trace_file(), None);
+        let dir = std::env::temp_dir();
+        let path = dir.join("dsm-trace.json");
+        let path = path.to_str().unwrap();
+        let c = from(&[base[0], base[1], ("DSM_TRACE", path)]).unwrap();
+        assert_eq!(c.trace(), Some(Path::new(path)));
+        assert_eq!(c.trace_file(), Some(dir.join("dsm-trace.rank1.json")));
+        for bad in ["", "/tmp/", "/no/such/dir/trace.json"] {
+            let err = from(&[base[0], base[1], ("DSM_TRACE", bad)]).unwrap_err();
+            assert!(
+                matches!(&err, Error::Config(m) if m.contains("DSM_TRACE")),
+                "{bad:?}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -78,8 +78,10 @@ impl FaultResolver for Resolver {
             region: self.region,
             page: fault.page,
         };
+        crate::trace::fault_raised(&self.core.shared, page, fault.kind);
         if let Some(signal) = &self.signal {
-            return in_signal_handler(signal, page, access);
+            let resolution = in_signal_handler(signal, page, access);
+            return crate::trace::resumed(&self.core.shared, page, resolution);
         }
         if let Some(rank) = self.core.shared.read(|s| s.failed.first().copied()) {
             eprintln!(

@@ -55,6 +55,14 @@
 //!   dsm-rdma's requirements: RoCE GID, locked memory). Pages then move by one-sided RDMA
 //!   READ from the home's registered master copy; control messages stay on TCP.
 //!
+//! # Tracing
+//! `DSM_TRACE=/tmp/trace.json` ([`ConfigBuilder::trace`]) makes each node stamp every hand-off
+//! of its faults, lock waits and barriers and write them at [`Node::leave`] as a Chrome trace
+//! (`/tmp/trace.rank<r>.json`, one per node; open it at <https://ui.perfetto.dev>).
+//! Recording is lock-free and allocation-free (the SIGBUS handler records too), bounded
+//! (later records are dropped and counted), and costs one relaxed atomic load per hand-off
+//! when off; [`Node::set_tracing`] pauses and resumes it.
+//!
 //! # Cargo features
 //! - `rdma` (default): the verbs transport (dsm-rdma over rdma-sys; building it needs
 //!   `libibverbs-dev` and `librdmacm-dev`). Without it (`default-features = false`) nothing
@@ -82,6 +90,7 @@ mod raw;
 mod region;
 mod runtime;
 mod stats;
+mod trace;
 mod transport;
 pub mod views;
 

@@ -19,10 +19,12 @@ use crate::{Error, Result};
 pub(crate) struct LockOutbox {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) trace: Arc<crate::trace::Tracer>,
 }
 
 impl Outbox for LockOutbox {
     fn send(&self, to: NodeId, message: SyncMsg) {
+        crate::trace::lock_sent(&self.trace, to, &message);
         send_counted(
             self.transport.as_ref(),
             &self.counters,
@@ -101,6 +103,7 @@ impl<'a> Lock<'a> {
     /// every wait then; no polling).
     pub fn acquire(&self) -> Result<LockGuard<'a>> {
         let started = Instant::now();
+        crate::trace::lock_called(&self.core.shared, self.id);
         loop {
             if let Some(rank) = self.core.shared.read(|s| s.failed.first().copied()) {
                 return Err(Error::NodeFailed { rank });
@@ -109,6 +112,7 @@ impl<'a> Lock<'a> {
             match self.table.try_acquire(self.id, left) {
                 Ok(guard) => {
                     Counters::bump(&self.core.shared.counters.lock_acquires);
+                    crate::trace::lock_acquired(&self.core.shared, self.id);
                     return Ok(LockGuard { _guard: guard });
                 }
                 // A node failed: the check above says which.

@@ -117,6 +117,7 @@ fn lock_table(config: &Config, core: &Arc<Core>) -> LockTable {
         Box::new(LockOutbox {
             transport: Arc::clone(&core.transport),
             counters: Arc::clone(&core.shared.counters),
+            trace: Arc::clone(&core.shared.trace),
         }),
         Box::new(LockConsistency {
             core: Arc::clone(core),
@@ -234,6 +235,7 @@ impl Node {
         };
         node.select_rdma(connector, sink, deadline)?;
         node.announce(deadline)?;
+        crate::trace::start(&node.core.shared, &node.config);
         Ok(node)
     }
 
@@ -316,6 +318,15 @@ impl Node {
         self.core.shared.counters.snapshot()
     }
 
+    /// Pauses (`false`) or resumes (`true`) per-hop tracing, and returns whether this node
+    /// records now. Only a node with a trace file ([`Config::trace`]) records: from the end of
+    /// [`join`](Self::join) until its trace is written at [`leave`](Self::leave) (or drop).
+    /// Pausing keeps what was recorded; a program (or a benchmark) turns tracing on around
+    /// the part it wants to see.
+    pub fn set_tracing(&self, on: bool) -> bool {
+        self.core.shared.trace.set_on(on)
+    }
+
     /// Waits until every node has called `barrier` as many times as this one (collective).
     /// A barrier is a release and an acquire: writes to `Release` regions made before it by
     /// any node are visible after it on every node. Fails with [`Error::NodeFailed`] when a
@@ -355,6 +366,8 @@ impl Node {
 
     fn barrier_unchecked(&self) -> Result<()> {
         self.check_open()?;
+        let epoch = self.barrier_epoch.load(Ordering::Relaxed) + 1; // the one `rendezvous` takes
+        crate::trace::barrier_enter(&self.core.shared, epoch);
         let timeout = self.config.op_timeout;
         let mut mine = self
             .core
@@ -377,6 +390,7 @@ impl Node {
                 c.acquire(token, &others, ctx)
             })?;
         Counters::bump(&self.core.shared.counters.barriers);
+        crate::trace::barrier_return(&self.core.shared, epoch);
         Ok(())
     }
 
@@ -385,6 +399,7 @@ impl Node {
     /// for this epoch). Rank 0 refuses an epoch that nodes reach from different calls.
     fn rendezvous(&self, kind: Collective, notices: Vec<PageId>) -> Result<Vec<PageId>> {
         let epoch = self.barrier_epoch.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::trace::barrier_arrive(&self.core.shared, epoch);
         self.send(
             0,
             Message::Sync(SyncMsg::BarrierArrive {
@@ -669,7 +684,9 @@ impl Node {
     /// Leaves the cluster cleanly (collective): a barrier, then every node says `Leave` and
     /// waits (at most [`LEAVE_LINGER`]) until every other node said it too or closed its
     /// connections, so that nothing still in flight to a peer (the barrier's release, say) is
-    /// cut off; then the connections close without anyone being declared failed.
+    /// cut off; then the connections close without anyone being declared failed. A node
+    /// tracing ([`Config::trace`]) writes its trace file first; when that fails, `leave`
+    /// returns [`Error::Io`] naming the file, and the node has left all the same.
     pub fn leave(self) -> Result<()> {
         self.barrier()?;
         // From here peers may close at any moment: judging their silence would blame them.
@@ -684,8 +701,9 @@ impl Node {
         if !all_gone {
             tracing::warn!(rank, "leaving before every peer said Leave");
         }
+        let traced = self.core.shared.trace.write_once();
         self.stop();
-        Ok(())
+        traced
     }
 
     fn check_open(&self) -> Result<()> {
@@ -709,6 +727,7 @@ impl Node {
         if self.gone.swap(true, Ordering::AcqRel) {
             return;
         }
+        crate::trace::finish(&self.core.shared, self.rank());
         // The flag stops the driver even when its queue is full; `Stop` (when it fits) only
         // wakes it sooner.
         self.driver_stop.store(true, Ordering::Release);
@@ -872,5 +891,52 @@ mod signal_delivery {
         let stats = node.stats();
         assert!(stats.write_faults > 0, "no fault went through the handler");
         node.leave().unwrap();
+    }
+}
+
+/// `DSM_TRACE` on a single node, in this process: the file is written at `leave`, and a file
+/// that cannot be written fails `leave` (after leaving).
+#[cfg(test)]
+mod tracing_file {
+    use std::io::Write as _;
+
+    use super::*;
+
+    fn traced_node(file: &std::path::Path) -> Option<Node> {
+        let config = Config::builder(0, 1)
+            .coordinator("127.0.0.1:0")
+            .trace(file)
+            .build()
+            .unwrap();
+        match Node::join(config) {
+            Ok(node) => Some(node),
+            Err(e @ Error::Uffd(dsm_uffd::Error::Unavailable { .. })) => {
+                let _ = writeln!(std::io::stderr(), "SKIPPED trace file test: {e}");
+                None
+            }
+            Err(e) => panic!("a one-node cluster could not start: {e}"),
+        }
+    }
+
+    #[test]
+    fn leave_writes_the_trace_and_says_when_it_cannot() {
+        let dir = std::env::temp_dir().join(format!("dsm-trace-leave-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let Some(node) = traced_node(&dir.join("t.json")) else {
+            return;
+        };
+        node.barrier().unwrap();
+        node.leave().unwrap();
+        let text = std::fs::read_to_string(dir.join("t.rank0.json")).unwrap();
+        assert!(text.contains("\"barrier\""), "{text}");
+        let Some(node) = traced_node(&dir.join("gone.json")) else {
+            return;
+        };
+        std::fs::remove_dir_all(&dir).unwrap();
+        let err = node.leave().unwrap_err();
+        assert!(
+            matches!(&err, Error::Io { .. }) && err.to_string().contains("gone.rank0.json"),
+            "{err}"
+        );
     }
 }

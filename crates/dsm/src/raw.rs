@@ -1,5 +1,5 @@
-//! The crate's only unsafe code: page-aligned home memory, views of installed pages, and the
-//! SIGBUS handler's one write to stderr.
+//! The crate's only unsafe code: page-aligned home memory, views of installed pages, the
+//! SIGBUS handler's one write to stderr, and the trace's clock and thread id.
 
 use dsm_wire::PAGE_SIZE;
 
@@ -172,4 +172,25 @@ pub(crate) unsafe fn copy_bytes(region: *mut u8, buffer: *mut u8, len: usize, to
 pub(crate) fn write_stderr(message: &[u8]) {
     // SAFETY: `message` is valid for reads of its length.
     unsafe { libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len()) };
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (the trace's clock; the same for every process of a
+/// host). Async-signal-safe: `clock_gettime` is (a vDSO call here).
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
+/// The calling thread's kernel id. Async-signal-safe (one raw syscall, which cannot fail).
+pub(crate) fn gettid() -> u32 {
+    // SAFETY: gettid takes no arguments and touches no memory.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    u32::try_from(tid).unwrap_or(0)
 }

@@ -25,7 +25,7 @@ const SCAN_SLICE: usize = 32;
 /// Seed of the scattered order (splitmix64).
 pub(super) const SEED: u64 = 0x1a7e_5eed;
 /// The lock the hand-off passes, and its warm-up and measured cycles (2 hand-offs each).
-const LOCK_ID: u32 = 0x1a7e;
+pub(super) const LOCK_ID: u32 = 0x1a7e;
 const LOCK_WARMUP: usize = 50;
 const LOCK_CYCLES: usize = 1_000;
 /// Longest the hand-off may take in all before it fails.
@@ -34,6 +34,53 @@ const LOCK_PHASE_LIMIT: Duration = Duration::from_secs(60);
 const BARRIERS: usize = 2_000;
 const BARRIER_WARMUP: usize = 100;
 
+/// Which run of a figure: the first, with tracing off, or the second, with the runtime's
+/// per-hop tracing on (`DSM_TRACE`, 2 nodes only), to break the figure down and to measure
+/// what tracing costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pass {
+    Untraced,
+    Traced,
+}
+
+impl Pass {
+    /// Appended to the figure's name (`remote_read_fault_traced`).
+    pub(super) fn suffix(self) -> &'static str {
+        match self {
+            Pass::Untraced => "",
+            Pass::Traced => "_traced",
+        }
+    }
+
+    /// The traced pass reads the pages halfway between the first pass's, never touched yet.
+    fn page_offset(self) -> usize {
+        match self {
+            Pass::Untraced => 0,
+            Pass::Traced => REMOTE_STRIDE / 2,
+        }
+    }
+}
+
+/// One timed read of the traced pass: its page and the monotonic clock around it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Access {
+    pub(super) page: usize,
+    pub(super) start_ns: u64,
+    pub(super) end_ns: u64,
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of the runtime's trace.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+    secs * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
 /// The value rank 1 writes in page `page`, which rank 0 checks.
 fn stamp(page: usize) -> u64 {
     0xd5a0_0000_0000 | page as u64
@@ -41,32 +88,49 @@ fn stamp(page: usize) -> u64 {
 
 impl Bench<'_> {
     /// `remote_read_fault_us`: rank 1 writes one word in each sampled page of its block
-    /// (every [`REMOTE_STRIDE`]-th); rank 0, which never touched them, reads them in a random
-    /// order, timing each read (one fault each) while rank 1 waits in the barrier.
-    pub(super) fn remote_read_fault(&mut self, region: &Region<u64>) -> anyhow::Result<Vec<f64>> {
-        phase("remote_read_fault");
-        let pages: Vec<usize> = (REMOTE_BLOCK_PAGES..2 * REMOTE_BLOCK_PAGES)
+    /// (every [`REMOTE_STRIDE`]-th, from `pass`'s offset); rank 0, which never touched them,
+    /// reads them in a random order, timing each read (one fault each) while rank 1 waits in
+    /// the barrier. In the traced pass rank 0 also returns each read's page and the
+    /// monotonic clock (the trace's) just before and after it, outside the timed interval.
+    pub(super) fn remote_read_fault(
+        &mut self,
+        region: &Region<u64>,
+        pass: Pass,
+    ) -> anyhow::Result<(Vec<f64>, Vec<Access>)> {
+        phase(&format!("remote_read_fault{}", pass.suffix()));
+        let pages: Vec<usize> = (REMOTE_BLOCK_PAGES + pass.page_offset()..2 * REMOTE_BLOCK_PAGES)
             .step_by(REMOTE_STRIDE)
             .collect();
         self.write_pages_at_rank1(region, &pages)?;
         let mut samples = Vec::with_capacity(pages.len());
+        let mut accesses = Vec::new();
         if self.rank == 0 {
             let order = shuffled(pages, SEED);
             let before = self.node.stats();
             for &page in &order {
+                let start_ns = monotonic_ns();
                 let started = Instant::now();
                 let value = black_box(region.get(page * WORDS_PER_PAGE));
                 samples.push(micros_since(started));
+                let end_ns = monotonic_ns();
+                if pass == Pass::Traced {
+                    accesses.push(Access {
+                        page,
+                        start_ns,
+                        end_ns,
+                    });
+                }
                 ensure!(
                     value == stamp(page),
                     "remote read of page {page}: {value:#x}, rank 1 wrote {:#x}",
                     stamp(page)
                 );
             }
-            self.record_counters("remote_read_fault", before, order.len());
+            let figure = format!("remote_read_fault{}", pass.suffix());
+            self.record_counters(&figure, before, order.len());
         }
         self.node.barrier()?;
-        Ok(samples)
+        Ok((samples, accesses))
     }
 
     /// `scan_per_page_us`: rank 1 writes one word in every page of its block; rank 0 reads
@@ -115,14 +179,20 @@ impl Bench<'_> {
     /// between two increments by rank 0: one hand-off, i.e. one acquire + increment +
     /// release by one node. Returns the samples and the acquires that found it not their
     /// turn (at rank 0).
-    pub(super) fn lock_handoff(&mut self, word: &Region<u64>) -> anyhow::Result<(Vec<f64>, u64)> {
-        phase("lock_handoff");
+    pub(super) fn lock_handoff(
+        &mut self,
+        word: &Region<u64>,
+        pass: Pass,
+    ) -> anyhow::Result<(Vec<f64>, u64)> {
+        phase(&format!("lock_handoff{}", pass.suffix()));
         self.node.barrier()?;
         let mut samples = Vec::with_capacity(LOCK_CYCLES);
         let mut not_my_turn = 0;
         if self.rank < 2 {
             let before = self.node.stats();
-            let target = 2 * (LOCK_WARMUP + LOCK_CYCLES) as u64;
+            // The traced pass goes on from where the first left the word (an even count).
+            let passes = if pass == Pass::Traced { 2 } else { 1 };
+            let target = passes * 2 * (LOCK_WARMUP + LOCK_CYCLES) as u64;
             let lock = self.node.lock(LOCK_ID);
             let started = Instant::now();
             let mut last_turn: Option<Instant> = None;
@@ -151,7 +221,9 @@ impl Bench<'_> {
                 );
             }
             if self.rank == 0 {
-                self.record_counters("lock_handoff", before, usize::try_from(target)?);
+                let figure = format!("lock_handoff{}", pass.suffix());
+                let turns = 2 * (LOCK_WARMUP + LOCK_CYCLES);
+                self.record_counters(&figure, before, turns);
             }
         }
         self.node.barrier()?;
@@ -159,8 +231,8 @@ impl Bench<'_> {
     }
 
     /// `barrier_us`: every node passes [`BARRIERS`] barriers in a row; rank 0 times each.
-    pub(super) fn barriers(&mut self) -> anyhow::Result<Vec<f64>> {
-        phase("barrier");
+    pub(super) fn barriers(&mut self, pass: Pass) -> anyhow::Result<Vec<f64>> {
+        phase(&format!("barrier{}", pass.suffix()));
         self.node.barrier()?;
         let before = self.node.stats();
         let mut samples = Vec::with_capacity(BARRIERS);
@@ -174,7 +246,8 @@ impl Bench<'_> {
             }
         }
         if self.rank == 0 {
-            self.record_counters("barrier", before, BARRIER_WARMUP + BARRIERS);
+            let figure = format!("barrier{}", pass.suffix());
+            self.record_counters(&figure, before, BARRIER_WARMUP + BARRIERS);
         }
         Ok(samples)
     }

@@ -11,7 +11,7 @@ use anyhow::Context;
 use dsm::{Config, Consistency, Node, Region, Stats};
 use serde_json::{Value, json};
 
-use super::figures;
+use super::figures::{self, Access, Pass};
 use super::floor::{FloorLink, Wait};
 use super::placement::pin_to;
 use super::spawn::{PHASE_PREFIX, RESULT_PREFIX};
@@ -113,15 +113,23 @@ fn measure(node: &Node) -> anyhow::Result<Option<Value>> {
         floors: Floors::default(),
         counters: serde_json::Map::new(),
     };
+    // A node started with DSM_TRACE records only in the traced pass, at the end.
+    node.set_tracing(false);
+    let traced = node.config().trace_file().is_some();
     bench.floor_round("start")?;
-    let mut remote = bench.remote_read_fault(&regions.remote)?;
+    let (mut remote, _) = bench.remote_read_fault(&regions.remote, Pass::Untraced)?;
     bench.floor_round("remote_read_fault")?;
     let mut scan = bench.scan(&regions.scan)?;
     bench.floor_round("scan")?;
-    let (mut handoff, wasted) = bench.lock_handoff(&regions.lock_word)?;
+    let (mut handoff, wasted) = bench.lock_handoff(&regions.lock_word, Pass::Untraced)?;
     bench.floor_round("lock_handoff")?;
-    let mut barrier = bench.barriers()?;
+    let mut barrier = bench.barriers(Pass::Untraced)?;
     bench.floor_round("barrier")?;
+    let traced = if traced {
+        Some(bench.traced_pass(&regions)?)
+    } else {
+        None
+    };
     if bench.rank != 0 {
         return Ok(None);
     }
@@ -135,9 +143,40 @@ fn measure(node: &Node) -> anyhow::Result<Option<Value>> {
     for (name, summary, samples) in figures {
         report[name] = us(summary, samples);
     }
+    if let Some(traced) = traced {
+        traced.report(&mut report);
+    }
     report["lock_acquires_not_my_turn"] = json!(wasted);
     report["counters_rank0_per_sample"] = Value::Object(bench.counters);
     Ok(Some(report))
+}
+
+/// The traced pass's figures (rank 0's samples) and the reads' clock stamps.
+struct Traced {
+    remote: Vec<f64>,
+    accesses: Vec<Access>,
+    handoff: Vec<f64>,
+    barrier: Vec<f64>,
+}
+
+impl Traced {
+    /// Adds the `*_traced_us` figures and `traced_fault_accesses` (`[page, start_ns, end_ns]`
+    /// per read: the parent matches them with the trace files, then drops them).
+    fn report(mut self, report: &mut Value) {
+        let figures = [
+            ("remote_read_fault_traced_us", &mut self.remote),
+            ("lock_handoff_traced_us", &mut self.handoff),
+            ("barrier_traced_us", &mut self.barrier),
+        ];
+        for (name, samples) in figures {
+            report[name] = us(summarize(samples), samples.len());
+        }
+        report["traced_fault_accesses"] = self
+            .accesses
+            .iter()
+            .map(|a| json!([a.page, a.start_ns, a.end_ns]))
+            .collect();
+    }
 }
 
 /// Rank 1 listens and publishes its port in its mailbox page; rank 0 reads it and connects.
@@ -163,6 +202,23 @@ fn connect_floor(node: &Node, mailbox: &Region<u64>) -> anyhow::Result<Option<Fl
 }
 
 impl Bench<'_> {
+    /// The fault, lock and barrier figures again with the runtime's tracing on (every node in
+    /// step), then a floor round with it off again.
+    fn traced_pass(&mut self, regions: &Regions) -> anyhow::Result<Traced> {
+        self.node.set_tracing(true);
+        let (remote, accesses) = self.remote_read_fault(&regions.remote, Pass::Traced)?;
+        let (handoff, _) = self.lock_handoff(&regions.lock_word, Pass::Traced)?;
+        let barrier = self.barriers(Pass::Traced)?;
+        self.node.set_tracing(false);
+        self.floor_round("traced")?;
+        Ok(Traced {
+            remote,
+            accesses,
+            handoff,
+            barrier,
+        })
+    }
+
     /// One round of the floors, all nodes in step: rank 0 times in-thread SIGBUS faults (the
     /// `uffd` suite's measurement) while the others wait in a barrier; then ranks 0 and 1 run
     /// the TCP round trip, blocking and busy-polling (in alternating order across rounds).

@@ -110,6 +110,7 @@ fn run_to_completion(
     locks: &LockTable,
     event: TransportEvent,
 ) -> Option<TransportEvent> {
+    crate::trace::received(&core.shared, &event);
     if let TransportEvent::Message { message, .. } = &event {
         if runs_inline(message) {
             Counters::count(&core.shared.counters.bytes_received, message);
@@ -259,6 +260,7 @@ impl Driver {
                     slot,
                     since,
                 }) => {
+                    crate::trace::fault_taken(&self.core.shared, page);
                     let fault = (page, access, slot, since);
                     let done = self.core.engine(|c, ctx| c.fault_in_signal(fault, ctx));
                     if let Err(e) = done {

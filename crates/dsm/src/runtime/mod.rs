@@ -190,6 +190,8 @@ pub(crate) struct Shared {
     changed: Condvar,
     /// Counters behind `Node::stats` (shared with the lock outbox).
     pub(crate) counters: Arc<Counters>,
+    /// Per-hop tracing (`DSM_TRACE`; shared with the lock outbox): off unless started.
+    pub(crate) trace: Arc<crate::trace::Tracer>,
 }
 
 impl Shared {
@@ -210,6 +212,7 @@ impl Shared {
             }),
             changed: Condvar::new(),
             counters: Arc::new(Counters::default()),
+            trace: Arc::default(),
         }
     }
 
