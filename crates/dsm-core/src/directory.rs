@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use dsm_wire::{Coherence, DiffRun, NodeId, PAGE_SIZE, Page, PageId};
+use dsm_wire::{Coherence, DiffRun, NodeId, PAGE_SIZE, Page, PageDiff, PageId};
 
 use crate::actions::Access;
 use crate::config::MutationPoint;
@@ -368,6 +368,44 @@ pub(crate) fn apply_diff(
         let start = usize::from(run.offset);
         master[start..start + run.bytes.len()].copy_from_slice(&run.bytes);
     }
+    ctx.out.send(from, Coherence::DiffAck { req, page });
+    Ok(())
+}
+
+/// Release mode: applies a batch of diffs to the master copies (every run of every page
+/// checked first, so a bad batch changes nothing) and acknowledges it once.
+pub(crate) fn apply_diff_batch(
+    from: NodeId,
+    req: u64,
+    diffs: &[PageDiff],
+    ctx: &mut Ctx<'_>,
+    mem: &mut dyn Memory,
+) -> Result<()> {
+    let fits = |run: &DiffRun| usize::from(run.offset) + run.bytes.len() <= PAGE_SIZE;
+    if let Some(bad) = diffs.iter().find(|d| !d.runs.iter().all(fits)) {
+        return Err(Error::BadDiff {
+            from,
+            page: bad.page,
+        });
+    }
+    let Some(first) = diffs.first() else {
+        return Err(Error::Unexpected {
+            from,
+            page: PageId {
+                region: u32::MAX,
+                page: 0,
+            },
+            what: "an empty diff batch",
+        });
+    };
+    for diff in diffs {
+        let master = mem.home_page_mut(diff.page);
+        for run in &diff.runs {
+            let start = usize::from(run.offset);
+            master[start..start + run.bytes.len()].copy_from_slice(&run.bytes);
+        }
+    }
+    let page = first.page;
     ctx.out.send(from, Coherence::DiffAck { req, page });
     Ok(())
 }

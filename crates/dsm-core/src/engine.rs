@@ -306,6 +306,9 @@ impl CoherenceEngine {
         };
         let loc = self.locate(page)?;
         self.check_sender(from, page, loc, what, side)?;
+        if let Coherence::DiffBatch { diffs, .. } = &message {
+            self.check_batch(from, diffs)?;
+        }
         let mut ctx = ctx!(self);
         let dir = &mut self.directory;
         let seq = loc.consistency == Consistency::Sequential;
@@ -344,11 +347,31 @@ impl CoherenceEngine {
             m @ (Coherence::Invalidate { .. } | Coherence::Downgrade { .. }) if seq => {
                 self.cache.on_recall(from, page, m, &mut ctx, mem)
             }
+            Coherence::DiffBatch { req, diffs } if !seq => {
+                directory::apply_diff_batch(from, req, &diffs, &mut ctx, mem)
+            }
             Coherence::DiffAck { req, .. } if !seq => {
                 self.syncs.diff_ack(from, page, req, &mut ctx)
             }
             _ => wrong_mode,
         }
+    }
+
+    /// Every page of a diff batch must be a release-mode page homed here (the first one was
+    /// checked like any message's page).
+    fn check_batch(&self, from: NodeId, diffs: &[dsm_wire::PageDiff]) -> Result<()> {
+        for diff in diffs {
+            let loc = self.locate(diff.page)?;
+            if loc.consistency != Consistency::Release {
+                return Err(Error::WrongMode {
+                    from,
+                    page: diff.page,
+                    what: "DiffBatch",
+                });
+            }
+            self.check_sender(from, diff.page, loc, "DiffBatch", Side::Home)?;
+        }
+        Ok(())
     }
 
     /// Home-side messages must reach the page's home; requester-side ones must come from it.
@@ -398,6 +421,7 @@ fn describe(message: &Coherence) -> (Option<PageId>, &'static str, Side) {
         C::WriteGrant { page, .. } => (Some(*page), "WriteGrant", Side::Requester),
         C::Invalidate { page, .. } => (Some(*page), "Invalidate", Side::Requester),
         C::Downgrade { page, .. } => (Some(*page), "Downgrade", Side::Requester),
+        C::DiffBatch { diffs, .. } => (diffs.first().map(|d| d.page), "DiffBatch", Side::Home),
         C::DiffAck { page, .. } => (Some(*page), "DiffAck", Side::Requester),
         C::WriteNotices { .. } => (
             None,

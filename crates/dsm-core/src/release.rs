@@ -13,9 +13,9 @@
 //! release found changed [`KEEP_IDLE_RELEASES`] times in a row goes back to the ordinary
 //! path (write-protected, twin dropped), so idle pages cost nothing at later releases.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use dsm_wire::{Coherence, DiffRun, NodeId, PAGE_SIZE, PageId};
+use dsm_wire::{Coherence, DiffRun, NodeId, PAGE_SIZE, PageDiff, PageId};
 
 use crate::actions::Action;
 use crate::cache::{Cache, LocalState};
@@ -55,6 +55,8 @@ pub(crate) struct Syncs {
     next_req: u64,
     /// Pages whose changes were published so far (diffs sent, home pages merged in place).
     pub(crate) published: u64,
+    /// Scanned writes: diffs of the sync in progress, per home, to send as batches.
+    batches: BTreeMap<NodeId, Vec<PageDiff>>,
 }
 
 impl SyncWait {

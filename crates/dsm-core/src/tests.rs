@@ -52,6 +52,11 @@ struct Cluster {
 
 impl Cluster {
     fn new(n: u32, consistency: Consistency, one_sided: bool) -> Self {
+        Cluster::with(n, consistency, one_sided, false)
+    }
+
+    /// As [`Cluster::new`], with written pages found by scanning or not.
+    fn with(n: u32, consistency: Consistency, one_sided: bool, scan_writes: bool) -> Self {
         let layout = RegionLayout {
             id: 0,
             pages: 4,
@@ -64,6 +69,7 @@ impl Cluster {
         for node in 0..n {
             let mut config = CoherenceConfig::new(node, n);
             config.one_sided = one_sided;
+            config.scan_writes = scan_writes;
             let mut engine = CoherenceEngine::new(config);
             engine.add_region(layout).unwrap();
             engines.push(engine);
@@ -130,6 +136,12 @@ impl Cluster {
                     Action::MakeTwin { page } => {
                         let copy = mem.local[page].clone();
                         mem.twins.insert(*page, copy);
+                    }
+                    Action::Twin { page, data } => {
+                        mem.twins.insert(*page, data.clone());
+                    }
+                    Action::Invalidate { page } => {
+                        mem.local.remove(page);
                     }
                     Action::ReadPage { home, page, token } => {
                         let data = self.mems[*home as usize].home[page].clone();
@@ -294,6 +306,83 @@ fn release_sends_a_diff_and_notices_invalidate_readers() {
     c.fault(2, Access::Read, 6);
     c.deliver_all();
     assert_eq!(c.mems[2].local[&P][10], 42);
+}
+
+/// Scanned writes: no write fault after install, one batch per home at a release, and the
+/// home's own private page needs no twin until another node fetches it.
+#[test]
+fn scanned_writes_batch_diffs_per_home() {
+    let mut c = Cluster::with(3, Consistency::Release, false, true);
+    let q = PageId { region: 0, page: 3 }; // homed on node 0 of 3 (cyclic)
+    let r = PageId { region: 0, page: 1 }; // homed on node 1
+    // Node 2 writes a page of each of two homes: two batches.
+    for (token, page) in [(1, r), (2, q)] {
+        c.engines[2]
+            .fault(page, Access::Write, token, &mut c.mems[2])
+            .unwrap();
+        c.collect(2);
+    }
+    c.deliver_all();
+    assert!(c.woken(2, 1) && c.woken(2, 2));
+    assert!(
+        c.seen[2]
+            .iter()
+            .any(|a| matches!(a, Action::Twin { page, .. } if *page == r))
+    );
+    assert!(
+        !c.seen[2]
+            .iter()
+            .any(|a| matches!(a, Action::MakeTwin { .. } | Action::Upgrade { .. })),
+        "no write fault path"
+    );
+    c.mems[2].local.get_mut(&r).unwrap()[5] = 55;
+    c.mems[2].local.get_mut(&q).unwrap()[6] = 66;
+    c.release(2, 100);
+    let batches: Vec<_> = c
+        .wire
+        .iter()
+        .filter_map(|(_, to, m)| match m {
+            Coherence::DiffBatch { diffs, .. } => Some((*to, diffs.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(batches, vec![(0, 1), (1, 1)], "one batch per home");
+    c.deliver_all();
+    assert_eq!((c.mems[1].home[&r][5], c.mems[0].home[&q][6]), (55, 66));
+}
+
+#[test]
+fn a_bad_diff_batch_is_refused_whole() {
+    let mut c = Cluster::new(2, Consistency::Release, false);
+    let mine = PageId { region: 0, page: 1 }; // homed on node 1
+    let other = PageId { region: 0, page: 2 }; // homed on node 0
+    let run = |offset: u16, len: usize| dsm_wire::DiffRun {
+        offset,
+        bytes: vec![9; len],
+    };
+    let batch = |second: PageId, len: usize| Coherence::DiffBatch {
+        req: 1,
+        diffs: vec![
+            dsm_wire::PageDiff {
+                page: mine,
+                runs: vec![run(0, 1)],
+            },
+            dsm_wire::PageDiff {
+                page: second,
+                runs: vec![run(4095, len)],
+            },
+        ],
+    };
+    let before = c.mems[1].home[&mine].clone();
+    for (message, refused) in [(batch(other, 1), "not home"), (batch(mine, 2), "bad run")] {
+        let result = c.engines[1].on_message(0, message, &mut c.mems[1]);
+        assert!(result.is_err(), "{refused}");
+        assert_eq!(c.mems[1].home[&mine], before, "{refused}: nothing applied");
+        assert!(
+            c.engines[1].take_actions().is_empty(),
+            "{refused}: nothing sent"
+        );
+    }
 }
 
 #[test]

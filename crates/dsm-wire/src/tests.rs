@@ -118,6 +118,22 @@ fn coherence_samples() -> Vec<Coherence> {
             req: 5,
             page: pid(0, 0),
         },
+        Coherence::DiffBatch {
+            req: 6,
+            diffs: vec![
+                PageDiff {
+                    page: pid(0, 1),
+                    runs: vec![DiffRun {
+                        offset: 7,
+                        bytes: vec![9],
+                    }],
+                },
+                PageDiff {
+                    page: pid(0, 3),
+                    runs: Vec::new(),
+                },
+            ],
+        },
         Coherence::WriteNotices {
             pages: vec![pid(0, 1), pid(2, 3)],
         },
@@ -489,6 +505,28 @@ fn overlapping_or_escaping_diff_runs_are_rejected() {
             page: pid(0, 0),
             runs,
         });
+        assert!(matches!(
+            decode(&encode(&msg, CLUSTER, 0), &limits),
+            Err(Error::InvalidField { .. })
+        ));
+    }
+}
+
+#[test]
+fn an_empty_or_bad_diff_batch_is_rejected() {
+    let limits = Limits::new(CLUSTER);
+    let bad_run = vec![DiffRun {
+        offset: 4095,
+        bytes: vec![1, 2],
+    }];
+    for diffs in [
+        Vec::new(),
+        vec![PageDiff {
+            page: pid(0, 0),
+            runs: bad_run,
+        }],
+    ] {
+        let msg = Message::Coherence(Coherence::DiffBatch { req: 1, diffs });
         assert!(matches!(
             decode(&encode(&msg, CLUSTER, 0), &limits),
             Err(Error::InvalidField { .. })

@@ -352,6 +352,12 @@ impl Coherence {
                 match &message {
                     Msg::Invalidate { .. } => Counters::bump(&counters.invalidations_sent),
                     Msg::Diff { .. } => Counters::bump(&counters.diffs_sent),
+                    Msg::DiffBatch { diffs, .. } => {
+                        let pages = u64::try_from(diffs.len()).unwrap_or(u64::MAX);
+                        counters
+                            .diffs_sent
+                            .fetch_add(pages, std::sync::atomic::Ordering::Relaxed);
+                    }
                     _ => {}
                 }
                 send_counted(ctx.transport, counters, to, &Message::Coherence(message));

@@ -27,7 +27,7 @@ pub struct Stats {
     /// Pages this node invalidated: on a home's request (sequential mode) or named by a
     /// write notice at an acquire (release mode).
     pub invalidations_received: u64,
-    /// Diffs sent to homes (release mode).
+    /// Pages whose diffs were sent to their homes (release mode; each page of a batch counts).
     pub diffs_sent: u64,
     /// Release mode: pages the scans at releases and acquires found written
     /// ([`WriteTracking::Scan`](crate::WriteTracking::Scan); 0 with write faults).

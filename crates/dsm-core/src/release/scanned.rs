@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use dsm_wire::{PAGE_SIZE, PageId};
+use dsm_wire::{Coherence, MAX_BATCH_PAGES, PAGE_SIZE, PageDiff, PageId};
 
 use super::{SyncWait, Syncs, diff};
 use crate::cache::{Cache, LocalState};
@@ -48,7 +48,7 @@ impl Syncs {
         for (page, loc) in written {
             let mut snapshot = [0u8; PAGE_SIZE];
             mem.snapshot(page, &mut snapshot);
-            if self.publish_scanned(page, loc, &snapshot, (token, &mut wait), ctx, mem) {
+            if self.publish_scanned(page, loc, &snapshot, ctx, mem) {
                 wait.notices.push(page);
             }
         }
@@ -58,11 +58,12 @@ impl Syncs {
                 let Some(loc) = located.get(&page).copied() else {
                     continue;
                 };
-                if self.drop_copy(page, loc, (token, &mut wait), cache, ctx, mem) {
+                if self.drop_copy(page, loc, cache, ctx, mem) {
                     wait.notices.push(page);
                 }
             }
         }
+        self.send_batches(token, &mut wait, ctx);
         if ctx.config.mutated(MutationPoint::ForgetNotices) {
             wait.notices.clear();
         }
@@ -87,10 +88,11 @@ impl Syncs {
             if cache.state(*page) == LocalState::Invalid {
                 continue;
             }
-            if self.drop_copy(*page, *loc, (token, &mut wait), cache, ctx, mem) {
+            if self.drop_copy(*page, *loc, cache, ctx, mem) {
                 self.carried.insert(*page);
             }
         }
+        self.send_batches(token, &mut wait, ctx);
         self.register(token, wait, ctx);
         Ok(())
     }
@@ -102,7 +104,6 @@ impl Syncs {
         &mut self,
         page: PageId,
         loc: Located,
-        sync: (u64, &mut SyncWait),
         cache: &mut Cache,
         ctx: &mut Ctx<'_>,
         mem: &mut dyn Memory,
@@ -111,22 +112,36 @@ impl Syncs {
         if cache.tracked.contains(&page) {
             let mut last = [0u8; PAGE_SIZE];
             if mem.take_away(page, &mut last) {
-                changed = self.publish_scanned(page, loc, &last, sync, ctx, mem);
+                changed = self.publish_scanned(page, loc, &last, ctx, mem);
             }
         }
         cache.drop_tracked(page, ctx);
         changed
     }
 
-    /// Publishes `current`, the bytes of a written copy: its diff against the twin goes home,
-    /// or (home page) is merged into the master; the twin becomes `current`. Returns whether
-    /// anything changed.
+    /// Sends the diffs collected for each home in as few messages as the frame size allows
+    /// ([`Coherence::DiffBatch`]), each one more ack for sync `token` to wait for.
+    fn send_batches(&mut self, token: u64, wait: &mut SyncWait, ctx: &mut Ctx<'_>) {
+        for (home, diffs) in std::mem::take(&mut self.batches) {
+            for diffs in split_batch(diffs) {
+                self.next_req += 1;
+                let req = self.next_req;
+                self.diffs.insert(req, token);
+                wait.remaining += 1;
+                wait.peer = home;
+                ctx.out.send(home, Coherence::DiffBatch { req, diffs });
+            }
+        }
+    }
+
+    /// Publishes `current`, the bytes of a written copy: its diff against the twin is queued
+    /// for its home ([`Syncs::send_batches`]), or (home page) merged into the master; the twin
+    /// becomes `current`. Returns whether anything changed.
     fn publish_scanned(
         &mut self,
         page: PageId,
         loc: Located,
         current: &[u8; PAGE_SIZE],
-        (token, wait): (u64, &mut SyncWait),
         ctx: &mut Ctx<'_>,
         mem: &mut dyn Memory,
     ) -> bool {
@@ -139,7 +154,11 @@ impl Syncs {
             let runs = diff(mem.twin(page), current);
             let changed = !runs.is_empty();
             if changed {
-                self.send_diff(page, loc, runs, token, wait, ctx);
+                self.published += 1;
+                self.batches
+                    .entry(loc.home)
+                    .or_default()
+                    .push(PageDiff { page, runs });
             }
             changed
         };
@@ -148,6 +167,30 @@ impl Syncs {
         }
         changed
     }
+}
+
+/// Bytes of diff data per batch: well inside the wire's 1 MiB body limit.
+const BATCH_BYTES: usize = 512 * 1024;
+
+/// Cuts `diffs` into batches of at most [`MAX_BATCH_PAGES`] pages and about
+/// [`BATCH_BYTES`] bytes each.
+fn split_batch(diffs: Vec<PageDiff>) -> Vec<Vec<PageDiff>> {
+    let mut batches = vec![Vec::new()];
+    let mut bytes = 0;
+    for diff in diffs {
+        let size = 16 + diff.runs.iter().map(|r| 6 + r.bytes.len()).sum::<usize>();
+        let full = batches.last().is_some_and(|b: &Vec<PageDiff>| {
+            !b.is_empty() && (b.len() == MAX_BATCH_PAGES || bytes + size > BATCH_BYTES)
+        });
+        if full {
+            batches.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        batches.last_mut().expect("one batch at least").push(diff);
+    }
+    batches.retain(|b| !b.is_empty());
+    batches
 }
 
 /// The pages of `tracked` the memory reports written (write-protecting them again).

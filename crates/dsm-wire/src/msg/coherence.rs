@@ -12,6 +12,18 @@ pub struct DiffRun {
     pub bytes: Vec<u8>,
 }
 
+/// The changed runs of one page, in a [`Coherence::DiffBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageDiff {
+    /// The page.
+    pub page: PageId,
+    /// Changed runs, in increasing, non-overlapping offsets.
+    pub runs: Vec<DiffRun>,
+}
+
+/// Most pages one [`Coherence::DiffBatch`] may carry.
+pub const MAX_BATCH_PAGES: usize = 4096;
+
 /// Coherence messages between a node and a page's home.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Coherence {
@@ -95,7 +107,16 @@ pub enum Coherence {
         /// Changed runs, in increasing, non-overlapping offsets.
         runs: Vec<DiffRun>,
     },
-    /// The home applied a diff.
+    /// Release mode: the diffs of several pages with the same home, from one release, in one
+    /// message; applied all or nothing and acknowledged by one [`Coherence::DiffAck`] naming
+    /// the first page.
+    DiffBatch {
+        /// Request id, echoed by DiffAck.
+        req: u64,
+        /// The pages' diffs (at least one, at most [`MAX_BATCH_PAGES`]).
+        diffs: Vec<PageDiff>,
+    },
+    /// The home applied a diff (or a batch: `page` is its first page).
     DiffAck {
         /// Request id of the Diff.
         req: u64,
@@ -120,6 +141,7 @@ pub(crate) const WRITE_BACK: u16 = 0x0208;
 pub(crate) const DIFF: u16 = 0x0209;
 pub(crate) const DIFF_ACK: u16 = 0x020a;
 pub(crate) const WRITE_NOTICES: u16 = 0x020b;
+pub(crate) const DIFF_BATCH: u16 = 0x020c;
 
 impl Coherence {
     pub(crate) fn command(&self) -> u16 {
@@ -133,6 +155,7 @@ impl Coherence {
             Coherence::Downgrade { .. } => DOWNGRADE,
             Coherence::WriteBack { .. } => WRITE_BACK,
             Coherence::Diff { .. } => DIFF,
+            Coherence::DiffBatch { .. } => DIFF_BATCH,
             Coherence::DiffAck { .. } => DIFF_ACK,
             Coherence::WriteNotices { .. } => WRITE_NOTICES,
         }
@@ -186,10 +209,14 @@ impl Coherence {
             Coherence::Diff { req, page, runs } => {
                 w.u64(*req);
                 w.page_id(*page);
-                w.u32(u32::try_from(runs.len()).expect("diff runs over u32"));
-                for run in runs {
-                    w.u16(run.offset);
-                    w.bytes(&run.bytes);
+                encode_runs(w, runs);
+            }
+            Coherence::DiffBatch { req, diffs } => {
+                w.u64(*req);
+                w.u32(u32::try_from(diffs.len()).expect("batch pages over u32"));
+                for diff in diffs {
+                    w.page_id(diff.page);
+                    encode_runs(w, &diff.runs);
                 }
             }
             Coherence::WriteNotices { pages } => w.page_ids(pages),
@@ -242,6 +269,10 @@ impl Coherence {
                 page: r.page_id()?,
                 runs: decode_runs(r)?,
             },
+            DIFF_BATCH => Coherence::DiffBatch {
+                req: r.u64("req")?,
+                diffs: decode_batch(r)?,
+            },
             DIFF_ACK => Coherence::DiffAck {
                 req: r.u64("req")?,
                 page: r.page_id()?,
@@ -252,6 +283,34 @@ impl Coherence {
             other => return Err(Error::UnknownCommand(other)),
         })
     }
+}
+
+fn encode_runs(w: &mut Writer, runs: &[DiffRun]) {
+    w.u32(u32::try_from(runs.len()).expect("diff runs over u32"));
+    for run in runs {
+        w.u16(run.offset);
+        w.bytes(&run.bytes);
+    }
+}
+
+/// Decodes a batch's page diffs: at least one, at most [`MAX_BATCH_PAGES`].
+fn decode_batch(r: &mut Reader<'_>) -> Result<Vec<PageDiff>> {
+    let n = r.count("batch pages", MAX_BATCH_PAGES)?;
+    if n == 0 {
+        return Err(Error::InvalidField {
+            field: "batch pages",
+            value: 0,
+        });
+    }
+    let mut diffs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let page = r.page_id()?;
+        diffs.push(PageDiff {
+            page,
+            runs: decode_runs(r)?,
+        });
+    }
+    Ok(diffs)
 }
 
 /// Decodes diff runs, rejecting any run that leaves the page or overlaps the one before.

@@ -14,7 +14,7 @@ use crate::codec::{Reader, Writer};
 use crate::{Error, Result};
 
 pub use alloc::{Alloc, RegionSpec};
-pub use coherence::{Coherence, DiffRun};
+pub use coherence::{Coherence, DiffRun, MAX_BATCH_PAGES, PageDiff};
 pub use membership::{Endpoint, Membership, RdmaConnInfo};
 pub use sync::SyncMsg;
 pub use transport::{PageStatus, Transport};

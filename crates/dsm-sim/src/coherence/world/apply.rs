@@ -69,8 +69,10 @@ impl World {
         let mem = &mut self.nodes[n].mem;
         match action {
             Action::Send { to, message } => {
-                if matches!(message, Coherence::Diff { .. }) {
-                    self.report.diffs += 1;
+                match &message {
+                    Coherence::Diff { .. } => self.report.diffs += 1,
+                    Coherence::DiffBatch { diffs, .. } => self.report.diffs += diffs.len() as u64,
+                    _ => {}
                 }
                 self.send(node_id, to, Wire::Coherence(message))?;
             }
