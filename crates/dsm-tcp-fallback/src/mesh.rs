@@ -2,13 +2,16 @@
 //! connection authenticated by the handshake, all within one deadline.
 //!
 //! Dialling and accepting run on two scoped threads so two nodes dialling each other's
-//! listeners never wait on each other. An accepted socket that fails its handshake (garbage,
-//! wrong cluster, wrong key, a rank already connected) is logged and dropped; the node keeps
+//! listeners never wait on each other, and each accepted socket's handshake runs on a thread
+//! of its own with its own deadline, so idle or slow connections (a port scanner, a stranger)
+//! cannot delay the peers. An accepted socket that fails its handshake (garbage, wrong
+//! cluster, wrong key, a rank already connected) is logged and dropped; the node keeps
 //! accepting until the deadline.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dsm_wire::NodeId;
@@ -20,6 +23,13 @@ use crate::{Error, Result, TcpConfig};
 
 /// Pause between connection attempts to a rank whose listener is not up yet.
 const REDIAL_PAUSE: Duration = Duration::from_millis(20);
+
+/// How often the accept loop looks whether the handshakes in progress completed the mesh.
+const ACCEPT_SLICE: Duration = Duration::from_millis(20);
+
+/// Handshakes in progress at once; connections beyond are dropped (each holds a thread for
+/// at most the handshake timeout).
+const MAX_HANDSHAKES: usize = 64;
 
 /// Seconds after which unacknowledged data or unanswered keepalives declare a peer dead.
 const DEAD_PEER_SECS: u32 = 10;
@@ -34,17 +44,31 @@ pub(crate) struct Link {
 /// Connected, authenticated sockets indexed by rank (`None` at the local rank).
 pub(crate) type Mesh = Vec<Option<Link>>;
 
+/// What the dialling, accepting and handshake threads fill in.
+#[derive(Debug)]
+struct Progress {
+    slots: Mutex<Mesh>,
+    last_error: Mutex<String>,
+    /// Handshakes of accepted sockets in progress.
+    in_flight: AtomicUsize,
+}
+
 /// Connects to every peer of `config` or fails naming the ranks missing at the deadline.
 pub(crate) fn connect(config: &TcpConfig, local: &Credentials) -> Result<Mesh> {
     let started = Instant::now();
     let deadline = started + config.connect_timeout;
-    let slots: Mutex<Mesh> = Mutex::new((0..config.peers.len()).map(|_| None).collect());
-    let last_error = Mutex::new(String::new());
-    std::thread::scope(|scope| {
-        scope.spawn(|| dial_lower(config, local, deadline, &slots, &last_error));
-        accept_higher(config, local, deadline, &slots, &last_error);
+    let progress = Arc::new(Progress {
+        slots: Mutex::new(empty_mesh(config.peers.len())),
+        last_error: Mutex::new(String::new()),
+        in_flight: AtomicUsize::new(0),
     });
-    let mesh = slots.into_inner().unwrap_or_else(|p| p.into_inner());
+    std::thread::scope(|scope| {
+        scope.spawn(|| dial_lower(config, local, deadline, &progress));
+        accept_higher(config, local, deadline, &progress);
+    });
+    // Handshakes still running (idle or slow sockets) end on their own deadline; they find
+    // an empty mesh and their socket is dropped.
+    let mesh = std::mem::replace(&mut *lock(&progress.slots), empty_mesh(config.peers.len()));
     let missing: Vec<NodeId> = (0..config.size())
         .filter(|&r| r != config.rank && mesh[r as usize].is_none())
         .collect();
@@ -54,28 +78,26 @@ pub(crate) fn connect(config: &TcpConfig, local: &Credentials) -> Result<Mesh> {
         Err(Error::MeshTimeout {
             missing,
             waited_ms: started.elapsed().as_millis(),
-            last_error: last_error.into_inner().unwrap_or_else(|p| p.into_inner()),
+            last_error: lock(&progress.last_error).clone(),
         })
     }
 }
 
-fn dial_lower(
-    config: &TcpConfig,
-    local: &Credentials,
-    deadline: Instant,
-    slots: &Mutex<Mesh>,
-    last_error: &Mutex<String>,
-) {
+fn empty_mesh(size: usize) -> Mesh {
+    (0..size).map(|_| None).collect()
+}
+
+fn dial_lower(config: &TcpConfig, local: &Credentials, deadline: Instant, progress: &Progress) {
     for peer in 0..config.rank {
         while Instant::now() < deadline {
             match dial_one(config, local, peer, deadline) {
                 Ok(link) => {
-                    lock(slots)[peer as usize] = Some(link);
+                    lock(&progress.slots)[peer as usize] = Some(link);
                     break;
                 }
                 Err(e) => {
                     tracing::debug!(rank = config.rank, peer, error = %e, "dial failed, retrying");
-                    *lock(last_error) = e.to_string();
+                    *lock(&progress.last_error) = e.to_string();
                     std::thread::sleep(
                         REDIAL_PAUSE.min(deadline.saturating_duration_since(Instant::now())),
                     );
@@ -105,29 +127,65 @@ fn accept_higher(
     config: &TcpConfig,
     local: &Credentials,
     deadline: Instant,
-    slots: &Mutex<Mesh>,
-    last_error: &Mutex<String>,
+    progress: &Arc<Progress>,
 ) {
-    let size = config.size();
-    let wanted = |r: NodeId| r > config.rank && r < size;
-    let missing = || (config.rank + 1..size).any(|r| lock(slots)[r as usize].is_none());
-    while missing() {
-        let Some(mut stream) = accept_until(&config.listener, deadline) else {
-            return;
+    let (rank, size) = (config.rank, config.size());
+    let missing = || (rank + 1..size).any(|r| lock(&progress.slots)[r as usize].is_none());
+    while missing() && Instant::now() < deadline {
+        // Short slices: a handshake finishing on its own thread may complete the mesh.
+        let slice = deadline.min(Instant::now() + ACCEPT_SLICE);
+        let Some(stream) = accept_until(&config.listener, slice) else {
+            continue;
         };
-        let result = prepare(&stream, bounded(config.handshake_timeout, deadline))
-            .and_then(|()| {
-                handshake::accept(local, &mut stream, |r| {
-                    wanted(r) && lock(slots)[r as usize].is_none()
-                })
-            })
-            .and_then(|accepted| finish(&stream).map(|()| accepted));
-        match result {
-            Ok((peer, session)) => lock(slots)[peer as usize] = Some(Link { stream, session }),
-            Err(e) => {
-                tracing::warn!(rank = config.rank, error = %e, "rejected an incoming connection");
-                *lock(last_error) = e.to_string();
-            }
+        if progress.in_flight.load(Ordering::Acquire) >= MAX_HANDSHAKES {
+            tracing::warn!(
+                rank,
+                "dropped an incoming connection: {MAX_HANDSHAKES} handshakes in progress"
+            );
+            continue;
+        }
+        progress.in_flight.fetch_add(1, Ordering::AcqRel);
+        let (local, progress) = (local.clone(), Arc::clone(progress));
+        let budget = bounded(config.handshake_timeout, deadline);
+        let spawned = std::thread::Builder::new()
+            .name(format!("dsm-handshake-{rank}"))
+            .spawn(move || {
+                accept_one(&local, (rank, size), stream, budget, &progress);
+                progress.in_flight.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(rank, error = %e, "no thread for a handshake; connection dropped");
+        }
+    }
+}
+
+/// Runs the handshake of one accepted socket on its own thread, within `budget`, so an idle
+/// or slow connection delays no other; an authenticated peer fills its slot (the first one
+/// wins: a second connection claiming the same rank is dropped).
+fn accept_one(
+    local: &Credentials,
+    (rank, size): (NodeId, u32),
+    mut stream: TcpStream,
+    budget: Duration,
+    progress: &Progress,
+) {
+    let wanted = |r: NodeId| r > rank && r < size;
+    let free = |r: NodeId| {
+        lock(&progress.slots)
+            .get(r as usize)
+            .is_some_and(Option::is_none)
+    };
+    let result = prepare(&stream, budget)
+        .and_then(|()| handshake::accept(local, &mut stream, |r| wanted(r) && free(r)))
+        .and_then(|accepted| finish(&stream).map(|()| accepted));
+    match result {
+        Ok((peer, session)) => match lock(&progress.slots).get_mut(peer as usize) {
+            Some(slot @ None) => *slot = Some(Link { stream, session }),
+            _ => tracing::warn!(rank, peer, "dropped a second connection from a rank"),
+        },
+        Err(e) => {
+            tracing::warn!(rank, error = %e, "rejected an incoming connection");
+            *lock(&progress.last_error) = e.to_string();
         }
     }
 }

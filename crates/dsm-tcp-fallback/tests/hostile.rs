@@ -428,3 +428,33 @@ fn reordered_frames_close_the_keyed_connection() {
     expect_failed(&receivers[0], 2, "frame #0");
     assert!(closed_by_peer(stream));
 }
+
+/// Sixteen idle connections to rank 0's listener, opened before its peers dial: each
+/// handshake runs on its own thread with its own deadline, so the mesh forms. Handled one at
+/// a time (1 s each before the peers' turn) it could not within the 5 s allowed.
+#[test]
+fn idle_connections_do_not_delay_the_mesh() {
+    let (listeners, addrs) = listeners(3);
+    let idle: Vec<TcpStream> = (0..16)
+        .map(|_| TcpStream::connect(addrs[0]).unwrap())
+        .collect();
+    let mut sinks: Vec<Arc<dyn EventSink>> = Vec::new();
+    let configs = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(rank, l)| {
+            let (tx, _rx) = channel();
+            sinks.push(Arc::new(Collect(tx)));
+            let mut c = TcpConfig::new(rank as u32, l, addrs.clone(), CLUSTER);
+            c.key = Some(KEY);
+            c.handshake_timeout = Duration::from_secs(1);
+            c.connect_timeout = Duration::from_secs(5);
+            c
+        })
+        .collect();
+    for started in start_all(configs, sinks) {
+        let transport = started.expect("the mesh formed despite the idle connections");
+        transport.shutdown().unwrap();
+    }
+    drop(idle);
+}
