@@ -176,9 +176,10 @@ impl Coherence {
     }
 
     /// Forgets a region; its mapping goes when the last `Arc` does.
-    pub(crate) fn remove_region(&mut self, id: u32) -> Result<()> {
+    pub(crate) fn remove_region(&mut self, id: u32, counters: &Counters) -> Result<()> {
         self.engine.remove_region(id)?;
         self.regions.remove(&id);
+        self.count_twins(counters);
         Ok(())
     }
 

@@ -637,7 +637,9 @@ impl Node {
         // of the NIC, then the engine (which unmaps its home copies and drops its mapping),
         // so a failed alloc leaves nothing behind. Either may never have held it.
         let _ = rdma::withdraw(&self.transport, id);
-        let _ = self.core.engine(|c, _| c.remove_region(id));
+        let _ = self
+            .core
+            .engine(|c, _| c.remove_region(id, &self.core.shared.counters));
         Err(failed)
     }
 
@@ -676,7 +678,8 @@ impl Node {
         self.barrier()?;
         drop(region.server.take());
         rdma::withdraw(&self.transport, region.id)?;
-        self.core.engine(|c, _| c.remove_region(region.id))?;
+        self.core
+            .engine(|c, _| c.remove_region(region.id, &self.core.shared.counters))?;
         self.rendezvous(Collective::Free, Vec::new())?;
         Ok(())
     }
