@@ -44,8 +44,9 @@ pub(crate) struct Coherence {
     faults: HashMap<u64, (PageId, Instant)>,
     /// Sync tokens nobody waits for (acquires started by the lock table).
     detached: HashSet<u64>,
-    /// Pages whose fault timed out, with the error: every later fault on them fails with it
-    /// (the threads blocked on them are woken to fault again and fail).
+    /// Pages whose fault timed out or needed a failed node (home failed, page lost), with the
+    /// error: every later fault on them fails with it (the threads blocked on them are woken
+    /// to fault again and fail).
     timed_out: HashMap<PageId, Error>,
     /// Home transactions and syncs already reported as overdue (logged once each).
     reported: HashSet<String>,
@@ -271,13 +272,14 @@ impl Coherence {
         self.apply(ctx)
     }
 
-    /// The error of a page whose fault timed out before, if it did.
+    /// The error of a page whose fault timed out or needed a failed node before, if it did.
     fn check_timed_out(&self, page: PageId) -> Result<()> {
         match self.timed_out.get(&page) {
             Some(Error::Timeout { what, waited_ms }) => Err(Error::Timeout {
                 what: what.clone(),
                 waited_ms: *waited_ms,
             }),
+            Some(Error::Coherence(error)) => Err(Error::Coherence(error.clone())),
             _ => Ok(()),
         }
     }
@@ -408,6 +410,7 @@ impl Coherence {
                 self.count_twins(counters);
             }
             Action::Wake { token } => self.wake(token, counters)?,
+            Action::FaultFailed { token, error } => self.fault_failed(token, error),
             Action::SyncDone { token, notices } => {
                 if !self.detached.remove(&token) {
                     ctx.shared.update(|s| s.syncs.insert(token, notices));
@@ -432,6 +435,18 @@ impl Coherence {
         counters.pages_found_written.fetch_add(found, Relaxed);
         let published = self.engine.pages_published();
         counters.pages_diffed.store(published, Relaxed);
+    }
+
+    /// A fault needed a failed node: its page fails from now on, and its threads are woken to
+    /// fault again and fail (the process exits naming the page and the node).
+    fn fault_failed(&mut self, token: u64, error: dsm_core::Error) {
+        let Some(&(page, _)) = self.faults.get(&token) else {
+            return;
+        };
+        self.timed_out
+            .entry(page)
+            .or_insert(Error::Coherence(error));
+        self.wake_faults_on(page);
     }
 
     fn wake(&mut self, token: u64, counters: &Counters) -> Result<()> {
