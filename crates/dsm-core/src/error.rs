@@ -114,7 +114,11 @@ pub enum Error {
     /// it any more.
     ///
     /// [`CoherenceEngine::node_failed`]: crate::CoherenceEngine::node_failed
-    #[error("page {} of region {} cannot be served: its home, node {home}, failed", page.page, page.region)]
+    #[error(
+        "page {} of region {} cannot be served: node {home} failed (its home)",
+        page.page,
+        page.region
+    )]
     HomeFailed {
         /// The page faulted on.
         page: PageId,
@@ -124,7 +128,7 @@ pub enum Error {
     /// Sequential mode: a fault on a page whose only current copy was writable on a node that
     /// failed; the home's master copy is stale, so the page is lost (never served stale).
     #[error(
-        "page {} of region {} is lost: node {writer}, which held it writable, failed",
+        "page {} of region {} is lost: node {writer} failed while it held the page writable",
         page.page,
         page.region
     )]

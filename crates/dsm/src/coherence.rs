@@ -102,23 +102,12 @@ impl Coherence {
         Arc::clone(&self.slots)
     }
 
-    /// A node failed: wakes every thread waiting on a fault, so that its access faults again
-    /// and the resolver fails it (the engine cannot complete it any more).
-    pub(crate) fn wake_all_faults(&mut self, failed: NodeId) {
-        for (token, slot) in self.signal_faults.drain() {
-            if let Some((page, _)) = self.faults.get(&token) {
-                // The SIGBUS handler cannot print: say here why its thread fails.
-                eprintln!("dsm: fault on {page:?} cannot be served: node {failed} failed");
-            }
-            self.slots.fail(slot);
-        }
-        for (_, (page, _)) in self.faults.drain() {
-            if let Some(mapped) = self.regions.get(&page.region) {
-                if let Err(e) = mapped.region.wake(page.page) {
-                    tracing::warn!(?page, error = %e, "wake after a failure");
-                }
-            }
-        }
+    /// Node `failed` failed: only the faults that need it fail (pages homed there, pages it
+    /// held writable), through the engine's [`Action::FaultFailed`]; the others go on.
+    pub(crate) fn node_failed(&mut self, failed: NodeId, ctx: &Ctx<'_>) -> Result<()> {
+        let mut mem = Mem::new(&mut self.regions);
+        self.engine.node_failed(failed, &mut mem)?;
+        self.apply(ctx)
     }
 
     /// Nobody will wait for `token`'s completion: drop it when it comes.
@@ -250,11 +239,6 @@ impl Coherence {
         ctx: &Ctx<'_>,
     ) -> Result<()> {
         let (page, access, slot, since) = fault;
-        if let Some(rank) = ctx.shared.read(|s| s.failed.first().copied()) {
-            eprintln!("dsm: fault on {page:?} cannot be served: node {rank} failed");
-            self.slots.fail(slot);
-            return Ok(());
-        }
         let token = self.token();
         let started = self.check_timed_out(page).and_then(|()| {
             self.faults.insert(token, (page, since));
