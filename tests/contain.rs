@@ -7,7 +7,8 @@
 //!
 //! A survivor that got `NodeFailed` waits for the test's word on stdin: once every survivor
 //! has either got it or aborted, the test sends each the ranks still alive, and each reads one
-//! page it never touched from every live home (so each read is a fault served by that home).
+//! page it never touched from every live home, in a sequential and in a release-mode region
+//! (so each read is a fault served by that home).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -52,8 +53,17 @@ fn child_until_a_node_dies() {
             Consistency::Sequential,
         )
         .unwrap();
+    // The same fresh pages in a release-mode region: a fetch from a live home there too.
+    let relaxed = node
+        .alloc::<u64>(
+            "relaxed",
+            nodes * PAGES_PER_NODE * WORDS,
+            Consistency::Release,
+        )
+        .unwrap();
     for reader in 0..nodes {
         work.set(element(rank, 2 + reader), fresh_value(rank, reader));
+        relaxed.set(element(rank, 2 + reader), fresh_value(rank, reader));
     }
     node.barrier().unwrap();
     println!("rank {rank}: ready");
@@ -96,7 +106,11 @@ fn child_until_a_node_dies() {
     let mut served = 0;
     for home in live.into_iter().filter(|h| *h != rank) {
         assert_eq!(work.get(element(home, 2 + rank)), fresh_value(home, rank));
-        served += 1;
+        assert_eq!(
+            relaxed.get(element(home, 2 + rank)),
+            fresh_value(home, rank)
+        );
+        served += 2;
     }
     println!("rank {rank}: live homes served {served} fresh pages");
     // Hold the node (its pages) until the test says every survivor is done.
@@ -342,4 +356,10 @@ fn a_killed_node_fails_only_what_needs_it() {
         }
     }
     println!("outcomes over {runs} runs: {tally:?}");
+    let served = [Outcome::BarrierThenServed, Outcome::LockThenServed];
+    let served: u64 = served.iter().filter_map(|o| tally.get(o)).sum();
+    assert!(
+        served > 0,
+        "no survivor went on after the failure: {tally:?}"
+    );
 }
