@@ -17,6 +17,14 @@
 //!
 //! At the end (drained network), every Ricart–Agrawala acquire cost exactly 2(N−1) messages.
 //!
+//! **Crashes** ([`SimConfig::with_crash`]): one node crashes at a random step (what it had in
+//! flight is lost); each survivor's engine is told (`LockEngine::node_failed`) a random number
+//! of steps later and then behaves as the runtime does: every lock or barrier wait ends in
+//! `NodeFailed`, a thread holding a lock leaves it normally, and no new acquire or barrier
+//! starts. Checked besides the above: no survivor's wait outlives the bound (none hangs),
+//! mutual exclusion among survivors, grants carry no notice nobody released, every engine
+//! call succeeds, and at the end no lock is owned or held.
+//!
 //! ```
 //! use dsm_sim::locks::{SimConfig, run};
 //!
@@ -28,6 +36,7 @@ mod check;
 mod world;
 
 use dsm_locks::{BarrierKind, LockKind};
+use dsm_wire::NodeId;
 
 use crate::error::Result;
 use crate::net::NetConfig;
@@ -65,6 +74,19 @@ pub struct SimConfig {
     pub net: NetConfig,
     /// Deliberately broken driver (mutation tests).
     pub mutation: Mutation,
+    /// A node that crashes during the run.
+    pub crash: Option<Crash>,
+}
+
+/// A node crash in a simulated run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crash {
+    /// The node that crashes.
+    pub node: NodeId,
+    /// Step at which it crashes (a run that ends before has no crash).
+    pub at_step: u64,
+    /// Each survivor is told within this many steps after the crash.
+    pub notice_within: u64,
 }
 
 /// Deliberate faults, to prove the checker bites.
@@ -77,6 +99,9 @@ pub enum Mutation {
     ForgetNotices,
     /// Nodes ignore `RemoteWaiting` and hand a lock between their own threads forever.
     UnboundedHandoffs,
+    /// Crash runs: the survivors' engines are never told (no `node_failed`), so waits on
+    /// the dead node are never given up.
+    NeverTold,
 }
 
 impl SimConfig {
@@ -120,7 +145,20 @@ impl SimConfig {
             wait_bound: 200_000,
             net,
             mutation: Mutation::None,
+            crash: None,
         }
+    }
+
+    /// [`SimConfig::random`] with one node crashing at a random step.
+    pub fn with_crash(seed: u64, sections: u32) -> Self {
+        let mut config = SimConfig::random(seed, sections);
+        let mut rng = Rng::new(seed ^ 0xc4a5_4ed0);
+        config.crash = Some(Crash {
+            node: u32::try_from(rng.below(u64::from(config.nodes))).expect("fits"),
+            at_step: rng.range(1, u64::from(sections) * 8),
+            notice_within: rng.range(1, 2_000),
+        });
+        config
     }
 }
 
@@ -149,6 +187,12 @@ pub struct Report {
     pub longest_wait_steps: u64,
     /// Steps run.
     pub steps: u64,
+    /// Nodes crashed.
+    pub crashes: u64,
+    /// Lock and barrier waits of survivors ended by `NodeFailed`.
+    pub failed_waits: u64,
+    /// Node-level grants to survivors after the crash (survivors' engines went on).
+    pub grants_after_crash: u64,
 }
 
 impl Report {
@@ -167,6 +211,9 @@ impl Report {
         self.barrier_ticks += other.barrier_ticks;
         self.longest_wait_steps = self.longest_wait_steps.max(other.longest_wait_steps);
         self.steps += other.steps;
+        self.crashes += other.crashes;
+        self.failed_waits += other.failed_waits;
+        self.grants_after_crash += other.grants_after_crash;
     }
 
     /// Messages per node-level acquire of one algorithm (0 = RA, 1 = home-queue).
@@ -240,6 +287,7 @@ pub fn measure_barrier(kind: BarrierKind, nodes: u32, seed: u64) -> Result<Repor
         wait_bound: 2_000_000,
         net: fixed_delay_net(nodes),
         mutation: Mutation::None,
+        crash: None,
     };
     run(&config)
 }
@@ -267,6 +315,7 @@ pub fn measure(kind: LockKind, nodes: u32, threads: u32, seed: u64) -> Result<Re
         wait_bound: 2_000_000,
         net: fixed_delay_net(nodes),
         mutation: Mutation::None,
+        crash: None,
     };
     run(&config)
 }

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::net::SimNet;
 use crate::rng::Rng;
 
+mod crash;
 mod local;
 
 /// One application thread.
@@ -73,6 +74,12 @@ pub(super) struct World {
     step: u64,
     check: Checker,
     report: Report,
+    /// The node that crashed, once it did.
+    crashed: Option<NodeId>,
+    /// Survivors not yet told of the crash: (step due, survivor), in order.
+    failure_notices: Vec<(u64, NodeId)>,
+    /// Nodes told of the crash (they behave as the runtime does after a failure).
+    told: Vec<bool>,
 }
 
 fn kind_index(kind: LockKind) -> usize {
@@ -96,6 +103,9 @@ impl World {
             step: 0,
             check,
             report: Report::default(),
+            crashed: None,
+            failure_notices: Vec::new(),
+            told: vec![false; config.nodes as usize],
             config,
         };
         for node in 0..world.config.nodes {
@@ -149,7 +159,13 @@ impl World {
             let ticks = self.rng.range(1, 200);
             self.net.pause(node, ticks);
         }
+        self.maybe_crash();
         let timer = self.timers.first_key_value().map(|(k, _)| *k);
+        let idle = timer.is_none() && self.net.next_due().is_none();
+        if self.notice_due(idle) {
+            self.tell_failure()?;
+            return Ok(true);
+        }
         match (timer, self.net.next_due()) {
             (None, None) => Ok(false),
             (Some(key), due) if due.is_none_or(|d| key.0 < d) => {
@@ -193,6 +209,9 @@ impl World {
     }
 
     pub(super) fn check_end(&self) -> Result<()> {
+        if self.crashed.is_some() {
+            return self.check_end_after_crash();
+        }
         for (n, node) in self.nodes.iter().enumerate() {
             if node.round < self.config.rounds || node.threads.iter().any(|t| *t != Thread::Done) {
                 return Err(self.invariant(format!(
@@ -241,7 +260,17 @@ impl World {
     }
 
     fn on_timer(&mut self, timer: Timer) -> Result<()> {
+        let (Timer::Think { node, .. } | Timer::Leave { node, .. }) = timer;
+        if self.crashed == Some(node) {
+            return Ok(()); // It died with its node.
+        }
         match timer {
+            Timer::Think { node, thread } if self.told[node as usize] => {
+                // The acquire would return NodeFailed at once.
+                self.nodes[node as usize].threads[thread as usize] = Thread::Done;
+                self.report.failed_waits += 1;
+                Ok(())
+            }
             Timer::Think { node, thread } => {
                 let locks = self.config.locks.len();
                 let lock = u32::try_from(self.rng.index(locks)).expect("few locks");
@@ -321,6 +350,9 @@ impl World {
         self.check
             .granted(node, lock, notices)
             .map_err(|d| self.invariant(d))?;
+        if self.crashed.is_some() {
+            self.report.grants_after_crash += 1;
+        }
         let kind = kind_index(self.config.locks[lock as usize]);
         let now = self.net.now();
         let l = &mut self.nodes[node as usize].locks[lock as usize];
@@ -339,6 +371,9 @@ impl World {
     }
 
     fn barrier_done(&mut self, node: NodeId, epoch: u64, notices: &[PageId]) -> Result<()> {
+        if self.told[node as usize] {
+            return Ok(()); // Its wait already ended in NodeFailed; it starts no more rounds.
+        }
         self.check
             .left(node, epoch, notices)
             .map_err(|d| self.invariant(d))?;

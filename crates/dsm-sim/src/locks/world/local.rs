@@ -114,8 +114,10 @@ impl World {
     }
 
     pub(super) fn maybe_enter_barrier(&mut self, node: NodeId) -> Result<()> {
+        let told = self.told[node as usize];
         let n = &mut self.nodes[node as usize];
-        if n.in_barrier_since.is_some()
+        if told // After a failure the runtime's barriers fail at once.
+            || n.in_barrier_since.is_some()
             || n.threads.iter().any(|t| *t != Thread::Done)
             || n.round >= self.config.rounds
         {
