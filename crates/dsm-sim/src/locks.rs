@@ -12,7 +12,9 @@
 //!   and every barrier completes within it;
 //! * **write notices**: each grant carries exactly the pages other nodes released under the
 //!   lock since this node last held it; each barrier exit carries every node's notices;
-//! * **barriers**: no node leaves barrier `e` before every node arrived at `e`;
+//! * **barriers**: no node leaves barrier `e` before every node arrived at `e` (the barrier is
+//!   `BarrierEngine` or, in half the seeds, the runtime's own: arrivals to node 0, whose
+//!   [`CentralBarrier`](dsm_locks::CentralBarrier) releases everyone);
 //! * **engines**: every engine call succeeds and every message goes to a cluster member.
 //!
 //! At the end (drained network), every Ricart–Agrawala acquire cost exactly 2(N−1) messages.
@@ -54,8 +56,11 @@ pub struct SimConfig {
     pub threads: u32,
     /// Algorithm of each lock (the lock id is the index).
     pub locks: Vec<LockKind>,
-    /// Barrier algorithm.
+    /// Barrier algorithm (when `runtime_barrier` is false).
     pub barrier: BarrierKind,
+    /// Use the runtime's barrier instead: arrivals to node 0, whose
+    /// [`CentralBarrier`](dsm_locks::CentralBarrier) releases every node.
+    pub runtime_barrier: bool,
     /// Rounds (critical sections per thread, then a barrier).
     pub rounds: u32,
     /// Critical sections per thread per round (0: barriers only).
@@ -126,7 +131,7 @@ impl SimConfig {
         let threads = u32::try_from(rng.range(1, 3)).expect("fits");
         let per_thread = (sections / (nodes * threads)).max(2);
         let rounds = u32::try_from(rng.range(1, 4)).expect("fits");
-        SimConfig {
+        let mut config = SimConfig {
             seed,
             nodes,
             threads,
@@ -146,7 +151,11 @@ impl SimConfig {
             net,
             mutation: Mutation::None,
             crash: None,
-        }
+            runtime_barrier: false,
+        };
+        // Drawn last, so that every other choice of a seed is what it was before.
+        config.runtime_barrier = rng.chance(1, 2);
+        config
     }
 
     /// [`SimConfig::random`] with one node crashing at a random step.
@@ -288,6 +297,7 @@ pub fn measure_barrier(kind: BarrierKind, nodes: u32, seed: u64) -> Result<Repor
         net: fixed_delay_net(nodes),
         mutation: Mutation::None,
         crash: None,
+        runtime_barrier: false,
     };
     run(&config)
 }
@@ -316,6 +326,7 @@ pub fn measure(kind: LockKind, nodes: u32, threads: u32, seed: u64) -> Result<Re
         net: fixed_delay_net(nodes),
         mutation: Mutation::None,
         crash: None,
+        runtime_barrier: false,
     };
     run(&config)
 }

@@ -30,10 +30,16 @@ fn lock_and_barrier_seeds() {
     let (seeds, sections) = (seeds(), sections());
     let started = Instant::now();
     let mut total = Report::default();
+    let mut runtime_barriers = 0;
     for seed in &seeds {
         let config = SimConfig::random(*seed, sections);
         match run(&config) {
-            Ok(report) => total.absorb(&report),
+            Ok(report) => {
+                if config.runtime_barrier {
+                    runtime_barriers += report.barriers;
+                }
+                total.absorb(&report);
+            }
             Err(error) => panic!(
                 "locks seed {seed} failed (replay: DSM_SIM_SEED={seed} DSM_SIM_STEPS={sections}): \
                  {error}\nconfig: {config:?}"
@@ -50,6 +56,7 @@ fn lock_and_barrier_seeds() {
         // Both algorithms ran, threads were handed the lock locally, and nodes had to wait.
         assert!(total.acquires_by_kind[0] > 0 && total.acquires_by_kind[1] > 0);
         assert!(total.local_handoffs > 0);
+        assert!(runtime_barriers > 0, "the runtime's barrier never ran");
     }
 }
 

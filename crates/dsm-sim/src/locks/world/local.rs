@@ -2,7 +2,7 @@
 //! the node requests once for all of them, hands the lock between its threads, and gives it
 //! up when nobody local waits or a remote node has waited through `handoff_bound` handoffs.
 
-use dsm_wire::{NodeId, PageId};
+use dsm_wire::{NodeId, PageId, SyncMsg};
 
 use super::{Mutation, Thread, Timer, World};
 use crate::error::Result;
@@ -125,6 +125,18 @@ impl World {
         }
         n.in_barrier_since = Some((self.step, self.net.now()));
         let notices: Vec<PageId> = std::mem::take(&mut n.interval).into_iter().collect();
+        if self.config.runtime_barrier {
+            let epoch = n.central_epoch;
+            self.check
+                .arrive(node, epoch, &notices)
+                .map_err(|d| self.invariant(d))?;
+            let arrive = SyncMsg::BarrierArrive {
+                epoch,
+                round: 0,
+                notices,
+            };
+            return self.send(node, 0, arrive);
+        }
         let epoch = n.barrier.epoch();
         self.check
             .arrive(node, epoch, &notices)
