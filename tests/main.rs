@@ -2,6 +2,7 @@
 
 mod api;
 mod collectives;
+mod contain;
 mod dsm_run;
 mod examples;
 mod membership;

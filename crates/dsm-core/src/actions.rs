@@ -4,6 +4,8 @@ use std::collections::VecDeque;
 
 use dsm_wire::{Coherence, NodeId, Page, PageId};
 
+use crate::error::Error;
+
 /// The kind of access that faulted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -81,6 +83,15 @@ pub enum Action {
     Wake {
         /// The fault's token.
         token: u64,
+    },
+    /// The fault with `token` cannot be served: its page's home failed
+    /// ([`Error::HomeFailed`]) or the page is lost ([`Error::PageLost`]). The driver fails the
+    /// faulting thread's access with `error`; every later fault on the page fails the same way.
+    FaultFailed {
+        /// The fault's token.
+        token: u64,
+        /// Why, naming the page and the failed node.
+        error: Error,
     },
     /// An `acquire` or `release` finished. For a release, `notices` are the pages this node
     /// wrote since its last release: the lock or barrier layer hands them to the next acquirer.

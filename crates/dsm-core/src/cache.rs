@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::memory::Memory;
 use crate::region::Located;
 
+mod failure;
 mod scanned;
 
 /// This node's copy of a page.

@@ -64,6 +64,12 @@ pub enum Mutation {
     StaleTwin,
     /// Release mode with scanned writes: the scan at a release misses one written page.
     ScanMissesPage,
+    /// Sequential mode: a home told of a failed node keeps waiting for the invalidation acks
+    /// that node owed (for pages it held read-only), so the writes waiting on them hang.
+    ForgetFailedAcks,
+    /// Sequential mode: a home told of a failed node serves the stale master copy of the pages
+    /// that node held writable, instead of refusing them as lost.
+    ServeLostPages,
 }
 
 /// One engine's configuration.
@@ -119,6 +125,8 @@ impl CoherenceConfig {
                     | (Mutation::ForgetNotices, MutationPoint::ForgetNotices)
                     | (Mutation::StaleTwin, MutationPoint::StaleTwin)
                     | (Mutation::ScanMissesPage, MutationPoint::ScanMissesPage)
+                    | (Mutation::ForgetFailedAcks, MutationPoint::ForgetFailedAcks)
+                    | (Mutation::ServeLostPages, MutationPoint::ServeLostPages)
             )
         }
         #[cfg(not(feature = "mutation"))]
@@ -133,6 +141,8 @@ pub(crate) enum MutationPoint {
     ForgetNotices,
     StaleTwin,
     ScanMissesPage,
+    ForgetFailedAcks,
+    ServeLostPages,
 }
 
 #[cfg(test)]

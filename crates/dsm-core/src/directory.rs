@@ -4,6 +4,9 @@
 //! invalidation acks or a write-back) is in flight, later requests queue; each node has at most
 //! one request per page outstanding, so a queue never holds more than `nodes` entries.
 //! Release pages: no copy tracking; the home serves reads and applies diffs in arrival order.
+//! After a node fails, see [`failure`].
+
+mod failure;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -55,6 +58,10 @@ struct DirEntry {
 pub(crate) struct Directory {
     entries: HashMap<PageId, DirEntry>,
     next_txn: u64,
+    /// Nodes declared failed: no grant goes to them any more.
+    failed: BTreeSet<NodeId>,
+    /// Sequential pages lost with the failed node that held them writable.
+    lost: HashMap<PageId, NodeId>,
 }
 
 impl Directory {
@@ -69,6 +76,11 @@ impl Directory {
         ctx: &mut Ctx<'_>,
         mem: &mut dyn Memory,
     ) -> Result<()> {
+        if let Some(&writer) = self.lost.get(&page) {
+            ctx.out
+                .send(from, Coherence::PageLost { req, page, writer });
+            return Ok(());
+        }
         if let Some(entry) = self.entries.get(&page) {
             let queued = entry.queue.iter().any(|r| r.from == from)
                 || entry.txn.as_ref().is_some_and(|t| t.request.from == from);
@@ -157,7 +169,7 @@ impl Directory {
         txn.awaiting.remove(&from);
         if txn.awaiting.is_empty() {
             let txn = entry.txn.take().expect("checked above");
-            grant_write(entry, page, txn.request, txn.had_copy, ctx, mem);
+            finish_write(entry, page, txn, &self.failed, ctx, mem);
             self.run(page, ctx, mem);
         }
         Ok(())
@@ -189,7 +201,9 @@ impl Directory {
         mem.home_page_mut(page).copy_from_slice(&data[..]);
         entry.holders = Holders::Shared(BTreeSet::from([from]));
         let txn = entry.txn.take().expect("checked above");
-        grant_read(entry, page, txn.request, ctx, mem);
+        if !self.failed.contains(&txn.request.from) {
+            grant_read(entry, page, txn.request, ctx, mem);
+        }
         self.run(page, ctx, mem);
         Ok(())
     }
@@ -211,6 +225,7 @@ impl Directory {
     /// Forgets the pages of a freed region.
     pub(crate) fn remove_region(&mut self, region: u32) {
         self.entries.retain(|page, _| page.region != region);
+        self.lost.retain(|page, _| page.region != region);
     }
 }
 
@@ -277,6 +292,23 @@ fn start_write(
 /// itself), else a copy of the master.
 fn grant_data(page: PageId, to: NodeId, ctx: &Ctx<'_>, mem: &dyn Memory) -> Option<Page> {
     (!ctx.config.one_sided || to == ctx.config.node).then(|| Box::new(*mem.home_page(page)))
+}
+
+/// Every invalidation of a write transaction is acknowledged: grant the write, unless its
+/// requester failed meanwhile (then nobody holds the page, and the master copy is current).
+fn finish_write(
+    entry: &mut DirEntry,
+    page: PageId,
+    txn: Txn,
+    failed: &BTreeSet<NodeId>,
+    ctx: &mut Ctx<'_>,
+    mem: &dyn Memory,
+) {
+    if failed.contains(&txn.request.from) {
+        entry.holders = Holders::None;
+        return;
+    }
+    grant_write(entry, page, txn.request, txn.had_copy, ctx, mem);
 }
 
 fn grant_read(

@@ -1,6 +1,6 @@
 //! The engine: one node's coherence state, fed events, producing actions.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use dsm_wire::{Coherence, NodeId, Page, PageId};
 
@@ -42,6 +42,8 @@ pub struct CoherenceEngine {
     syncs: Syncs,
     out: Outbox,
     now: u64,
+    /// Nodes declared failed ([`CoherenceEngine::node_failed`]): their messages are dropped.
+    failed: BTreeSet<NodeId>,
 }
 
 /// Loopback messages one call may generate; far above what the protocol produces (a few per
@@ -60,6 +62,7 @@ impl CoherenceEngine {
             cache: Cache::default(),
             syncs: Syncs::default(),
             now: 0,
+            failed: BTreeSet::new(),
         }
     }
 
@@ -120,6 +123,14 @@ impl CoherenceEngine {
     ) -> Result<()> {
         let loc = self.locate(page)?;
         self.begin_call();
+        if self.failed.contains(&loc.home) && self.needs_home(page, loc, access) {
+            let error = Error::HomeFailed {
+                page,
+                home: loc.home,
+            };
+            self.out.push(Action::FaultFailed { token, error });
+            return self.end_call(mem);
+        }
         let remote_read = access == Access::Read && loc.home != self.config.node;
         let scanning = remote_read && self.cache.continues_scan(page);
         if remote_read {
@@ -221,6 +232,40 @@ impl CoherenceEngine {
         self.cache.has_answerable()
     }
 
+    /// Node `rank` failed (idempotent): the faults that need it fail, nothing else does.
+    ///
+    /// As home, the acks it owed for read-only copies count as given (its copy is gone, nothing
+    /// is lost); pages it held writable are lost: their requests, now and later, are refused
+    /// with [`Coherence::PageLost`], never served the stale master copy; its queued requests
+    /// are dropped. As requester, every fetch from it fails its faults with
+    /// [`Action::FaultFailed`] ([`Error::HomeFailed`](crate::Error::HomeFailed)), and so does
+    /// every later fault that needs it. Its messages are dropped from now on. Release-mode
+    /// syncs waiting on it are left to the sync layer, which fails them with the node.
+    pub fn node_failed(&mut self, rank: NodeId, mem: &mut dyn Memory) -> Result<()> {
+        if rank >= self.config.nodes || rank == self.config.node {
+            return Err(Error::UnknownNode(rank));
+        }
+        if !self.failed.insert(rank) {
+            return Ok(());
+        }
+        self.begin_call();
+        let mut ctx = ctx!(self);
+        self.cache.home_failed(rank, &mut ctx);
+        self.directory.node_failed(rank, &mut ctx, mem);
+        self.end_call(mem)
+    }
+
+    /// The failed node `page` was lost with, if this node is its home and it is lost.
+    pub fn lost_to(&self, page: PageId) -> Option<NodeId> {
+        self.directory.lost_to(page)
+    }
+
+    /// The node this home's directory sees holding `page` writable (granted, the grant maybe
+    /// still in flight), for invariant checks and debugging; `None` elsewhere than at the home.
+    pub fn home_writer(&self, page: PageId) -> Option<NodeId> {
+        self.directory.writer(page)
+    }
+
     /// The clock moved to `now` (any unit; [`CoherenceConfig::timeout_ticks`] is in it). Reports
     /// the first wait older than the timeout.
     pub fn tick(&mut self, now: u64) -> Result<()> {
@@ -259,6 +304,16 @@ impl CoherenceEngine {
         std::mem::take(&mut self.out.actions)
     }
 
+    /// True when a fault on `page` would need its home (this node's copy does not allow the
+    /// access, and a release-mode first write, which needs nobody, is not the case).
+    fn needs_home(&self, page: PageId, loc: Located, access: Access) -> bool {
+        match (self.cache.state(page), access) {
+            (LocalState::Invalid, _) => true,
+            (LocalState::Shared, Access::Write) => loc.consistency == Consistency::Sequential,
+            _ => false,
+        }
+    }
+
     fn locate(&self, page: PageId) -> Result<Located> {
         self.regions.locate(page, self.config.nodes)
     }
@@ -292,6 +347,9 @@ impl CoherenceEngine {
     fn handle(&mut self, from: NodeId, message: Coherence, mem: &mut dyn Memory) -> Result<()> {
         if from >= self.config.nodes {
             return Err(Error::UnknownNode(from));
+        }
+        if self.failed.contains(&from) {
+            return Ok(()); // Sent before it was declared failed; its state is written off.
         }
         let (page, what, side) = describe(&message);
         let Some(page) = page else {
@@ -352,6 +410,9 @@ impl CoherenceEngine {
             }
             Coherence::DiffAck { req, .. } if !seq => {
                 self.syncs.diff_ack(from, page, req, &mut ctx)
+            }
+            Coherence::PageLost { req, writer, .. } if seq => {
+                self.cache.on_lost(from, page, (req, writer), &mut ctx)
             }
             _ => wrong_mode,
         }
@@ -423,6 +484,7 @@ fn describe(message: &Coherence) -> (Option<PageId>, &'static str, Side) {
         C::Downgrade { page, .. } => (Some(*page), "Downgrade", Side::Requester),
         C::DiffBatch { diffs, .. } => (diffs.first().map(|d| d.page), "DiffBatch", Side::Home),
         C::DiffAck { page, .. } => (Some(*page), "DiffAck", Side::Requester),
+        C::PageLost { page, .. } => (Some(*page), "PageLost", Side::Requester),
         C::WriteNotices { .. } => (
             None,
             "WriteNotices (they travel in sync messages)",

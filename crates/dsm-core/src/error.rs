@@ -110,6 +110,34 @@ pub enum Error {
         /// How long it waited.
         ticks: u64,
     },
+    /// A fault on a page whose home failed ([`CoherenceEngine::node_failed`]): nothing can serve
+    /// it any more.
+    ///
+    /// [`CoherenceEngine::node_failed`]: crate::CoherenceEngine::node_failed
+    #[error(
+        "page {} of region {} cannot be served: node {home} failed (its home)",
+        page.page,
+        page.region
+    )]
+    HomeFailed {
+        /// The page faulted on.
+        page: PageId,
+        /// Its home, which failed.
+        home: NodeId,
+    },
+    /// Sequential mode: a fault on a page whose only current copy was writable on a node that
+    /// failed; the home's master copy is stale, so the page is lost (never served stale).
+    #[error(
+        "page {} of region {} is lost: node {writer} failed while it held the page writable",
+        page.page,
+        page.region
+    )]
+    PageLost {
+        /// The page faulted on.
+        page: PageId,
+        /// The failed node that held it writable.
+        writer: NodeId,
+    },
 }
 
 /// Result of an engine call.

@@ -773,3 +773,5 @@ fn a_fault_on_an_own_page_next_to_a_remote_row_is_not_a_scan() {
     engine.fault(page(8), Access::Read, 2, &mut mem).unwrap();
     assert_eq!(read_requests(&mut engine), vec![(1, 8)]);
 }
+
+mod failure;

@@ -12,10 +12,20 @@
 //!   and every barrier completes within it;
 //! * **write notices**: each grant carries exactly the pages other nodes released under the
 //!   lock since this node last held it; each barrier exit carries every node's notices;
-//! * **barriers**: no node leaves barrier `e` before every node arrived at `e`;
+//! * **barriers**: no node leaves barrier `e` before every node arrived at `e` (the barrier is
+//!   `BarrierEngine` or, in half the seeds, the runtime's own: arrivals to node 0, whose
+//!   [`CentralBarrier`](dsm_locks::CentralBarrier) releases everyone);
 //! * **engines**: every engine call succeeds and every message goes to a cluster member.
 //!
 //! At the end (drained network), every Ricart–Agrawala acquire cost exactly 2(N−1) messages.
+//!
+//! **Crashes** ([`SimConfig::with_crash`]): one node crashes at a random step (what it had in
+//! flight is lost); each survivor's engine is told (`LockEngine::node_failed`) a random number
+//! of steps later and then behaves as the runtime does: every lock or barrier wait ends in
+//! `NodeFailed`, a thread holding a lock leaves it normally, and no new acquire or barrier
+//! starts. Checked besides the above: no survivor's wait outlives the bound (none hangs),
+//! mutual exclusion among survivors, grants carry no notice nobody released, every engine
+//! call succeeds, and at the end no lock is owned or held.
 //!
 //! ```
 //! use dsm_sim::locks::{SimConfig, run};
@@ -28,6 +38,7 @@ mod check;
 mod world;
 
 use dsm_locks::{BarrierKind, LockKind};
+use dsm_wire::NodeId;
 
 use crate::error::Result;
 use crate::net::NetConfig;
@@ -45,8 +56,11 @@ pub struct SimConfig {
     pub threads: u32,
     /// Algorithm of each lock (the lock id is the index).
     pub locks: Vec<LockKind>,
-    /// Barrier algorithm.
+    /// Barrier algorithm (when `runtime_barrier` is false).
     pub barrier: BarrierKind,
+    /// Use the runtime's barrier instead: arrivals to node 0, whose
+    /// [`CentralBarrier`](dsm_locks::CentralBarrier) releases every node.
+    pub runtime_barrier: bool,
     /// Rounds (critical sections per thread, then a barrier).
     pub rounds: u32,
     /// Critical sections per thread per round (0: barriers only).
@@ -65,6 +79,19 @@ pub struct SimConfig {
     pub net: NetConfig,
     /// Deliberately broken driver (mutation tests).
     pub mutation: Mutation,
+    /// A node that crashes during the run.
+    pub crash: Option<Crash>,
+}
+
+/// A node crash in a simulated run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crash {
+    /// The node that crashes.
+    pub node: NodeId,
+    /// Step at which it crashes (a run that ends before has no crash).
+    pub at_step: u64,
+    /// Each survivor is told within this many steps after the crash.
+    pub notice_within: u64,
 }
 
 /// Deliberate faults, to prove the checker bites.
@@ -77,6 +104,9 @@ pub enum Mutation {
     ForgetNotices,
     /// Nodes ignore `RemoteWaiting` and hand a lock between their own threads forever.
     UnboundedHandoffs,
+    /// Crash runs: the survivors' engines are never told (no `node_failed`), so waits on
+    /// the dead node are never given up.
+    NeverTold,
 }
 
 impl SimConfig {
@@ -101,7 +131,7 @@ impl SimConfig {
         let threads = u32::try_from(rng.range(1, 3)).expect("fits");
         let per_thread = (sections / (nodes * threads)).max(2);
         let rounds = u32::try_from(rng.range(1, 4)).expect("fits");
-        SimConfig {
+        let mut config = SimConfig {
             seed,
             nodes,
             threads,
@@ -120,7 +150,24 @@ impl SimConfig {
             wait_bound: 200_000,
             net,
             mutation: Mutation::None,
-        }
+            crash: None,
+            runtime_barrier: false,
+        };
+        // Drawn last, so that every other choice of a seed is what it was before.
+        config.runtime_barrier = rng.chance(1, 2);
+        config
+    }
+
+    /// [`SimConfig::random`] with one node crashing at a random step.
+    pub fn with_crash(seed: u64, sections: u32) -> Self {
+        let mut config = SimConfig::random(seed, sections);
+        let mut rng = Rng::new(seed ^ 0xc4a5_4ed0);
+        config.crash = Some(Crash {
+            node: u32::try_from(rng.below(u64::from(config.nodes))).expect("fits"),
+            at_step: rng.range(1, u64::from(sections) * 8),
+            notice_within: rng.range(1, 2_000),
+        });
+        config
     }
 }
 
@@ -149,6 +196,12 @@ pub struct Report {
     pub longest_wait_steps: u64,
     /// Steps run.
     pub steps: u64,
+    /// Nodes crashed.
+    pub crashes: u64,
+    /// Lock and barrier waits of survivors ended by `NodeFailed`.
+    pub failed_waits: u64,
+    /// Node-level grants to survivors after the crash (survivors' engines went on).
+    pub grants_after_crash: u64,
 }
 
 impl Report {
@@ -167,6 +220,9 @@ impl Report {
         self.barrier_ticks += other.barrier_ticks;
         self.longest_wait_steps = self.longest_wait_steps.max(other.longest_wait_steps);
         self.steps += other.steps;
+        self.crashes += other.crashes;
+        self.failed_waits += other.failed_waits;
+        self.grants_after_crash += other.grants_after_crash;
     }
 
     /// Messages per node-level acquire of one algorithm (0 = RA, 1 = home-queue).
@@ -240,6 +296,8 @@ pub fn measure_barrier(kind: BarrierKind, nodes: u32, seed: u64) -> Result<Repor
         wait_bound: 2_000_000,
         net: fixed_delay_net(nodes),
         mutation: Mutation::None,
+        crash: None,
+        runtime_barrier: false,
     };
     run(&config)
 }
@@ -267,6 +325,8 @@ pub fn measure(kind: LockKind, nodes: u32, threads: u32, seed: u64) -> Result<Re
         wait_bound: 2_000_000,
         net: fixed_delay_net(nodes),
         mutation: Mutation::None,
+        crash: None,
+        runtime_barrier: false,
     };
     run(&config)
 }

@@ -11,7 +11,8 @@
 //!   process, a GC pause); the harness should also stop the node's own activity meanwhile
 //!   ([`SimNet::is_paused`]).
 //! * **Crashes**: [`SimNet::crash`] drops everything in flight to or from a node, and
-//!   everything sent to or by it later.
+//!   everything sent to or by it later; [`SimNet::crash_after_sent`] still delivers what it
+//!   sent before (a killed process whose last frames were already in the kernel).
 //! * **Membership**: a send to a node outside the cluster (`to >= nodes`, or a node removed
 //!   with [`SimNet::leave`]) is refused with [`NetError::NotMember`] and counted in
 //!   [`NetStats::not_member`], so a harness can assert that it never happens.
@@ -272,6 +273,15 @@ impl<M> SimNet<M> {
         self.crashed[node as usize] = true;
         let before = self.queue.len();
         self.queue.retain(|_, e| e.from != node && e.to != node);
+        self.stats.dropped += (before - self.queue.len()) as u64;
+    }
+
+    /// Crashes `node` like [`crash`](Self::crash), except that what it sent before still
+    /// arrives (after its peers may have been told it failed).
+    pub fn crash_after_sent(&mut self, node: NodeId) {
+        self.crashed[node as usize] = true;
+        let before = self.queue.len();
+        self.queue.retain(|_, e| e.to != node);
         self.stats.dropped += (before - self.queue.len()) as u64;
     }
 

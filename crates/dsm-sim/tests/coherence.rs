@@ -181,3 +181,70 @@ fn a_seed_replays_exactly() {
         assert_ne!(run(11, &config).unwrap(), run(12, &other).unwrap());
     }
 }
+
+/// Seeds per crash test when `DSM_SIM_SEEDS` is not set (sequential runs with one crash).
+const DEFAULT_CRASH_SEEDS: u64 = 3_000;
+
+/// One node crashes at a random step of every seed; each survivor is told at a random later
+/// step, and what the dead node sent before may still arrive. Every survivor's fault ends,
+/// served or failed; only faults that need the dead node fail; no stale copy is ever read.
+#[test]
+fn crash_seeds() {
+    let seeds = dsm_sim::seeds::seeds(DEFAULT_CRASH_SEEDS).unwrap_or_else(|e| panic!("{e}"));
+    let steps = steps();
+    let started = Instant::now();
+    let mut total = Report::default();
+    for seed in &seeds {
+        let config = SimConfig::with_crash(*seed, steps);
+        match run(*seed, &config) {
+            Ok(report) => total.absorb(&report),
+            Err(error) => panic!(
+                "crash seed {seed} failed (replay: DSM_SIM_SEED={seed} DSM_SIM_STEPS={steps} \
+                 cargo test -p dsm-sim --release --test coherence crash_seeds): {error}\n\
+                 config: {config:?}"
+            ),
+        }
+    }
+    println!(
+        "crashes: {} seeds x {steps} steps in {:.1?}: {total:?}",
+        seeds.len(),
+        started.elapsed()
+    );
+    assert_eq!(total.crashes, seeds.len() as u64);
+    if seeds.len() >= 100 {
+        // Both ways of failing ran, and survivors kept being served.
+        assert!(total.failed_faults > total.lost_faults && total.lost_faults > 0);
+        assert!(total.reads > 0 && total.writes > 0);
+    }
+}
+
+/// Asserts that the crash checks catch `mutation` (described by `what`) in one of seeds 0..200.
+fn assert_crash_caught(mutation: Mutation, what: &str) {
+    let caught = (0..200).find(|seed| {
+        let mut config = SimConfig::with_crash(*seed, 2_000);
+        config.mutation = mutation;
+        match run(*seed, &config) {
+            Ok(_) => false,
+            Err(error) => {
+                println!("{mutation:?} caught at seed {seed}: {error}");
+                true
+            }
+        }
+    });
+    assert!(caught.is_some(), "{what} went unnoticed");
+}
+
+/// A home that forgets the acks a crashed node owed leaves writes waiting forever: caught.
+#[test]
+fn mutation_forgotten_acks_of_a_crashed_node_are_caught() {
+    assert_crash_caught(
+        Mutation::ForgetFailedAcks,
+        "forgotten acks of a crashed node",
+    );
+}
+
+/// A home that serves its stale master copy of a page the crashed node held writable: caught.
+#[test]
+fn mutation_serving_a_lost_page_is_caught() {
+    assert_crash_caught(Mutation::ServeLostPages, "a lost page served stale");
+}

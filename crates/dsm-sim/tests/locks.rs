@@ -30,10 +30,16 @@ fn lock_and_barrier_seeds() {
     let (seeds, sections) = (seeds(), sections());
     let started = Instant::now();
     let mut total = Report::default();
+    let mut runtime_barriers = 0;
     for seed in &seeds {
         let config = SimConfig::random(*seed, sections);
         match run(&config) {
-            Ok(report) => total.absorb(&report),
+            Ok(report) => {
+                if config.runtime_barrier {
+                    runtime_barriers += report.barriers;
+                }
+                total.absorb(&report);
+            }
             Err(error) => panic!(
                 "locks seed {seed} failed (replay: DSM_SIM_SEED={seed} DSM_SIM_STEPS={sections}): \
                  {error}\nconfig: {config:?}"
@@ -50,6 +56,7 @@ fn lock_and_barrier_seeds() {
         // Both algorithms ran, threads were handed the lock locally, and nodes had to wait.
         assert!(total.acquires_by_kind[0] > 0 && total.acquires_by_kind[1] > 0);
         assert!(total.local_handoffs > 0);
+        assert!(runtime_barriers > 0, "the runtime's barrier never ran");
     }
 }
 
@@ -146,4 +153,62 @@ fn dissemination_vs_central_barrier() {
             "one message delay per round"
         );
     }
+}
+
+/// Seeds of the crash test when `DSM_SIM_SEEDS` is not set.
+const DEFAULT_CRASH_SEEDS: u64 = 2_000;
+
+/// One node crashes at a random step of every seed; each survivor is told a random number of
+/// steps later and then acts as the runtime does. No survivor's wait hangs: each ends granted
+/// or in `NodeFailed`; mutual exclusion holds among the survivors.
+#[test]
+fn crash_seeds() {
+    let seeds = dsm_sim::seeds::seeds(DEFAULT_CRASH_SEEDS).unwrap_or_else(|e| panic!("{e}"));
+    let sections = sections();
+    let started = Instant::now();
+    let mut total = Report::default();
+    for seed in &seeds {
+        let config = SimConfig::with_crash(*seed, sections);
+        match run(&config) {
+            Ok(report) => total.absorb(&report),
+            Err(error) => panic!(
+                "locks crash seed {seed} failed (replay: DSM_SIM_SEED={seed} \
+                 DSM_SIM_STEPS={sections} cargo test -p dsm-sim --release --test locks \
+                 crash_seeds): {error}\nconfig: {config:?}"
+            ),
+        }
+    }
+    println!(
+        "locks with a crash: {} seeds in {:.1?}: {total:?}",
+        seeds.len(),
+        started.elapsed()
+    );
+    if seeds.len() >= 100 {
+        // Most runs crashed, survivors' waits were ended, and their engines kept granting.
+        assert!(total.crashes * 2 > seeds.len() as u64, "{total:?}");
+        assert!(
+            total.failed_waits > 0 && total.grants_after_crash > 0,
+            "{total:?}"
+        );
+    }
+}
+
+/// Survivors never told of a crash wait for the dead node forever: caught.
+#[test]
+fn mutation_survivors_never_told_are_caught() {
+    let caught = (0..200).find(|seed| {
+        let mut config = SimConfig::with_crash(*seed, 400);
+        config.mutation = Mutation::NeverTold;
+        match run(&config) {
+            Ok(_) => false,
+            Err(error) => {
+                println!("NeverTold caught at seed {seed}: {error}");
+                true
+            }
+        }
+    });
+    assert!(
+        caught.is_some(),
+        "survivors never told of a crash went unnoticed"
+    );
 }

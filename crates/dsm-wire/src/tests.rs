@@ -137,6 +137,11 @@ fn coherence_samples() -> Vec<Coherence> {
         Coherence::WriteNotices {
             pages: vec![pid(0, 1), pid(2, 3)],
         },
+        Coherence::PageLost {
+            req: 6,
+            page: pid(1, 2),
+            writer: 3,
+        },
     ]
 }
 

@@ -44,8 +44,9 @@ pub(crate) struct Coherence {
     faults: HashMap<u64, (PageId, Instant)>,
     /// Sync tokens nobody waits for (acquires started by the lock table).
     detached: HashSet<u64>,
-    /// Pages whose fault timed out, with the error: every later fault on them fails with it
-    /// (the threads blocked on them are woken to fault again and fail).
+    /// Pages whose fault timed out or needed a failed node (home failed, page lost), with the
+    /// error: every later fault on them fails with it (the threads blocked on them are woken
+    /// to fault again and fail).
     timed_out: HashMap<PageId, Error>,
     /// Home transactions and syncs already reported as overdue (logged once each).
     reported: HashSet<String>,
@@ -101,23 +102,12 @@ impl Coherence {
         Arc::clone(&self.slots)
     }
 
-    /// A node failed: wakes every thread waiting on a fault, so that its access faults again
-    /// and the resolver fails it (the engine cannot complete it any more).
-    pub(crate) fn wake_all_faults(&mut self, failed: NodeId) {
-        for (token, slot) in self.signal_faults.drain() {
-            if let Some((page, _)) = self.faults.get(&token) {
-                // The SIGBUS handler cannot print: say here why its thread fails.
-                eprintln!("dsm: fault on {page:?} cannot be served: node {failed} failed");
-            }
-            self.slots.fail(slot);
-        }
-        for (_, (page, _)) in self.faults.drain() {
-            if let Some(mapped) = self.regions.get(&page.region) {
-                if let Err(e) = mapped.region.wake(page.page) {
-                    tracing::warn!(?page, error = %e, "wake after a failure");
-                }
-            }
-        }
+    /// Node `failed` failed: only the faults that need it fail (pages homed there, pages it
+    /// held writable), through the engine's [`Action::FaultFailed`]; the others go on.
+    pub(crate) fn node_failed(&mut self, failed: NodeId, ctx: &Ctx<'_>) -> Result<()> {
+        let mut mem = Mem::new(&mut self.regions);
+        self.engine.node_failed(failed, &mut mem)?;
+        self.apply(ctx)
     }
 
     /// Nobody will wait for `token`'s completion: drop it when it comes.
@@ -249,11 +239,6 @@ impl Coherence {
         ctx: &Ctx<'_>,
     ) -> Result<()> {
         let (page, access, slot, since) = fault;
-        if let Some(rank) = ctx.shared.read(|s| s.failed.first().copied()) {
-            eprintln!("dsm: fault on {page:?} cannot be served: node {rank} failed");
-            self.slots.fail(slot);
-            return Ok(());
-        }
         let token = self.token();
         let started = self.check_timed_out(page).and_then(|()| {
             self.faults.insert(token, (page, since));
@@ -271,13 +256,14 @@ impl Coherence {
         self.apply(ctx)
     }
 
-    /// The error of a page whose fault timed out before, if it did.
+    /// The error of a page whose fault timed out or needed a failed node before, if it did.
     fn check_timed_out(&self, page: PageId) -> Result<()> {
         match self.timed_out.get(&page) {
             Some(Error::Timeout { what, waited_ms }) => Err(Error::Timeout {
                 what: what.clone(),
                 waited_ms: *waited_ms,
             }),
+            Some(Error::Coherence(error)) => Err(Error::Coherence(error.clone())),
             _ => Ok(()),
         }
     }
@@ -408,6 +394,7 @@ impl Coherence {
                 self.count_twins(counters);
             }
             Action::Wake { token } => self.wake(token, counters)?,
+            Action::FaultFailed { token, error } => self.fault_failed(token, error),
             Action::SyncDone { token, notices } => {
                 if !self.detached.remove(&token) {
                     ctx.shared.update(|s| s.syncs.insert(token, notices));
@@ -432,6 +419,18 @@ impl Coherence {
         counters.pages_found_written.fetch_add(found, Relaxed);
         let published = self.engine.pages_published();
         counters.pages_diffed.store(published, Relaxed);
+    }
+
+    /// A fault needed a failed node: its page fails from now on, and its threads are woken to
+    /// fault again and fail (the process exits naming the page and the node).
+    fn fault_failed(&mut self, token: u64, error: dsm_core::Error) {
+        let Some(&(page, _)) = self.faults.get(&token) else {
+            return;
+        };
+        self.timed_out
+            .entry(page)
+            .or_insert(Error::Coherence(error));
+        self.wake_faults_on(page);
     }
 
     fn wake(&mut self, token: u64, counters: &Counters) -> Result<()> {

@@ -83,13 +83,6 @@ impl FaultResolver for Resolver {
             let resolution = in_signal_handler(signal, page, access);
             return crate::trace::resumed(&self.core.shared, page, resolution);
         }
-        if let Some(rank) = self.core.shared.read(|s| s.failed.first().copied()) {
-            eprintln!(
-                "dsm: fault on page {} cannot be served: node {rank} failed",
-                fault.page
-            );
-            return Resolution::Fail;
-        }
         match self.core.engine(|c, ctx| c.fault(page, access, ctx)) {
             Ok(()) => Resolution::Pending,
             Err(e) => {

@@ -23,7 +23,6 @@ use crate::membership::bootstrap::{self, Booted};
 use crate::membership::ring::Ring;
 use crate::region::{Region, RegionOptions};
 use crate::runtime::alloc::Allocator;
-use crate::runtime::barrier::Central;
 use crate::runtime::driver::{Driver, EVENT_QUEUE, Event, Sink, send_counted};
 use crate::runtime::views::ViewService;
 use crate::runtime::{Core, Shared, monitor};
@@ -179,7 +178,7 @@ impl Node {
             coherence: Mutex::new(Coherence::new(engine)),
             released: Mutex::new(BTreeSet::new()),
             transport: Arc::clone(&transport) as Arc<dyn Transport>,
-            central: Mutex::new(Central::default()),
+            central: Mutex::new(dsm_locks::CentralBarrier::default()),
             ring: Mutex::new(Ring::new(
                 config.rank,
                 config.size,

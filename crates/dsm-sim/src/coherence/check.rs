@@ -4,7 +4,7 @@ use dsm_core::{Consistency, LocalState};
 use dsm_wire::PageId;
 
 use super::memory::{Perm, read_word};
-use super::world::{Stage, World};
+use super::world::{Node, Stage, World};
 use crate::error::{Error, Result};
 
 impl World {
@@ -23,6 +23,9 @@ impl World {
 
     fn check_mappings(&self) -> Result<()> {
         for (n, node) in self.nodes.iter().enumerate() {
+            if self.is_crashed(n) {
+                continue; // Its memory died with it.
+            }
             for page in 0..self.config.pages {
                 let state = node.engine.local_state(PageId { region: 0, page });
                 let perm = node.mem.perm(page);
@@ -46,7 +49,7 @@ impl World {
     }
 
     fn check_single_writer(&self, page: u32) -> Result<()> {
-        let perms: Vec<Perm> = self.nodes.iter().map(|n| n.mem.perm(page)).collect();
+        let perms: Vec<Perm> = self.survivors().map(|(_, n)| n.mem.perm(page)).collect();
         let writers = perms.iter().filter(|p| **p == Perm::Write).count();
         let readers = perms.iter().filter(|p| **p == Perm::Read).count();
         if writers > 1 || (writers == 1 && readers > 0) {
@@ -59,7 +62,7 @@ impl World {
 
     fn check_copies_current(&self, page: u32) -> Result<()> {
         let reference = &self.reference[page as usize];
-        for (n, node) in self.nodes.iter().enumerate() {
+        for (n, node) in self.survivors() {
             if node.mem.perm(page) == Perm::None {
                 continue;
             }
@@ -77,7 +80,7 @@ impl World {
 
     fn check_bounds(&self) -> Result<()> {
         let bound = self.config.fault_bound;
-        for (n, node) in self.nodes.iter().enumerate() {
+        for (n, node) in self.survivors() {
             let node_id = u32::try_from(n).expect("fits");
             for thread in &node.threads {
                 if let Some(since) = thread.blocked_since
@@ -112,7 +115,7 @@ impl World {
     /// other node fetched).
     pub(crate) fn check_end(&self) -> Result<()> {
         let release = self.config.consistency == Consistency::Release;
-        let busy = self.nodes.iter().enumerate().find(|(_, node)| {
+        let busy = self.survivors().find(|(_, node)| {
             node.threads.iter().any(|t| t.op.is_some()) || (release && node.stage != Stage::Done)
         });
         if let Some((n, node)) = busy {
@@ -125,6 +128,9 @@ impl World {
             return Err(self.invariant("quiescent with messages in flight".into()));
         }
         for page in 0..self.config.pages {
+            if self.gone_with_crash(page) {
+                continue;
+            }
             let current = self.current_copy(page);
             if current != &self.reference[page as usize][..] {
                 return Err(self.invariant(format!(
@@ -135,12 +141,33 @@ impl World {
         Ok(())
     }
 
+    /// The nodes that did not crash, with their index.
+    fn survivors(&self) -> impl Iterator<Item = (usize, &Node)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| !self.is_crashed(*n))
+    }
+
+    /// True when the crashed node took `page` with it: it was the page's home, or the page's
+    /// only current copy (lost).
+    fn gone_with_crash(&self, page: u32) -> bool {
+        let Some(dead) = self.crashed else {
+            return false;
+        };
+        let id = PageId { region: 0, page };
+        let home = self.nodes[0].engine.home_of(id).expect("known page");
+        home == dead || self.nodes[home as usize].engine.lost_to(id).is_some()
+    }
+
     /// Where the latest contents of `page` are: the writer's copy in sequential mode if there
     /// is one, else the home's master copy.
     fn current_copy(&self, page: u32) -> &[u8] {
-        let writer = self.nodes.iter().find(|n| n.mem.perm(page) == Perm::Write);
+        let writer = self
+            .survivors()
+            .find(|(_, n)| n.mem.perm(page) == Perm::Write);
         match writer {
-            Some(node) if self.config.consistency == Consistency::Sequential => {
+            Some((_, node)) if self.config.consistency == Consistency::Sequential => {
                 &node.mem.local[page as usize][..]
             }
             _ => {

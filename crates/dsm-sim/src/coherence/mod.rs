@@ -10,6 +10,11 @@
 //!   so nodes write disjoint words of the same pages (false sharing on every page) and the
 //!   program is data-race free. Every read must return the reference execution's value; after
 //!   the last barrier every home copy must equal the reference.
+//! * **Crashes** (sequential, [`SimConfig::with_crash`]): one node crashes at a random step;
+//!   each survivor is told (`node_failed`) a random number of steps later, and messages the
+//!   dead node sent before may still arrive. Every survivor's fault ends served or failed,
+//!   never hangs; a fault fails only when its page is homed on the dead node or was writable
+//!   there when its home was told (lost); no survivor ever reads a stale copy.
 //! * **Both**: every fault and sync completes within [`SimConfig::fault_bound`] steps; every
 //!   send goes to a member of the cluster; every engine call succeeds; at the end the cluster
 //!   drains to quiescence.
@@ -33,6 +38,7 @@ pub use workload::Op;
 pub use world::Report;
 
 use dsm_core::{Consistency, Mutation, Placement};
+use dsm_wire::NodeId;
 
 use crate::error::Result;
 use crate::net::NetConfig;
@@ -76,6 +82,21 @@ pub struct SimConfig {
     pub scan_writes: bool,
     /// With `scan_writes`: tracked copies kept past a release (0: no limit).
     pub twin_limit: usize,
+    /// A node that crashes during the run (sequential mode).
+    pub crash: Option<Crash>,
+}
+
+/// A node crash in a simulated run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crash {
+    /// The node that crashes.
+    pub node: NodeId,
+    /// Workload step at which it crashes.
+    pub at_step: u64,
+    /// Each survivor is told within this many steps after the crash.
+    pub notice_within: u64,
+    /// What it sent before the crash still arrives.
+    pub keep_sent: bool,
 }
 
 impl SimConfig {
@@ -108,9 +129,30 @@ impl SimConfig {
             prefetch: 1,
             scan_writes: false,
             twin_limit: 0,
+            crash: None,
         };
         // Drawn last, so that every other choice of a seed is what it was before prefetch.
         config.prefetch = u32::try_from(rng.range(1, 4)).expect("fits");
+        config
+    }
+}
+
+impl SimConfig {
+    /// [`SimConfig::random`] in sequential mode with one node crashing at a random step
+    /// (clusters of at least 2 nodes: a 1-node draw becomes 2 nodes).
+    pub fn with_crash(seed: u64, steps: u64) -> Self {
+        let mut config = SimConfig::random(seed, Consistency::Sequential, steps);
+        if config.nodes < 2 {
+            config.nodes = 2;
+            config.net.nodes = 2;
+        }
+        let mut rng = Rng::new(seed ^ 0xc4a5_4ed0);
+        config.crash = Some(Crash {
+            node: u32::try_from(rng.below(u64::from(config.nodes))).expect("fits"),
+            at_step: rng.range(1, steps.max(1)),
+            notice_within: rng.range(1, 400),
+            keep_sent: rng.chance(1, 2),
+        });
         config
     }
 }

@@ -13,6 +13,7 @@ use crate::net::SimNet;
 use crate::rng::Rng;
 
 mod apply;
+mod crash;
 
 /// What travels on the simulated network.
 #[derive(Debug)]
@@ -98,6 +99,12 @@ pub struct Report {
     pub diffs: u64,
     /// Pages still writable after a release (release mode: home pages published in place).
     pub kept_writable: u64,
+    /// Nodes crashed.
+    pub crashes: u64,
+    /// Faults that failed because they needed the crashed node.
+    pub failed_faults: u64,
+    /// Of those, faults on pages lost with the crashed node (it held them writable).
+    pub lost_faults: u64,
 }
 
 impl Report {
@@ -115,6 +122,9 @@ impl Report {
         self.twins += other.twins;
         self.diffs += other.diffs;
         self.kept_writable += other.kept_writable;
+        self.crashes += other.crashes;
+        self.failed_faults += other.failed_faults;
+        self.lost_faults += other.lost_faults;
     }
 }
 
@@ -135,6 +145,13 @@ pub(crate) struct World {
     /// Write notices of the nodes arrived at the barrier: (writer, page).
     arrived_notices: BTreeSet<(NodeId, PageId)>,
     pub(crate) report: Report,
+    /// The node that crashed, once it did.
+    pub(crate) crashed: Option<NodeId>,
+    /// Survivors not yet told of the crash: (step due, survivor), in order.
+    failure_notices: Vec<(u64, NodeId)>,
+    /// Pages whose home saw them writable on the crashed node when it was told: the only pages
+    /// a fault may find lost.
+    pub(crate) may_be_lost: BTreeSet<u32>,
 }
 
 /// Token of the (one at a time) sync call of a simulated node.
@@ -195,6 +212,9 @@ impl World {
             arrived: 0,
             arrived_notices: BTreeSet::new(),
             report: Report::default(),
+            crashed: None,
+            failure_notices: Vec::new(),
+            may_be_lost: BTreeSet::new(),
         })
     }
 
@@ -207,9 +227,12 @@ impl World {
     pub(crate) fn step(&mut self) -> Result<bool> {
         self.step += 1;
         self.maybe_pause();
+        self.maybe_crash()?;
         let runnable = self.runnable();
         let deliver = self.net.in_flight() > 0 && (runnable.is_empty() || self.rng.chance(1, 2));
-        if deliver {
+        if self.notice_due(runnable.is_empty() && self.net.in_flight() == 0) {
+            self.tell_failure()?;
+        } else if deliver {
             let envelope = self.net.step().expect("in flight");
             self.deliver(envelope.from, envelope.to as usize, envelope.message)?;
         } else if !runnable.is_empty() {
@@ -229,6 +252,9 @@ impl World {
             return Ok(());
         }
         for n in 0..self.nodes.len() {
+            if self.is_crashed(n) {
+                continue;
+            }
             let result = self.nodes[n].engine.tick(self.step);
             self.engine_result(n, result)?;
         }
@@ -252,7 +278,7 @@ impl World {
         for (n, node) in self.nodes.iter().enumerate() {
             let working = matches!(node.stage, Stage::Working { left } if left > 0);
             let paused = self.net.is_paused(u32::try_from(n).expect("fits"));
-            if paused || (self.release_mode() && !working) {
+            if paused || self.is_crashed(n) || (self.release_mode() && !working) {
                 continue;
             }
             for (t, thread) in node.threads.iter().enumerate() {
@@ -360,6 +386,8 @@ impl World {
                 let to_node = u32::try_from(n).expect("fits");
                 self.send(to_node, from, Wire::ReadData { token, data })?;
             }
+            // A one-sided read of a dead node's memory fails in the NIC; the engine was told.
+            Wire::ReadData { .. } if self.crashed == Some(from) => return Ok(()),
             Wire::ReadData { token, data } => {
                 let result = node.engine.on_page_read(token, data, &mut node.mem);
                 self.engine_result(n, result)?;

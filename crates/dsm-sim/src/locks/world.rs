@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use dsm_locks::{Action, BarrierEngine, LockEngine, LockKind};
+use dsm_locks::{Action, BarrierEngine, CentralBarrier, CentralOutcome, LockEngine, LockKind};
 use dsm_wire::{NodeId, PageId, SyncMsg};
 
 use super::check::Checker;
@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::net::SimNet;
 use crate::rng::Rng;
 
+mod crash;
 mod local;
 
 /// One application thread.
@@ -46,6 +47,9 @@ struct NodeLock {
 struct Node {
     engine: LockEngine,
     barrier: BarrierEngine,
+    /// The runtime's barrier (node 0's is used), and this node's epoch in it.
+    central: CentralBarrier,
+    central_epoch: u64,
     threads: Vec<Thread>,
     sections_left: Vec<u32>,
     locks: Vec<NodeLock>,
@@ -73,6 +77,12 @@ pub(super) struct World {
     step: u64,
     check: Checker,
     report: Report,
+    /// The node that crashed, once it did.
+    crashed: Option<NodeId>,
+    /// Survivors not yet told of the crash: (step due, survivor), in order.
+    failure_notices: Vec<(u64, NodeId)>,
+    /// Nodes told of the crash (they behave as the runtime does after a failure).
+    told: Vec<bool>,
 }
 
 fn kind_index(kind: LockKind) -> usize {
@@ -96,6 +106,9 @@ impl World {
             step: 0,
             check,
             report: Report::default(),
+            crashed: None,
+            failure_notices: Vec::new(),
+            told: vec![false; config.nodes as usize],
             config,
         };
         for node in 0..world.config.nodes {
@@ -117,6 +130,8 @@ impl World {
         Ok(Node {
             engine,
             barrier: BarrierEngine::new(me, config.nodes, config.barrier),
+            central: CentralBarrier::default(),
+            central_epoch: 1,
             threads: vec![Thread::Done; threads],
             sections_left: vec![0; threads],
             locks: (0..config.locks.len())
@@ -149,7 +164,13 @@ impl World {
             let ticks = self.rng.range(1, 200);
             self.net.pause(node, ticks);
         }
+        self.maybe_crash();
         let timer = self.timers.first_key_value().map(|(k, _)| *k);
+        let idle = timer.is_none() && self.net.next_due().is_none();
+        if self.notice_due(idle) {
+            self.tell_failure()?;
+            return Ok(true);
+        }
         match (timer, self.net.next_due()) {
             (None, None) => Ok(false),
             (Some(key), due) if due.is_none_or(|d| key.0 < d) => {
@@ -193,6 +214,9 @@ impl World {
     }
 
     pub(super) fn check_end(&self) -> Result<()> {
+        if self.crashed.is_some() {
+            return self.check_end_after_crash();
+        }
         for (n, node) in self.nodes.iter().enumerate() {
             if node.round < self.config.rounds || node.threads.iter().any(|t| *t != Thread::Done) {
                 return Err(self.invariant(format!(
@@ -241,7 +265,17 @@ impl World {
     }
 
     fn on_timer(&mut self, timer: Timer) -> Result<()> {
+        let (Timer::Think { node, .. } | Timer::Leave { node, .. }) = timer;
+        if self.crashed == Some(node) {
+            return Ok(()); // It died with its node.
+        }
         match timer {
+            Timer::Think { node, thread } if self.told[node as usize] => {
+                // The acquire would return NodeFailed at once.
+                self.nodes[node as usize].threads[thread as usize] = Thread::Done;
+                self.report.failed_waits += 1;
+                Ok(())
+            }
             Timer::Think { node, thread } => {
                 let locks = self.config.locks.len();
                 let lock = u32::try_from(self.rng.index(locks)).expect("few locks");
@@ -256,6 +290,16 @@ impl World {
     }
 
     fn on_message(&mut self, from: NodeId, to: NodeId, message: &SyncMsg) -> Result<()> {
+        if self.config.runtime_barrier {
+            match message {
+                SyncMsg::BarrierArrive { .. } => return self.central_arrive(from, to, message),
+                SyncMsg::BarrierRelease { epoch, notices } => {
+                    self.nodes[to as usize].central_epoch = epoch + 1;
+                    return self.barrier_done(to, *epoch, notices);
+                }
+                _ => {}
+            }
+        }
         let mut out = Vec::new();
         let n = &mut self.nodes[to as usize];
         let result = match message {
@@ -266,6 +310,40 @@ impl World {
         };
         self.engine_result(to, result)?;
         self.apply(to, out)
+    }
+
+    /// The runtime's barrier: node `to` (node 0) counts an arrival; the last one releases
+    /// every node with every node's notices, as the runtime's rank 0 does.
+    fn central_arrive(&mut self, from: NodeId, to: NodeId, message: &SyncMsg) -> Result<()> {
+        let SyncMsg::BarrierArrive {
+            epoch,
+            round,
+            notices,
+        } = message
+        else {
+            return Err(self.invariant("central barrier: not an arrival".into()));
+        };
+        if to != 0 {
+            return Err(self.invariant(format!("barrier arrival sent to node {to}")));
+        }
+        let gone = vec![false; self.config.nodes as usize];
+        let outcome = self.nodes[0]
+            .central
+            .arrive((*epoch, *round), from, &gone, notices.clone());
+        match outcome {
+            CentralOutcome::Waiting => Ok(()),
+            CentralOutcome::Released(all) => {
+                for node in 0..self.config.nodes {
+                    let release = SyncMsg::BarrierRelease {
+                        epoch: *epoch,
+                        notices: all.clone(),
+                    };
+                    self.send(0, node, release)?;
+                }
+                Ok(())
+            }
+            other => Err(self.invariant(format!("central barrier {epoch}: {other:?}"))),
+        }
     }
 
     fn engine_result(&self, node: NodeId, result: dsm_locks::Result<()>) -> Result<()> {
@@ -321,6 +399,9 @@ impl World {
         self.check
             .granted(node, lock, notices)
             .map_err(|d| self.invariant(d))?;
+        if self.crashed.is_some() {
+            self.report.grants_after_crash += 1;
+        }
         let kind = kind_index(self.config.locks[lock as usize]);
         let now = self.net.now();
         let l = &mut self.nodes[node as usize].locks[lock as usize];
@@ -339,6 +420,9 @@ impl World {
     }
 
     fn barrier_done(&mut self, node: NodeId, epoch: u64, notices: &[PageId]) -> Result<()> {
+        if self.told[node as usize] {
+            return Ok(()); // Its wait already ended in NodeFailed; it starts no more rounds.
+        }
         self.check
             .left(node, epoch, notices)
             .map_err(|d| self.invariant(d))?;

@@ -128,6 +128,17 @@ pub enum Coherence {
         /// The pages.
         pages: Vec<PageId>,
     },
+    /// Sequential mode: the home cannot serve a request, because the page's only current copy
+    /// was writable on `writer`, which failed (the master copy is stale). Never followed by a
+    /// grant: every later request for the page gets the same answer.
+    PageLost {
+        /// Request id of the refused request.
+        req: u64,
+        /// Page.
+        page: PageId,
+        /// The failed node that held the page writable.
+        writer: u32,
+    },
 }
 
 pub(crate) const READ_REQUEST: u16 = 0x0201;
@@ -142,6 +153,7 @@ pub(crate) const DIFF: u16 = 0x0209;
 pub(crate) const DIFF_ACK: u16 = 0x020a;
 pub(crate) const WRITE_NOTICES: u16 = 0x020b;
 pub(crate) const DIFF_BATCH: u16 = 0x020c;
+pub(crate) const PAGE_LOST: u16 = 0x020d;
 
 impl Coherence {
     pub(crate) fn command(&self) -> u16 {
@@ -158,6 +170,7 @@ impl Coherence {
             Coherence::DiffBatch { .. } => DIFF_BATCH,
             Coherence::DiffAck { .. } => DIFF_ACK,
             Coherence::WriteNotices { .. } => WRITE_NOTICES,
+            Coherence::PageLost { .. } => PAGE_LOST,
         }
     }
 
@@ -220,6 +233,11 @@ impl Coherence {
                 }
             }
             Coherence::WriteNotices { pages } => w.page_ids(pages),
+            Coherence::PageLost { req, page, writer } => {
+                w.u64(*req);
+                w.page_id(*page);
+                w.u32(*writer);
+            }
         }
     }
 
@@ -279,6 +297,11 @@ impl Coherence {
             },
             WRITE_NOTICES => Coherence::WriteNotices {
                 pages: r.page_ids()?,
+            },
+            PAGE_LOST => Coherence::PageLost {
+                req: r.u64("req")?,
+                page: r.page_id()?,
+                writer: r.u32("writer")?,
             },
             other => return Err(Error::UnknownCommand(other)),
         })

@@ -399,14 +399,14 @@ impl Driver {
         }
     }
 
-    /// Nothing waits for a failed `rank` any more: its blocked faults are woken (and fail), and
-    /// the lock table stops expecting its replies, so the survivors keep using their locks.
+    /// Nothing waits for a failed `rank` any more: the faults that need it fail (and only
+    /// those: pages homed there or last written there), and the lock table stops expecting its
+    /// replies, so the survivors keep using their locks.
     fn stop_waiting_for(&mut self, rank: NodeId) {
         self.views.node_failed(rank);
-        let _ = self.core.engine(|c, _| {
-            c.wake_all_faults(rank);
-            Ok(())
-        });
+        if let Err(e) = self.core.engine(|c, ctx| c.node_failed(rank, ctx)) {
+            tracing::warn!(failed = rank, error = %e, "coherence engine could not drop the failed node");
+        }
         if let Err(e) = self.locks.node_failed(rank) {
             tracing::warn!(failed = rank, error = %e, "lock table could not drop the failed node");
         }

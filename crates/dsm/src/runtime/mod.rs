@@ -65,7 +65,7 @@ pub(crate) struct Core {
     /// transport thread and of failures and departures by the driver.
     pub(crate) ring: Mutex<crate::membership::ring::Ring>,
     /// Rank 0: the barrier's arrivals (handled on whichever thread receives them).
-    pub(crate) central: Mutex<barrier::Central>,
+    pub(crate) central: Mutex<dsm_locks::CentralBarrier>,
     /// Request ids of this node's shared-file requests.
     pub(crate) requests: AtomicU64,
     /// The node left (or was dropped): nothing serves faults any more. An atomic, not part

@@ -129,6 +129,7 @@ impl World {
             }
             Action::DropTwin { page } => mem.twin[page.page as usize] = None,
             Action::Wake { token } => return Ok(Some(token)),
+            Action::FaultFailed { token, error } => self.fault_failed(n, token, &error)?,
             Action::SyncDone { token, notices } => self.sync_done(n, token, notices)?,
         }
         Ok(None)

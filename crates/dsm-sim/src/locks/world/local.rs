@@ -2,7 +2,7 @@
 //! the node requests once for all of them, hands the lock between its threads, and gives it
 //! up when nobody local waits or a remote node has waited through `handoff_bound` handoffs.
 
-use dsm_wire::{NodeId, PageId};
+use dsm_wire::{NodeId, PageId, SyncMsg};
 
 use super::{Mutation, Thread, Timer, World};
 use crate::error::Result;
@@ -114,8 +114,10 @@ impl World {
     }
 
     pub(super) fn maybe_enter_barrier(&mut self, node: NodeId) -> Result<()> {
+        let told = self.told[node as usize];
         let n = &mut self.nodes[node as usize];
-        if n.in_barrier_since.is_some()
+        if told // After a failure the runtime's barriers fail at once.
+            || n.in_barrier_since.is_some()
             || n.threads.iter().any(|t| *t != Thread::Done)
             || n.round >= self.config.rounds
         {
@@ -123,6 +125,18 @@ impl World {
         }
         n.in_barrier_since = Some((self.step, self.net.now()));
         let notices: Vec<PageId> = std::mem::take(&mut n.interval).into_iter().collect();
+        if self.config.runtime_barrier {
+            let epoch = n.central_epoch;
+            self.check
+                .arrive(node, epoch, &notices)
+                .map_err(|d| self.invariant(d))?;
+            let arrive = SyncMsg::BarrierArrive {
+                epoch,
+                round: 0,
+                notices,
+            };
+            return self.send(node, 0, arrive);
+        }
         let epoch = n.barrier.epoch();
         self.check
             .arrive(node, epoch, &notices)
