@@ -1,0 +1,200 @@
+//! A set-up pair seen from one process: a [`Sender`] any thread may clone and use, a
+//! [`Receiver`] for one thread, and the [`Peer`] whose pidfd tells of its death.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::memory::{Direction, SharedMemory};
+use crate::peer::Peer;
+use crate::primitive::{Ordering, futex};
+use crate::ring::{AWAKE, Consumer, Producer, RingArea};
+use crate::{Error, Result};
+
+/// Longest sleep of a blocked sender or receiver between checks of the peer's pidfd: the
+/// backstop when nobody wakes it (see [`Receiver::waker`] for the prompt path).
+const PEER_CHECK: Duration = Duration::from_millis(20);
+
+/// Both directions of a pair, before [`split`](Channel::split).
+#[derive(Debug)]
+pub struct Channel {
+    memory: Arc<SharedMemory>,
+    outbound: Direction,
+    peer: Arc<Peer>,
+}
+
+impl Channel {
+    pub(crate) fn new(memory: SharedMemory, outbound: Direction, peer: Peer) -> Self {
+        Channel {
+            memory: Arc::new(memory),
+            outbound,
+            peer: Arc::new(peer),
+        }
+    }
+
+    /// The peer process.
+    pub fn peer(&self) -> &Arc<Peer> {
+        &self.peer
+    }
+
+    /// The shared memory itself: for diagnostics, and for tests that play a hostile peer by
+    /// scribbling on the rings.
+    pub fn memory(&self) -> &SharedMemory {
+        &self.memory
+    }
+
+    /// The sending and receiving halves. The receiver spins up to `spin` before it sleeps
+    /// (zero when threads outnumber CPUs).
+    pub fn split(self, spin: Duration) -> (Sender, Receiver) {
+        let inbound = match self.outbound {
+            Direction::FromOfferer => Direction::FromAccepter,
+            Direction::FromAccepter => Direction::FromOfferer,
+        };
+        let sender = Sender {
+            inner: Arc::new(SenderInner {
+                memory: Arc::clone(&self.memory),
+                direction: self.outbound,
+                producer: Producer::new(),
+                peer: Arc::clone(&self.peer),
+            }),
+        };
+        let receiver = Receiver {
+            memory: self.memory,
+            direction: inbound,
+            consumer: Consumer::new(),
+            peer: self.peer,
+            spin,
+        };
+        (sender, receiver)
+    }
+}
+
+#[derive(Debug)]
+struct SenderInner {
+    memory: Arc<SharedMemory>,
+    direction: Direction,
+    producer: Producer,
+    peer: Arc<Peer>,
+}
+
+/// The sending half: clone it into every thread that sends. Frames arrive in the order their
+/// sends claimed ring space (each thread's in its own order).
+#[derive(Debug, Clone)]
+pub struct Sender {
+    inner: Arc<SenderInner>,
+}
+
+impl Sender {
+    fn area(&self) -> RingArea<'_> {
+        self.inner.memory.ring(self.inner.direction)
+    }
+
+    /// Sends one frame now or fails [`Error::Full`] (nothing sent).
+    pub fn try_send(&self, payload: &[u8]) -> Result<()> {
+        self.inner.producer.try_send(&self.area(), payload)
+    }
+
+    /// Sends one frame, waiting up to `timeout` for room (back-pressure): [`Error::Full`] if
+    /// the ring stayed full, [`Error::PeerExited`] if the peer died meanwhile.
+    pub fn send_timeout(&self, payload: &[u8], timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        let mut last_check = start;
+        for round in 0u32.. {
+            match self.try_send(payload) {
+                Err(Error::Full) => {}
+                done => return done,
+            }
+            if start.elapsed() >= timeout {
+                return Err(Error::Full);
+            }
+            if last_check.elapsed() >= PEER_CHECK {
+                self.inner.peer.check_alive()?;
+                last_check = Instant::now();
+            }
+            back_off(round);
+        }
+        unreachable!("the loop returns by its deadline")
+    }
+
+    /// The peer process.
+    pub fn peer(&self) -> &Peer {
+        &self.inner.peer
+    }
+}
+
+/// Waiting for room: spin a little, then yield, then sleep up to 100 µs (the consumer frees
+/// room at its pace; a full ring is the slow path).
+fn back_off(round: u32) {
+    match round {
+        0..64 => std::hint::spin_loop(),
+        64..128 => std::thread::yield_now(),
+        _ => std::thread::sleep(Duration::from_micros(u64::from(round.min(200) / 2))),
+    }
+}
+
+/// The receiving half, for one thread.
+#[derive(Debug)]
+pub struct Receiver {
+    memory: Arc<SharedMemory>,
+    direction: Direction,
+    consumer: Consumer,
+    peer: Arc<Peer>,
+    spin: Duration,
+}
+
+impl Receiver {
+    /// Takes the next frame into `out` if one is there.
+    pub fn try_recv(&mut self, out: &mut Vec<u8>) -> Result<bool> {
+        let area = self.memory.ring(self.direction);
+        self.consumer.try_recv(&area, out)
+    }
+
+    /// Takes the next frame, waiting up to `timeout`: `Ok(false)` if none came,
+    /// [`Error::PeerExited`] if the peer died with nothing left to read.
+    pub fn recv_timeout(&mut self, out: &mut Vec<u8>, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let mut spin = self.spin;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let area = self.memory.ring(self.direction);
+            let slice = Some(left.min(PEER_CHECK));
+            if self.consumer.recv_timeout(&area, out, spin, slice)? {
+                return Ok(true);
+            }
+            spin = Duration::ZERO;
+            self.peer.check_alive()?;
+            if left.is_zero() {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// A handle that wakes this receiver from its sleep, e.g. when the runtime sees the peer's
+    /// pidfd readable: the receiver then checks the peer and returns [`Error::PeerExited`].
+    pub fn waker(&self) -> Waker {
+        Waker {
+            memory: Arc::clone(&self.memory),
+            direction: self.direction,
+        }
+    }
+
+    /// The peer process.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+}
+
+/// Wakes a [`Receiver`] (see [`Receiver::waker`]).
+#[derive(Debug, Clone)]
+pub struct Waker {
+    memory: Arc<SharedMemory>,
+    direction: Direction,
+}
+
+impl Waker {
+    /// Wakes the receiver if it sleeps; it re-checks its ring and its peer.
+    pub fn wake(&self) {
+        let area = self.memory.ring(self.direction);
+        area.state.swap(AWAKE, Ordering::AcqRel);
+        futex::wake(area.state);
+    }
+}

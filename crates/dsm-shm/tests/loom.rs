@@ -1,0 +1,116 @@
+//! The ring under loom: every interleaving (up to a preemption bound) of producers and a
+//! sleeping consumer. Run with
+//! `RUSTFLAGS="--cfg loom" cargo test -p dsm-shm --release --test loom`.
+//!
+//! A lost wake-up shows as a loom deadlock (the consumer waits on the futex with a frame
+//! published and nobody left to wake it); FIFO and torn frames as failed assertions.
+#![cfg(loom)]
+
+use std::time::Duration;
+
+use dsm_shm::Error;
+use dsm_shm::ring::{Consumer, Geometry, OwnedRing, Producer};
+use loom::sync::Arc;
+use loom::thread;
+
+/// Explores interleavings with at most `preemptions` forced switches (loom's bound keeps
+/// the search finite; 3 covers the hand-shake's store–fence–load windows on both sides).
+fn model(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(preemptions);
+    builder.check(f);
+}
+
+/// Frame `n` of producer `thread`: 9 bytes (two payload words, so a torn frame shows).
+fn frame(thread: u8, n: u8) -> [u8; 9] {
+    let mut f = [thread * 16 + n; 9];
+    f[8] = !f[0];
+    f
+}
+
+/// Sends, retrying while the ring is full (back-pressure, never a drop).
+fn send(producer: &Producer, ring: &OwnedRing, payload: &[u8]) {
+    loop {
+        match producer.try_send(&ring.area(), payload) {
+            Ok(()) => return,
+            Err(Error::Full) => thread::yield_now(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Receives `count` frames with a consumer that never spins (it always takes the sleep path)
+/// and checks per-producer FIFO and whole frames.
+fn receive(ring: &OwnedRing, count: usize, producers: usize) {
+    let (mut consumer, mut out) = (Consumer::new(), Vec::new());
+    let mut next = vec![0u8; producers];
+    for _ in 0..count {
+        let got = consumer.recv_timeout(&ring.area(), &mut out, Duration::ZERO, None);
+        assert!(got.unwrap());
+        let (thread, n) = (usize::from(out[0] / 16), out[0] % 16);
+        assert_eq!(n, next[thread], "FIFO of producer {thread}");
+        assert_eq!(out, frame(out[0] / 16, n), "torn frame");
+        next[thread] += 1;
+    }
+}
+
+#[test]
+fn two_producers_one_sleeping_consumer() {
+    model(3, || {
+        let ring = Arc::new(OwnedRing::new(Geometry::new(4).unwrap()));
+        let producer = Arc::new(Producer::new());
+        let threads: Vec<_> = [(0u8, 2u8), (1, 1)]
+            .into_iter()
+            .map(|(t, frames)| {
+                let (ring, producer) = (Arc::clone(&ring), Arc::clone(&producer));
+                thread::spawn(move || {
+                    for n in 0..frames {
+                        send(&producer, &ring, &frame(t, n));
+                    }
+                })
+            })
+            .collect();
+        receive(&ring, 3, 2);
+        threads.into_iter().for_each(|t| t.join().unwrap());
+    });
+}
+
+#[test]
+fn back_pressure_on_a_full_ring() {
+    // Two cells, three one-cell frames: the producer must wait for the consumer, which sleeps
+    // whenever the ring is empty.
+    model(3, || {
+        let ring = Arc::new(OwnedRing::new(Geometry::new(2).unwrap()));
+        let producer = Producer::new();
+        let sender = {
+            let ring = Arc::clone(&ring);
+            thread::spawn(move || {
+                for n in 0..3 {
+                    send(&producer, &ring, &frame(0, n));
+                }
+            })
+        };
+        receive(&ring, 3, 1);
+        sender.join().unwrap();
+    });
+}
+
+/// Three frames of one producer through a ring that never fills: the consumer sleeps and wakes
+/// several times (this model found the plain-store bug described in `send::wake_if_sleeping`).
+#[test]
+fn one_producer_three_frames() {
+    model(3, || {
+        let ring = Arc::new(OwnedRing::new(Geometry::new(8).unwrap()));
+        let producer = Producer::new();
+        let sender = {
+            let ring = Arc::clone(&ring);
+            thread::spawn(move || {
+                send(&producer, &ring, &frame(0, 0));
+                send(&producer, &ring, &frame(0, 1));
+                send(&producer, &ring, &frame(0, 2))
+            })
+        };
+        receive(&ring, 3, 1);
+        sender.join().unwrap();
+    });
+}
