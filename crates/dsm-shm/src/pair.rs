@@ -33,7 +33,8 @@ use crate::{Error, Result, sys};
 pub struct PairOptions {
     /// Size of each ring (the offerer's choice; the accepter accepts up to its own).
     pub geometry: Geometry,
-    /// How long each socket read or write of the set-up may take.
+    /// How long each socket read or write of the set-up may take (the socket's own timeouts
+    /// are restored afterwards).
     pub timeout: Duration,
 }
 
@@ -55,7 +56,7 @@ pub fn offer(
     peer_rank: u32,
     options: &PairOptions,
 ) -> Result<Channel> {
-    set_timeouts(stream, options.timeout)?;
+    let _timeouts = Timeouts::set(stream, options.timeout)?;
     let mut peer = Peer::of(stream)?;
     let ours = nonce()?;
     let mut hello = Packet::new(Kind::Hello, local);
@@ -98,7 +99,7 @@ pub fn accept(
     expected: impl Fn(u32) -> bool,
     options: &PairOptions,
 ) -> Result<Channel> {
-    set_timeouts(stream, options.timeout)?;
+    let _timeouts = Timeouts::set(stream, options.timeout)?;
     let mut peer = Peer::of(stream)?;
     let hello = receive(stream, Kind::Hello, local)?.0;
     if !expected(hello.rank) {
@@ -137,11 +138,32 @@ fn open_offered(fd: Option<OwnedFd>, cells: u32, limit: Geometry) -> Result<Shar
     SharedMemory::open(fd, geometry)
 }
 
-fn set_timeouts(stream: &UnixStream, timeout: Duration) -> Result<()> {
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| Error::io("setsockopt(SO_RCVTIMEO)", e))
+/// The caller's socket timeouts, put back when the set-up ends (whichever way): the set-up
+/// bounds its own steps without changing the socket the caller keeps.
+struct Timeouts<'a> {
+    stream: &'a UnixStream,
+    saved: (Option<Duration>, Option<Duration>),
+}
+
+impl<'a> Timeouts<'a> {
+    fn set(stream: &'a UnixStream, timeout: Duration) -> Result<Self> {
+        let io = |e| Error::io("setsockopt(SO_RCVTIMEO)", e);
+        let saved = (
+            stream.read_timeout().map_err(io)?,
+            stream.write_timeout().map_err(io)?,
+        );
+        stream.set_read_timeout(Some(timeout)).map_err(io)?;
+        stream.set_write_timeout(Some(timeout)).map_err(io)?;
+        Ok(Timeouts { stream, saved })
+    }
+}
+
+impl Drop for Timeouts<'_> {
+    fn drop(&mut self) {
+        // Best effort: a socket that cannot take its old timeouts back is broken anyway.
+        let _ = self.stream.set_read_timeout(self.saved.0);
+        let _ = self.stream.set_write_timeout(self.saved.1);
+    }
 }
 
 /// Sends one packet, with `fd` attached (SCM_RIGHTS) if given.
