@@ -168,6 +168,27 @@ impl Receiver {
         }
     }
 
+    /// Announces sleep and re-checks the ring, for an event loop that waits on
+    /// [`futex_word`](Self::futex_word) itself (io_uring `FUTEX_WAIT`, shared, 32-bit, expected
+    /// [`SLEEPING`](crate::ring::SLEEPING)) beside its sockets and the peer's pidfd. `Ok(true)`:
+    /// a frame is in `out`, do not sleep. `Ok(false)`: wait, then call
+    /// [`finish_sleep`](Self::finish_sleep). See [`Consumer::prepare_sleep`].
+    pub fn prepare_sleep(&mut self, out: &mut Vec<u8>) -> Result<bool> {
+        let area = self.memory.ring(self.direction);
+        self.consumer.prepare_sleep(&area, out)
+    }
+
+    /// Ends a sleep begun with [`prepare_sleep`](Self::prepare_sleep).
+    pub fn finish_sleep(&mut self) {
+        let area = self.memory.ring(self.direction);
+        self.consumer.finish_sleep(&area);
+    }
+
+    /// The futex word producers wake when this receiver announced sleep.
+    pub fn futex_word(&self) -> &std::sync::atomic::AtomicU32 {
+        self.memory.ring(self.direction).state_word()
+    }
+
     /// A handle that wakes this receiver from its sleep, e.g. when the runtime sees the peer's
     /// pidfd readable: the receiver then checks the peer and returns [`Error::PeerExited`].
     pub fn waker(&self) -> Waker {

@@ -36,6 +36,39 @@
 //! # }
 //! ```
 //!
+//! # Cost (indicative)
+//! `cargo bench -p dsm-shm --bench round_trip`: 64-byte round trip between two processes
+//! pinned to CPUs 0 and 1 of the shared 2-vCPU development VM, median of 20,000, TCP loopback
+//! between the same processes in the same run: busy-polling 1.0 µs against 7.1 µs
+//! (`ratio_shm_spin_to_tcp_spin` 0.14); sleeping 49.9 µs (futex) against 56.2 µs (blocking
+//! `read`), ratio 0.89 — a sleeping receiver pays the cross-CPU wake-up (~30 µs here) either
+//! way, so the runtime should poll a while before it sleeps, as its TCP thread does.
+//!
+//! # Wiring into the runtime (not done yet)
+//! * Rendezvous: each node listens on an abstract Unix socket named from the cluster id and
+//!   its rank (no file anywhere); for every peer the membership says runs on the same host
+//!   (a hint such as `/proc/sys/kernel/random/boot_id`, never trusted), the lower rank
+//!   connects and [`offer`]s, the other [`accept`]s with the view's ranks in `expected`. Any
+//!   [`Error`] (another network namespace, another user, no key) means TCP for that pair.
+//! * Per-pair FIFO across transports: a pair's control messages use the channel or TCP, never
+//!   both; set the channel up before the first protocol message of the pair (at join), or
+//!   drain TCP before switching.
+//! * `Transport::send` must not block: encode the `dsm_wire` frame, [`Sender::try_send`]; on
+//!   [`Error::Full`] queue it (bounded) for the transport thread, and queue every later
+//!   frame of that peer behind it until the queue drains, to keep FIFO. No per-frame tags:
+//!   only a process that proved the key holds the memfd.
+//! * Receiving: the transport thread polls each [`Receiver::try_recv`] during its spin phase;
+//!   before it sleeps it calls [`Receiver::prepare_sleep`] on each ring and waits in
+//!   io_uring on [`Receiver::futex_word`] (`IORING_OP_FUTEX_WAIT`, shared 32-bit futex,
+//!   expected [`ring::SLEEPING`], Linux 6.7+) beside its sockets, then
+//!   [`Receiver::finish_sleep`].
+//! * Failure: `POLL_ADD` on [`Peer::pidfd`] in the same ring: readable means the peer died
+//!   (deliver `PeerFailed` at once; membership heartbeats keep flowing through the ring
+//!   and catch a peer that hangs without dying). [`Error::Corrupt`] is a failed peer too.
+//! * Pages: `read_page`/`write_page` as TCP emulates them, request and reply frames through
+//!   the rings (a page frame takes 65 cells of the default 4096); mapping a home's memfd-backed
+//!   master copies directly would make reads one-sided, later.
+//!
 //! # Requirements
 //! Linux ≥ 5.3 (`pidfd_open`; `SO_PEERPIDFD` from 6.5 is used when present), memfd sealing.
 //! No privileges.

@@ -53,9 +53,9 @@ pub const MIN_CELLS: u32 = 2;
 pub const MAX_CELLS: u32 = 1 << 24;
 
 /// The consumer's futex word: running, or about to sleep (producers must wake it).
-pub(crate) const AWAKE: u32 = 0;
+pub const AWAKE: u32 = 0;
 /// See [`AWAKE`].
-pub(crate) const SLEEPING: u32 = 1;
+pub const SLEEPING: u32 = 1;
 
 /// The size of one ring: a number of 64-byte cells, a power of two in
 /// [`MIN_CELLS`]`..=`[`MAX_CELLS`].
@@ -173,7 +173,9 @@ impl<'a> RingArea<'a> {
         std::iter::once(self.head).chain(self.seq).chain(self.data)
     }
 
-    /// The consumer's futex word, for tests that scribble on it.
+    /// The consumer's futex word: `SLEEPING` (1) while the consumer announced sleep (see
+    /// [`Consumer::prepare_sleep`]); for event loops that wait on it, and tests that
+    /// scribble on it.
     pub fn state_word(&self) -> &'a AtomicU32 {
         self.state
     }

@@ -109,3 +109,28 @@ fn rings_larger_than_the_accepter_takes_are_refused() {
     assert!(matches!(b, Err(Error::BadMemory(_))), "{b:?}");
     assert!(a.is_err());
 }
+
+#[test]
+fn an_event_loop_can_sleep_on_the_futex_word_itself() {
+    use dsm_shm::ring::{AWAKE, SLEEPING};
+    use std::sync::atomic::Ordering;
+    let (a, b) = set_up(creds(0), creds(1), options(64), options(64));
+    let (a_tx, _a_rx) = a.unwrap().split(Duration::ZERO);
+    let (_b_tx, mut b_rx) = b.unwrap().split(Duration::ZERO);
+    let mut out = Vec::new();
+    assert!(!b_rx.prepare_sleep(&mut out).unwrap(), "nothing sent yet");
+    assert_eq!(b_rx.futex_word().load(Ordering::Acquire), SLEEPING);
+    a_tx.try_send(b"wake").unwrap();
+    // The producer flipped the word (and would have woken a FUTEX_WAIT on it).
+    assert_eq!(b_rx.futex_word().load(Ordering::Acquire), AWAKE);
+    b_rx.finish_sleep();
+    assert!(b_rx.try_recv(&mut out).unwrap());
+    assert_eq!(out, b"wake");
+    // A frame already there: prepare_sleep takes it and withdraws the announcement.
+    a_tx.try_send(b"two").unwrap();
+    assert!(b_rx.prepare_sleep(&mut out).unwrap());
+    assert_eq!(
+        (out.as_slice(), b_rx.futex_word().load(Ordering::Acquire)),
+        (&b"two"[..], AWAKE)
+    );
+}

@@ -184,6 +184,9 @@ fn child_scribble(name: &str) {
     words[1 + cells].store(u64::MAX, Ordering::Relaxed);
     words[1].store(1, Ordering::Release);
     stream.write_all(b"g").unwrap();
+    // Scribble once the parent has seen that frame.
+    let mut seen = [0u8];
+    stream.read_exact(&mut seen).unwrap();
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(300) {
@@ -210,6 +213,7 @@ fn garbage_written_by_the_peer_is_rejected() {
     let mut out = Vec::new();
     let first = receiver.recv_timeout(&mut out, WAIT);
     assert!(matches!(first, Err(Error::Corrupt(_))), "{first:?}");
+    stream.write_all(b"s").unwrap();
     // Then whatever the peer scribbles: bounded frames or typed errors, never a panic.
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(500) {

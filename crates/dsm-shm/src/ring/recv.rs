@@ -89,18 +89,35 @@ impl Consumer {
         out: &mut Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<bool> {
-        // Swaps, never plain stores, on this word (here and below): see
+        if self.prepare_sleep(area, out)? {
+            return Ok(true);
+        }
+        futex::wait(area.state, SLEEPING, timeout);
+        self.finish_sleep(area);
+        self.try_recv(area, out)
+    }
+
+    /// First half of a sleep for a caller that waits elsewhere (an event loop waiting on the
+    /// futex word with io_uring's `FUTEX_WAIT` beside its other descriptors): announces sleep
+    /// and re-checks. `Ok(true)`: a frame arrived meanwhile, it is in `out` and the caller
+    /// must not sleep (the announcement is already withdrawn). `Ok(false)`: the caller may
+    /// now wait while the word ([`RingArea::state_word`]) holds `SLEEPING` (a shared futex),
+    /// then must call [`finish_sleep`](Self::finish_sleep).
+    pub fn prepare_sleep(&mut self, area: &RingArea<'_>, out: &mut Vec<u8>) -> Result<bool> {
+        // Swaps, never plain stores, on this word (here and in `finish_sleep`): see
         // `send::wake_if_sleeping`. A plain store would end the release sequence of a
         // producer's swap, and the next swap here would no longer acquire its frame.
         area.state.swap(SLEEPING, Ordering::AcqRel);
         let got = self.try_recv(area, out);
         if !matches!(got, Ok(false)) {
-            area.state.swap(AWAKE, Ordering::AcqRel);
-            return got;
+            self.finish_sleep(area);
         }
-        futex::wait(area.state, SLEEPING, timeout);
+        got
+    }
+
+    /// Second half of a sleep: withdraws the announcement (producers stop waking us).
+    pub fn finish_sleep(&mut self, area: &RingArea<'_>) {
         area.state.swap(AWAKE, Ordering::AcqRel);
-        self.try_recv(area, out)
     }
 }
 
