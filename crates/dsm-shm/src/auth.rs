@@ -183,3 +183,51 @@ impl Packet {
         Ok(p)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    use super::*;
+
+    #[test]
+    fn packets_round_trip_and_random_bytes_never_panic() {
+        let local = Credentials::new(3, 0xabc, Some([1; 32]));
+        let mut p = Packet::new(Kind::Offer, &local);
+        p.cells = 4096u32.to_le();
+        let bytes: [u8; PACKET_LEN] = bytemuck::cast(p);
+        let back = Packet::parse(&bytes, Kind::Offer, &local).unwrap();
+        assert_eq!((back.rank, back.cluster, back.cells), (3, 0xabc, 4096));
+        assert!(Packet::parse(&bytes, Kind::Hello, &local).is_err());
+        let seed: u64 = rand::random();
+        let mut rng = StdRng::seed_from_u64(seed);
+        for _ in 0..100_000 {
+            let mut bytes = bytes;
+            // Mostly valid packets with a few bytes changed, sometimes pure noise.
+            if rng.random_range(0..8) == 0 {
+                rng.fill(&mut bytes[..]);
+            } else {
+                for _ in 0..rng.random_range(1..4) {
+                    bytes[rng.random_range(0..PACKET_LEN)] = rng.random();
+                }
+            }
+            let _ = Packet::parse(&bytes, Kind::Offer, &local);
+        }
+    }
+
+    #[test]
+    fn macs_bind_role_ranks_cells_and_key() {
+        let a = Credentials::new(0, 1, Some([1; 32]));
+        let nonce = [9; NONCE_LEN];
+        let base = a.mac(Role::Offerer, 0, 1, 64, &nonce);
+        assert_ne!(base, a.mac(Role::Accepter, 0, 1, 64, &nonce));
+        assert_ne!(base, a.mac(Role::Offerer, 1, 0, 64, &nonce));
+        assert_ne!(base, a.mac(Role::Offerer, 0, 1, 128, &nonce));
+        let other_key = Credentials::new(0, 1, Some([2; 32]));
+        assert!(matches!(
+            other_key.check(&base, other_key.mac(Role::Offerer, 0, 1, 64, &nonce)),
+            Err(Error::WrongKey)
+        ));
+        assert!(a.check(&base, base).is_ok());
+    }
+}

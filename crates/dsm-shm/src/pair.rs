@@ -245,3 +245,89 @@ fn receive_first(stream: &UnixStream, bytes: &mut [u8]) -> Result<(usize, Option
     }
     Ok((msg.bytes, fds.pop()))
 }
+
+#[cfg(test)]
+mod tests {
+    //! A hostile offerer, played with the set-up's own messages (keyless, so its MACs are
+    //! the zeros a keyless accepter expects): whatever it offers, the accepter refuses to map.
+
+    use std::os::fd::AsFd;
+    use std::thread;
+
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+
+    use super::*;
+
+    /// Runs a keyless accepter against an offerer that sends `memfd` (or none) for rings of
+    /// `cells` cells; returns the accepter's result.
+    fn offer_raw(cells: u32, memfd: Option<OwnedFd>) -> Result<Channel> {
+        let (a, b) = UnixStream::pair().unwrap();
+        let accepter = thread::spawn(move || {
+            let local = Credentials::new(1, 7, None);
+            accept(&b, &local, |rank| rank == 0, &PairOptions::default())
+        });
+        let local = Credentials::new(0, 7, None);
+        send(&a, &Packet::new(Kind::Hello, &local), None).unwrap();
+        receive(&a, Kind::Challenge, &local).unwrap();
+        let mut offer = Packet::new(Kind::Offer, &local);
+        offer.cells = cells.to_le();
+        send(&a, &offer, memfd.as_ref().map(AsFd::as_fd)).unwrap();
+        let got = accepter.join().unwrap();
+        drop(a);
+        got
+    }
+
+    fn memfd(len: usize, seals: SealFlag) -> OwnedFd {
+        let fd = memfd_create(
+            c"hostile",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )
+        .unwrap();
+        nix::unistd::ftruncate(&fd, i64::try_from(len).unwrap()).unwrap();
+        if !seals.is_empty() {
+            fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).unwrap();
+        }
+        fd
+    }
+
+    #[test]
+    fn an_unsealed_memfd_is_refused() {
+        let len = SharedMemory::bytes_for(Geometry::new(64).unwrap());
+        let got = offer_raw(64, Some(memfd(len, SealFlag::F_SEAL_GROW)));
+        assert!(
+            matches!(got, Err(Error::BadMemory(ref m)) if m.contains("seals")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_memfd_of_another_size_is_refused() {
+        let len = SharedMemory::bytes_for(Geometry::new(64).unwrap());
+        let sealed = SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK;
+        let got = offer_raw(64, Some(memfd(len - 4096, sealed)));
+        assert!(
+            matches!(got, Err(Error::BadMemory(ref m)) if m.contains("bytes")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_memfd_without_the_header_is_refused() {
+        let len = SharedMemory::bytes_for(Geometry::new(64).unwrap());
+        let sealed = SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK;
+        let got = offer_raw(64, Some(memfd(len, sealed)));
+        assert!(
+            matches!(got, Err(Error::BadMemory(ref m)) if m.contains("header")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn an_offer_without_memory_or_with_a_bad_size_is_refused() {
+        let got = offer_raw(64, None);
+        assert!(matches!(got, Err(Error::Handshake(_))), "{got:?}");
+        let got = offer_raw(3, Some(memfd(4096, SealFlag::empty())));
+        assert!(matches!(got, Err(Error::Config(_))), "{got:?}");
+    }
+}
