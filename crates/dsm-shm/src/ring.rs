@@ -6,7 +6,7 @@
 //!   64  head      u64: the consumer's position, published for producers' space checks
 //!   128 state     u32: the consumer's futex word, AWAKE or SLEEPING
 //!   192 seq       u64 × cells: publication marks, `position + 1` in the first cell of a frame
-//!   …   data      64-byte cells: frame = header word (len u32, reserved u32) + payload words
+//!   …   data      64-byte cells: frame = header word (payload length) + payload words
 //! ```
 //!
 //! Why cells of 64 bytes rather than fixed slots: dsm's control messages run from ~40 bytes (a
@@ -20,6 +20,10 @@
 //! Only the first cell of a frame gets a publication mark. A mark is the frame's position plus
 //! one, unique over the ring's life, so a stale mark of an earlier lap never passes for a new
 //! one, and payload bytes (which live in `data`, not `seq`) never pass for a mark.
+//!
+//! The price of claim order: a sending thread descheduled between its claim and its mark holds
+//! up the frames claimed after it (never longer than it takes to copy one frame once it runs
+//! again; nothing between claim and mark can fail or block).
 //!
 //! The producers' claim counter (`tail`) is private to the sending process: the peer cannot
 //! corrupt it. Everything the consumer reads (marks, headers, payload) and everything a
@@ -43,7 +47,7 @@ use crate::{Error, Result};
 pub const CELL_BYTES: usize = 64;
 /// `u64` words in a cell.
 pub(crate) const CELL_WORDS: usize = CELL_BYTES / 8;
-/// Bytes of a frame's header (its first word: length and reserved bits).
+/// Bytes of a frame's header (its first word: the payload length).
 pub const FRAME_HEADER_BYTES: usize = 8;
 /// Bytes before the marks: the control, head and state lines.
 const LINES_BYTES: usize = 3 * CELL_BYTES;

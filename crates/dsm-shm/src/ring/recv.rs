@@ -122,7 +122,7 @@ impl Consumer {
 }
 
 /// Reads and checks the header word of the frame at `cell`: the payload length, bounded by the
-/// ring, with its reserved half zero.
+/// ring (so a word with any of its high bits set is refused too).
 fn read_header(area: &RingArea<'_>, cell: usize) -> Result<usize> {
     let header = area.word(cell, 0).load(Ordering::Relaxed);
     let max = area.geometry.max_frame_len();
