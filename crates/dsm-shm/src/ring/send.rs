@@ -51,18 +51,28 @@ impl Producer {
     /// Claims `cells` consecutive cells, returning the first one's position. Lock-free: a
     /// failed compare-and-swap means another thread claimed, so the loop always makes
     /// progress somewhere.
+    ///
+    /// Why this order and these orderings: tail, then head, then (only if they look
+    /// impossible) tail again, all Acquire, and a Release claim. The tail read carries the
+    /// head its claimer saw, so the head read after it is at least that: `tail - head` is at
+    /// most the capacity. A head ahead of the tail means our tail was stale (others claimed
+    /// and the consumer already passed them): the tail has moved, so retry. Only a head
+    /// ahead of, or more than a ring behind, a tail that did not move is the peer's doing.
+    /// (Reading head first lets a stale head look more than a ring behind a fresh tail, and
+    /// a single read of the tail lets a stale tail look behind the head: a loom model and
+    /// the multi-process test caught one each.)
     fn claim(&self, area: &RingArea<'_>, cells: u64) -> Result<u64> {
         let capacity = u64::from(area.geometry.cells);
         loop {
-            // Head first, with Acquire: the consumer copied the frames before it published
-            // this head, so the cells behind it may be overwritten; and the claims of those
-            // frames happened before, so the tail read next is at least this head (read in
-            // the other order, another thread's claim and its consumption could slip between
-            // and make a stale tail look behind the head).
+            let tail = self.tail.load(Ordering::Acquire);
+            // Acquire also orders the consumer's copies of the frames behind this head before
+            // our overwriting them.
             let head = area.head.load(Ordering::Acquire);
-            let tail = self.tail.load(Ordering::Relaxed);
             let used = tail.wrapping_sub(head);
             if used > capacity {
+                if self.tail.load(Ordering::Acquire) != tail {
+                    continue;
+                }
                 return Err(Error::Corrupt(format!(
                     "published head {head} is not within {capacity} cells behind tail {tail}"
                 )));
@@ -72,7 +82,7 @@ impl Producer {
             }
             if self
                 .tail
-                .compare_exchange_weak(tail, tail + cells, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange_weak(tail, tail + cells, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
                 return Ok(tail);
