@@ -95,7 +95,7 @@ fn write_tracking(asked: WriteTracking) -> WriteTracking {
         if let Err(why) = &outcome {
             eprintln!(
                 "dsm: release-mode regions take a write fault per page per interval: \
-                 asynchronous write tracking is unavailable here ({why}; needs Linux 6.7)"
+                 asynchronous write tracking is unavailable here ({why})"
             );
         }
         outcome
