@@ -381,29 +381,6 @@ fn send_read_grant(
     ctx.out.send(to, message);
 }
 
-/// Release mode: applies a diff to the master copy (runs checked first, so a bad diff changes
-/// nothing) and acknowledges it.
-pub(crate) fn apply_diff(
-    from: NodeId,
-    page: PageId,
-    req: u64,
-    runs: &[DiffRun],
-    ctx: &mut Ctx<'_>,
-    mem: &mut dyn Memory,
-) -> Result<()> {
-    let fits = |run: &DiffRun| usize::from(run.offset) + run.bytes.len() <= PAGE_SIZE;
-    if !runs.iter().all(fits) {
-        return Err(Error::BadDiff { from, page });
-    }
-    let master = mem.home_page_mut(page);
-    for run in runs {
-        let start = usize::from(run.offset);
-        master[start..start + run.bytes.len()].copy_from_slice(&run.bytes);
-    }
-    ctx.out.send(from, Coherence::DiffAck { req, page });
-    Ok(())
-}
-
 /// Release mode: applies a batch of diffs to the master copies (every run of every page
 /// checked first, so a bad batch changes nothing) and acknowledges it once.
 pub(crate) fn apply_diff_batch(

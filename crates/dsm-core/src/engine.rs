@@ -391,9 +391,6 @@ impl CoherenceEngine {
             Coherence::WriteBack { req, data, .. } if seq => {
                 dir.write_back(from, page, req, data, &mut ctx, mem)
             }
-            Coherence::Diff { req, runs, .. } if !seq => {
-                directory::apply_diff(from, page, req, &runs, &mut ctx, mem)
-            }
             Coherence::ReadGrant { req, data, .. } => {
                 let grant = (Access::Read, req, data);
                 self.cache.on_grant(from, page, loc, grant, &mut ctx)
@@ -477,7 +474,6 @@ fn describe(message: &Coherence) -> (Option<PageId>, &'static str, Side) {
         C::WriteRequest { page, .. } => (Some(*page), "WriteRequest", Side::Home),
         C::InvalidateAck { page, .. } => (Some(*page), "InvalidateAck", Side::Home),
         C::WriteBack { page, .. } => (Some(*page), "WriteBack", Side::Home),
-        C::Diff { page, .. } => (Some(*page), "Diff", Side::Home),
         C::ReadGrant { page, .. } => (Some(*page), "ReadGrant", Side::Requester),
         C::WriteGrant { page, .. } => (Some(*page), "WriteGrant", Side::Requester),
         C::Invalidate { page, .. } => (Some(*page), "Invalidate", Side::Requester),

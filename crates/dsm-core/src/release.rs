@@ -1,7 +1,7 @@
 //! Release mode at sync points: diffs against twins at release, write notices out, and
 //! invalidation of the pages named by notices at acquire.
 //!
-//! A release sends one diff per dirty page to its home and completes (with
+//! A release sends the diffs of its dirty pages to their homes, one batch per home, and completes (with
 //! [`Action::SyncDone`]) once every diff is acknowledged, so that by the time the notices reach
 //! an acquirer, the home copies hold the writes they announce. An acquire invalidates the named
 //! pages; a named page this node is itself writing (false sharing) is diffed to its home first,
@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use dsm_wire::{Coherence, DiffRun, NodeId, PAGE_SIZE, PageDiff, PageId};
+use dsm_wire::{Coherence, DiffRun, MAX_BATCH_PAGES, NodeId, PAGE_SIZE, PageDiff, PageId};
 
 use crate::actions::Action;
 use crate::cache::{Cache, LocalState};
@@ -100,11 +100,12 @@ impl Syncs {
                 continue; // Still writable, dirty, with its (refreshed) twin.
             }
             self.kept.remove(page);
-            if self.flush(*page, *loc, token, &mut wait, cache, ctx, mem) {
+            if self.flush(*page, *loc, cache, ctx, mem) {
                 wait.notices.push(*page);
             }
             cache.set_state(*page, LocalState::Shared);
         }
+        self.send_batches(token, &mut wait, ctx);
         if ctx.config.mutated(MutationPoint::ForgetNotices) {
             wait.notices.clear();
         }
@@ -130,7 +131,7 @@ impl Syncs {
                 LocalState::Invalid => continue,
                 LocalState::Modified => {
                     self.kept.remove(page);
-                    if self.flush(*page, *loc, token, &mut wait, cache, ctx, mem) {
+                    if self.flush(*page, *loc, cache, ctx, mem) {
                         self.carried.insert(*page);
                     }
                 }
@@ -139,6 +140,7 @@ impl Syncs {
             ctx.out.push(Action::Invalidate { page: *page });
             cache.set_state(*page, LocalState::Invalid);
         }
+        self.send_batches(token, &mut wait, ctx);
         self.register(token, wait, ctx);
         Ok(())
     }
@@ -158,14 +160,28 @@ impl Syncs {
     fn publish_in_place(&mut self, page: PageId, ctx: &Ctx<'_>, mem: &mut dyn Memory) -> bool {
         let mut snapshot = [0u8; PAGE_SIZE];
         mem.snapshot(page, &mut snapshot);
-        let twin = *mem.twin(page);
-        let changed = in_place::merge(&twin, &snapshot, mem.home_page_mut(page));
-        self.published += u64::from(changed);
-        if !ctx.config.mutated(MutationPoint::StaleTwin) {
-            mem.twin_mut(page).copy_from_slice(&snapshot);
-        }
+        let changed = self.merge_home(page, &snapshot, ctx, mem);
         let idle = self.kept.entry(page).or_default();
         *idle = if changed { 0 } else { *idle + 1 };
+        changed
+    }
+
+    /// Merges the bytes where `current` differs from the twin of home page `page` into its
+    /// master copy (other writers' diffs to other bytes stay) and makes `current` the twin.
+    /// Returns whether anything changed.
+    fn merge_home(
+        &mut self,
+        page: PageId,
+        current: &[u8; PAGE_SIZE],
+        ctx: &Ctx<'_>,
+        mem: &mut dyn Memory,
+    ) -> bool {
+        let twin = *mem.twin(page);
+        let changed = in_place::merge(&twin, current, mem.home_page_mut(page));
+        self.published += u64::from(changed);
+        if changed && !ctx.config.mutated(MutationPoint::StaleTwin) {
+            mem.twin_mut(page).copy_from_slice(current);
+        }
         changed
     }
 
@@ -175,15 +191,13 @@ impl Syncs {
         self.carried.retain(|page| page.region != region);
     }
 
-    /// Diffs a dirty page against its twin and sends the diff home. Returns whether anything
-    /// changed. The page stays installed, write-protected, without a twin.
-    #[allow(clippy::too_many_arguments)]
+    /// Diffs a dirty page against its twin and queues the diff for its home (sent by
+    /// [`Syncs::send_batches`]). Returns whether anything changed. The page stays installed,
+    /// write-protected, without a twin.
     fn flush(
         &mut self,
         page: PageId,
         loc: Located,
-        token: u64,
-        wait: &mut SyncWait,
         cache: &mut Cache,
         ctx: &mut Ctx<'_>,
         mem: &mut dyn Memory,
@@ -195,27 +209,32 @@ impl Syncs {
         if runs.is_empty() {
             return false;
         }
-        self.send_diff(page, loc, runs, token, wait, ctx);
+        self.queue_diff(page, loc.home, runs);
         true
     }
 
-    /// Sends `runs` of `page` to its home as part of sync `token`.
-    fn send_diff(
-        &mut self,
-        page: PageId,
-        loc: Located,
-        runs: Vec<DiffRun>,
-        token: u64,
-        wait: &mut SyncWait,
-        ctx: &mut Ctx<'_>,
-    ) {
-        self.next_req += 1;
+    /// Queues the changed `runs` of `page` for its `home`.
+    fn queue_diff(&mut self, page: PageId, home: NodeId, runs: Vec<DiffRun>) {
         self.published += 1;
-        let req = self.next_req;
-        self.diffs.insert(req, token);
-        wait.remaining += 1;
-        wait.peer = loc.home;
-        ctx.out.send(loc.home, Coherence::Diff { req, page, runs });
+        self.batches
+            .entry(home)
+            .or_default()
+            .push(PageDiff { page, runs });
+    }
+
+    /// Sends the queued diffs for each home in as few messages as the frame size allows
+    /// ([`Coherence::DiffBatch`]), each one more ack for sync `token` to wait for.
+    fn send_batches(&mut self, token: u64, wait: &mut SyncWait, ctx: &mut Ctx<'_>) {
+        for (home, diffs) in std::mem::take(&mut self.batches) {
+            for diffs in split_batch(diffs) {
+                self.next_req += 1;
+                let req = self.next_req;
+                self.diffs.insert(req, token);
+                wait.remaining += 1;
+                wait.peer = home;
+                ctx.out.send(home, Coherence::DiffBatch { req, diffs });
+            }
+        }
     }
 
     fn register(&mut self, token: u64, wait: SyncWait, ctx: &mut Ctx<'_>) {
@@ -274,6 +293,30 @@ impl Syncs {
             })
         })
     }
+}
+
+/// Bytes of diff data per batch: well inside the wire's 1 MiB body limit.
+const BATCH_BYTES: usize = 512 * 1024;
+
+/// Cuts `diffs` into batches of at most [`MAX_BATCH_PAGES`] pages and about
+/// [`BATCH_BYTES`] bytes each.
+fn split_batch(diffs: Vec<PageDiff>) -> Vec<Vec<PageDiff>> {
+    let mut batches: Vec<Vec<PageDiff>> = Vec::new();
+    let mut bytes = 0;
+    for diff in diffs {
+        let size = 16 + diff.runs.iter().map(|r| 6 + r.bytes.len()).sum::<usize>();
+        match batches.last_mut() {
+            Some(batch) if batch.len() < MAX_BATCH_PAGES && bytes + size <= BATCH_BYTES => {
+                batch.push(diff);
+            }
+            _ => {
+                batches.push(vec![diff]);
+                bytes = 0;
+            }
+        }
+        bytes += size;
+    }
+    batches
 }
 
 /// The runs of bytes where `current` differs from `twin`, exactly (no gap merging: an unchanged

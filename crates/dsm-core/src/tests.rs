@@ -289,7 +289,8 @@ fn release_sends_a_diff_and_notices_invalidate_readers() {
     c.release(0, 100);
     assert!(matches!(
         c.wire.front(),
-        Some((0, 1, Coherence::Diff { runs, .. })) if runs.len() == 1 && runs[0].offset == 10
+        Some((0, 1, Coherence::DiffBatch { diffs, .. }))
+            if diffs.len() == 1 && diffs[0].runs.len() == 1 && diffs[0].runs[0].offset == 10
     ));
     c.deliver_all();
     assert_eq!(c.mems[1].home[&P][10], 42, "the home applied the diff");

@@ -118,27 +118,11 @@ pub fn probe_write_tracking() -> Result<()> {
     Ok(())
 }
 
-/// A free, page-aligned address range of one page (mapped then unmapped by the kernel's
-/// choice).
+/// A free, page-aligned address of one page (mapped then unmapped by the kernel's choice).
 fn scratch_address() -> Result<usize> {
-    let len = PAGE_SIZE;
-    // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing, unmapped
-    // right away; no pointer to it is kept beyond its address.
-    let mapped = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if mapped == libc::MAP_FAILED {
-        return Err(Error::Unsupported("mmap of a probe range failed"));
-    }
-    let address = mapped as usize;
-    // SAFETY: the range was just mapped by this function and is used by nothing else.
-    let _ = unsafe { raw::unmap(address, len) };
+    let address = raw::map_anywhere(PAGE_SIZE)
+        .map_err(|_| Error::Unsupported("mmap of a probe range failed"))?;
+    // SAFETY: the page was just mapped by this function and is used by nothing else.
+    let _ = unsafe { raw::unmap(address, PAGE_SIZE) };
     Ok(address)
 }

@@ -338,7 +338,6 @@ impl Coherence {
             Action::Send { to, message } => {
                 match &message {
                     Msg::Invalidate { .. } => Counters::bump(&counters.invalidations_sent),
-                    Msg::Diff { .. } => Counters::bump(&counters.diffs_sent),
                     Msg::DiffBatch { diffs, .. } => {
                         let pages = u64::try_from(diffs.len()).unwrap_or(u64::MAX);
                         counters

@@ -15,14 +15,13 @@
 
 use std::collections::HashMap;
 
-use dsm_wire::{Coherence, MAX_BATCH_PAGES, PAGE_SIZE, PageDiff, PageId};
+use dsm_wire::{PAGE_SIZE, PageId};
 
 use super::{SyncWait, Syncs, diff};
 use crate::cache::{Cache, LocalState};
 use crate::config::MutationPoint;
 use crate::engine::Ctx;
 use crate::error::Result;
-use crate::in_place;
 use crate::memory::Memory;
 use crate::region::Located;
 
@@ -41,7 +40,8 @@ impl Syncs {
         self.check_token(token)?;
         let carried = std::mem::take(&mut self.carried).into_iter().collect();
         let mut wait = SyncWait::new(carried, ctx);
-        let mut written = written_of(tracked, mem);
+        let located: HashMap<PageId, Located> = tracked.iter().copied().collect();
+        let mut written = written_of(&located, mem);
         if ctx.config.mutated(MutationPoint::ScanMissesPage) && !written.is_empty() {
             written.remove(0);
         }
@@ -53,7 +53,6 @@ impl Syncs {
             }
         }
         if ctx.config.twin_limit > 0 {
-            let located: HashMap<PageId, Located> = tracked.iter().copied().collect();
             for page in cache.over_limit(ctx.config.twin_limit) {
                 let Some(loc) = located.get(&page).copied() else {
                     continue;
@@ -119,24 +118,9 @@ impl Syncs {
         changed
     }
 
-    /// Sends the diffs collected for each home in as few messages as the frame size allows
-    /// ([`Coherence::DiffBatch`]), each one more ack for sync `token` to wait for.
-    fn send_batches(&mut self, token: u64, wait: &mut SyncWait, ctx: &mut Ctx<'_>) {
-        for (home, diffs) in std::mem::take(&mut self.batches) {
-            for diffs in split_batch(diffs) {
-                self.next_req += 1;
-                let req = self.next_req;
-                self.diffs.insert(req, token);
-                wait.remaining += 1;
-                wait.peer = home;
-                ctx.out.send(home, Coherence::DiffBatch { req, diffs });
-            }
-        }
-    }
-
     /// Publishes `current`, the bytes of a written copy: its diff against the twin is queued
-    /// for its home ([`Syncs::send_batches`]), or (home page) merged into the master; the twin
-    /// becomes `current`. Returns whether anything changed.
+    /// for its home, or (home page) merged into the master; the twin becomes `current`.
+    /// Returns whether anything changed.
     fn publish_scanned(
         &mut self,
         page: PageId,
@@ -145,61 +129,28 @@ impl Syncs {
         ctx: &mut Ctx<'_>,
         mem: &mut dyn Memory,
     ) -> bool {
-        let changed = if loc.home == ctx.config.node {
-            let twin = *mem.twin(page);
-            let merged = in_place::merge(&twin, current, mem.home_page_mut(page));
-            self.published += u64::from(merged);
-            merged
-        } else {
-            let runs = diff(mem.twin(page), current);
-            let changed = !runs.is_empty();
-            if changed {
-                self.published += 1;
-                self.batches
-                    .entry(loc.home)
-                    .or_default()
-                    .push(PageDiff { page, runs });
-            }
-            changed
-        };
-        if changed && !ctx.config.mutated(MutationPoint::StaleTwin) {
+        if loc.home == ctx.config.node {
+            return self.merge_home(page, current, ctx, mem);
+        }
+        let runs = diff(mem.twin(page), current);
+        if runs.is_empty() {
+            return false;
+        }
+        self.queue_diff(page, loc.home, runs);
+        if !ctx.config.mutated(MutationPoint::StaleTwin) {
             mem.twin_mut(page).copy_from_slice(current);
         }
-        changed
+        true
     }
 }
 
-/// Bytes of diff data per batch: well inside the wire's 1 MiB body limit.
-const BATCH_BYTES: usize = 512 * 1024;
-
-/// Cuts `diffs` into batches of at most [`MAX_BATCH_PAGES`] pages and about
-/// [`BATCH_BYTES`] bytes each.
-fn split_batch(diffs: Vec<PageDiff>) -> Vec<Vec<PageDiff>> {
-    let mut batches = vec![Vec::new()];
-    let mut bytes = 0;
-    for diff in diffs {
-        let size = 16 + diff.runs.iter().map(|r| 6 + r.bytes.len()).sum::<usize>();
-        let full = batches.last().is_some_and(|b: &Vec<PageDiff>| {
-            !b.is_empty() && (b.len() == MAX_BATCH_PAGES || bytes + size > BATCH_BYTES)
-        });
-        if full {
-            batches.push(Vec::new());
-            bytes = 0;
-        }
-        bytes += size;
-        batches.last_mut().expect("one batch at least").push(diff);
-    }
-    batches.retain(|b| !b.is_empty());
-    batches
-}
-
-/// The pages of `tracked` the memory reports written (write-protecting them again).
-fn written_of(tracked: &[(PageId, Located)], mem: &mut dyn Memory) -> Vec<(PageId, Located)> {
-    if tracked.is_empty() {
+/// The pages of `located` the memory reports written (write-protecting them again).
+fn written_of(located: &HashMap<PageId, Located>, mem: &mut dyn Memory) -> Vec<(PageId, Located)> {
+    if located.is_empty() {
         return Vec::new();
     }
-    let pages: Vec<PageId> = tracked.iter().map(|(page, _)| *page).collect();
-    let located: HashMap<PageId, Located> = tracked.iter().copied().collect();
+    let mut pages: Vec<PageId> = located.keys().copied().collect();
+    pages.sort_unstable();
     mem.take_written(&pages)
         .into_iter()
         .filter_map(|page| Some((page, *located.get(&page)?)))

@@ -98,25 +98,16 @@ pub enum Coherence {
         /// Contents.
         data: Page,
     },
-    /// Release mode: bytes a node changed in a page since its twin.
-    Diff {
-        /// Request id, echoed by DiffAck.
-        req: u64,
-        /// Page.
-        page: PageId,
-        /// Changed runs, in increasing, non-overlapping offsets.
-        runs: Vec<DiffRun>,
-    },
-    /// Release mode: the diffs of several pages with the same home, from one release, in one
-    /// message; applied all or nothing and acknowledged by one [`Coherence::DiffAck`] naming
-    /// the first page.
+    /// Release mode: the bytes a node changed since their twins in pages with the same home,
+    /// from one release, in one message; applied all or nothing and acknowledged by one
+    /// [`Coherence::DiffAck`] naming the first page.
     DiffBatch {
         /// Request id, echoed by DiffAck.
         req: u64,
         /// The pages' diffs (at least one, at most [`MAX_BATCH_PAGES`]).
         diffs: Vec<PageDiff>,
     },
-    /// The home applied a diff (or a batch: `page` is its first page).
+    /// The home applied a diff batch (`page` is its first page).
     DiffAck {
         /// Request id of the Diff.
         req: u64,
@@ -149,7 +140,7 @@ pub(crate) const INVALIDATE: u16 = 0x0205;
 pub(crate) const INVALIDATE_ACK: u16 = 0x0206;
 pub(crate) const DOWNGRADE: u16 = 0x0207;
 pub(crate) const WRITE_BACK: u16 = 0x0208;
-pub(crate) const DIFF: u16 = 0x0209;
+// 0x0209 was the one-page Diff, replaced by DiffBatch.
 pub(crate) const DIFF_ACK: u16 = 0x020a;
 pub(crate) const WRITE_NOTICES: u16 = 0x020b;
 pub(crate) const DIFF_BATCH: u16 = 0x020c;
@@ -166,7 +157,6 @@ impl Coherence {
             Coherence::InvalidateAck { .. } => INVALIDATE_ACK,
             Coherence::Downgrade { .. } => DOWNGRADE,
             Coherence::WriteBack { .. } => WRITE_BACK,
-            Coherence::Diff { .. } => DIFF,
             Coherence::DiffBatch { .. } => DIFF_BATCH,
             Coherence::DiffAck { .. } => DIFF_ACK,
             Coherence::WriteNotices { .. } => WRITE_NOTICES,
@@ -218,11 +208,6 @@ impl Coherence {
                 w.u64(*req);
                 w.page_id(*page);
                 w.raw(&data[..]);
-            }
-            Coherence::Diff { req, page, runs } => {
-                w.u64(*req);
-                w.page_id(*page);
-                encode_runs(w, runs);
             }
             Coherence::DiffBatch { req, diffs } => {
                 w.u64(*req);
@@ -281,11 +266,6 @@ impl Coherence {
                 req: r.u64("req")?,
                 page: r.page_id()?,
                 data: r.page()?,
-            },
-            DIFF => Coherence::Diff {
-                req: r.u64("req")?,
-                page: r.page_id()?,
-                runs: decode_runs(r)?,
             },
             DIFF_BATCH => Coherence::DiffBatch {
                 req: r.u64("req")?,

@@ -69,10 +69,8 @@ impl World {
         let mem = &mut self.nodes[n].mem;
         match action {
             Action::Send { to, message } => {
-                match &message {
-                    Coherence::Diff { .. } => self.report.diffs += 1,
-                    Coherence::DiffBatch { diffs, .. } => self.report.diffs += diffs.len() as u64,
-                    _ => {}
+                if let Coherence::DiffBatch { diffs, .. } = &message {
+                    self.report.diffs += diffs.len() as u64;
                 }
                 self.send(node_id, to, Wire::Coherence(message))?;
             }
