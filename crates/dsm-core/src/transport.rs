@@ -101,6 +101,19 @@ pub enum TransportEvent {
 pub trait EventSink: Send + Sync + 'static {
     /// Takes one event.
     fn deliver(&self, event: TransportEvent);
+
+    /// Whether a thread of the node waits for an answer from the network now. A transport
+    /// that can poll for events (instead of sleeping until woken) polls only while this
+    /// holds: the answer is expected soon and the waiting thread leaves the CPU idle.
+    /// Polling while the application computes on the same CPU would delay both. The
+    /// default, always, suits a sink with no such knowledge.
+    fn awaiting(&self) -> bool {
+        true
+    }
+
+    /// Called first on each thread the transport starts to deliver events (e.g. to set its
+    /// scheduling priority). The default does nothing.
+    fn on_thread_start(&self) {}
 }
 
 /// Memory a home exposes for one-sided access: the master copies of one region's pages, page

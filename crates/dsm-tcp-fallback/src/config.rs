@@ -41,8 +41,10 @@ pub struct TcpConfig {
     /// How long the transport thread keeps polling its ring after its last activity (a frame
     /// sent or received, work queued) before it sleeps in the kernel. A thread woken from
     /// another CPU costs tens of microseconds on virtual machines; one already polling picks
-    /// a frame up at once. Bounded, and it yields the CPU between polls, so threads sharing
-    /// its CPU still run. Zero (the default here) never polls.
+    /// a frame up at once. Bounded, only while the sink says a thread awaits an answer
+    /// ([`EventSink::awaiting`](dsm_core::EventSink::awaiting)), and it yields the CPU
+    /// between polls, so threads sharing its CPU still run. Zero (the default here) never
+    /// polls.
     pub spin: Duration,
 }
 

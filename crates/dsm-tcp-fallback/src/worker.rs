@@ -56,6 +56,7 @@ pub(crate) fn spawn(setup: Setup) -> Result<std::thread::JoinHandle<()>> {
         .name(format!("dsm-tcp-{rank}"))
         .spawn(move || {
             let _stopped = StopOnExit(Arc::clone(&setup.shared));
+            setup.sink.on_thread_start();
             match Worker::new(setup) {
                 Ok(worker) => {
                     let _ = ready_tx.send(Ok(()));
@@ -144,9 +145,11 @@ impl Worker {
         while !self.shared.stop.load(Ordering::Acquire) {
             let queued = self.drain_queue();
             self.flush();
-            // Poll without sleeping while activity is recent (see `TcpConfig::spin`); the
-            // wake-up flag stays set meanwhile, so producers skip the eventfd write too.
-            let polling = active_at.elapsed() < self.spin || !self.local.is_empty();
+            // Poll without sleeping while activity is recent and the node awaits an answer
+            // (see `TcpConfig::spin`); the wake-up flag stays set meanwhile, so producers
+            // skip the eventfd write too.
+            let recent = active_at.elapsed() < self.spin;
+            let polling = (recent && self.sink.awaiting()) || !self.local.is_empty();
             let wait = !polling && !self.shared.prepare_to_sleep();
             if let Err(e) = self.ring.submit(wait) {
                 tracing::error!(rank = self.rank, error = %e, "io_uring_enter failed; transport stops");

@@ -93,4 +93,9 @@ pub enum Resolution {
 pub trait FaultResolver: Send + Sync + 'static {
     /// Serves `fault` on `region` (install, upgrade, or defer), and says what it did.
     fn resolve(&self, fault: Fault, region: &UffdRegion) -> Resolution;
+
+    /// Called first on each thread the fault server starts to call `resolve` (thread
+    /// delivery: the reader and any workers), e.g. to set its scheduling priority. The
+    /// default does nothing.
+    fn on_thread_start(&self) {}
 }

@@ -83,11 +83,17 @@ pub(crate) fn start(
     };
     threads.spawn("dsm-uffd-reader", {
         let shared = Arc::clone(&shared);
-        move || read_loop(&shared)
+        move || {
+            shared.resolver.on_thread_start();
+            read_loop(&shared)
+        }
     })?;
     for _ in 0..workers {
         let shared = Arc::clone(&shared);
-        threads.spawn("dsm-uffd-worker", move || work_loop(&shared))?;
+        threads.spawn("dsm-uffd-worker", move || {
+            shared.resolver.on_thread_start();
+            work_loop(&shared)
+        })?;
     }
     Ok(threads)
 }

@@ -314,6 +314,16 @@ impl Coherence {
 
     /// Applies every pending action, polling deferred work, in order.
     fn apply(&mut self, ctx: &Ctx<'_>) -> Result<()> {
+        // Whether faults wait for pages, published under the coherence lock before the step's
+        // requests leave (the transport then polls for their answers) and after it (an
+        // install that ended the last one stops the polling).
+        ctx.shared.awaiting.set_faults(!self.faults.is_empty());
+        let applied = self.apply_actions(ctx);
+        ctx.shared.awaiting.set_faults(!self.faults.is_empty());
+        applied
+    }
+
+    fn apply_actions(&mut self, ctx: &Ctx<'_>) -> Result<()> {
         for _ in 0..MAX_POLLS {
             for action in self.engine.take_actions() {
                 self.act(action, ctx)?;

@@ -62,6 +62,40 @@ pub enum WriteTracking {
     Faults,
 }
 
+/// The scheduling priority a node's service threads ask for (`DSM_SERVICE_PRIORITY`; see
+/// [`ConfigBuilder::service_priority`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServicePriority {
+    /// `SCHED_FIFO` at priority 1 for the threads on the data path (the transport thread,
+    /// the fault readers, the RDMA poller), nice -20 for the driver and the monitor
+    /// (`DSM_SERVICE_PRIORITY=realtime`, the default). Where the process may not, the data
+    /// path takes the highest nice value it may.
+    #[default]
+    Realtime,
+    /// This nice value (-20 to 19) for every service thread (`DSM_SERVICE_PRIORITY=-20`, or
+    /// `0` for the application's own priority).
+    Nice(i32),
+}
+
+impl ServicePriority {
+    /// The `DSM_SERVICE_PRIORITY` value that asks for this priority.
+    pub fn env_value(&self) -> String {
+        match self {
+            ServicePriority::Realtime => "realtime".into(),
+            ServicePriority::Nice(nice) => nice.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for ServicePriority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServicePriority::Realtime => f.write_str("real-time priority (SCHED_FIFO 1)"),
+            ServicePriority::Nice(nice) => write!(f, "nice {nice}"),
+        }
+    }
+}
+
 /// Everything a node needs to join a cluster. Built only by [`Config::from_env`],
 /// [`Config::from_vars`], [`Config::single`] or [`Config::builder`]: every one of them checks
 /// it, so a `Config` in hand is a valid one (the fields are private; read them with the
@@ -98,6 +132,8 @@ pub struct Config {
     pub(crate) twin_limit_bytes: u64,
     /// How long the transport thread polls after activity before sleeping (`DSM_SPIN_US`).
     pub(crate) spin: Duration,
+    /// Priority of the node's service threads (`DSM_SERVICE_PRIORITY`, default realtime).
+    pub(crate) service_priority: ServicePriority,
     /// Where the per-hop trace goes (`DSM_TRACE`); each node inserts its rank.
     pub(crate) trace: Option<PathBuf>,
 }
@@ -133,6 +169,7 @@ impl Config {
                 write_tracking: WriteTracking::Scan,
                 twin_limit_bytes: DEFAULT_TWIN_LIMIT_MB << 20,
                 spin: DEFAULT_SPIN,
+                service_priority: ServicePriority::Realtime,
                 trace: None,
             },
         }
@@ -187,6 +224,9 @@ impl Config {
                 ))
             })?;
             b = b.spin(Duration::from_micros(us));
+        }
+        if let Some(p) = lookup("DSM_SERVICE_PRIORITY") {
+            b = b.service_priority(parse_priority(&p)?);
         }
         if let Some(d) = lookup("DSM_FAULT_DELIVERY") {
             b = b.fault_delivery(parse_delivery(&d)?);
@@ -267,6 +307,10 @@ impl Config {
     /// How long the transport thread polls after activity before sleeping.
     pub fn spin(&self) -> Duration {
         self.spin
+    }
+    /// The priority the node's service threads ask for.
+    pub fn service_priority(&self) -> ServicePriority {
+        self.service_priority
     }
     /// The trace path as given (`DSM_TRACE`), when tracing.
     pub fn trace(&self) -> Option<&Path> {
@@ -381,6 +425,24 @@ impl ConfigBuilder {
     /// in the kernel (0: never polls). Bounded, and it yields the CPU between polls.
     pub fn spin(mut self, spin: Duration) -> Self {
         self.config.spin = spin;
+        self
+    }
+    /// The scheduling priority of the node's service threads: the transport thread, the
+    /// fault readers and the RDMA poller (the data path), the driver and the monitor. They
+    /// run when a message or a fault comes, briefly. At the application's priority, a service
+    /// thread that must answer a peer while the application computes on its CPU may wait for
+    /// the scheduler's next tick (4 ms at 250 Hz), and the peer with it: with the default
+    /// [`ServicePriority::Realtime`] the data path preempts the application at once (see
+    /// docs/architecture.md, "Scheduling"). Real-time needs `CAP_SYS_NICE` or `RLIMIT_RTPRIO`
+    /// ≥ 1 (`ulimit -r`), nice values below 0 `CAP_SYS_NICE` or `RLIMIT_NICE` (`ulimit -e`);
+    /// without them the threads take the closest priority allowed, say so once on stderr,
+    /// and [`Stats::service_priority`](crate::Stats) shows it. Nice values are clamped to
+    /// -20..=19.
+    pub fn service_priority(mut self, priority: ServicePriority) -> Self {
+        self.config.service_priority = match priority {
+            ServicePriority::Nice(nice) => ServicePriority::Nice(nice.clamp(-20, 19)),
+            realtime => realtime,
+        };
         self
     }
     /// Records per-hop timestamps of faults, lock waits and barriers (`DSM_TRACE`) and writes
@@ -535,6 +597,18 @@ fn parse_transport(value: &str) -> Result<TransportChoice> {
     }
 }
 
+fn parse_priority(value: &str) -> Result<ServicePriority> {
+    match value.trim() {
+        "realtime" => Ok(ServicePriority::Realtime),
+        other => match other.parse::<i32>() {
+            Ok(nice) if (-20..=19).contains(&nice) => Ok(ServicePriority::Nice(nice)),
+            _ => Err(Error::Config(format!(
+                "DSM_SERVICE_PRIORITY={other:?}: expected realtime or a nice value (-20 to 19)"
+            ))),
+        },
+    }
+}
+
 fn parse_tracking(value: &str) -> Result<WriteTracking> {
     match value.trim() {
         "scan" => Ok(WriteTracking::Scan),
@@ -612,6 +686,36 @@ mod tests {
         assert_eq!(faults.write_tracking, WriteTracking::Faults);
         let bad = from(&[base[0], base[1], ("DSM_WRITE_TRACKING", "wp")]);
         assert!(matches!(bad, Err(Error::Config(m)) if m.contains("DSM_WRITE_TRACKING")));
+    }
+
+    #[test]
+    fn service_priority_is_realtime_unless_a_nice_value_is_asked() {
+        let base = [("DSM_RANK", "0"), ("DSM_SIZE", "1")];
+        let with = |value| from(&[base[0], base[1], ("DSM_SERVICE_PRIORITY", value)]);
+        assert_eq!(
+            from(&base).unwrap().service_priority,
+            ServicePriority::Realtime
+        );
+        assert_eq!(
+            with("-20").unwrap().service_priority,
+            ServicePriority::Nice(-20)
+        );
+        assert_eq!(
+            with(" 0 ").unwrap().service_priority,
+            ServicePriority::Nice(0)
+        );
+        for bad in ["-21", "20", "fifo", ""] {
+            let refused = with(bad);
+            assert!(
+                matches!(&refused, Err(Error::Config(m)) if m.contains("DSM_SERVICE_PRIORITY")),
+                "{bad:?}: {refused:?}"
+            );
+        }
+        let clamped = Config::builder(0, 1).service_priority(ServicePriority::Nice(-99));
+        assert_eq!(
+            clamped.build().unwrap().service_priority,
+            ServicePriority::Nice(-20)
+        );
     }
 
     #[test]

@@ -52,6 +52,12 @@ pub(crate) const SIGNAL_WAIT_MARGIN: Duration = Duration::from_secs(5);
 const QUEUE_RETRIES: u32 = 10_000;
 
 impl FaultResolver for Resolver {
+    fn on_thread_start(&self) {
+        self.core
+            .priority
+            .apply_to_current_thread(crate::sched::Role::DataPath);
+    }
+
     fn resolve(&self, fault: Fault, _region: &UffdRegion) -> Resolution {
         if self.core.is_gone() {
             // Async-signal-safe: static text, one write(2), whichever delivery runs this.

@@ -89,14 +89,15 @@ mod node;
 mod raw;
 mod region;
 mod runtime;
+mod sched;
 mod stats;
 mod trace;
 mod transport;
 pub mod views;
 
 pub use config::{
-    Config, ConfigBuilder, DEFAULT_COORDINATOR, DEFAULT_SPIN, FaultDelivery, TransportChoice,
-    WriteTracking,
+    Config, ConfigBuilder, DEFAULT_COORDINATOR, DEFAULT_SPIN, FaultDelivery, ServicePriority,
+    TransportChoice, WriteTracking,
 };
 pub use dsm_core::Consistency;
 pub use dsm_locks::LockKind;

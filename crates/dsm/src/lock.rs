@@ -61,6 +61,9 @@ impl ReleaseConsistency for LockConsistency {
     }
 
     fn invalidate(&self, point: SyncPoint, notices: &[PageId]) {
+        // A grant (or a barrier's end): the thread it wakes runs next, so the transport
+        // stops polling for it.
+        self.core.shared.awaiting.answered();
         // May run on the driver thread: start the acquire without waiting for its completion.
         // The named pages are invalidated by the time this returns; only the diffs of pages
         // this node itself was writing may still be in flight, and they reach their home
@@ -109,7 +112,10 @@ impl<'a> Lock<'a> {
                 return Err(Error::NodeFailed { rank });
             }
             let left = self.timeout.saturating_sub(started.elapsed());
-            match self.table.try_acquire(self.id, left) {
+            self.core.shared.awaiting.sleep();
+            let acquired = self.table.try_acquire(self.id, left);
+            self.core.shared.awaiting.answered();
+            match acquired {
                 Ok(guard) => {
                     Counters::bump(&self.core.shared.counters.lock_acquires);
                     crate::trace::lock_acquired(&self.core.shared, self.id);

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use dsm_locks::{LockEngine, LockKind, LockTable, TableConfig};
 use dsm_tcp_fallback::{TcpConfig, TcpTransport};
 
+use crate::sched::{Role, ServiceThreads};
+
 use dsm_core::Transport;
 use std::collections::{BTreeSet, HashMap};
 use std::marker::PhantomData;
@@ -169,7 +171,8 @@ impl Node {
         let deadline = booted.deadline;
         let (events, receiver) = sync_channel(EVENT_QUEUE);
         let driver_stop = Arc::new(AtomicBool::new(false));
-        let sink = Arc::new(Sink::new(events.clone()));
+        let priority = Arc::new(ServiceThreads::new(config.service_priority));
+        let sink = Arc::new(Sink::new(events.clone(), Arc::clone(&priority)));
         let tcp = start_transport(&config, booted, Arc::clone(&sink))?;
         let transport = Arc::new(Wire::new(tcp));
         let engine = CoherenceEngine::new(engine_config(&config, false));
@@ -188,6 +191,7 @@ impl Node {
             )),
             requests: AtomicU64::new(0),
             gone: AtomicBool::new(false),
+            priority,
         });
         let scan = config.write_tracking == WriteTracking::Scan;
         core.shared
@@ -209,7 +213,13 @@ impl Node {
         };
         let driver = std::thread::Builder::new()
             .name(format!("dsm-driver-{}", config.rank))
-            .spawn(move || driver.run())
+            .spawn(move || {
+                driver
+                    .core
+                    .priority
+                    .apply_to_current_thread(Role::Background);
+                driver.run()
+            })
             .map_err(|e| Error::io("spawn driver thread", e))?;
         let monitor = monitor::spawn(
             config.rank,
@@ -314,7 +324,9 @@ impl Node {
 
     /// A snapshot of this node's counters.
     pub fn stats(&self) -> Stats {
-        self.core.shared.counters.snapshot()
+        let mut stats = self.core.shared.counters.snapshot();
+        stats.service_priority = self.core.priority.obtained();
+        stats
     }
 
     /// Pauses (`false`) or resumes (`true`) per-hop tracing, and returns whether this node
@@ -399,6 +411,8 @@ impl Node {
     fn rendezvous(&self, kind: Collective, notices: Vec<PageId>) -> Result<Vec<PageId>> {
         let epoch = self.barrier_epoch.fetch_add(1, Ordering::Relaxed) + 1;
         crate::trace::barrier_arrive(&self.core.shared, epoch);
+        // Before the arrival leaves: the transport keeps polling for the release from then on.
+        self.core.shared.awaiting.sleep();
         self.send(
             0,
             Message::Sync(SyncMsg::BarrierArrive {

@@ -194,3 +194,60 @@ pub(crate) fn gettid() -> u32 {
     let tid = unsafe { libc::syscall(libc::SYS_gettid) };
     u32::try_from(tid).unwrap_or(0)
 }
+
+/// Sets the calling thread's nice value (Linux: `PRIO_PROCESS` with id 0 is the calling
+/// thread, not the whole process).
+pub(crate) fn set_thread_nice(nice: i32) -> std::io::Result<()> {
+    // SAFETY: setpriority takes plain integers and touches no memory.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The calling thread's nice value.
+pub(crate) fn thread_nice() -> i32 {
+    // SAFETY: errno is thread-local; getpriority may return -1 as a value, so errno is
+    // cleared first and read after (the only way to tell a failure, which cannot happen for
+    // the calling thread).
+    unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, 0)
+    }
+}
+
+/// The lowest nice value `RLIMIT_NICE` lets an unprivileged thread set (`20 - limit`; 20
+/// when the limit is 0, i.e. only lowering priority is allowed).
+pub(crate) fn nice_floor() -> i32 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NICE, &mut limit) };
+    if rc != 0 {
+        return 20;
+    }
+    let allowed = i32::try_from(limit.rlim_cur.min(40)).unwrap_or(0);
+    20 - allowed
+}
+
+/// Makes the calling thread `SCHED_FIFO` at `priority`, with `SCHED_RESET_ON_FORK` so that
+/// no thread or process it starts inherits the real-time policy.
+pub(crate) fn set_thread_fifo(priority: i32) -> std::io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0 is the calling
+    // thread.
+    let rc = unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

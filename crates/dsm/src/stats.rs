@@ -54,6 +54,10 @@ pub struct Stats {
     /// How release-mode regions find written pages on this node: what was asked
     /// (`DSM_WRITE_TRACKING`) and the kernel allowed.
     pub write_tracking: crate::WriteTracking,
+    /// The priority the node's data-path threads run at: what
+    /// [`ConfigBuilder::service_priority`](crate::ConfigBuilder::service_priority) asked
+    /// for, or the closest the process was allowed.
+    pub service_priority: crate::ServicePriority,
 }
 
 impl Stats {
@@ -79,8 +83,8 @@ impl Stats {
         ]
     }
 
-    /// One JSON object with every counter (`{"read_faults":12,...}`) and the write
-    /// tracking in use (`"write_tracking":"scan"`), for tools.
+    /// One JSON object with every counter (`{"read_faults":12,...}`), the write tracking in
+    /// use (`"write_tracking":"scan"`) and the service threads' priority, for tools.
     pub fn to_json(&self) -> String {
         let counters = json_object(&self.fields());
         let tracking = match self.write_tracking {
@@ -88,8 +92,9 @@ impl Stats {
             crate::WriteTracking::Faults => "faults",
         };
         format!(
-            "{},\"write_tracking\":\"{tracking}\"}}",
-            &counters[..counters.len() - 1]
+            "{},\"write_tracking\":\"{tracking}\",\"service_priority\":\"{}\"}}",
+            &counters[..counters.len() - 1],
+            self.service_priority.env_value()
         )
     }
 }
@@ -243,6 +248,8 @@ impl Counters {
             } else {
                 crate::WriteTracking::Faults
             },
+            // Not a counter: `Node::stats` fills it in from the node's service threads.
+            service_priority: crate::ServicePriority::Nice(0),
         }
     }
 }
@@ -340,10 +347,11 @@ mod tests {
         assert!(json.contains("\"fault_latency_p50_ns\":1500"), "{json}");
         assert_eq!(
             json.matches(':').count(),
-            stats.fields().len() + 1,
+            stats.fields().len() + 2,
             "{json}"
         );
         assert!(json.contains("\"write_tracking\":\"faults\""), "{json}");
+        assert!(json.contains("\"service_priority\":\"realtime\""), "{json}");
         assert!(json.ends_with('}'));
     }
 

@@ -45,6 +45,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
     let mut last_work = Instant::now();
     let mut armed = false;
     let mut failures = PollFailures::default();
+    shared.sink.on_thread_start();
     while !shared.stop.load(Ordering::Acquire) {
         batch.clear();
         if let Err(error) = shared.cq.poll(&mut batch, BATCH) {
@@ -61,7 +62,8 @@ pub(crate) fn run(shared: Arc<Shared>) {
             batch.drain(..).for_each(|c| handle(&shared, c));
             last_work = Instant::now();
             armed = false;
-        } else if last_work.elapsed() < shared.spin {
+        } else if last_work.elapsed() < shared.spin && shared.sink.awaiting() {
+            // Only while the node awaits an answer: see `EventSink::awaiting`.
             std::hint::spin_loop();
         } else if !armed {
             // Arm, then poll once more: a completion that came before arming raises no event.

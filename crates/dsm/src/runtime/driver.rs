@@ -72,6 +72,8 @@ pub(crate) struct Sink {
     pub(crate) events: SyncSender<Event>,
     /// Set once the runtime exists; until then every event goes to the driver.
     inline: OnceLock<Inline>,
+    /// Taken by each transport thread as it starts.
+    priority: Arc<crate::sched::ServiceThreads>,
 }
 
 #[derive(Debug)]
@@ -81,10 +83,14 @@ struct Inline {
 }
 
 impl Sink {
-    pub(crate) fn new(events: SyncSender<Event>) -> Self {
+    pub(crate) fn new(
+        events: SyncSender<Event>,
+        priority: Arc<crate::sched::ServiceThreads>,
+    ) -> Self {
         Sink {
             events,
             inline: OnceLock::new(),
+            priority,
         }
     }
 
@@ -196,6 +202,18 @@ impl EventSink for Sink {
                 "no room in the driver's event queue: transport event dropped"
             );
         }
+    }
+
+    fn awaiting(&self) -> bool {
+        // Before the runtime exists only joining waits, and it waits on the network.
+        self.inline
+            .get()
+            .is_none_or(|inline| inline.core.shared.awaiting.any())
+    }
+
+    fn on_thread_start(&self) {
+        self.priority
+            .apply_to_current_thread(crate::sched::Role::DataPath);
     }
 }
 

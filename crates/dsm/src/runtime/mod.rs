@@ -2,6 +2,7 @@
 //! the one wait primitive every blocking call uses.
 
 pub(crate) mod alloc;
+pub(crate) mod awaiting;
 pub(crate) mod barrier;
 pub(crate) mod driver;
 pub(crate) mod monitor;
@@ -71,6 +72,8 @@ pub(crate) struct Core {
     /// The node left (or was dropped): nothing serves faults any more. An atomic, not part
     /// of `State`, so that element access and SIGBUS handlers can read it without a lock.
     pub(crate) gone: AtomicBool,
+    /// The priority the node's service threads take (see `crate::sched`).
+    pub(crate) priority: Arc<crate::sched::ServiceThreads>,
 }
 
 impl std::fmt::Debug for Core {
@@ -192,6 +195,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     /// Per-hop tracing (`DSM_TRACE`; shared with the lock outbox): off unless started.
     pub(crate) trace: Arc<crate::trace::Tracer>,
+    /// Whether a thread of this node waits on the network (the transport polls only then).
+    pub(crate) awaiting: awaiting::Awaiting,
 }
 
 impl Shared {
@@ -213,6 +218,7 @@ impl Shared {
             changed: Condvar::new(),
             counters: Arc::new(Counters::default()),
             trace: Arc::default(),
+            awaiting: awaiting::Awaiting::default(),
         }
     }
 
@@ -224,6 +230,7 @@ impl Shared {
     /// Changes the state and wakes every waiter.
     pub(crate) fn update<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         let r = f(&mut self.lock());
+        self.awaiting.answered();
         self.changed.notify_all();
         r
     }
@@ -243,13 +250,21 @@ impl Shared {
             if left.is_zero() {
                 return false;
             }
-            state = self
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            state = self.sleep(state, left);
         }
         true
+    }
+
+    /// Sleeps until the state changes or `left` passes; the transport polls meanwhile.
+    fn sleep<'a>(&self, state: MutexGuard<'a, State>, left: Duration) -> MutexGuard<'a, State> {
+        self.awaiting.sleep();
+        let state = self
+            .changed
+            .wait_timeout(state, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        self.awaiting.answered();
+        state
     }
 
     /// Waits until `ready` gives a value, for at most `timeout`. A failed node ends the wait
@@ -281,11 +296,7 @@ impl Shared {
                     waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 });
             }
-            state = self
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            state = self.sleep(state, left);
         }
     }
 }

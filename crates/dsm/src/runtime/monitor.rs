@@ -28,7 +28,11 @@ pub(crate) fn spawn(
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("dsm-monitor-{rank}"))
-        .spawn(move || run(&core, &events, &stop))
+        .spawn(move || {
+            core.priority
+                .apply_to_current_thread(crate::sched::Role::Background);
+            run(&core, &events, &stop)
+        })
 }
 
 fn run(core: &Core, events: &SyncSender<Event>, stop: &AtomicBool) {
