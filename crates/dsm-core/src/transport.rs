@@ -114,6 +114,12 @@ pub trait EventSink: Send + Sync + 'static {
     /// Called first on each thread the transport starts to deliver events (e.g. to set its
     /// scheduling priority). The default does nothing.
     fn on_thread_start(&self) {}
+
+    /// The calling transport thread has polled for a while without finding anything (`true`:
+    /// tens of microseconds, the transport says how long) or stops polling (`false`, before
+    /// it sleeps). A sink may lower the thread's priority meanwhile, so that a long poll
+    /// takes only a CPU nobody else wants. Called on changes only. The default does nothing.
+    fn polling(&self, _on: bool) {}
 }
 
 /// Memory a home exposes for one-sided access: the master copies of one region's pages, page

@@ -55,6 +55,7 @@ impl TcpTransport {
             cluster: config.cluster,
             limits: config.limits.clone(),
             spin: config.spin,
+            polite_after: config.polite_after,
             mesh,
             shared: Arc::clone(&shared),
             sink,

@@ -43,6 +43,8 @@ pub(crate) struct Setup {
     pub(crate) limits: Limits,
     /// See `TcpConfig::spin`.
     pub(crate) spin: Duration,
+    /// See `TcpConfig::polite_after`.
+    pub(crate) polite_after: Duration,
     pub(crate) mesh: Mesh,
     pub(crate) shared: Arc<Shared>,
     pub(crate) sink: Arc<dyn EventSink>,
@@ -102,11 +104,14 @@ struct Worker {
     completions: Vec<Completion>,
     frames: Vec<Frame>,
     spin: Duration,
+    polite_after: Duration,
     /// Messages this node sent itself this turn, delivered once the turn's frames are
     /// submitted: a local delivery can wake a thread that takes this CPU for milliseconds
     /// (an application thread leaving a barrier), and a frame queued beside it must not wait
     /// for that (rank 0's release of a barrier to the other nodes, say).
     local: Vec<Message>,
+    /// Polling instead of sleeping (the sink was told; see `set_polling`).
+    polling: bool,
 }
 
 impl Worker {
@@ -136,7 +141,9 @@ impl Worker {
             completions: Vec::with_capacity(256),
             frames: Vec::with_capacity(256),
             spin: setup.spin,
+            polite_after: setup.polite_after,
             local: Vec::new(),
+            polling: false,
         })
     }
 
@@ -148,8 +155,10 @@ impl Worker {
             // Poll without sleeping while activity is recent and the node awaits an answer
             // (see `TcpConfig::spin`); the wake-up flag stays set meanwhile, so producers
             // skip the eventfd write too.
-            let recent = active_at.elapsed() < self.spin;
-            let polling = (recent && self.sink.awaiting()) || !self.local.is_empty();
+            let idle = active_at.elapsed();
+            let polling = (idle < self.spin && self.sink.awaiting()) || !self.local.is_empty();
+            // Messages to itself are work, delivered right after this submit, not polling.
+            self.set_polling(polling && idle >= self.polite_after && self.local.is_empty());
             let wait = !polling && !self.shared.prepare_to_sleep();
             if let Err(e) = self.ring.submit(wait) {
                 tracing::error!(rank = self.rank, error = %e, "io_uring_enter failed; transport stops");
@@ -167,6 +176,14 @@ impl Worker {
             }
         }
         self.shutdown();
+    }
+
+    /// Tells the sink when polling starts or stops (see `EventSink::polling`).
+    fn set_polling(&mut self, on: bool) {
+        if self.polling != on {
+            self.polling = on;
+            self.sink.polling(on);
+        }
     }
 
     fn deliver_local(&mut self) {
@@ -275,6 +292,7 @@ impl Worker {
         let mut done = std::mem::take(&mut self.completions);
         self.ring.reap(&mut done);
         let count = done.len();
+
         for c in done.drain(..) {
             match c.tag {
                 Tag::Wake => self.on_wake(c),

@@ -341,6 +341,16 @@ impl Coherence {
 
     fn act(&mut self, action: Action, ctx: &Ctx<'_>) -> Result<()> {
         let counters = &ctx.shared.counters;
+        if matches!(
+            action,
+            Action::Install { .. }
+                | Action::Upgrade { .. }
+                | Action::Wake { .. }
+                | Action::FaultFailed { .. }
+        ) {
+            // These resume a faulting thread.
+            crate::sched::before_waking();
+        }
         crate::trace::action(ctx.shared, &action, |token| {
             self.faults.get(&token).map(|f| f.0)
         });

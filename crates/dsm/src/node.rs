@@ -133,6 +133,7 @@ fn lock_table(config: &Config, core: &Arc<Core>) -> LockTable {
 
 /// Builds the io_uring TCP mesh on the listener and addresses boot-up produced.
 fn start_transport(config: &Config, booted: Booted, sink: Arc<Sink>) -> Result<TcpTransport> {
+    let booted_peers = booted.peers.clone();
     let mut tcp = TcpConfig::new(
         config.rank,
         booted.listener,
@@ -143,6 +144,10 @@ fn start_transport(config: &Config, booted: Booted, sink: Arc<Sink>) -> Result<T
     tcp.key = config.key();
     tcp.connect_timeout = booted.deadline.saturating_duration_since(Instant::now());
     tcp.spin = config.spin;
+    if crate::sched::oversubscribed(config.rank, &booted_peers) {
+        // A high-priority poll would keep a node sharing this CPU from its work.
+        tcp.polite_after = Duration::ZERO;
+    }
     TcpTransport::start(tcp, sink).map_err(|e| match e {
         dsm_tcp_fallback::Error::MeshTimeout { missing, .. } => Error::JoinTimeout { missing },
         other => Error::Transport(dsm_core::TransportError::Io {

@@ -237,17 +237,31 @@ pub(crate) fn nice_floor() -> i32 {
 /// Makes the calling thread `SCHED_FIFO` at `priority`, with `SCHED_RESET_ON_FORK` so that
 /// no thread or process it starts inherits the real-time policy.
 pub(crate) fn set_thread_fifo(priority: i32) -> std::io::Result<()> {
+    set_thread_policy(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, priority)
+}
+
+/// Makes the calling thread a normal (`SCHED_OTHER`) one again, at its nice value.
+pub(crate) fn set_thread_normal() -> std::io::Result<()> {
+    set_thread_policy(libc::SCHED_OTHER, 0)
+}
+
+fn set_thread_policy(policy: libc::c_int, priority: i32) -> std::io::Result<()> {
     let param = libc::sched_param {
         sched_priority: priority,
     };
     // SAFETY: `param` is a valid sched_param for the call's duration; pid 0 is the calling
     // thread.
-    let rc = unsafe {
-        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
-    };
+    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
     if rc == 0 {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// CPUs online on this host (at least 1).
+pub(crate) fn online_cpus() -> usize {
+    // SAFETY: sysconf takes an integer and touches no memory.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
 }

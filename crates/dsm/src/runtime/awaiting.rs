@@ -29,6 +29,7 @@ impl Awaiting {
 
     /// An answer was delivered (the thread it wakes runs next), or the waiter stopped waiting.
     pub(crate) fn answered(&self) {
+        crate::sched::before_waking();
         self.sleeping.store(false, Ordering::Relaxed);
     }
 

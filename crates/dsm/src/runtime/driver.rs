@@ -211,6 +211,10 @@ impl EventSink for Sink {
             .is_none_or(|inline| inline.core.shared.awaiting.any())
     }
 
+    fn polling(&self, on: bool) {
+        self.priority.polling(on);
+    }
+
     fn on_thread_start(&self) {
         self.priority
             .apply_to_current_thread(crate::sched::Role::DataPath);
