@@ -145,8 +145,8 @@ fn start_transport(config: &Config, booted: Booted, sink: Arc<Sink>) -> Result<T
     tcp.connect_timeout = booted.deadline.saturating_duration_since(Instant::now());
     tcp.spin = config.spin;
     if crate::sched::oversubscribed(config.rank, &booted_peers) {
-        // A high-priority poll would keep a node sharing this CPU from its work.
-        tcp.polite_after = Duration::ZERO;
+        // Nodes share CPUs: the CPU a poll would take is another node's (see `sched`).
+        tcp.spin = Duration::ZERO;
     }
     TcpTransport::start(tcp, sink).map_err(|e| match e {
         dsm_tcp_fallback::Error::MeshTimeout { missing, .. } => Error::JoinTimeout { missing },
