@@ -6,6 +6,8 @@
 //! `latency/node.rs`), `DSM_TRANSPORT=tcp`, started by the suite with `DSM_RANK`, `DSM_SIZE`
 //! and `DSM_COORDINATOR` on a free port. Two runs:
 //! - `n2`: 2 nodes, rank `r` pinned to CPU `r % ncpus` (`sched_setaffinity`), with targets;
+//! - `n2_service_nice0`: the same with `DSM_SERVICE_PRIORITY=0` (service threads at the
+//!   application's priority), no targets; `n2`'s `ratio_*_realtime_to_nice0` compare the two;
 //! - `n4_oversubscribed`: 4 nodes pinned `r % ncpus` on this 2-CPU machine (nodes outnumber
 //!   CPUs), the same code, no targets.
 //!
@@ -14,6 +16,9 @@
 //!   (sequential mode; every 16th page, so a prefetch of up to 16 pages still leaves one fault
 //!   per read), then waits in a barrier while rank 0 reads them in a random order, timing
 //!   each read: the first touch of the page here, one fault;
+//! - `remote_read_fault_home_computing_us`: the same (512 other pages) while rank 1, their
+//!   home, computes instead of waiting (a loop on plain memory for 600 ms; reads that end
+//!   later than 500 ms do not count): its service threads must take its CPU to answer;
 //! - `scan_per_page_us`: the same with every page of a 32 MiB block read in order, one word
 //!   per page, timed in slices of 32 pages (prefetch helps here);
 //! - `lock_handoff_us`: ranks 0 and 1 take turns holding one lock and incrementing one word
@@ -83,8 +88,11 @@ pub fn run() -> anyhow::Result<Value> {
     let cpus = allowed_cpus()?;
     let traces = std::env::temp_dir().join(format!("dsm-bench-latency-{}", std::process::id()));
     std::fs::create_dir_all(&traces).with_context(|| format!("{}", traces.display()))?;
-    let (two, hops) = cluster(2, &cpus, Some(&traces)).context("latency, 2 nodes")?;
-    let (four, _) = cluster(4, &cpus, None).context("latency, 4 nodes (oversubscribed)")?;
+    let (mut two, hops) = cluster(2, &cpus, Some(&traces), &[]).context("latency, 2 nodes")?;
+    let normal = [("DSM_SERVICE_PRIORITY", "0")];
+    let (nice0, _) = cluster(2, &cpus, None, &normal).context("latency, 2 nodes at nice 0")?;
+    compare_priorities(&mut two, &nice0)?;
+    let (four, _) = cluster(4, &cpus, None, &[]).context("latency, 4 nodes (oversubscribed)")?;
     Ok(json!({
         "suite": "latency",
         "unit": "microseconds",
@@ -98,6 +106,7 @@ pub fn run() -> anyhow::Result<Value> {
             figures::SEED
         ),
         "n2": two,
+        "n2_service_nice0": nice0,
         "n4_oversubscribed": four,
         "hops": hops,
         "elapsed_s": round(started.elapsed().as_secs_f64()),
@@ -107,10 +116,31 @@ pub fn run() -> anyhow::Result<Value> {
 /// Runs `size` nodes pinned `rank % ncpus` and returns rank 0's report with its ratios (and,
 /// at 2 nodes, the targets). With `traces`, the nodes also run the traced pass with
 /// `DSM_TRACE` in that directory, and the per-hop breakdown comes back too.
+/// The 2-node figures again with every service thread at the application's priority
+/// (`DSM_SERVICE_PRIORITY=0`): `ratio_*_realtime_to_nice0` in `n2` (docs/architecture.md,
+/// "Scheduling").
+fn compare_priorities(two: &mut Value, nice0: &Value) -> anyhow::Result<()> {
+    for figure in [
+        "remote_read_fault_home_computing",
+        "remote_read_fault",
+        "barrier",
+    ] {
+        let median = |report: &Value| {
+            report[format!("{figure}_us")]["median"]
+                .as_f64()
+                .with_context(|| format!("{figure}_us missing"))
+        };
+        let ratio = median(two)? / median(nice0)?;
+        two[format!("ratio_{figure}_realtime_to_nice0")] = json!(round(ratio));
+    }
+    Ok(())
+}
+
 fn cluster(
     size: u32,
     cpus: &[usize],
     traces: Option<&std::path::Path>,
+    extra_env: &[(&'static str, &str)],
 ) -> anyhow::Result<(Value, Option<Value>)> {
     let placement: Vec<usize> = (0..size).map(|rank| cpu_for(rank, cpus)).collect();
     let label = format!("latency, {size} nodes");
@@ -119,6 +149,7 @@ fn cluster(
         ("DSM_OP_TIMEOUT_MS", OP_TIMEOUT_MS.to_string()),
         ("DSM_JOIN_TIMEOUT_MS", JOIN_TIMEOUT_MS.to_string()),
     ];
+    env.extend(extra_env.iter().map(|&(k, v)| (k, v.to_owned())));
     if let Some(dir) = traces {
         let path = hops::trace_path(dir);
         env.push(("DSM_TRACE", path.to_string_lossy().into_owned()));
@@ -137,7 +168,7 @@ fn cluster(
     let mut report: Value = serde_json::from_str(line).context("rank 0's result")?;
     report["nodes"] = json!(size);
     report["placement_cpu_per_rank"] = json!(placement);
-    add_ratios(&mut report, size == 2)?;
+    add_ratios(&mut report, size == 2 && extra_env.is_empty())?;
     let hops = match traces {
         Some(dir) => {
             add_tracing_overhead(&mut report)?;

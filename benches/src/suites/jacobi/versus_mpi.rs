@@ -63,6 +63,8 @@ struct Runs {
     dsm: Vec<DsmRun>,
     dsm_copy: Vec<DsmRun>,
     dsm_release: Vec<DsmRun>,
+    /// In place, sequential, service threads at the application's priority.
+    dsm_nice0: Vec<DsmRun>,
     mpi_tcp: Vec<Result<f64, String>>,
     mpi_shm: Vec<Result<f64, String>>,
     mpi_tcp_checksums: Vec<u64>,
@@ -79,13 +81,15 @@ pub(super) fn report() -> anyhow::Result<Value> {
     for run in 0..RUNS {
         for size in NODE_COUNTS {
             let entry = runs.entry(size).or_default();
-            for (style, times) in [
-                (Style::InPlace, &mut entry.dsm),
-                (Style::Copy, &mut entry.dsm_copy),
-                (Style::Release, &mut entry.dsm_release),
+            let nice0: &[(&str, &str)] = &[("DSM_SERVICE_PRIORITY", "0")];
+            for (style, env, times) in [
+                (Style::InPlace, &[][..], &mut entry.dsm),
+                (Style::Copy, &[][..], &mut entry.dsm_copy),
+                (Style::Release, &[][..], &mut entry.dsm_release),
+                (Style::InPlace, nice0, &mut entry.dsm_nice0),
             ] {
-                let label = format!("dsm ({}), {size} nodes, run {run}", style.name());
-                times.push(dsm_run(size, cpus, style).context(label)?);
+                let label = format!("dsm ({}{env:?}), {size} nodes, run {run}", style.name());
+                times.push(dsm_run(size, cpus, style, env).context(label)?);
             }
             let Ok(mpi) = &mpi else { continue };
             for (btl, times) in [
@@ -110,7 +114,10 @@ pub(super) fn report() -> anyhow::Result<Value> {
         "dsm": "DSM_TRANSPORT=tcp, a barrier per iteration; dsm_seconds: sequential \
                 consistency in place (as_slice/as_mut_slice), dsm_copy_seconds: sequential, \
                 read_slice/write_slice rows; dsm_release_seconds: release consistency in \
-                place (issue #11), with rank 0's per-iteration counters",
+                place (issue #11), with rank 0's per-iteration counters; \
+                dsm_service_nice0_seconds: as dsm_seconds with DSM_SERVICE_PRIORITY=0 \
+                (service threads at the application's priority, docs/architecture.md \
+                Scheduling)",
         "mpi": "benches/mpi/jacobi.c, mpicc -O2 (GCC 12 at -O2 does not vectorise the update \
                 loop; -O3 does), MPI_Sendrecv halos each iteration",
         "placement": "ranks <= CPUs: rank pinned to CPU rank % ncpus (dsm sched_setaffinity, \
@@ -165,6 +172,7 @@ fn summarise(report: &mut Value, runs: &BTreeMap<u32, Runs>) {
             .iter()
             .chain(&r.dsm_copy)
             .chain(&r.dsm_release)
+            .chain(&r.dsm_nice0)
             .map(|d| d.checksum_bits)
     });
     let first = checksums.next();
@@ -186,6 +194,7 @@ fn per_node_count(runs: &Runs) -> (Value, f64, Option<f64>) {
             .iter()
             .chain(&runs.dsm_copy)
             .chain(&runs.dsm_release)
+            .chain(&runs.dsm_nice0)
     };
     let release = median_seconds(&runs.dsm_release);
     let matches = mpi_checksum.map(|m| every_dsm_run().all(|r| r.checksum_bits == m));
@@ -197,6 +206,9 @@ fn per_node_count(runs: &Runs) -> (Value, f64, Option<f64>) {
         "dsm_release_seconds": round4(release),
         "dsm_release_seconds_runs": run_seconds(&runs.dsm_release),
         "ratio_release_to_sequential": round4(release / dsm),
+        "dsm_service_nice0_seconds": round4(median_seconds(&runs.dsm_nice0)),
+        "dsm_service_nice0_seconds_runs": run_seconds(&runs.dsm_nice0),
+        "ratio_realtime_to_nice0": round4(dsm / median_seconds(&runs.dsm_nice0)),
         "release_counters_rank0": runs.dsm_release.first().map(|r| r.counters.clone()),
         "sequential_counters_rank0": runs.dsm.first().map(|r| r.counters.clone()),
         "mpi_tcp_seconds": tcp.map(round4),
@@ -249,7 +261,7 @@ fn round4(x: f64) -> f64 {
 
 /// Starts `size` dsm nodes (stencil `style`) on a fresh coordinator port and collects their
 /// reports.
-fn dsm_run(size: u32, cpus: usize, style: Style) -> anyhow::Result<DsmRun> {
+fn dsm_run(size: u32, cpus: usize, style: Style, env: &[(&str, &str)]) -> anyhow::Result<DsmRun> {
     let allowed = allowed_cpus()?;
     let coordinator = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -272,6 +284,7 @@ fn dsm_run(size: u32, cpus: usize, style: Style) -> anyhow::Result<DsmRun> {
                 .env("DSM_TRANSPORT", "tcp")
                 .env("DSM_OP_TIMEOUT_MS", OP_TIMEOUT_MS.to_string())
                 .env("DSM_JOIN_TIMEOUT_MS", JOIN_TIMEOUT_MS.to_string())
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())

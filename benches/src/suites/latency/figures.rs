@@ -1,4 +1,4 @@
-//! The four figures, each run by every node in step (barriers around it); rank 0 measures,
+//! The figures, each run by every node in step (barriers around it); rank 0 measures,
 //! rank 1 is the other party, further ranks only pass the barriers. Regions are homed in
 //! blocks (node `r` is the home of the `r`-th block of pages), so the pages rank 1 writes in
 //! its block are homed and last written there: rank 0's first touch of one is a remote fault
@@ -33,6 +33,26 @@ const LOCK_PHASE_LIMIT: Duration = Duration::from_secs(60);
 /// Measured barriers and the warm-up.
 const BARRIERS: usize = 2_000;
 const BARRIER_WARMUP: usize = 100;
+
+/// Reads rank 0 makes while rank 1 computes, at most, and how long rank 1 computes (rank 0
+/// stops [`WINDOW_MARGIN`] before, so that every sample is taken while it does).
+const COMPUTING_SAMPLES: usize = 512;
+const COMPUTE_WINDOW: Duration = Duration::from_millis(600);
+const WINDOW_MARGIN: Duration = Duration::from_millis(100);
+
+/// Keeps the CPU busy until `deadline` with arithmetic on a few cache lines of plain memory
+/// (a computing application: no system call, no region access).
+fn compute_until(deadline: Instant) {
+    let mut cells = [1.0f64; 64];
+    while Instant::now() < deadline {
+        for _ in 0..1_000 {
+            for i in 1..cells.len() {
+                cells[i] = black_box(0.5 * (cells[i - 1] + cells[i]) + 1e-9);
+            }
+        }
+    }
+    black_box(cells);
+}
 
 /// Which run of a figure: the first, with tracing off, or the second, with the runtime's
 /// per-hop tracing on (`DSM_TRACE`, 2 nodes only), to break the figure down and to measure
@@ -131,6 +151,51 @@ impl Bench<'_> {
         }
         self.node.barrier()?;
         Ok((samples, accesses))
+    }
+
+    /// `remote_read_fault_home_computing_us`: as `remote_read_fault_us`, but rank 1 computes
+    /// (a loop on plain memory, no library call) for [`COMPUTE_WINDOW`] while rank 0 reads
+    /// [`COMPUTING_SAMPLES`] pages from it (every [`REMOTE_STRIDE`]-th from a quarter stride
+    /// on, never touched before): the home's service threads must take its CPU from the
+    /// application to answer. Only reads that end inside the window count.
+    pub(super) fn remote_read_fault_home_computing(
+        &mut self,
+        region: &Region<u64>,
+    ) -> anyhow::Result<Vec<f64>> {
+        phase("remote_read_fault_home_computing");
+        let pages: Vec<usize> = (REMOTE_BLOCK_PAGES + REMOTE_STRIDE / 4..2 * REMOTE_BLOCK_PAGES)
+            .step_by(REMOTE_STRIDE)
+            .take(COMPUTING_SAMPLES)
+            .collect();
+        self.write_pages_at_rank1(region, &pages)?;
+        let window = Instant::now();
+        let mut samples = Vec::with_capacity(pages.len());
+        match self.rank {
+            0 => {
+                let before = self.node.stats();
+                for &page in &shuffled(pages, SEED) {
+                    let started = Instant::now();
+                    let value = black_box(region.get(page * WORDS_PER_PAGE));
+                    if window.elapsed() >= COMPUTE_WINDOW - WINDOW_MARGIN {
+                        break;
+                    }
+                    samples.push(micros_since(started));
+                    ensure!(
+                        value == stamp(page),
+                        "remote read of page {page}: {value:#x}"
+                    );
+                }
+                ensure!(
+                    !samples.is_empty(),
+                    "no read of a computing home's page ended within {COMPUTE_WINDOW:?}"
+                );
+                self.record_counters("remote_read_fault_home_computing", before, samples.len());
+            }
+            1 => compute_until(window + COMPUTE_WINDOW),
+            _ => {}
+        }
+        self.node.barrier()?;
+        Ok(samples)
     }
 
     /// `scan_per_page_us`: rank 1 writes one word in every page of its block; rank 0 reads

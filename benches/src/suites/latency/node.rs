@@ -119,6 +119,7 @@ fn measure(node: &Node) -> anyhow::Result<Option<Value>> {
     bench.floor_round("start")?;
     let (mut remote, _) = bench.remote_read_fault(&regions.remote, Pass::Untraced)?;
     bench.floor_round("remote_read_fault")?;
+    let mut computing = bench.remote_read_fault_home_computing(&regions.remote)?;
     let mut scan = bench.scan(&regions.scan)?;
     bench.floor_round("scan")?;
     let (mut handoff, wasted) = bench.lock_handoff(&regions.lock_word, Pass::Untraced)?;
@@ -135,6 +136,11 @@ fn measure(node: &Node) -> anyhow::Result<Option<Value>> {
     }
     let figures = [
         ("remote_read_fault_us", summarize(&mut remote), remote.len()),
+        (
+            "remote_read_fault_home_computing_us",
+            summarize(&mut computing),
+            computing.len(),
+        ),
         ("scan_per_page_us", summarize(&mut scan), scan.len()),
         ("lock_handoff_us", summarize(&mut handoff), handoff.len()),
         ("barrier_us", summarize(&mut barrier), barrier.len()),
