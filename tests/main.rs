@@ -8,6 +8,7 @@ mod examples;
 mod membership;
 mod memory;
 mod mpirun;
+mod scheduling;
 mod security;
 mod trace;
 mod tracking;
