@@ -145,8 +145,10 @@ fn start_transport(config: &Config, booted: Booted, sink: Arc<Sink>) -> Result<T
     tcp.connect_timeout = booted.deadline.saturating_duration_since(Instant::now());
     tcp.spin = config.spin;
     if crate::sched::oversubscribed(config.rank, &booted_peers) {
-        // Nodes share CPUs: the CPU a poll would take is another node's (see `sched`).
-        tcp.spin = Duration::ZERO;
+        // Nodes share CPUs: the CPU a poll takes is another node's, so polls are short (see
+        // `sched::OVERSUBSCRIBED_SPIN`), and real-time throughout.
+        tcp.spin = config.spin.min(crate::sched::OVERSUBSCRIBED_SPIN);
+        tcp.polite_after = tcp.spin;
     }
     TcpTransport::start(tcp, sink).map_err(|e| match e {
         dsm_tcp_fallback::Error::MeshTimeout { missing, .. } => Error::JoinTimeout { missing },

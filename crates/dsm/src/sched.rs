@@ -117,16 +117,22 @@ pub(crate) fn before_waking() {
     }
 }
 
+/// How long the transport polls after activity where nodes share CPUs (`oversubscribed`),
+/// at most. A long poll there loses either way: at real-time priority it keeps another
+/// node off the CPU, and at normal priority the poller, having yielded to a node that
+/// computes, runs again only at the next scheduler tick, with whatever frame came meanwhile.
+/// A short real-time poll costs another node at most this much per burst of activity and
+/// still catches the answers of a node that mostly waits. Measured with 4 nodes on 2 CPUs
+/// (medians of 6 runs of Jacobi 2048² × 100 unpinned, and of 2 runs of `dsm-bench latency`,
+/// interleaved): polling 100 µs politely made Jacobi 0.89 s against 0.70 s without polling
+/// (0.68 s before this scheduling work); not polling made a lock hand-off 313–326 µs and a
+/// barrier 82–94 µs (123 and 44 before); polling 20 µs real-time gave Jacobi 0.68 s (0.67 s
+/// without polling in the same session), a lock hand-off 119–134 µs and a barrier 58–73 µs.
+pub(crate) const OVERSUBSCRIBED_SPIN: std::time::Duration = std::time::Duration::from_micros(20);
+
 /// Whether this host runs more nodes than it has CPUs online (nodes whose listener is on
-/// this node's address or on loopback count as this host's). Then nodes share CPUs and the
-/// transport never polls: the CPU a poll would take is another node's. At real-time
-/// priority a poll keeps that node off it; at normal priority the poller, having yielded
-/// to a computing node, runs again only at the next scheduler tick, with whatever frame
-/// came meanwhile. Measured with 4 nodes on 2 CPUs, unpinned, interleaved with the build
-/// before this scheduling work (medians of 4): Jacobi 2048² × 100 took 0.89 s polling at
-/// normal priority, 0.70 s never polling, 0.68 s before. Nodes that mostly wait lose
-/// instead: a remote fault takes ~115 µs rather than ~45 µs (`dsm-bench latency`,
-/// `n4_oversubscribed`), every frame then being a cross-CPU wake-up.
+/// this node's address or on loopback count as this host's): then nodes share CPUs, and the
+/// transport polls only briefly (`OVERSUBSCRIBED_SPIN`).
 pub(crate) fn oversubscribed(rank: dsm_wire::NodeId, listeners: &[std::net::SocketAddr]) -> bool {
     let Some(mine) = listeners.get(rank as usize).map(|a| a.ip()) else {
         return false;
