@@ -95,7 +95,7 @@ pub use engine::CoherenceEngine;
 pub use error::{Error, Result};
 pub use memory::Memory;
 pub use release::{KEEP_IDLE_RELEASES, diff};
-pub use transport::{EventSink, HomeMemory, Transport, TransportError, TransportEvent};
+pub use transport::{EventSink, HomeMemory, Polling, Transport, TransportError, TransportEvent};
 
 #[cfg(test)]
 mod tests;

@@ -122,6 +122,23 @@ pub trait EventSink: Send + Sync + 'static {
     fn polling(&self, _on: bool) {}
 }
 
+/// Whether a transport thread polls for events now: tells its sink of each change
+/// ([`EventSink::polling`]), and of nothing else.
+#[derive(Debug, Default)]
+pub struct Polling {
+    on: bool,
+}
+
+impl Polling {
+    /// Polling (`on`) or not from now on.
+    pub fn set(&mut self, sink: &dyn EventSink, on: bool) {
+        if self.on != on {
+            self.on = on;
+            sink.polling(on);
+        }
+    }
+}
+
 /// Memory a home exposes for one-sided access: the master copies of one region's pages, page
 /// `i` at `base + i * PAGE_SIZE`.
 #[derive(Clone, Copy)]

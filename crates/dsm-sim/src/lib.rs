@@ -24,10 +24,12 @@
 //! None.
 
 pub mod coherence;
+mod crash;
 mod error;
 pub mod locks;
 pub mod net;
 pub mod rng;
 pub mod seeds;
 
+pub use crash::Crash;
 pub use error::{Error, Result};

@@ -38,8 +38,8 @@ mod check;
 mod world;
 
 use dsm_locks::{BarrierKind, LockKind};
-use dsm_wire::NodeId;
 
+pub use crate::crash::Crash;
 use crate::error::Result;
 use crate::net::NetConfig;
 use crate::rng::Rng;
@@ -81,17 +81,6 @@ pub struct SimConfig {
     pub mutation: Mutation,
     /// A node that crashes during the run.
     pub crash: Option<Crash>,
-}
-
-/// A node crash in a simulated run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Crash {
-    /// The node that crashes.
-    pub node: NodeId,
-    /// Step at which it crashes (a run that ends before has no crash).
-    pub at_step: u64,
-    /// Each survivor is told within this many steps after the crash.
-    pub notice_within: u64,
 }
 
 /// Deliberate faults, to prove the checker bites.
@@ -166,6 +155,7 @@ impl SimConfig {
             node: u32::try_from(rng.below(u64::from(config.nodes))).expect("fits"),
             at_step: rng.range(1, u64::from(sections) * 8),
             notice_within: rng.range(1, 2_000),
+            keep_sent: false,
         });
         config
     }

@@ -97,14 +97,23 @@ fn assert_caught(consistency: Consistency, mutation: Mutation, what: &str) {
 }
 
 fn assert_caught_with(consistency: Consistency, scan: bool, mutation: Mutation, what: &str) {
-    let caught = (0..50).find(|seed| {
-        let mut config = SimConfig::random(*seed, consistency, 2_000);
+    assert_caught_in(0..50, what, |seed| {
+        let mut config = SimConfig::random(seed, consistency, 2_000);
         config.mutation = mutation;
         config.scan_writes = scan;
-        match run(*seed, &config) {
+        config
+    });
+}
+
+/// Asserts that a run of one of `seeds`, configured by `config`, fails its checks (the
+/// mutation it carries, described by `what`, is caught).
+fn assert_caught_in(seeds: std::ops::Range<u64>, what: &str, config: impl Fn(u64) -> SimConfig) {
+    let caught = seeds.into_iter().find(|&seed| {
+        let config = config(seed);
+        match run(seed, &config) {
             Ok(_) => false,
             Err(error) => {
-                println!("{mutation:?} caught at seed {seed}: {error}");
+                println!("{:?} caught at seed {seed}: {error}", config.mutation);
                 true
             }
         }
@@ -220,18 +229,11 @@ fn crash_seeds() {
 
 /// Asserts that the crash checks catch `mutation` (described by `what`) in one of seeds 0..200.
 fn assert_crash_caught(mutation: Mutation, what: &str) {
-    let caught = (0..200).find(|seed| {
-        let mut config = SimConfig::with_crash(*seed, 2_000);
+    assert_caught_in(0..200, what, |seed| {
+        let mut config = SimConfig::with_crash(seed, 2_000);
         config.mutation = mutation;
-        match run(*seed, &config) {
-            Ok(_) => false,
-            Err(error) => {
-                println!("{mutation:?} caught at seed {seed}: {error}");
-                true
-            }
-        }
+        config
     });
-    assert!(caught.is_some(), "{what} went unnoticed");
 }
 
 /// A home that forgets the acks a crashed node owed leaves writes waiting forever: caught.

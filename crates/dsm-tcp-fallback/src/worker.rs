@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use dsm_core::{EventSink, TransportError, TransportEvent};
+use dsm_core::{EventSink, Polling, TransportError, TransportEvent};
 use dsm_wire::msg::transport::{append_page_read_reply, append_page_write_request};
 use dsm_wire::{
     Frame, Limits, Message, NodeId, PAGE_SIZE, Page, PageId, PageStatus, Transport, encode,
@@ -110,8 +110,8 @@ struct Worker {
     /// (an application thread leaving a barrier), and a frame queued beside it must not wait
     /// for that (rank 0's release of a barrier to the other nodes, say).
     local: Vec<Message>,
-    /// Polling instead of sleeping (the sink was told; see `set_polling`).
-    polling: bool,
+    /// Polling instead of sleeping (the sink is told of changes).
+    polling: Polling,
 }
 
 impl Worker {
@@ -143,7 +143,7 @@ impl Worker {
             spin: setup.spin,
             polite_after: setup.polite_after,
             local: Vec::new(),
-            polling: false,
+            polling: Polling::default(),
         })
     }
 
@@ -158,7 +158,8 @@ impl Worker {
             let idle = active_at.elapsed();
             let polling = (idle < self.spin && self.sink.awaiting()) || !self.local.is_empty();
             // Messages to itself are work, delivered right after this submit, not polling.
-            self.set_polling(polling && idle >= self.polite_after && self.local.is_empty());
+            let long_poll = polling && idle >= self.polite_after && self.local.is_empty();
+            self.polling.set(self.sink.as_ref(), long_poll);
             let wait = !polling && !self.shared.prepare_to_sleep();
             if let Err(e) = self.ring.submit(wait) {
                 tracing::error!(rank = self.rank, error = %e, "io_uring_enter failed; transport stops");
@@ -176,14 +177,6 @@ impl Worker {
             }
         }
         self.shutdown();
-    }
-
-    /// Tells the sink when polling starts or stops (see `EventSink::polling`).
-    fn set_polling(&mut self, on: bool) {
-        if self.polling != on {
-            self.polling = on;
-            self.sink.polling(on);
-        }
     }
 
     fn deliver_local(&mut self) {
@@ -292,7 +285,6 @@ impl Worker {
         let mut done = std::mem::take(&mut self.completions);
         self.ring.reap(&mut done);
         let count = done.len();
-
         for c in done.drain(..) {
             match c.tag {
                 Tag::Wake => self.on_wake(c),

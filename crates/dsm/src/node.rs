@@ -133,7 +133,7 @@ fn lock_table(config: &Config, core: &Arc<Core>) -> LockTable {
 
 /// Builds the io_uring TCP mesh on the listener and addresses boot-up produced.
 fn start_transport(config: &Config, booted: Booted, sink: Arc<Sink>) -> Result<TcpTransport> {
-    let booted_peers = booted.peers.clone();
+    let oversubscribed = crate::sched::oversubscribed(config.rank, &booted.peers);
     let mut tcp = TcpConfig::new(
         config.rank,
         booted.listener,
@@ -144,7 +144,7 @@ fn start_transport(config: &Config, booted: Booted, sink: Arc<Sink>) -> Result<T
     tcp.key = config.key();
     tcp.connect_timeout = booted.deadline.saturating_duration_since(Instant::now());
     tcp.spin = config.spin;
-    if crate::sched::oversubscribed(config.rank, &booted_peers) {
+    if oversubscribed {
         // Nodes share CPUs: the CPU a poll takes is another node's, so polls are short (see
         // `sched::OVERSUBSCRIBED_SPIN`), and real-time throughout.
         tcp.spin = config.spin.min(crate::sched::OVERSUBSCRIBED_SPIN);

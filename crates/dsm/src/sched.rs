@@ -14,10 +14,11 @@
 //!
 //! This is safe for the application because service threads sleep unless a message or a
 //! fault comes: the transport polls only while an application thread of the node waits on
-//! it (`runtime::awaiting`), a bounded time, and as a normal thread that yields between
-//! polls (`ServiceThreads::polling`). Real-time polling was measured too: with 4 nodes on 2
-//! CPUs it kept other nodes' application threads off their CPU (a barrier 184 µs instead of
-//! 44, a lock hand-off 277 µs instead of 104-123).
+//! it (`runtime::awaiting`), for a bounded time, yielding between polls, and past its first
+//! 50 µs as a normal thread (`ServiceThreads::polling`); where nodes share CPUs it polls
+//! 20 µs at most (`OVERSUBSCRIBED_SPIN`). Polling 100 µs real-time was measured too: with 4
+//! nodes on 2 CPUs it kept other nodes' application threads off their CPU (a barrier 160 µs
+//! instead of 44, a lock hand-off 247 µs instead of 123).
 
 use std::sync::Once;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -75,9 +76,9 @@ impl ServiceThreads {
     }
 
     /// A real-time data-path thread has polled for a while (`on`) or stops polling: it polls
-    /// on as a normal thread, so that polling (meant for a CPU nobody else wants: the node's application
-    /// waits) never keeps a CPU from a thread that wants it, such as another node's
-    /// application on an oversubscribed host. It is real-time again before it sleeps (a
+    /// on as a normal thread, so that polling (meant for a CPU nobody else wants: the node's
+    /// application waits) never keeps a CPU from a thread that wants it, such as another
+    /// program's. It is real-time again before it sleeps (a
     /// message must preempt the application) and before it wakes an application thread
     /// (`before_waking`: the woken thread must not preempt it), which costs one system
     /// call (~1 µs here); requests it serves meanwhile need neither.

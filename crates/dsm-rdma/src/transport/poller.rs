@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use dsm_core::{EventSink, TransportError, TransportEvent};
+use dsm_core::{Polling, TransportError, TransportEvent};
 use dsm_wire::{Message, NodeId, PAGE_SIZE};
 
 use super::shared::{RECV_POOL, SEND_POOL, STAGING_POOL, Shared};
@@ -46,10 +46,8 @@ pub(crate) fn run(shared: Arc<Shared>) {
     let mut armed = false;
     let mut failures = PollFailures::default();
     shared.sink.on_thread_start();
-    let mut polling = Polling {
-        sink: shared.sink.as_ref(),
-        on: false,
-    };
+    let mut polling = Polling::default();
+    let sink = shared.sink.as_ref();
     while !shared.stop.load(Ordering::Acquire) {
         batch.clear();
         if let Err(error) = shared.cq.poll(&mut batch, BATCH) {
@@ -68,10 +66,10 @@ pub(crate) fn run(shared: Arc<Shared>) {
             armed = false;
         } else if last_work.elapsed() < shared.spin && shared.sink.awaiting() {
             // Only while the node awaits an answer: see `EventSink::awaiting`.
-            polling.set(last_work.elapsed() >= POLITE_AFTER);
+            polling.set(sink, last_work.elapsed() >= POLITE_AFTER);
             std::hint::spin_loop();
         } else if !armed {
-            polling.set(false);
+            polling.set(sink, false);
             // Arm, then poll once more: a completion that came before arming raises no event.
             armed = shared.cq.arm().is_ok();
         } else {
@@ -85,22 +83,6 @@ pub(crate) fn run(shared: Arc<Shared>) {
 /// polling (`EventSink::polling`, which may lower its priority): most completions come
 /// sooner, and a change of priority costs a system call.
 const POLITE_AFTER: Duration = Duration::from_micros(50);
-
-/// Whether the poller spins instead of sleeping; the sink is told of changes (see
-/// `EventSink::polling`).
-struct Polling<'a> {
-    sink: &'a dyn EventSink,
-    on: bool,
-}
-
-impl Polling<'_> {
-    fn set(&mut self, on: bool) {
-        if self.on != on {
-            self.on = on;
-            self.sink.polling(on);
-        }
-    }
-}
 
 /// The completion queue is broken: no peer can be heard from again, so each is reported
 /// failed (once: `peer_failed` skips peers already reported).

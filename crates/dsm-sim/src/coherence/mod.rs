@@ -38,8 +38,8 @@ pub use workload::Op;
 pub use world::Report;
 
 use dsm_core::{Consistency, Mutation, Placement};
-use dsm_wire::NodeId;
 
+pub use crate::crash::Crash;
 use crate::error::Result;
 use crate::net::NetConfig;
 use crate::rng::Rng;
@@ -84,19 +84,6 @@ pub struct SimConfig {
     pub twin_limit: usize,
     /// A node that crashes during the run (sequential mode).
     pub crash: Option<Crash>,
-}
-
-/// A node crash in a simulated run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Crash {
-    /// The node that crashes.
-    pub node: NodeId,
-    /// Workload step at which it crashes.
-    pub at_step: u64,
-    /// Each survivor is told within this many steps after the crash.
-    pub notice_within: u64,
-    /// What it sent before the crash still arrives.
-    pub keep_sent: bool,
 }
 
 impl SimConfig {

@@ -148,7 +148,7 @@ pub(crate) struct World {
     /// The node that crashed, once it did.
     pub(crate) crashed: Option<NodeId>,
     /// Survivors not yet told of the crash: (step due, survivor), in order.
-    failure_notices: Vec<(u64, NodeId)>,
+    failure_notices: crate::crash::FailureNotices,
     /// Pages whose home saw them writable on the crashed node when it was told: the only pages
     /// a fault may find lost.
     pub(crate) may_be_lost: BTreeSet<u32>,
@@ -213,7 +213,7 @@ impl World {
             arrived_notices: BTreeSet::new(),
             report: Report::default(),
             crashed: None,
-            failure_notices: Vec::new(),
+            failure_notices: crate::crash::FailureNotices::default(),
             may_be_lost: BTreeSet::new(),
         })
     }
@@ -230,8 +230,9 @@ impl World {
         self.maybe_crash()?;
         let runnable = self.runnable();
         let deliver = self.net.in_flight() > 0 && (runnable.is_empty() || self.rng.chance(1, 2));
-        if self.notice_due(runnable.is_empty() && self.net.in_flight() == 0) {
-            self.tell_failure()?;
+        let idle = runnable.is_empty() && self.net.in_flight() == 0;
+        if let Some(survivor) = self.failure_notices.take_due(self.step, idle) {
+            self.tell_failure(survivor)?;
         } else if deliver {
             let envelope = self.net.step().expect("in flight");
             self.deliver(envelope.from, envelope.to as usize, envelope.message)?;

@@ -80,7 +80,7 @@ pub(super) struct World {
     /// The node that crashed, once it did.
     crashed: Option<NodeId>,
     /// Survivors not yet told of the crash: (step due, survivor), in order.
-    failure_notices: Vec<(u64, NodeId)>,
+    failure_notices: crate::crash::FailureNotices,
     /// Nodes told of the crash (they behave as the runtime does after a failure).
     told: Vec<bool>,
 }
@@ -107,7 +107,7 @@ impl World {
             check,
             report: Report::default(),
             crashed: None,
-            failure_notices: Vec::new(),
+            failure_notices: crate::crash::FailureNotices::default(),
             told: vec![false; config.nodes as usize],
             config,
         };
@@ -167,8 +167,8 @@ impl World {
         self.maybe_crash();
         let timer = self.timers.first_key_value().map(|(k, _)| *k);
         let idle = timer.is_none() && self.net.next_due().is_none();
-        if self.notice_due(idle) {
-            self.tell_failure()?;
+        if let Some(survivor) = self.failure_notices.take_due(self.step, idle) {
+            self.tell_failure(survivor)?;
             return Ok(true);
         }
         match (timer, self.net.next_due()) {

@@ -2,7 +2,7 @@
 //! that a fault fails only when it needs the dead node.
 
 use dsm_core::Error as EngineError;
-use dsm_wire::PageId;
+use dsm_wire::{NodeId, PageId};
 
 use super::World;
 use crate::error::Result;
@@ -32,28 +32,15 @@ impl World {
             thread.op = None;
             thread.blocked_since = None;
         }
-        for survivor in 0..self.config.nodes {
-            if survivor != crash.node {
-                let due = self.step + self.rng.range(1, crash.notice_within);
-                self.failure_notices.push((due, survivor));
-            }
-        }
-        self.failure_notices.sort_unstable();
+        let nodes = self.config.nodes;
+        self.failure_notices
+            .schedule(&crash, nodes, self.step, &mut self.rng);
         Ok(())
     }
 
-    /// True when a survivor should be told now: its notice is due, or nothing else can happen
-    /// (`idle`), which moves the next notice forward.
-    pub(super) fn notice_due(&self, idle: bool) -> bool {
-        self.failure_notices
-            .first()
-            .is_some_and(|(due, _)| idle || *due <= self.step)
-    }
-
-    /// Tells the next survivor that the crashed node failed. As home, the pages it sees
-    /// writable on the dead node at that moment are the only ones that may be lost.
-    pub(super) fn tell_failure(&mut self) -> Result<()> {
-        let (_, survivor) = self.failure_notices.remove(0);
+    /// Tells `survivor` that the crashed node failed. As home, the pages it sees writable on
+    /// the dead node at that moment are the only ones that may be lost.
+    pub(super) fn tell_failure(&mut self, survivor: NodeId) -> Result<()> {
         let dead = self.crashed.expect("notices follow the crash");
         let n = survivor as usize;
         for page in 0..self.config.pages {

@@ -16,7 +16,11 @@ impl World {
             return;
         }
         let dead = crash.node;
-        self.net.crash(dead);
+        if crash.keep_sent {
+            self.net.crash_after_sent(dead);
+        } else {
+            self.net.crash(dead);
+        }
         self.crashed = Some(dead);
         self.report.crashes += 1;
         self.check.crashed(dead);
@@ -26,27 +30,16 @@ impl World {
         if self.config.mutation == Mutation::NeverTold {
             return;
         }
-        for survivor in (0..self.config.nodes).filter(|n| *n != dead) {
-            let due = self.step + self.rng.range(1, crash.notice_within);
-            self.failure_notices.push((due, survivor));
-        }
-        self.failure_notices.sort_unstable();
-    }
-
-    /// True when a survivor should be told now: its notice is due, or nothing else can happen
-    /// (`idle`), which moves the next notice forward.
-    pub(super) fn notice_due(&self, idle: bool) -> bool {
+        let nodes = self.config.nodes;
         self.failure_notices
-            .first()
-            .is_some_and(|(due, _)| idle || *due <= self.step)
+            .schedule(&crash, nodes, self.step, &mut self.rng);
     }
 
     /// Tells the next survivor, which then does what the runtime does: its waiting threads
     /// get `NodeFailed` (they leave the local queues), a barrier wait ends the same way, and
     /// its engine stops waiting for the dead node (which may grant it locks nobody local
     /// wants any more: it gives them up).
-    pub(super) fn tell_failure(&mut self) -> Result<()> {
-        let (_, survivor) = self.failure_notices.remove(0);
+    pub(super) fn tell_failure(&mut self, survivor: NodeId) -> Result<()> {
         let dead = self.crashed.expect("notices follow the crash");
         let s = survivor as usize;
         self.told[s] = true;
