@@ -27,7 +27,7 @@ fn every_node_gets_its_variables_and_a_prefix() {
     for rank in 0..3 {
         let line = stdout
             .lines()
-            .find(|l| l.starts_with(&format!("[{rank}] rank={rank} size=3 transport=tcp")))
+            .find(|l| l.starts_with(&format!("[{rank}] rank={rank} size=3 transport=auto")))
             .unwrap_or_else(|| panic!("no line for rank {rank}:\n{all}"));
         coords.push(line.rsplit("coord=").next().unwrap().to_owned());
     }

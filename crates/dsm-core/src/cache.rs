@@ -253,7 +253,7 @@ impl Cache {
                 what: "grant without a matching request",
             });
         };
-        let one_sided = ctx.config.one_sided && from != ctx.config.node;
+        let one_sided = ctx.config.reads_master_of(from);
         match data {
             Some(data) => self.complete(page, loc, data, ctx),
             None if kind == Access::Write && entry.state == LocalState::Shared => {

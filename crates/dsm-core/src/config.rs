@@ -82,6 +82,15 @@ pub struct CoherenceConfig {
     /// Grants carry no data to remote requesters, who read the home copy with
     /// [`Action::ReadPage`](crate::Action::ReadPage) (RDMA). `false`: grants carry the page (TCP).
     pub one_sided: bool,
+    /// Besides [`one_sided`](Self::one_sided): peers known to read this node's master copies
+    /// themselves (a same-host peer that maps them). Grants to them carry no data.
+    pub readers_of_home: Vec<NodeId>,
+    /// Besides [`one_sided`](Self::one_sided): peers whose master copies this node reads
+    /// itself, so a grant of theirs without data is read with
+    /// [`Action::ReadPage`](crate::Action::ReadPage). A superset of the peers that count this
+    /// node among their [`readers_of_home`](Self::readers_of_home) (the two sides of a pair
+    /// may learn of the mapping at different times; a grant with data is always taken).
+    pub homes_read: Vec<NodeId>,
     /// A fault, home transaction or sync waiting longer than this many ticks makes
     /// [`CoherenceEngine::tick`](crate::CoherenceEngine::tick) report [`Error::Timeout`](crate::Error::Timeout).
     /// 0 disables the check.
@@ -108,12 +117,24 @@ impl CoherenceConfig {
             node,
             nodes,
             one_sided: false,
+            readers_of_home: Vec::new(),
+            homes_read: Vec::new(),
             timeout_ticks: 0,
             scan_writes: false,
             twin_limit: 0,
             #[cfg(feature = "mutation")]
             mutation: Mutation::None,
         }
+    }
+
+    /// Whether grants to `peer` go without data (it reads the master copy itself).
+    pub(crate) fn grants_without_data(&self, peer: NodeId) -> bool {
+        peer != self.node && (self.one_sided || self.readers_of_home.contains(&peer))
+    }
+
+    /// Whether a grant from `home` may come without data (this node reads its master copy).
+    pub(crate) fn reads_master_of(&self, home: NodeId) -> bool {
+        home != self.node && (self.one_sided || self.homes_read.contains(&home))
     }
 
     pub(crate) fn mutated(&self, _which: MutationPoint) -> bool {

@@ -291,7 +291,7 @@ fn start_write(
 /// The page's data for a grant: none for a one-sided remote reader (it reads the master copy
 /// itself), else a copy of the master.
 fn grant_data(page: PageId, to: NodeId, ctx: &Ctx<'_>, mem: &dyn Memory) -> Option<Page> {
-    (!ctx.config.one_sided || to == ctx.config.node).then(|| Box::new(*mem.home_page(page)))
+    (!ctx.config.grants_without_data(to)).then(|| Box::new(*mem.home_page(page)))
 }
 
 /// Every invalidation of a write transaction is acknowledged: grant the write, unless its

@@ -212,6 +212,13 @@ pub trait Transport: Send + std::marker::Sync {
     /// [`TransportEvent::PageRead`] carrying `token`.
     fn read_page(&self, home: NodeId, page: PageId, token: u64) -> Result<(), TransportError>;
 
+    /// Reads `page` from `home`'s exposed memory at once, when this transport can do so
+    /// without waiting (the home's memory is mapped in this process: a peer on the same
+    /// host). `None`: it cannot; use [`read_page`](Self::read_page). The default cannot.
+    fn read_now(&self, _home: NodeId, _page: PageId) -> Option<Result<Page, TransportError>> {
+        None
+    }
+
     /// Starts a one-sided write of `data` into `home`'s exposed copy of `page`. Completes with
     /// [`TransportEvent::PageWritten`] carrying `token`.
     fn write_page(

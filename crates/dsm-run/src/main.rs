@@ -1,4 +1,4 @@
-//! `dsm-run -n N [--transport tcp|rdma|rdma!] -- PROGRAM ARGS...`: runs a dsm program as N
+//! `dsm-run -n N [--transport auto|shm|tcp|rdma|rdma!] -- PROGRAM ARGS...`: runs a dsm program as N
 //! local nodes.
 //!
 //! Each process gets `DSM_RANK`, `DSM_SIZE`, `DSM_COORDINATOR` (a free loopback port),
@@ -23,8 +23,9 @@ struct Args {
     /// Number of nodes (processes) to start.
     #[arg(short = 'n', long = "nodes", value_parser = clap::value_parser!(u32).range(1..=256))]
     nodes: u32,
-    /// Page transport: tcp, rdma (when available) or rdma! (required).
-    #[arg(long, default_value = "tcp", value_parser = ["tcp", "rdma", "rdma!"])]
+    /// Transport: auto (shared memory between these local nodes, RDMA or TCP otherwise), shm
+    /// (shared memory or fail), tcp, rdma (when available) or rdma! (required).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "shm", "tcp", "rdma", "rdma!"])]
     transport: String,
     /// Coordinator address (default: a free port on 127.0.0.1).
     #[arg(long)]

@@ -204,6 +204,43 @@ impl Receiver {
     }
 }
 
+/// Sleeps until a producer wakes any of `receivers`, the `doorbell` rings, or `timeout`: one
+/// thread serving several rings. Call it only after [`Receiver::prepare_sleep`] returned
+/// `Ok(false)` for every one of them, and [`Receiver::finish_sleep`] on each afterwards. At
+/// most 127 receivers are watched (the kernel takes 128 words); a caller with more must poll
+/// the rest.
+pub fn sleep_any(receivers: &[&Receiver], doorbell: &Doorbell, timeout: Duration) {
+    let mut words: Vec<(&std::sync::atomic::AtomicU32, u32)> = receivers
+        .iter()
+        .take(crate::sys::FUTEX_WAITV_MAX - 1)
+        .map(|r| (r.futex_word(), crate::ring::SLEEPING))
+        .collect();
+    words.push((&doorbell.word, 0));
+    crate::sys::futex_wait_any(&words, timeout);
+    doorbell.word.store(0, std::sync::atomic::Ordering::Release);
+}
+
+/// A word of this process that a thread in [`sleep_any`] also waits on, so that its own
+/// process can wake it (to stop, or to write what senders queued).
+#[derive(Debug, Default)]
+pub struct Doorbell {
+    word: std::sync::atomic::AtomicU32,
+}
+
+impl Doorbell {
+    /// A quiet doorbell.
+    pub fn new() -> Self {
+        Doorbell::default()
+    }
+
+    /// Wakes the thread sleeping in [`sleep_any`] with this doorbell, or makes its next
+    /// sleep return at once.
+    pub fn ring(&self) {
+        self.word.store(1, std::sync::atomic::Ordering::Release);
+        crate::sys::futex_wake(&self.word);
+    }
+}
+
 /// Wakes a [`Receiver`] (see [`Receiver::waker`]).
 #[derive(Debug, Clone)]
 pub struct Waker {

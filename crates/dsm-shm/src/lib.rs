@@ -97,11 +97,11 @@ mod sys;
 #[cfg(not(loom))]
 pub use auth::{Credentials, PROOF_CONTEXT};
 #[cfg(not(loom))]
-pub use channel::{Channel, Receiver, Sender, Waker};
+pub use channel::{Channel, Doorbell, Receiver, Sender, Waker, sleep_any};
 pub use error::{Error, Result};
 #[cfg(not(loom))]
 pub use memory::{Direction, SharedMemory};
 #[cfg(not(loom))]
-pub use pair::{PairOptions, accept, offer};
+pub use pair::{PairOptions, accept, offer, pass_fd, take_fd};
 #[cfg(not(loom))]
 pub use peer::Peer;

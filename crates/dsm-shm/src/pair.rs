@@ -125,6 +125,44 @@ pub fn accept(
     Ok(Channel::new(memory, Direction::FromAccepter, peer))
 }
 
+/// Hands `fd` to the peer at the other end of `stream` after a set-up ([`offer`] or
+/// [`accept`] succeeded on it): e.g. memory of the caller's own that the peer should map.
+/// The peer takes it with [`take_fd`]; `timeout` bounds the write.
+pub fn pass_fd(
+    stream: &UnixStream,
+    fd: std::os::fd::BorrowedFd<'_>,
+    timeout: Duration,
+) -> Result<()> {
+    let _timeouts = Timeouts::set(stream, timeout)?;
+    let sent = sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[IoSlice::new(&[FD_MARK])],
+        &[ControlMessage::ScmRights(&[fd.as_raw_fd()])],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(|e| Error::nix("sendmsg", e))?;
+    if sent != 1 {
+        return Err(Error::Handshake("descriptor not sent".into()));
+    }
+    Ok(())
+}
+
+/// Takes the descriptor the peer handed with [`pass_fd`], waiting up to `timeout`.
+pub fn take_fd(stream: &UnixStream, timeout: Duration) -> Result<OwnedFd> {
+    let _timeouts = Timeouts::set(stream, timeout)?;
+    let mut byte = [0u8; 1];
+    let (got, fd) = receive_first(stream, &mut byte)?;
+    match (got, fd) {
+        (1, Some(fd)) if byte[0] == FD_MARK => Ok(fd),
+        (0, _) => Err(Error::Handshake("peer closed the socket".into())),
+        _ => Err(Error::Handshake("expected a descriptor".into())),
+    }
+}
+
+/// The byte a descriptor travels with ([`pass_fd`]).
+const FD_MARK: u8 = 0xfd;
+
 /// Maps the memory of an Offer after checking its announced size against our limit.
 fn open_offered(fd: Option<OwnedFd>, cells: u32, limit: Geometry) -> Result<SharedMemory> {
     let fd = fd.ok_or_else(|| Error::Handshake("Offer without a memfd".into()))?;

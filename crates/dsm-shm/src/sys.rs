@@ -108,6 +108,72 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Durati
     };
 }
 
+/// Most words one `futex_waitv` call takes (the kernel's `FUTEX_WAITV_MAX`).
+pub(crate) const FUTEX_WAITV_MAX: usize = 128;
+
+/// `struct futex_waitv` of `<linux/futex.h>`.
+#[repr(C)]
+struct FutexWaitv {
+    val: u64,
+    uaddr: u64,
+    flags: u32,
+    reserved: u32,
+}
+
+/// `FUTEX2_SIZE_U32`: a 32-bit word, shared (no `FUTEX2_PRIVATE`).
+const FUTEX2_SIZE_U32: u32 = 0x02;
+
+/// Sleeps while every word of `words` holds its expected value, until one is woken, a
+/// signal, or `timeout` (`futex_waitv`, Linux 5.16). At most [`FUTEX_WAITV_MAX`] words; an
+/// empty list sleeps for `timeout`. Shared futexes, as [`futex_wait`].
+pub(crate) fn futex_wait_any(words: &[(&AtomicU32, u32)], timeout: Duration) {
+    if words.is_empty() {
+        std::thread::sleep(timeout);
+        return;
+    }
+    let waiters: Vec<FutexWaitv> = words
+        .iter()
+        .take(FUTEX_WAITV_MAX)
+        .map(|(word, expected)| FutexWaitv {
+            val: u64::from(*expected),
+            uaddr: word.as_ptr() as u64,
+            flags: FUTEX2_SIZE_U32,
+            reserved: 0,
+        })
+        .collect();
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let deadline = add(now, timeout);
+    // SAFETY: `waiters` is a live array of `waiters.len()` kernel-layout entries, each naming
+    // an aligned u32 borrowed for the call; `deadline` is a timespec living across it. Every
+    // outcome (woken, EAGAIN: a value differs, EINTR, ETIMEDOUT) means "look again", which
+    // every caller does, so the result is not needed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex_waitv,
+            waiters.as_ptr(),
+            waiters.len(),
+            0,
+            std::ptr::from_ref(&deadline),
+            libc::CLOCK_MONOTONIC,
+        )
+    };
+}
+
+/// `at + by`, normalised.
+fn add(at: libc::timespec, by: Duration) -> libc::timespec {
+    let nanos = i128::from(at.tv_nsec) + i128::from(by.subsec_nanos());
+    let secs = i128::from(at.tv_sec) + i128::from(by.as_secs()) + nanos / 1_000_000_000;
+    libc::timespec {
+        tv_sec: libc::time_t::try_from(secs).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::try_from(nanos % 1_000_000_000).unwrap_or(0),
+    }
+}
+
 /// Wakes every waiter on `word`.
 pub(crate) fn futex_wake(word: &AtomicU32) {
     // SAFETY: `word` is a valid aligned u32; FUTEX_WAKE only reads the address.

@@ -13,6 +13,7 @@ use dsm_core::{Access, Action, CoherenceEngine, Memory, RegionLayout, Transport}
 use dsm_uffd::{PageSlots, SlotId};
 use dsm_wire::{Coherence as Msg, Message, NodeId, PAGE_SIZE, Page, PageId};
 
+use crate::raw::masters::Arena;
 use crate::raw::{HomeCopies, installed_page, snapshot_page};
 use crate::runtime::Shared;
 use crate::runtime::driver::send_counted;
@@ -55,6 +56,8 @@ pub(crate) struct Coherence {
     /// Signal delivery: the slot of each outstanding fault's thread, by fault token.
     signal_faults: HashMap<u64, SlotId>,
     next_token: u64,
+    /// Where home copies go when same-host peers map them (else private memory).
+    arena: Option<Arc<Arena>>,
 }
 
 /// What applying actions needs besides the engine.
@@ -77,8 +80,9 @@ const MAX_REPORTED: usize = 1024;
 const MAX_POLLS: usize = 1024;
 
 impl Coherence {
-    pub(crate) fn new(engine: CoherenceEngine) -> Self {
+    pub(crate) fn new(engine: CoherenceEngine, arena: Option<Arc<Arena>>) -> Self {
         Coherence {
+            arena,
             engine,
             regions: HashMap::new(),
             faults: HashMap::new(),
@@ -124,7 +128,17 @@ impl Coherence {
         region: Arc<dsm_uffd::UffdRegion>,
         counters: Arc<RegionCounters>,
     ) -> Result<()> {
-        let home = HomeCopies::new(layout.pages).map_err(|e| {
+        let home = match &self.arena {
+            // The region sits at the same address everywhere, and at the same offset in
+            // every node's arena: peers find its master copies there.
+            Some(arena) => {
+                let offset =
+                    (region.base() as u64).wrapping_sub(crate::runtime::alloc::REGION_BASE);
+                HomeCopies::in_arena(arena, offset, layout.pages)
+            }
+            None => HomeCopies::new(layout.pages),
+        }
+        .map_err(|e| {
             Error::io(
                 format!(
                     "mmap home copies of region {} ({} pages)",
@@ -325,14 +339,18 @@ impl Coherence {
 
     fn apply_actions(&mut self, ctx: &Ctx<'_>) -> Result<()> {
         for _ in 0..MAX_POLLS {
-            for action in self.engine.take_actions() {
+            let actions = self.engine.take_actions();
+            if actions.is_empty() {
+                if !self.engine.has_deferred() {
+                    return Ok(());
+                }
+                let mut mem = Mem::new(&mut self.regions);
+                self.engine.poll(&mut mem)?;
+            }
+            // Acting may call the engine again (a page read at once), queueing more.
+            for action in actions {
                 self.act(action, ctx)?;
             }
-            if !self.engine.has_deferred() {
-                return Ok(());
-            }
-            let mut mem = Mem::new(&mut self.regions);
-            self.engine.poll(&mut mem)?;
         }
         Err(Error::Protocol(format!(
             "engine still deferring after {MAX_POLLS} polls"
@@ -368,7 +386,14 @@ impl Coherence {
                 }
                 send_counted(ctx.transport, counters, to, &Message::Coherence(message));
             }
-            Action::ReadPage { home, page, token } => ctx.transport.read_page(home, page, token)?,
+            Action::ReadPage { home, page, token } => match ctx.transport.read_now(home, page) {
+                // A same-host home's master is mapped here: copy it now, no round trip.
+                Some(data) => {
+                    let mut mem = Mem::new(&mut self.regions);
+                    self.engine.on_page_read(token, data?, &mut mem)?;
+                }
+                None => ctx.transport.read_page(home, page, token)?,
+            },
             Action::Install {
                 page,
                 data,
@@ -687,7 +712,7 @@ mod tests {
                 }
                 Err(e) => panic!("userfaultfd region: {e}"),
             };
-        let mut c = Coherence::new(CoherenceEngine::new(CoherenceConfig::new(0, 2)));
+        let mut c = Coherence::new(CoherenceEngine::new(CoherenceConfig::new(0, 2)), None);
         let layout = RegionLayout {
             id: 3,
             pages: 4,

@@ -20,10 +20,16 @@ use crate::{Error, Result};
 /// Variable that runs a cluster without a key when set to `1`.
 pub const INSECURE_ENV: &str = "DSM_INSECURE";
 
-/// Which network carries pages.
+/// Which transports carry a node's messages and pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportChoice {
-    /// io_uring TCP (`DSM_TRANSPORT=tcp`, the default).
+    /// Shared memory with the peers on this host, RDMA for pages when every node has a
+    /// device, TCP otherwise (`DSM_TRANSPORT=auto`, the default).
+    Auto,
+    /// Shared memory with every peer, or `join` fails naming a peer it could not pair with
+    /// (`DSM_TRANSPORT=shm`): every node must run on this host, as this user.
+    Shm,
+    /// io_uring TCP with every peer (`DSM_TRANSPORT=tcp`).
     Tcp,
     /// RDMA when every node has a device, TCP otherwise (`DSM_TRANSPORT=rdma`).
     PreferRdma,
@@ -158,7 +164,7 @@ impl Config {
                 rank,
                 size,
                 coordinator: DEFAULT_COORDINATOR.to_owned(),
-                transport: TransportChoice::Tcp,
+                transport: TransportChoice::Auto,
                 cluster_key: None,
                 insecure: false,
                 join_timeout: Duration::from_secs(30),
@@ -588,11 +594,13 @@ fn millis(lookup: &impl Fn(&str) -> Option<String>, var: &str) -> Result<Option<
 
 fn parse_transport(value: &str) -> Result<TransportChoice> {
     match value.trim() {
+        "auto" => Ok(TransportChoice::Auto),
+        "shm" => Ok(TransportChoice::Shm),
         "tcp" => Ok(TransportChoice::Tcp),
         "rdma" => Ok(TransportChoice::PreferRdma),
         "rdma!" => Ok(TransportChoice::RequireRdma),
         other => Err(Error::Config(format!(
-            "DSM_TRANSPORT={other:?}: expected tcp, rdma or rdma! (rdma required)"
+            "DSM_TRANSPORT={other:?}: expected auto, shm, tcp, rdma or rdma! (rdma required)"
         ))),
     }
 }

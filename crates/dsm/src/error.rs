@@ -41,6 +41,18 @@ pub enum Error {
         /// Why (the device error, or the ranks that offered no RDMA).
         reason: String,
     },
+    /// Shared memory was required (`DSM_TRANSPORT=shm`) but a peer could not pair: it runs
+    /// on another host (or in another network namespace), as another user, or with another
+    /// key.
+    #[error("rank {rank}: shared memory required but node {peer} could not pair: {reason}")]
+    ShmUnavailable {
+        /// The rank that found out.
+        rank: NodeId,
+        /// The peer it could not pair with.
+        peer: NodeId,
+        /// Why.
+        reason: String,
+    },
     /// The userfaultfd fault engine failed.
     #[error("userfaultfd: {0}")]
     Uffd(#[from] dsm_uffd::Error),

@@ -25,10 +25,11 @@ use crate::membership::bootstrap::{self, Booted};
 use crate::membership::ring::Ring;
 use crate::region::{Region, RegionOptions};
 use crate::runtime::alloc::Allocator;
-use crate::runtime::driver::{Driver, EVENT_QUEUE, Event, Sink, send_counted};
+use crate::runtime::driver::{Driver, EVENT_QUEUE, Event, NetworkSink, Sink, send_counted};
 use crate::runtime::views::ViewService;
 use crate::runtime::{Core, Shared, monitor};
 use crate::stats::{Counters, RegionCounters};
+use crate::transport::shm::{self, PollPolicy};
 use crate::transport::{Wire, rdma};
 use crate::{Config, Error, FaultDelivery, Result, Stats, WriteTracking};
 
@@ -74,11 +75,13 @@ const DRIVER_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest `leave` waits for the other nodes' `Leave`.
 pub const LEAVE_LINGER: Duration = Duration::from_secs(5);
 
-/// The node's lock table: Ricart–Agrawala locks whose hand-overs are release points.
-/// The engine configuration of this node (`one_sided`: pages move by RDMA READ).
-fn engine_config(config: &Config, one_sided: bool) -> CoherenceConfig {
+/// The engine configuration of this node (`one_sided`: pages move by RDMA READ; with the
+/// same-host peers of `wire`, by copies out of each other's arenas).
+fn engine_config(config: &Config, one_sided: bool, wire: &Wire) -> CoherenceConfig {
     let mut engine = CoherenceConfig::new(config.rank, config.size);
     engine.one_sided = one_sided;
+    engine.readers_of_home = wire.shm_peers().to_vec();
+    engine.homes_read = wire.shm_homes_read();
     engine.scan_writes = config.write_tracking == WriteTracking::Scan;
     let pages = config.twin_limit_bytes / PAGE_SIZE as u64;
     engine.twin_limit = usize::try_from(pages).unwrap_or(usize::MAX);
@@ -131,8 +134,13 @@ fn lock_table(config: &Config, core: &Arc<Core>) -> LockTable {
     )
 }
 
-/// Builds the io_uring TCP mesh on the listener and addresses boot-up produced.
-fn start_transport(config: &Config, booted: Booted, sink: Arc<Sink>) -> Result<TcpTransport> {
+/// Builds the io_uring TCP mesh on the listener and addresses boot-up produced; also gives
+/// the polling policy the shared-memory thread follows too.
+fn start_transport(
+    config: &Config,
+    booted: Booted,
+    sink: Arc<NetworkSink>,
+) -> Result<(TcpTransport, PollPolicy)> {
     let oversubscribed = crate::sched::oversubscribed(config.rank, &booted.peers);
     let mut tcp = TcpConfig::new(
         config.rank,
@@ -150,13 +158,18 @@ fn start_transport(config: &Config, booted: Booted, sink: Arc<Sink>) -> Result<T
         tcp.spin = config.spin.min(crate::sched::OVERSUBSCRIBED_SPIN);
         tcp.polite_after = tcp.spin;
     }
-    TcpTransport::start(tcp, sink).map_err(|e| match e {
+    let policy = PollPolicy {
+        spin: tcp.spin,
+        polite_after: tcp.polite_after,
+    };
+    let tcp = TcpTransport::start(tcp, sink).map_err(|e| match e {
         dsm_tcp_fallback::Error::MeshTimeout { missing, .. } => Error::JoinTimeout { missing },
         other => Error::Transport(dsm_core::TransportError::Io {
             call: "start the TCP transport",
             detail: other.to_string(),
         }),
-    })
+    })?;
+    Ok((tcp, policy))
 }
 
 impl Node {
@@ -174,18 +187,24 @@ impl Node {
             );
         }
         let connector = rdma::open(&config)?;
+        let listener = shm::listen(&config)?;
         let booted = bootstrap::run(&config, rdma::offered(connector.as_ref()))?;
         let deadline = booted.deadline;
         let (events, receiver) = sync_channel(EVENT_QUEUE);
         let driver_stop = Arc::new(AtomicBool::new(false));
         let priority = Arc::new(ServiceThreads::new(config.service_priority));
         let sink = Arc::new(Sink::new(events.clone(), Arc::clone(&priority)));
-        let tcp = start_transport(&config, booted, Arc::clone(&sink))?;
-        let transport = Arc::new(Wire::new(tcp));
-        let engine = CoherenceEngine::new(engine_config(&config, false));
+        let network_sink = Arc::new(NetworkSink::new(Arc::clone(&sink)));
+        let (tcp, policy) = start_transport(&config, booted, Arc::clone(&network_sink))?;
+        let shm = shm::connect(&config, listener.as_ref(), deadline, sink.clone(), policy)?;
+        let transport = Arc::new(Wire::new(tcp, shm));
+        if transport.shm_peers().len() + 1 == config.size as usize {
+            network_sink.set_quiet();
+        }
+        let engine = CoherenceEngine::new(engine_config(&config, false, &transport));
         let core = Arc::new(Core {
             shared: Shared::new(config.rank, config.size),
-            coherence: Mutex::new(Coherence::new(engine)),
+            coherence: Mutex::new(Coherence::new(engine, transport.arena())),
             released: Mutex::new(BTreeSet::new()),
             transport: Arc::clone(&transport) as Arc<dyn Transport>,
             central: Mutex::new(dsm_locks::CentralBarrier::default()),
@@ -251,6 +270,8 @@ impl Node {
         };
         node.select_rdma(connector, sink, deadline)?;
         node.announce(deadline)?;
+        // Every peer has paired (it said `Joined`): nobody looks for this socket any more.
+        drop(listener);
         crate::trace::start(&node.core.shared, &node.config);
         Ok(node)
     }
@@ -277,9 +298,9 @@ impl Node {
             return Ok(());
         };
         self.transport.use_rdma(rdma);
-        let engine = engine_config(&self.config, true);
+        let engine = engine_config(&self.config, true, &self.transport);
         self.core.engine(|c, _| {
-            *c = Coherence::new(CoherenceEngine::new(engine));
+            *c = Coherence::new(CoherenceEngine::new(engine), self.transport.arena());
             Ok(())
         })
     }
@@ -333,6 +354,7 @@ impl Node {
     pub fn stats(&self) -> Stats {
         let mut stats = self.core.shared.counters.snapshot();
         stats.service_priority = self.core.priority.obtained();
+        stats.shm_peers = u32::try_from(self.transport.shm_peers().len()).unwrap_or(u32::MAX);
         stats
     }
 
@@ -611,6 +633,14 @@ impl Node {
                 timeout,
             )
             .map_err(|e| (SetupStep::Expose, e))?;
+            self.transport
+                .map_masters(id, region.base() as u64, region.pages())
+                .map_err(|e| {
+                    (
+                        SetupStep::Expose,
+                        Error::io("map same-host peers' master copies", e),
+                    )
+                })?;
             let signal = match self.config.fault_delivery {
                 FaultDelivery::Thread => None,
                 FaultDelivery::Signal => Some(SignalPath {
@@ -657,6 +687,7 @@ impl Node {
         // of the NIC, then the engine (which unmaps its home copies and drops its mapping),
         // so a failed alloc leaves nothing behind. Either may never have held it.
         let _ = rdma::withdraw(&self.transport, id);
+        self.transport.unmap_masters(id);
         let _ = self
             .core
             .engine(|c, _| c.remove_region(id, &self.core.shared.counters));
@@ -698,6 +729,7 @@ impl Node {
         self.barrier()?;
         drop(region.server.take());
         rdma::withdraw(&self.transport, region.id)?;
+        self.transport.unmap_masters(region.id);
         self.core
             .engine(|c, _| c.remove_region(region.id, &self.core.shared.counters))?;
         self.rendezvous(Collective::Free, Vec::new())?;

@@ -58,6 +58,9 @@ pub struct Stats {
     /// [`ConfigBuilder::service_priority`](crate::ConfigBuilder::service_priority) asked
     /// for, or the closest the process was allowed.
     pub service_priority: crate::ServicePriority,
+    /// Peers this node exchanges messages with through shared memory (same host, paired at
+    /// join; see `DSM_TRANSPORT`); the others are reached by the network.
+    pub shm_peers: u32,
 }
 
 impl Stats {
@@ -84,7 +87,8 @@ impl Stats {
     }
 
     /// One JSON object with every counter (`{"read_faults":12,...}`), the write tracking in
-    /// use (`"write_tracking":"scan"`) and the service threads' priority, for tools.
+    /// use (`"write_tracking":"scan"`), the service threads' priority and the number of
+    /// shared-memory peers, for tools.
     pub fn to_json(&self) -> String {
         let counters = json_object(&self.fields());
         let tracking = match self.write_tracking {
@@ -92,9 +96,10 @@ impl Stats {
             crate::WriteTracking::Faults => "faults",
         };
         format!(
-            "{},\"write_tracking\":\"{tracking}\",\"service_priority\":\"{}\"}}",
+            "{},\"write_tracking\":\"{tracking}\",\"service_priority\":\"{}\",\"shm_peers\":{}}}",
             &counters[..counters.len() - 1],
-            self.service_priority.env_value()
+            self.service_priority.env_value(),
+            self.shm_peers
         )
     }
 }
@@ -250,6 +255,7 @@ impl Counters {
             },
             // Not a counter: `Node::stats` fills it in from the node's service threads.
             service_priority: crate::ServicePriority::Nice(0),
+            shm_peers: 0,
         }
     }
 }
@@ -347,9 +353,10 @@ mod tests {
         assert!(json.contains("\"fault_latency_p50_ns\":1500"), "{json}");
         assert_eq!(
             json.matches(':').count(),
-            stats.fields().len() + 2,
+            stats.fields().len() + 3,
             "{json}"
         );
+        assert!(json.contains("\"shm_peers\":0"), "{json}");
         assert!(json.contains("\"write_tracking\":\"faults\""), "{json}");
         assert!(json.contains("\"service_priority\":\"realtime\""), "{json}");
         assert!(json.ends_with('}'));

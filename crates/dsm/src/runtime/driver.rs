@@ -221,6 +221,48 @@ impl EventSink for Sink {
     }
 }
 
+/// The sink as the TCP thread sees it: once every peer exchanges messages with this node by
+/// shared memory, the TCP connections carry nothing the node waits for, so the TCP thread
+/// stops polling (a second poller would only take the CPU the shared-memory thread and the
+/// application need).
+#[derive(Debug)]
+pub(crate) struct NetworkSink {
+    sink: Arc<Sink>,
+    quiet: AtomicBool,
+}
+
+impl NetworkSink {
+    pub(crate) fn new(sink: Arc<Sink>) -> Self {
+        NetworkSink {
+            sink,
+            quiet: AtomicBool::new(false),
+        }
+    }
+
+    /// No answer comes by the network from now on.
+    pub(crate) fn set_quiet(&self) {
+        self.quiet.store(true, Ordering::Relaxed);
+    }
+}
+
+impl EventSink for NetworkSink {
+    fn deliver(&self, event: TransportEvent) {
+        self.sink.deliver(event);
+    }
+
+    fn awaiting(&self) -> bool {
+        !self.quiet.load(Ordering::Relaxed) && self.sink.awaiting()
+    }
+
+    fn polling(&self, on: bool) {
+        self.sink.polling(on);
+    }
+
+    fn on_thread_start(&self) {
+        self.sink.on_thread_start();
+    }
+}
+
 /// Queues `event` for the driver, waiting at most `timeout` for room. `Ok` also when the
 /// driver is gone (after `Stop`, events have no consumer and go quietly); `Err` gives back
 /// the event that found no room in time.

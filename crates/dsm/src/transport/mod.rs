@@ -1,15 +1,18 @@
 //! The node's network: the io_uring TCP mesh always, plus RDMA for page data when every node
 //! has a device and RDMA was asked for (`DSM_TRANSPORT=rdma` or `rdma!`).
 //!
-//! Control messages (coherence, locks, barriers, heartbeats) stay on TCP: its connections
-//! are what failure detection watches, its per-pair FIFO order is what the engines rely on,
-//! and a control message is small, so one-sided RDMA gains nothing there. Page data is what
+//! Control messages (coherence, locks, barriers, heartbeats) go through shared memory to
+//! peers on this host that paired at join (`shm`), and by TCP to the others: its per-pair
+//! FIFO order is what the engines rely on, and a control message is small, so one-sided
+//! RDMA gains nothing there. The TCP connections stay either way: their close is how a
+//! peer's death is seen. Page data is what
 //! RDMA is for: homes expose their master copies, and a faulting node READs the page itself
 //! (the engine's `one_sided` mode: grants carry no data).
 
 #[cfg(not(feature = "rdma"))]
 mod absent;
 pub(crate) mod rdma;
+pub(crate) mod shm;
 
 use std::sync::OnceLock;
 
@@ -24,6 +27,8 @@ use dsm_wire::{Message, NodeId, Page, PageId};
 /// TCP for messages; RDMA, once connected, for page reads and writes.
 pub(crate) struct Wire {
     tcp: TcpTransport,
+    /// Channels with the peers on this host, when any paired at join.
+    shm: Option<shm::Shm>,
     /// Set once at join, when every node offered RDMA and the queue pairs connected.
     rdma: OnceLock<RdmaTransport>,
 }
@@ -32,15 +37,52 @@ impl std::fmt::Debug for Wire {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Wire")
             .field("rdma", &self.rdma.get().is_some())
+            .field("shm", &self.shm.as_ref().map(shm::Shm::both_ways))
             .finish_non_exhaustive()
     }
 }
 
 impl Wire {
-    pub(crate) fn new(tcp: TcpTransport) -> Self {
+    pub(crate) fn new(tcp: TcpTransport, shm: Option<shm::Shm>) -> Self {
         Wire {
             tcp,
+            shm,
             rdma: OnceLock::new(),
+        }
+    }
+
+    /// Peers this node both sends to and receives from by shared memory (they also read
+    /// this node's master copies themselves).
+    pub(crate) fn shm_peers(&self) -> &[NodeId] {
+        self.shm.as_ref().map_or(&[], shm::Shm::both_ways)
+    }
+
+    /// Peers whose master copies this node reads itself, by shared memory.
+    pub(crate) fn shm_homes_read(&self) -> Vec<NodeId> {
+        self.shm
+            .as_ref()
+            .map_or_else(Vec::new, shm::Shm::homes_read)
+    }
+
+    /// The shared arena home copies go in, when same-host peers map them.
+    pub(crate) fn arena(&self) -> Option<std::sync::Arc<crate::raw::masters::Arena>> {
+        self.shm
+            .as_ref()
+            .map(|shm| std::sync::Arc::clone(shm.arena()))
+    }
+
+    /// Maps the same-host peers' master copies of a new region placed at `address`.
+    pub(crate) fn map_masters(&self, region: u32, address: u64, pages: u32) -> std::io::Result<()> {
+        match &self.shm {
+            Some(shm) => shm.map_region(region, address, pages),
+            None => Ok(()),
+        }
+    }
+
+    /// Unmaps the same-host peers' master copies of `region`.
+    pub(crate) fn unmap_masters(&self, region: u32) {
+        if let Some(shm) = &self.shm {
+            shm.unmap_region(region);
         }
     }
 
@@ -56,9 +98,12 @@ impl Wire {
         }
     }
 
-    /// Closes both: RDMA memory registrations first (the home memory they cover is freed
-    /// after this), then the TCP connections.
+    /// Closes all: the shared-memory thread, RDMA memory registrations (the home memory they
+    /// cover is freed after this), then the TCP connections.
     pub(crate) fn shutdown(&self) -> dsm_tcp_fallback::Result<()> {
+        if let Some(shm) = &self.shm {
+            shm.shutdown();
+        }
         if let Some(rdma) = self.rdma.get() {
             rdma.close();
         }
@@ -79,6 +124,9 @@ impl Transport for Wire {
     }
 
     fn send(&self, to: NodeId, message: &Message) -> Result<(), TransportError> {
+        if let Some(sent) = self.shm.as_ref().and_then(|shm| shm.send(to, message)) {
+            return sent;
+        }
         self.tcp.send(to, message)
     }
 
@@ -92,6 +140,10 @@ impl Transport for Wire {
 
     fn read_page(&self, home: NodeId, page: PageId, token: u64) -> Result<(), TransportError> {
         self.pages().read_page(home, page, token)
+    }
+
+    fn read_now(&self, home: NodeId, page: PageId) -> Option<Result<Page, TransportError>> {
+        self.shm.as_ref()?.read_now(home, page)
     }
 
     fn write_page(

@@ -33,9 +33,13 @@ const DECLINE: RdmaConnInfo = RdmaConnInfo {
 const KEY_POLL: Duration = Duration::from_millis(1);
 
 /// Opens the RDMA device when `config` asks for RDMA. Without one: under `rdma`, one line
-/// on stderr and `None` (TCP); under `rdma!`, [`Error::RdmaUnavailable`].
+/// on stderr and `None` (TCP); under `auto`, `None` quietly (most hosts have no device);
+/// under `rdma!`, [`Error::RdmaUnavailable`].
 pub(crate) fn open(config: &Config) -> Result<Option<RdmaConnector>> {
-    if config.transport == TransportChoice::Tcp {
+    if matches!(
+        config.transport,
+        TransportChoice::Tcp | TransportChoice::Shm
+    ) {
         return Ok(None);
     }
     let rdma = RdmaConfig::from_env(config.cluster_id());
@@ -45,13 +49,21 @@ pub(crate) fn open(config: &Config) -> Result<Option<RdmaConnector>> {
     }
 }
 
-/// RDMA cannot be used for `reason`: an error when it was required, else one line on stderr.
+/// RDMA cannot be used for `reason`: an error when it was required, a debug line under
+/// `auto`, else one line on stderr.
 fn unavailable(config: &Config, reason: String) -> Result<()> {
-    if config.transport == TransportChoice::RequireRdma {
-        return Err(Error::RdmaUnavailable {
-            rank: config.rank,
-            reason,
-        });
+    match config.transport {
+        TransportChoice::RequireRdma => {
+            return Err(Error::RdmaUnavailable {
+                rank: config.rank,
+                reason,
+            });
+        }
+        TransportChoice::Auto => {
+            tracing::debug!(rank = config.rank, %reason, "RDMA unavailable; pages move without it");
+            return Ok(());
+        }
+        _ => {}
     }
     eprintln!(
         "dsm: rank {}: RDMA unavailable ({reason}); pages move over TCP",

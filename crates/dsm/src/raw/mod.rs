@@ -1,5 +1,12 @@
-//! The crate's only unsafe code: page-aligned home memory, views of installed pages, the
-//! SIGBUS handler's one write to stderr, and the trace's clock and thread id.
+//! The crate's only unsafe code: page-aligned home memory (private, or in a shared arena,
+//! see `masters`), views of installed pages, the SIGBUS handler's one write to stderr, and
+//! the trace's clock and thread id.
+
+pub(crate) mod masters;
+
+use std::sync::Arc;
+
+use masters::Arena;
 
 use dsm_wire::PAGE_SIZE;
 
@@ -14,10 +21,15 @@ use dsm_wire::PAGE_SIZE;
 /// written, so a region of S bytes costs this node the home pages actually used, not S, and
 /// mapping it takes the same time for any S. RDMA registration pins the whole range (see
 /// `memory`).
+///
+/// With same-host peers the master copies live in the node's shared [`Arena`] instead
+/// ([`in_arena`](Self::in_arena)), where those peers map them too.
 #[derive(Debug)]
 pub(crate) struct HomeCopies {
     base: *mut u8,
     len: usize,
+    /// The arena mapping and where in the arena, when not private memory.
+    arena: Option<(masters::Shared, Arc<Arena>, u64)>,
 }
 
 // SAFETY: plain owned memory; the node runtime accesses it only under the coherence lock.
@@ -49,6 +61,7 @@ impl HomeCopies {
         let home = HomeCopies {
             base: base.cast(),
             len,
+            arena: None,
         };
         // Home pages are written one at a time, anywhere in the range: a transparent huge
         // page would commit 2 MiB for each 4 KiB written. Advice only: a kernel without THP
@@ -56,6 +69,17 @@ impl HomeCopies {
         // SAFETY: the range is the mapping just made, owned by `home`.
         let _ = unsafe { libc::madvise(base, len, libc::MADV_NOHUGEPAGE) };
         Ok(home)
+    }
+
+    /// `pages` zeroed pages of `arena` from byte `offset`, shared with the peers that map
+    /// the arena; punched out of the arena on drop.
+    pub(crate) fn in_arena(arena: &Arc<Arena>, offset: u64, pages: u32) -> std::io::Result<Self> {
+        let mapping = arena.map(offset, pages)?;
+        Ok(HomeCopies {
+            base: mapping.base(),
+            len: mapping.pages() * PAGE_SIZE,
+            arena: Some((mapping, Arc::clone(arena), offset)),
+        })
     }
 
     fn pages(&self) -> usize {
@@ -102,6 +126,14 @@ impl HomeCopies {
 
 impl Drop for HomeCopies {
     fn drop(&mut self) {
+        if let Some((_mapping, arena, offset)) = &self.arena {
+            // The mapping unmaps itself; the arena outlives it, so free the pages there.
+            let pages = u32::try_from(self.pages()).unwrap_or(u32::MAX);
+            if let Err(e) = arena.punch(*offset, pages) {
+                tracing::warn!(error = %e, "could not free home copies in the shared arena");
+            }
+            return;
+        }
         // SAFETY: mapped in `new` with this length, unmapped once; every borrow of it ended
         // with `self`'s, and the transports withdrew it first (see `memory`).
         unsafe { libc::munmap(self.base.cast(), self.len) };

@@ -1,0 +1,182 @@
+//! Master copies in shared memory: the memfd ("arena") that holds every master copy a node
+//! homes, and the mappings of it (the home's own, and each same-host peer's).
+//!
+//! The arena is as large as the window regions are placed in, and a region's master copies
+//! sit at the offset of the region's address in that window: the same offset on every
+//! node, so a peer finds them with no message. It is sparse (a tmpfs file commits only the
+//! pages written) and sealed against shrinking and growing, so a peer can never make a
+//! mapping of it fault (SIGBUS past the end of a file). A node punches a freed region's
+//! pages out of its own arena.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use dsm_wire::PAGE_SIZE;
+
+/// A node's arena.
+#[derive(Debug)]
+pub(crate) struct Arena {
+    fd: OwnedFd,
+    len: u64,
+}
+
+impl Arena {
+    /// A fresh arena of `len` bytes, sealed at that size.
+    pub(crate) fn create(len: u64) -> io::Result<Self> {
+        // SAFETY: a NUL-terminated name and flags; the result is checked before use.
+        let raw = unsafe {
+            libc::memfd_create(
+                c"dsm-masters".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: just returned by the kernel, owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let size = libc::off_t::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: a descriptor we own; plain integer arguments.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Arena { fd, len })
+    }
+
+    /// A peer's arena, received over the set-up socket: refused unless it is `len` bytes
+    /// and sealed against shrinking (else a mapping of it could fault in this process).
+    pub(crate) fn of_peer(fd: OwnedFd, len: u64) -> io::Result<Self> {
+        // SAFETY: a descriptor we own.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(io::Error::other(
+                "the peer's arena is not sealed against shrinking",
+            ));
+        }
+        let size = std::fs::File::from(fd.try_clone()?).metadata()?.len();
+        if size != len {
+            return Err(io::Error::other(format!(
+                "the peer's arena is {size} bytes, not {len}"
+            )));
+        }
+        Ok(Arena { fd, len })
+    }
+
+    /// Size in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// The descriptor, to hand to a peer.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Maps `pages` pages from byte `offset`, shared with every other mapping of the arena.
+    pub(crate) fn map(&self, offset: u64, pages: u32) -> io::Result<Shared> {
+        let len = (pages as usize)
+            .checked_mul(PAGE_SIZE)
+            .ok_or(io::ErrorKind::InvalidInput)?;
+        let end = offset.checked_add(len as u64);
+        if pages == 0 || offset % PAGE_SIZE as u64 != 0 || end.is_none_or(|e| e > self.len) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("pages {offset:#x}+{len:#x} outside the arena"),
+            ));
+        }
+        let at = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: a fresh mapping chosen by the kernel (no MAP_FIXED) of a range checked to
+        // lie within the file, whose size is sealed: no existing memory is affected, and no
+        // access to the mapping can fault past the end of the file.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                self.fd.as_raw_fd(),
+                at,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Shared {
+            base: base.cast(),
+            len,
+        })
+    }
+
+    /// Frees the memory of `pages` pages from `offset` (a freed region's master copies);
+    /// they read as zeros afterwards.
+    pub(crate) fn punch(&self, offset: u64, pages: u32) -> io::Result<()> {
+        let len = u64::from(pages) * PAGE_SIZE as u64;
+        let (at, len) = match (libc::off_t::try_from(offset), libc::off_t::try_from(len)) {
+            (Ok(at), Ok(len)) => (at, len),
+            _ => return Err(io::ErrorKind::InvalidInput.into()),
+        };
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        // SAFETY: a descriptor we own; plain integer arguments.
+        if unsafe { libc::fallocate(self.fd.as_raw_fd(), mode, at, len) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// A shared mapping of part of an arena, unmapped on drop.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: an owned mapping; concurrent access to its bytes (by the home process and its
+// peers) is ordered by the coherence protocol, as for RDMA.
+unsafe impl Send for Shared {}
+// SAFETY: as above; `copy_page` only reads through a raw pointer.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// First byte (page-aligned).
+    pub(crate) fn base(&self) -> *mut u8 {
+        self.base
+    }
+
+    /// Number of pages.
+    pub(crate) fn pages(&self) -> usize {
+        self.len / PAGE_SIZE
+    }
+
+    /// A copy of page `index`, `None` outside the mapping.
+    pub(crate) fn copy_page(&self, index: u32) -> Option<dsm_wire::Page> {
+        if index as usize >= self.pages() {
+            return None;
+        }
+        let mut page: dsm_wire::Page = Box::new([0; PAGE_SIZE]);
+        // SAFETY: in range (checked), page-aligned, mapped while `self` lives; the bytes are
+        // plain data. The home writes a master copy only while the coherence protocol keeps
+        // readers off it, as with an RDMA READ.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.base.add(index as usize * PAGE_SIZE),
+                page.as_mut_ptr(),
+                PAGE_SIZE,
+            );
+        }
+        Some(page)
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `Arena::map` with this length, unmapped once; borrows of it end
+        // with `self`'s.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}

@@ -1,0 +1,330 @@
+//! Shared memory with the nodes on this host (`DSM_TRANSPORT=auto` or `shm`): every message
+//! to a paired peer goes through a ring in a memfd both processes map, and the node's
+//! shared-memory thread takes the peer's messages out of the other ring. Page data is
+//! one-sided: each node keeps its master copies in an arena (`raw::masters`) that its
+//! same-host peers map, so a grant from such a home carries no data and the faulting node
+//! copies the page out of the home's arena itself ([`Shm::read_now`]). Pairs are set up at
+//! join, before any protocol message, so each direction of a pair uses one transport for
+//! good (per-pair FIFO holds). The TCP connection of a pair stays: its close is how a
+//! peer's death is seen at once, besides the pidfd this thread checks.
+
+mod pair;
+mod receive;
+mod send;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use dsm_core::{EventSink, TransportError};
+use dsm_shm::Doorbell;
+use dsm_wire::{Limits, Message, NodeId, Page, PageId};
+
+use crate::raw::masters::{Arena, Shared};
+use crate::runtime::alloc::{REGION_BASE, REGION_END};
+use crate::{Config, Error, Result, TransportChoice};
+
+pub(crate) use pair::{Listener, Paired, pair_up};
+use receive::{Inbound, Service};
+use send::Outbound;
+
+/// What senders need: the sending half of each paired peer's channel.
+#[derive(Debug)]
+pub(crate) struct Links {
+    rank: NodeId,
+    cluster: u64,
+    /// By rank; `None` for peers reached by the network.
+    out: Vec<Option<Outbound>>,
+    /// Wakes the shared-memory thread (to flush a backlog, or to stop).
+    doorbell: Doorbell,
+}
+
+impl Links {
+    /// Sends `message` to `to` on its channel: `None` when `to` is reached by the network.
+    fn send(
+        &self,
+        to: NodeId,
+        message: &Message,
+    ) -> Option<std::result::Result<(), TransportError>> {
+        let outbound = self.out.get(to as usize)?.as_ref()?;
+        let frame = dsm_wire::encode(message, self.cluster, self.rank);
+        Some(outbound.send(&frame, &self.doorbell))
+    }
+
+    /// Writes queued pieces; whether any are left.
+    fn flush(&self) -> bool {
+        let mut left = false;
+        for outbound in self.out.iter().flatten() {
+            left |= outbound.flush();
+        }
+        left
+    }
+
+    fn close(&self, peer: NodeId, reason: &str) {
+        if let Some(Some(outbound)) = self.out.get(peer as usize) {
+            outbound.close(reason);
+        }
+    }
+}
+
+/// The node's shared-memory transport: its links and its thread.
+#[derive(Debug)]
+pub(crate) struct Shm {
+    links: Arc<Links>,
+    /// Peers this node sends to and receives from by shared memory.
+    both_ways: Vec<NodeId>,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// This node's arena, where its master copies live.
+    arena: Arc<Arena>,
+    /// Each paired peer's arena.
+    peer_arenas: HashMap<NodeId, Arena>,
+    /// The mapped master copies of each peer's regions, by (peer, region).
+    mapped: RwLock<HashMap<(NodeId, u32), Shared>>,
+}
+
+/// How the shared-memory thread polls (the TCP thread's settings, see `TcpConfig::spin`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PollPolicy {
+    pub(crate) spin: Duration,
+    pub(crate) polite_after: Duration,
+}
+
+impl Shm {
+    /// Starts the thread serving `paired`'s channels: `None` when there are none.
+    pub(crate) fn start(
+        paired: Paired,
+        arena: Arena,
+        rank: NodeId,
+        size: u32,
+        cluster: u64,
+        sink: Arc<dyn EventSink>,
+        policy: PollPolicy,
+    ) -> std::io::Result<Option<Shm>> {
+        let mut out: Vec<Option<Outbound>> = (0..size).map(|_| None).collect();
+        let mut inbound = Vec::new();
+        let mut both_ways = Vec::new();
+        let mut peer_arenas = HashMap::new();
+        for pair in paired.pairs {
+            peer_arenas.insert(pair.peer, pair.masters);
+            let (sender, receiver) = pair.channel.split(Duration::ZERO);
+            if pair.send {
+                out[pair.peer as usize] = Some(Outbound::new(pair.peer, sender));
+                both_ways.push(pair.peer);
+            }
+            inbound.push(Inbound {
+                peer: pair.peer,
+                receiver,
+                partial: Vec::new(),
+                failed: false,
+            });
+        }
+        if inbound.is_empty() {
+            return Ok(None);
+        }
+        let links = Arc::new(Links {
+            rank,
+            cluster,
+            out,
+            doorbell: Doorbell::new(),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let service = Service {
+            inbound,
+            links: Arc::clone(&links),
+            sink,
+            limits: Limits::new(cluster),
+            spin: policy.spin,
+            polite_after: policy.polite_after,
+            stop: Arc::clone(&stop),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("dsm-shm-{rank}"))
+            .spawn(move || service.run())?;
+        both_ways.sort_unstable();
+        Ok(Some(Shm {
+            links,
+            both_ways,
+            stop,
+            thread: Mutex::new(Some(thread)),
+            arena: Arc::new(arena),
+            peer_arenas,
+            mapped: RwLock::new(HashMap::new()),
+        }))
+    }
+
+    /// This node's arena, for its home copies.
+    pub(crate) fn arena(&self) -> &Arc<Arena> {
+        &self.arena
+    }
+
+    /// Peers whose arena this node holds: their grants may come without data.
+    pub(crate) fn homes_read(&self) -> Vec<NodeId> {
+        let mut peers: Vec<NodeId> = self.peer_arenas.keys().copied().collect();
+        peers.sort_unstable();
+        peers
+    }
+
+    /// Maps every paired peer's master copies of `region`: `pages` pages at `address` (the
+    /// region's agreed address, which fixes its place in every arena).
+    pub(crate) fn map_region(&self, region: u32, address: u64, pages: u32) -> std::io::Result<()> {
+        let offset = arena_offset(address)?;
+        let mut maps = Vec::with_capacity(self.peer_arenas.len());
+        for (&peer, arena) in &self.peer_arenas {
+            maps.push(((peer, region), arena.map(offset, pages)?));
+        }
+        self.mapped
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(maps);
+        Ok(())
+    }
+
+    /// Unmaps the peers' master copies of `region` (freed, or its set-up failed).
+    pub(crate) fn unmap_region(&self, region: u32) {
+        self.mapped
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|&(_, r), _| r != region);
+    }
+
+    /// A copy of `page` out of `home`'s arena, if `home` is a paired peer.
+    pub(crate) fn read_now(
+        &self,
+        home: NodeId,
+        page: PageId,
+    ) -> Option<std::result::Result<Page, TransportError>> {
+        if !self.peer_arenas.contains_key(&home) {
+            return None;
+        }
+        let mapped = self.mapped.read().unwrap_or_else(|p| p.into_inner());
+        let Some(masters) = mapped.get(&(home, page.region)) else {
+            return Some(Err(TransportError::NotExposed {
+                region: page.region,
+                home,
+            }));
+        };
+        Some(
+            masters
+                .copy_page(page.page)
+                .ok_or(TransportError::OutOfRange { page, home }),
+        )
+    }
+
+    /// Sends `message` to `to` if `to` is reached by shared memory (`None` otherwise).
+    pub(crate) fn send(
+        &self,
+        to: NodeId,
+        message: &Message,
+    ) -> Option<std::result::Result<(), TransportError>> {
+        self.links.send(to, message)
+    }
+
+    /// Peers this node both sends to and receives from by shared memory.
+    pub(crate) fn both_ways(&self) -> &[NodeId] {
+        &self.both_ways
+    }
+
+    /// Stops the thread (idempotent). Messages still queued behind a full ring are dropped:
+    /// the node is leaving.
+    pub(crate) fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.links.doorbell.ring();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Binds this node's socket when `config` may use shared memory (before boot-up, so that
+/// peers see it once the mesh is up). Under `auto` a failure means no shared memory (said
+/// once); under `shm` it fails the join.
+pub(crate) fn listen(config: &Config) -> Result<Option<Listener>> {
+    if !matches!(
+        config.transport,
+        TransportChoice::Auto | TransportChoice::Shm
+    ) || config.size == 1
+    {
+        return Ok(None);
+    }
+    match Listener::bind(config.cluster_id(), config.rank) {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) if config.transport == TransportChoice::Shm => {
+            Err(Error::io("bind the shared-memory rendezvous socket", e))
+        }
+        Err(e) => {
+            tracing::warn!(rank = config.rank, error = %e, "no shared memory with same-host peers: cannot bind the rendezvous socket");
+            Ok(None)
+        }
+    }
+}
+
+/// Pairs with the peers on this host and starts the shared-memory thread (keep `listener`
+/// until the end of join: peers look for it until then). Under `shm`, a
+/// peer left unpaired fails the join ([`Error::ShmUnavailable`]); under `auto` it is
+/// reached by the network, with a warning when a pair that should have worked failed.
+pub(crate) fn connect(
+    config: &Config,
+    listener: Option<&Listener>,
+    deadline: Instant,
+    sink: Arc<dyn EventSink>,
+    policy: PollPolicy,
+) -> Result<Option<Shm>> {
+    let Some(listener) = listener else {
+        return Ok(None);
+    };
+    let (rank, size) = (config.rank, config.size);
+    let arena = match Arena::create(REGION_END - REGION_BASE) {
+        Ok(arena) => arena,
+        Err(e) if config.transport == TransportChoice::Shm => {
+            return Err(Error::io("create the shared arena of master copies", e));
+        }
+        Err(e) => {
+            tracing::warn!(rank, error = %e, "no shared memory with same-host peers: cannot create the arena of master copies");
+            return Ok(None);
+        }
+    };
+    let paired = pair_up(listener, &arena, size, config.key(), deadline);
+    for (peer, reason) in &paired.refused {
+        tracing::warn!(rank, peer, %reason, "same-host peer reached by the network: shared memory failed");
+    }
+    if config.transport == TransportChoice::Shm {
+        check_all_paired(rank, size, &paired)?;
+    }
+    Shm::start(paired, arena, rank, size, config.cluster_id(), sink, policy)
+        .map_err(|e| Error::io("spawn the shared-memory thread", e))
+}
+
+/// [`Error::ShmUnavailable`] for the first peer not paired both ways.
+fn check_all_paired(rank: NodeId, size: u32, paired: &Paired) -> Result<()> {
+    for peer in (0..size).filter(|&p| p != rank) {
+        if paired.pairs.iter().any(|p| p.peer == peer && p.send) {
+            continue;
+        }
+        let reason = match paired.refused.iter().find(|(p, _)| *p == peer) {
+            Some((_, reason)) => reason.clone(),
+            None if paired.pairs.iter().any(|p| p.peer == peer) => {
+                "it confirmed the channel late (receiving only)".to_owned()
+            }
+            None => "its rendezvous socket is not visible here: another host or network \
+                     namespace"
+                .to_owned(),
+        };
+        return Err(Error::ShmUnavailable { rank, peer, reason });
+    }
+    Ok(())
+}
+
+/// Where a region placed at `address` keeps its master copies in every arena.
+fn arena_offset(address: u64) -> std::io::Result<u64> {
+    if (REGION_BASE..REGION_END).contains(&address) {
+        Ok(address - REGION_BASE)
+    } else {
+        Err(std::io::Error::other(format!(
+            "region address {address:#x} outside the region window"
+        )))
+    }
+}

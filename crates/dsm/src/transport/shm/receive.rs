@@ -1,0 +1,204 @@
+//! The thread that takes same-host peers' frames out of their rings and hands them to the
+//! node's sink, as the TCP thread does for sockets, with the same polling policy: it polls
+//! only while a thread of the node waits for an answer (and at most `spin` after the last
+//! frame), and otherwise sleeps on every ring's futex word at once (`futex_waitv`), so that
+//! a frame is a wake-up and a wake-up preempts the application.
+//!
+//! It also writes what senders queued behind a full ring, and watches each peer's process:
+//! a peer that exited (its pidfd) or wrote a malformed frame is reported failed once its
+//! ring is drained, so nothing it sent is lost.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use dsm_core::{EventSink, Polling, TransportEvent};
+use dsm_shm::Receiver;
+use dsm_wire::{Limits, NodeId};
+
+use super::Links;
+
+/// Longest sleep between looks at the peers' processes and the stop flag.
+const PEER_CHECK: Duration = Duration::from_millis(20);
+/// Sleep while pieces wait behind a full ring (the peer frees room at its pace).
+const BACKLOG_RETRY: Duration = Duration::from_micros(100);
+/// Most frames taken from one ring before the others get a turn.
+const BATCH: usize = 64;
+
+/// One peer's ring, seen from here.
+#[derive(Debug)]
+pub(super) struct Inbound {
+    pub(super) peer: NodeId,
+    pub(super) receiver: Receiver,
+    /// Bytes of a frame whose pieces are still coming.
+    pub(super) partial: Vec<u8>,
+    pub(super) failed: bool,
+}
+
+/// The receiving thread's state.
+pub(super) struct Service {
+    pub(super) inbound: Vec<Inbound>,
+    pub(super) links: Arc<Links>,
+    pub(super) sink: Arc<dyn EventSink>,
+    pub(super) limits: Limits,
+    pub(super) spin: Duration,
+    pub(super) polite_after: Duration,
+    pub(super) stop: Arc<AtomicBool>,
+}
+
+impl Service {
+    pub(super) fn run(mut self) {
+        self.sink.on_thread_start();
+        let mut polling = Polling::default();
+        let mut piece = Vec::with_capacity(4096);
+        let mut active_at = Instant::now();
+        while !self.stop.load(Ordering::Acquire) {
+            let backlog = self.links.flush();
+            if self.take_frames(&mut piece) > 0 {
+                active_at = Instant::now();
+                continue;
+            }
+            let idle = active_at.elapsed();
+            let poll = idle < self.spin && self.sink.awaiting();
+            polling.set(self.sink.as_ref(), poll && idle >= self.polite_after);
+            if poll {
+                std::thread::yield_now();
+                continue;
+            }
+            let timeout = if backlog { BACKLOG_RETRY } else { PEER_CHECK };
+            if self.sleep(&mut piece, timeout) {
+                active_at = Instant::now();
+            } else {
+                self.check_peers();
+            }
+        }
+    }
+
+    /// Takes what every ring holds (up to a batch each); how many pieces.
+    fn take_frames(&mut self, piece: &mut Vec<u8>) -> usize {
+        let mut taken = 0;
+        for i in 0..self.inbound.len() {
+            for _ in 0..BATCH {
+                let inbound = &mut self.inbound[i];
+                if inbound.failed {
+                    break;
+                }
+                match inbound.receiver.try_recv(piece) {
+                    Ok(true) => {
+                        taken += 1;
+                        self.on_piece(i, piece);
+                    }
+                    Ok(false) => break,
+                    Err(e) => self.fail(i, &e.to_string()),
+                }
+            }
+        }
+        taken
+    }
+
+    /// Appends a piece to the peer's stream and delivers every whole frame in it.
+    fn on_piece(&mut self, i: usize, piece: &[u8]) {
+        let inbound = &mut self.inbound[i];
+        inbound.partial.extend_from_slice(piece);
+        let mut used = 0;
+        let mut failure = None;
+        loop {
+            match dsm_wire::decode_prefix(&inbound.partial[used..], &self.limits) {
+                Ok(Some((frame, len))) => {
+                    used += len;
+                    if frame.sender != inbound.peer {
+                        failure = Some(format!("a frame signed as node {}", frame.sender));
+                        break;
+                    }
+                    self.sink.deliver(TransportEvent::Message {
+                        from: inbound.peer,
+                        message: frame.message,
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    failure = Some(format!("malformed frame: {e}"));
+                    break;
+                }
+            }
+        }
+        inbound.partial.drain(..used);
+        if let Some(reason) = failure {
+            self.fail(i, &reason);
+        }
+    }
+
+    /// Sleeps on every live ring until a producer wakes one or `timeout`; whether a frame
+    /// came meanwhile (taken and delivered).
+    fn sleep(&mut self, piece: &mut Vec<u8>, timeout: Duration) -> bool {
+        let mut prepared = Vec::with_capacity(self.inbound.len());
+        let mut arrived = None;
+        for (i, inbound) in self.inbound.iter_mut().enumerate() {
+            if inbound.failed {
+                continue;
+            }
+            match inbound.receiver.prepare_sleep(piece) {
+                Ok(false) => prepared.push(i),
+                Ok(true) => {
+                    arrived = Some(Ok(i));
+                    break;
+                }
+                Err(e) => {
+                    arrived = Some(Err((i, e.to_string())));
+                    break;
+                }
+            }
+        }
+        if arrived.is_none() {
+            let receivers: Vec<&Receiver> = prepared
+                .iter()
+                .map(|&i| &self.inbound[i].receiver)
+                .collect();
+            dsm_shm::sleep_any(&receivers, &self.links.doorbell, timeout);
+        }
+        for &i in &prepared {
+            self.inbound[i].receiver.finish_sleep();
+        }
+        match arrived {
+            Some(Ok(i)) => {
+                self.on_piece(i, piece);
+                true
+            }
+            Some(Err((i, reason))) => {
+                self.fail(i, &reason);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Reports peers whose process exited, once their rings are drained.
+    fn check_peers(&mut self) {
+        for i in 0..self.inbound.len() {
+            let inbound = &self.inbound[i];
+            if inbound.failed || !matches!(inbound.receiver.peer().exited(), Ok(true)) {
+                continue;
+            }
+            let mut piece = Vec::new();
+            while matches!(self.inbound[i].receiver.try_recv(&mut piece), Ok(true)) {
+                self.on_piece(i, &piece);
+            }
+            self.fail(i, "the process exited");
+        }
+    }
+
+    /// The peer of ring `i` failed: say so once, stop reading its ring and sending to it.
+    fn fail(&mut self, i: usize, reason: &str) {
+        let inbound = &mut self.inbound[i];
+        if inbound.failed {
+            return;
+        }
+        inbound.failed = true;
+        let node = inbound.peer;
+        self.links.close(node, reason);
+        self.sink.deliver(TransportEvent::PeerFailed {
+            node,
+            reason: format!("shared-memory channel: {reason}"),
+        });
+    }
+}

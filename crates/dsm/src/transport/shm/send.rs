@@ -1,0 +1,117 @@
+//! Sending to same-host peers: each message is encoded as the TCP mesh encodes it and written
+//! into the peer's ring as one or more pieces, without blocking.
+//!
+//! The ring is a byte stream per pair: a frame larger than one ring frame goes in pieces, and
+//! the receiver reassembles frames from the pieces in order. A per-peer lock keeps the pieces
+//! of one message together and, when the ring is full, queues the rest (and every later
+//! message) for the receiving thread to flush: the sender never waits for the peer, and
+//! nothing overtakes a queued piece.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use dsm_core::TransportError;
+use dsm_shm::{Doorbell, Sender};
+use dsm_wire::NodeId;
+
+/// Largest piece written as one ring frame: a page grant (4 KiB and headers) is one piece.
+const PIECE: usize = 64 << 10;
+
+/// Most pieces queued for one peer whose ring stays full: 64 MiB at most. Past it the peer
+/// is taken as failed (it has not read for a long time).
+const MAX_BACKLOG: usize = 1024;
+
+/// The sending side of one same-host pair.
+#[derive(Debug)]
+pub(super) struct Outbound {
+    peer: NodeId,
+    sender: Sender,
+    queue: Mutex<Backlog>,
+}
+
+#[derive(Debug, Default)]
+struct Backlog {
+    pieces: VecDeque<Vec<u8>>,
+    /// Set once the peer failed: later sends fail at once.
+    failed: Option<String>,
+}
+
+impl Outbound {
+    pub(super) fn new(peer: NodeId, sender: Sender) -> Self {
+        Outbound {
+            peer,
+            sender,
+            queue: Mutex::new(Backlog::default()),
+        }
+    }
+
+    fn backlog(&self) -> std::sync::MutexGuard<'_, Backlog> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `frame` (an encoded message) now, or queues what does not fit. `flusher` is
+    /// woken when something was queued.
+    pub(super) fn send(&self, frame: &[u8], flusher: &Doorbell) -> Result<(), TransportError> {
+        let mut backlog = self.backlog();
+        if let Some(reason) = &backlog.failed {
+            return Err(self.failed(reason));
+        }
+        let queued_before = !backlog.pieces.is_empty();
+        for piece in frame.chunks(PIECE) {
+            if backlog.pieces.is_empty() {
+                match self.sender.try_send(piece) {
+                    Ok(()) => continue,
+                    Err(dsm_shm::Error::Full) => {}
+                    Err(e) => return Err(self.fail(&mut backlog, e.to_string())),
+                }
+            }
+            if backlog.pieces.len() >= MAX_BACKLOG {
+                let reason = format!("its ring stayed full for {MAX_BACKLOG} queued pieces");
+                return Err(self.fail(&mut backlog, reason));
+            }
+            backlog.pieces.push_back(piece.to_vec());
+        }
+        if !queued_before && !backlog.pieces.is_empty() {
+            flusher.ring();
+        }
+        Ok(())
+    }
+
+    /// Writes queued pieces while the ring has room; whether any are left.
+    pub(super) fn flush(&self) -> bool {
+        let mut backlog = self.backlog();
+        while let Some(piece) = backlog.pieces.front() {
+            match self.sender.try_send(piece) {
+                Ok(()) => {
+                    backlog.pieces.pop_front();
+                }
+                Err(dsm_shm::Error::Full) => return true,
+                Err(e) => {
+                    let _ = self.fail(&mut backlog, e.to_string());
+                    return false;
+                }
+            }
+        }
+        false
+    }
+
+    /// The peer failed: drop what is queued, refuse what comes.
+    pub(super) fn close(&self, reason: &str) {
+        let mut backlog = self.backlog();
+        let _ = self.fail(&mut backlog, reason.to_owned());
+    }
+
+    fn fail(&self, backlog: &mut Backlog, reason: String) -> TransportError {
+        backlog.pieces.clear();
+        let error = self.failed(&reason);
+        backlog.failed.get_or_insert(reason);
+        error
+    }
+
+    fn failed(&self, reason: &str) -> TransportError {
+        TransportError::PeerFailed {
+            node: self.peer,
+            reason: format!("shared-memory channel: {reason}"),
+        }
+    }
+}
