@@ -19,11 +19,12 @@ enum Suite {
     Locks,
     /// Remote read fault over RDMA vs ib_read_lat + local fault (issue #7).
     Rdma,
-    /// Jacobi stencil protocol efficiency at 4 nodes (issue #6), and dsm against
-    /// hand-written MPI at 1, 2 and 4 ranks (issue #10).
+    /// Jacobi stencil protocol efficiency at 4 nodes (issue #6), and dsm over TCP and over
+    /// shared memory against hand-written MPI at 1, 2 and 4 ranks (issues #10, #14).
     Jacobi,
     /// Remote fault, scan, lock hand-off and barrier latency against the round-trip and
-    /// local-fault floors, 2 pinned nodes and 4 oversubscribed (issue #10).
+    /// local-fault floors, 2 pinned nodes and 4 oversubscribed, over TCP and over shared
+    /// memory (issues #10, #14).
     Latency,
     /// Shared files: merge throughput and release-to-acquire latency vs pwrite+fsync (issue #13).
     Views,

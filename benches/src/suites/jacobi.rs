@@ -18,14 +18,18 @@
 //! The nodes are this same binary re-executed with `DSM_BENCH_JACOBI_NODE` set; each prints
 //! one JSON line that the parent collects.
 //!
-//! `versus_mpi` (issue #10): the same stencil at 2048×2048, 100 iterations, in place (and, as
-//! `dsm_copy_seconds`, with bulk row copies), at 1, 2 and 4 nodes against a hand-written MPI
-//! version (`benches/mpi/jacobi.c`, compiled with `mpicc -O2` at bench time) over TCP and
-//! over shared memory, runs interleaved, medians of 3: `dsm_seconds`, `mpi_tcp_seconds`,
-//! `mpi_shm_seconds` per node count, `ratio_dsm_speed_to_mpi_tcp_N` (MPI time / dsm time;
-//! target ≥ 0.8 at 2 and 4), `dsm_2_not_slower_than_1`, and the grids' checksums compared
-//! exactly. Without `mpicc` the MPI figures are `null` beside `mpi_error` (and a warning on
-//! stderr). See `jacobi/versus_mpi.rs`.
+//! `versus_mpi` (issues #10 and #14): the same stencil at 2048×2048, 100 iterations, in place
+//! (and, as `dsm_copy_seconds`, with bulk row copies), at 1, 2 and 4 nodes against a
+//! hand-written MPI version (`benches/mpi/jacobi.c`, compiled with `mpicc -O2` at bench time)
+//! over TCP and over shared memory, runs interleaved, medians of 3: `dsm_seconds` (dsm over
+//! TCP), `dsm_shm_seconds` (dsm over shared memory, `DSM_TRANSPORT=shm`), `mpi_tcp_seconds`,
+//! `mpi_shm_seconds` per node count, `ratio_dsm_speed_to_mpi_tcp_N` (MPI-TCP time / dsm-TCP
+//! time; target ≥ 0.8 at 2 and 4), `ratio_dsm_shm_to_mpi_shm_speed_N` (MPI-shm time / dsm-shm
+//! time; target ≥ 1.0 at 2 and 4), `dsm_2_not_slower_than_1`, and the grids' checksums
+//! compared exactly. Without `mpicc` the MPI figures are `null` beside `mpi_error` (and a
+//! warning on stderr). See `jacobi/versus_mpi.rs`.
+//!
+//! A node that fails fails the suite, naming the cluster and the node's error.
 
 mod mpi;
 mod versus_mpi;
@@ -47,18 +51,18 @@ const ITERS: usize = 60;
 const NODES: u32 = 4;
 /// Set in the environment of the node processes.
 const NODE_ENV: &str = "DSM_BENCH_JACOBI_NODE";
+/// A failing node prints its error as one line `ERROR <error>` on stdout.
+const ERROR_PREFIX: &str = "ERROR ";
 
 /// Runs the suite and returns its JSON report.
 pub fn run() -> anyhow::Result<Value> {
+    // A node process: run, print the figures, and end here (the parent prints the report).
     if let Ok(mode) = std::env::var(NODE_ENV) {
-        // A node process: run, print the figures, and end here (the parent prints the report).
-        let line = node(&mode)?;
-        println!("{line}");
+        print_outcome(node(&mode))?;
         std::process::exit(0);
     }
     if let Ok(cpu) = std::env::var(versus_mpi::NODE_ENV) {
-        let line = versus_mpi::node(&cpu)?;
-        println!("{line}");
+        print_outcome(versus_mpi::node(&cpu))?;
         std::process::exit(0);
     }
     let single = single_process();
@@ -76,6 +80,21 @@ pub fn run() -> anyhow::Result<Value> {
         "modes": modes,
         "versus_mpi": versus_mpi,
     }))
+}
+
+/// A node's figures as one line on stdout, or its error as an [`ERROR_PREFIX`] line there too:
+/// the parent names it in the cluster's failure (on stderr, every rank's interleave).
+fn print_outcome(outcome: anyhow::Result<Value>) -> anyhow::Result<()> {
+    match outcome {
+        Ok(line) => {
+            println!("{line}");
+            Ok(())
+        }
+        Err(e) => {
+            println!("{ERROR_PREFIX}{e:#}");
+            Err(e)
+        }
+    }
 }
 
 /// Starts the node processes for `mode` and summarises what they report.
@@ -129,8 +148,8 @@ fn cluster(mode: &str, single_us: f64) -> anyhow::Result<Value> {
 const NODE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Waits for every node (reading their stdout on threads so a full pipe cannot stall them);
-/// past `deadline` kills the rest and fails naming the ranks still running. `mode` names the
-/// cluster in errors.
+/// past `deadline` kills the rest and fails naming the ranks still running; fails naming the
+/// first node that failed and its error. `mode` names the cluster in errors.
 fn wait_all(
     mode: &str,
     mut children: Vec<std::process::Child>,
@@ -162,20 +181,26 @@ fn wait_all(
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    for (rank, code) in status.iter().enumerate() {
-        let code = code.expect("every node exited");
-        if !code.success() {
-            bail!("{mode}: node {rank} failed ({code})");
-        }
-    }
-    readers
+    // Every node has exited, so every stdout is closed and every reader ends.
+    let outputs = readers
         .into_iter()
         .map(|r| {
             r.join()
                 .expect("stdout reader panicked")
                 .context("read a node's stdout")
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<String>>>()?;
+    for (rank, (code, text)) in status.iter().zip(&outputs).enumerate() {
+        let code = code.expect("every node exited");
+        if !code.success() {
+            let error = text
+                .lines()
+                .find_map(|line| line.strip_prefix(ERROR_PREFIX))
+                .unwrap_or("it printed no error (see stderr)");
+            bail!("{mode}: node {rank} failed ({code}): {error}");
+        }
+    }
+    Ok(outputs)
 }
 
 /// One node: allocate, initialise, iterate, report.

@@ -1,15 +1,23 @@
-//! `dsm-bench latency --json` (issue #10): the latency of a remote read fault, an in-order
+//! `dsm-bench latency --json` (issues #10 and #14): the latency of a remote read fault, an in-order
 //! scan, a lock hand-off and a barrier through the public `dsm` API, each beside the floors it
 //! is judged against, measured between the same processes in the same run.
 //!
-//! Nodes are real processes on loopback (this binary re-executed in the node role, see
-//! `latency/node.rs`), `DSM_TRANSPORT=tcp`, started by the suite with `DSM_RANK`, `DSM_SIZE`
-//! and `DSM_COORDINATOR` on a free port. Two runs:
-//! - `n2`: 2 nodes, rank `r` pinned to CPU `r % ncpus` (`sched_setaffinity`), with targets;
-//! - `n2_service_nice0`: the same with `DSM_SERVICE_PRIORITY=0` (service threads at the
+//! Nodes are real processes on one host (this binary re-executed in the node role, see
+//! `latency/node.rs`), started by the suite with `DSM_RANK`, `DSM_SIZE` and
+//! `DSM_COORDINATOR` on a free loopback port, and `DSM_TRANSPORT` as each cluster says
+//! (`transport` in its report). Five clusters, each shared-memory one right after its TCP twin:
+//! - `n2`: 2 nodes, `DSM_TRANSPORT=tcp`, rank `r` pinned to CPU `r % ncpus`
+//!   (`sched_setaffinity`), with issue #10's targets and the traced pass (below);
+//! - `n2_shm`: the same 2 pinned nodes with `DSM_TRANSPORT=shm` (issue #14: shared memory
+//!   between same-host nodes; `SAME_HOST_TRANSPORT`), with its own floors and issue #14's
+//!   targets, no traced pass;
+//! - `n2_service_nice0`: `n2` with `DSM_SERVICE_PRIORITY=0` (service threads at the
 //!   application's priority), no targets; `n2`'s `ratio_*_realtime_to_nice0` compare the two;
 //! - `n4_oversubscribed`: 4 nodes pinned `r % ncpus` on this 2-CPU machine (nodes outnumber
-//!   CPUs), the same code, no targets.
+//!   CPUs), `DSM_TRANSPORT=tcp`, the same code, no targets;
+//! - `n4_oversubscribed_shm`: the same with `DSM_TRANSPORT=shm`, no targets.
+//!
+//! A cluster that fails fails the suite, naming the cluster and the failed rank's error.
 //!
 //! Figures (microseconds, median and p99, rank 0's samples):
 //! - `remote_read_fault_us`: rank 1 writes one word in each of 2048 pages of its block
@@ -26,19 +34,29 @@
 //!   release by each node in turn);
 //! - `barrier_us`: every node passes barriers in a row.
 //!
-//! Floors, between the same two pinned processes (ranks 0 and 1), before the first figure and
-//! after each: `rtt_blocking_us` and `rtt_busy_poll_us`, a std TCP round trip (64 B request,
+//! Floors, in every cluster between its ranks 0 and 1 (the processes the figures run in),
+//! before the first figure and after each: `rtt_blocking_us` and `rtt_busy_poll_us`, a std TCP round trip (64 B request,
 //! 4 KiB reply, `TCP_NODELAY`) on an extra connection the two nodes open between them, both
 //! ends blocking in `read` or busy-polling `recv(MSG_DONTWAIT)`; `rtt_floor_us` is the faster
 //! median; `local_sigbus_fault_us`, an in-thread SIGBUS read fault on rank 0, measured by the
 //! `uffd` suite's own code (`uffd::fault_service`). `floor_rounds` shows each round's medians.
 //!
-//! Ratios of medians: `ratio_remote_read_fault_to_floor` = remote read fault / (round-trip
-//! floor + local floor) (target ≤ 2 at 2 nodes), `ratio_lock_handoff_to_rtt` (≤ 4),
-//! `ratio_barrier_to_rtt` (≤ 3), `ratio_scan_per_page_to_floor` (no target); `meets_targets`
-//! says which hold.
+//! Ratios of medians, in every cluster's report: `ratio_remote_read_fault_to_floor` = remote
+//! read fault / (round-trip floor + local floor), `ratio_lock_handoff_to_rtt`,
+//! `ratio_barrier_to_rtt`, `ratio_scan_per_page_to_floor`,
+//! `ratio_remote_read_fault_to_local_floor` = remote read fault / local SIGBUS floor,
+//! `ratio_remote_read_fault_home_computing_to_local_floor`, and
+//! `ratio_remote_read_fault_to_rtt_floor` = remote read fault / round-trip floor. Targets
+//! (`target_*` beside each ratio judged, `meets_targets` says which hold): in `n2` (issue #10,
+//! TCP) the first ≤ 2, the lock hand-off ≤ 4, the barrier ≤ 3; in `n2_shm` (issue #14, shared
+//! memory) the remote read fault ≤ 3× the local floor and strictly below the round-trip floor
+//! (< 1). The others have `targets` saying why none.
 //!
-//! Per-hop breakdown and tracing overhead (2 nodes): the nodes run with `DSM_TRACE` in a
+//! Shared memory against TCP, at the top level: `ratio_shm_to_tcp_<figure>` for
+//! `remote_read_fault`, `remote_read_fault_home_computing`, `scan_per_page`, `lock_handoff`
+//! and `barrier`, the median in `n2_shm` over the median in `n2` (two clusters of one run).
+//!
+//! Per-hop breakdown and tracing overhead (`n2` only): the nodes run with `DSM_TRACE` in a
 //! scratch directory but turn tracing off after `join`; after the figures above they run the
 //! remote read fault (on pages between the first pass's), the lock hand-off and the barriers
 //! again with tracing on (`Node::set_tracing`), then a floor round. `n2` gets those as
@@ -56,15 +74,19 @@ mod floor;
 mod hops;
 mod node;
 mod placement;
+mod ratios;
 mod spawn;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::stats::round;
+use crate::suites::SAME_HOST_TRANSPORT;
 pub(crate) use placement::{allowed_cpus, cpu_for, pin_to};
+use ratios::Targets;
 use spawn::{Launch, Nodes};
 
 /// Bound on any runtime wait in a node (a fault, a lock, a barrier), milliseconds.
@@ -73,10 +95,66 @@ const OP_TIMEOUT_MS: u64 = 30_000;
 const JOIN_TIMEOUT_MS: u64 = 30_000;
 /// How long one cluster may run before the suite kills it and fails.
 const CLUSTER_DEADLINE: Duration = Duration::from_secs(180);
-/// Targets at 2 nodes (issue #10).
-const TARGET_REMOTE_READ_FAULT_TO_FLOOR: f64 = 2.0;
-const TARGET_LOCK_HANDOFF_TO_RTT: f64 = 4.0;
-const TARGET_BARRIER_TO_RTT: f64 = 3.0;
+
+/// One cluster of the suite: its key in the report and how its nodes run.
+#[derive(Debug, Clone, Copy)]
+struct Cluster {
+    key: &'static str,
+    size: u32,
+    /// `DSM_TRANSPORT`.
+    transport: &'static str,
+    /// Further environment of every node.
+    env: &'static [(&'static str, &'static str)],
+    /// Whether the nodes also run the traced pass, for the per-hop breakdown (`hops`).
+    traced: bool,
+    targets: Targets,
+}
+
+/// Every cluster, run in this order: each shared-memory run right after its TCP twin, so that
+/// the two meet the same load on the machine. The shared-memory runs skip the traced pass,
+/// which would double their time.
+const CLUSTERS: [Cluster; 5] = [
+    Cluster {
+        key: "n2",
+        size: 2,
+        transport: "tcp",
+        env: &[],
+        traced: true,
+        targets: Targets::Tcp,
+    },
+    Cluster {
+        key: "n2_shm",
+        size: 2,
+        transport: SAME_HOST_TRANSPORT,
+        env: &[],
+        traced: false,
+        targets: Targets::SameHost,
+    },
+    Cluster {
+        key: "n2_service_nice0",
+        size: 2,
+        transport: "tcp",
+        env: &[("DSM_SERVICE_PRIORITY", "0")],
+        traced: false,
+        targets: Targets::None,
+    },
+    Cluster {
+        key: "n4_oversubscribed",
+        size: 4,
+        transport: "tcp",
+        env: &[],
+        traced: false,
+        targets: Targets::None,
+    },
+    Cluster {
+        key: "n4_oversubscribed_shm",
+        size: 4,
+        transport: SAME_HOST_TRANSPORT,
+        env: &[],
+        traced: false,
+        targets: Targets::None,
+    },
+];
 
 /// Runs the suite and returns its JSON report (in a node process: runs the node, then exits).
 pub fn run() -> anyhow::Result<Value> {
@@ -88,15 +166,23 @@ pub fn run() -> anyhow::Result<Value> {
     let cpus = allowed_cpus()?;
     let traces = std::env::temp_dir().join(format!("dsm-bench-latency-{}", std::process::id()));
     std::fs::create_dir_all(&traces).with_context(|| format!("{}", traces.display()))?;
-    let (mut two, hops) = cluster(2, &cpus, Some(&traces), &[]).context("latency, 2 nodes")?;
-    let normal = [("DSM_SERVICE_PRIORITY", "0")];
-    let (nice0, _) = cluster(2, &cpus, None, &normal).context("latency, 2 nodes at nice 0")?;
-    compare_priorities(&mut two, &nice0)?;
-    let (four, _) = cluster(4, &cpus, None, &[]).context("latency, 4 nodes (oversubscribed)")?;
-    Ok(json!({
+    let mut clusters = Map::new();
+    let mut hops = None;
+    for cluster in CLUSTERS {
+        let (report, traced) = cluster.run(&cpus, &traces)?;
+        clusters.insert(cluster.key.to_owned(), report);
+        hops = hops.or(traced);
+    }
+    let nice0 = clusters["n2_service_nice0"].clone();
+    ratios::compare_priorities(&mut clusters["n2"], &nice0)?;
+    let shm_to_tcp = ratios::compare_transports(&clusters["n2"], &clusters["n2_shm"])?;
+    let mut report = json!({
         "suite": "latency",
         "unit": "microseconds",
-        "transport": "DSM_TRANSPORT=tcp, loopback, one process per node",
+        "transport": format!(
+            "loopback, one process per node; DSM_TRANSPORT per cluster (its `transport`): \
+             tcp, or {SAME_HOST_TRANSPORT} for the *_shm clusters"
+        ),
         "fault_delivery": std::env::var("DSM_FAULT_DELIVERY")
             .unwrap_or_else(|_| "runtime default".to_owned()),
         "cpus": cpus,
@@ -105,142 +191,57 @@ pub fn run() -> anyhow::Result<Value> {
             figures::REMOTE_STRIDE,
             figures::SEED
         ),
-        "n2": two,
-        "n2_service_nice0": nice0,
-        "n4_oversubscribed": four,
         "hops": hops,
         "elapsed_s": round(started.elapsed().as_secs_f64()),
-    }))
+    });
+    let fields = report.as_object_mut().expect("a JSON object");
+    fields.extend(clusters);
+    fields.extend(shm_to_tcp);
+    Ok(report)
 }
 
-/// Runs `size` nodes pinned `rank % ncpus` and returns rank 0's report with its ratios (and,
-/// at 2 nodes, the targets). With `traces`, the nodes also run the traced pass with
-/// `DSM_TRACE` in that directory, and the per-hop breakdown comes back too.
-/// The 2-node figures again with every service thread at the application's priority
-/// (`DSM_SERVICE_PRIORITY=0`): `ratio_*_realtime_to_nice0` in `n2` (docs/architecture.md,
-/// "Scheduling").
-fn compare_priorities(two: &mut Value, nice0: &Value) -> anyhow::Result<()> {
-    for figure in [
-        "remote_read_fault_home_computing",
-        "remote_read_fault",
-        "barrier",
-    ] {
-        let median = |report: &Value| {
-            report[format!("{figure}_us")]["median"]
-                .as_f64()
-                .with_context(|| format!("{figure}_us missing"))
-        };
-        let ratio = median(two)? / median(nice0)?;
-        two[format!("ratio_{figure}_realtime_to_nice0")] = json!(round(ratio));
-    }
-    Ok(())
-}
-
-fn cluster(
-    size: u32,
-    cpus: &[usize],
-    traces: Option<&std::path::Path>,
-    extra_env: &[(&'static str, &str)],
-) -> anyhow::Result<(Value, Option<Value>)> {
-    let placement: Vec<usize> = (0..size).map(|rank| cpu_for(rank, cpus)).collect();
-    let label = format!("latency, {size} nodes");
-    let mut env = vec![
-        ("DSM_TRANSPORT", "tcp".to_owned()),
-        ("DSM_OP_TIMEOUT_MS", OP_TIMEOUT_MS.to_string()),
-        ("DSM_JOIN_TIMEOUT_MS", JOIN_TIMEOUT_MS.to_string()),
-    ];
-    env.extend(extra_env.iter().map(|&(k, v)| (k, v.to_owned())));
-    if let Some(dir) = traces {
-        let path = hops::trace_path(dir);
-        env.push(("DSM_TRACE", path.to_string_lossy().into_owned()));
-    }
-    let nodes = Nodes::start(&Launch {
-        label: &label,
-        args: &["latency", "--json"],
-        cpus: placement.iter().copied().map(Some).collect(),
-        role_env: node::NODE_ENV,
-        env,
-    })?;
-    let results = nodes.wait(CLUSTER_DEADLINE)?;
-    let line = results[0]
-        .last()
-        .with_context(|| format!("{label}: rank 0 printed no result"))?;
-    let mut report: Value = serde_json::from_str(line).context("rank 0's result")?;
-    report["nodes"] = json!(size);
-    report["placement_cpu_per_rank"] = json!(placement);
-    add_ratios(&mut report, size == 2 && extra_env.is_empty())?;
-    let hops = match traces {
-        Some(dir) => {
-            add_tracing_overhead(&mut report)?;
-            Some(hops::breakdown(dir, &mut report).context("the per-hop breakdown")?)
+impl Cluster {
+    /// Runs the nodes pinned `rank % ncpus` and returns rank 0's report with its ratios and
+    /// targets. A traced cluster writes its trace files in `traces`, and the per-hop
+    /// breakdown comes back too.
+    fn run(self, cpus: &[usize], traces: &Path) -> anyhow::Result<(Value, Option<Value>)> {
+        let placement: Vec<usize> = (0..self.size).map(|rank| cpu_for(rank, cpus)).collect();
+        let label = format!(
+            "latency {} ({} nodes, DSM_TRANSPORT={})",
+            self.key, self.size, self.transport
+        );
+        let mut env = vec![
+            ("DSM_TRANSPORT", self.transport.to_owned()),
+            ("DSM_OP_TIMEOUT_MS", OP_TIMEOUT_MS.to_string()),
+            ("DSM_JOIN_TIMEOUT_MS", JOIN_TIMEOUT_MS.to_string()),
+        ];
+        env.extend(self.env.iter().map(|&(k, v)| (k, v.to_owned())));
+        if self.traced {
+            let path = hops::trace_path(traces);
+            env.push(("DSM_TRACE", path.to_string_lossy().into_owned()));
         }
-        None => None,
-    };
-    Ok((report, hops))
-}
-
-/// What the runtime's tracing costs: `ratio_<figure>_traced_to_untraced`, the traced pass's
-/// median over the first pass's, in the same run.
-fn add_tracing_overhead(report: &mut Value) -> anyhow::Result<()> {
-    for (ratio, figure) in [
-        ("fault", "remote_read_fault"),
-        ("lock_handoff", "lock_handoff"),
-        ("barrier", "barrier"),
-    ] {
-        let median = |name: String| {
-            report[&name]["median"]
-                .as_f64()
-                .with_context(|| format!("{name} missing from rank 0's result"))
-        };
-        let traced = median(format!("{figure}_traced_us"))?;
-        let untraced = median(format!("{figure}_us"))?;
-        report[format!("ratio_{ratio}_traced_to_untraced")] = json!(round(traced / untraced));
-    }
-    Ok(())
-}
-
-/// Adds the `ratio_*` fields (medians over medians) and, with `targets`, the targets and
-/// whether each is met.
-fn add_ratios(report: &mut Value, targets: bool) -> anyhow::Result<()> {
-    let median = |name: &str| {
-        report[name]["median"]
-            .as_f64()
-            .with_context(|| format!("{name} missing from rank 0's result"))
-    };
-    let remote = median("remote_read_fault_us")?;
-    let scan = median("scan_per_page_us")?;
-    let handoff = median("lock_handoff_us")?;
-    let barrier = median("barrier_us")?;
-    let local = median("local_sigbus_fault_us")?;
-    let rtt = report["rtt_floor_us"]
-        .as_f64()
-        .context("rtt_floor_us missing")?;
-    let ratios = [
-        (
-            "remote_read_fault_to_floor",
-            remote / (rtt + local),
-            TARGET_REMOTE_READ_FAULT_TO_FLOOR,
-        ),
-        (
-            "lock_handoff_to_rtt",
-            handoff / rtt,
-            TARGET_LOCK_HANDOFF_TO_RTT,
-        ),
-        ("barrier_to_rtt", barrier / rtt, TARGET_BARRIER_TO_RTT),
-    ];
-    report["ratio_scan_per_page_to_floor"] = json!(round(scan / (rtt + local)));
-    let mut met = serde_json::Map::new();
-    for (name, ratio, target) in ratios {
-        report[format!("ratio_{name}")] = json!(round(ratio));
-        if targets {
-            report[format!("target_{name}")] = json!(target);
-            met.insert(name.to_owned(), json!(ratio <= target));
+        let nodes = Nodes::start(&Launch {
+            label: &label,
+            args: &["latency", "--json"],
+            cpus: placement.iter().copied().map(Some).collect(),
+            role_env: node::NODE_ENV,
+            env,
+        })?;
+        let results = nodes.wait(CLUSTER_DEADLINE)?;
+        let line = results[0]
+            .last()
+            .with_context(|| format!("{label}: rank 0 printed no result"))?;
+        let mut report: Value =
+            serde_json::from_str(line).with_context(|| format!("{label}: rank 0's result"))?;
+        report["nodes"] = json!(self.size);
+        report["transport"] = json!(self.transport);
+        report["placement_cpu_per_rank"] = json!(placement);
+        ratios::add_ratios(&mut report, self.targets).with_context(|| label.clone())?;
+        if !self.traced {
+            return Ok((report, None));
         }
+        ratios::add_tracing_overhead(&mut report).with_context(|| label.clone())?;
+        let hops = hops::breakdown(traces, &mut report).context("the per-hop breakdown")?;
+        Ok((report, Some(hops)))
     }
-    if targets {
-        report["meets_targets"] = Value::Object(met);
-    } else {
-        report["targets"] = json!("none: nodes outnumber CPUs (reported for comparison only)");
-    }
-    Ok(())
 }

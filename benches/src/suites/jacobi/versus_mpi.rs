@@ -1,7 +1,8 @@
-//! dsm against hand-written MPI on the same stencil (issue #10): a 2048×2048 grid, 100
-//! iterations, at 1, 2 and 4 nodes, in one invocation, runs interleaved (dsm in place, dsm
-//! with copies, MPI over TCP, MPI over shared memory at 1 node, then at 2, then at 4; three
-//! times), medians of 3.
+//! dsm against hand-written MPI on the same stencil (issues #10 and #14): a 2048×2048 grid,
+//! 100 iterations, at 1, 2 and 4 nodes, in one invocation, runs interleaved (dsm in place
+//! over TCP, then over shared memory, dsm with copies, in release consistency, with service
+//! threads at nice 0, MPI over TCP, MPI over shared memory at 1 node, then at 2, then at 4;
+//! three times), medians of 3.
 //!
 //! The dsm version (this binary re-executed in the node role of `versus_mpi/node.rs`,
 //! `DSM_TRANSPORT=tcp`, sequential consistency) is the stencil as a program would write it
@@ -12,7 +13,14 @@
 //! (`benches/mpi/jacobi.c`) swaps boundary rows with `MPI_Sendrecv` each iteration; GCC at
 //! `-O2` does not vectorise its update loop. Both start from the suite's `initial` values and
 //! sum each update in the same order, so their grids are bit for bit equal: each reports the
-//! wrapping sum of the cells' bit patterns, compared exactly (`checksum_matches_mpi`).
+//! wrapping sum of the cells' bit patterns, compared exactly (`checksum_matches_mpi`, over
+//! every dsm run of the node count).
+//!
+//! Same-host nodes over shared memory (issue #14): `dsm_shm_seconds` is `dsm_seconds` with
+//! `DSM_TRANSPORT=shm` (`suites::SAME_HOST_TRANSPORT`), judged against MPI over its own
+//! shared-memory transport: `ratio_dsm_shm_to_mpi_shm_speed_N` = `mpi_shm_seconds` /
+//! `dsm_shm_seconds` (target ≥ 1.0 at 2 and 4 nodes); `ratio_shm_to_tcp` per node count is
+//! `dsm_shm_seconds` / `dsm_seconds`.
 //!
 //! Times are the slowest rank's over the iterations (allocation, initialisation, joining and
 //! leaving excluded). Placement as `mpirun` does it: while ranks do not outnumber CPUs each
@@ -31,6 +39,7 @@ use serde_json::{Value, json};
 use super::mpi::{Btl, Mpi};
 use super::wait_all;
 use crate::stats::{round, summarize};
+use crate::suites::SAME_HOST_TRANSPORT;
 use crate::suites::latency::{allowed_cpus, cpu_for};
 pub(super) use node::{NODE_ENV, main as node};
 use node::{STYLE_ENV, Style};
@@ -43,6 +52,9 @@ const RUNS: usize = 3;
 const NODE_COUNTS: [u32; 3] = [1, 2, 4];
 /// Speed against MPI over TCP the issue asks for at 2 and 4 nodes.
 const TARGET_SPEED_TO_MPI_TCP: f64 = 0.8;
+/// Speed over shared memory against MPI over its shared-memory transport at 2 and 4 nodes
+/// (issue #14).
+const TARGET_SHM_SPEED_TO_MPI_SHM: f64 = 1.0;
 /// Bounds on the dsm nodes' waits, and on a whole dsm run.
 const OP_TIMEOUT_MS: u64 = 30_000;
 const JOIN_TIMEOUT_MS: u64 = 30_000;
@@ -61,6 +73,8 @@ struct DsmRun {
 #[derive(Debug, Default)]
 struct Runs {
     dsm: Vec<DsmRun>,
+    /// In place, sequential, over shared memory ([`SAME_HOST_TRANSPORT`]).
+    dsm_shm: Vec<DsmRun>,
     dsm_copy: Vec<DsmRun>,
     dsm_release: Vec<DsmRun>,
     /// In place, sequential, service threads at the application's priority.
@@ -82,14 +96,19 @@ pub(super) fn report() -> anyhow::Result<Value> {
         for size in NODE_COUNTS {
             let entry = runs.entry(size).or_default();
             let nice0: &[(&str, &str)] = &[("DSM_SERVICE_PRIORITY", "0")];
-            for (style, env, times) in [
-                (Style::InPlace, &[][..], &mut entry.dsm),
-                (Style::Copy, &[][..], &mut entry.dsm_copy),
-                (Style::Release, &[][..], &mut entry.dsm_release),
-                (Style::InPlace, nice0, &mut entry.dsm_nice0),
+            let shm = SAME_HOST_TRANSPORT;
+            for (style, transport, env, times) in [
+                (Style::InPlace, "tcp", &[][..], &mut entry.dsm),
+                (Style::InPlace, shm, &[][..], &mut entry.dsm_shm),
+                (Style::Copy, "tcp", &[][..], &mut entry.dsm_copy),
+                (Style::Release, "tcp", &[][..], &mut entry.dsm_release),
+                (Style::InPlace, "tcp", nice0, &mut entry.dsm_nice0),
             ] {
-                let label = format!("dsm ({}{env:?}), {size} nodes, run {run}", style.name());
-                times.push(dsm_run(size, cpus, style, env).context(label)?);
+                let label = format!(
+                    "dsm ({}, DSM_TRANSPORT={transport}{env:?}), {size} nodes, run {run}",
+                    style.name()
+                );
+                times.push(dsm_run(size, cpus, style, transport, env).context(label)?);
             }
             let Ok(mpi) = &mpi else { continue };
             for (btl, times) in [
@@ -111,13 +130,17 @@ pub(super) fn report() -> anyhow::Result<Value> {
         "grid": N,
         "iterations": ITERATIONS,
         "runs_per_figure": RUNS,
-        "dsm": "DSM_TRANSPORT=tcp, a barrier per iteration; dsm_seconds: sequential \
-                consistency in place (as_slice/as_mut_slice), dsm_copy_seconds: sequential, \
-                read_slice/write_slice rows; dsm_release_seconds: release consistency in \
-                place (issue #11), with rank 0's per-iteration counters; \
-                dsm_service_nice0_seconds: as dsm_seconds with DSM_SERVICE_PRIORITY=0 \
-                (service threads at the application's priority, docs/architecture.md \
-                Scheduling)",
+        "dsm": format!(
+            "DSM_TRANSPORT=tcp unless said, a barrier per iteration; dsm_seconds: sequential \
+             consistency in place (as_slice/as_mut_slice), dsm_copy_seconds: sequential, \
+             read_slice/write_slice rows; dsm_release_seconds: release consistency in \
+             place (issue #11), with rank 0's per-iteration counters; \
+             dsm_service_nice0_seconds: as dsm_seconds with DSM_SERVICE_PRIORITY=0 \
+             (service threads at the application's priority, docs/architecture.md \
+             Scheduling); dsm_shm_seconds: as dsm_seconds with \
+             DSM_TRANSPORT={SAME_HOST_TRANSPORT} (issue #14, shared memory between same-host \
+             nodes)"
+        ),
         "mpi": "benches/mpi/jacobi.c, mpicc -O2 (GCC 12 at -O2 does not vectorise the update \
                 loop; -O3 does), MPI_Sendrecv halos each iteration",
         "placement": "ranks <= CPUs: rank pinned to CPU rank % ncpus (dsm sched_setaffinity, \
@@ -139,7 +162,12 @@ fn summarise(report: &mut Value, runs: &BTreeMap<u32, Runs>) {
     let mut dsm_seconds = BTreeMap::new();
     let mut met = serde_json::Map::new();
     for (&size, runs) in runs {
-        let (figures, dsm, ratio) = per_node_count(runs);
+        let NodeCount {
+            figures,
+            dsm_seconds: dsm,
+            speed_to_mpi_tcp: ratio,
+            shm_speed_to_mpi_shm: shm_ratio,
+        } = per_node_count(runs);
         dsm_seconds.insert(size, dsm);
         // Issue #11: release at 1 node within 1.1x sequential, at 2 and 4 not slower, and no
         // write fault per iteration once the grids are touched.
@@ -156,10 +184,15 @@ fn summarise(report: &mut Value, runs: &BTreeMap<u32, Runs>) {
         );
         report[format!("nodes_{size}")] = figures;
         report[format!("ratio_dsm_speed_to_mpi_tcp_{size}")] = json!(ratio.map(round));
+        report[format!("ratio_dsm_shm_to_mpi_shm_speed_{size}")] = json!(shm_ratio.map(round));
         if size >= 2 {
             met.insert(
                 format!("ratio_dsm_speed_to_mpi_tcp_{size}"),
                 json!(ratio.map(|r| r >= TARGET_SPEED_TO_MPI_TCP)),
+            );
+            met.insert(
+                format!("ratio_dsm_shm_to_mpi_shm_speed_{size}"),
+                json!(shm_ratio.map(|r| r >= TARGET_SHM_SPEED_TO_MPI_SHM)),
             );
         }
     }
@@ -167,40 +200,55 @@ fn summarise(report: &mut Value, runs: &BTreeMap<u32, Runs>) {
         (Some(two), Some(one)) => Some(two <= one),
         _ => None,
     };
-    let mut checksums = runs.values().flat_map(|r| {
-        r.dsm
-            .iter()
-            .chain(&r.dsm_copy)
-            .chain(&r.dsm_release)
-            .chain(&r.dsm_nice0)
-            .map(|d| d.checksum_bits)
-    });
+    let mut checksums = runs
+        .values()
+        .flat_map(|r| r.every_dsm_run().map(|d| d.checksum_bits));
     let first = checksums.next();
     report["dsm_checksums_agree_across_runs"] = json!(checksums.all(|c| Some(c) == first));
     report["dsm_2_not_slower_than_1"] = json!(not_slower);
     met.insert("dsm_2_not_slower_than_1".to_owned(), json!(not_slower));
     report["target_ratio_dsm_speed_to_mpi_tcp_at_2_and_4"] = json!(TARGET_SPEED_TO_MPI_TCP);
+    report["target_ratio_dsm_shm_to_mpi_shm_speed_at_2_and_4"] = json!(TARGET_SHM_SPEED_TO_MPI_SHM);
     report["meets_targets"] = Value::Object(met);
 }
 
-/// One node count's figures, its dsm median, and MPI-over-TCP time / dsm time.
-fn per_node_count(runs: &Runs) -> (Value, f64, Option<f64>) {
+impl Runs {
+    /// Every dsm run of this node count, whatever its transport, style or priority: they
+    /// compute the same grid, so their checksums must agree.
+    fn every_dsm_run(&self) -> impl Iterator<Item = &DsmRun> {
+        self.dsm
+            .iter()
+            .chain(&self.dsm_shm)
+            .chain(&self.dsm_copy)
+            .chain(&self.dsm_release)
+            .chain(&self.dsm_nice0)
+    }
+}
+
+/// One node count's figures and the medians its targets judge.
+struct NodeCount {
+    figures: Value,
+    dsm_seconds: f64,
+    /// MPI-over-TCP time / dsm time (over TCP).
+    speed_to_mpi_tcp: Option<f64>,
+    /// MPI-over-shared-memory time / dsm time over shared memory.
+    shm_speed_to_mpi_shm: Option<f64>,
+}
+
+fn per_node_count(runs: &Runs) -> NodeCount {
     let dsm = median_seconds(&runs.dsm);
+    let dsm_shm = median_seconds(&runs.dsm_shm);
     let (tcp, tcp_error) = median_or_error(&runs.mpi_tcp);
     let (shm, shm_error) = median_or_error(&runs.mpi_shm);
     let mpi_checksum = runs.mpi_tcp_checksums.first().copied();
-    let every_dsm_run = || {
-        runs.dsm
-            .iter()
-            .chain(&runs.dsm_copy)
-            .chain(&runs.dsm_release)
-            .chain(&runs.dsm_nice0)
-    };
     let release = median_seconds(&runs.dsm_release);
-    let matches = mpi_checksum.map(|m| every_dsm_run().all(|r| r.checksum_bits == m));
+    let matches = mpi_checksum.map(|m| runs.every_dsm_run().all(|r| r.checksum_bits == m));
     let figures = json!({
         "dsm_seconds": round4(dsm),
         "dsm_seconds_runs": run_seconds(&runs.dsm),
+        "dsm_shm_seconds": round4(dsm_shm),
+        "dsm_shm_seconds_runs": run_seconds(&runs.dsm_shm),
+        "ratio_shm_to_tcp": round4(dsm_shm / dsm),
         "dsm_copy_seconds": round4(median_seconds(&runs.dsm_copy)),
         "dsm_copy_seconds_runs": run_seconds(&runs.dsm_copy),
         "dsm_release_seconds": round4(release),
@@ -221,7 +269,12 @@ fn per_node_count(runs: &Runs) -> (Value, f64, Option<f64>) {
         "mpi_checksum_bits": mpi_checksum.map(|c| format!("{c:016x}")),
         "checksum_matches_mpi": matches,
     });
-    (figures, dsm, tcp.map(|tcp| tcp / dsm))
+    NodeCount {
+        figures,
+        dsm_seconds: dsm,
+        speed_to_mpi_tcp: tcp.map(|tcp| tcp / dsm),
+        shm_speed_to_mpi_shm: shm.map(|shm| shm / dsm_shm),
+    }
 }
 
 fn median_seconds(runs: &[DsmRun]) -> f64 {
@@ -259,9 +312,15 @@ fn round4(x: f64) -> f64 {
     (x * 1e4).round() / 1e4
 }
 
-/// Starts `size` dsm nodes (stencil `style`) on a fresh coordinator port and collects their
-/// reports.
-fn dsm_run(size: u32, cpus: usize, style: Style, env: &[(&str, &str)]) -> anyhow::Result<DsmRun> {
+/// Starts `size` dsm nodes (stencil `style`, `DSM_TRANSPORT=transport`) on a fresh
+/// coordinator port and collects their reports.
+fn dsm_run(
+    size: u32,
+    cpus: usize,
+    style: Style,
+    transport: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<DsmRun> {
     let allowed = allowed_cpus()?;
     let coordinator = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -281,7 +340,7 @@ fn dsm_run(size: u32, cpus: usize, style: Style, env: &[(&str, &str)]) -> anyhow
                 .env("DSM_RANK", rank.to_string())
                 .env("DSM_SIZE", size.to_string())
                 .env("DSM_COORDINATOR", &coordinator)
-                .env("DSM_TRANSPORT", "tcp")
+                .env("DSM_TRANSPORT", transport)
                 .env("DSM_OP_TIMEOUT_MS", OP_TIMEOUT_MS.to_string())
                 .env("DSM_JOIN_TIMEOUT_MS", JOIN_TIMEOUT_MS.to_string())
                 .envs(env.iter().copied())
@@ -292,7 +351,10 @@ fn dsm_run(size: u32, cpus: usize, style: Style, env: &[(&str, &str)]) -> anyhow
                 .context("start a node")
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let label = format!("dsm versus MPI ({}), {size} nodes", style.name());
+    let label = format!(
+        "dsm versus MPI ({}, DSM_TRANSPORT={transport}), {size} nodes",
+        style.name()
+    );
     let outputs = wait_all(&label, children, RUN_DEADLINE)?;
     let mut run = DsmRun {
         seconds: 0.0,

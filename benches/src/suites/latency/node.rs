@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::figures::{self, Access, Pass};
 use super::floor::{FloorLink, Wait};
 use super::placement::pin_to;
-use super::spawn::{PHASE_PREFIX, RESULT_PREFIX};
+use super::spawn::{ERROR_PREFIX, PHASE_PREFIX, RESULT_PREFIX};
 use crate::stats::{Summary, round, summarize};
 use crate::suites::uffd;
 
@@ -28,8 +28,17 @@ pub(super) const WORDS_PER_PAGE: usize = PAGE_BYTES / size_of::<u64>();
 const FLOOR_SAMPLES: usize = 2_000;
 const FLOOR_WARMUP: usize = 200;
 
-/// The node role: pin, join, measure, report (rank 0), leave.
+/// The node role: pin, join, measure, report (rank 0), leave; a failure is also printed for
+/// the parent, which names it in the cluster's failure (on stderr, every rank's interleave).
 pub(super) fn main(cpu: &str) -> anyhow::Result<()> {
+    let outcome = run(cpu);
+    if let Err(e) = &outcome {
+        println!("{ERROR_PREFIX}{e:#}");
+    }
+    outcome
+}
+
+fn run(cpu: &str) -> anyhow::Result<()> {
     if cpu != "none" {
         pin_to(cpu.parse().context("the CPU to pin to")?)?;
     }

@@ -1,7 +1,7 @@
 //! The parent's side of a latency cluster: starts the node processes (this binary again, in
 //! the node role), follows the phase each announces, collects their results, and never waits
 //! unboundedly: past the deadline, or as soon as one node fails, it kills the others and says
-//! which phase each rank was in.
+//! which phase each rank was in, and the failed rank's error.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -15,6 +15,8 @@ use anyhow::{Context, bail};
 pub(super) const PHASE_PREFIX: &str = "PHASE ";
 /// A node prints its figures as one line `RESULT <json>` on stdout.
 pub(super) const RESULT_PREFIX: &str = "RESULT ";
+/// A failing node prints its error as one line `ERROR <error>` on stdout.
+pub(super) const ERROR_PREFIX: &str = "ERROR ";
 /// How often the parent looks at its children.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -39,7 +41,7 @@ pub(super) struct Launch<'a> {
 pub(super) struct Nodes {
     label: String,
     children: Vec<Child>,
-    readers: Vec<JoinHandle<Vec<String>>>,
+    readers: Vec<JoinHandle<Printed>>,
     phases: Arc<Mutex<Vec<String>>>,
 }
 
@@ -96,9 +98,10 @@ impl Nodes {
             if let Some(rank) = status.iter().position(|s| s.is_some_and(|s| !s.success())) {
                 let phases = self.kill_all();
                 let code = status[rank].expect("exited");
+                let error = self.error(rank);
                 bail!(
-                    "{}: rank {rank} failed ({code}) in phase {:?}; the others were killed \
-                     (phases: {phases})",
+                    "{}: rank {rank} failed ({code}) in phase {:?}: {error}; the others were \
+                     killed (phases: {phases})",
                     self.label,
                     self.phase(rank)
                 );
@@ -117,9 +120,20 @@ impl Nodes {
             .drain(..)
             .map(|r| {
                 r.join()
+                    .map(|printed| printed.results)
                     .map_err(|_| anyhow::anyhow!("stdout reader panicked"))
             })
             .collect()
+    }
+
+    /// The error rank `rank` printed. Only once every node is dead (`kill_all`): its stdout
+    /// is then closed, so its reader has ended or is about to.
+    fn error(&mut self, rank: usize) -> String {
+        let printed = self.readers.remove(rank).join();
+        printed
+            .ok()
+            .and_then(|printed| printed.error)
+            .unwrap_or_else(|| "it printed no error (see stderr)".to_owned())
     }
 
     fn phase(&self, rank: usize) -> String {
@@ -151,22 +165,27 @@ impl Drop for Nodes {
     }
 }
 
-/// Reads one node's stdout: records each phase it enters, keeps its result lines, and passes
-/// anything else on to stderr.
-fn follow(
-    rank: usize,
-    stdout: std::process::ChildStdout,
-    phases: &Mutex<Vec<String>>,
-) -> Vec<String> {
-    let mut results = Vec::new();
+/// What one node printed on stdout besides its phases.
+#[derive(Debug, Default)]
+struct Printed {
+    results: Vec<String>,
+    error: Option<String>,
+}
+
+/// Reads one node's stdout: records each phase it enters, keeps its result lines and its
+/// error, and passes anything else on to stderr.
+fn follow(rank: usize, stdout: std::process::ChildStdout, phases: &Mutex<Vec<String>>) -> Printed {
+    let mut printed = Printed::default();
     for line in BufReader::new(stdout).lines().map_while(Result::ok) {
         if let Some(phase) = line.strip_prefix(PHASE_PREFIX) {
             phases.lock().unwrap_or_else(|p| p.into_inner())[rank] = phase.to_owned();
         } else if let Some(result) = line.strip_prefix(RESULT_PREFIX) {
-            results.push(result.to_owned());
+            printed.results.push(result.to_owned());
+        } else if let Some(error) = line.strip_prefix(ERROR_PREFIX) {
+            printed.error = Some(error.to_owned());
         } else {
             eprintln!("rank {rank}: {line}");
         }
     }
-    results
+    printed
 }
