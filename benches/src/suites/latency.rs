@@ -10,7 +10,7 @@
 //!   (`sched_setaffinity`), with issue #10's targets and the traced pass (below);
 //! - `n2_shm`: the same 2 pinned nodes with `DSM_TRANSPORT=shm` (issue #14: shared memory
 //!   between same-host nodes; `SAME_HOST_TRANSPORT`), with its own floors and issue #14's
-//!   targets, no traced pass;
+//!   targets and the traced pass;
 //! - `n2_service_nice0`: `n2` with `DSM_SERVICE_PRIORITY=0` (service threads at the
 //!   application's priority), no targets; `n2`'s `ratio_*_realtime_to_nice0` compare the two;
 //! - `n4_oversubscribed`: 4 nodes pinned `r % ncpus` on this 2-CPU machine (nodes outnumber
@@ -59,11 +59,12 @@
 //! Per-hop breakdown and tracing overhead (`n2` only): the nodes run with `DSM_TRACE` in a
 //! scratch directory but turn tracing off after `join`; after the figures above they run the
 //! remote read fault (on pages between the first pass's), the lock hand-off and the barriers
-//! again with tracing on (`Node::set_tracing`), then a floor round. `n2` gets those as
-//! `*_traced_us` and `ratio_{fault,lock_handoff,barrier}_traced_to_untraced` (what tracing
-//! costs, same run); `hops` gives the median and p99 of every hop of the traced pass, read
-//! from both ranks' trace files (see `latency/hops.rs`), and names the files, which stay
-//! for a viewer (<https://ui.perfetto.dev>).
+//! again with tracing on (`Node::set_tracing`), then a floor round. `n2` and `n2_shm` get
+//! those as `*_traced_us` and `ratio_{fault,lock_handoff,barrier}_traced_to_untraced` (what
+//! tracing costs, same run); `hops` (`n2`) and `hops_shm` (`n2_shm`) give the median and p99
+//! of every hop of the traced pass, read from both ranks' trace files (see
+//! `latency/hops.rs`), and name the files (one directory per cluster), which stay for a
+//! viewer (<https://ui.perfetto.dev>).
 //!
 //! Nothing waits unboundedly: nodes run with `DSM_OP_TIMEOUT_MS` and `DSM_JOIN_TIMEOUT_MS`,
 //! the floor connection's reads and spins are bounded, and the parent kills the nodes after a
@@ -111,8 +112,8 @@ struct Cluster {
 }
 
 /// Every cluster, run in this order: each shared-memory run right after its TCP twin, so that
-/// the two meet the same load on the machine. The shared-memory runs skip the traced pass,
-/// which would double their time.
+/// the two meet the same load on the machine. The 2-node runs of both transports also run
+/// the traced pass (`hops`, `hops_shm`).
 const CLUSTERS: [Cluster; 5] = [
     Cluster {
         key: "n2",
@@ -127,7 +128,7 @@ const CLUSTERS: [Cluster; 5] = [
         size: 2,
         transport: SAME_HOST_TRANSPORT,
         env: &[],
-        traced: false,
+        traced: true,
         targets: Targets::SameHost,
     },
     Cluster {
@@ -167,11 +168,13 @@ pub fn run() -> anyhow::Result<Value> {
     let traces = std::env::temp_dir().join(format!("dsm-bench-latency-{}", std::process::id()));
     std::fs::create_dir_all(&traces).with_context(|| format!("{}", traces.display()))?;
     let mut clusters = Map::new();
-    let mut hops = None;
+    let mut hops = Map::new();
     for cluster in CLUSTERS {
         let (report, traced) = cluster.run(&cpus, &traces)?;
         clusters.insert(cluster.key.to_owned(), report);
-        hops = hops.or(traced);
+        if let Some(traced) = traced {
+            hops.insert(cluster.key.to_owned(), traced);
+        }
     }
     let nice0 = clusters["n2_service_nice0"].clone();
     ratios::compare_priorities(&mut clusters["n2"], &nice0)?;
@@ -191,7 +194,8 @@ pub fn run() -> anyhow::Result<Value> {
             figures::REMOTE_STRIDE,
             figures::SEED
         ),
-        "hops": hops,
+        "hops": hops.get("n2"),
+        "hops_shm": hops.get("n2_shm"),
         "elapsed_s": round(started.elapsed().as_secs_f64()),
     });
     let fields = report.as_object_mut().expect("a JSON object");
@@ -216,8 +220,10 @@ impl Cluster {
             ("DSM_JOIN_TIMEOUT_MS", JOIN_TIMEOUT_MS.to_string()),
         ];
         env.extend(self.env.iter().map(|&(k, v)| (k, v.to_owned())));
+        let traces = traces.join(self.key);
         if self.traced {
-            let path = hops::trace_path(traces);
+            std::fs::create_dir_all(&traces).with_context(|| format!("{}", traces.display()))?;
+            let path = hops::trace_path(&traces);
             env.push(("DSM_TRACE", path.to_string_lossy().into_owned()));
         }
         let nodes = Nodes::start(&Launch {
@@ -241,7 +247,7 @@ impl Cluster {
             return Ok((report, None));
         }
         ratios::add_tracing_overhead(&mut report).with_context(|| label.clone())?;
-        let hops = hops::breakdown(traces, &mut report).context("the per-hop breakdown")?;
+        let hops = hops::breakdown(&traces, &mut report).context("the per-hop breakdown")?;
         Ok((report, Some(hops)))
     }
 }

@@ -208,8 +208,8 @@ impl Receiver {
 /// thread serving several rings. Call it only after [`Receiver::prepare_sleep`] returned
 /// `Ok(false)` for every one of them, and [`Receiver::finish_sleep`] on each afterwards. At
 /// most 127 receivers are watched (the kernel takes 128 words); a caller with more must poll
-/// the rest.
-pub fn sleep_any(receivers: &[&Receiver], doorbell: &Doorbell, timeout: Duration) {
+/// the rest. Returns whether the doorbell rang.
+pub fn sleep_any(receivers: &[&Receiver], doorbell: &Doorbell, timeout: Duration) -> bool {
     let mut words: Vec<(&std::sync::atomic::AtomicU32, u32)> = receivers
         .iter()
         .take(crate::sys::FUTEX_WAITV_MAX - 1)
@@ -217,7 +217,7 @@ pub fn sleep_any(receivers: &[&Receiver], doorbell: &Doorbell, timeout: Duration
         .collect();
     words.push((&doorbell.word, 0));
     crate::sys::futex_wait_any(&words, timeout);
-    doorbell.word.store(0, std::sync::atomic::Ordering::Release);
+    doorbell.word.swap(0, std::sync::atomic::Ordering::AcqRel) != 0
 }
 
 /// A word of this process that a thread in [`sleep_any`] also waits on, so that its own
@@ -254,5 +254,38 @@ impl Waker {
         let area = self.memory.ring(self.direction);
         area.state.swap(AWAKE, Ordering::AcqRel);
         futex::wake(area.state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_doorbell_wakes_a_sleeper_and_says_so() {
+        let doorbell = Arc::new(Doorbell::new());
+        let sleeper = {
+            let doorbell = Arc::clone(&doorbell);
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let rang = sleep_any(&[], &doorbell, Duration::from_secs(10));
+                (rang, start.elapsed())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        doorbell.ring();
+        let (rang, slept) = sleeper.join().unwrap();
+        assert!(rang, "the doorbell rang");
+        assert!(
+            slept < Duration::from_secs(5),
+            "woken, not timed out: {slept:?}"
+        );
+        // Rung before the sleep: the sleep returns at once.
+        doorbell.ring();
+        assert!(sleep_any(&[], &doorbell, Duration::from_secs(10)));
+        assert!(
+            !sleep_any(&[], &doorbell, Duration::from_millis(1)),
+            "quiet again"
+        );
     }
 }

@@ -13,7 +13,7 @@ mod receive;
 mod send;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,20 +37,74 @@ pub(crate) struct Links {
     cluster: u64,
     /// By rank; `None` for peers reached by the network.
     out: Vec<Option<Outbound>>,
-    /// Wakes the shared-memory thread (to flush a backlog, or to stop).
+    /// Wakes the shared-memory thread (to flush a backlog, to stop, or to poll for the
+    /// answer to a message just sent).
     doorbell: Doorbell,
+    /// Messages sent so far, and whether the shared-memory thread sleeps: see `sent`.
+    sends: AtomicU64,
+    asleep: AtomicBool,
+    /// Messages this node sent itself, delivered by the shared-memory thread (the thread
+    /// that is awake and polling while the node waits, unlike the TCP thread).
+    local: Mutex<Vec<Message>>,
 }
 
 impl Links {
-    /// Sends `message` to `to` on its channel: `None` when `to` is reached by the network.
+    /// Sends `message` to `to` on its channel, or to this node itself through the
+    /// shared-memory thread: `None` when `to` is reached by the network.
     fn send(
         &self,
         to: NodeId,
         message: &Message,
     ) -> Option<std::result::Result<(), TransportError>> {
+        if to == self.rank {
+            self.local
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(message.clone());
+            self.sent();
+            return Some(Ok(()));
+        }
         let outbound = self.out.get(to as usize)?.as_ref()?;
         let frame = dsm_wire::encode(message, self.cluster, self.rank);
-        Some(outbound.send(&frame, &self.doorbell))
+        let sent = outbound.send(&frame, &self.doorbell);
+        self.sent();
+        Some(sent)
+    }
+
+    /// A message left: its answer will come through a ring, which the shared-memory thread
+    /// polls only for a while after activity. If it sleeps, it is woken so that the answer
+    /// is polled for, not a wake-up from another CPU. Dekker-style with the thread's
+    /// [`will_sleep`](Self::will_sleep): either it sees this send, or this sees it asleep.
+    fn sent(&self) {
+        self.sends.fetch_add(1, Ordering::SeqCst);
+        if self.asleep.load(Ordering::SeqCst) {
+            self.doorbell.ring();
+        }
+    }
+
+    /// The messages this node sent itself since the last call.
+    fn take_local(&self) -> Vec<Message> {
+        std::mem::take(&mut *self.local.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Messages sent so far.
+    fn sends(&self) -> u64 {
+        self.sends.load(Ordering::SeqCst)
+    }
+
+    /// The shared-memory thread is about to sleep; `false` (do not) if a message left
+    /// since it counted `sends` (it should poll for the answer instead).
+    fn will_sleep(&self, sends: u64) -> bool {
+        self.asleep.store(true, Ordering::SeqCst);
+        if self.sends.load(Ordering::SeqCst) != sends {
+            self.asleep.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    fn awake(&self) {
+        self.asleep.store(false, Ordering::SeqCst);
     }
 
     /// Writes queued pieces; whether any are left.
@@ -129,6 +183,9 @@ impl Shm {
             cluster,
             out,
             doorbell: Doorbell::new(),
+            sends: AtomicU64::new(0),
+            asleep: AtomicBool::new(false),
+            local: Mutex::new(Vec::new()),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let service = Service {

@@ -35,6 +35,13 @@ pub(super) struct Inbound {
     pub(super) failed: bool,
 }
 
+/// What ended a sleep.
+enum Woken {
+    Frame,
+    Doorbell,
+    Timeout,
+}
+
 /// The receiving thread's state.
 pub(super) struct Service {
     pub(super) inbound: Vec<Inbound>,
@@ -52,11 +59,19 @@ impl Service {
         let mut polling = Polling::default();
         let mut piece = Vec::with_capacity(4096);
         let mut active_at = Instant::now();
+        let mut sends = self.links.sends();
         while !self.stop.load(Ordering::Acquire) {
             let backlog = self.links.flush();
-            if self.take_frames(&mut piece) > 0 {
+            let local = self.deliver_local();
+            if self.take_frames(&mut piece) + local > 0 {
                 active_at = Instant::now();
                 continue;
+            }
+            // A message sent since the last look is a question whose answer comes here.
+            let sent = self.links.sends();
+            if sent != sends {
+                sends = sent;
+                active_at = Instant::now();
             }
             let idle = active_at.elapsed();
             let poll = idle < self.spin && self.sink.awaiting();
@@ -66,12 +81,29 @@ impl Service {
                 continue;
             }
             let timeout = if backlog { BACKLOG_RETRY } else { PEER_CHECK };
-            if self.sleep(&mut piece, timeout) {
-                active_at = Instant::now();
-            } else {
-                self.check_peers();
+            if !self.links.will_sleep(sends) {
+                continue;
+            }
+            let woken = self.sleep(&mut piece, timeout);
+            self.links.awake();
+            match woken {
+                Woken::Frame | Woken::Doorbell => active_at = Instant::now(),
+                Woken::Timeout => self.check_peers(),
             }
         }
+    }
+
+    /// Delivers the messages this node sent itself; how many.
+    fn deliver_local(&mut self) -> usize {
+        let local = self.links.take_local();
+        let count = local.len();
+        for message in local {
+            self.sink.deliver(TransportEvent::Message {
+                from: self.links.rank,
+                message,
+            });
+        }
+        count
     }
 
     /// Takes what every ring holds (up to a batch each); how many pieces.
@@ -128,9 +160,9 @@ impl Service {
         }
     }
 
-    /// Sleeps on every live ring until a producer wakes one or `timeout`; whether a frame
-    /// came meanwhile (taken and delivered).
-    fn sleep(&mut self, piece: &mut Vec<u8>, timeout: Duration) -> bool {
+    /// Sleeps on every live ring until a producer wakes one, the doorbell rings, or
+    /// `timeout`; says which (a frame that came is taken and delivered).
+    fn sleep(&mut self, piece: &mut Vec<u8>, timeout: Duration) -> Woken {
         let mut prepared = Vec::with_capacity(self.inbound.len());
         let mut arrived = None;
         for (i, inbound) in self.inbound.iter_mut().enumerate() {
@@ -149,12 +181,13 @@ impl Service {
                 }
             }
         }
+        let mut rang = false;
         if arrived.is_none() {
             let receivers: Vec<&Receiver> = prepared
                 .iter()
                 .map(|&i| &self.inbound[i].receiver)
                 .collect();
-            dsm_shm::sleep_any(&receivers, &self.links.doorbell, timeout);
+            rang = dsm_shm::sleep_any(&receivers, &self.links.doorbell, timeout);
         }
         for &i in &prepared {
             self.inbound[i].receiver.finish_sleep();
@@ -162,13 +195,15 @@ impl Service {
         match arrived {
             Some(Ok(i)) => {
                 self.on_piece(i, piece);
-                true
+                Woken::Frame
             }
             Some(Err((i, reason))) => {
                 self.fail(i, &reason);
-                false
+                Woken::Timeout
             }
-            None => false,
+            // A producer's wake shows as a frame at the next look; a doorbell may not.
+            None if rang => Woken::Doorbell,
+            None => Woken::Timeout,
         }
     }
 
