@@ -10,6 +10,8 @@
 //!   socket: `SO_PEERCRED` (same uid), a keyed challenge–response with the cluster key, then
 //!   a sealed memfd holding both rings passes by `SCM_RIGHTS`. Nothing is left in `/dev/shm`.
 //! * [`Peer`]: the other process's pidfd, readable the moment it dies.
+//! * [`sleep_any`] and [`Doorbell`]: one thread sleeping on many rings (`futex_waitv`).
+//! * [`pass_fd`] / [`take_fd`]: more descriptors over the set-up socket afterwards.
 //!
 //! Any failure is an [`Error`], so a caller can fall back to the network.
 //!
@@ -44,33 +46,20 @@
 //! `read`), ratio 0.89 — a sleeping receiver pays the cross-CPU wake-up (~30 µs here) either
 //! way, so the runtime should poll a while before it sleeps, as its TCP thread does.
 //!
-//! # Wiring into the runtime (not done yet)
-//! * Rendezvous: each node listens on an abstract Unix socket named from the cluster id and
-//!   its rank (no file anywhere); for every peer the membership says runs on the same host
-//!   (a hint such as `/proc/sys/kernel/random/boot_id`, never trusted), the lower rank
-//!   connects and [`offer`]s, the other [`accept`]s with the view's ranks in `expected`. Any
-//!   [`Error`] (another network namespace, another user, no key) means TCP for that pair.
-//! * Per-pair FIFO across transports: a pair's control messages use the channel or TCP, never
-//!   both; set the channel up before the first protocol message of the pair (at join), or
-//!   drain TCP before switching.
-//! * `Transport::send` must not block: encode the `dsm_wire` frame, [`Sender::try_send`]; on
-//!   [`Error::Full`] queue it (bounded) for the transport thread, and queue every later
-//!   frame of that peer behind it until the queue drains, to keep FIFO. No per-frame tags:
-//!   only a process that proved the key holds the memfd.
-//! * Receiving: the transport thread polls each [`Receiver::try_recv`] during its spin phase;
-//!   before it sleeps it calls [`Receiver::prepare_sleep`] on each ring and waits in
-//!   io_uring on [`Receiver::futex_word`] (`IORING_OP_FUTEX_WAIT`, shared 32-bit futex,
-//!   expected [`ring::SLEEPING`], Linux 6.7+) beside its sockets, then
-//!   [`Receiver::finish_sleep`].
-//! * Failure: `POLL_ADD` on [`Peer::pidfd`] in the same ring: readable means the peer died
-//!   (deliver `PeerFailed` at once; membership heartbeats keep flowing through the ring
-//!   and catch a peer that hangs without dying). [`Error::Corrupt`] is a failed peer too.
-//! * Pages: `read_page`/`write_page` as TCP emulates them, request and reply frames through
-//!   the rings (a page frame takes 65 cells of the default 4096); mapping a home's memfd-backed
-//!   master copies directly would make reads one-sided, later.
+//! # In the runtime
+//! `dsm`'s `transport::shm` uses this crate for every same-host pair (`DSM_TRANSPORT=auto`
+//! or `shm`; the README's "Same-host nodes share memory" says how): each node binds an
+//! abstract Unix socket named after its cluster and rank before boot-up; the lower rank of a
+//! pair [`offer`]s, the higher [`accept`]s, and the two trade their arenas of master copies
+//! with [`pass_fd`] / [`take_fd`] before a confirmation byte. One thread per node serves all
+//! of its rings: it polls while the node waits on the network and otherwise sleeps in
+//! [`sleep_any`] on every ring's futex word plus a [`Doorbell`] its own process rings (a send
+//! whose answer it should poll for, a backlog to write, stop). Senders use
+//! [`Sender::try_send`] and queue behind [`Error::Full`] themselves, so nothing blocks.
 //!
 //! # Requirements
-//! Linux ≥ 5.3 (`pidfd_open`; `SO_PEERPIDFD` from 6.5 is used when present), memfd sealing.
+//! Linux ≥ 5.3 (`pidfd_open`; `SO_PEERPIDFD` from 6.5 is used when present), memfd sealing;
+//! [`sleep_any`] needs 5.16 (`futex_waitv`).
 //! No privileges.
 //!
 //! # Cargo features

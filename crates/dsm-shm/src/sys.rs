@@ -151,8 +151,8 @@ pub(crate) fn futex_wait_any(words: &[(&AtomicU32, u32)], timeout: Duration) {
     // SAFETY: `waiters` is a live array of `waiters.len()` kernel-layout entries, each naming
     // an aligned u32 borrowed for the call; `deadline` is a timespec living across it. Every
     // outcome (woken, EAGAIN: a value differs, EINTR, ETIMEDOUT) means "look again", which
-    // every caller does, so the result is not needed.
-    unsafe {
+    // every caller does; only ENOSYS (before Linux 5.16) is handled below.
+    let rc = unsafe {
         libc::syscall(
             libc::SYS_futex_waitv,
             waiters.as_ptr(),
@@ -162,6 +162,11 @@ pub(crate) fn futex_wait_any(words: &[(&AtomicU32, u32)], timeout: Duration) {
             libc::CLOCK_MONOTONIC,
         )
     };
+    if rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+        // No futex_waitv: nap briefly instead, so that callers poll at a bounded rate
+        // rather than spin.
+        std::thread::sleep(timeout.min(Duration::from_micros(200)));
+    }
 }
 
 /// `at + by`, normalised.

@@ -657,6 +657,23 @@ mod tests {
     }
 
     #[test]
+    fn every_transport_is_named_and_auto_is_the_default() {
+        let default = from(&[("DSM_RANK", "0"), ("DSM_SIZE", "2")]).unwrap();
+        assert_eq!(default.transport, TransportChoice::Auto);
+        for (name, choice) in [
+            ("auto", TransportChoice::Auto),
+            ("shm", TransportChoice::Shm),
+            ("tcp", TransportChoice::Tcp),
+            ("rdma", TransportChoice::PreferRdma),
+            ("rdma!", TransportChoice::RequireRdma),
+        ] {
+            assert_eq!(parse_transport(name).unwrap(), choice, "{name}");
+        }
+        let err = parse_transport("ipc").unwrap_err().to_string();
+        assert!(err.contains("auto, shm, tcp"), "{err}");
+    }
+
+    #[test]
     fn dsm_variables_are_read() {
         let c = from(&[
             ("DSM_RANK", "2"),

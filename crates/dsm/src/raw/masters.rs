@@ -180,3 +180,52 @@ impl Drop for Shared {
         unsafe { libc::munmap(self.base.cast(), self.len) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEN: u64 = 1 << 40;
+
+    #[test]
+    fn a_peer_sees_the_homes_writes_and_a_punched_page_reads_as_zeros() {
+        let home = Arena::create(LEN).unwrap();
+        let peer = Arena::of_peer(home.fd().try_clone_to_owned().unwrap(), LEN).unwrap();
+        let offset = 1 << 30;
+        let ours = home.map(offset, 4).unwrap();
+        // SAFETY: page 2 of a live 4-page mapping.
+        unsafe { ours.base().add(2 * PAGE_SIZE + 7).write(0xab) };
+        let theirs = peer.map(offset, 4).unwrap();
+        assert_eq!(theirs.copy_page(2).unwrap()[7], 0xab);
+        assert!(theirs.copy_page(4).is_none(), "outside the mapping");
+        home.punch(offset, 4).unwrap();
+        assert_eq!(
+            theirs.copy_page(2).unwrap()[7],
+            0,
+            "freed pages read as zeros"
+        );
+    }
+
+    #[test]
+    fn mappings_outside_the_arena_are_refused() {
+        let arena = Arena::create(LEN).unwrap();
+        assert!(arena.map(LEN - PAGE_SIZE as u64, 2).is_err());
+        assert!(arena.map(1, 1).is_err(), "unaligned");
+        assert!(arena.map(0, 0).is_err(), "empty");
+        assert!(arena.map(LEN - PAGE_SIZE as u64, 1).is_ok());
+    }
+
+    #[test]
+    fn an_unsealed_or_resized_arena_of_a_peer_is_refused() {
+        // SAFETY: a NUL-terminated name; the result is checked.
+        let raw = unsafe { libc::memfd_create(c"unsealed".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(raw >= 0);
+        // SAFETY: just returned by the kernel.
+        let unsealed = unsafe { OwnedFd::from_raw_fd(raw) };
+        let err = Arena::of_peer(unsealed, LEN).unwrap_err();
+        assert!(err.to_string().contains("not sealed"), "{err}");
+        let small = Arena::create(LEN / 2).unwrap();
+        let err = Arena::of_peer(small.fd().try_clone_to_owned().unwrap(), LEN).unwrap_err();
+        assert!(err.to_string().contains("not 1099511627776"), "{err}");
+    }
+}

@@ -116,6 +116,20 @@ impl Links {
         left
     }
 
+    /// Links with no peer, for unit tests of the receiving side.
+    #[cfg(test)]
+    fn for_tests(rank: NodeId, cluster: u64) -> Self {
+        Links {
+            rank,
+            cluster,
+            out: Vec::new(),
+            doorbell: Doorbell::new(),
+            sends: AtomicU64::new(0),
+            asleep: AtomicBool::new(false),
+            local: Mutex::new(Vec::new()),
+        }
+    }
+
     fn close(&self, peer: NodeId, reason: &str) {
         if let Some(Some(outbound)) = self.out.get(peer as usize) {
             outbound.close(reason);

@@ -237,3 +237,108 @@ impl Service {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+    use std::sync::Mutex;
+
+    use dsm_shm::{Credentials, PairOptions};
+    use dsm_wire::{Membership, Message};
+
+    use super::*;
+
+    const CLUSTER: u64 = 7;
+
+    /// A sink that keeps what it is given (a stand-in for the node's sink).
+    #[derive(Default)]
+    struct Kept(Mutex<Vec<TransportEvent>>);
+
+    impl EventSink for Kept {
+        fn deliver(&self, event: TransportEvent) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    /// A service reading peer 1's ring, and the sender that writes it.
+    fn service() -> (Service, Arc<Kept>, dsm_shm::Sender) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let options = PairOptions::default();
+        let accepter = std::thread::spawn(move || {
+            dsm_shm::accept(
+                &b,
+                &Credentials::new(0, CLUSTER, None),
+                |r| r == 1,
+                &options,
+            )
+        });
+        let offered = dsm_shm::offer(&a, &Credentials::new(1, CLUSTER, None), 0, &options);
+        let (sender, _) = offered.unwrap().split(Duration::ZERO);
+        let (_, receiver) = accepter.join().unwrap().unwrap().split(Duration::ZERO);
+        let kept = Arc::new(Kept::default());
+        let links = Arc::new(Links::for_tests(0, CLUSTER));
+        let service = Service {
+            inbound: vec![Inbound {
+                peer: 1,
+                receiver,
+                partial: Vec::new(),
+                failed: false,
+            }],
+            links,
+            sink: Arc::clone(&kept) as Arc<dyn EventSink>,
+            limits: Limits::new(CLUSTER),
+            spin: Duration::ZERO,
+            polite_after: Duration::ZERO,
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        (service, kept, sender)
+    }
+
+    fn beat(n: u64) -> Message {
+        Message::Membership(Membership::Heartbeat { beat: n })
+    }
+
+    #[test]
+    fn frames_cut_anywhere_are_delivered_whole_and_in_order() {
+        let (mut service, kept, sender) = service();
+        let bytes = [
+            dsm_wire::encode(&beat(1), CLUSTER, 1),
+            dsm_wire::encode(&beat(2), CLUSTER, 1),
+        ]
+        .concat();
+        for piece in [&bytes[..5], &bytes[5..40], &bytes[40..]] {
+            sender.try_send(piece).unwrap();
+        }
+        let mut piece = Vec::new();
+        assert_eq!(service.take_frames(&mut piece), 3);
+        let got = kept.0.lock().unwrap();
+        let beats: Vec<_> = got
+            .iter()
+            .map(|e| match e {
+                TransportEvent::Message { from: 1, message } => message.clone(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(beats, [beat(1), beat(2)]);
+    }
+
+    #[test]
+    fn garbage_or_a_forged_sender_fails_the_peer_once_and_stops_reading_it() {
+        for bytes in [vec![0xffu8; 64], dsm_wire::encode(&beat(1), CLUSTER, 2)] {
+            let (mut service, kept, sender) = service();
+            sender.try_send(&bytes).unwrap();
+            sender
+                .try_send(&dsm_wire::encode(&beat(3), CLUSTER, 1))
+                .unwrap();
+            let mut piece = Vec::new();
+            service.take_frames(&mut piece);
+            service.take_frames(&mut piece);
+            let got = kept.0.lock().unwrap();
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert!(
+                matches!(&got[0], TransportEvent::PeerFailed { node: 1, .. }),
+                "{got:?}"
+            );
+        }
+    }
+}

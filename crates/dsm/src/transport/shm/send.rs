@@ -115,3 +115,84 @@ impl Outbound {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    use dsm_shm::{Credentials, PairOptions, Receiver, ring::Geometry};
+
+    use super::*;
+
+    /// Both halves of a channel with rings of `cells` cells, set up in this process.
+    fn channel(cells: u32) -> (Sender, Receiver) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let options = PairOptions {
+            geometry: Geometry::new(cells).unwrap(),
+            timeout: Duration::from_secs(5),
+        };
+        let accepter = std::thread::spawn(move || {
+            dsm_shm::accept(&b, &Credentials::new(1, 7, None), |r| r == 0, &options)
+        });
+        let offered = dsm_shm::offer(&a, &Credentials::new(0, 7, None), 1, &options).unwrap();
+        let (sender, _) = offered.split(Duration::ZERO);
+        let (_, receiver) = accepter.join().unwrap().unwrap().split(Duration::ZERO);
+        (sender, receiver)
+    }
+
+    fn drain(receiver: &mut Receiver) -> Vec<u8> {
+        let (mut all, mut piece) = (Vec::new(), Vec::new());
+        while receiver.try_recv(&mut piece).unwrap() {
+            all.extend_from_slice(&piece);
+        }
+        all
+    }
+
+    #[test]
+    fn a_full_ring_queues_in_order_and_the_flush_delivers_everything() {
+        let (sender, mut receiver) = channel(64);
+        let outbound = Outbound::new(1, sender);
+        let doorbell = Doorbell::new();
+        let frames: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000]).collect();
+        for frame in &frames {
+            outbound.send(frame, &doorbell).unwrap();
+        }
+        assert!(
+            outbound.flush(),
+            "4 KiB of ring cannot hold 20 KB: some wait"
+        );
+        let mut got = drain(&mut receiver);
+        while outbound.flush() {
+            got.extend(drain(&mut receiver));
+        }
+        got.extend(drain(&mut receiver));
+        assert_eq!(got, frames.concat(), "every byte, in order");
+    }
+
+    #[test]
+    fn a_frame_larger_than_a_ring_frame_goes_in_pieces() {
+        let (sender, mut receiver) = channel(4096);
+        let outbound = Outbound::new(1, sender);
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        outbound.send(&big, &Doorbell::new()).unwrap();
+        let mut got = drain(&mut receiver);
+        while outbound.flush() {
+            got.extend(drain(&mut receiver));
+        }
+        got.extend(drain(&mut receiver));
+        assert_eq!(got, big);
+    }
+
+    #[test]
+    fn after_a_failure_sends_fail_naming_the_peer() {
+        let (sender, _receiver) = channel(64);
+        let outbound = Outbound::new(3, sender);
+        outbound.close("the process exited");
+        let err = outbound.send(b"x", &Doorbell::new()).unwrap_err();
+        assert!(
+            matches!(&err, TransportError::PeerFailed { node: 3, reason } if reason.contains("exited")),
+            "{err}"
+        );
+    }
+}
