@@ -20,7 +20,8 @@
 //! `DSM_TRANSPORT=shm` (`suites::SAME_HOST_TRANSPORT`), judged against MPI over its own
 //! shared-memory transport: `ratio_dsm_shm_to_mpi_shm_speed_N` = `mpi_shm_seconds` /
 //! `dsm_shm_seconds` (target ≥ 1.0 at 2 and 4 nodes); `ratio_shm_to_tcp` per node count is
-//! `dsm_shm_seconds` / `dsm_seconds`.
+//! `dsm_shm_seconds` / `dsm_seconds`. `dsm_shm_release_seconds` is the release-consistency run
+//! over shared memory, with `ratio_dsm_shm_release_to_mpi_shm_speed` (no target).
 //!
 //! Times are the slowest rank's over the iterations (allocation, initialisation, joining and
 //! leaving excluded). Placement as `mpirun` does it: while ranks do not outnumber CPUs each
@@ -77,6 +78,8 @@ struct Runs {
     dsm_shm: Vec<DsmRun>,
     dsm_copy: Vec<DsmRun>,
     dsm_release: Vec<DsmRun>,
+    /// Release consistency over shared memory.
+    dsm_shm_release: Vec<DsmRun>,
     /// In place, sequential, service threads at the application's priority.
     dsm_nice0: Vec<DsmRun>,
     mpi_tcp: Vec<Result<f64, String>>,
@@ -102,6 +105,7 @@ pub(super) fn report() -> anyhow::Result<Value> {
                 (Style::InPlace, shm, &[][..], &mut entry.dsm_shm),
                 (Style::Copy, "tcp", &[][..], &mut entry.dsm_copy),
                 (Style::Release, "tcp", &[][..], &mut entry.dsm_release),
+                (Style::Release, shm, &[][..], &mut entry.dsm_shm_release),
                 (Style::InPlace, "tcp", nice0, &mut entry.dsm_nice0),
             ] {
                 let label = format!(
@@ -221,6 +225,7 @@ impl Runs {
             .chain(&self.dsm_shm)
             .chain(&self.dsm_copy)
             .chain(&self.dsm_release)
+            .chain(&self.dsm_shm_release)
             .chain(&self.dsm_nice0)
     }
 }
@@ -251,6 +256,9 @@ fn per_node_count(runs: &Runs) -> NodeCount {
         "ratio_shm_to_tcp": round4(dsm_shm / dsm),
         "dsm_copy_seconds": round4(median_seconds(&runs.dsm_copy)),
         "dsm_copy_seconds_runs": run_seconds(&runs.dsm_copy),
+        "dsm_shm_release_seconds": round4(median_seconds(&runs.dsm_shm_release)),
+        "dsm_shm_release_seconds_runs": run_seconds(&runs.dsm_shm_release),
+        "ratio_dsm_shm_release_to_mpi_shm_speed": shm.map(|shm| round4(shm / median_seconds(&runs.dsm_shm_release))),
         "dsm_release_seconds": round4(release),
         "dsm_release_seconds_runs": run_seconds(&runs.dsm_release),
         "ratio_release_to_sequential": round4(release / dsm),
