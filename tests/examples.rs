@@ -1,54 +1,93 @@
 //! The examples as real multi-process runs under `dsm-run`, for 1, 2 and 4 nodes in both
-//! consistency modes (release mode under both write trackings) and both fault deliveries (a
-//! reader thread, the default, and the faulting thread's SIGBUS handler); each example
-//! checks its own result and exits non-zero when wrong.
+//! consistency modes (release mode under both write trackings), both fault deliveries (a
+//! reader thread, the default, and the faulting thread's SIGBUS handler) and both transports
+//! between these same-host nodes (shared memory, the default, and TCP); each example checks
+//! its own result and exits non-zero when wrong.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::{dsm_run, example, free_address, run_bounded, text};
 
-fn run_example(name: &str, nodes: u32, args: &[&str]) -> String {
-    run_example_with(name, nodes, args, ("thread", "scan"))
+/// The transports the examples run under (issue #14: the examples under both, the other
+/// tests under the default): `auto` pairs these same-host nodes by shared memory, `tcp` keeps
+/// the network path tested now that nothing else takes it by default.
+const TRANSPORTS: [&str; 2] = ["auto", "tcp"];
+
+/// How one run is set up: `dsm-run --transport`, `DSM_FAULT_DELIVERY`, `DSM_WRITE_TRACKING`.
+#[derive(Debug, Clone, Copy)]
+struct Setting {
+    transport: &'static str,
+    delivery: &'static str,
+    tracking: &'static str,
 }
 
-/// Runs example `name` on `nodes` nodes with `(DSM_FAULT_DELIVERY, DSM_WRITE_TRACKING)`.
-fn run_example_with(name: &str, nodes: u32, args: &[&str], env: (&str, &str)) -> String {
-    let (delivery, tracking) = env;
+impl Setting {
+    fn default_on(transport: &'static str) -> Self {
+        Setting {
+            transport,
+            delivery: "thread",
+            tracking: "scan",
+        }
+    }
+}
+
+/// Runs example `name` on `nodes` nodes under `setting`; asserts it succeeded and, under
+/// `auto`, that no pair of nodes fell back to the network (which would test TCP twice).
+fn run_example(name: &str, nodes: u32, args: &[&str], setting: Setting) -> String {
     let (out, _) = run_bounded(
         Command::new(dsm_run())
-            .args(["-n", &nodes.to_string(), "--timeout-secs", "60", "--"])
+            .args(["-n", &nodes.to_string(), "--timeout-secs", "60"])
+            .args(["--transport", setting.transport, "--"])
             .arg(example(name))
             .args(args)
-            .env("DSM_FAULT_DELIVERY", delivery)
-            .env("DSM_WRITE_TRACKING", tracking),
+            .env("DSM_FAULT_DELIVERY", setting.delivery)
+            .env("DSM_WRITE_TRACKING", setting.tracking),
         Duration::from_secs(90),
     );
     let all = text(&out);
     assert!(
         out.status.success(),
-        "{name} on {nodes} nodes {args:?}, {delivery} delivery, {tracking} tracking: {all}"
+        "{name} on {nodes} nodes {args:?}, {setting:?}: {all}"
+    );
+    let fell_back = all.contains("shared memory failed") || all.contains("no shared memory");
+    assert!(
+        setting.transport != "auto" || !fell_back,
+        "{name} on {nodes} nodes {args:?}, {setting:?}: same-host nodes did not pair: {all}"
     );
     all
 }
 
-/// Every node count and delivery, sequential mode and release mode under both write
-/// trackings (scanned, and forced write faults: CI runs release mode both ways).
+/// Every node count, delivery and transport, sequential mode and release mode under both
+/// write trackings (scanned, and forced write faults: CI runs release mode both ways).
 fn every_size_and_mode(name: &str, args: &[&str], passed: &str) {
-    for delivery in ["thread", "signal"] {
-        for (mode, tracking) in [
-            ("sequential", "scan"),
-            ("release", "scan"),
-            ("release", "faults"),
-        ] {
-            for nodes in [1, 2, 4] {
-                let mut all_args = args.to_vec();
-                all_args.extend(["--mode", mode]);
-                let out = run_example_with(name, nodes, &all_args, (delivery, tracking));
-                assert!(
-                    out.contains(passed),
-                    "{name} {mode} {nodes} {delivery} {tracking}: {out}"
-                );
+    for transport in TRANSPORTS {
+        for delivery in ["thread", "signal"] {
+            for (mode, tracking) in [
+                ("sequential", "scan"),
+                ("release", "scan"),
+                ("release", "faults"),
+            ] {
+                let setting = Setting {
+                    transport,
+                    delivery,
+                    tracking,
+                };
+                // A single node has no peer: its run is the same under every transport.
+                let sizes: &[u32] = if transport == "auto" {
+                    &[1, 2, 4]
+                } else {
+                    &[2, 4]
+                };
+                for &nodes in sizes {
+                    let mut all_args = args.to_vec();
+                    all_args.extend(["--mode", mode]);
+                    let out = run_example(name, nodes, &all_args, setting);
+                    assert!(
+                        out.contains(passed),
+                        "{name} {mode} {nodes} {setting:?}: {out}"
+                    );
+                }
             }
         }
     }
@@ -74,12 +113,14 @@ fn the_readme_program_is_the_quickstart_example_and_runs_on_two_nodes() {
         block, source,
         "README's program and examples/quickstart.rs differ"
     );
-    let out = run_example("quickstart", 2, &[]);
-    for rank in 0..2 {
-        assert!(
-            out.contains(&format!("rank {rank}: quickstart passed")),
-            "{out}"
-        );
+    for transport in TRANSPORTS {
+        let out = run_example("quickstart", 2, &[], Setting::default_on(transport));
+        for rank in 0..2 {
+            assert!(
+                out.contains(&format!("rank {rank}: quickstart passed")),
+                "{transport}: {out}"
+            );
+        }
     }
 }
 
@@ -90,23 +131,30 @@ fn jacobi_matches_the_single_process_result() {
         &["--n", "128", "--iters", "10"],
         "jacobi check passed",
     );
-    for mode in ["sequential", "release"] {
-        let args = ["--n", "128", "--iters", "10", "--copy", "--mode", mode];
-        let out = run_example("jacobi", 2, &args);
-        assert!(out.contains("jacobi check passed"), "--copy {mode}: {out}");
+    for transport in TRANSPORTS {
+        for mode in ["sequential", "release"] {
+            let args = ["--n", "128", "--iters", "10", "--copy", "--mode", mode];
+            let out = run_example("jacobi", 2, &args, Setting::default_on(transport));
+            assert!(
+                out.contains("jacobi check passed"),
+                "--copy {mode} {transport}: {out}"
+            );
+        }
     }
 }
 
 #[test]
 fn counter_loses_no_increment_under_the_lock() {
     every_size_and_mode("counter", &["--increments", "100"], "counter check passed");
-    for nodes in [2, 4] {
-        let args = ["--increments", "100", "--home-queue", "--mode", "release"];
-        let out = run_example("counter", nodes, &args);
-        assert!(
-            out.contains("counter check passed"),
-            "home-queue {nodes}: {out}"
-        );
+    for transport in TRANSPORTS {
+        for nodes in [2, 4] {
+            let args = ["--increments", "100", "--home-queue", "--mode", "release"];
+            let out = run_example("counter", nodes, &args, Setting::default_on(transport));
+            assert!(
+                out.contains("counter check passed"),
+                "home-queue {nodes} {transport}: {out}"
+            );
+        }
     }
 }
 
@@ -117,6 +165,13 @@ fn matmul_matches_the_single_process_product() {
 
 #[test]
 fn jacobi_nodes_fail_promptly_when_one_is_killed_mid_run() {
+    for transport in TRANSPORTS {
+        jacobi_node_1_killed(transport);
+    }
+}
+
+/// Kills node 1 of 3 mid-run under `transport`: the others stop, naming it.
+fn jacobi_node_1_killed(transport: &str) {
     let coordinator = free_address();
     let start = |rank: u32| {
         Command::new(example("jacobi"))
@@ -125,6 +180,7 @@ fn jacobi_nodes_fail_promptly_when_one_is_killed_mid_run() {
             .env("DSM_SIZE", "3")
             .env("DSM_COORDINATOR", &coordinator)
             .env("DSM_FAILURE_TIMEOUT_MS", "1000")
+            .env("DSM_TRANSPORT", transport)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -144,18 +200,21 @@ fn jacobi_nodes_fail_promptly_when_one_is_killed_mid_run() {
         let Ok(out) = rx.recv_timeout(Duration::from_secs(20)) else {
             // SAFETY: kill(2) on our own child that has not been reaped.
             unsafe { libc::kill(i32::try_from(pid).unwrap(), libc::SIGKILL) };
-            panic!("rank {rank} still running 20 s after node 1 was killed");
+            panic!("rank {rank} still running 20 s after node 1 was killed ({transport})");
         };
         let all = text(&out);
-        assert!(!out.status.success(), "rank {rank} should fail: {all}");
+        assert!(
+            !out.status.success(),
+            "rank {rank} should fail ({transport}): {all}"
+        );
         // Either a barrier returned NodeFailed, or a fault on a page of node 1 was failed.
         assert!(
             all.contains("node 1 failed"),
-            "rank {rank} does not name node 1: {all}"
+            "rank {rank} does not name node 1 ({transport}): {all}"
         );
         assert!(
             killed.elapsed() < Duration::from_secs(10),
-            "rank {rank} took {:?}",
+            "rank {rank} took {:?} ({transport})",
             killed.elapsed()
         );
     }
