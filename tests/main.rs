@@ -10,6 +10,7 @@ mod memory;
 mod mpirun;
 mod scheduling;
 mod security;
+mod shm;
 mod trace;
 mod tracking;
 mod util;
