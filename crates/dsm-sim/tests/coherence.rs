@@ -6,7 +6,8 @@
 use std::time::Instant;
 
 use dsm_core::{Consistency, Mutation};
-use dsm_sim::coherence::{Report, SimConfig, run};
+use dsm_sim::Error;
+use dsm_sim::coherence::{OneSidedPairs, Report, SimConfig, run};
 
 /// Seeds per mode when `DSM_SIM_SEEDS` is not set. Measured on the 2-core CI machine: 20,000
 /// seeds x 2,000 steps of both modes cost 63 s of CPU (1.6 ms per seed), so 30,000 run in about
@@ -64,6 +65,7 @@ fn sequential_seeds() {
     if seeds().len() >= 20 {
         // The interesting paths ran: in-place upgrades, invalidations, one-sided reads.
         assert!(total.upgrades > 0 && total.invalidations > 0 && total.one_sided_reads > 0);
+        assert_pairs_ran(&total);
     }
 }
 
@@ -77,7 +79,18 @@ fn release_seeds() {
             "no home page was published in place"
         );
         assert!(total.invalidations > 0 && total.one_sided_reads > 0);
+        assert_pairs_ran(&total);
     }
+}
+
+/// Per-pair one-sidedness ran every way: reads completed at once and later, and grants
+/// with data reached requesters that read the home themselves (late confirmation).
+fn assert_pairs_ran(total: &Report) {
+    assert!(total.reads_at_once > 0 && total.reads_at_once < total.one_sided_reads);
+    assert!(
+        total.data_grants_to_readers > 0,
+        "no grant with data reached a reader of the home"
+    );
 }
 
 /// Release mode with written pages found by scanning (no write faults): the same workload
@@ -88,6 +101,7 @@ fn release_seeds_with_scanned_writes() {
     if seeds().len() >= 20 {
         assert!(total.twins > 0 && total.diffs > 0 && total.barriers > 0);
         assert!(total.invalidations > 0 && total.one_sided_reads > 0);
+        assert_pairs_ran(&total);
     }
 }
 
@@ -166,6 +180,34 @@ fn mutations_of_releases_are_caught_with_scanned_writes_too() {
     ] {
         assert_caught_with(Consistency::Release, true, mutation, what);
     }
+}
+
+/// Per-pair one-sidedness rests on the runtime's guarantee that a home counts a requester
+/// among its `readers_of_home` only once the requester counts the home among its
+/// `homes_read`. Break it for one pair (node 1 reading node 0, the home of page 0 under
+/// either placement): node 0's grants to node 1 go without data that node 1 does not know to
+/// read, and the run stops on the engine's error.
+#[test]
+fn a_reader_of_home_that_does_not_read_it_is_caught() {
+    let failure = (0..50).find_map(|seed| {
+        let mut config = SimConfig::random(seed, Consistency::Sequential, 2_000);
+        if config.nodes < 2 {
+            return None;
+        }
+        config.one_sided = false;
+        config.pairs = OneSidedPairs::none(config.nodes);
+        config.pairs.readers_of_home[0].push(1);
+        run(seed, &config).err().map(|error| (seed, error))
+    });
+    let Some((seed, error)) = failure else {
+        panic!("a home granting without data to a node that does not read it went unnoticed");
+    };
+    println!("broken pair caught at seed {seed}: {error}");
+    assert!(
+        matches!(&error, Error::Engine { node: 1, .. })
+            && error.to_string().contains("grant without data"),
+        "seed {seed} failed otherwise: {error}"
+    );
 }
 
 /// Per-pair FIFO is an assumption of the protocol (TCP and RC QPs give it): without it, an

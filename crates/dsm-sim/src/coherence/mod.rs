@@ -15,6 +15,12 @@
 //!   dead node sent before may still arrive. Every survivor's fault ends served or failed,
 //!   never hangs; a fault fails only when its page is homed on the dead node or was writable
 //!   there when its home was told (lost); no survivor ever reads a stale copy.
+//! * **One-sided pages** (every mode): a world is one-sided or not (RDMA: grants carry no
+//!   data), and besides picks [`OneSidedPairs`]: which requesters read which homes' master
+//!   copies themselves (the runtime's same-host pairs, with the requester sometimes knowing
+//!   before the home, so grants with data reach readers), and whether each one-sided read
+//!   completes later (a request and its data on the network) or at once, as its action is
+//!   applied (the runtime's same-host read).
 //! * **Both**: every fault and sync completes within [`SimConfig::fault_bound`] steps; every
 //!   send goes to a member of the cluster; every engine call succeeds; at the end the cluster
 //!   drains to quiescence.
@@ -30,10 +36,12 @@
 
 mod check;
 mod memory;
+mod pairs;
 mod workload;
 mod world;
 
 pub use memory::{NodeMemory, Perm};
+pub use pairs::OneSidedPairs;
 pub use workload::Op;
 pub use world::Report;
 
@@ -60,6 +68,9 @@ pub struct SimConfig {
     pub placement: Placement,
     /// Grants without data; requesters read the home copy one-sided (the RDMA path).
     pub one_sided: bool,
+    /// Besides `one_sided`: which requesters read which homes' master copies themselves (the
+    /// runtime's same-host pairs), and which one-sided reads complete at once.
+    pub pairs: OneSidedPairs,
     /// Application threads per node.
     pub threads: u32,
     /// Network behaviour.
@@ -88,8 +99,9 @@ pub struct SimConfig {
 
 impl SimConfig {
     /// A scenario drawn from `seed`: 1 to 16 nodes, 1 to 4 pages, either placement, one- or
-    /// two-sided page transfer, 1 or 2 threads per node, delays of 1 to 1..40
-    /// ticks, occasional pauses, read prefetch of 1 (off) to 4 pages.
+    /// two-sided page transfer, one-sided pairs ([`OneSidedPairs::random`]), 1 or 2 threads
+    /// per node, delays of 1 to 1..40 ticks, occasional pauses, read prefetch of 1 (off) to
+    /// 4 pages.
     pub fn random(seed: u64, consistency: Consistency, steps: u64) -> Self {
         let mut rng = Rng::new(seed ^ 0x5eed_c0de);
         let nodes = u32::try_from(rng.range(1, 16)).expect("fits");
@@ -106,6 +118,7 @@ impl SimConfig {
                 Placement::Block
             },
             one_sided: rng.chance(1, 2),
+            pairs: OneSidedPairs::random(seed, nodes),
             threads: u32::try_from(rng.range(1, 2)).expect("fits"),
             net,
             steps,
@@ -132,6 +145,7 @@ impl SimConfig {
         if config.nodes < 2 {
             config.nodes = 2;
             config.net.nodes = 2;
+            config.pairs = OneSidedPairs::random(seed, 2);
         }
         let mut rng = Rng::new(seed ^ 0xc4a5_4ed0);
         config.crash = Some(Crash {

@@ -93,6 +93,11 @@ pub struct Report {
     pub invalidations: u64,
     /// One-sided page reads.
     pub one_sided_reads: u64,
+    /// Of those, reads completed at once, as the action was applied (same-host path).
+    pub reads_at_once: u64,
+    /// Grants that carried data although their requester reads that home's master copies
+    /// itself (the home does not count it among its readers: late confirmation).
+    pub data_grants_to_readers: u64,
     /// Twins made (release mode).
     pub twins: u64,
     /// Diffs sent (release mode).
@@ -119,6 +124,8 @@ impl Report {
         self.upgrades += other.upgrades;
         self.invalidations += other.invalidations;
         self.one_sided_reads += other.one_sided_reads;
+        self.reads_at_once += other.reads_at_once;
+        self.data_grants_to_readers += other.data_grants_to_readers;
         self.twins += other.twins;
         self.diffs += other.diffs;
         self.kept_writable += other.kept_writable;
@@ -154,6 +161,14 @@ pub(crate) struct World {
     pub(crate) may_be_lost: BTreeSet<u32>,
 }
 
+/// Whether `message` is a grant with the page's data.
+fn carries_data(message: &Coherence) -> bool {
+    matches!(
+        message,
+        Coherence::ReadGrant { data: Some(_), .. } | Coherence::WriteGrant { data: Some(_), .. }
+    )
+}
+
 /// Token of the (one at a time) sync call of a simulated node.
 const SYNC_TOKEN: u64 = 1 << 48;
 
@@ -168,10 +183,19 @@ impl World {
             placement: config.placement,
             prefetch: config.prefetch,
         };
+        let pairs = &config.pairs;
+        let sized = |lists: &Vec<Vec<NodeId>>| lists.len() == config.nodes as usize;
+        assert!(
+            sized(&pairs.readers_of_home) && sized(&pairs.homes_read) && sized(&pairs.read_at_once),
+            "one-sided pairs drawn for another cluster size than {} nodes",
+            config.nodes
+        );
         let mut nodes = Vec::new();
         for node in 0..config.nodes {
             let mut engine_config = CoherenceConfig::new(node, config.nodes);
             engine_config.one_sided = config.one_sided;
+            engine_config.readers_of_home = pairs.readers_of_home[node as usize].clone();
+            engine_config.homes_read = pairs.homes_read[node as usize].clone();
             engine_config.timeout_ticks = config.fault_bound;
             engine_config.mutation = config.mutation;
             engine_config.scan_writes = config.scan_writes;
@@ -379,6 +403,11 @@ impl World {
         let node = &mut self.nodes[n];
         match message {
             Wire::Coherence(message) => {
+                let to = u32::try_from(n).expect("fits");
+                if self.config.pairs.reads_master_of(to, from) && carries_data(&message) {
+                    self.report.data_grants_to_readers += 1;
+                }
+                let node = &mut self.nodes[n];
                 let result = node.engine.on_message(from, message, &mut node.mem);
                 self.engine_result(n, result)?;
             }

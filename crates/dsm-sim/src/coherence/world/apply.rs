@@ -76,8 +76,12 @@ impl World {
             }
             Action::ReadPage { home, page, token } => {
                 self.report.one_sided_reads += 1;
-                let page = page.page;
-                self.send(node_id, home, Wire::ReadRequest { page, token })?;
+                if self.config.pairs.reads_at_once(node_id, home) {
+                    self.read_at_once(n, home, page, token)?;
+                } else {
+                    let page = page.page;
+                    self.send(node_id, home, Wire::ReadRequest { page, token })?;
+                }
             }
             Action::Install {
                 page,
@@ -131,6 +135,18 @@ impl World {
             Action::SyncDone { token, notices } => self.sync_done(n, token, notices)?,
         }
         Ok(None)
+    }
+
+    /// The runtime's same-host read: `home`'s master copies are mapped here, so the page is
+    /// copied and the engine told right as the action is applied, before the rest of the
+    /// actions (the engine queues what it does next behind them). A dead home's masters stay
+    /// mapped (the memfd outlives its process), so they are read all the same.
+    fn read_at_once(&mut self, n: usize, home: NodeId, page: PageId, token: u64) -> Result<()> {
+        self.report.reads_at_once += 1;
+        let data = self.nodes[home as usize].mem.home[page.page as usize].clone();
+        let node = &mut self.nodes[n];
+        let result = node.engine.on_page_read(token, data, &mut node.mem);
+        self.engine_result(n, result)
     }
 
     /// Like the kernel (`UFFDIO_COPY` and write-unprotect wake the faulting threads), an
