@@ -5,19 +5,19 @@
 //! hand, not by dsm-run, so that one of them can run as another user or die alone; the node
 //! programs are the ignored `child_*` tests of this binary.
 
-use std::collections::BTreeSet;
-use std::io::Write;
-use std::process::{Child, Command, Stdio};
+mod cluster;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dsm::{Config, Consistency, Error, Node, Region};
 
-use crate::util::{finish, free_address};
+use cluster::{
+    Counters, Launch, NOBODY, assert_nothing_left, can_run_as_nobody, dev_shm, number_after, run,
+};
 
 /// Pages each node writes (and is the home of: regions are homed in blocks) per region.
 const PAGES_PER_NODE: usize = 8;
 const WORDS_PER_PAGE: usize = 4096 / 8;
-const NOBODY: &str = "65534";
 
 /// The word node `rank` writes at `index`: says who wrote it and where.
 fn word(rank: usize, index: usize) -> u64 {
@@ -99,142 +99,9 @@ fn child_die_in_barrier() {
     );
 }
 
-/// A cluster of `size` nodes on this host, each running the node program `child` under
-/// `DSM_TRANSPORT=transport`; rank `nobody`, if any, runs as user nobody.
-struct Launch<'a> {
-    child: &'a str,
-    transport: &'a str,
-    size: u32,
-    nobody: Option<u32>,
-}
-
-/// Starts every node and waits for each (bounded): (success, output) by rank.
-fn run(launch: &Launch<'_>) -> Vec<(bool, String)> {
-    let coordinator = free_address();
-    // In the environment, not in a per-user key file: user nobody has none (and no home).
-    let key = format!("shm tests {coordinator} {}", std::process::id());
-    let nodes: Vec<Child> = (0..launch.size)
-        .map(|rank| start(launch, rank, &coordinator, &key))
-        .collect();
-    nodes
-        .into_iter()
-        .map(|node| finish(node, Duration::from_secs(60)))
-        .collect()
-}
-
-fn start(launch: &Launch<'_>, rank: u32, coordinator: &str, key: &str) -> Child {
-    let exe = std::env::current_exe().expect("test binary");
-    let mut cmd = if launch.nobody == Some(rank) {
-        let mut setpriv = Command::new("setpriv");
-        setpriv.args(as_nobody()).arg(exe);
-        setpriv
-    } else {
-        Command::new(exe)
-    };
-    cmd.args(["--ignored", "--exact", "--nocapture", launch.child])
-        .env("DSM_RANK", rank.to_string())
-        .env("DSM_SIZE", launch.size.to_string())
-        .env("DSM_COORDINATOR", coordinator)
-        .env("DSM_TRANSPORT", launch.transport)
-        .env("DSM_CLUSTER_KEY", key)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start a node")
-}
-
-/// `setpriv` arguments that run the rest of the command as user and group nobody, without
-/// supplementary groups (and so without capabilities: the uid is no longer 0).
-fn as_nobody() -> [String; 4] {
-    [
-        format!("--reuid={NOBODY}"),
-        format!("--regid={NOBODY}"),
-        "--clear-groups".to_owned(),
-        "--".to_owned(),
-    ]
-}
-
-/// Whether this test binary can run as user nobody: needs root, `setpriv` (util-linux) and
-/// a binary nobody may execute. Says loudly why not.
-fn can_run_as_nobody(test: &str) -> bool {
-    // SAFETY: geteuid takes no arguments and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    let exe = std::env::current_exe().expect("test binary");
-    let listed = root
-        && Command::new("setpriv")
-            .args(as_nobody())
-            .arg(&exe)
-            .arg("--list")
-            .output()
-            .is_ok_and(|out| out.status.success());
-    if !listed {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {test}: cannot run {} as user nobody (needs root, setpriv from util-linux, \
-             and a path nobody may execute); this test checked nothing here",
-            exe.display()
-        );
-    }
-    listed
-}
-
-/// The counters of a node's stats line (`rank R stats {json}`) this module looks at.
-#[derive(Debug)]
-struct Counters {
-    shm_peers: u64,
-    pages_fetched: u64,
-    bytes_received: u64,
-}
-
-impl Counters {
-    fn of(out: &str, rank: usize) -> Counters {
-        let tag = format!("rank {rank} stats ");
-        let json = out
-            .lines()
-            .find_map(|l| l.find(&tag).map(|i| &l[i + tag.len()..]))
-            .unwrap_or_else(|| panic!("rank {rank} printed no stats: {out}"));
-        let stats: serde_json::Value = serde_json::from_str(json).expect("stats JSON");
-        let field = |name: &str| {
-            stats[name]
-                .as_u64()
-                .unwrap_or_else(|| panic!("{name} in {json}"))
-        };
-        Counters {
-            shm_peers: field("shm_peers"),
-            pages_fetched: field("pages_fetched"),
-            bytes_received: field("bytes_received"),
-        }
-    }
-
-    /// Whether the data of the pages fetched came in messages: at least a page of bytes
-    /// received per page.
-    fn data_in_messages(&self) -> bool {
-        self.bytes_received >= self.pages_fetched * 4096
-    }
-}
-
 /// Pages each node reads from the others: their blocks of both regions.
 fn pages_read(size: usize) -> u64 {
     ((size - 1) * PAGES_PER_NODE * 2) as u64
-}
-
-/// Names in /dev/shm now.
-fn dev_shm() -> BTreeSet<String> {
-    std::fs::read_dir("/dev/shm")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Nothing appeared in /dev/shm since `before`: segments are memfds passed over Unix
-/// sockets, so even a crash leaves no name behind.
-fn assert_nothing_left(before: &BTreeSet<String>, what: &str) {
-    let new: Vec<_> = dev_shm().difference(before).cloned().collect();
-    assert!(new.is_empty(), "{what} left {new:?} in /dev/shm");
 }
 
 #[test]
@@ -328,15 +195,6 @@ fn a_peer_of_another_user_fails_a_shm_join_and_is_reached_by_tcp_under_auto() {
     launch.transport = "auto";
     auto_reaches_nobody_by_tcp(&launch);
     assert_nothing_left(&before, "these clusters");
-}
-
-/// The number after `tag` on the line of `out` that has it.
-fn number_after(out: &str, tag: &str) -> u128 {
-    out.lines()
-        .find_map(|l| l.find(tag).map(|i| &l[i + tag.len()..]))
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|digits| digits.parse().ok())
-        .unwrap_or_else(|| panic!("no `{tag}<number>` in {out}"))
 }
 
 #[test]
