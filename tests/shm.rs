@@ -134,14 +134,13 @@ fn pages_of_same_host_homes_are_copied_from_their_arena_not_sent() {
     assert_nothing_left(&before, "these clusters");
 }
 
-/// Whether `out` has a warning that pairing failed with user nobody's node (`peer`). Each
-/// node warns of the pairs that failed where it offered (naming the peer); where it
-/// accepted, `SO_PEERCRED` refuses the offerer before it names its rank, so that warning
-/// names only the uid (see the report on issue #14).
-fn warned_of_nobody(out: &str, peer: u32, named: bool) -> bool {
+/// Whether `out` has a warning naming user nobody's node (`peer`) as one pairing failed
+/// with. Where the node accepted, `SO_PEERCRED` refuses the offerer before it names its
+/// rank, and the node blames the visible lower rank that gave no outcome.
+fn warned_of_nobody(out: &str, peer: u32) -> bool {
     let (uid, peer) = (format!("uid {NOBODY}"), format!("peer={peer}"));
     out.lines()
-        .any(|l| l.contains("WARN") && l.contains(&uid) && (!named || l.contains(&peer)))
+        .any(|l| l.contains("WARN") && l.contains(&uid) && l.contains(&peer))
 }
 
 /// Under `shm`, every node's join fails naming a peer it could not pair with: nobody's
@@ -153,10 +152,10 @@ fn shm_join_fails_naming_nobody(launch: &Launch<'_>) {
         let error = format!("rank {rank}: shared memory required but node {peer} could not pair");
         let line = out.lines().find(|l| l.contains(&error));
         assert!(line.is_some(), "rank {rank}: {out}");
-        // Rank 0 offered, so it knows who refused and why; the others accepted (see
-        // `warned_of_nobody`).
-        let why = format!("runs as uid {NOBODY}, this process as uid 0");
-        assert!(rank != 0 || line.is_some_and(|l| l.contains(&why)), "{out}");
+        // Rank 0 offered, so the refusal names the uids; the others accepted, and name the
+        // set-up that failed before its peer named itself, with the same cause.
+        let why = format!("uid {NOBODY}");
+        assert!(line.is_some_and(|l| l.contains(&why)), "rank {rank}: {out}");
     }
 }
 
@@ -171,8 +170,7 @@ fn auto_reaches_nobody_by_tcp(launch: &Launch<'_>) {
             assert!(counters.data_in_messages(), "{counters:?}");
         } else {
             assert_eq!(counters.shm_peers, 1, "rank {rank}: {out}");
-            let named = rank == 0;
-            assert!(warned_of_nobody(out, 1, named), "rank {rank}: {out}");
+            assert!(warned_of_nobody(out, 1), "rank {rank}: {out}");
         }
     }
 }

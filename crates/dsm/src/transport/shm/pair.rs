@@ -131,18 +131,43 @@ pub(crate) fn pair_up(
             }
         }
     });
+    let mut unnamed = Vec::new();
     for (peer, outcome) in accepted.try_iter() {
-        match outcome {
-            Ok((channel, masters, send)) => paired.pairs.push(Pair {
+        match (peer, outcome) {
+            (Some(peer), Ok((channel, masters, send))) => paired.pairs.push(Pair {
                 peer,
                 channel,
                 send,
                 masters,
             }),
-            Err(reason) => paired.refused.push((peer, reason)),
+            (Some(peer), Err(reason)) => paired.refused.push((peer, reason)),
+            (None, outcome) => unnamed.push(outcome.err().unwrap_or_default()),
         }
     }
+    paired.blame_unnamed(&lower, &unnamed);
     paired
+}
+
+impl Paired {
+    /// Visible lower ranks that gave no outcome: they offered, but failed before naming
+    /// themselves (`unnamed`, whose errors say why), or never came by the deadline.
+    fn blame_unnamed(&mut self, lower: &BTreeSet<NodeId>, unnamed: &[String]) {
+        let reason = if unnamed.is_empty() {
+            "it did not offer a channel by the join's deadline".to_owned()
+        } else {
+            format!(
+                "its set-up failed before it named itself: {}",
+                unnamed.join("; ")
+            )
+        };
+        for &peer in lower {
+            let known = self.pairs.iter().any(|p| p.peer == peer)
+                || self.refused.iter().any(|(p, _)| *p == peer);
+            if !known {
+                self.refused.push((peer, reason.clone()));
+            }
+        }
+    }
 }
 
 /// Each set-up step may take up to a second, and never past the join's deadline.
@@ -216,13 +241,14 @@ fn accept_one(stream: &UnixStream, local: &Local<'_>, expected: impl Fn(u32) -> 
 }
 
 /// Accepts one connection per expected lower rank (each ends in a channel or a refusal), or
-/// until `deadline`; reports each outcome by rank.
+/// until `deadline`; reports each outcome with the rank the peer gave (`None`: it failed
+/// before naming itself, e.g. another user, refused by `SO_PEERCRED` first).
 fn accept_all(
     listener: &Listener,
     local: &Local<'_>,
     expected: &BTreeSet<NodeId>,
     deadline: Instant,
-    results: &mpsc::Sender<(NodeId, Accepted)>,
+    results: &mpsc::Sender<(Option<NodeId>, Accepted)>,
 ) {
     let mut done = BTreeSet::new();
     // One connection per visible lower rank: each offers exactly once. A connection that
@@ -237,17 +263,10 @@ fn accept_all(
             rank.set(Some(r));
             expected.contains(&r) && !done.contains(&r)
         });
-        match rank.get() {
-            Some(rank) => {
-                done.insert(rank);
-                let _ = results.send((rank, outcome));
-            }
-            None => tracing::warn!(
-                rank = listener.rank,
-                error = ?outcome.err(),
-                "a same-host set-up failed before the peer named itself"
-            ),
+        if let Some(rank) = rank.get() {
+            done.insert(rank);
         }
+        let _ = results.send((rank.get(), outcome));
     }
 }
 
