@@ -9,10 +9,10 @@ use dsm_core::{Consistency, Mutation};
 use dsm_sim::Error;
 use dsm_sim::coherence::{OneSidedPairs, Report, SimConfig, run};
 
-/// Seeds per mode when `DSM_SIM_SEEDS` is not set. Measured on the 2-core CI machine: 20,000
-/// seeds x 2,000 steps of both modes cost 63 s of CPU (1.6 ms per seed), so 30,000 run in about
-/// 50 s of wall time with the two modes in parallel, leaving room in the crate's ~2 minutes for
-/// the lock simulation.
+/// Seeds per mode when `DSM_SIM_SEEDS` is not set. Measured on a 2-core machine with per-pair
+/// one-sided reads (about 2 ms of CPU per seed): 30,000 seeds x 2,000 steps of each of the
+/// three modes, and the crash seeds beside them, take about 170 s of wall time, then the lock
+/// simulation about 17 s.
 const DEFAULT_SEEDS: u64 = 30_000;
 /// Workload steps per seed when `DSM_SIM_STEPS` is not set.
 const DEFAULT_STEPS: u64 = 2_000;
