@@ -58,6 +58,8 @@ pub(crate) struct Coherence {
     next_token: u64,
     /// Where home copies go when same-host peers map them (else private memory).
     arena: Option<Arc<Arena>>,
+    /// Pages of same-host homes read during the batch being applied, by read token.
+    read_at_once: Vec<(u64, Page)>,
 }
 
 /// What applying actions needs besides the engine.
@@ -83,6 +85,7 @@ impl Coherence {
     pub(crate) fn new(engine: CoherenceEngine, arena: Option<Arc<Arena>>) -> Self {
         Coherence {
             arena,
+            read_at_once: Vec::new(),
             engine,
             regions: HashMap::new(),
             faults: HashMap::new(),
@@ -347,9 +350,14 @@ impl Coherence {
                 let mut mem = Mem::new(&mut self.regions);
                 self.engine.poll(&mut mem)?;
             }
-            // Acting may call the engine again (a page read at once), queueing more.
             for action in actions {
                 self.act(action, ctx)?;
+            }
+            // Pages read at once go to the engine only now: it wants a batch applied whole
+            // before its next call (`CoherenceEngine::take_actions`).
+            for (token, data) in std::mem::take(&mut self.read_at_once) {
+                let mut mem = Mem::new(&mut self.regions);
+                self.engine.on_page_read(token, data, &mut mem)?;
             }
         }
         Err(Error::Protocol(format!(
@@ -387,11 +395,9 @@ impl Coherence {
                 send_counted(ctx.transport, counters, to, &Message::Coherence(message));
             }
             Action::ReadPage { home, page, token } => match ctx.transport.read_now(home, page) {
-                // A same-host home's master is mapped here: copy it now, no round trip.
-                Some(data) => {
-                    let mut mem = Mem::new(&mut self.regions);
-                    self.engine.on_page_read(token, data?, &mut mem)?;
-                }
+                // A same-host home's master is mapped here: copied now, no round trip; given
+                // to the engine once this batch is applied (`apply_actions`).
+                Some(data) => self.read_at_once.push((token, data?)),
                 None => ctx.transport.read_page(home, page, token)?,
             },
             Action::Install {

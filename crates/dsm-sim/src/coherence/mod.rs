@@ -19,8 +19,8 @@
 //!   data), and besides picks [`OneSidedPairs`]: which requesters read which homes' master
 //!   copies themselves (the runtime's same-host pairs, with the requester sometimes knowing
 //!   before the home, so grants with data reach readers), and whether each one-sided read
-//!   completes later (a request and its data on the network) or at once, as its action is
-//!   applied (the runtime's same-host read).
+//!   completes later (a request and its data on the network) or at once, copied as its action
+//!   is applied and given to the engine right after that batch (the runtime's same-host read).
 //! * **Both**: every fault and sync completes within [`SimConfig::fault_bound`] steps; every
 //!   send goes to a member of the cluster; every engine call succeeds; at the end the cluster
 //!   drains to quiescence.

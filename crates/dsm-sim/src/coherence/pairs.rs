@@ -9,9 +9,9 @@
 //! its [`homes_read`](dsm_core::CoherenceConfig::homes_read). A requester that reads a home
 //! the home does not know of yet gets grants with data, and must take them.
 //!
-//! A same-host read completes at once: the runtime copies the mapped master and calls
-//! `on_page_read` while it applies the `ReadPage` action, before the rest of the engine's
-//! actions. An RDMA READ completes later, as a request and its data on the network.
+//! A same-host read completes at once: the runtime copies the mapped master while it applies
+//! the `ReadPage` action and calls `on_page_read` as soon as the rest of that batch of
+//! actions is applied. An RDMA READ completes later, as a request and its data on the network.
 
 use std::collections::BTreeSet;
 

@@ -70,6 +70,8 @@ pub(crate) struct Node {
     installed_in_phase: BTreeSet<u32>,
     /// Tokens of faults whose thread ran when the install woke it, before its `Wake`.
     ran_early: BTreeSet<u64>,
+    /// Pages read at once during the batch being applied (token, copy of the master).
+    read_at_once: Vec<(u64, dsm_wire::Page)>,
 }
 
 /// Counters of a run.
@@ -218,6 +220,7 @@ impl World {
                 next_token: 0,
                 installed_in_phase: BTreeSet::new(),
                 ran_early: BTreeSet::new(),
+                read_at_once: Vec::new(),
             });
         }
         Ok(World {

@@ -56,6 +56,7 @@ impl World {
                     woken.push(token);
                 }
             }
+            self.complete_reads_at_once(n)?;
             for token in woken {
                 self.wake(n, token)?;
             }
@@ -138,15 +139,25 @@ impl World {
     }
 
     /// The runtime's same-host read: `home`'s master copies are mapped here, so the page is
-    /// copied and the engine told right as the action is applied, before the rest of the
-    /// actions (the engine queues what it does next behind them). A dead home's masters stay
-    /// mapped (the memfd outlives its process), so they are read all the same.
+    /// copied right as the action is applied; the engine is told once the whole batch is
+    /// applied ([`complete_reads_at_once`](Self::complete_reads_at_once)), as it wants a
+    /// batch applied whole before its next call. A dead home's masters stay mapped (the memfd
+    /// outlives its process), so they are read all the same.
     fn read_at_once(&mut self, n: usize, home: NodeId, page: PageId, token: u64) -> Result<()> {
         self.report.reads_at_once += 1;
         let data = self.nodes[home as usize].mem.home[page.page as usize].clone();
-        let node = &mut self.nodes[n];
-        let result = node.engine.on_page_read(token, data, &mut node.mem);
-        self.engine_result(n, result)
+        self.nodes[n].read_at_once.push((token, data));
+        Ok(())
+    }
+
+    /// Gives node `n`'s engine the pages read at once during the batch just applied.
+    fn complete_reads_at_once(&mut self, n: usize) -> Result<()> {
+        for (token, data) in std::mem::take(&mut self.nodes[n].read_at_once) {
+            let node = &mut self.nodes[n];
+            let result = node.engine.on_page_read(token, data, &mut node.mem);
+            self.engine_result(n, result)?;
+        }
+        Ok(())
     }
 
     /// Like the kernel (`UFFDIO_COPY` and write-unprotect wake the faulting threads), an
