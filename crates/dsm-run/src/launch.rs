@@ -26,6 +26,8 @@ pub struct Plan {
     pub timeout: Option<Duration>,
     /// Rank whose stderr stays on the terminal.
     pub attach: Option<u32>,
+    /// CPUs to bind ranks to, round the list (`--bind core`); empty: unbound.
+    pub bind: Vec<usize>,
     /// Program and arguments.
     pub command: Vec<String>,
 }
@@ -138,6 +140,9 @@ fn spawn(plan: &Plan, rank: u32, forwarders: &mut Vec<JoinHandle<()>>) -> std::i
         });
     if let Some(key) = &plan.key {
         cmd.env("DSM_CLUSTER_KEY", key);
+    }
+    if let Some(cpu) = crate::bind::cpu_for(rank, &plan.bind) {
+        crate::bind::bind(&mut cmd, cpu);
     }
     let mut child = cmd.spawn()?;
     if let Some(out) = child.stdout.take() {

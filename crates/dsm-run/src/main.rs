@@ -1,13 +1,16 @@
 //! `dsm-run -n N [--transport auto|shm|tcp|rdma|rdma!] -- PROGRAM ARGS...`: runs a dsm program as N
 //! local nodes.
 //!
-//! Each process gets `DSM_RANK`, `DSM_SIZE`, `DSM_COORDINATOR` (a free loopback port),
+//! Rank `r` is bound to the `r`-th CPU the launcher may use, round the list (`--bind core`,
+//! the default; `--bind none` leaves them to the scheduler, which piles waking nodes onto one
+//! CPU: see `bind`). Each process gets `DSM_RANK`, `DSM_SIZE`, `DSM_COORDINATOR` (a free loopback port),
 //! `DSM_TRANSPORT` and `DSM_CLUSTER_KEY`: a random key made for this run (unless the user set
 //! one, or `DSM_INSECURE=1`), so no other process of the host can join it. Every line a node
 //! prints is prefixed with `[rank]`. When a process fails the
 //! others get a grace period to notice (they see `NodeFailed`) and are then killed. The exit
 //! status is 0 only when every process exited 0.
 
+mod bind;
 mod launch;
 mod output;
 
@@ -39,6 +42,10 @@ struct Args {
     /// Leave this rank's stderr attached to the terminal, unprefixed (for progress bars).
     #[arg(long)]
     attach: Option<u32>,
+    /// CPU binding: core (rank r on the r-th CPU this launcher may use, round the list, as
+    /// mpirun binds ranks to cores) or none.
+    #[arg(long, default_value = "core", value_parser = ["core", "none"])]
+    bind: String,
     /// The program and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -63,6 +70,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let bind = match args.bind.as_str() {
+        "core" => match bind::allowed_cpus() {
+            Ok(cpus) => cpus,
+            Err(e) => {
+                eprintln!("dsm-run: cannot read this process's CPUs, ranks stay unbound: {e}");
+                Vec::new()
+            }
+        },
+        _ => Vec::new(),
+    };
     let plan = launch::Plan {
         nodes: args.nodes,
         transport: args.transport,
@@ -71,6 +88,7 @@ fn main() -> ExitCode {
         grace: Duration::from_millis(args.grace_ms),
         timeout: (args.timeout_secs > 0).then(|| Duration::from_secs(args.timeout_secs)),
         attach: args.attach,
+        bind,
         command: args.command,
     };
     match launch::run(&plan) {

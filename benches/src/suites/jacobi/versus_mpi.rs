@@ -24,9 +24,11 @@
 //! over shared memory, with `ratio_dsm_shm_release_to_mpi_shm_speed` (no target).
 //!
 //! Times are the slowest rank's over the iterations (allocation, initialisation, joining and
-//! leaving excluded). Placement as `mpirun` does it: while ranks do not outnumber CPUs each
-//! is pinned to CPU `rank % ncpus` (dsm: `sched_setaffinity`; MPI: `--bind-to core`), beyond
-//! that none is pinned (`--bind-to none`).
+//! leaving excluded). Placement as each launcher does it by default: dsm nodes are pinned to
+//! CPU `rank % ncpus` (`sched_setaffinity`, as `dsm-run --bind core`), also when they outnumber
+//! CPUs; MPI ranks are bound to cores while they do not outnumber them (`--bind-to core`) and
+//! unbound beyond (`--bind-to none`, `mpirun`'s default: its ranks busy-poll, so two bound to
+//! one CPU would take turns by the scheduler tick).
 
 mod node;
 
@@ -112,7 +114,7 @@ pub(super) fn report() -> anyhow::Result<Value> {
                     "dsm ({}, DSM_TRANSPORT={transport}{env:?}), {size} nodes, run {run}",
                     style.name()
                 );
-                times.push(dsm_run(size, cpus, style, transport, env).context(label)?);
+                times.push(dsm_run(size, style, transport, env).context(label)?);
             }
             let Ok(mpi) = &mpi else { continue };
             for (btl, times) in [
@@ -147,8 +149,9 @@ pub(super) fn report() -> anyhow::Result<Value> {
         ),
         "mpi": "benches/mpi/jacobi.c, mpicc -O2 (GCC 12 at -O2 does not vectorise the update \
                 loop; -O3 does), MPI_Sendrecv halos each iteration",
-        "placement": "ranks <= CPUs: rank pinned to CPU rank % ncpus (dsm sched_setaffinity, \
-                      mpirun --bind-to core); more ranks than CPUs: unpinned (--bind-to none)",
+        "placement": "each launcher's default: dsm node r pinned to CPU r % ncpus always \
+                      (sched_setaffinity, as dsm-run --bind core); MPI ranks <= CPUs \
+                      --bind-to core, more ranks than CPUs --bind-to none",
         "mpi_error": mpi.as_ref().err(),
     });
     if let Ok(mpi) = &mpi {
@@ -324,7 +327,6 @@ fn round4(x: f64) -> f64 {
 /// coordinator port and collects their reports.
 fn dsm_run(
     size: u32,
-    cpus: usize,
     style: Style,
     transport: &str,
     env: &[(&str, &str)],
@@ -336,11 +338,8 @@ fn dsm_run(
     let exe = std::env::current_exe()?;
     let children = (0..size)
         .map(|rank| {
-            let cpu = if size as usize <= cpus {
-                cpu_for(rank, &allowed).to_string()
-            } else {
-                "none".to_owned()
-            };
+            // As `dsm-run` binds by default (`--bind core`), also when nodes outnumber CPUs.
+            let cpu = cpu_for(rank, &allowed).to_string();
             Command::new(&exe)
                 .args(["jacobi", "--json"])
                 .env(NODE_ENV, cpu)
