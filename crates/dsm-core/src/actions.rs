@@ -36,6 +36,16 @@ pub enum Action {
         /// Token to pass back.
         token: u64,
     },
+    /// Write `data` into `home`'s master copy of `page` in place (a same-host home whose
+    /// master copies this node maps), before the `MasterWritten` that follows it is sent.
+    WriteMaster {
+        /// Home whose master copy is written.
+        home: NodeId,
+        /// The page.
+        page: PageId,
+        /// This node's copy, write-protected.
+        data: Page,
+    },
     /// Install `data` as this node's copy of `page` (`UFFDIO_COPY`), read-only unless
     /// `writable`.
     Install {

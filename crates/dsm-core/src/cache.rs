@@ -420,20 +420,35 @@ impl Cache {
             mem.write_protect(page);
             Box::new(*mem.local_page(page))
         };
+        // A same-host home's master is written in place: the answer carries no page.
+        let in_place = state == LocalState::Modified && ctx.config.writes_master_of(home);
         match message {
             Coherence::Invalidate { req, .. } => {
-                let data = (state == LocalState::Modified).then(|| current(mem));
+                let mut data = (state == LocalState::Modified).then(|| current(mem));
+                if in_place {
+                    let data = data.take().expect("modified");
+                    ctx.out.push(Action::WriteMaster { home, page, data });
+                }
                 if state != LocalState::Invalid {
                     ctx.out.push(Action::Invalidate { page });
                 }
                 self.set_state(page, LocalState::Invalid);
-                ctx.out
-                    .send(home, Coherence::InvalidateAck { req, page, data });
+                let answer = match in_place {
+                    true => Coherence::MasterWritten { req, page },
+                    false => Coherence::InvalidateAck { req, page, data },
+                };
+                ctx.out.send(home, answer);
             }
             Coherence::Downgrade { req, .. } => {
                 let data = current(mem);
                 self.set_state(page, LocalState::Shared);
-                ctx.out.send(home, Coherence::WriteBack { req, page, data });
+                let answer = if in_place {
+                    ctx.out.push(Action::WriteMaster { home, page, data });
+                    Coherence::MasterWritten { req, page }
+                } else {
+                    Coherence::WriteBack { req, page, data }
+                };
+                ctx.out.send(home, answer);
             }
             _ => unreachable!("only invalidations and downgrades are recalls"),
         }

@@ -86,7 +86,8 @@ pub struct CoherenceConfig {
     /// themselves (a same-host peer that maps them). Grants to them carry no data.
     pub readers_of_home: Vec<NodeId>,
     /// Besides [`one_sided`](Self::one_sided): peers whose master copies this node reads
-    /// itself, so a grant of theirs without data is read with
+    /// (and, in sequential mode, writes back to in place) itself, so a grant of theirs
+    /// without data is read with
     /// [`Action::ReadPage`](crate::Action::ReadPage). A superset of the peers that count this
     /// node among their [`readers_of_home`](Self::readers_of_home) (the two sides of a pair
     /// may learn of the mapping at different times; a grant with data is always taken).
@@ -130,6 +131,13 @@ impl CoherenceConfig {
     /// Whether grants to `peer` go without data (it reads the master copy itself).
     pub(crate) fn grants_without_data(&self, peer: NodeId) -> bool {
         peer != self.node && (self.one_sided || self.readers_of_home.contains(&peer))
+    }
+
+    /// Whether this node gives pages back to `home` by writing its master copy in place
+    /// (sequential mode: answering a recall with `MasterWritten`): a same-host home, whose
+    /// master copies it maps read-write ([`homes_read`](Self::homes_read); RDMA reads only).
+    pub(crate) fn writes_master_of(&self, home: NodeId) -> bool {
+        home != self.node && self.homes_read.contains(&home)
     }
 
     /// Whether a grant from `home` may come without data (this node reads its master copy).

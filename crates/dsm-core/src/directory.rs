@@ -53,6 +53,30 @@ struct DirEntry {
     version: u64,
 }
 
+/// What a recalled holder gave back with its answer.
+#[derive(Debug)]
+pub(crate) enum Returned {
+    /// Nothing: it held the page read-only.
+    Nothing,
+    /// Its writable copy, to put in the master.
+    Page(Page),
+    /// Its writable copy, already written into the master in place (`MasterWritten`).
+    InPlace,
+}
+
+impl Returned {
+    fn is_data(&self) -> bool {
+        !matches!(self, Returned::Nothing)
+    }
+
+    /// Makes the master copy of `page` what the holder gave back.
+    fn store(self, page: PageId, mem: &mut dyn Memory) {
+        if let Returned::Page(data) = self {
+            mem.home_page_mut(page).copy_from_slice(&data[..]);
+        }
+    }
+}
+
 /// Directory entries of the pages homed on this node (created on first request).
 #[derive(Debug, Default)]
 pub(crate) struct Directory {
@@ -130,7 +154,7 @@ impl Directory {
         from: NodeId,
         page: PageId,
         id: u64,
-        data: Option<Page>,
+        returned: Returned,
         ctx: &mut Ctx<'_>,
         mem: &mut dyn Memory,
     ) -> Result<()> {
@@ -152,16 +176,14 @@ impl Directory {
             return Err(unexpected);
         }
         let was_writer = entry.holders == Holders::Modified(from);
-        if was_writer != data.is_some() {
+        if was_writer != returned.is_data() {
             return Err(Error::Unexpected {
                 from,
                 page,
                 what: "invalidation ack with data from a reader or without from the writer",
             });
         }
-        if let Some(data) = data {
-            mem.home_page_mut(page).copy_from_slice(&data[..]);
-        }
+        returned.store(page, mem);
         if let Holders::Shared(set) = &mut entry.holders {
             set.remove(&from);
         }
@@ -181,7 +203,7 @@ impl Directory {
         from: NodeId,
         page: PageId,
         id: u64,
-        data: Page,
+        returned: Returned,
         ctx: &mut Ctx<'_>,
         mem: &mut dyn Memory,
     ) -> Result<()> {
@@ -198,7 +220,7 @@ impl Directory {
                 what: "write-back of no downgrade",
             });
         };
-        mem.home_page_mut(page).copy_from_slice(&data[..]);
+        returned.store(page, mem);
         entry.holders = Holders::Shared(BTreeSet::from([from]));
         let txn = entry.txn.take().expect("checked above");
         if !self.failed.contains(&txn.request.from) {
@@ -206,6 +228,34 @@ impl Directory {
         }
         self.run(page, ctx, mem);
         Ok(())
+    }
+
+    /// The writable holder `from` answered this page's recall having written the master in
+    /// place: an invalidation ack with data (a write transaction) or a write-back (a read
+    /// transaction's downgrade), whichever the transaction waits for.
+    pub(crate) fn master_written(
+        &mut self,
+        from: NodeId,
+        page: PageId,
+        id: u64,
+        ctx: &mut Ctx<'_>,
+        mem: &mut dyn Memory,
+    ) -> Result<()> {
+        let access = self
+            .entries
+            .get(&page)
+            .and_then(|e| e.txn.as_ref())
+            .filter(|t| t.id == id)
+            .map(|t| t.request.access);
+        match access {
+            Some(Access::Write) => self.invalidate_ack(from, page, id, Returned::InPlace, ctx, mem),
+            Some(Access::Read) => self.write_back(from, page, id, Returned::InPlace, ctx, mem),
+            None => Err(Error::Unexpected {
+                from,
+                page,
+                what: "master written in place for no transaction",
+            }),
+        }
     }
 
     /// Every transaction waiting longer than `limit` ticks, as timeout errors.

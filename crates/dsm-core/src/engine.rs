@@ -7,7 +7,7 @@ use dsm_wire::{Coherence, NodeId, Page, PageId};
 use crate::actions::{Access, Action, Outbox};
 use crate::cache::{Cache, LocalState};
 use crate::config::{CoherenceConfig, Consistency, RegionLayout};
-use crate::directory::{self, Directory};
+use crate::directory::{self, Directory, Returned};
 use crate::error::{Error, Result};
 use crate::memory::Memory;
 use crate::region::{Located, Regions};
@@ -386,10 +386,14 @@ impl CoherenceEngine {
                 dir.request(from, page, req, Access::Write, &mut ctx, mem)
             }
             Coherence::InvalidateAck { req, data, .. } if seq => {
-                dir.invalidate_ack(from, page, req, data, &mut ctx, mem)
+                let returned = data.map_or(Returned::Nothing, Returned::Page);
+                dir.invalidate_ack(from, page, req, returned, &mut ctx, mem)
             }
             Coherence::WriteBack { req, data, .. } if seq => {
-                dir.write_back(from, page, req, data, &mut ctx, mem)
+                dir.write_back(from, page, req, Returned::Page(data), &mut ctx, mem)
+            }
+            Coherence::MasterWritten { req, .. } if seq => {
+                dir.master_written(from, page, req, &mut ctx, mem)
             }
             Coherence::ReadGrant { req, data, .. } => {
                 let grant = (Access::Read, req, data);
@@ -474,6 +478,7 @@ fn describe(message: &Coherence) -> (Option<PageId>, &'static str, Side) {
         C::WriteRequest { page, .. } => (Some(*page), "WriteRequest", Side::Home),
         C::InvalidateAck { page, .. } => (Some(*page), "InvalidateAck", Side::Home),
         C::WriteBack { page, .. } => (Some(*page), "WriteBack", Side::Home),
+        C::MasterWritten { page, .. } => (Some(*page), "MasterWritten", Side::Home),
         C::ReadGrant { page, .. } => (Some(*page), "ReadGrant", Side::Requester),
         C::WriteGrant { page, .. } => (Some(*page), "WriteGrant", Side::Requester),
         C::Invalidate { page, .. } => (Some(*page), "Invalidate", Side::Requester),

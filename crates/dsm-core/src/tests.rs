@@ -147,6 +147,9 @@ impl Cluster {
                         let data = self.mems[*home as usize].home[page].clone();
                         reads.push((*token, data));
                     }
+                    Action::WriteMaster { home, page, data } => {
+                        self.mems[*home as usize].home.insert(*page, data.clone());
+                    }
                     _ => {}
                 }
                 self.seen[n].push(action);

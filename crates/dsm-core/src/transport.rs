@@ -219,6 +219,17 @@ pub trait Transport: Send + std::marker::Sync {
         None
     }
 
+    /// Writes `data` into `home`'s exposed copy of `page` at once, when this transport can
+    /// (the home's memory is mapped in this process). `None`: it cannot. The default cannot.
+    fn write_now(
+        &self,
+        _home: NodeId,
+        _page: PageId,
+        _data: &Page,
+    ) -> Option<Result<(), TransportError>> {
+        None
+    }
+
     /// Starts a one-sided write of `data` into `home`'s exposed copy of `page`. Completes with
     /// [`TransportEvent::PageWritten`] carrying `token`.
     fn write_page(

@@ -66,6 +66,10 @@ fn sequential_seeds() {
         // The interesting paths ran: in-place upgrades, invalidations, one-sided reads.
         assert!(total.upgrades > 0 && total.invalidations > 0 && total.one_sided_reads > 0);
         assert_pairs_ran(&total);
+        assert!(
+            total.masters_written > 0,
+            "no writable holder wrote its same-host home's master in place"
+        );
     }
 }
 

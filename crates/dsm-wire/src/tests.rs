@@ -100,6 +100,10 @@ fn coherence_samples() -> Vec<Coherence> {
             page: pid(0, 0),
             data: page(3),
         },
+        Coherence::MasterWritten {
+            req: 4,
+            page: pid(0, 1),
+        },
         Coherence::DiffAck {
             req: 5,
             page: pid(0, 0),

@@ -400,6 +400,14 @@ impl Coherence {
                 Some(data) => self.read_at_once.push((token, data?)),
                 None => ctx.transport.read_page(home, page, token)?,
             },
+            Action::WriteMaster { home, page, data } => {
+                // A same-host home's master, mapped here: written before the answer leaves.
+                let written = ctx.transport.write_now(home, page, &data);
+                written.unwrap_or(Err(dsm_core::TransportError::NotExposed {
+                    region: page.region,
+                    home,
+                }))?;
+            }
             Action::Install {
                 page,
                 data,

@@ -97,6 +97,9 @@ pub struct Report {
     pub one_sided_reads: u64,
     /// Of those, reads completed at once, as the action was applied (same-host path).
     pub reads_at_once: u64,
+    /// Pages a writable holder gave back by writing its home's master in place
+    /// (`MasterWritten`, sequential mode).
+    pub masters_written: u64,
     /// Grants that carried data although their requester reads that home's master copies
     /// itself (the home does not count it among its readers: late confirmation).
     pub data_grants_to_readers: u64,
@@ -127,6 +130,7 @@ impl Report {
         self.invalidations += other.invalidations;
         self.one_sided_reads += other.one_sided_reads;
         self.reads_at_once += other.reads_at_once;
+        self.masters_written += other.masters_written;
         self.data_grants_to_readers += other.data_grants_to_readers;
         self.twins += other.twins;
         self.diffs += other.diffs;

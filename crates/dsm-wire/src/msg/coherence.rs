@@ -98,6 +98,15 @@ pub enum Coherence {
         /// Contents.
         data: Page,
     },
+    /// Sequential mode: the writable holder answers an Invalidate or a Downgrade having
+    /// written its page into the home's master copy itself (a same-host home whose master
+    /// copies it maps): an InvalidateAck or WriteBack whose data is already in place.
+    MasterWritten {
+        /// Home's request id.
+        req: u64,
+        /// Page.
+        page: PageId,
+    },
     /// Release mode: the bytes a node changed since their twins in pages with the same home,
     /// from one release, in one message; applied all or nothing and acknowledged by one
     /// [`Coherence::DiffAck`] naming the first page.
@@ -145,6 +154,7 @@ pub(crate) const DIFF_ACK: u16 = 0x020a;
 pub(crate) const WRITE_NOTICES: u16 = 0x020b;
 pub(crate) const DIFF_BATCH: u16 = 0x020c;
 pub(crate) const PAGE_LOST: u16 = 0x020d;
+pub(crate) const MASTER_WRITTEN: u16 = 0x020e;
 
 impl Coherence {
     pub(crate) fn command(&self) -> u16 {
@@ -161,12 +171,14 @@ impl Coherence {
             Coherence::DiffAck { .. } => DIFF_ACK,
             Coherence::WriteNotices { .. } => WRITE_NOTICES,
             Coherence::PageLost { .. } => PAGE_LOST,
+            Coherence::MasterWritten { .. } => MASTER_WRITTEN,
         }
     }
 
     pub(crate) fn encode(&self, w: &mut Writer) {
         match self {
             Coherence::ReadRequest { req, page }
+            | Coherence::MasterWritten { req, page }
             | Coherence::Invalidate { req, page }
             | Coherence::Downgrade { req, page }
             | Coherence::DiffAck { req, page } => {
@@ -259,6 +271,10 @@ impl Coherence {
                 data: r.opt_page()?,
             },
             DOWNGRADE => Coherence::Downgrade {
+                req: r.u64("req")?,
+                page: r.page_id()?,
+            },
+            MASTER_WRITTEN => Coherence::MasterWritten {
                 req: r.u64("req")?,
                 page: r.page_id()?,
             },

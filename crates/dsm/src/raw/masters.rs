@@ -173,6 +173,26 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Writes page `index` with `data`; `false` outside the mapping.
+    pub(crate) fn write_page(&self, index: u32, data: &dsm_wire::Page) -> bool {
+        if index as usize >= self.pages() {
+            return false;
+        }
+        // SAFETY: in range (checked), page-aligned, mapped read-write while `self` lives. The
+        // coherence protocol gives this node the page's master to write (it answers the
+        // home's recall of its writable copy, and the home serves nobody meanwhile).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.base.add(index as usize * PAGE_SIZE),
+                PAGE_SIZE,
+            );
+        }
+        true
+    }
+}
+
 impl Drop for Shared {
     fn drop(&mut self) {
         // SAFETY: mapped in `Arena::map` with this length, unmapped once; borrows of it end

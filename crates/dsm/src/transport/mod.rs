@@ -146,6 +146,15 @@ impl Transport for Wire {
         self.shm.as_ref()?.read_now(home, page)
     }
 
+    fn write_now(
+        &self,
+        home: NodeId,
+        page: PageId,
+        data: &Page,
+    ) -> Option<Result<(), TransportError>> {
+        self.shm.as_ref()?.write_now(home, page, data)
+    }
+
     fn write_page(
         &self,
         home: NodeId,

@@ -75,6 +75,12 @@ impl World {
                 }
                 self.send(node_id, to, Wire::Coherence(message))?;
             }
+            Action::WriteMaster { home, page, data } => {
+                // The runtime's same-host write-back: into the home's master at once (a dead
+                // home's masters stay mapped, so they are written all the same).
+                self.report.masters_written += 1;
+                self.nodes[home as usize].mem.home[page.page as usize] = data;
+            }
             Action::ReadPage { home, page, token } => {
                 self.report.one_sided_reads += 1;
                 if self.config.pairs.reads_at_once(node_id, home) {

@@ -261,6 +261,31 @@ impl Shm {
             .retain(|&(_, r), _| r != region);
     }
 
+    /// Writes `data` into `home`'s arena as `page`'s master copy, if `home` is a paired peer.
+    pub(crate) fn write_now(
+        &self,
+        home: NodeId,
+        page: PageId,
+        data: &Page,
+    ) -> Option<std::result::Result<(), TransportError>> {
+        if !self.peer_arenas.contains_key(&home) {
+            return None;
+        }
+        let mapped = self.mapped.read().unwrap_or_else(|p| p.into_inner());
+        let Some(masters) = mapped.get(&(home, page.region)) else {
+            return Some(Err(TransportError::NotExposed {
+                region: page.region,
+                home,
+            }));
+        };
+        Some(
+            masters
+                .write_page(page.page, data)
+                .then_some(())
+                .ok_or(TransportError::OutOfRange { page, home }),
+        )
+    }
+
     /// A copy of `page` out of `home`'s arena, if `home` is a paired peer.
     pub(crate) fn read_now(
         &self,
