@@ -97,6 +97,11 @@ pub(crate) fn pair_up(
     let visible = visible_peers(cluster, rank, size);
     let credentials = Credentials::new(rank, cluster, key);
     let options = options(deadline);
+    let local = Local {
+        credentials: &credentials,
+        arena,
+        options: &options,
+    };
     let lower: BTreeSet<NodeId> = visible.iter().copied().filter(|&p| p < rank).collect();
     let (results, accepted) = mpsc::channel();
     let mut paired = Paired::default();
@@ -104,51 +109,51 @@ pub(crate) fn pair_up(
         let acceptor = std::thread::Builder::new()
             .name(format!("dsm-shm-accept-{rank}"))
             .spawn_scoped(scope, || {
-                let local = Local {
-                    credentials: &credentials,
-                    arena,
-                    options: &options,
-                };
                 accept_all(listener, &local, &lower, deadline, &results);
             });
         if let Err(e) = &acceptor {
             tracing::warn!(rank, error = %e, "could not start accepting same-host peers");
         }
-        let local = Local {
-            credentials: &credentials,
-            arena,
-            options: &options,
-        };
         for peer in visible.iter().copied().filter(|&p| p > rank) {
             match offer_to(cluster, peer, &local) {
-                Ok((channel, masters)) => paired.pairs.push(Pair {
-                    peer,
-                    channel,
-                    send: true,
-                    masters,
-                }),
+                Ok((channel, masters)) => paired.add(peer, channel, masters, true),
                 Err(reason) => paired.refused.push((peer, reason)),
             }
         }
     });
-    let mut unnamed = Vec::new();
-    for (peer, outcome) in accepted.try_iter() {
-        match (peer, outcome) {
-            (Some(peer), Ok((channel, masters, send))) => paired.pairs.push(Pair {
-                peer,
-                channel,
-                send,
-                masters,
-            }),
-            (Some(peer), Err(reason)) => paired.refused.push((peer, reason)),
-            (None, outcome) => unnamed.push(outcome.err().unwrap_or_default()),
-        }
-    }
-    paired.blame_unnamed(&lower, &unnamed);
+    paired.add_accepted(accepted.try_iter(), &lower);
     paired
 }
 
 impl Paired {
+    fn add(&mut self, peer: NodeId, channel: Channel, masters: Arena, send: bool) {
+        self.pairs.push(Pair {
+            peer,
+            channel,
+            send,
+            masters,
+        });
+    }
+
+    /// The accepting side's outcomes; a visible lower rank with none is refused too.
+    fn add_accepted(
+        &mut self,
+        outcomes: impl Iterator<Item = (Option<NodeId>, Accepted)>,
+        lower: &BTreeSet<NodeId>,
+    ) {
+        let mut unnamed = Vec::new();
+        for (peer, outcome) in outcomes {
+            match (peer, outcome) {
+                (Some(peer), Ok((channel, masters, send))) => {
+                    self.add(peer, channel, masters, send);
+                }
+                (Some(peer), Err(reason)) => self.refused.push((peer, reason)),
+                (None, outcome) => unnamed.push(outcome.err().unwrap_or_default()),
+            }
+        }
+        self.blame_unnamed(lower, &unnamed);
+    }
+
     /// Visible lower ranks that gave no outcome: they offered, but failed before naming
     /// themselves (`unnamed`, whose errors say why), or never came by the deadline.
     fn blame_unnamed(&mut self, lower: &BTreeSet<NodeId>, unnamed: &[String]) {
