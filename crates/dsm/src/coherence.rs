@@ -134,11 +134,8 @@ impl Coherence {
         let home = match &self.arena {
             // The region sits at the same address everywhere, and at the same offset in
             // every node's arena: peers find its master copies there.
-            Some(arena) => {
-                let offset =
-                    (region.base() as u64).wrapping_sub(crate::runtime::alloc::REGION_BASE);
-                HomeCopies::in_arena(arena, offset, layout.pages)
-            }
+            Some(arena) => Arena::offset_of(region.base() as u64)
+                .and_then(|offset| HomeCopies::in_arena(arena, offset, layout.pages)),
             None => HomeCopies::new(layout.pages),
         }
         .map_err(|e| {

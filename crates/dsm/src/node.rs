@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use dsm_locks::{LockEngine, LockKind, LockTable, TableConfig};
 use dsm_tcp_fallback::{TcpConfig, TcpTransport};
 
-use crate::sched::{Role, ServiceThreads};
-
 use dsm_core::Transport;
 use std::collections::{BTreeSet, HashMap};
 use std::marker::PhantomData;
@@ -28,6 +26,7 @@ use crate::runtime::alloc::Allocator;
 use crate::runtime::driver::{Driver, EVENT_QUEUE, Event, NetworkSink, Sink, send_counted};
 use crate::runtime::views::ViewService;
 use crate::runtime::{Core, Shared, monitor};
+use crate::sched::{Role, ServiceThreads};
 use crate::stats::{Counters, RegionCounters};
 use crate::transport::shm::{self, PollPolicy};
 use crate::transport::{Wire, rdma};

@@ -67,6 +67,19 @@ impl Arena {
         Ok(Arena { fd, len })
     }
 
+    /// Where a region placed at `address` keeps its master copies in every arena (an arena
+    /// spans the window regions are placed in).
+    pub(crate) fn offset_of(address: u64) -> io::Result<u64> {
+        use crate::runtime::alloc::{REGION_BASE, REGION_END};
+        if (REGION_BASE..REGION_END).contains(&address) {
+            Ok(address - REGION_BASE)
+        } else {
+            Err(io::Error::other(format!(
+                "region address {address:#x} outside the region window"
+            )))
+        }
+    }
+
     /// Size in bytes.
     pub(crate) fn len(&self) -> u64 {
         self.len
@@ -153,43 +166,32 @@ impl Shared {
         self.len / PAGE_SIZE
     }
 
+    /// The first byte of page `index`, `None` outside the mapping.
+    fn page_ptr(&self, index: u32) -> Option<*mut u8> {
+        let index = index as usize;
+        // SAFETY: in range (checked), so the offset stays inside the mapping.
+        (index < self.pages()).then(|| unsafe { self.base.add(index * PAGE_SIZE) })
+    }
+
     /// A copy of page `index`, `None` outside the mapping.
     pub(crate) fn copy_page(&self, index: u32) -> Option<dsm_wire::Page> {
-        if index as usize >= self.pages() {
-            return None;
-        }
+        let from = self.page_ptr(index)?;
         let mut page: dsm_wire::Page = Box::new([0; PAGE_SIZE]);
-        // SAFETY: in range (checked), page-aligned, mapped while `self` lives; the bytes are
-        // plain data. The home writes a master copy only while the coherence protocol keeps
-        // readers off it, as with an RDMA READ.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.base.add(index as usize * PAGE_SIZE),
-                page.as_mut_ptr(),
-                PAGE_SIZE,
-            );
-        }
+        // SAFETY: a whole page of the mapping, mapped while `self` lives; the bytes are plain
+        // data. The home writes a master copy only while the coherence protocol keeps readers
+        // off it, as with an RDMA READ.
+        unsafe { std::ptr::copy_nonoverlapping(from, page.as_mut_ptr(), PAGE_SIZE) };
         Some(page)
     }
-}
 
-impl Shared {
-    /// Writes page `index` with `data`; `false` outside the mapping.
-    pub(crate) fn write_page(&self, index: u32, data: &dsm_wire::Page) -> bool {
-        if index as usize >= self.pages() {
-            return false;
-        }
-        // SAFETY: in range (checked), page-aligned, mapped read-write while `self` lives. The
+    /// Writes page `index` with `data`; `None` outside the mapping.
+    pub(crate) fn write_page(&self, index: u32, data: &dsm_wire::Page) -> Option<()> {
+        let to = self.page_ptr(index)?;
+        // SAFETY: a whole page of the mapping, mapped read-write while `self` lives. The
         // coherence protocol gives this node the page's master to write (it answers the
         // home's recall of its writable copy, and the home serves nobody meanwhile).
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                self.base.add(index as usize * PAGE_SIZE),
-                PAGE_SIZE,
-            );
-        }
-        true
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), to, PAGE_SIZE) };
+        Some(())
     }
 }
 

@@ -24,7 +24,6 @@ use dsm_shm::Doorbell;
 use dsm_wire::{Limits, Message, NodeId, Page, PageId};
 
 use crate::raw::masters::{Arena, Shared};
-use crate::runtime::alloc::{REGION_BASE, REGION_END};
 
 pub(crate) use join::{connect, listen};
 use pair::{Listener, Paired, pair_up};
@@ -47,9 +46,25 @@ pub(crate) struct Links {
     /// Messages this node sent itself, delivered by the shared-memory thread (the thread
     /// that is awake and polling while the node waits, unlike the TCP thread).
     local: Mutex<Vec<Message>>,
+    /// Some peer's pieces wait behind its full ring (so the thread's loop skips the
+    /// per-peer locks otherwise).
+    backlog: AtomicBool,
 }
 
 impl Links {
+    fn new(rank: NodeId, cluster: u64, out: Vec<Option<Outbound>>) -> Self {
+        Links {
+            rank,
+            cluster,
+            out,
+            doorbell: Doorbell::new(),
+            sends: AtomicU64::new(0),
+            asleep: AtomicBool::new(false),
+            local: Mutex::new(Vec::new()),
+            backlog: AtomicBool::new(false),
+        }
+    }
+
     /// Sends `message` to `to` on its channel, or to this node itself through the
     /// shared-memory thread: `None` when `to` is reached by the network.
     fn send(
@@ -67,7 +82,12 @@ impl Links {
         }
         let outbound = self.out.get(to as usize)?.as_ref()?;
         let frame = dsm_wire::encode(message, self.cluster, self.rank);
-        let sent = outbound.send(&frame, &self.doorbell);
+        let sent = outbound.send(&frame).map(|backlog_started| {
+            if backlog_started {
+                self.backlog.store(true, Ordering::Release);
+                self.doorbell.ring();
+            }
+        });
         self.sent();
         Some(sent)
     }
@@ -108,27 +128,20 @@ impl Links {
         self.asleep.store(false, Ordering::SeqCst);
     }
 
-    /// Writes queued pieces; whether any are left.
+    /// Writes queued pieces; whether any are left. A sender that starts a backlog sets the
+    /// flag after queueing, so a backlog is never missed: at worst flushed once more.
     fn flush(&self) -> bool {
+        if !self.backlog.swap(false, Ordering::AcqRel) {
+            return false;
+        }
         let mut left = false;
         for outbound in self.out.iter().flatten() {
             left |= outbound.flush();
         }
-        left
-    }
-
-    /// Links with no peer, for unit tests of the receiving side.
-    #[cfg(test)]
-    fn for_tests(rank: NodeId, cluster: u64) -> Self {
-        Links {
-            rank,
-            cluster,
-            out: Vec::new(),
-            doorbell: Doorbell::new(),
-            sends: AtomicU64::new(0),
-            asleep: AtomicBool::new(false),
-            local: Mutex::new(Vec::new()),
+        if left {
+            self.backlog.store(true, Ordering::Release);
         }
+        left
     }
 
     fn close(&self, peer: NodeId, reason: &str) {
@@ -193,15 +206,7 @@ impl Shm {
         if inbound.is_empty() {
             return Ok(None);
         }
-        let links = Arc::new(Links {
-            rank,
-            cluster,
-            out,
-            doorbell: Doorbell::new(),
-            sends: AtomicU64::new(0),
-            asleep: AtomicBool::new(false),
-            local: Mutex::new(Vec::new()),
-        });
+        let links = Arc::new(Links::new(rank, cluster, out));
         let stop = Arc::new(AtomicBool::new(false));
         let service = Service {
             inbound,
@@ -242,7 +247,7 @@ impl Shm {
     /// Maps every paired peer's master copies of `region`: `pages` pages at `address` (the
     /// region's agreed address, which fixes its place in every arena).
     pub(crate) fn map_region(&self, region: u32, address: u64, pages: u32) -> std::io::Result<()> {
-        let offset = arena_offset(address)?;
+        let offset = Arena::offset_of(address)?;
         let mut maps = Vec::with_capacity(self.peer_arenas.len());
         for (&peer, arena) in &self.peer_arenas {
             maps.push(((peer, region), arena.map(offset, pages)?));
@@ -269,22 +274,7 @@ impl Shm {
         page: PageId,
         data: &Page,
     ) -> Option<std::result::Result<(), TransportError>> {
-        if !self.peer_arenas.contains_key(&home) {
-            return None;
-        }
-        let mapped = self.mapped.read().unwrap_or_else(|p| p.into_inner());
-        let Some(masters) = mapped.get(&(home, page.region)) else {
-            return Some(Err(TransportError::NotExposed {
-                region: page.region,
-                home,
-            }));
-        };
-        Some(
-            masters
-                .write_page(page.page, data)
-                .then_some(())
-                .ok_or(TransportError::OutOfRange { page, home }),
-        )
+        self.with_masters(home, page, |masters| masters.write_page(page.page, data))
     }
 
     /// A copy of `page` out of `home`'s arena, if `home` is a paired peer.
@@ -293,6 +283,18 @@ impl Shm {
         home: NodeId,
         page: PageId,
     ) -> Option<std::result::Result<Page, TransportError>> {
+        self.with_masters(home, page, |masters| masters.copy_page(page.page))
+    }
+
+    /// `access` on the mapping of `home`'s masters of `page`'s region: `None` when `home` is
+    /// not a paired peer; `NotExposed` without a mapping, `OutOfRange` when `access` finds
+    /// the page outside it.
+    fn with_masters<R>(
+        &self,
+        home: NodeId,
+        page: PageId,
+        access: impl FnOnce(&Shared) -> Option<R>,
+    ) -> Option<std::result::Result<R, TransportError>> {
         if !self.peer_arenas.contains_key(&home) {
             return None;
         }
@@ -303,11 +305,7 @@ impl Shm {
                 home,
             }));
         };
-        Some(
-            masters
-                .copy_page(page.page)
-                .ok_or(TransportError::OutOfRange { page, home }),
-        )
+        Some(access(masters).ok_or(TransportError::OutOfRange { page, home }))
     }
 
     /// Sends `message` to `to` if `to` is reached by shared memory (`None` otherwise).
@@ -333,16 +331,5 @@ impl Shm {
         if let Some(thread) = thread {
             let _ = thread.join();
         }
-    }
-}
-
-/// Where a region placed at `address` keeps its master copies in every arena.
-fn arena_offset(address: u64) -> std::io::Result<u64> {
-    if (REGION_BASE..REGION_END).contains(&address) {
-        Ok(address - REGION_BASE)
-    } else {
-        Err(std::io::Error::other(format!(
-            "region address {address:#x} outside the region window"
-        )))
     }
 }

@@ -62,16 +62,17 @@ impl Service {
         let mut sends = self.links.sends();
         while !self.stop.load(Ordering::Acquire) {
             let backlog = self.links.flush();
-            let local = self.deliver_local();
-            if self.take_frames(&mut piece) + local > 0 {
+            // Messages sent since the last look: this node's own are delivered here, and the
+            // answers to the others come here, so they count as activity.
+            let sent = self.links.sends();
+            let asked = sent != sends;
+            if asked {
+                sends = sent;
+                self.deliver_local();
+            }
+            if self.take_frames(&mut piece) > 0 || asked {
                 active_at = Instant::now();
                 continue;
-            }
-            // A message sent since the last look is a question whose answer comes here.
-            let sent = self.links.sends();
-            if sent != sends {
-                sends = sent;
-                active_at = Instant::now();
             }
             let idle = active_at.elapsed();
             let poll = idle < self.spin && self.sink.awaiting();
@@ -93,17 +94,14 @@ impl Service {
         }
     }
 
-    /// Delivers the messages this node sent itself; how many.
-    fn deliver_local(&mut self) -> usize {
-        let local = self.links.take_local();
-        let count = local.len();
-        for message in local {
+    /// Delivers the messages this node sent itself.
+    fn deliver_local(&mut self) {
+        for message in self.links.take_local() {
             self.sink.deliver(TransportEvent::Message {
                 from: self.links.rank,
                 message,
             });
         }
-        count
     }
 
     /// Takes what every ring holds (up to a batch each); how many pieces.
@@ -276,7 +274,7 @@ mod tests {
         let (sender, _) = offered.unwrap().split(Duration::ZERO);
         let (_, receiver) = accepter.join().unwrap().unwrap().split(Duration::ZERO);
         let kept = Arc::new(Kept::default());
-        let links = Arc::new(Links::for_tests(0, CLUSTER));
+        let links = Arc::new(Links::new(0, CLUSTER, Vec::new()));
         let service = Service {
             inbound: vec![Inbound {
                 peer: 1,

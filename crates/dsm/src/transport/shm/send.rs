@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use dsm_core::TransportError;
-use dsm_shm::{Doorbell, Sender};
+use dsm_shm::Sender;
 use dsm_wire::NodeId;
 
 /// Largest piece written as one ring frame: a page grant (4 KiB and headers) is one piece.
@@ -49,9 +49,9 @@ impl Outbound {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes `frame` (an encoded message) now, or queues what does not fit. `flusher` is
-    /// woken when something was queued.
-    pub(super) fn send(&self, frame: &[u8], flusher: &Doorbell) -> Result<(), TransportError> {
+    /// Writes `frame` (an encoded message) now, or queues what does not fit: `Ok(true)` when
+    /// this started a backlog, which the shared-memory thread must then be told to flush.
+    pub(super) fn send(&self, frame: &[u8]) -> Result<bool, TransportError> {
         let mut backlog = self.backlog();
         if let Some(reason) = &backlog.failed {
             return Err(self.failed(reason));
@@ -71,10 +71,7 @@ impl Outbound {
             }
             backlog.pieces.push_back(piece.to_vec());
         }
-        if !queued_before && !backlog.pieces.is_empty() {
-            flusher.ring();
-        }
-        Ok(())
+        Ok(!queued_before && !backlog.pieces.is_empty())
     }
 
     /// Writes queued pieces while the ring has room; whether any are left.
@@ -153,11 +150,13 @@ mod tests {
     fn a_full_ring_queues_in_order_and_the_flush_delivers_everything() {
         let (sender, mut receiver) = channel(64);
         let outbound = Outbound::new(1, sender);
-        let doorbell = Doorbell::new();
         let frames: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000]).collect();
-        for frame in &frames {
-            outbound.send(frame, &doorbell).unwrap();
-        }
+        let started: Vec<bool> = frames.iter().map(|f| outbound.send(f).unwrap()).collect();
+        assert_eq!(
+            started.iter().filter(|&&s| s).count(),
+            1,
+            "one backlog started"
+        );
         assert!(
             outbound.flush(),
             "4 KiB of ring cannot hold 20 KB: some wait"
@@ -175,7 +174,7 @@ mod tests {
         let (sender, mut receiver) = channel(4096);
         let outbound = Outbound::new(1, sender);
         let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        outbound.send(&big, &Doorbell::new()).unwrap();
+        outbound.send(&big).unwrap();
         let mut got = drain(&mut receiver);
         while outbound.flush() {
             got.extend(drain(&mut receiver));
@@ -189,7 +188,7 @@ mod tests {
         let (sender, _receiver) = channel(64);
         let outbound = Outbound::new(3, sender);
         outbound.close("the process exited");
-        let err = outbound.send(b"x", &Doorbell::new()).unwrap_err();
+        let err = outbound.send(b"x").unwrap_err();
         assert!(
             matches!(&err, TransportError::PeerFailed { node: 3, reason } if reason.contains("exited")),
             "{err}"
