@@ -1,5 +1,5 @@
 //! The service threads' scheduling (docs/architecture.md, "Scheduling"): by default the data
-//! path (transport thread, fault readers) runs `SCHED_FIFO` where the process may, the
+//! path (transport threads, fault readers) runs `SCHED_FIFO` where the process may, the
 //! driver and monitor at nice -20, the application's own threads are left alone; a process
 //! without the privilege runs all the same, at the closest priority allowed, and says so once.
 
@@ -90,8 +90,11 @@ fn assert_threads(out: &str, nodes: u32, priority: &str, driver_nice: &str) {
             out.contains(&format!("rank {rank}: service priority {priority}")),
             "rank {rank} should run its service threads at {priority}: {out}"
         );
+        // The TCP thread, and the shared-memory thread (same-host peers, the default
+        // transport) or the fault reader (thread delivery): two at least either way.
         let data_path = [
             printed(out, rank, "dsm-tcp"),
+            printed(out, rank, "dsm-shm"),
             printed(out, rank, "dsm-uffd"),
         ]
         .concat();

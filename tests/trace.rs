@@ -107,7 +107,7 @@ fn check_trace(file: &Path, rank: usize, signal: bool) {
             "install issued",
         ];
         if signal {
-            path.insert(1, "driver took it");
+            path.insert(1, "engine took it");
             path.push("thread resumed");
         }
         assert_eq!(hops, path, "rank {rank}: {fault}");

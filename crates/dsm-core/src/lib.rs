@@ -85,6 +85,7 @@ mod memory;
 mod region;
 mod release;
 pub mod transport;
+pub mod wakes;
 
 pub use actions::{Access, Action};
 pub use cache::LocalState;

@@ -95,22 +95,22 @@ impl Shared {
                 detail: format!("full ({QUEUE_CAPACITY} operations) for {QUEUE_FULL_TIMEOUT:?}"),
             });
         }
-        self.wake();
+        // At once, held back or not: this thread waits for the room the woken thread makes.
+        dsm_core::wakes::Wake::wake_now(self);
         std::thread::yield_now();
         Ok(())
     }
 
-    /// Wakes the transport thread unless a wake-up is already pending.
+    /// Wakes the transport thread unless a wake-up is already pending; under a lock the
+    /// thread may need, once the lock is let go (`dsm_core::wakes`).
     pub(crate) fn wake(&self) {
-        if !self.notified.swap(true, Ordering::SeqCst) {
-            // Cannot fail short of a closed fd: the counter never nears u64::MAX because the
-            // worker resets it on every wake-up.
-            if let Err(e) = self.wake.write(1) {
-                tracing::error!(error = %e, "eventfd write failed");
-            }
+        if !dsm_core::wakes::defer(self) {
+            dsm_core::wakes::Wake::wake_now(self);
         }
     }
+}
 
+impl Shared {
     /// Worker: clears the wake-up flag before sleeping; true when work arrived meanwhile (then
     /// the worker must not sleep).
     pub(crate) fn prepare_to_sleep(&self) -> bool {
@@ -136,5 +136,17 @@ impl Shared {
         self.failed
             .get(node as usize)
             .is_some_and(|f| f.load(Ordering::Acquire))
+    }
+}
+
+impl dsm_core::wakes::Wake for Shared {
+    fn wake_now(&self) {
+        if !self.notified.swap(true, Ordering::SeqCst) {
+            // Cannot fail short of a closed fd: the counter never nears u64::MAX because the
+            // worker resets it on every wake-up.
+            if let Err(e) = self.wake.write(1) {
+                tracing::error!(error = %e, "eventfd write failed");
+            }
+        }
     }
 }

@@ -71,10 +71,6 @@ pub(crate) struct Ctx<'a> {
 /// Threads that may wait on a fault at once with signal delivery (one slot each).
 const SIGNAL_SLOTS: usize = 64;
 
-/// What a signal fault's slot is filled with: only its ready state matters (the driver
-/// installed the page into the region itself).
-static READY_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
-
 /// Most distinct overdue home transactions and syncs logged (the rest only count as one).
 const MAX_REPORTED: usize = 1024;
 
@@ -496,7 +492,7 @@ impl Coherence {
         counters.fault_latency.record(nanos);
         if let Some(slot) = self.signal_faults.remove(&token) {
             // The install (or upgrade) is done: the handler returns and the access re-runs.
-            self.slots.fill(slot, &READY_PAGE);
+            self.slots.mark_ready(slot);
             return Ok(());
         }
         // The install or upgrade woke the thread already; this covers a fault the engine

@@ -38,15 +38,24 @@ pub enum TransportChoice {
 }
 
 /// How userfaultfd faults reach the runtime (`DSM_FAULT_DELIVERY`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FaultDelivery {
     /// A reader thread per region takes each fault and runs the coherence engine
-    /// (`DSM_FAULT_DELIVERY=thread`, the default).
+    /// (`DSM_FAULT_DELIVERY=thread`). For programs that block SIGBUS, or that pass region
+    /// memory to system calls before touching it.
     Thread,
-    /// `UFFD_FEATURE_SIGBUS`: the faulting thread hands its fault to the driver thread from
-    /// its SIGBUS handler, lock-free, and waits on a preallocated slot
-    /// (`DSM_FAULT_DELIVERY=signal`; x86-64). Every thread that touches a region must leave
-    /// SIGBUS unblocked.
+    /// `UFFD_FEATURE_SIGBUS` (`DSM_FAULT_DELIVERY=signal`, the default; x86-64): the
+    /// faulting thread runs the coherence engine from its own SIGBUS handler (handing the
+    /// fault to the driver thread only when the engine's lock stays taken), so its request
+    /// leaves with no hand-over between threads, and it waits on a preallocated slot,
+    /// looking at it for a while before it sleeps. Measured faster than `Thread` (see
+    /// docs/architecture.md). What it asks of a program:
+    /// - every thread that touches a region must leave SIGBUS unblocked;
+    /// - a system call whose buffer is a region page not present here fails with `EFAULT`
+    ///   instead of fetching it (the kernel does not raise the signal for its own
+    ///   accesses): touch the buffer first, or use `Region::read_at`/`write_at`, which do;
+    /// - a program whose allocator keeps its own data in a region must use `Thread`.
+    #[default]
     Signal,
 }
 
@@ -129,7 +138,7 @@ pub struct Config {
     pub(crate) failure_timeout: Duration,
     /// Bound on any other wait: a fault, a lock, a barrier (`DSM_OP_TIMEOUT_MS`, default 60 s).
     pub(crate) op_timeout: Duration,
-    /// How faults are delivered (`DSM_FAULT_DELIVERY`, default thread).
+    /// How faults are delivered (`DSM_FAULT_DELIVERY`, default signal).
     pub(crate) fault_delivery: FaultDelivery,
     /// How release-mode regions find written pages (`DSM_WRITE_TRACKING`, default scan).
     pub(crate) write_tracking: WriteTracking,
@@ -171,7 +180,7 @@ impl Config {
                 heartbeat_interval: Duration::from_millis(200),
                 failure_timeout: Duration::from_millis(1500),
                 op_timeout: Duration::from_secs(60),
-                fault_delivery: FaultDelivery::Thread,
+                fault_delivery: FaultDelivery::default(),
                 write_tracking: WriteTracking::Scan,
                 twin_limit_bytes: DEFAULT_TWIN_LIMIT_MB << 20,
                 spin: DEFAULT_SPIN,
@@ -744,11 +753,11 @@ mod tests {
     }
 
     #[test]
-    fn fault_delivery_is_thread_unless_signal_is_asked() {
+    fn fault_delivery_is_signal_unless_thread_is_asked() {
         let base = [("DSM_RANK", "0"), ("DSM_SIZE", "1")];
-        assert_eq!(from(&base).unwrap().fault_delivery, FaultDelivery::Thread);
-        let signal = from(&[base[0], base[1], ("DSM_FAULT_DELIVERY", "signal")]).unwrap();
-        assert_eq!(signal.fault_delivery, FaultDelivery::Signal);
+        assert_eq!(from(&base).unwrap().fault_delivery, FaultDelivery::Signal);
+        let thread = from(&[base[0], base[1], ("DSM_FAULT_DELIVERY", "thread")]).unwrap();
+        assert_eq!(thread.fault_delivery, FaultDelivery::Thread);
         let bad = from(&[base[0], base[1], ("DSM_FAULT_DELIVERY", "sigbus")]);
         assert!(matches!(bad, Err(Error::Config(m)) if m.contains("DSM_FAULT_DELIVERY")));
     }

@@ -5,19 +5,30 @@
 //!   lock, and returns `Pending`; the install that the engine's actions perform wakes the
 //!   faulting thread.
 //! - **Signal** (`UFFD_FEATURE_SIGBUS`): the resolver runs in the faulting thread's SIGBUS
-//!   handler, so it takes no lock and allocates nothing. It claims a preallocated
-//!   [`PageSlots`] slot, hands the fault to the driver thread through the driver's bounded
-//!   queue (`try_send` of a plain-data event: no allocation; the channel's internal waker
-//!   lock is never held by a thread that is touching region memory, the only place SIGBUS
-//!   can interrupt), and waits on the slot (futex, bounded). The driver runs the engine,
-//!   whose install maps the page; its wake marks the slot ready, and the access re-executes.
+//!   handler. It claims a preallocated [`PageSlots`] slot and runs the engine itself when
+//!   the engine's lock is free (`try_lock`, a bounded number of attempts, never a blocking
+//!   wait): the request leaves from the faulting thread, with no hand-over. When the lock
+//!   stays taken it hands the fault to the driver thread through the driver's bounded queue
+//!   (`try_send` of a plain-data event). Either way it then waits on the slot (futex,
+//!   bounded); the engine's install maps the page, its wake marks the slot ready, and the
+//!   access re-executes.
+//!
+//! Why the handler may run the engine (which takes the engine lock and allocates): the
+//! SIGBUS of userfaultfd is synchronous. It interrupts exactly one thing, an access to a
+//! missing or write-protected page of a region, and neither the allocator nor this library
+//! touches region memory while holding a lock (the library moves region pages with
+//! `UFFDIO_COPY`/`UFFDIO_WRITEPROTECT` and reads only pages it holds mapped). So the
+//! interrupted thread holds none of the locks the engine takes; should it hold the engine's
+//! own lock all the same (a bug), `try_lock` fails and the driver gets the fault, as before
+//! this path existed. A program whose allocator keeps its own data in a region must use
+//! thread delivery.
 
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use dsm_core::Access;
-use dsm_uffd::{Fault, FaultKind, FaultResolver, PageSlots, Resolution, UffdRegion};
+use dsm_uffd::{Fault, FaultKind, FaultResolver, PageSlots, Resolution, SlotId, UffdRegion};
 use dsm_wire::PageId;
 
 use crate::runtime::Core;
@@ -42,6 +53,8 @@ pub(crate) struct SignalPath {
     pub(crate) slots: Arc<PageSlots>,
     /// Longest a handler waits for its page (beyond the engine's own fault timeout).
     pub(crate) timeout: Duration,
+    /// How long it looks at its slot before it sleeps on it.
+    pub(crate) spin: Duration,
 }
 
 /// Extra wait a handler grants the driver beyond the fault timeout, so that the driver's
@@ -86,7 +99,7 @@ impl FaultResolver for Resolver {
         };
         crate::trace::fault_raised(&self.core.shared, page, fault.kind);
         if let Some(signal) = &self.signal {
-            let resolution = in_signal_handler(signal, page, access);
+            let resolution = in_signal_handler(&self.core, signal, page, access);
             return crate::trace::resumed(&self.core.shared, page, resolution);
         }
         match self.core.engine(|c, ctx| c.fault(page, access, ctx)) {
@@ -100,11 +113,11 @@ impl FaultResolver for Resolver {
 }
 
 /// The SIGBUS handler's share (async-signal-safe: atomics, futex, `clock_gettime`, the
-/// channel's non-allocating `try_send`, `write(2)`). When the driver got the fault it prints
-/// why the fault failed; when it did not, the handler says why itself (static text: no
-/// allocation).
-fn in_signal_handler(signal: &SignalPath, page: PageId, access: Access) -> Resolution {
-    match hand_over(signal, page, access) {
+/// engine under `try_lock` (see the module's docs), the channel's non-allocating
+/// `try_send`, `write(2)`). When the engine got the fault it prints why the fault failed;
+/// when it did not, the handler says why itself (static text: no allocation).
+fn in_signal_handler(core: &Core, signal: &SignalPath, page: PageId, access: Access) -> Resolution {
+    match hand_over(signal, page, access, Some(core)) {
         Ok(resolution) => resolution,
         Err(why) => {
             crate::raw::write_stderr(b"dsm: a fault under signal delivery cannot be served: ");
@@ -115,30 +128,64 @@ fn in_signal_handler(signal: &SignalPath, page: PageId, access: Access) -> Resol
     }
 }
 
-/// Hands the fault to the driver and waits for the page; `Err` says why the fault failed
-/// when the driver did not report it.
+/// Attempts at the engine's lock before a handler hands its fault to the driver instead.
+const ENGINE_TRIES: u32 = 256;
+
+/// Runs the fault on the engine from the handler (`here`) if its lock is free, otherwise
+/// hands it to the driver, and waits for the page; `Err` says why the fault failed when the
+/// engine did not report it.
 fn hand_over(
     signal: &SignalPath,
     page: PageId,
     access: Access,
+    here: Option<&Core>,
 ) -> Result<Resolution, &'static str> {
     let Ok(slot) = signal.slots.claim() else {
         return Err("every page slot is taken (more threads fault at once than there are slots)");
     };
+    let fault = (page, access, slot, Instant::now());
+    let ran = here.and_then(|core| {
+        core.try_engine(ENGINE_TRIES, |c, ctx| {
+            crate::trace::fault_taken(&core.shared, page);
+            c.fault_in_signal(fault, ctx)
+        })
+    });
+    match ran {
+        Some(Ok(())) => {}
+        Some(Err(_)) => {
+            signal.slots.fail(slot);
+            let _ = signal.slots.wait(slot, Duration::ZERO); // frees the slot
+            return Err("the engine could not send the fault's request");
+        }
+        None => queue_for_driver(signal, fault)?,
+    }
+    match signal
+        .slots
+        .wait_spinning(slot, signal.spin, signal.timeout)
+    {
+        Ok(_done) => Ok(Resolution::Retry), // Installed: the access re-executes.
+        // The engine failed the fault and printed why.
+        Err(dsm_uffd::Error::FetchFailed) => Ok(Resolution::Fail),
+        Err(_) => Err("the engine neither served nor failed it within the fault timeout"),
+    }
+}
+
+/// Queues the fault for the driver thread; on failure frees its slot and says why.
+fn queue_for_driver(
+    signal: &SignalPath,
+    fault: (PageId, Access, SlotId, Instant),
+) -> Result<(), &'static str> {
+    let (page, access, slot, since) = fault;
     let mut event = Event::Fault {
         page,
         access,
         slot,
-        since: Instant::now(),
+        since,
     };
     let mut why = "the driver's event queue stayed full (10000 tries, 100 us apart)";
-    let mut queued = false;
     for _ in 0..QUEUE_RETRIES {
         match signal.events.try_send(event) {
-            Ok(()) => {
-                queued = true;
-                break;
-            }
+            Ok(()) => return Ok(()),
             Err(std::sync::mpsc::TrySendError::Full(back)) => {
                 event = back;
                 std::thread::sleep(Duration::from_micros(100)); // nanosleep: signal-safe
@@ -149,17 +196,9 @@ fn hand_over(
             }
         }
     }
-    if !queued {
-        signal.slots.fail(slot);
-        let _ = signal.slots.wait(slot, Duration::ZERO); // frees the slot
-        return Err(why);
-    }
-    match signal.slots.wait(slot, signal.timeout) {
-        Ok(_done) => Ok(Resolution::Retry), // Installed by the driver: the access re-executes.
-        // The driver failed the fault and printed why.
-        Err(dsm_uffd::Error::FetchFailed) => Ok(Resolution::Fail),
-        Err(_) => Err("the driver neither served nor failed it within the fault timeout"),
-    }
+    signal.slots.fail(slot);
+    let _ = signal.slots.wait(slot, Duration::ZERO); // frees the slot
+    Err(why)
 }
 
 #[cfg(test)]
@@ -177,6 +216,7 @@ mod tests {
                 events,
                 slots,
                 timeout,
+                spin: Duration::from_micros(100),
             },
             receiver,
         )
@@ -188,7 +228,7 @@ mod tests {
     fn a_fault_with_no_free_slot_says_so() {
         let (signal, _receiver) = path(1);
         let _taken = signal.slots.claim().unwrap();
-        let why = hand_over(&signal, PAGE, Access::Read).unwrap_err();
+        let why = hand_over(&signal, PAGE, Access::Read, None).unwrap_err();
         assert!(why.contains("page slot"), "{why}");
     }
 
@@ -196,7 +236,7 @@ mod tests {
     fn a_fault_after_the_driver_left_says_so_and_frees_its_slot() {
         let (signal, receiver) = path(1);
         drop(receiver);
-        let why = hand_over(&signal, PAGE, Access::Write).unwrap_err();
+        let why = hand_over(&signal, PAGE, Access::Write, None).unwrap_err();
         assert!(why.contains("driver thread is gone"), "{why}");
         assert!(signal.slots.claim().is_ok(), "the slot must be free again");
     }
@@ -204,7 +244,7 @@ mod tests {
     #[test]
     fn a_fault_nobody_serves_says_the_driver_never_answered() {
         let (signal, _receiver) = path(1);
-        let why = hand_over(&signal, PAGE, Access::Read).unwrap_err();
+        let why = hand_over(&signal, PAGE, Access::Read, None).unwrap_err();
         assert!(why.contains("neither served nor failed"), "{why}");
     }
 }

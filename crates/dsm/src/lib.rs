@@ -45,12 +45,14 @@
 //!   `vm.unprivileged_userfaultfd=1`.
 //! - x86-64 (fixed region addresses in the 47-bit user address space).
 //! - Every thread that touches a region must leave SIGBUS unblocked.
-//! - Faults reach the runtime through a reader thread per region (the default) or, with
-//!   `DSM_FAULT_DELIVERY=signal` ([`FaultDelivery::Signal`]), from the faulting thread's own
-//!   SIGBUS handler, which hands the fault to the driver thread lock-free and waits on a
-//!   preallocated slot. A fault that waits past `DSM_OP_TIMEOUT_MS` fails after an error
-//!   naming the page and its home: the process dies (SIGBUS under signal delivery, abort
-//!   under thread delivery).
+//! - Faults reach the runtime from the faulting thread's own SIGBUS handler (the default,
+//!   [`FaultDelivery::Signal`]), which runs the coherence engine and waits for its page on a
+//!   preallocated slot; or, with `DSM_FAULT_DELIVERY=thread` ([`FaultDelivery::Thread`]),
+//!   through a reader thread per region. Under the default a system call whose buffer is a
+//!   region page not present on this node fails with `EFAULT` (touch the buffer first, or
+//!   copy with [`Region::read_at`]/[`Region::write_at`]). A fault that waits past
+//!   `DSM_OP_TIMEOUT_MS` fails after an error naming the page and its home: the process
+//!   dies (SIGBUS under signal delivery, abort under thread delivery).
 //! - `DSM_TRANSPORT=rdma` (or `rdma!`): an RDMA device with an active port on every node (see
 //!   dsm-rdma's requirements: RoCE GID, locked memory). Pages then move by one-sided RDMA
 //!   READ from the home's registered master copy; control messages stay on TCP.

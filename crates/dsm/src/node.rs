@@ -49,6 +49,9 @@ pub struct Node {
     barrier_epoch: AtomicU64,
     alloc_round: AtomicU64,
     gone: AtomicBool,
+    /// How long a SIGBUS handler looks at its page slot before it sleeps: the transports'
+    /// poll after activity (shorter where nodes share CPUs).
+    fault_spin: Duration,
     /// The first failure of a collective call: every later one fails with it (the nodes may
     /// no longer agree on which call is which).
     collective_failure: Mutex<Option<String>>,
@@ -195,6 +198,7 @@ impl Node {
         let sink = Arc::new(Sink::new(events.clone(), Arc::clone(&priority)));
         let network_sink = Arc::new(NetworkSink::new(Arc::clone(&sink)));
         let (tcp, policy) = start_transport(&config, booted, Arc::clone(&network_sink))?;
+        let fault_spin = policy.spin;
         let shm = shm::connect(&config, listener.as_ref(), deadline, sink.clone(), policy)?;
         let transport = Arc::new(Wire::new(tcp, shm));
         if transport.shm_peers().len() + 1 == config.size as usize {
@@ -265,6 +269,7 @@ impl Node {
             barrier_epoch: AtomicU64::new(0),
             alloc_round: AtomicU64::new(0),
             gone: AtomicBool::new(false),
+            fault_spin,
             collective_failure: Mutex::new(None),
         };
         node.select_rdma(connector, sink, deadline)?;
@@ -649,6 +654,7 @@ impl Node {
                         .engine(|c, _| Ok(c.slots()))
                         .map_err(|e| (SetupStep::Serve, e))?,
                     timeout: self.config.op_timeout + SIGNAL_WAIT_MARGIN,
+                    spin: self.fault_spin,
                 }),
             };
             let resolver = Arc::new(Resolver {

@@ -212,8 +212,8 @@ fn remote_read_fault(accesses: &Value, zero: &Value, one: &Value) -> Value {
         else {
             continue;
         };
-        if let Some(taken) = fault.at("driver took it") {
-            path.insert(2, ("driver took it", taken)); // signal delivery's hand-over
+        if let Some(taken) = fault.at("engine took it") {
+            path.insert(2, ("engine took it", taken)); // signal delivery: the handler (or the driver) ran the engine
         }
         if let Some(resumed) = fault.at("thread resumed") {
             path.push(("thread resumed", resumed));

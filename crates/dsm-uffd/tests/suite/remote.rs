@@ -125,3 +125,30 @@ fn a_slot_times_out_and_refuses_a_late_page() {
     );
     assert_eq!(SlotId::from_token(failed.to_token()), failed);
 }
+
+/// A page marked ready from another thread ends the wait whether the waiter still spins or
+/// already sleeps (the filler wakes only a sleeper: a lost wake-up would time out here).
+#[test]
+fn a_slot_marked_ready_ends_a_spinning_or_a_sleeping_wait() {
+    let slots = std::sync::Arc::new(PageSlots::new(1));
+    for (spin, delay) in [
+        (Duration::from_secs(5), Duration::from_millis(2)),
+        (Duration::ZERO, Duration::from_millis(2)),
+        (Duration::from_micros(200), Duration::from_millis(5)),
+    ] {
+        for _ in 0..50 {
+            let id = slots.claim().unwrap();
+            let marker = std::sync::Arc::clone(&slots);
+            let filler = std::thread::spawn(move || {
+                std::thread::sleep(delay / 50);
+                assert!(marker.mark_ready(id));
+            });
+            let started = std::time::Instant::now();
+            let waited = slots.wait_spinning(id, spin, Duration::from_secs(5));
+            assert!(waited.is_ok(), "spin {spin:?}: {waited:?}");
+            drop(waited);
+            assert!(started.elapsed() < Duration::from_secs(4), "spin {spin:?}");
+            filler.join().unwrap();
+        }
+    }
+}

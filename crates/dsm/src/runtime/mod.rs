@@ -114,8 +114,37 @@ impl Core {
             transport: self.transport.as_ref(),
             shared: &self.shared,
         };
+        // Dropped after the lock: sends made under it wake the shared-memory thread then.
+        let _wakes = dsm_core::wakes::Held::new();
         let mut coherence = self.coherence.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut coherence, &ctx)
+    }
+
+    /// Runs `f` on the coherence engine if its lock comes free within `tries` attempts
+    /// (`try_lock`, no blocking wait); `None` if it did not. A SIGBUS handler uses this: it
+    /// must never block on a lock that the thread it interrupted might hold.
+    pub(crate) fn try_engine<R>(
+        &self,
+        tries: u32,
+        f: impl FnOnce(&mut Coherence, &Ctx<'_>) -> Result<R>,
+    ) -> Option<Result<R>> {
+        let _wakes = dsm_core::wakes::Held::new(); // as in `engine`
+        for _ in 0..tries {
+            let mut coherence = match self.coherence.try_lock() {
+                Ok(guard) => guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    std::hint::spin_loop();
+                    continue;
+                }
+            };
+            let ctx = Ctx {
+                transport: self.transport.as_ref(),
+                shared: &self.shared,
+            };
+            return Some(f(&mut coherence, &ctx));
+        }
+        None
     }
 
     /// Runs an engine sync call (`release` or `acquire`) under `token` and waits for its

@@ -105,7 +105,7 @@ impl Hop {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Hop::FaultRaisedRead | Hop::FaultRaisedWrite => "fault raised",
-            Hop::FaultTaken => "driver took it",
+            Hop::FaultTaken => "engine took it",
             Hop::FaultRequestSent => "request sent",
             Hop::FaultReplyReceived => "reply received",
             Hop::FaultInstalled => "install issued",

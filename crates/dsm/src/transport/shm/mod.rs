@@ -51,6 +51,14 @@ pub(crate) struct Links {
     backlog: AtomicBool,
 }
 
+impl dsm_core::wakes::Wake for Links {
+    fn wake_now(&self) {
+        if self.asleep.load(Ordering::SeqCst) {
+            self.doorbell.ring();
+        }
+    }
+}
+
 impl Links {
     fn new(rank: NodeId, cluster: u64, out: Vec<Option<Outbound>>) -> Self {
         Links {
@@ -96,10 +104,11 @@ impl Links {
     /// polls only for a while after activity. If it sleeps, it is woken so that the answer
     /// is polled for, not a wake-up from another CPU. Dekker-style with the thread's
     /// [`will_sleep`](Self::will_sleep): either it sees this send, or this sees it asleep.
+    /// Under the engine lock the wake waits until the lock is let go (`dsm_core::wakes`).
     fn sent(&self) {
         self.sends.fetch_add(1, Ordering::SeqCst);
-        if self.asleep.load(Ordering::SeqCst) {
-            self.doorbell.ring();
+        if !dsm_core::wakes::defer(self) {
+            dsm_core::wakes::Wake::wake_now(self);
         }
     }
 
