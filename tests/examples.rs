@@ -26,7 +26,7 @@ impl Setting {
     fn default_on(transport: &'static str) -> Self {
         Setting {
             transport,
-            delivery: "thread",
+            delivery: "signal",
             tracking: "scan",
         }
     }

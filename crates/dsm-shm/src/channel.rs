@@ -204,16 +204,20 @@ impl Receiver {
     }
 }
 
-/// Sleeps until a producer wakes any of `receivers`, the `doorbell` rings, or `timeout`: one
+/// Sleeps until a producer wakes any of `rings`, the `doorbell` rings, or `timeout`: one
 /// thread serving several rings. Call it only after [`Receiver::prepare_sleep`] returned
 /// `Ok(false)` for every one of them, and [`Receiver::finish_sleep`] on each afterwards. At
 /// most 127 receivers are watched (the kernel takes 128 words); a caller with more must poll
 /// the rest. Returns whether the doorbell rang.
-pub fn sleep_any(receivers: &[&Receiver], doorbell: &Doorbell, timeout: Duration) -> bool {
-    let mut words: Vec<(&std::sync::atomic::AtomicU32, u32)> = receivers
+///
+/// The rings are named by their [`Waker`]s, so that the caller need not hold its receivers
+/// while it sleeps: another thread may take frames from them meanwhile (one at a time, as
+/// for any receiver), e.g. a thread that waits for one answer and serves itself.
+pub fn sleep_any(rings: &[Waker], doorbell: &Doorbell, timeout: Duration) -> bool {
+    let mut words: Vec<(&std::sync::atomic::AtomicU32, u32)> = rings
         .iter()
         .take(crate::sys::FUTEX_WAITV_MAX - 1)
-        .map(|r| (r.futex_word(), crate::ring::SLEEPING))
+        .map(|r| (r.word(), crate::ring::SLEEPING))
         .collect();
     words.push((&doorbell.word, 0));
     crate::sys::futex_wait_any(&words, timeout);
@@ -249,6 +253,11 @@ pub struct Waker {
 }
 
 impl Waker {
+    /// The ring's futex word (see [`Receiver::futex_word`]).
+    pub fn word(&self) -> &std::sync::atomic::AtomicU32 {
+        self.memory.ring(self.direction).state_word()
+    }
+
     /// Wakes the receiver if it sleeps; it re-checks its ring and its peer.
     pub fn wake(&self) {
         let area = self.memory.ring(self.direction);

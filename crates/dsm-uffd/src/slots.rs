@@ -130,6 +130,15 @@ impl PageSlots {
         })
     }
 
+    /// Whether `id`'s page came or failed (its waiter will not sleep): for a waiter that
+    /// does other work before [`wait`](Self::wait). True for an unknown id.
+    pub fn is_settled(&self, id: SlotId) -> bool {
+        self.slot(id).is_none_or(|slot| {
+            let tag = slot.state.load(Ordering::SeqCst) & TAG_MASK;
+            tag == READY || tag == FAILED
+        })
+    }
+
     fn slot(&self, id: SlotId) -> Option<&Slot> {
         self.slots.get(id.index as usize)
     }

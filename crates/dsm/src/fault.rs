@@ -34,6 +34,7 @@ use dsm_wire::PageId;
 use crate::runtime::Core;
 use crate::runtime::driver::Event;
 use crate::stats::{Counters, RegionCounters};
+use crate::transport::Wire;
 
 /// The resolver of one region.
 #[derive(Debug)]
@@ -55,6 +56,9 @@ pub(crate) struct SignalPath {
     pub(crate) timeout: Duration,
     /// How long it looks at its slot before it sleeps on it.
     pub(crate) spin: Duration,
+    /// The node's transports: with same-host peers, the handler serves their rings itself
+    /// while it looks at its slot.
+    pub(crate) wire: Option<Arc<Wire>>,
 }
 
 /// Extra wait a handler grants the driver beyond the fault timeout, so that the driver's
@@ -144,6 +148,10 @@ fn hand_over(
         return Err("every page slot is taken (more threads fault at once than there are slots)");
     };
     let fault = (page, access, slot, Instant::now());
+    let shm = signal.wire.as_deref().and_then(Wire::shm);
+    // The request's answer is taken by this thread if it comes from a same-host peer: the
+    // send need not wake the shared-memory thread to poll for it.
+    let serving = shm.map(|_| crate::transport::shm::Serving::start());
     let ran = here.and_then(|core| {
         core.try_engine(ENGINE_TRIES, |c, ctx| {
             crate::trace::fault_taken(&core.shared, page);
@@ -157,12 +165,27 @@ fn hand_over(
             let _ = signal.slots.wait(slot, Duration::ZERO); // frees the slot
             return Err("the engine could not send the fault's request");
         }
-        None => queue_for_driver(signal, fault)?,
+        None => {
+            drop(serving);
+            queue_for_driver(signal, fault)?;
+            return wait(signal, slot, signal.spin);
+        }
     }
-    match signal
-        .slots
-        .wait_spinning(slot, signal.spin, signal.timeout)
-    {
+    let Some(shm) = shm else {
+        return wait(signal, slot, signal.spin);
+    };
+    let until = Instant::now() + signal.spin;
+    let served = shm.serve_until(&|| signal.slots.is_settled(slot), until);
+    drop(serving);
+    if !served {
+        shm.hand_back();
+    }
+    wait(signal, slot, Duration::ZERO)
+}
+
+/// Waits for the page of `slot`, looking at it for `spin` first.
+fn wait(signal: &SignalPath, slot: SlotId, spin: Duration) -> Result<Resolution, &'static str> {
+    match signal.slots.wait_spinning(slot, spin, signal.timeout) {
         Ok(_done) => Ok(Resolution::Retry), // Installed: the access re-executes.
         // The engine failed the fault and printed why.
         Err(dsm_uffd::Error::FetchFailed) => Ok(Resolution::Fail),
@@ -217,6 +240,7 @@ mod tests {
                 slots,
                 timeout,
                 spin: Duration::from_micros(100),
+                wire: None,
             },
             receiver,
         )

@@ -655,6 +655,7 @@ impl Node {
                         .map_err(|e| (SetupStep::Serve, e))?,
                     timeout: self.config.op_timeout + SIGNAL_WAIT_MARGIN,
                     spin: self.fault_spin,
+                    wire: Some(Arc::clone(&self.transport)),
                 }),
             };
             let resolver = Arc::new(Resolver {

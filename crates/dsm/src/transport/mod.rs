@@ -51,6 +51,12 @@ impl Wire {
         }
     }
 
+    /// The same-host transport, whose rings a thread that waits for an answer may serve
+    /// itself (`shm::Links::serve_until`): `None` without same-host peers.
+    pub(crate) fn shm(&self) -> Option<&shm::Shm> {
+        self.shm.as_ref()
+    }
+
     /// Peers this node both sends to and receives from by shared memory (they also read
     /// this node's master copies themselves).
     pub(crate) fn shm_peers(&self) -> &[NodeId] {

@@ -8,6 +8,7 @@
 //! good (per-pair FIFO holds). The TCP connection of a pair stays: its close is how a
 //! peer's death is seen at once, besides the pidfd this thread checks.
 
+mod inbox;
 mod join;
 mod pair;
 mod receive;
@@ -25,9 +26,11 @@ use dsm_wire::{Limits, Message, NodeId, Page, PageId};
 
 use crate::raw::masters::{Arena, Shared};
 
+pub(crate) use inbox::Serving;
+use inbox::{Inbound, Inboxes};
 pub(crate) use join::{connect, listen};
 use pair::{Listener, Paired, pair_up};
-use receive::{Inbound, Service};
+use receive::Service;
 use send::Outbound;
 
 /// What senders need: the sending half of each paired peer's channel.
@@ -49,6 +52,8 @@ pub(crate) struct Links {
     /// Some peer's pieces wait behind its full ring (so the thread's loop skips the
     /// per-peer locks otherwise).
     backlog: AtomicBool,
+    /// The receiving side of every ring (`inbox.rs`).
+    inboxes: Mutex<Inboxes>,
 }
 
 impl dsm_core::wakes::Wake for Links {
@@ -60,7 +65,7 @@ impl dsm_core::wakes::Wake for Links {
 }
 
 impl Links {
-    fn new(rank: NodeId, cluster: u64, out: Vec<Option<Outbound>>) -> Self {
+    fn new(rank: NodeId, cluster: u64, out: Vec<Option<Outbound>>, inboxes: Inboxes) -> Self {
         Links {
             rank,
             cluster,
@@ -70,6 +75,7 @@ impl Links {
             asleep: AtomicBool::new(false),
             local: Mutex::new(Vec::new()),
             backlog: AtomicBool::new(false),
+            inboxes: Mutex::new(inboxes),
         }
     }
 
@@ -105,8 +111,12 @@ impl Links {
     /// is polled for, not a wake-up from another CPU. Dekker-style with the thread's
     /// [`will_sleep`](Self::will_sleep): either it sees this send, or this sees it asleep.
     /// Under the engine lock the wake waits until the lock is let go (`dsm_core::wakes`).
+    /// Nor is it woken when the sending thread serves the rings itself (`inbox::Serving`).
     fn sent(&self) {
         self.sends.fetch_add(1, Ordering::SeqCst);
+        if inbox::Serving::active() {
+            return;
+        }
         if !dsm_core::wakes::defer(self) {
             dsm_core::wakes::Wake::wake_now(self);
         }
@@ -205,23 +215,17 @@ impl Shm {
                 out[pair.peer as usize] = Some(Outbound::new(pair.peer, sender));
                 both_ways.push(pair.peer);
             }
-            inbound.push(Inbound {
-                peer: pair.peer,
-                receiver,
-                partial: Vec::new(),
-                failed: false,
-            });
+            inbound.push(Inbound::new(pair.peer, receiver));
         }
         if inbound.is_empty() {
             return Ok(None);
         }
-        let links = Arc::new(Links::new(rank, cluster, out));
+        let inboxes = Inboxes::new(inbound, Arc::clone(&sink), Limits::new(cluster));
+        let links = Arc::new(Links::new(rank, cluster, out, inboxes));
         let stop = Arc::new(AtomicBool::new(false));
         let service = Service {
-            inbound,
             links: Arc::clone(&links),
             sink,
-            limits: Limits::new(cluster),
             spin: policy.spin,
             polite_after: policy.polite_after,
             stop: Arc::clone(&stop),
@@ -324,6 +328,16 @@ impl Shm {
         message: &Message,
     ) -> Option<std::result::Result<(), TransportError>> {
         self.links.send(to, message)
+    }
+
+    /// The calling thread serves the rings until `done` or `until` (`Links::serve_until`).
+    pub(crate) fn serve_until(&self, done: &dyn Fn() -> bool, until: std::time::Instant) -> bool {
+        self.links.serve_until(done, until)
+    }
+
+    /// A serving thread gave up: the shared-memory thread polls for its answer.
+    pub(crate) fn hand_back(&self) {
+        self.links.hand_back();
     }
 
     /// Peers this node both sends to and receives from by shared memory.
