@@ -444,6 +444,9 @@ impl Node {
     fn rendezvous(&self, kind: Collective, notices: Vec<PageId>) -> Result<Vec<PageId>> {
         let epoch = self.barrier_epoch.fetch_add(1, Ordering::Relaxed) + 1;
         crate::trace::barrier_arrive(&self.core.shared, epoch);
+        // The release is served by this thread while it spins (`serve_for_answer`); the
+        // arrival then does not wake the shared-memory thread.
+        let serving = self.transport.shm().map(|_| shm::Serving::start());
         // Before the arrival leaves: the transport keeps polling for the release from then on.
         self.core.shared.awaiting.sleep();
         self.send(
@@ -454,6 +457,9 @@ impl Node {
                 notices,
             }),
         );
+        self.serve_for_answer(serving, |s| {
+            s.barrier_aborted.contains(&epoch) || s.barrier_released >= epoch
+        });
         let aborted = self.core.shared.wait(
             self.config.op_timeout,
             |_| format!("barrier {epoch} of {kind:?} (release from rank 0)"),
@@ -473,6 +479,31 @@ impl Node {
             .shared
             .update(|s| s.barrier_notices.remove(&epoch));
         Ok(all.unwrap_or_default())
+    }
+
+    /// Progress while waiting (issue #10): with same-host peers, the thread that waits for
+    /// an answer serves their rings and the node's own messages itself for up to the spin
+    /// (`shm::Links::serve_until`), so that the answer is taken where it is awaited, with no
+    /// wake-up of the shared-memory thread and none of this thread. A failure or a close
+    /// also ends it. Then (answered or not) the shared-memory thread is in charge again.
+    fn serve_for_answer(
+        &self,
+        serving: Option<shm::Serving>,
+        answered: impl Fn(&crate::runtime::State) -> bool,
+    ) {
+        let Some(shm) = self.transport.shm() else {
+            return;
+        };
+        let done = || {
+            self.core
+                .shared
+                .read(|s| answered(s) || !s.failed.is_empty() || s.closed)
+        };
+        let served = shm.serve_until(&done, Instant::now() + self.fault_spin);
+        drop(serving);
+        if !served {
+            shm.hand_back();
+        }
     }
 
     /// Chooses the algorithm of lock `id`: Ricart–Agrawala (the default: 2(N−1) messages per

@@ -105,6 +105,17 @@ impl Inboxes {
         taken
     }
 
+    /// Delivers the messages this node sent itself (under the rings' lock, as every
+    /// delivery: two threads that take them never reorder them).
+    pub(super) fn deliver_local(&mut self, links: &Links) {
+        for message in links.take_local() {
+            self.sink.deliver(TransportEvent::Message {
+                from: links.rank,
+                message,
+            });
+        }
+    }
+
     /// Appends a piece to the peer's stream and delivers every whole frame in it.
     fn on_piece(&mut self, i: usize, piece: &[u8], links: &Links) {
         let inbound = &mut self.inbound[i];
@@ -225,7 +236,8 @@ thread_local! {
 }
 
 /// While alive, this thread's sends do not wake the shared-memory thread to poll for their
-/// answers: this thread serves the rings itself (`Links::serve_until`) and wakes that
+/// answers (nor to deliver the node's messages to itself): this thread serves the rings
+/// and those messages itself (`Links::serve_until`) and wakes that
 /// thread only if it gives up (`Links::hand_back`). Async-signal-safe (a constant-initialised
 /// thread-local cell).
 #[derive(Debug)]
@@ -291,6 +303,7 @@ impl Links {
                     inboxes.withdraw_all();
                     withdrawn = true;
                 }
+                inboxes.deliver_local(self);
                 inboxes.take_frames(self);
             }
             std::hint::spin_loop();

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use dsm_core::{EventSink, Polling, TransportEvent};
+use dsm_core::{EventSink, Polling};
 
 use super::Links;
 use super::inbox::Prepared;
@@ -80,12 +80,7 @@ impl Service {
 
     /// Delivers the messages this node sent itself.
     fn deliver_local(&self) {
-        for message in self.links.take_local() {
-            self.sink.deliver(TransportEvent::Message {
-                from: self.links.rank,
-                message,
-            });
-        }
+        self.links.inboxes().deliver_local(&self.links);
     }
 
     /// Sleeps on every live ring until a producer wakes one, the doorbell rings, or
