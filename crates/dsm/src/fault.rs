@@ -175,11 +175,9 @@ fn hand_over(
         return wait(signal, slot, signal.spin);
     };
     let until = Instant::now() + signal.spin;
-    let served = shm.serve_until(&|| signal.slots.is_settled(slot), until);
+    // Given up or not, the guard's drop leaves the rings to the shared-memory thread.
+    shm.serve_until(&|| signal.slots.is_settled(slot), until);
     drop(serving);
-    if !served {
-        shm.hand_back();
-    }
     wait(signal, slot, Duration::ZERO)
 }
 

@@ -486,6 +486,7 @@ impl Node {
     /// (`shm::Links::serve_until`), so that the answer is taken where it is awaited, with no
     /// wake-up of the shared-memory thread and none of this thread. A failure or a close
     /// also ends it. Then (answered or not) the shared-memory thread is in charge again.
+    /// `serving` was taken before the request left.
     fn serve_for_answer(
         &self,
         serving: Option<shm::Serving>,
@@ -499,11 +500,8 @@ impl Node {
                 .shared
                 .read(|s| answered(s) || !s.failed.is_empty() || s.closed)
         };
-        let served = shm.serve_until(&done, Instant::now() + self.fault_spin);
-        drop(serving);
-        if !served {
-            shm.hand_back();
-        }
+        shm.serve_until(&done, Instant::now() + self.fault_spin);
+        drop(serving); // Without the answer, this wakes the shared-memory thread.
     }
 
     /// Chooses the algorithm of lock `id`: Ricart–Agrawala (the default: 2(N−1) messages per

@@ -8,8 +8,6 @@
 //! A peer that exited (its pidfd) or wrote a malformed frame is reported failed once its
 //! ring is drained, so nothing it sent is lost.
 
-use std::cell::Cell;
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -230,41 +228,6 @@ impl Inboxes {
     }
 }
 
-thread_local! {
-    /// This thread will serve the rings itself for its answer (see [`Serving`]).
-    static SERVING: Cell<bool> = const { Cell::new(false) };
-}
-
-/// While alive, this thread's sends do not wake the shared-memory thread to poll for their
-/// answers (nor to deliver the node's messages to itself): this thread serves the rings
-/// and those messages itself (`Links::serve_until`) and wakes that
-/// thread only if it gives up (`Links::hand_back`). Async-signal-safe (a constant-initialised
-/// thread-local cell).
-#[derive(Debug)]
-pub(crate) struct Serving {
-    _not_send: PhantomData<*const ()>,
-}
-
-impl Serving {
-    pub(crate) fn start() -> Serving {
-        SERVING.with(|s| s.set(true));
-        Serving {
-            _not_send: PhantomData,
-        }
-    }
-
-    /// Whether the calling thread serves for itself.
-    pub(super) fn active() -> bool {
-        SERVING.with(Cell::get)
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        SERVING.with(|s| s.set(false));
-    }
-}
-
 /// Rounds of re-announcing sleep a serving thread makes before it leaves the rings to the
 /// shared-memory thread's own wake-up instead (frames kept coming meanwhile).
 const REARM_ROUNDS: usize = 8;
@@ -287,7 +250,8 @@ impl Links {
     /// does not wake the sleeping thread (which, real-time on this CPU, would preempt the
     /// server and then wait for its lock). Before returning it announces them again if that
     /// thread still sleeps, taking what came meanwhile; if frames keep coming, it rings the
-    /// thread's doorbell instead. Used by SIGBUS handlers (see `crate::fault`): locks and
+    /// thread's doorbell instead. The caller holds a [`Serving`](super::Serving) guard from
+    /// before its request left: if this gives up (false), the guard's drop wakes the thread. Used by SIGBUS handlers (see `crate::fault`): locks and
     /// allocation there are safe for the reasons given in that module.
     pub(crate) fn serve_until(&self, done: &dyn Fn() -> bool, until: Instant) -> bool {
         let mut withdrawn = false;
@@ -308,16 +272,16 @@ impl Links {
             }
             std::hint::spin_loop();
         };
+        if finished {
+            // This thread's own messages to itself since its last look (its wake-ups of the
+            // thread that would deliver them were held back).
+            self.inboxes().deliver_local(self);
+            super::serving::settled();
+        }
         if withdrawn {
             self.rearm();
         }
         finished
-    }
-
-    /// A serving thread gave up waiting: the shared-memory thread takes over (it polls for
-    /// the answer while the node waits on it, see `receive.rs`).
-    pub(crate) fn hand_back(&self) {
-        dsm_core::wakes::Wake::wake_now(self);
     }
 
     /// After serving: announces sleep on every ring again if the shared-memory thread

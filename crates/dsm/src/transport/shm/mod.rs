@@ -13,6 +13,7 @@ mod join;
 mod pair;
 mod receive;
 mod send;
+mod serving;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,12 +27,12 @@ use dsm_wire::{Limits, Message, NodeId, Page, PageId};
 
 use crate::raw::masters::{Arena, Shared};
 
-pub(crate) use inbox::Serving;
 use inbox::{Inbound, Inboxes};
 pub(crate) use join::{connect, listen};
 use pair::{Listener, Paired, pair_up};
 use receive::Service;
 use send::Outbound;
+pub(crate) use serving::Serving;
 
 /// What senders need: the sending half of each paired peer's channel.
 #[derive(Debug)]
@@ -111,10 +112,10 @@ impl Links {
     /// is polled for, not a wake-up from another CPU. Dekker-style with the thread's
     /// [`will_sleep`](Self::will_sleep): either it sees this send, or this sees it asleep.
     /// Under the engine lock the wake waits until the lock is let go (`dsm_core::wakes`).
-    /// Nor is it woken when the sending thread serves the rings itself (`inbox::Serving`).
+    /// Nor is it woken when the sending thread serves the rings itself (`serving`).
     fn sent(&self) {
         self.sends.fetch_add(1, Ordering::SeqCst);
-        if inbox::Serving::active() {
+        if serving::hold_back(self) {
             return;
         }
         if !dsm_core::wakes::defer(self) {
@@ -333,11 +334,6 @@ impl Shm {
     /// The calling thread serves the rings until `done` or `until` (`Links::serve_until`).
     pub(crate) fn serve_until(&self, done: &dyn Fn() -> bool, until: std::time::Instant) -> bool {
         self.links.serve_until(done, until)
-    }
-
-    /// A serving thread gave up: the shared-memory thread polls for its answer.
-    pub(crate) fn hand_back(&self) {
-        self.links.hand_back();
     }
 
     /// Peers this node both sends to and receives from by shared memory.
