@@ -35,6 +35,9 @@ fn child_report_service_threads() {
         ServicePriority::Nice(n) => format!("nice {n}"),
     };
     println!("rank {rank}: service priority {priority}");
+    // A transport thread that just polled (after the barrier) may still poll at normal
+    // priority for `DSM_SPIN_US`, and is real-time again before it sleeps: look after that.
+    std::thread::sleep(Duration::from_millis(50));
     for (name, policy, nice) in threads() {
         println!("rank {rank}: thread {name} policy {policy} nice {nice}");
     }
