@@ -1,7 +1,8 @@
 //! The shared-memory transport between same-host nodes (issue #14), with real processes: a
 //! page read from a same-host home is copied out of the home's arena, not sent; a peer that
 //! cannot pair (another user) fails the join under `shm` and is reached by TCP under `auto`;
-//! a peer that dies is seen at once; nothing is left in /dev/shm. The nodes are started by
+//! a peer that dies is seen at once; nothing is left in /dev/shm; threads faulting at once,
+//! each serving the rings for its own answer, read right. The nodes are started by
 //! hand, not by dsm-run, so that one of them can run as another user or die alone; the node
 //! programs are the ignored `child_*` tests of this binary.
 
@@ -62,6 +63,51 @@ fn child_share_and_read() {
         share_and_read(&node, &region);
     }
     println!("rank {} stats {}", node.rank(), node.stats().to_json());
+    node.leave().expect("leave");
+}
+
+/// Threads of one node faulting at once, in each round.
+const FAULTING_THREADS: usize = 4;
+const ROUNDS: u64 = 25;
+
+/// Runs on every node: in each round the node rewrites its block (taking its pages back from
+/// the readers), then several threads read every other block at once, each fault served by
+/// its own thread (signal delivery: several threads serve the rings together, with the
+/// shared-memory thread) and checked word by word.
+#[test]
+#[ignore = "a node program: run by the tests below"]
+fn child_threads_fault_at_once() {
+    let node = join();
+    let (rank, size) = (node.rank() as usize, node.size() as usize);
+    let block = PAGES_PER_NODE * WORDS_PER_PAGE;
+    let region = node
+        .alloc::<u64>("threads", block * size, Consistency::Sequential)
+        .expect("alloc");
+    let expected = |round: u64, owner: usize, i: usize| (round << 48) ^ word(owner, i);
+    for round in 0..ROUNDS {
+        for i in rank * block..(rank + 1) * block {
+            region.set(i, expected(round, rank, i));
+        }
+        node.barrier().expect("barrier after writing");
+        std::thread::scope(|scope| {
+            for t in 0..FAULTING_THREADS {
+                let region = &region;
+                scope.spawn(move || {
+                    for other in (0..size).filter(|&o| o != rank) {
+                        // Each thread starts at another page, so that they fault at once.
+                        for k in 0..block {
+                            let i = other * block + (k + t * WORDS_PER_PAGE) % block;
+                            let got = region.get(i);
+                            let want = expected(round, other, i);
+                            assert_eq!(got, want, "rank {rank} thread {t} round {round}: {i}");
+                        }
+                    }
+                });
+            }
+        });
+        node.barrier().expect("barrier after reading");
+    }
+    println!("rank {rank} read every round right");
     node.leave().expect("leave");
 }
 
@@ -132,6 +178,22 @@ fn pages_of_same_host_homes_are_copied_from_their_arena_not_sent() {
         }
     }
     assert_nothing_left(&before, "these clusters");
+}
+
+#[test]
+fn threads_faulting_at_once_each_serve_their_own_answers_and_read_right() {
+    for size in [2, 3] {
+        let launch = Launch {
+            child: "shm::child_threads_fault_at_once",
+            transport: "shm",
+            size,
+            nobody: None,
+        };
+        for (rank, (ok, out)) in run(&launch).iter().enumerate() {
+            assert!(ok, "rank {rank} of {size}: {out}");
+            assert!(out.contains("read every round right"), "{out}");
+        }
+    }
 }
 
 /// Whether `out` has a warning naming user nobody's node (`peer`) as one pairing failed
