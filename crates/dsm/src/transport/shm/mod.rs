@@ -192,6 +192,8 @@ pub(crate) struct Shm {
 pub(crate) struct PollPolicy {
     pub(crate) spin: Duration,
     pub(crate) polite_after: Duration,
+    /// This host runs more nodes than it has CPUs (`sched::oversubscribed`).
+    pub(crate) oversubscribed: bool,
 }
 
 impl Shm {
