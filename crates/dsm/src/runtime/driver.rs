@@ -424,6 +424,13 @@ impl Driver {
             }
             Membership::NodeFailed { rank } => {
                 if self.ring().failed(rank, now) {
+                    // Said here too, before the waiters can see it (see `declare`).
+                    tracing::warn!(
+                        rank = self.rank,
+                        failed = rank,
+                        by = from,
+                        "node declared failed"
+                    );
                     self.core.shared.update(|s| s.failed.push(rank));
                     self.stop_waiting_for(rank);
                 }
@@ -449,15 +456,18 @@ impl Driver {
     /// Declares `rank` failed here and tells every other live node.
     fn declare(&mut self, rank: NodeId) {
         let news = self.ring().failed(rank, Instant::now());
-        let first = self.core.shared.update(|s| {
-            let first = !s.failed.contains(&rank);
-            if first {
+        let first = self.core.shared.read(|s| !s.failed.contains(&rank));
+        if news || first {
+            // Said before a waiter can see it: a thread that waits spinning (a barrier's)
+            // returns `NodeFailed` at once, and the program may end before a later line.
+            tracing::warn!(rank = self.rank, failed = rank, "node declared failed");
+        }
+        self.core.shared.update(|s| {
+            if !s.failed.contains(&rank) {
                 s.failed.push(rank);
             }
-            first
         });
         if news || first {
-            tracing::warn!(rank = self.rank, failed = rank, "node declared failed");
             self.stop_waiting_for(rank);
             self.broadcast(false, &Message::Membership(Membership::NodeFailed { rank }));
         }
