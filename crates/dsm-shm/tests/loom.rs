@@ -146,3 +146,95 @@ fn two_producers_through_a_full_ring() {
         threads.into_iter().for_each(|t| t.join().unwrap());
     });
 }
+
+/// The runtime's shared-memory thread sleeps with the consumer let go, and a thread waiting
+/// for its own answer serves the ring meanwhile (dsm's `transport/shm/inbox.rs`): it
+/// withdraws the sleep announcement, takes frames, and announces again for the sleeper if
+/// the sleeper still says it sleeps. Every frame must still be taken by one of the two: a
+/// frame left in the ring while the sleeper sleeps unannounced (a lost wake-up) leaves the
+/// checking thread spinning until loom gives up.
+#[test]
+fn a_second_thread_serves_while_the_consumer_sleeps() {
+    use loom::sync::Mutex;
+    use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    const FRAMES: usize = 2;
+    model(3, || {
+        let ring = Arc::new(OwnedRing::new(Geometry::new(4).unwrap()));
+        let consumer = Arc::new(Mutex::new((Consumer::new(), Vec::new())));
+        let (asleep, stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let taken = Arc::new(AtomicUsize::new(0));
+        let take = |c: &mut (Consumer, Vec<u8>), ring: &OwnedRing, taken: &AtomicUsize| {
+            let (consumer, out) = c;
+            while consumer.try_recv(&ring.area(), out).unwrap() {
+                taken.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let sleeper = {
+            let (ring, consumer) = (Arc::clone(&ring), Arc::clone(&consumer));
+            let (asleep, stop, taken) =
+                (Arc::clone(&asleep), Arc::clone(&stop), Arc::clone(&taken));
+            thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    take(&mut consumer.lock().unwrap(), &ring, &taken);
+                    asleep.store(true, Ordering::SeqCst);
+                    let arrived = {
+                        let (c, out) = &mut *consumer.lock().unwrap();
+                        c.prepare_sleep(&ring.area(), out).unwrap()
+                    };
+                    if arrived {
+                        taken.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        // The runtime's thread also waits on its doorbell's word, which a
+                        // stop sets before waking: checked after announcing, as that is.
+                        if !stop.load(Ordering::SeqCst) {
+                            Consumer::wait_announced(&ring.area(), None);
+                        }
+                        consumer.lock().unwrap().0.finish_sleep(&ring.area());
+                    }
+                    asleep.store(false, Ordering::SeqCst);
+                }
+            })
+        };
+        let server = {
+            let (ring, consumer) = (Arc::clone(&ring), Arc::clone(&consumer));
+            let (asleep, taken) = (Arc::clone(&asleep), Arc::clone(&taken));
+            thread::spawn(move || {
+                let mut c = consumer.lock().unwrap();
+                c.0.finish_sleep(&ring.area()); // withdraw
+                take(&mut c, &ring, &taken);
+                drop(c);
+                thread::yield_now();
+                let mut c = consumer.lock().unwrap();
+                take(&mut c, &ring, &taken);
+                // Re-arm for the sleeper, taking what came meanwhile.
+                for _ in 0..FRAMES + 1 {
+                    if !asleep.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let (consumer, out) = &mut *c;
+                    if !consumer.prepare_sleep(&ring.area(), out).unwrap() {
+                        return;
+                    }
+                    taken.fetch_add(1, Ordering::SeqCst);
+                }
+                Consumer::wake(&ring.area()); // frames kept coming: the doorbell
+            })
+        };
+        let producer = Producer::new();
+        for n in 0..FRAMES as u8 {
+            send(&producer, &ring, &frame(0, n));
+        }
+        server.join().unwrap();
+        while taken.load(Ordering::SeqCst) < FRAMES {
+            thread::yield_now();
+        }
+        stop.store(true, Ordering::SeqCst);
+        Consumer::wake(&ring.area());
+        sleeper.join().unwrap();
+        assert_eq!(taken.load(Ordering::SeqCst), FRAMES);
+    });
+}

@@ -119,6 +119,22 @@ impl Consumer {
     pub fn finish_sleep(&mut self, area: &RingArea<'_>) {
         area.state.swap(AWAKE, Ordering::AcqRel);
     }
+
+    /// Waits while the announcement made by [`prepare_sleep`](Self::prepare_sleep) stands,
+    /// until a producer wakes the word, or `timeout`: for a caller that lets go of the
+    /// consumer while it sleeps (another thread of the process may take frames meanwhile,
+    /// withdrawing and renewing the announcement), as `crate::sleep_any` does for many
+    /// rings. Then call [`finish_sleep`](Self::finish_sleep).
+    pub fn wait_announced(area: &RingArea<'_>, timeout: Option<Duration>) {
+        futex::wait(area.state, SLEEPING, timeout);
+    }
+
+    /// Wakes a consumer asleep on the ring from its own process (to stop it, say), as a
+    /// producer's frame would.
+    pub fn wake(area: &RingArea<'_>) {
+        area.state.swap(AWAKE, Ordering::AcqRel);
+        futex::wake(area.state);
+    }
 }
 
 /// Reads and checks the header word of the frame at `cell`: the payload length, bounded by the
