@@ -5,12 +5,16 @@
 //! Nodes are real processes on one host (this binary re-executed in the node role, see
 //! `latency/node.rs`), started by the suite with `DSM_RANK`, `DSM_SIZE` and
 //! `DSM_COORDINATOR` on a free loopback port, and `DSM_TRANSPORT` as each cluster says
-//! (`transport` in its report). Five clusters, each shared-memory one right after its TCP twin:
+//! (`transport` in its report). Seven clusters, each shared-memory one right after its TCP
+//! twin, and each thread-delivery one right after its default-delivery twin:
 //! - `n2`: 2 nodes, `DSM_TRANSPORT=tcp`, rank `r` pinned to CPU `r % ncpus`
 //!   (`sched_setaffinity`), with issue #10's targets and the traced pass (below);
 //! - `n2_shm`: the same 2 pinned nodes with `DSM_TRANSPORT=shm` (issue #14: shared memory
 //!   between same-host nodes; `SAME_HOST_TRANSPORT`), with its own floors and issue #14's
 //!   targets and the traced pass;
+//! - `n2_thread`, `n2_shm_thread`: `n2` and `n2_shm` with `DSM_FAULT_DELIVERY=thread` (the
+//!   reader-thread delivery the default replaced), untraced, no targets; the top level's
+//!   `ratio_signal_to_thread_<figure>` and `ratio_shm_signal_to_thread_<figure>` compare them;
 //! - `n2_service_nice0`: `n2` with `DSM_SERVICE_PRIORITY=0` (service threads at the
 //!   application's priority), no targets; `n2`'s `ratio_*_realtime_to_nice0` compare the two;
 //! - `n4_oversubscribed`: 4 nodes pinned `r % ncpus` on this 2-CPU machine (nodes outnumber
@@ -55,6 +59,8 @@
 //! Shared memory against TCP, at the top level: `ratio_shm_to_tcp_<figure>` for
 //! `remote_read_fault`, `remote_read_fault_home_computing`, `scan_per_page`, `lock_handoff`
 //! and `barrier`, the median in `n2_shm` over the median in `n2` (two clusters of one run).
+//! The default fault delivery against thread delivery likewise: `n2` over `n2_thread`, and
+//! `n2_shm` over `n2_shm_thread` (issue #10: the default is the faster, measured).
 //!
 //! Per-hop breakdown and tracing overhead (`n2` only): the nodes run with `DSM_TRACE` in a
 //! scratch directory but turn tracing off after `join`; after the figures above they run the
@@ -97,6 +103,9 @@ const JOIN_TIMEOUT_MS: u64 = 30_000;
 /// How long one cluster may run before the suite kills it and fails.
 const CLUSTER_DEADLINE: Duration = Duration::from_secs(180);
 
+/// The fault delivery the default (signal) is compared with.
+const THREAD_DELIVERY: (&str, &str) = ("DSM_FAULT_DELIVERY", "thread");
+
 /// One cluster of the suite: its key in the report and how its nodes run.
 #[derive(Debug, Clone, Copy)]
 struct Cluster {
@@ -114,7 +123,7 @@ struct Cluster {
 /// Every cluster, run in this order: each shared-memory run right after its TCP twin, so that
 /// the two meet the same load on the machine. The 2-node runs of both transports also run
 /// the traced pass (`hops`, `hops_shm`).
-const CLUSTERS: [Cluster; 5] = [
+const CLUSTERS: [Cluster; 7] = [
     Cluster {
         key: "n2",
         size: 2,
@@ -124,12 +133,28 @@ const CLUSTERS: [Cluster; 5] = [
         targets: Targets::Tcp,
     },
     Cluster {
+        key: "n2_thread",
+        size: 2,
+        transport: "tcp",
+        env: &[THREAD_DELIVERY],
+        traced: false,
+        targets: Targets::None,
+    },
+    Cluster {
         key: "n2_shm",
         size: 2,
         transport: SAME_HOST_TRANSPORT,
         env: &[],
         traced: true,
         targets: Targets::SameHost,
+    },
+    Cluster {
+        key: "n2_shm_thread",
+        size: 2,
+        transport: SAME_HOST_TRANSPORT,
+        env: &[THREAD_DELIVERY],
+        traced: false,
+        targets: Targets::None,
     },
     Cluster {
         key: "n2_service_nice0",
@@ -178,7 +203,19 @@ pub fn run() -> anyhow::Result<Value> {
     }
     let nice0 = clusters["n2_service_nice0"].clone();
     ratios::compare_priorities(&mut clusters["n2"], &nice0)?;
-    let shm_to_tcp = ratios::compare_transports(&clusters["n2"], &clusters["n2_shm"])?;
+    let shm_to_tcp = ratios::compare("shm_to_tcp", &clusters["n2_shm"], &clusters["n2"])?;
+    let deliveries = [
+        ("signal_to_thread", "n2", "n2_thread"),
+        ("shm_signal_to_thread", "n2_shm", "n2_shm_thread"),
+    ];
+    let mut signal_to_thread = Map::new();
+    for (name, default, thread) in deliveries {
+        signal_to_thread.extend(ratios::compare(
+            name,
+            &clusters[default],
+            &clusters[thread],
+        )?);
+    }
     let mut report = json!({
         "suite": "latency",
         "unit": "microseconds",
@@ -201,6 +238,7 @@ pub fn run() -> anyhow::Result<Value> {
     let fields = report.as_object_mut().expect("a JSON object");
     fields.extend(clusters);
     fields.extend(shm_to_tcp);
+    fields.extend(signal_to_thread);
     Ok(report)
 }
 

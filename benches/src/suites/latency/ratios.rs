@@ -132,9 +132,14 @@ pub(super) fn compare_priorities(two: &mut Value, nice0: &Value) -> anyhow::Resu
     Ok(())
 }
 
-/// Shared memory against TCP at 2 pinned nodes (two clusters of one invocation, placed
-/// alike): `ratio_shm_to_tcp_<figure>`, the shm cluster's median over the tcp cluster's.
-pub(super) fn compare_transports(tcp: &Value, shm: &Value) -> anyhow::Result<Map<String, Value>> {
+/// `ratio_<name>_<figure>`: each figure's median in `numerator` over its median in
+/// `denominator` (two clusters of one run), for the remote read fault (home waiting and
+/// computing), the scan, the lock hand-off and the barrier.
+pub(super) fn compare(
+    name: &str,
+    numerator: &Value,
+    denominator: &Value,
+) -> anyhow::Result<Map<String, Value>> {
     [
         "remote_read_fault",
         "remote_read_fault_home_computing",
@@ -144,8 +149,8 @@ pub(super) fn compare_transports(tcp: &Value, shm: &Value) -> anyhow::Result<Map
     ]
     .into_iter()
     .map(|figure| {
-        let ratio = ratio_of_medians(shm, tcp, figure)?;
-        Ok((format!("ratio_shm_to_tcp_{figure}"), json!(round(ratio))))
+        let ratio = ratio_of_medians(numerator, denominator, figure)?;
+        Ok((format!("ratio_{name}_{figure}"), json!(round(ratio))))
     })
     .collect()
 }
