@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::memory::{Direction, SharedMemory};
 use crate::peer::Peer;
-use crate::primitive::{Ordering, futex};
-use crate::ring::{AWAKE, Consumer, Producer, RingArea};
+use crate::ring::{Consumer, Producer, RingArea};
 use crate::{Error, Result};
 
 /// Longest sleep of a blocked sender or receiver between checks of the peer's pidfd: the
@@ -260,9 +259,7 @@ impl Waker {
 
     /// Wakes the receiver if it sleeps; it re-checks its ring and its peer.
     pub fn wake(&self) {
-        let area = self.memory.ring(self.direction);
-        area.state.swap(AWAKE, Ordering::AcqRel);
-        futex::wake(area.state);
+        Consumer::wake(&self.memory.ring(self.direction));
     }
 }
 

@@ -108,9 +108,7 @@ impl Shared {
             dsm_core::wakes::Wake::wake_now(self);
         }
     }
-}
 
-impl Shared {
     /// Worker: clears the wake-up flag before sleeping; true when work arrived meanwhile (then
     /// the worker must not sleep).
     pub(crate) fn prepare_to_sleep(&self) -> bool {

@@ -49,9 +49,10 @@ pub struct Node {
     barrier_epoch: AtomicU64,
     alloc_round: AtomicU64,
     gone: AtomicBool,
-    /// How long a SIGBUS handler looks at its page slot before it sleeps: the transports'
-    /// poll after activity (shorter where nodes share CPUs).
-    fault_spin: Duration,
+    /// How long a waiting thread (a SIGBUS handler, a barrier's waiter) looks for its answer
+    /// before it sleeps: the transports' poll after activity (shorter where nodes share
+    /// CPUs).
+    wait_spin: Duration,
     /// Whether a barrier's waiter serves the same-host rings itself (`serve_for_answer`).
     serve_barriers: bool,
     /// The first failure of a collective call: every later one fails with it (the nodes may
@@ -201,7 +202,7 @@ impl Node {
         let sink = Arc::new(Sink::new(events.clone(), Arc::clone(&priority)));
         let network_sink = Arc::new(NetworkSink::new(Arc::clone(&sink)));
         let (tcp, policy) = start_transport(&config, booted, Arc::clone(&network_sink))?;
-        let fault_spin = policy.spin;
+        let wait_spin = policy.spin;
         // Where nodes share CPUs, a barrier's waiter spinning keeps its CPU from the node
         // that shares it, which may still have to arrive: 4 nodes on 2 CPUs, barrier
         // 87-93 us without against 96-99 us with, Jacobi 356 against 383 ms (medians of 5).
@@ -276,7 +277,7 @@ impl Node {
             barrier_epoch: AtomicU64::new(0),
             alloc_round: AtomicU64::new(0),
             gone: AtomicBool::new(false),
-            fault_spin,
+            wait_spin,
             serve_barriers,
             collective_failure: Mutex::new(None),
         };
@@ -512,7 +513,7 @@ impl Node {
                 .shared
                 .read(|s| answered(s) || !s.failed.is_empty() || s.closed)
         };
-        shm.serve_until(&done, Instant::now() + self.fault_spin);
+        shm.serve_until(&done, Instant::now() + self.wait_spin);
         drop(serving); // Without the answer, this wakes the shared-memory thread.
     }
 
@@ -695,7 +696,7 @@ impl Node {
                         .engine(|c, _| Ok(c.slots()))
                         .map_err(|e| (SetupStep::Serve, e))?,
                     timeout: self.config.op_timeout + SIGNAL_WAIT_MARGIN,
-                    spin: self.fault_spin,
+                    spin: self.wait_spin,
                     wire: Some(Arc::clone(&self.transport)),
                 }),
             };

@@ -255,6 +255,9 @@ impl Links {
     /// allocation there are safe for the reasons given in that module.
     pub(crate) fn serve_until(&self, done: &dyn Fn() -> bool, until: Instant) -> bool {
         let mut withdrawn = false;
+        // Sends counted when the node's own messages were last delivered (none yet: some
+        // may be queued from before), so that the loop locks their queue only after a send.
+        let mut delivered_at = None;
         let finished = loop {
             if done() {
                 break true;
@@ -267,7 +270,11 @@ impl Links {
                     inboxes.withdraw_all();
                     withdrawn = true;
                 }
-                inboxes.deliver_local(self);
+                let sends = self.sends();
+                if delivered_at != Some(sends) {
+                    delivered_at = Some(sends);
+                    inboxes.deliver_local(self);
+                }
                 inboxes.take_frames(self);
             }
             std::hint::spin_loop();
