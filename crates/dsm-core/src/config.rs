@@ -32,9 +32,10 @@ pub struct RegionLayout {
     pub consistency: Consistency,
     /// Home placement.
     pub placement: Placement,
-    /// Read prefetch: a read fault on a page homed elsewhere may fetch up to this many pages
-    /// (the faulting one included) from the same home in one go; 1 (or 0) turns it off. See
-    /// [`CoherenceEngine::fault`](crate::CoherenceEngine::fault) for which pages.
+    /// Prefetch: a read fault on a page homed elsewhere may fetch up to this many pages (the
+    /// faulting one included) from the same home in one go, and in sequential mode a write
+    /// fault that upgrades a read-only copy may ask write access to as many; 1 (or 0) turns
+    /// both off. See [`CoherenceEngine::fault`](crate::CoherenceEngine::fault) for which pages.
     pub prefetch: u32,
 }
 

@@ -96,6 +96,12 @@ impl CoherenceEngine {
         Ok(self.locate(page)?.home)
     }
 
+    /// Sequential mode: write requests sent ahead of a write fault so far (the pages after
+    /// an upgraded one that this node wrote before, see [`CoherenceEngine::fault`]).
+    pub fn upgrades_prefetched(&self) -> u64 {
+        self.cache.upgrades_prefetched
+    }
+
     /// Release mode: pages whose changes this node published so far (diffs sent to homes,
     /// home pages merged into their master in place).
     pub fn pages_published(&self) -> u64 {
@@ -114,6 +120,12 @@ impl CoherenceEngine {
     /// [`RegionLayout::prefetch`](crate::RegionLayout::prefetch)): the pages right after it
     /// that are missing here and have the same home are fetched as reads with nobody
     /// waiting, in the same burst of requests, so their round trips overlap.
+    ///
+    /// In sequential mode a write fault that upgrades a read-only copy does the same for
+    /// writes: the pages right after it (up to the same setting) that are read-only here
+    /// because this node wrote them and another node read them since, with the same home,
+    /// are asked writable with nobody waiting, so the invalidations of a row's pages go out
+    /// together (see `Cache::prefetch_upgrades`).
     pub fn fault(
         &mut self,
         page: PageId,
@@ -136,8 +148,18 @@ impl CoherenceEngine {
         if remote_read {
             self.cache.note_read_fault(page);
         }
+        let upgrading = access == Access::Write
+            && loc.consistency == Consistency::Sequential
+            && loc.prefetch > 1
+            && self.cache.state(page) == LocalState::Shared;
         let mut ctx = ctx!(self);
         self.cache.fault(page, loc, (token, access), &mut ctx);
+        if upgrading {
+            let regions = &self.regions;
+            let nodes = self.config.nodes;
+            let locate = |p| regions.locate(p, nodes).ok();
+            self.cache.prefetch_upgrades(page, loc, locate, &mut ctx);
+        }
         if scanning && loc.prefetch > 1 {
             let regions = &self.regions;
             let nodes = self.config.nodes;

@@ -779,3 +779,121 @@ fn a_fault_on_an_own_page_next_to_a_remote_row_is_not_a_scan() {
 }
 
 mod failure;
+
+/// The pages a node's last call invalidated at `to`, in order.
+fn invalidations_to(engine: &mut CoherenceEngine, to: NodeId) -> Vec<u32> {
+    engine
+        .take_actions()
+        .into_iter()
+        .filter_map(|action| match action {
+            Action::Send {
+                to: target,
+                message: Coherence::Invalidate { page, .. },
+            } if target == to => Some(page.page),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Two nodes, prefetch 4; node 0 wrote pages 0..5 (homed here) and node 1 read 1, 0 and 2
+/// since (no scan), so node 0 holds 0..3 read-only by downgrade and 3, 4 writable.
+fn written_then_read() -> ([CoherenceEngine; 2], [TestMemory; 2]) {
+    let mut engines = [0, 1].map(|node| node_of_two(node, 4));
+    let mut mems = [TestMemory::default(), TestMemory::default()];
+    let page = |page| PageId { region: 0, page };
+    for index in 0..8 {
+        mems[0].home.insert(page(index), Box::new([0; PAGE_SIZE]));
+    }
+    for index in 0..5 {
+        engines[0]
+            .fault(page(index), Access::Write, u64::from(index), &mut mems[0])
+            .unwrap();
+        let _ = pump(&mut engines, &mut mems);
+    }
+    for index in [1, 0, 2] {
+        engines[1]
+            .fault(page(index), Access::Read, 10, &mut mems[1])
+            .unwrap();
+        assert_eq!(pump(&mut engines, &mut mems), vec![index], "no scan");
+    }
+    (engines, mems)
+}
+
+#[test]
+fn a_write_fault_on_a_downgraded_page_asks_the_pages_written_here_before_too() {
+    let (mut engines, mut mems) = written_then_read();
+    let page = |page| PageId { region: 0, page };
+    assert_eq!(engines[0].local_state(page(1)), LocalState::Shared);
+    // The write fault on page 0 also asks 1 and 2 (read-only by downgrade), not 3
+    // (writable already): node 1's three copies are invalidated in one burst.
+    engines[0]
+        .fault(page(0), Access::Write, 20, &mut mems[0])
+        .unwrap();
+    assert_eq!(invalidations_to(&mut engines[0], 1), vec![0, 1, 2]);
+    assert_eq!(engines[0].upgrades_prefetched(), 2);
+}
+
+#[test]
+fn read_only_copies_never_written_here_are_not_asked_ahead() {
+    let (mut engines, mut mems) = written_then_read();
+    let page = |page| PageId { region: 0, page };
+    // Node 1 holds 0..3 read-only, but only read them: its write fault on page 0 asks for
+    // page 0 alone.
+    engines[1]
+        .fault(page(0), Access::Write, 20, &mut mems[1])
+        .unwrap();
+    let asked: Vec<u32> = engines[1]
+        .take_actions()
+        .into_iter()
+        .filter_map(|action| match action {
+            Action::Send {
+                message: Coherence::WriteRequest { page, .. },
+                ..
+            } => Some(page.page),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, vec![0]);
+    assert_eq!(engines[1].upgrades_prefetched(), 0);
+}
+
+#[test]
+fn upgrades_asked_ahead_complete_with_nobody_waiting_and_wake_a_late_writer() {
+    let (mut engines, mut mems) = written_then_read();
+    let page = |page| PageId { region: 0, page };
+    engines[0]
+        .fault(page(0), Access::Write, 20, &mut mems[0])
+        .unwrap();
+    // The thread writes page 2 while its upgrade is in flight: it joins that request.
+    engines[0]
+        .fault(page(2), Access::Write, 21, &mut mems[0])
+        .unwrap();
+    let mut woken = Vec::new();
+    let mut wire = VecDeque::new();
+    for _ in 0..1000 {
+        for (n, engine) in engines.iter_mut().enumerate() {
+            for action in engine.take_actions() {
+                match action {
+                    Action::Send { to, message } => {
+                        wire.push_back((NodeId::try_from(n).unwrap(), to, message));
+                    }
+                    Action::Wake { token } => woken.push(token),
+                    _ => {}
+                }
+            }
+        }
+        let Some((from, to, message)) = wire.pop_front() else {
+            break;
+        };
+        let to = to as usize;
+        engines[to]
+            .on_message(from, message, &mut mems[to])
+            .unwrap();
+    }
+    for index in 0..3 {
+        assert_eq!(engines[0].local_state(page(index)), LocalState::Modified);
+        assert_eq!(engines[1].local_state(page(index)), LocalState::Invalid);
+    }
+    woken.sort_unstable();
+    assert_eq!(woken, vec![20, 21]);
+}

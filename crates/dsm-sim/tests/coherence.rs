@@ -65,6 +65,10 @@ fn sequential_seeds() {
     if seeds().len() >= 20 {
         // The interesting paths ran: in-place upgrades, invalidations, one-sided reads.
         assert!(total.upgrades > 0 && total.invalidations > 0 && total.one_sided_reads > 0);
+        assert!(
+            total.upgrades_prefetched > 0,
+            "no write access was asked ahead of a write fault"
+        );
         assert_pairs_ran(&total);
         assert!(
             total.masters_written > 0,

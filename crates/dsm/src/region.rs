@@ -65,9 +65,12 @@ pub struct Region<T: Copy> {
 pub struct RegionOptions {
     /// The consistency model (the same on every node).
     pub consistency: Consistency,
-    /// Read prefetch: a read fault on a page homed elsewhere that comes right after a fault
-    /// on the page before it (an in-order scan) fetches up to this many pages (itself
-    /// included) from that home at once. 1 turns it off.
+    /// Prefetch: a read fault on a page homed elsewhere that comes right after a fault on the
+    /// page before it (an in-order scan) fetches up to this many pages (itself included) from
+    /// that home at once. In sequential mode a write fault on a read-only copy also asks write
+    /// access to up to as many pages after it (itself included) that this node wrote before
+    /// and another node read since, so that their invalidations share one round trip (a
+    /// stencil's boundary row). 1 turns both off.
     pub prefetch: u32,
 }
 
@@ -86,7 +89,7 @@ impl RegionOptions {
         }
     }
 
-    /// Sets the read prefetch (pages per read fault; 1 turns it off).
+    /// Sets the prefetch (pages per fault; 1 turns it off): see [`RegionOptions::prefetch`].
     pub fn prefetch(mut self, pages: u32) -> Self {
         self.prefetch = pages.max(1);
         self

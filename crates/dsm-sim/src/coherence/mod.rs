@@ -176,6 +176,11 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report> {
         if !world.step()? {
             world.check_end()?;
             world.report.messages = world.net.stats().sent;
+            world.report.upgrades_prefetched = world
+                .nodes
+                .iter()
+                .map(|n| n.engine.upgrades_prefetched())
+                .sum();
             return Ok(world.report.clone());
         }
         world.check_step()?;

@@ -93,6 +93,8 @@ pub struct Report {
     pub upgrades: u64,
     /// Copies dropped (invalidations, write notices).
     pub invalidations: u64,
+    /// Write requests engines sent ahead of a write fault (sequential mode, prefetch > 1).
+    pub upgrades_prefetched: u64,
     /// One-sided page reads.
     pub one_sided_reads: u64,
     /// Of those, reads completed at once, as the action was applied (same-host path).
@@ -128,6 +130,7 @@ impl Report {
         self.barriers += other.barriers;
         self.upgrades += other.upgrades;
         self.invalidations += other.invalidations;
+        self.upgrades_prefetched += other.upgrades_prefetched;
         self.one_sided_reads += other.one_sided_reads;
         self.reads_at_once += other.reads_at_once;
         self.masters_written += other.masters_written;
