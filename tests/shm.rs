@@ -326,8 +326,10 @@ fn a_writer_gives_its_page_back_to_a_same_host_home_in_place() {
         assert_eq!(sent.len(), 2, "{all}");
         sent
     };
+    // Most hand-overs recall the page (not all: a writer may take the lock again before the
+    // other asks, and then keeps its copy).
     for sent in run("tcp") {
-        assert!(sent > 100 * 4096, "over TCP the pages travel: {sent} B");
+        assert!(sent > 50 * 4096, "over TCP the pages travel: {sent} B");
     }
     for sent in run("shm") {
         assert!(sent < 100 * 1024, "in place, no page travels: {sent} B");

@@ -22,6 +22,8 @@
 //! - `n4_oversubscribed_shm`: the same with `DSM_TRANSPORT=shm`, no targets.
 //!
 //! A cluster that fails fails the suite, naming the cluster and the failed rank's error.
+//! `DSM_BENCH_CLUSTERS=n2_shm,n2` (keys, comma-separated) runs only those clusters, for
+//! working on one path; the comparisons between clusters are then left out.
 //!
 //! Figures (microseconds, median and p99, rank 0's samples):
 //! - `remote_read_fault_us`: rank 1 writes one word in each of 2048 pages of its block
@@ -194,12 +196,24 @@ pub fn run() -> anyhow::Result<Value> {
     std::fs::create_dir_all(&traces).with_context(|| format!("{}", traces.display()))?;
     let mut clusters = Map::new();
     let mut hops = Map::new();
-    for cluster in CLUSTERS {
+    let chosen = chosen_clusters()?;
+    for cluster in CLUSTERS.iter().filter(|c| chosen.contains(&c.key)) {
         let (report, traced) = cluster.run(&cpus, &traces)?;
         clusters.insert(cluster.key.to_owned(), report);
         if let Some(traced) = traced {
             hops.insert(cluster.key.to_owned(), traced);
         }
+    }
+    if chosen.len() < CLUSTERS.len() {
+        return Ok(json!({
+            "suite": "latency",
+            "unit": "microseconds",
+            "clusters_run": chosen,
+            "hops": hops.get("n2"),
+            "hops_shm": hops.get("n2_shm"),
+            "clusters": clusters,
+            "elapsed_s": round(started.elapsed().as_secs_f64()),
+        }));
     }
     let nice0 = clusters["n2_service_nice0"].clone();
     ratios::compare_priorities(&mut clusters["n2"], &nice0)?;
@@ -240,6 +254,23 @@ pub fn run() -> anyhow::Result<Value> {
     fields.extend(shm_to_tcp);
     fields.extend(signal_to_thread);
     Ok(report)
+}
+
+/// The keys of the clusters to run: all, or those `DSM_BENCH_CLUSTERS` names (an unknown
+/// key is an error naming the known ones).
+fn chosen_clusters() -> anyhow::Result<Vec<&'static str>> {
+    let all: Vec<&'static str> = CLUSTERS.iter().map(|c| c.key).collect();
+    let Ok(asked) = std::env::var("DSM_BENCH_CLUSTERS") else {
+        return Ok(all);
+    };
+    let mut chosen = Vec::new();
+    for key in asked.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+        let Some(known) = all.iter().find(|k| **k == key) else {
+            anyhow::bail!("DSM_BENCH_CLUSTERS: no cluster {key:?} (clusters: {all:?})");
+        };
+        chosen.push(*known);
+    }
+    Ok(chosen)
 }
 
 impl Cluster {

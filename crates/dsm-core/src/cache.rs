@@ -477,19 +477,31 @@ impl Cache {
         mem: &mut dyn Memory,
     ) {
         let state = self.state(page);
-        let current = |mem: &mut dyn Memory| {
+        let modified = state == LocalState::Modified;
+        let own_home = home == ctx.config.node;
+        // The answer carries no page when the master is written in place: here, by the
+        // home itself, or by a same-host writer that maps its home's master copies.
+        let in_place = modified && (own_home || ctx.config.writes_master_of(home));
+        let downgrade = matches!(message, Coherence::Downgrade { .. });
+        let mut data = None;
+        if modified || downgrade {
             mem.write_protect(page);
-            Box::new(*mem.local_page(page))
-        };
-        // A same-host home's master is written in place: the answer carries no page.
-        let in_place = state == LocalState::Modified && ctx.config.writes_master_of(home);
-        match message {
-            Coherence::Invalidate { req, .. } => {
-                let mut data = (state == LocalState::Modified).then(|| current(mem));
-                if in_place {
-                    let data = data.take().expect("modified");
-                    ctx.out.push(Action::WriteMaster { home, page, data });
+            if in_place && own_home {
+                mem.store_local_as_master(page);
+            } else {
+                let copy: Page = Box::new(*mem.local_page(page));
+                match in_place {
+                    true => ctx.out.push(Action::WriteMaster {
+                        home,
+                        page,
+                        data: copy,
+                    }),
+                    false => data = Some(copy),
                 }
+            }
+        }
+        match (message, data) {
+            (Coherence::Invalidate { req, .. }, data) => {
                 if state != LocalState::Invalid {
                     ctx.out.push(Action::Invalidate { page });
                 }
@@ -500,15 +512,12 @@ impl Cache {
                 };
                 ctx.out.send(home, answer);
             }
-            Coherence::Downgrade { req, .. } => {
-                let data = current(mem);
+            (Coherence::Downgrade { req, .. }, data) => {
                 self.set_state(page, LocalState::Shared);
                 self.entries.entry(page).or_default().downgraded = true;
-                let answer = if in_place {
-                    ctx.out.push(Action::WriteMaster { home, page, data });
-                    Coherence::MasterWritten { req, page }
-                } else {
-                    Coherence::WriteBack { req, page, data }
+                let answer = match data {
+                    Some(data) => Coherence::WriteBack { req, page, data },
+                    None => Coherence::MasterWritten { req, page },
                 };
                 ctx.out.send(home, answer);
             }

@@ -54,6 +54,14 @@ pub trait Memory {
         true
     }
 
+    /// Copies this node's copy of `page`, a page homed here, into its master copy: the home
+    /// answering its own recall of its writable copy (already write-protected), with no
+    /// page in between. The default copies through a temporary.
+    fn store_local_as_master(&mut self, page: PageId) {
+        let copy = *self.local_page(page);
+        self.home_page_mut(page).copy_from_slice(&copy);
+    }
+
     /// The master copy of a page homed here.
     fn home_page(&self, page: PageId) -> &[u8; PAGE_SIZE];
 

@@ -644,6 +644,21 @@ impl Memory for Mem<'_> {
         }
     }
 
+    fn store_local_as_master(&mut self, page: PageId) {
+        let mapped = self
+            .regions
+            .get_mut(&page.region)
+            .expect("the engine asks only for known regions");
+        let address = mapped
+            .region
+            .page_address(page.page)
+            .expect("page in range");
+        // SAFETY: the engine asks only for installed pages of live regions (the `Arc` in
+        // `Mapped` keeps the mapping), write-protected before this call; the master copy is
+        // this node's own memory, which the mapping does not overlap.
+        unsafe { snapshot_page(address, mapped.home.page_mut(page.page)) }
+    }
+
     fn home_page(&self, page: PageId) -> &[u8; PAGE_SIZE] {
         self.get(page).home.page(page.page)
     }
