@@ -9,11 +9,12 @@
 //! is held and answered by [`CoherenceEngine::poll`](crate::CoherenceEngine::poll): answering reads the local
 //! copy, which must be the installed one, with the woken thread's access done.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 use dsm_wire::{Coherence, NodeId, Page, PageId};
 
 use crate::actions::{Access, Action};
+use crate::collections::{HashMap, HashSet};
 use crate::config::Consistency;
 use crate::engine::Ctx;
 use crate::error::{Error, Result};

@@ -8,11 +8,12 @@
 
 mod failure;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 use dsm_wire::{Coherence, DiffRun, NodeId, PAGE_SIZE, Page, PageDiff, PageId};
 
 use crate::actions::Access;
+use crate::collections::HashMap;
 use crate::config::MutationPoint;
 use crate::engine::Ctx;
 use crate::error::{Error, Result};

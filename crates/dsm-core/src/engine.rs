@@ -1,11 +1,12 @@
 //! The engine: one node's coherence state, fed events, producing actions.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
 use dsm_wire::{Coherence, NodeId, Page, PageId};
 
 use crate::actions::{Access, Action, Outbox};
 use crate::cache::{Cache, LocalState};
+use crate::collections::HashSet;
 use crate::config::{CoherenceConfig, Consistency, RegionLayout};
 use crate::directory::{self, Directory, Returned};
 use crate::error::{Error, Result};
@@ -197,7 +198,7 @@ impl CoherenceEngine {
     /// Unknown pages → error, nothing changed.
     pub fn acquire(&mut self, token: u64, notices: &[PageId], mem: &mut dyn Memory) -> Result<()> {
         let mut named = Vec::with_capacity(notices.len());
-        let mut seen = HashSet::with_capacity(notices.len());
+        let mut seen = HashSet::with_capacity_and_hasher(notices.len(), Default::default());
         for page in notices {
             let loc = self.locate(*page)?;
             if loc.consistency == Consistency::Release && seen.insert(*page) {

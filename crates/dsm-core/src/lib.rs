@@ -76,6 +76,7 @@
 
 mod actions;
 mod cache;
+mod collections;
 mod config;
 mod directory;
 mod engine;

@@ -1,9 +1,8 @@
 //! The table of regions and the page lookup every message goes through first.
 
-use std::collections::HashMap;
-
 use dsm_wire::{NodeId, PageId};
 
+use crate::collections::HashMap;
 use crate::config::{Consistency, RegionLayout};
 use crate::error::{Error, Result};
 

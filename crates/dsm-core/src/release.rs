@@ -13,12 +13,13 @@
 //! release found changed [`KEEP_IDLE_RELEASES`] times in a row goes back to the ordinary
 //! path (write-protected, twin dropped), so idle pages cost nothing at later releases.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use dsm_wire::{Coherence, DiffRun, MAX_BATCH_PAGES, NodeId, PAGE_SIZE, PageDiff, PageId};
 
 use crate::actions::Action;
 use crate::cache::{Cache, LocalState};
+use crate::collections::HashMap;
 use crate::config::{Consistency, MutationPoint};
 use crate::engine::Ctx;
 use crate::error::{Error, Result};

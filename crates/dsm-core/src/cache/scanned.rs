@@ -12,12 +12,11 @@
 //!   grant: write-protect first, then snapshot, so a write racing the fetch is either in the
 //!   snapshot (and the twin) or reported by the next scan.
 
-use std::collections::HashSet;
-
 use dsm_wire::{PAGE_SIZE, Page, PageId};
 
 use super::{Cache, LocalState};
 use crate::actions::Action;
+use crate::collections::HashSet;
 use crate::engine::Ctx;
 use crate::memory::Memory;
 use crate::region::Located;
@@ -85,7 +84,7 @@ impl Cache {
         if self.tracked_order.len() > 2 * self.tracked.len() + 64 {
             // Forget entries of pages dropped since, so the queue stays near the set's size.
             let tracked = &self.tracked;
-            let mut seen = HashSet::new();
+            let mut seen = HashSet::default();
             self.tracked_order
                 .retain(|p| tracked.contains(p) && seen.insert(*p));
         }

@@ -13,12 +13,11 @@
 //! then publishing its last bytes, so a store another thread makes meanwhile is either in
 //! those bytes or faults and waits.
 
-use std::collections::HashMap;
-
 use dsm_wire::{PAGE_SIZE, PageId};
 
 use super::{SyncWait, Syncs, diff};
 use crate::cache::{Cache, LocalState};
+use crate::collections::HashMap;
 use crate::config::MutationPoint;
 use crate::engine::Ctx;
 use crate::error::Result;
