@@ -34,6 +34,10 @@ pub enum LocalState {
     Shared,
     /// Writable (sequential M; release mode: dirty, with a twin).
     Modified,
+    /// Sequential mode: the only copy, mapped read-only, as the home sees a writable one. A
+    /// read fault on a page that migrates between writers asks it so (see `Entry::migrates`);
+    /// this node's first write makes it Modified here, with no message.
+    Exclusive,
 }
 
 impl LocalState {
@@ -60,6 +64,9 @@ struct Pending {
     waiters: Vec<Waiter>,
     /// A one-sided read of the home copy is in flight.
     reading: bool,
+    /// Sequential mode: asked writable for a read fault (the page migrates): installed
+    /// Exclusive unless a write joined.
+    for_read: bool,
     /// Release mode: an acquire named this page while the fetch was in flight, so the data
     /// may predate the writes it announced; fetch again.
     refetch: bool,
@@ -75,6 +82,11 @@ struct Entry {
     /// node read the page after this node wrote it), since no other change of state. Such a
     /// page is likely written here again (see [`Cache::prefetch_upgrades`]).
     downgraded: bool,
+    /// Sequential mode: another node's write took this node's copy of a page this node wrote
+    /// (its writable copy, or the read-only one left when another node read it): the page
+    /// migrates between writers (read, then written, under a lock say), so the next read fault
+    /// asks it writable (read for ownership) and saves the write fault's round trip after it.
+    migrates: bool,
 }
 
 /// This node's pages.
@@ -102,6 +114,8 @@ pub(crate) struct Cache {
     last_demand: HashMap<u32, u32>,
     /// Write requests sent ahead of any write fault (`prefetch_upgrades`).
     pub(crate) upgrades_prefetched: u64,
+    /// Read faults that asked their page writable because it migrates.
+    pub(crate) reads_for_ownership: u64,
 }
 
 impl Cache {
@@ -140,6 +154,24 @@ impl Cache {
         }
         if let Some(pending) = &mut entry.pending {
             pending.waiters.push(Waiter { token, access });
+            return;
+        }
+        if entry.state == LocalState::Exclusive {
+            // The only copy already: writable here, with no message.
+            ctx.out.push(Action::Upgrade { page });
+            entry.state = LocalState::Modified;
+            self.settling.insert(page);
+            ctx.out.push(Action::Wake { token });
+            return;
+        }
+        let sequential = loc.consistency == Consistency::Sequential;
+        if sequential && access == Access::Read && std::mem::take(&mut entry.migrates) {
+            self.reads_for_ownership += 1;
+            let waiters = vec![Waiter { token, access }];
+            self.request_for(page, loc, (waiters, true), ctx);
+            if let Some(pending) = self.entries.get_mut(&page).and_then(|e| e.pending.as_mut()) {
+                pending.for_read = true;
+            }
             return;
         }
         let scanned = ctx.config.scan_writes;
@@ -284,6 +316,7 @@ impl Cache {
             asked,
             waiters,
             reading: false,
+            for_read: false,
             refetch: false,
             home: loc.home,
             since: ctx.now,
@@ -385,17 +418,20 @@ impl Cache {
             self.finish(page, loc, ctx);
             return;
         }
+        let wants_write = pending.waiters.iter().any(|w| w.access == Access::Write);
         let writable = match loc.consistency {
             Consistency::Sequential => pending.asked == Access::Write,
-            Consistency::Release => pending.waiters.iter().any(|w| w.access == Access::Write),
+            Consistency::Release => wants_write,
         };
+        // Asked writable for a read fault, and nobody writes yet: the only copy, read-only.
+        let exclusive = writable && pending.for_read && !wants_write;
         // Release mode installs read-only and twins before unprotecting: the install wakes the
         // faulting thread, whose writes must not reach the twin.
         let release = loc.consistency == Consistency::Release;
         ctx.out.push(Action::Install {
             page,
             data,
-            writable: writable && !release,
+            writable: writable && !release && !exclusive,
         });
         self.settling.insert(page);
         if writable && release {
@@ -403,10 +439,10 @@ impl Cache {
             ctx.out.push(Action::Upgrade { page });
             self.dirty.insert(page);
         }
-        entry.state = if writable {
-            LocalState::Modified
-        } else {
-            LocalState::Shared
+        entry.state = match (writable, exclusive) {
+            (true, true) => LocalState::Exclusive,
+            (true, false) => LocalState::Modified,
+            (false, _) => LocalState::Shared,
         };
         entry.downgraded = false;
         self.finish(page, loc, ctx);
@@ -444,7 +480,8 @@ impl Cache {
         let state = self.state(page);
         if let Coherence::Downgrade { .. } = message {
             let pending = self.entries.get(&page).and_then(|e| e.pending.as_ref());
-            if state != LocalState::Modified && !pending.is_some_and(|p| p.reading) {
+            let held = matches!(state, LocalState::Modified | LocalState::Exclusive);
+            if !held && !pending.is_some_and(|p| p.reading) {
                 return Err(Error::Unexpected {
                     from,
                     page,
@@ -478,7 +515,13 @@ impl Cache {
         mem: &mut dyn Memory,
     ) {
         let state = self.state(page);
-        let modified = state == LocalState::Modified;
+        // An exclusive copy is given back as a writable one would be (the home sees one).
+        let modified = matches!(state, LocalState::Modified | LocalState::Exclusive);
+        let written = state == LocalState::Modified;
+        // This node wrote the page, and since then another node read it (downgrade) or wants
+        // to write it: read here and written there in turn, the page migrates.
+        let was_downgraded = self.entries.get(&page).is_some_and(|e| e.downgraded);
+        let migrates = written || (state == LocalState::Shared && was_downgraded);
         let own_home = home == ctx.config.node;
         // The answer carries no page when the master is written in place: here, by the
         // home itself, or by a same-host writer that maps its home's master copies.
@@ -507,6 +550,7 @@ impl Cache {
                     ctx.out.push(Action::Invalidate { page });
                 }
                 self.set_state(page, LocalState::Invalid);
+                self.entries.entry(page).or_default().migrates = migrates;
                 let answer = match in_place {
                     true => Coherence::MasterWritten { req, page },
                     false => Coherence::InvalidateAck { req, page, data },
@@ -515,7 +559,7 @@ impl Cache {
             }
             (Coherence::Downgrade { req, .. }, data) => {
                 self.set_state(page, LocalState::Shared);
-                self.entries.entry(page).or_default().downgraded = true;
+                self.entries.entry(page).or_default().downgraded = written;
                 let answer = match data {
                     Some(data) => Coherence::WriteBack { req, page, data },
                     None => Coherence::MasterWritten { req, page },

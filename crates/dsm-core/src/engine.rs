@@ -97,6 +97,12 @@ impl CoherenceEngine {
         Ok(self.locate(page)?.home)
     }
 
+    /// Sequential mode: read faults that asked their page writable because it migrates
+    /// between writers (read for ownership; `Cache::fault`).
+    pub fn reads_for_ownership(&self) -> u64 {
+        self.cache.reads_for_ownership
+    }
+
     /// Sequential mode: write requests sent ahead of a write fault so far (the pages after
     /// an upgraded one that this node wrote before, see [`CoherenceEngine::fault`]).
     pub fn upgrades_prefetched(&self) -> u64 {
@@ -333,6 +339,8 @@ impl CoherenceEngine {
         match (self.cache.state(page), access) {
             (LocalState::Invalid, _) => true,
             (LocalState::Shared, Access::Write) => loc.consistency == Consistency::Sequential,
+            // Writable here with no message.
+            (LocalState::Exclusive, _) => false,
             _ => false,
         }
     }

@@ -136,7 +136,8 @@ impl Syncs {
                         self.carried.insert(*page);
                     }
                 }
-                LocalState::Shared => {}
+                // Release-mode pages are never exclusive (sequential mode only).
+                LocalState::Shared | LocalState::Exclusive => {}
             }
             ctx.out.push(Action::Invalidate { page: *page });
             cache.set_state(*page, LocalState::Invalid);

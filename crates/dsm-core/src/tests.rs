@@ -897,3 +897,67 @@ fn upgrades_asked_ahead_complete_with_nobody_waiting_and_wake_a_late_writer() {
     woken.sort_unstable();
     assert_eq!(woken, vec![20, 21]);
 }
+
+#[test]
+fn a_page_read_then_written_in_turn_is_asked_writable_by_the_read_fault() {
+    // Node 1 is the home of pages 8..16; nodes 0 and 1 take turns reading page 8 and then
+    // writing it (a counter under a lock).
+    let mut engines = [0, 1].map(|node| node_of_two(node, 1));
+    let mut mems = [TestMemory::default(), TestMemory::default()];
+    let page = PageId { region: 0, page: 8 };
+    mems[1].home.insert(page, Box::new([0; PAGE_SIZE]));
+    let mut token = 0;
+    let mut turn = |engines: &mut [CoherenceEngine; 2], mems: &mut [TestMemory; 2], n: usize| {
+        token += 2;
+        engines[n]
+            .fault(page, Access::Read, token, &mut mems[n])
+            .unwrap();
+        let _ = pump(engines, mems);
+        engines[n]
+            .fault(page, Access::Write, token + 1, &mut mems[n])
+            .unwrap();
+        let _ = pump(engines, mems);
+    };
+    turn(&mut engines, &mut mems, 0);
+    turn(&mut engines, &mut mems, 1);
+    // Node 0 wrote the page, node 1 read and wrote it since: it migrates. Node 0's read
+    // fault asks it writable, and its write then needs no message.
+    engines[0]
+        .fault(page, Access::Read, 100, &mut mems[0])
+        .unwrap();
+    assert_eq!(engines[0].reads_for_ownership(), 1);
+    let _ = pump(&mut engines, &mut mems);
+    assert_eq!(engines[0].local_state(page), LocalState::Exclusive);
+    assert_eq!(engines[1].local_state(page), LocalState::Invalid);
+    engines[0]
+        .fault(page, Access::Write, 101, &mut mems[0])
+        .unwrap();
+    let actions = engines[0].take_actions();
+    assert!(actions.contains(&Action::Upgrade { page }), "{actions:?}");
+    assert!(actions.iter().all(|a| !matches!(a, Action::Send { .. })));
+    assert_eq!(engines[0].local_state(page), LocalState::Modified);
+    assert_eq!(engines[0].reads_for_ownership(), 1);
+}
+
+#[test]
+fn a_page_only_read_after_one_write_each_settles_as_shared_copies() {
+    let mut engines = [0, 1].map(|node| node_of_two(node, 1));
+    let mut mems = [TestMemory::default(), TestMemory::default()];
+    let page = PageId { region: 0, page: 8 };
+    mems[1].home.insert(page, Box::new([0; PAGE_SIZE]));
+    for (n, token) in [(0, 1), (1, 2)] {
+        engines[n]
+            .fault(page, Access::Write, token, &mut mems[n])
+            .unwrap();
+        let _ = pump(&mut engines, &mut mems);
+    }
+    // From now on both only read: after at most one exclusive round each, copies are shared.
+    for (n, token) in [(0, 3), (1, 4), (0, 5), (1, 6)] {
+        engines[n]
+            .fault(page, Access::Read, token, &mut mems[n])
+            .unwrap();
+        let _ = pump(&mut engines, &mut mems);
+    }
+    assert_eq!(engines[0].local_state(page), LocalState::Shared);
+    assert_eq!(engines[1].local_state(page), LocalState::Shared);
+}

@@ -69,6 +69,10 @@ fn sequential_seeds() {
             total.upgrades_prefetched > 0,
             "no write access was asked ahead of a write fault"
         );
+        assert!(
+            total.reads_for_ownership > 0,
+            "no read fault asked a migrating page writable"
+        );
         assert_pairs_ran(&total);
         assert!(
             total.masters_written > 0,

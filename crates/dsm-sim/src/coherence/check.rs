@@ -35,7 +35,7 @@ impl World {
                     || matches!(
                         (state, perm),
                         (LocalState::Invalid, Perm::None)
-                            | (LocalState::Shared, Perm::Read)
+                            | (LocalState::Shared | LocalState::Exclusive, Perm::Read)
                             | (LocalState::Modified, Perm::Write)
                     );
                 if !agree {

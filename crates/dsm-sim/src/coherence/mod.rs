@@ -181,6 +181,11 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report> {
                 .iter()
                 .map(|n| n.engine.upgrades_prefetched())
                 .sum();
+            world.report.reads_for_ownership = world
+                .nodes
+                .iter()
+                .map(|n| n.engine.reads_for_ownership())
+                .sum();
             return Ok(world.report.clone());
         }
         world.check_step()?;

@@ -95,6 +95,8 @@ pub struct Report {
     pub invalidations: u64,
     /// Write requests engines sent ahead of a write fault (sequential mode, prefetch > 1).
     pub upgrades_prefetched: u64,
+    /// Read faults that asked their page writable because it migrates (sequential mode).
+    pub reads_for_ownership: u64,
     /// One-sided page reads.
     pub one_sided_reads: u64,
     /// Of those, reads completed at once, as the action was applied (same-host path).
@@ -131,6 +133,7 @@ impl Report {
         self.upgrades += other.upgrades;
         self.invalidations += other.invalidations;
         self.upgrades_prefetched += other.upgrades_prefetched;
+        self.reads_for_ownership += other.reads_for_ownership;
         self.one_sided_reads += other.one_sided_reads;
         self.reads_at_once += other.reads_at_once;
         self.masters_written += other.masters_written;
