@@ -49,6 +49,19 @@ impl LocalState {
     }
 }
 
+/// The pages right after `page` in its region that a prefetch of `loc.prefetch` pages (the
+/// faulting one included) may ask for, in order.
+fn pages_after(page: PageId, loc: Located) -> impl Iterator<Item = PageId> {
+    let last = page
+        .page
+        .saturating_add(loc.prefetch.max(1) - 1)
+        .min(loc.pages.saturating_sub(1));
+    (page.page.saturating_add(1)..=last).map(move |index| PageId {
+        region: page.region,
+        page: index,
+    })
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Waiter {
     token: u64,
@@ -212,15 +225,7 @@ impl Cache {
         if !scanning {
             return;
         }
-        let last = page
-            .page
-            .saturating_add(loc.prefetch.max(1) - 1)
-            .min(loc.pages - 1);
-        for index in page.page + 1..=last {
-            let next = PageId {
-                region: page.region,
-                page: index,
-            };
+        for next in pages_after(page, loc) {
             let entry = self.entries.get(&next);
             let missing =
                 entry.is_none_or(|e| e.state == LocalState::Invalid && e.pending.is_none());
@@ -251,15 +256,7 @@ impl Cache {
         locate: impl Fn(PageId) -> Option<Located>,
         ctx: &mut Ctx<'_>,
     ) {
-        let last = page
-            .page
-            .saturating_add(loc.prefetch.max(1) - 1)
-            .min(loc.pages - 1);
-        for index in page.page + 1..=last {
-            let next = PageId {
-                region: page.region,
-                page: index,
-            };
+        for next in pages_after(page, loc) {
             let written_here = self.entries.get(&next).is_some_and(|e| {
                 e.state == LocalState::Shared && e.downgraded && e.pending.is_none()
             });
