@@ -7,9 +7,10 @@
 //!   into a shared ring of provided buffers, one send per peer carrying every frame queued for
 //!   it, and all submissions of a turn in one `io_uring_enter` that also waits. Sockets use
 //!   `TCP_NODELAY`.
-//! * **Application threads never block**: they encode frames and push work onto a lock-free
-//!   bounded queue (crossbeam `ArrayQueue`), waking the ring through an eventfd only when the
-//!   thread may be asleep. No sleep-polling anywhere on the data path.
+//! * **Application threads never wait for the network**: they encode frames and push work onto
+//!   a bounded queue (a mutex held only to move items; why not lock-free: `queue`), waking the
+//!   ring through an eventfd only when the thread may be asleep. No sleep-polling anywhere on
+//!   the data path.
 //! * **Pages** move as request/response that the *home's transport thread* answers straight
 //!   from the exposed [`HomeMemory`](dsm_core::HomeMemory), without the engine. The home copies
 //!   the page once, into the send buffer; the requester's page is decoded straight out of the
@@ -73,6 +74,7 @@ mod conn;
 mod error;
 pub mod handshake;
 mod mesh;
+mod queue;
 pub mod reader;
 pub mod session;
 mod shared;

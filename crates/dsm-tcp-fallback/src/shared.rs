@@ -1,8 +1,8 @@
-//! State shared between application threads and the transport thread: the lock-free work
-//! queue, the eventfd that wakes the ring, per-peer failure flags and the exposure table.
+//! State shared between application threads and the transport thread: the work queue
+//! ([`WorkQueue`]: why not lock-free), the eventfd that wakes the ring, per-peer failure flags and the exposure table.
 //!
 //! Wake-up protocol (no lost wake-ups, at most one eventfd write per sleep of the worker):
-//! a producer pushes, then `notified.swap(true)`; only the producer that flips it from false
+//! a producer pushes, fences, then `notified.swap(true)`; only the producer that flips it from false
 //! writes the eventfd. The worker sets `notified` while it runs and, before sleeping, clears
 //! it, fences, and looks at the queue once more; anything pushed before the clear is seen by
 //! that look, anything pushed after it flips the flag and writes the eventfd.
@@ -12,10 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use crossbeam_queue::ArrayQueue;
 use dsm_core::{HomeMemory, TransportError};
 use dsm_wire::{Message, NodeId, Page, PageId};
 use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::queue::WorkQueue;
 
 /// Capacity of the work queue (operations not yet taken by the transport thread).
 pub(crate) const QUEUE_CAPACITY: usize = 1 << 16;
@@ -47,7 +48,7 @@ pub(crate) enum Op {
 /// See the module docs.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) queue: ArrayQueue<Op>,
+    pub(crate) queue: WorkQueue<Op>,
     pub(crate) wake: EventFd,
     pub(crate) notified: AtomicBool,
     pub(crate) stop: AtomicBool,
@@ -61,7 +62,7 @@ impl Shared {
         // would complete at once with EAGAIN.
         let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC)?;
         Ok(Shared {
-            queue: ArrayQueue::new(QUEUE_CAPACITY),
+            queue: WorkQueue::new(QUEUE_CAPACITY),
             wake,
             notified: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -77,6 +78,9 @@ impl Shared {
             op = back;
             self.submit_contended(&mut deadline)?;
         }
+        // Pairs with the fence in `prepare_to_sleep`: a worker whose clear of `notified` comes
+        // after our swap below sees this push when it looks at the queue.
+        fence(Ordering::SeqCst);
         self.wake();
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! waits, and handles the completions: multishot receives (frames reassembled straight out of
 //! the provided buffers), sends, and the eventfd wake-up.
 
+use std::collections::VecDeque;
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -103,6 +104,8 @@ struct Worker {
     cluster: u64,
     completions: Vec<Completion>,
     frames: Vec<Frame>,
+    /// Operations taken from the queue this turn (kept to reuse its allocation).
+    taken: VecDeque<Op>,
     spin: Duration,
     polite_after: Duration,
     /// Messages this node sent itself this turn, delivered once the turn's frames are
@@ -140,6 +143,7 @@ impl Worker {
             cluster: setup.cluster,
             completions: Vec::with_capacity(256),
             frames: Vec::with_capacity(256),
+            taken: VecDeque::with_capacity(256),
             spin: setup.spin,
             polite_after: setup.polite_after,
             local: Vec::new(),
@@ -190,13 +194,13 @@ impl Worker {
 
     /// Applies queued work (at most a batch); returns how many operations.
     fn drain_queue(&mut self) -> usize {
-        for done in 0..DRAIN_BATCH {
-            let Some(op) = self.shared.queue.pop() else {
-                return done;
-            };
+        let mut taken = std::mem::take(&mut self.taken);
+        let count = self.shared.queue.take(&mut taken, DRAIN_BATCH);
+        for op in taken.drain(..) {
             self.apply(op);
         }
-        DRAIN_BATCH
+        self.taken = taken;
+        count
     }
 
     fn apply(&mut self, op: Op) {

@@ -136,7 +136,11 @@ pub fn four_threads_same_pages(setup: Setup, address: usize) {
     // Over shmem (MINOR + CONTINUE) the kernel may drop a mapped page's PTE on its own (seen
     // once in many CI runs); the next write then arrives as a missing-page write fault, which
     // the server answers correctly (the bytes are checked above). Private memory never does.
-    let allowed = if setup.shared { u64::from(PAGES) / 100 } else { 0 };
+    let allowed = if setup.shared {
+        u64::from(PAGES) / 100
+    } else {
+        0
+    };
     assert!(
         writes <= allowed,
         "pages were present before the writes: {writes} missing-page write faults"
