@@ -18,7 +18,7 @@
 //!   or a central counter at node 0, kept to measure the first against. The runtime's own
 //!   barrier is [`CentralBarrier`] (rank 0's side; it pairs arrivals per kind of collective
 //!   call and carries every node's notices).
-//! * **The thread-facing [`LockTable`]** — many threads of one node queue on a lock-free FIFO
+//! * **The thread-facing [`LockTable`]** — many threads of one node queue on one FIFO
 //!   and the node takes part in the algorithm once for all of them. While a remote node waits,
 //!   at most [`TableConfig::handoff_bound`] local critical sections pass before the node gives
 //!   the lock up, so nobody starves. Guards release on drop; every wait has a timeout whose

@@ -1,7 +1,7 @@
 //! The local part of a lock: many threads of one node share the node's single place in the
 //! distributed algorithm.
 //!
-//! Threads queue on a lock-free FIFO; one 64-bit state word says what the node has and what
+//! Threads queue on a FIFO (a deque under a mutex: why, in `primitive::Queue`); one 64-bit state word says what the node has and what
 //! is under way. Whoever changes the word in a way that may allow progress calls
 //! [`LocalLock::dispatch`], which makes at most one move per successful compare-exchange:
 //!

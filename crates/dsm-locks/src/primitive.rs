@@ -1,5 +1,5 @@
-//! The synchronisation primitives of the local (thread-facing) part, in one place: std and
-//! crossbeam normally, loom's models under `cfg(loom)` so that the model checker sees every
+//! The synchronisation primitives of the local (thread-facing) part, in one place: std
+//! normally, loom's models under `cfg(loom)` so that the model checker sees every
 //! atomic, queue and park operation (`RUSTFLAGS="--cfg loom" cargo test -p dsm-locks --release
 //! loom`).
 
@@ -37,62 +37,50 @@ pub(crate) mod thread {
     }
 }
 
-/// A bounded lock-free MPMC FIFO (crossbeam's `ArrayQueue`); under loom, a modelled mutex
-/// around a `VecDeque`, which has the same linearizable push/pop behaviour.
+/// A bounded MPMC FIFO: a deque under a mutex (loom's model of one under `cfg(loom)`).
+///
+/// Not lock-free on purpose. In a lock-free bounded queue (crossbeam's `ArrayQueue`) a pop
+/// that meets a slot claimed but not yet written spins until the pushing thread writes it.
+/// Pops run on the node's real-time transport thread too (a grant arriving hands the lock to
+/// the next local waiter); a pusher at normal priority that it preempted mid-push on a shared
+/// CPU would then not run again until the kernel's fair server let it (up to ~1 s, measured
+/// on the TCP transport's queue). Over a mutex the pop sleeps on the futex instead, and
+/// every item counted after its push returned is there to pop.
 #[derive(Debug)]
 pub(crate) struct Queue<T> {
-    #[cfg(not(loom))]
-    items: crossbeam_queue::ArrayQueue<T>,
-    #[cfg(loom)]
-    items: loom::sync::Mutex<std::collections::VecDeque<T>>,
-    #[cfg(loom)]
+    items: Mutex<std::collections::VecDeque<T>>,
     capacity: usize,
 }
+
+#[cfg(loom)]
+use loom::sync::Mutex;
+#[cfg(not(loom))]
+use std::sync::Mutex;
 
 impl<T> Queue<T> {
     /// A queue of at most `capacity` (≥ 1) items.
     pub(crate) fn new(capacity: usize) -> Self {
-        #[cfg(not(loom))]
-        {
-            Queue {
-                items: crossbeam_queue::ArrayQueue::new(capacity),
-            }
-        }
-        #[cfg(loom)]
-        {
-            Queue {
-                items: loom::sync::Mutex::new(std::collections::VecDeque::new()),
-                capacity,
-            }
+        Queue {
+            items: Mutex::new(std::collections::VecDeque::new()),
+            capacity,
         }
     }
 
     /// Appends `item`, or gives it back when full.
     pub(crate) fn push(&self, item: T) -> Result<(), T> {
-        #[cfg(not(loom))]
-        {
-            self.items.push(item)
+        let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        if items.len() >= self.capacity {
+            return Err(item);
         }
-        #[cfg(loom)]
-        {
-            let mut items = self.items.lock().unwrap();
-            if items.len() >= self.capacity {
-                return Err(item);
-            }
-            items.push_back(item);
-            Ok(())
-        }
+        items.push_back(item);
+        Ok(())
     }
 
     /// Takes the oldest item.
     pub(crate) fn pop(&self) -> Option<T> {
-        #[cfg(not(loom))]
-        {
-            self.items.pop()
-        }
-        #[cfg(loom)]
-        {
-            self.items.lock().unwrap().pop_front()
-        }
+        self.items
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
     }
 }
