@@ -181,10 +181,7 @@ impl Cache {
         if sequential && access == Access::Read && std::mem::take(&mut entry.migrates) {
             self.reads_for_ownership += 1;
             let waiters = vec![Waiter { token, access }];
-            self.request_for(page, loc, (waiters, true), ctx);
-            if let Some(pending) = self.entries.get_mut(&page).and_then(|e| e.pending.as_mut()) {
-                pending.for_read = true;
-            }
+            self.request_for(page, loc, (waiters, true), ctx).for_read = true;
             return;
         }
         let scanned = ctx.config.scan_writes;
@@ -287,13 +284,14 @@ impl Cache {
     }
 
     /// Asks `page`'s home for it: writable if `wants_write` (sequential mode), else readable.
+    /// Returns the request now pending.
     fn request_for(
         &mut self,
         page: PageId,
         loc: Located,
         (waiters, wants_write): (Vec<Waiter>, bool),
         ctx: &mut Ctx<'_>,
-    ) {
+    ) -> &mut Pending {
         self.next_req += 1;
         let req = self.next_req;
         let entry = self.entries.entry(page).or_default();
@@ -308,7 +306,8 @@ impl Cache {
         } else {
             (Access::Read, Coherence::ReadRequest { req, page })
         };
-        entry.pending = Some(Pending {
+        ctx.out.send(loc.home, message);
+        entry.pending.insert(Pending {
             req,
             asked,
             waiters,
@@ -317,8 +316,7 @@ impl Cache {
             refetch: false,
             home: loc.home,
             since: ctx.now,
-        });
-        ctx.out.send(loc.home, message);
+        })
     }
 
     /// A grant from the home. Everything is checked before anything changes.
