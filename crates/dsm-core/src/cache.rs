@@ -204,7 +204,8 @@ impl Cache {
     }
 
     /// Read prefetch after a read fault on `page` (homed elsewhere) that continues an
-    /// in-order scan (the previous fault in the region was on the page before): asks the same
+    /// in-order scan (the previous fault in the region was on the page before, or the page
+    /// before was the last one the previous prefetch asked): asks the same
     /// home for the pages after it, as reads with nobody waiting, while each is missing here,
     /// has no fetch in flight and has that home; at most `loc.prefetch` pages in all.
     ///
@@ -231,6 +232,9 @@ impl Cache {
                 break;
             }
             self.request(next, loc, Vec::new(), ctx);
+            // The scan goes on from the last page asked: the fault on the page after it
+            // continues the scan (otherwise every other fault of a scan asks one page).
+            self.note_read_fault(next);
         }
     }
 
@@ -267,7 +271,8 @@ impl Cache {
     }
 
     /// True when a read fault on `page` comes right after a read fault on the page before
-    /// it (asked before this fault is recorded with [`Cache::note_read_fault`]).
+    /// it, or right after the last page a prefetch asked (asked before this fault is
+    /// recorded with [`Cache::note_read_fault`]).
     pub(crate) fn continues_scan(&self, page: PageId) -> bool {
         page.page > 0 && self.last_demand.get(&page.region) == Some(&(page.page - 1))
     }

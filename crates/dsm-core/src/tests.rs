@@ -659,6 +659,21 @@ fn an_in_order_scan_prefetches_the_next_pages_of_the_same_home() {
     assert_eq!(read_requests(&mut engine), vec![(0, 5), (0, 6), (0, 7)]);
 }
 
+#[test]
+fn a_fault_right_after_a_prefetched_run_continues_the_scan() {
+    let mut engine = node_of_two(1, 3);
+    let mut mem = TestMemory::default();
+    let page = |page| PageId { region: 0, page };
+    engine.fault(page(0), Access::Read, 1, &mut mem).unwrap();
+    assert_eq!(read_requests(&mut engine), vec![(0, 0)]);
+    engine.fault(page(1), Access::Read, 2, &mut mem).unwrap();
+    assert_eq!(read_requests(&mut engine), vec![(0, 1), (0, 2), (0, 3)]);
+    // Pages 2 and 3 come without a fault each; the scan's next fault is on page 4: it
+    // continues the scan (it used to count as a first fault and ask one page).
+    engine.fault(page(4), Access::Read, 3, &mut mem).unwrap();
+    assert_eq!(read_requests(&mut engine), vec![(0, 4), (0, 5), (0, 6)]);
+}
+
 /// Moves messages between two engines (node 0 the home of pages 0..8) until both are quiet;
 /// installs go into the receiving node's local pages. Returns node 1's read requests.
 fn pump(engines: &mut [CoherenceEngine; 2], mems: &mut [TestMemory; 2]) -> Vec<u32> {

@@ -54,8 +54,11 @@ pub(crate) struct SignalPath {
     pub(crate) slots: Arc<PageSlots>,
     /// Longest a handler waits for its page (beyond the engine's own fault timeout).
     pub(crate) timeout: Duration,
-    /// How long it looks at its slot before it sleeps on it.
+    /// How long it serves the same-host rings for its answer before it sleeps on its slot.
     pub(crate) spin: Duration,
+    /// How long it looks at its slot before it sleeps on it when another thread of the node
+    /// delivers the answer (see `Node::slot_spin`).
+    pub(crate) slot_spin: Duration,
     /// The node's transports: with same-host peers, the handler serves their rings itself
     /// while it looks at its slot.
     pub(crate) wire: Option<Arc<Wire>>,
@@ -168,11 +171,11 @@ fn hand_over(
         None => {
             drop(serving);
             queue_for_driver(signal, fault)?;
-            return wait(signal, slot, signal.spin);
+            return wait(signal, slot, signal.slot_spin);
         }
     }
     let Some(shm) = shm else {
-        return wait(signal, slot, signal.spin);
+        return wait(signal, slot, signal.slot_spin);
     };
     let until = Instant::now() + signal.spin;
     // Given up or not, the guard's drop leaves the rings to the shared-memory thread.
@@ -238,6 +241,7 @@ mod tests {
                 slots,
                 timeout,
                 spin: Duration::from_micros(100),
+                slot_spin: Duration::from_micros(50),
                 wire: None,
             },
             receiver,
