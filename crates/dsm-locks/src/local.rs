@@ -1,9 +1,10 @@
 //! The local part of a lock: many threads of one node share the node's single place in the
 //! distributed algorithm.
 //!
-//! Threads queue on a FIFO (a deque under a mutex: why, in `primitive::Queue`); one 64-bit state word says what the node has and what
-//! is under way. Whoever changes the word in a way that may allow progress calls
-//! [`LocalLock::dispatch`], which makes at most one move per successful compare-exchange:
+//! Threads queue on a FIFO (a deque under a mutex: why, in `primitive::Queue`); one 64-bit
+//! state word says what the node has and what is under way. Whoever changes the word in a
+//! way that may allow progress calls [`LocalLock::dispatch`], which makes at most one move
+//! per successful compare-exchange:
 //!
 //! * the node owns the lock, nobody holds it and a thread waits → hand it to the oldest waiter;
 //! * the node owns it, nobody holds it, and nobody waits (or a remote node has waited through
