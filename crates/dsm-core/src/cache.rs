@@ -223,6 +223,7 @@ impl Cache {
         if !scanning {
             return;
         }
+        let mut last_asked = None;
         for next in pages_after(page, loc) {
             let entry = self.entries.get(&next);
             let missing =
@@ -232,9 +233,12 @@ impl Cache {
                 break;
             }
             self.request(next, loc, Vec::new(), ctx);
-            // The scan goes on from the last page asked: the fault on the page after it
-            // continues the scan (otherwise every other fault of a scan asks one page).
-            self.note_read_fault(next);
+            last_asked = Some(next);
+        }
+        // The scan goes on from the last page asked: the fault on the page after it
+        // continues the scan (otherwise every other fault of a scan asks one page).
+        if let Some(last) = last_asked {
+            self.note_read_fault(last);
         }
     }
 

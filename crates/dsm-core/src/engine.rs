@@ -339,8 +339,7 @@ impl CoherenceEngine {
         match (self.cache.state(page), access) {
             (LocalState::Invalid, _) => true,
             (LocalState::Shared, Access::Write) => loc.consistency == Consistency::Sequential,
-            // Writable here with no message.
-            (LocalState::Exclusive, _) => false,
+            // Modified and Exclusive (writable here with no message) allow any access.
             _ => false,
         }
     }

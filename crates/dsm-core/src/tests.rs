@@ -913,14 +913,20 @@ fn upgrades_asked_ahead_complete_with_nobody_waiting_and_wake_a_late_writer() {
     assert_eq!(woken, vec![20, 21]);
 }
 
+/// Two nodes, no prefetch, and page 8, homed at node 1 (zeros there), that both will use.
+fn two_nodes_sharing_page_8() -> ([CoherenceEngine; 2], [TestMemory; 2], PageId) {
+    let engines = [0, 1].map(|node| node_of_two(node, 1));
+    let mut mems = [TestMemory::default(), TestMemory::default()];
+    let page = PageId { region: 0, page: 8 };
+    mems[1].home.insert(page, Box::new([0; PAGE_SIZE]));
+    (engines, mems, page)
+}
+
 #[test]
 fn a_page_read_then_written_in_turn_is_asked_writable_by_the_read_fault() {
     // Node 1 is the home of pages 8..16; nodes 0 and 1 take turns reading page 8 and then
     // writing it (a counter under a lock).
-    let mut engines = [0, 1].map(|node| node_of_two(node, 1));
-    let mut mems = [TestMemory::default(), TestMemory::default()];
-    let page = PageId { region: 0, page: 8 };
-    mems[1].home.insert(page, Box::new([0; PAGE_SIZE]));
+    let (mut engines, mut mems, page) = two_nodes_sharing_page_8();
     let mut token = 0;
     let mut turn = |engines: &mut [CoherenceEngine; 2], mems: &mut [TestMemory; 2], n: usize| {
         token += 2;
@@ -956,10 +962,7 @@ fn a_page_read_then_written_in_turn_is_asked_writable_by_the_read_fault() {
 
 #[test]
 fn a_page_only_read_after_one_write_each_settles_as_shared_copies() {
-    let mut engines = [0, 1].map(|node| node_of_two(node, 1));
-    let mut mems = [TestMemory::default(), TestMemory::default()];
-    let page = PageId { region: 0, page: 8 };
-    mems[1].home.insert(page, Box::new([0; PAGE_SIZE]));
+    let (mut engines, mut mems, page) = two_nodes_sharing_page_8();
     for (n, token) in [(0, 1), (1, 2)] {
         engines[n]
             .fault(page, Access::Write, token, &mut mems[n])

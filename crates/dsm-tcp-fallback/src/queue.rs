@@ -112,7 +112,12 @@ mod tests {
             .collect();
         let mut next = [0u32; 3];
         let mut out = VecDeque::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while next.iter().any(|n| *n < PER_THREAD) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "producers stalled: taken so far {next:?} of {PER_THREAD} each"
+            );
             queue.take(&mut out, 64);
             for (p, i) in out.drain(..) {
                 assert_eq!(i, next[p as usize], "producer {p} out of order");

@@ -1,9 +1,10 @@
 //! State shared between application threads and the transport thread: the work queue
-//! ([`WorkQueue`]: why not lock-free), the eventfd that wakes the ring, per-peer failure flags and the exposure table.
+//! ([`WorkQueue`]: why not lock-free), the eventfd that wakes the ring, per-peer failure
+//! flags and the exposure table.
 //!
 //! Wake-up protocol (no lost wake-ups, at most one eventfd write per sleep of the worker):
-//! a producer pushes, fences, then `notified.swap(true)`; only the producer that flips it from false
-//! writes the eventfd. The worker sets `notified` while it runs and, before sleeping, clears
+//! a producer pushes, fences, then `notified.swap(true)`; only the producer that flips it
+//! from false writes the eventfd. The worker sets `notified` while it runs and, before sleeping, clears
 //! it, fences, and looks at the queue once more; anything pushed before the clear is seen by
 //! that look, anything pushed after it flips the flag and writes the eventfd.
 
