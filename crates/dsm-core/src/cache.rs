@@ -129,7 +129,21 @@ pub(crate) struct Cache {
     pub(crate) upgrades_prefetched: u64,
     /// Read faults that asked their page writable because it migrates.
     pub(crate) reads_for_ownership: u64,
+    /// Sequential mode: pages homed elsewhere made writable here since the last sync point
+    /// (at most [`WRITTEN_LOG`]), the ones a contended lock release hands back.
+    written: Vec<PageId>,
+    /// Pages given back unasked whose home may still have a recall of them in flight (it
+    /// arrives before any later grant of the page: FIFO per pair).
+    handed_back: HashSet<PageId>,
+    /// Pages handed back so far.
+    pub(crate) pages_handed_back: u64,
+    /// Recalls that crossed a hand-back of their page (the home sent them first).
+    pub(crate) recalls_crossing_hand_backs: u64,
 }
+
+/// Most pages a critical section's log keeps: a lock protects a few pages, and a section
+/// that writes more hands back only its first ones.
+const WRITTEN_LOG: usize = 32;
 
 impl Cache {
     pub(crate) fn state(&self, page: PageId) -> LocalState {
@@ -174,6 +188,7 @@ impl Cache {
             ctx.out.push(Action::Upgrade { page });
             entry.state = LocalState::Modified;
             self.settling.insert(page);
+            self.log_written(page, loc, ctx);
             ctx.out.push(Action::Wake { token });
             return;
         }
@@ -351,6 +366,8 @@ impl Cache {
             });
         };
         let one_sided = ctx.config.reads_master_of(from);
+        // A recall from before a hand-back would have come before this grant.
+        self.handed_back.remove(&page);
         match data {
             Some(data) => self.complete(page, loc, data, ctx),
             None if kind == Access::Write && entry.state == LocalState::Shared => {
@@ -359,6 +376,8 @@ impl Cache {
                 entry.state = LocalState::Modified;
                 entry.downgraded = false;
                 self.settling.insert(page);
+                self.handed_back.remove(&page);
+                self.log_written(page, loc, ctx);
                 self.finish(page, loc, ctx);
             }
             None if one_sided => {
@@ -449,6 +468,9 @@ impl Cache {
             (false, _) => LocalState::Shared,
         };
         entry.downgraded = false;
+        if entry.state == LocalState::Modified {
+            self.log_written(page, loc, ctx);
+        }
         self.finish(page, loc, ctx);
     }
 
@@ -471,6 +493,63 @@ impl Cache {
         }
     }
 
+    /// Records that `page` became writable here, if a contended release may hand it back
+    /// (sequential mode, homed elsewhere, room in the log).
+    fn log_written(&mut self, page: PageId, loc: Located, ctx: &Ctx<'_>) {
+        let sequential = loc.consistency == Consistency::Sequential;
+        if sequential && loc.home != ctx.config.node && self.written.len() < WRITTEN_LOG {
+            self.written.push(page);
+        }
+    }
+
+    /// Takes the pages made writable here since the last call (a sync point).
+    pub(crate) fn take_written(&mut self) -> Vec<PageId> {
+        std::mem::take(&mut self.written)
+    }
+
+    /// Sequential mode: gives this node's writable copy of `page` back to its home unasked
+    /// ([`Coherence::HandBack`]) and keeps no copy; the next read fault here asks it
+    /// writable (it migrates). Returns false, changing nothing, unless the page is writable
+    /// here, homed elsewhere, settled and has no request or recall waiting.
+    pub(crate) fn hand_back(
+        &mut self,
+        page: PageId,
+        loc: Located,
+        ctx: &mut Ctx<'_>,
+        mem: &mut dyn Memory,
+    ) -> bool {
+        let home = loc.home;
+        let idle = self
+            .entries
+            .get(&page)
+            .is_some_and(|e| e.state == LocalState::Modified && e.pending.is_none());
+        let recalled = self.held.iter().any(|(_, p, _)| *p == page);
+        let sequential = loc.consistency == Consistency::Sequential;
+        if !idle || !sequential || home == ctx.config.node || recalled || self.unsettled(page) {
+            return false;
+        }
+        // Write-protected before the copy, so no write of another thread is left out of it.
+        mem.write_protect(page);
+        let copy: Page = Box::new(*mem.local_page(page));
+        let data = if ctx.config.writes_master_of(home) {
+            ctx.out.push(Action::WriteMaster {
+                home,
+                page,
+                data: copy,
+            });
+            None
+        } else {
+            Some(copy)
+        };
+        ctx.out.push(Action::Invalidate { page });
+        self.set_state(page, LocalState::Invalid);
+        self.entries.entry(page).or_default().migrates = true;
+        self.handed_back.insert(page);
+        self.pages_handed_back += 1;
+        ctx.out.send(home, Coherence::HandBack { page, data });
+        true
+    }
+
     /// Sequential mode: the home invalidates or downgrades our copy. Held while the page is
     /// not settled; else answered now.
     pub(crate) fn on_recall(
@@ -485,7 +564,8 @@ impl Cache {
         if let Coherence::Downgrade { .. } = message {
             let pending = self.entries.get(&page).and_then(|e| e.pending.as_ref());
             let held = matches!(state, LocalState::Modified | LocalState::Exclusive);
-            if !held && !pending.is_some_and(|p| p.reading) {
+            let handed_back = self.handed_back.contains(&page);
+            if !held && !handed_back && !pending.is_some_and(|p| p.reading) {
                 return Err(Error::Unexpected {
                     from,
                     page,
@@ -521,6 +601,12 @@ impl Cache {
         let state = self.state(page);
         // An exclusive copy is given back as a writable one would be (the home sees one).
         let modified = matches!(state, LocalState::Modified | LocalState::Exclusive);
+        let handed_back = self.handed_back.remove(&page);
+        self.recalls_crossing_hand_backs += u64::from(handed_back);
+        if handed_back && !modified && matches!(message, Coherence::Downgrade { .. }) {
+            // Crossed the hand-back, which the home took as this downgrade's answer.
+            return;
+        }
         let written = state == LocalState::Modified;
         // This node wrote the page, and since then another node read it (downgrade) or wants
         // to write it: read here and written there in turn, the page migrates.
@@ -554,7 +640,7 @@ impl Cache {
                     ctx.out.push(Action::Invalidate { page });
                 }
                 self.set_state(page, LocalState::Invalid);
-                self.entries.entry(page).or_default().migrates = migrates;
+                self.entries.entry(page).or_default().migrates = migrates || handed_back;
                 let answer = match in_place {
                     true => Coherence::MasterWritten { req, page },
                     false => Coherence::InvalidateAck { req, page, data },
@@ -627,5 +713,7 @@ impl Cache {
         self.shared_home.retain(|page| page.region != region);
         self.held.retain(|(_, page, _)| page.region != region);
         self.last_demand.remove(&region);
+        self.written.retain(|page| page.region != region);
+        self.handed_back.retain(|page| page.region != region);
     }
 }

@@ -71,6 +71,9 @@ pub enum Mutation {
     /// Sequential mode: a home told of a failed node serves the stale master copy of the pages
     /// that node held writable, instead of refusing them as lost.
     ServeLostPages,
+    /// Sequential mode: a home that takes a page handed back (`Coherence::HandBack`) forgets
+    /// its holder but keeps its stale master copy.
+    HandBackLosesData,
 }
 
 /// One engine's configuration.
@@ -157,6 +160,10 @@ impl CoherenceConfig {
                     | (Mutation::ScanMissesPage, MutationPoint::ScanMissesPage)
                     | (Mutation::ForgetFailedAcks, MutationPoint::ForgetFailedAcks)
                     | (Mutation::ServeLostPages, MutationPoint::ServeLostPages)
+                    | (
+                        Mutation::HandBackLosesData,
+                        MutationPoint::HandBackLosesData
+                    )
             )
         }
         #[cfg(not(feature = "mutation"))]
@@ -173,6 +180,7 @@ pub(crate) enum MutationPoint {
     ScanMissesPage,
     ForgetFailedAcks,
     ServeLostPages,
+    HandBackLosesData,
 }
 
 #[cfg(test)]

@@ -231,6 +231,45 @@ impl Directory {
         Ok(())
     }
 
+    /// The writable holder `from` gave its page back unasked ([`Coherence::HandBack`]) and
+    /// kept no copy. A recall of it may be in flight, crossed with the hand-back: a
+    /// downgrade's read transaction is served now (the holder ignores the downgrade, see
+    /// `Cache::on_recall`); an invalidation's write transaction waits for its ack, which then
+    /// comes without data.
+    pub(crate) fn hand_back(
+        &mut self,
+        from: NodeId,
+        page: PageId,
+        returned: Returned,
+        ctx: &mut Ctx<'_>,
+        mem: &mut dyn Memory,
+    ) -> Result<()> {
+        let entry = self.entries.get_mut(&page);
+        let Some(entry) = entry.filter(|e| e.holders == Holders::Modified(from)) else {
+            return Err(Error::Unexpected {
+                from,
+                page,
+                what: "hand-back of a page the sender does not hold writable",
+            });
+        };
+        if !ctx.config.mutated(MutationPoint::HandBackLosesData) {
+            returned.store(page, mem);
+        }
+        entry.holders = Holders::None;
+        let downgrading = entry
+            .txn
+            .as_ref()
+            .is_some_and(|t| t.request.access == Access::Read && t.awaiting.contains(&from));
+        if downgrading {
+            let txn = entry.txn.take().expect("checked above");
+            if !self.failed.contains(&txn.request.from) {
+                grant_read(entry, page, txn.request, ctx, mem);
+            }
+            self.run(page, ctx, mem);
+        }
+        Ok(())
+    }
+
     /// The writable holder `from` answered this page's recall having written the master in
     /// place: an invalidation ack with data (a write transaction) or a write-back (a read
     /// transaction's downgrade), whichever the transaction waits for.

@@ -203,6 +203,7 @@ impl CoherenceEngine {
     /// release-mode regions are invalidated. Completes with [`Action::SyncDone`] for `token`.
     /// Unknown pages → error, nothing changed.
     pub fn acquire(&mut self, token: u64, notices: &[PageId], mem: &mut dyn Memory) -> Result<()> {
+        self.cache.take_written(); // A sync point: a new critical section's log starts.
         let mut named = Vec::with_capacity(notices.len());
         let mut seen = HashSet::with_capacity_and_hasher(notices.len(), Default::default());
         for page in notices {
@@ -227,6 +228,7 @@ impl CoherenceEngine {
     /// [`Action::SyncDone`] for `token` carries the write notices once they are applied. A
     /// barrier is a release, then an acquire with the notices of every node.
     pub fn release(&mut self, token: u64, mem: &mut dyn Memory) -> Result<()> {
+        self.cache.take_written(); // Handed back before this, or not at all.
         let pages = if self.config.scan_writes {
             &self.cache.tracked
         } else {
@@ -246,6 +248,55 @@ impl CoherenceEngine {
                 .release(token, &pages, &mut self.cache, &mut ctx, mem)?;
         }
         self.end_call(mem)
+    }
+
+    /// Sequential mode, at the release of a lock another node waits for: gives the pages
+    /// homed elsewhere that became writable here since the last sync point back to their
+    /// homes ([`Coherence::HandBack`]), keeping no copy, so that the next holder's fault on
+    /// them finds them at the home instead of waiting for a recall from here. Returns how
+    /// many went. Pages with a request or a recall in progress stay.
+    pub fn hand_back_written(&mut self, mem: &mut dyn Memory) -> Result<usize> {
+        let pages = self.cache.take_written();
+        self.begin_call();
+        let mut given = 0;
+        for page in pages {
+            given += usize::from(self.give_back(page, mem));
+        }
+        self.end_call(mem)?;
+        Ok(given)
+    }
+
+    /// Gives this node's writable copy of `page` back to its home unasked, as
+    /// [`hand_back_written`](Self::hand_back_written) does; false (nothing changed) when the
+    /// page is not writable here, is homed here or its request or recall is in progress.
+    pub fn hand_back(&mut self, page: PageId, mem: &mut dyn Memory) -> Result<bool> {
+        self.locate(page)?;
+        self.begin_call();
+        let given = self.give_back(page, mem);
+        self.end_call(mem)?;
+        Ok(given)
+    }
+
+    /// Pages given back to their homes unasked so far.
+    pub fn pages_handed_back(&self) -> u64 {
+        self.cache.pages_handed_back
+    }
+
+    /// Recalls (invalidations, downgrades) that reached this node after it had handed their
+    /// page back: the home sent them before the hand-back reached it.
+    pub fn recalls_crossing_hand_backs(&self) -> u64 {
+        self.cache.recalls_crossing_hand_backs
+    }
+
+    fn give_back(&mut self, page: PageId, mem: &mut dyn Memory) -> bool {
+        let Ok(loc) = self.locate(page) else {
+            return false; // Its region was freed since.
+        };
+        if self.failed.contains(&loc.home) {
+            return false;
+        }
+        let mut ctx = ctx!(self);
+        self.cache.hand_back(page, loc, &mut ctx, mem)
     }
 
     /// Answers recalls that were held until their page settled. Call it after applying the
@@ -425,6 +476,10 @@ impl CoherenceEngine {
             Coherence::MasterWritten { req, .. } if seq => {
                 dir.master_written(from, page, req, &mut ctx, mem)
             }
+            Coherence::HandBack { data, .. } if seq => {
+                let returned = data.map_or(Returned::InPlace, Returned::Page);
+                dir.hand_back(from, page, returned, &mut ctx, mem)
+            }
             Coherence::ReadGrant { req, data, .. } => {
                 let grant = (Access::Read, req, data);
                 self.cache.on_grant(from, page, loc, grant, &mut ctx)
@@ -509,6 +564,7 @@ fn describe(message: &Coherence) -> (Option<PageId>, &'static str, Side) {
         C::InvalidateAck { page, .. } => (Some(*page), "InvalidateAck", Side::Home),
         C::WriteBack { page, .. } => (Some(*page), "WriteBack", Side::Home),
         C::MasterWritten { page, .. } => (Some(*page), "MasterWritten", Side::Home),
+        C::HandBack { page, .. } => (Some(*page), "HandBack", Side::Home),
         C::ReadGrant { page, .. } => (Some(*page), "ReadGrant", Side::Requester),
         C::WriteGrant { page, .. } => (Some(*page), "WriteGrant", Side::Requester),
         C::Invalidate { page, .. } => (Some(*page), "Invalidate", Side::Requester),

@@ -979,3 +979,61 @@ fn a_page_only_read_after_one_write_each_settles_as_shared_copies() {
     assert_eq!(engines[0].local_state(page), LocalState::Shared);
     assert_eq!(engines[1].local_state(page), LocalState::Shared);
 }
+
+/// Node 0 writes P (homed on node 1) and gives it back unasked: the master holds its write,
+/// node 0 keeps no copy, and node 2's write is granted by the home with no recall.
+#[test]
+fn a_handed_back_page_is_served_by_its_home_without_a_recall() {
+    let mut c = Cluster::new(3, Consistency::Sequential, false);
+    c.fault(0, Access::Write, 1);
+    c.deliver_all();
+    c.write(0, 5, 77);
+    assert!(c.engines[0].hand_back(P, &mut c.mems[0]).unwrap());
+    c.collect(0);
+    assert_eq!(c.engines[0].local_state(P), LocalState::Invalid);
+    assert!(!c.mems[0].local.contains_key(&P), "no copy is kept");
+    c.deliver_all();
+    assert_eq!(c.mems[1].home[&P][5], 77, "the master holds the write");
+    c.fault(2, Access::Write, 2);
+    let (_, to, request) = c.deliver_one();
+    assert!(matches!(request, Coherence::WriteRequest { .. }) && to == 1);
+    let (_, to, grant) = c.deliver_one();
+    assert!(
+        matches!(grant, Coherence::WriteGrant { .. }) && to == 2,
+        "{grant:?}"
+    );
+    assert!(c.woken(2, 2));
+    assert_eq!(c.mems[2].local[&P][5], 77);
+    assert!(
+        !c.engines[0].hand_back(P, &mut c.mems[0]).unwrap(),
+        "a page not held writable is not handed back"
+    );
+}
+
+/// The home downgrades node 0's copy for node 2's read while node 0's hand-back is on its
+/// way: the hand-back answers the read, and node 0 ignores the downgrade that crossed it.
+#[test]
+fn a_downgrade_crossing_a_hand_back_is_answered_by_it() {
+    let mut c = Cluster::new(3, Consistency::Sequential, false);
+    c.fault(0, Access::Write, 1);
+    c.deliver_all();
+    c.write(0, 9, 55);
+    c.fault(2, Access::Read, 2);
+    let (_, to, _) = c.deliver_one(); // The read request reaches the home...
+    assert_eq!(to, 1);
+    assert!(c.engines[0].hand_back(P, &mut c.mems[0]).unwrap()); // ...as node 0 gives P back.
+    c.collect(0);
+    c.deliver_all();
+    assert!(c.woken(2, 2));
+    assert_eq!(
+        c.mems[2].local[&P][9], 55,
+        "the reader sees the handed-back write"
+    );
+    assert_eq!(c.engines[0].recalls_crossing_hand_backs(), 1);
+    assert_eq!(c.engines[0].local_state(P), LocalState::Invalid);
+    // Node 0 writes again: the home invalidates node 2's copy as usual.
+    c.fault(0, Access::Write, 3);
+    c.deliver_all();
+    assert!(c.woken(0, 3));
+    assert_eq!(c.engines[2].local_state(P), LocalState::Invalid);
+}

@@ -226,6 +226,15 @@ impl LockEngine {
         Ok(())
     }
 
+    /// True when another node waits for `lock` and gets it at this node's release
+    /// (Ricart–Agrawala: a deferred request; a home-queue lock's holder does not know).
+    pub fn remote_waiting(&self, lock: u32) -> bool {
+        match self.locks.get(&lock) {
+            Some(LockState::Ra(l)) => l.has_deferred(),
+            _ => false,
+        }
+    }
+
     /// The nodes this node still waits for on `lock` (empty when not waiting).
     pub fn awaiting(&self, lock: u32) -> Vec<NodeId> {
         match self.locks.get(&lock) {

@@ -29,6 +29,10 @@ pub trait ReleaseConsistency: Send + std::marker::Sync {
     /// Before any thread of this node enters after a grant or leaves a barrier: invalidate
     /// the pages others wrote.
     fn invalidate(&self, point: SyncPoint, notices: &[PageId]);
+    /// Before [`flush`](Self::flush), when this node gives `lock` up to another node that
+    /// waits for it: the pages written under the lock are likely that node's next faults
+    /// (sequential mode hands them back to their homes). Nothing by default.
+    fn hand_over(&self, _lock: u32) {}
 }
 
 /// No release consistency (sequential mode, tests, benches).

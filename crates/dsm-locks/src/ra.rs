@@ -56,6 +56,11 @@ impl RaLock {
         matches!(self.state, State::Idle) && self.deferred.is_empty()
     }
 
+    /// True when a request waits for this node's release.
+    pub(crate) fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
+    }
+
     pub(crate) fn acquire(&mut self, cx: &mut Ctx<'_>) -> Result<()> {
         if !matches!(self.state, State::Idle) {
             return Err(Error::AlreadyRequested(self.lock));

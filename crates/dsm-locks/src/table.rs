@@ -131,6 +131,10 @@ impl NodeSide for Node<'_> {
     }
 
     fn release(&self) {
+        let contended = lock_engine(&self.table.engine).remote_waiting(self.lock);
+        if contended {
+            self.table.consistency.hand_over(self.lock);
+        }
         let notices = self.table.consistency.flush(SyncPoint::Lock(self.lock));
         let rest = self
             .table

@@ -78,6 +78,10 @@ fn sequential_seeds() {
             total.masters_written > 0,
             "no writable holder wrote its same-host home's master in place"
         );
+        assert!(
+            total.hand_backs > 0 && total.recalls_crossing_hand_backs > 0,
+            "no page was handed back, or no recall crossed a hand-back"
+        );
     }
 }
 
@@ -145,6 +149,15 @@ fn assert_caught_in(seeds: std::ops::Range<u64>, what: &str, config: impl Fn(u64
         }
     });
     assert!(caught.is_some(), "{what} went unnoticed");
+}
+
+#[test]
+fn mutation_a_hand_back_losing_its_data_is_caught() {
+    assert_caught(
+        Consistency::Sequential,
+        Mutation::HandBackLosesData,
+        "a home dropping a handed-back page's data",
+    );
 }
 
 #[test]

@@ -104,6 +104,14 @@ fn coherence_samples() -> Vec<Coherence> {
             req: 4,
             page: pid(0, 1),
         },
+        Coherence::HandBack {
+            page: pid(0, 2),
+            data: Some(page(4)),
+        },
+        Coherence::HandBack {
+            page: pid(1, 0),
+            data: None,
+        },
         Coherence::DiffAck {
             req: 5,
             page: pid(0, 0),

@@ -312,6 +312,15 @@ impl Coherence {
         self.apply(ctx)
     }
 
+    /// Sequential mode, a lock released to a waiting node: hands the pages made writable
+    /// since the last sync point back to their homes. Returns how many went.
+    pub(crate) fn hand_back_written(&mut self, ctx: &Ctx<'_>) -> Result<usize> {
+        let mut mem = Mem::new(&mut self.regions);
+        let given = self.engine.hand_back_written(&mut mem)?;
+        self.apply(ctx)?;
+        Ok(given)
+    }
+
     /// Starts an acquire with `notices`; completes as `SyncDone { token }` in `Shared`.
     pub(crate) fn acquire(&mut self, token: u64, notices: &[PageId], ctx: &Ctx<'_>) -> Result<()> {
         let mut mem = Mem::new(&mut self.regions);

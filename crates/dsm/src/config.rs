@@ -147,6 +147,9 @@ pub struct Config {
     pub(crate) twin_limit_bytes: u64,
     /// How long the transport thread polls after activity before sleeping (`DSM_SPIN_US`).
     pub(crate) spin: Duration,
+    /// Sequential mode: a lock released to a waiting node hands the pages written under it
+    /// back to their homes (`DSM_LOCK_HAND_BACK`, default on).
+    pub(crate) lock_hand_back: bool,
     /// Priority of the node's service threads (`DSM_SERVICE_PRIORITY`, default realtime).
     pub(crate) service_priority: ServicePriority,
     /// Where the per-hop trace goes (`DSM_TRACE`); each node inserts its rank.
@@ -184,6 +187,7 @@ impl Config {
                 write_tracking: WriteTracking::Scan,
                 twin_limit_bytes: DEFAULT_TWIN_LIMIT_MB << 20,
                 spin: DEFAULT_SPIN,
+                lock_hand_back: true,
                 service_priority: ServicePriority::Realtime,
                 trace: None,
             },
@@ -239,6 +243,17 @@ impl Config {
                 ))
             })?;
             b = b.spin(Duration::from_micros(us));
+        }
+        if let Some(on) = lookup("DSM_LOCK_HAND_BACK") {
+            b = b.lock_hand_back(match on.trim() {
+                "1" | "on" => true,
+                "0" | "off" => false,
+                _ => {
+                    return Err(Error::Config(format!(
+                        "DSM_LOCK_HAND_BACK={on:?} is not 1/on or 0/off"
+                    )));
+                }
+            });
         }
         if let Some(p) = lookup("DSM_SERVICE_PRIORITY") {
             b = b.service_priority(parse_priority(&p)?);
@@ -322,6 +337,10 @@ impl Config {
     /// How long the transport thread polls after activity before sleeping.
     pub fn spin(&self) -> Duration {
         self.spin
+    }
+    /// Whether a lock released to a waiting node hands the pages written under it back.
+    pub fn lock_hand_back(&self) -> bool {
+        self.lock_hand_back
     }
     /// The priority the node's service threads ask for.
     pub fn service_priority(&self) -> ServicePriority {
@@ -440,6 +459,16 @@ impl ConfigBuilder {
     /// in the kernel (0: never polls). Bounded, and it yields the CPU between polls.
     pub fn spin(mut self, spin: Duration) -> Self {
         self.config.spin = spin;
+        self
+    }
+    /// Sequential mode: when this node releases a lock that another node waits for, the
+    /// pages homed elsewhere that it made writable while holding the lock go back to their
+    /// homes at once (with no copy kept here), so that the next holder's fault on them is
+    /// served by the home at once instead of recalling them from here (a round trip less
+    /// per hand-off). Default on; off suits a program whose lock holders write pages the
+    /// next holder never touches and that this node writes again soon.
+    pub fn lock_hand_back(mut self, on: bool) -> Self {
+        self.config.lock_hand_back = on;
         self
     }
     /// The scheduling priority of the node's service threads: the transport thread, the

@@ -38,6 +38,8 @@ impl Outbox for LockOutbox {
 pub(crate) struct LockConsistency {
     pub(crate) core: Arc<Core>,
     pub(crate) timeout: Duration,
+    /// [`Config::lock_hand_back`](crate::Config::lock_hand_back).
+    pub(crate) hand_back: bool,
 }
 
 impl ReleaseConsistency for LockConsistency {
@@ -57,6 +59,18 @@ impl ReleaseConsistency for LockConsistency {
                 tracing::error!(?point, error = %e, "release flush failed");
                 Vec::new()
             }
+        }
+    }
+
+    fn hand_over(&self, lock: u32) {
+        if !self.hand_back {
+            return;
+        }
+        // Sequential pages written under the lock: the waiting node's next faults, most
+        // likely. Sent before the lock's reply, which carries no page.
+        match self.core.engine(|c, ctx| c.hand_back_written(ctx)) {
+            Ok(pages) => Counters::add(&self.core.shared.counters.pages_handed_back, pages),
+            Err(e) => tracing::error!(lock, error = %e, "hand-back at a lock release failed"),
         }
     }
 

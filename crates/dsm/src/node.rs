@@ -139,6 +139,7 @@ fn lock_table(config: &Config, core: &Arc<Core>) -> LockTable {
         Box::new(LockConsistency {
             core: Arc::clone(core),
             timeout: config.op_timeout,
+            hand_back: config.lock_hand_back,
         }),
         TableConfig {
             timeout: config.op_timeout,

@@ -39,6 +39,9 @@ pub struct Stats {
     pub twin_bytes: u64,
     /// Locks acquired.
     pub lock_acquires: u64,
+    /// Sequential mode: pages handed back to their homes at the release of a lock another
+    /// node waited for ([`ConfigBuilder::lock_hand_back`](crate::ConfigBuilder::lock_hand_back)).
+    pub pages_handed_back: u64,
     /// Barriers passed.
     pub barriers: u64,
     /// Median fault service time, nanoseconds (0 when no fault was timed): from the moment
@@ -65,7 +68,7 @@ pub struct Stats {
 
 impl Stats {
     /// Every counter as `(name, value)`, in declaration order: the JSON form's fields.
-    pub fn fields(&self) -> [(&'static str, u64); 16] {
+    pub fn fields(&self) -> [(&'static str, u64); 17] {
         [
             ("read_faults", self.read_faults),
             ("write_faults", self.write_faults),
@@ -80,6 +83,7 @@ impl Stats {
             ("pages_diffed", self.pages_diffed),
             ("twin_bytes", self.twin_bytes),
             ("lock_acquires", self.lock_acquires),
+            ("pages_handed_back", self.pages_handed_back),
             ("barriers", self.barriers),
             ("fault_latency_p50_ns", self.fault_latency_p50_ns),
             ("fault_latency_p99_ns", self.fault_latency_p99_ns),
@@ -110,7 +114,7 @@ impl std::fmt::Display for Stats {
             f,
             "faults {} read / {} write (p50 {:.1} us, p99 {:.1} us), {} pages fetched, \
              {} messages ({} B out, {} B in), invalidations {} sent / {} received, {} diffs, \
-             {} lock acquires, {} barriers",
+             {} lock acquires ({} pages handed back), {} barriers",
             self.read_faults,
             self.write_faults,
             micros(self.fault_latency_p50_ns),
@@ -123,6 +127,7 @@ impl std::fmt::Display for Stats {
             self.invalidations_received,
             self.diffs_sent,
             self.lock_acquires,
+            self.pages_handed_back,
             self.barriers,
         )
     }
@@ -212,6 +217,7 @@ pub(crate) struct Counters {
     /// Set once at join: release regions find written pages by scanning.
     pub(crate) scan_writes: std::sync::atomic::AtomicBool,
     pub(crate) lock_acquires: AtomicU64,
+    pub(crate) pages_handed_back: AtomicU64,
     pub(crate) barriers: AtomicU64,
     pub(crate) fault_latency: Histogram,
 }
@@ -220,6 +226,11 @@ impl Counters {
     /// Adds one to `counter`.
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// Adds `n` to `counter`.
+    pub(crate) fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Relaxed);
     }
 
     /// Adds the size of `message`'s frame (header + body, as it travels) to `bytes`.
@@ -245,6 +256,7 @@ impl Counters {
             pages_diffed: get(&self.pages_diffed),
             twin_bytes: get(&self.twin_bytes),
             lock_acquires: get(&self.lock_acquires),
+            pages_handed_back: get(&self.pages_handed_back),
             barriers: get(&self.barriers),
             fault_latency_p50_ns: self.fault_latency.percentile(0.50),
             fault_latency_p99_ns: self.fault_latency.percentile(0.99),

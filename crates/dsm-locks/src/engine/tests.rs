@@ -89,6 +89,33 @@ fn ra_uncontended_acquire_costs_two_n_minus_one_messages() {
     }
 }
 
+/// The holder knows a node waits for its release (a deferred request) until it releases; a
+/// home-queue holder never does.
+#[test]
+fn the_holder_sees_a_remote_waiter_until_its_release() {
+    let mut c = Cluster::new(2, LockKind::RicartAgrawala);
+    c.acquire(0, 3);
+    c.deliver_all();
+    assert!(!c.engines[0].remote_waiting(3), "nobody asked yet");
+    c.acquire(1, 3);
+    c.deliver_all();
+    assert!(c.engines[0].remote_waiting(3));
+    assert!(
+        !c.engines[1].remote_waiting(3),
+        "the waiter is not the one waited for"
+    );
+    c.release(0, 3, vec![]);
+    assert!(!c.engines[0].remote_waiting(3));
+    c.deliver_all();
+    assert_eq!(c.granted.last(), Some(&(1, 3, vec![])));
+    let mut h = Cluster::new(2, LockKind::HomeQueue);
+    h.acquire(1, 3);
+    h.deliver_all();
+    h.acquire(0, 3);
+    h.deliver_all();
+    assert!(!h.engines[1].remote_waiting(3));
+}
+
 #[test]
 fn ra_orders_concurrent_requests_by_timestamp_then_node() {
     let mut c = Cluster::new(3, LockKind::RicartAgrawala);

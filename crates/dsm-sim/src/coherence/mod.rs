@@ -10,6 +10,9 @@
 //!   so nodes write disjoint words of the same pages (false sharing on every page) and the
 //!   program is data-race free. Every read must return the reference execution's value; after
 //!   the last barrier every home copy must equal the reference.
+//! * **Hand-backs** (sequential, [`SimConfig::hand_back_per_mille`]): a node gives a page it
+//!   holds writable back to its home unasked at random steps, as a contended lock release
+//!   does, crossing the home's downgrades and invalidations of it.
 //! * **Crashes** (sequential, [`SimConfig::with_crash`]): one node crashes at a random step;
 //!   each survivor is told (`node_failed`) a random number of steps later, and messages the
 //!   dead node sent before may still arrive. Every survivor's fault ends served or failed,
@@ -95,6 +98,10 @@ pub struct SimConfig {
     pub twin_limit: usize,
     /// A node that crashes during the run (sequential mode).
     pub crash: Option<Crash>,
+    /// Sequential mode: chance per step, in thousandths, that a random node gives a random
+    /// page back to its home unasked (`CoherenceEngine::hand_back`, what a contended lock
+    /// release does), racing the home's recalls of it.
+    pub hand_back_per_mille: u64,
 }
 
 impl SimConfig {
@@ -130,9 +137,14 @@ impl SimConfig {
             scan_writes: false,
             twin_limit: 0,
             crash: None,
+            hand_back_per_mille: 0,
         };
         // Drawn last, so that every other choice of a seed is what it was before prefetch.
         config.prefetch = u32::try_from(rng.range(1, 4)).expect("fits");
+        // Half the sequential worlds hand pages back, from rarely to often.
+        if consistency == Consistency::Sequential && rng.chance(1, 2) {
+            config.hand_back_per_mille = rng.range(5, 100);
+        }
         config
     }
 }
@@ -185,6 +197,11 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report> {
                 .nodes
                 .iter()
                 .map(|n| n.engine.reads_for_ownership())
+                .sum();
+            world.report.recalls_crossing_hand_backs = world
+                .nodes
+                .iter()
+                .map(|n| n.engine.recalls_crossing_hand_backs())
                 .sum();
             return Ok(world.report.clone());
         }

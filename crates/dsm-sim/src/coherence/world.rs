@@ -113,6 +113,10 @@ pub struct Report {
     pub diffs: u64,
     /// Pages still writable after a release (release mode: home pages published in place).
     pub kept_writable: u64,
+    /// Pages given back to their home unasked (sequential mode).
+    pub hand_backs: u64,
+    /// Recalls that reached a node after it had handed their page back.
+    pub recalls_crossing_hand_backs: u64,
     /// Nodes crashed.
     pub crashes: u64,
     /// Faults that failed because they needed the crashed node.
@@ -141,6 +145,8 @@ impl Report {
         self.twins += other.twins;
         self.diffs += other.diffs;
         self.kept_writable += other.kept_writable;
+        self.hand_backs += other.hand_backs;
+        self.recalls_crossing_hand_backs += other.recalls_crossing_hand_backs;
         self.crashes += other.crashes;
         self.failed_faults += other.failed_faults;
         self.lost_faults += other.lost_faults;
@@ -265,6 +271,7 @@ impl World {
         self.step += 1;
         self.maybe_pause();
         self.maybe_crash()?;
+        self.maybe_hand_back()?;
         let runnable = self.runnable();
         let deliver = self.net.in_flight() > 0 && (runnable.is_empty() || self.rng.chance(1, 2));
         let idle = runnable.is_empty() && self.net.in_flight() == 0;
@@ -297,6 +304,29 @@ impl World {
             self.engine_result(n, result)?;
         }
         Ok(())
+    }
+
+    /// Sometimes a random node gives a random page back to its home (if it holds it
+    /// writable and idle; else nothing happens).
+    fn maybe_hand_back(&mut self) -> Result<()> {
+        let rate = self.config.hand_back_per_mille;
+        if rate == 0 || self.draining || self.release_mode() || !self.rng.chance(rate, 1000) {
+            return Ok(());
+        }
+        let n = self.rng.index(self.nodes.len());
+        let page = u32::try_from(self.rng.below(u64::from(self.config.pages))).expect("fits");
+        if self.is_crashed(n) {
+            return Ok(());
+        }
+        let node = &mut self.nodes[n];
+        let result = node
+            .engine
+            .hand_back(PageId { region: 0, page }, &mut node.mem);
+        if let Ok(true) = result {
+            self.report.hand_backs += 1;
+        }
+        self.engine_result(n, result.map(|_| ()))?;
+        self.apply(n)
     }
 
     fn maybe_pause(&mut self) {

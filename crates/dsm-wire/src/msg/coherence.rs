@@ -107,6 +107,16 @@ pub enum Coherence {
         /// Page.
         page: PageId,
     },
+    /// Sequential mode: a writable holder gives its page back to the home unasked and keeps
+    /// no copy (it releases a lock another node waits for, and the page it wrote under the
+    /// lock is likely that node's next fault). `data` is absent when the holder wrote the
+    /// home's master copy in place (a same-host home).
+    HandBack {
+        /// Page.
+        page: PageId,
+        /// The page's contents, unless written into the master in place.
+        data: Option<Page>,
+    },
     /// Release mode: the bytes a node changed since their twins in pages with the same home,
     /// from one release, in one message; applied all or nothing and acknowledged by one
     /// [`Coherence::DiffAck`] naming the first page.
@@ -155,6 +165,7 @@ pub(crate) const WRITE_NOTICES: u16 = 0x020b;
 pub(crate) const DIFF_BATCH: u16 = 0x020c;
 pub(crate) const PAGE_LOST: u16 = 0x020d;
 pub(crate) const MASTER_WRITTEN: u16 = 0x020e;
+pub(crate) const HAND_BACK: u16 = 0x020f;
 
 impl Coherence {
     pub(crate) fn command(&self) -> u16 {
@@ -172,6 +183,7 @@ impl Coherence {
             Coherence::WriteNotices { .. } => WRITE_NOTICES,
             Coherence::PageLost { .. } => PAGE_LOST,
             Coherence::MasterWritten { .. } => MASTER_WRITTEN,
+            Coherence::HandBack { .. } => HAND_BACK,
         }
     }
 
@@ -220,6 +232,10 @@ impl Coherence {
                 w.u64(*req);
                 w.page_id(*page);
                 w.raw(&data[..]);
+            }
+            Coherence::HandBack { page, data } => {
+                w.page_id(*page);
+                w.opt_page(data.as_ref());
             }
             Coherence::DiffBatch { req, diffs } => {
                 w.u64(*req);
@@ -282,6 +298,10 @@ impl Coherence {
                 req: r.u64("req")?,
                 page: r.page_id()?,
                 data: r.page()?,
+            },
+            HAND_BACK => Coherence::HandBack {
+                page: r.page_id()?,
+                data: r.opt_page()?,
             },
             DIFF_BATCH => Coherence::DiffBatch {
                 req: r.u64("req")?,
