@@ -129,8 +129,8 @@ pub(crate) struct Cache {
     pub(crate) upgrades_prefetched: u64,
     /// Read faults that asked their page writable because it migrates.
     pub(crate) reads_for_ownership: u64,
-    /// Sequential mode: pages homed elsewhere made writable here since the last sync point
-    /// (at most [`WRITTEN_LOG`]), the ones a contended lock release hands back.
+    /// Sequential mode: pages made writable here since the last sync point (at most
+    /// [`WRITTEN_LOG`]), the ones a contended lock release passes on.
     written: Vec<PageId>,
     /// Pages given back unasked whose home may still have a recall of them in flight (it
     /// arrives before any later grant of the page: FIFO per pair).
@@ -139,6 +139,11 @@ pub(crate) struct Cache {
     pub(crate) pages_handed_back: u64,
     /// Recalls that crossed a hand-back of their page (the home sent them first).
     pub(crate) recalls_crossing_hand_backs: u64,
+    /// Pages installed writable because their home pushed them.
+    pub(crate) pushes_taken: u64,
+    /// Locks this node holds (acquired, not yet released): pages made writable meanwhile
+    /// are logged in `written`.
+    locks_held: u32,
 }
 
 /// Most pages a critical section's log keeps: a lock protects a few pages, and a section
@@ -369,6 +374,15 @@ impl Cache {
         // A recall from before a hand-back would have come before this grant.
         self.handed_back.remove(&page);
         match data {
+            // A request that crossed a push of the page: it is writable here already.
+            None if entry.state == LocalState::Modified => self.finish(page, loc, ctx),
+            Some(_) if entry.state == LocalState::Modified => {
+                return Err(Error::Unexpected {
+                    from,
+                    page,
+                    what: "grant with data of a page writable here",
+                });
+            }
             Some(data) => self.complete(page, loc, data, ctx),
             None if kind == Access::Write && entry.state == LocalState::Shared => {
                 // Upgrade: our read-only copy is current.
@@ -397,6 +411,50 @@ impl Cache {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// The home pushes `page` writable ([`Coherence::Push`]): installed now, waking the
+    /// faults waiting for it; a request of ours in flight stays pending until the home
+    /// answers it (without data). The home pushes only to a node it sees without a copy.
+    pub(crate) fn on_push(
+        &mut self,
+        from: NodeId,
+        page: PageId,
+        loc: Located,
+        data: Page,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<()> {
+        let entry = self.entries.entry(page).or_default();
+        let reading = entry.pending.as_ref().is_some_and(|p| p.reading);
+        if entry.state != LocalState::Invalid || reading || self.settling.contains(&page) {
+            return Err(Error::Unexpected {
+                from,
+                page,
+                what: "push of a page this node holds or is reading",
+            });
+        }
+        ctx.out.push(Action::Install {
+            page,
+            data,
+            writable: true,
+        });
+        self.settling.insert(page);
+        entry.state = LocalState::Modified;
+        entry.downgraded = false;
+        let waiters = entry
+            .pending
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.waiters));
+        for waiter in waiters.into_iter().flatten() {
+            ctx.out.push(Action::Wake {
+                token: waiter.token,
+            });
+        }
+        self.handed_back.remove(&page);
+        self.pushes_taken += 1;
+        // Pushed for the lock about to come here: a page to pass on at its release.
+        self.log(page, loc);
         Ok(())
     }
 
@@ -493,18 +551,34 @@ impl Cache {
         }
     }
 
-    /// Records that `page` became writable here, if a contended release may hand it back
-    /// (sequential mode, homed elsewhere, room in the log).
-    fn log_written(&mut self, page: PageId, loc: Located, ctx: &Ctx<'_>) {
+    /// Records that `page` became writable here while this node holds a lock, for a
+    /// contended release to pass on.
+    fn log_written(&mut self, page: PageId, loc: Located, _ctx: &Ctx<'_>) {
+        if self.locks_held > 0 {
+            self.log(page, loc);
+        }
+    }
+
+    fn log(&mut self, page: PageId, loc: Located) {
         let sequential = loc.consistency == Consistency::Sequential;
-        if sequential && loc.home != ctx.config.node && self.written.len() < WRITTEN_LOG {
+        if sequential && self.written.len() < WRITTEN_LOG && !self.written.contains(&page) {
             self.written.push(page);
         }
     }
 
-    /// Takes the pages made writable here since the last call (a sync point).
+    /// Takes the logged pages (a contended release passes them on).
     pub(crate) fn take_written(&mut self) -> Vec<PageId> {
         std::mem::take(&mut self.written)
+    }
+
+    /// This node acquired a lock (`true`) or released one (`false`). A release keeps the
+    /// log: with nobody waiting, the pages written under the lock stay the ones to pass on
+    /// at the next contended release (often the next section's, when it only reads them).
+    pub(crate) fn lock_held(&mut self, held: bool) {
+        self.locks_held = match held {
+            true => self.locks_held.saturating_add(1),
+            false => self.locks_held.saturating_sub(1),
+        };
     }
 
     /// Sequential mode: gives this node's writable copy of `page` back to its home unasked
@@ -513,7 +587,7 @@ impl Cache {
     /// here, homed elsewhere, settled and has no request or recall waiting.
     pub(crate) fn hand_back(
         &mut self,
-        page: PageId,
+        (page, next): (PageId, Option<NodeId>),
         loc: Located,
         ctx: &mut Ctx<'_>,
         mem: &mut dyn Memory,
@@ -546,7 +620,7 @@ impl Cache {
         self.entries.entry(page).or_default().migrates = true;
         self.handed_back.insert(page);
         self.pages_handed_back += 1;
-        ctx.out.send(home, Coherence::HandBack { page, data });
+        ctx.out.send(home, Coherence::HandBack { page, data, next });
         true
     }
 

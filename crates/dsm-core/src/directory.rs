@@ -33,6 +33,8 @@ struct Request {
     from: NodeId,
     req: u64,
     access: Access,
+    /// Nobody asked: the home pushes the page to `from` ([`Directory::push`]).
+    pushed: bool,
 }
 
 /// A request being served: waiting for the nodes in `awaiting`.
@@ -52,6 +54,10 @@ struct DirEntry {
     txn: Option<Txn>,
     queue: VecDeque<Request>,
     version: u64,
+    /// The node the page was last pushed to, while it is the writer and no other
+    /// transaction ran since: a request of that node crossed the push and is answered
+    /// without data.
+    pushed_to: Option<NodeId>,
 }
 
 /// What a recalled holder gave back with its answer.
@@ -87,6 +93,8 @@ pub(crate) struct Directory {
     failed: BTreeSet<NodeId>,
     /// Sequential pages lost with the failed node that held them writable.
     lost: HashMap<PageId, NodeId>,
+    /// Requests that crossed a push of their page to their sender (answered without data).
+    pub(crate) requests_crossing_pushes: u64,
 }
 
 impl Directory {
@@ -108,9 +116,11 @@ impl Directory {
         }
         if let Some(entry) = self.entries.get(&page) {
             let queued = entry.queue.iter().any(|r| r.from == from)
-                || entry.txn.as_ref().is_some_and(|t| t.request.from == from);
+                || (entry.txn.as_ref())
+                    .is_some_and(|t| t.request.from == from && !t.request.pushed);
             let writer = entry.txn.is_none() && entry.holders == Holders::Modified(from);
-            if queued || writer {
+            let crossed_push = entry.pushed_to == Some(from);
+            if queued || (writer && !crossed_push) {
                 return Err(Error::Unexpected {
                     from,
                     page,
@@ -118,7 +128,12 @@ impl Directory {
                 });
             }
         }
-        let request = Request { from, req, access };
+        let request = Request {
+            from,
+            req,
+            access,
+            pushed: false,
+        };
         self.entries
             .entry(page)
             .or_default()
@@ -139,6 +154,12 @@ impl Directory {
             let Some(request) = entry.queue.pop_front() else {
                 return;
             };
+            let pushed_to = entry.pushed_to.take();
+            if pushed_to == Some(request.from) && entry.holders == Holders::Modified(request.from) {
+                answer_pushed(entry, page, request, ctx);
+                self.requests_crossing_pushes += 1;
+                continue;
+            }
             self.next_txn += 1;
             let id = self.next_txn;
             let entry = self.entries.get_mut(&page).expect("entry exists");
@@ -231,14 +252,51 @@ impl Directory {
         Ok(())
     }
 
+    /// Gives `to` the only writable copy of `page` unasked ([`Coherence::Push`]): every other
+    /// copy is recalled first, as for a write request, and the grant goes as a push with the
+    /// data. Only when the page is idle (no transaction, no request queued), not lost, and
+    /// `to` holds no copy (a push never races a copy `to` is being granted or reading); else
+    /// false, nothing changed.
+    pub(crate) fn push(
+        &mut self,
+        page: PageId,
+        to: NodeId,
+        ctx: &mut Ctx<'_>,
+        mem: &mut dyn Memory,
+    ) -> bool {
+        if self.failed.contains(&to) || self.lost.contains_key(&page) {
+            return false;
+        }
+        let entry = self.entries.entry(page).or_default();
+        let holds = match &entry.holders {
+            Holders::None => false,
+            Holders::Shared(set) => set.contains(&to),
+            Holders::Modified(writer) => *writer == to,
+        };
+        if holds || entry.txn.is_some() || !entry.queue.is_empty() {
+            return false;
+        }
+        self.next_txn += 1;
+        let request = Request {
+            from: to,
+            req: 0,
+            access: Access::Write,
+            pushed: true,
+        };
+        entry.pushed_to = None;
+        start_write(entry, page, request, self.next_txn, ctx, mem);
+        true
+    }
+
     /// The writable holder `from` gave its page back unasked ([`Coherence::HandBack`]) and
     /// kept no copy. A recall of it may be in flight, crossed with the hand-back: a
     /// downgrade's read transaction is served now (the holder ignores the downgrade, see
     /// `Cache::on_recall`); an invalidation's write transaction waits for its ack, which then
-    /// comes without data.
+    /// comes without data. Then, if the page is idle, it is pushed to `next` (the node the
+    /// lock goes to) when given.
     pub(crate) fn hand_back(
         &mut self,
-        from: NodeId,
+        (from, next): (NodeId, Option<NodeId>),
         page: PageId,
         returned: Returned,
         ctx: &mut Ctx<'_>,
@@ -256,6 +314,7 @@ impl Directory {
             returned.store(page, mem);
         }
         entry.holders = Holders::None;
+        entry.pushed_to = None;
         let downgrading = entry
             .txn
             .as_ref()
@@ -266,6 +325,9 @@ impl Directory {
                 grant_read(entry, page, txn.request, ctx, mem);
             }
             self.run(page, ctx, mem);
+        }
+        if let Some(next) = next {
+            self.push(page, next, ctx, mem);
         }
         Ok(())
     }
@@ -401,6 +463,27 @@ fn finish_write(
     grant_write(entry, page, txn.request, txn.had_copy, ctx, mem);
 }
 
+/// A request of the node the page was pushed to, which crossed the push: it holds the page
+/// writable, so the grant carries no data.
+fn answer_pushed(entry: &DirEntry, page: PageId, request: Request, ctx: &mut Ctx<'_>) {
+    let (req, version) = (request.req, entry.version);
+    let message = match request.access {
+        Access::Write => Coherence::WriteGrant {
+            req,
+            page,
+            version,
+            data: None,
+        },
+        Access::Read => Coherence::ReadGrant {
+            req,
+            page,
+            version,
+            data: None,
+        },
+    };
+    ctx.out.send(request.from, message);
+}
+
 fn grant_read(
     entry: &mut DirEntry,
     page: PageId,
@@ -427,6 +510,17 @@ fn grant_write(
 ) {
     entry.holders = Holders::Modified(request.from);
     entry.version += 1;
+    if request.pushed {
+        // `to` held no copy: the push always carries the page (even to a one-sided reader).
+        entry.pushed_to = Some(request.from);
+        let message = Coherence::Push {
+            page,
+            version: entry.version,
+            data: Box::new(*mem.home_page(page)),
+        };
+        ctx.out.send(request.from, message);
+        return;
+    }
     let data = if had_copy {
         None
     } else {

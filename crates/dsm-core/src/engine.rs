@@ -203,7 +203,6 @@ impl CoherenceEngine {
     /// release-mode regions are invalidated. Completes with [`Action::SyncDone`] for `token`.
     /// Unknown pages → error, nothing changed.
     pub fn acquire(&mut self, token: u64, notices: &[PageId], mem: &mut dyn Memory) -> Result<()> {
-        self.cache.take_written(); // A sync point: a new critical section's log starts.
         let mut named = Vec::with_capacity(notices.len());
         let mut seen = HashSet::with_capacity_and_hasher(notices.len(), Default::default());
         for page in notices {
@@ -228,7 +227,6 @@ impl CoherenceEngine {
     /// [`Action::SyncDone`] for `token` carries the write notices once they are applied. A
     /// barrier is a release, then an acquire with the notices of every node.
     pub fn release(&mut self, token: u64, mem: &mut dyn Memory) -> Result<()> {
-        self.cache.take_written(); // Handed back before this, or not at all.
         let pages = if self.config.scan_writes {
             &self.cache.tracked
         } else {
@@ -250,29 +248,107 @@ impl CoherenceEngine {
         self.end_call(mem)
     }
 
-    /// Sequential mode, at the release of a lock another node waits for: gives the pages
-    /// homed elsewhere that became writable here since the last sync point back to their
-    /// homes ([`Coherence::HandBack`]), keeping no copy, so that the next holder's fault on
-    /// them finds them at the home instead of waiting for a recall from here. Returns how
-    /// many went. Pages with a request or a recall in progress stay.
-    pub fn hand_back_written(&mut self, mem: &mut dyn Memory) -> Result<usize> {
+    /// This node acquired a lock: pages that become writable here until the matching
+    /// [`lock_released`](Self::lock_released) are logged for
+    /// [`hand_back_written`](Self::hand_back_written), besides those pushed here.
+    pub fn lock_acquired(&mut self) {
+        self.cache.lock_held(true);
+    }
+
+    /// This node released a lock (after passing pages on, if anybody waited). The log is
+    /// kept: a later contended release passes on what it still holds writable.
+    pub fn lock_released(&mut self) {
+        self.cache.lock_held(false);
+    }
+
+    /// Forgets the logged pages (a barrier: what was written under locks before it is no
+    /// longer a hint for the next lock holder).
+    pub fn forget_written(&mut self) {
+        self.cache.take_written();
+    }
+
+    /// Sequential mode, at the release of a lock that node `next` waits for: passes on the
+    /// logged pages (made writable here under a lock, or pushed here, since the last pass),
+    /// the ones `next` most likely touches first. Pages homed elsewhere go back to their homes
+    /// ([`Coherence::HandBack`], no copy kept), so that `next`'s fault finds them there
+    /// instead of waiting for a recall from here; pages homed here are pushed to `next`
+    /// ([`Coherence::Push`], see [`push`](Self::push)), so that it takes no fault on them.
+    /// Returns how many pages went. Pages with a request or a recall in progress stay.
+    pub fn hand_back_written(&mut self, next: NodeId, mem: &mut dyn Memory) -> Result<usize> {
+        if next >= self.config.nodes {
+            return Err(Error::UnknownNode(next));
+        }
         let pages = self.cache.take_written();
         self.begin_call();
         let mut given = 0;
         for page in pages {
-            given += usize::from(self.give_back(page, mem));
+            let home_here = self.locate(page).is_ok_and(|l| l.home == self.config.node);
+            given += usize::from(match home_here {
+                true => self.push_page(page, next, mem),
+                false => self.give_back(page, Some(next), mem),
+            });
         }
         self.end_call(mem)?;
         Ok(given)
     }
 
+    /// Sequential mode, at the home of `page`: gives node `to` the only writable copy
+    /// unasked ([`Coherence::Push`]), recalling every other copy first (this node's own
+    /// included) as a write request would. For a page `to` is about to write (the lock it
+    /// was written under goes to `to` next), this saves `to`'s fault and its round trip. A
+    /// request of `to` that crossed the push is answered without data. False, nothing
+    /// changed, when the page is not homed here, is busy (a transaction or a queued
+    /// request), lost, or `to` holds a copy of it or failed.
+    pub fn push(&mut self, page: PageId, to: NodeId, mem: &mut dyn Memory) -> Result<bool> {
+        self.locate(page)?;
+        if to >= self.config.nodes {
+            return Err(Error::UnknownNode(to));
+        }
+        self.begin_call();
+        let pushed = self.push_page(page, to, mem);
+        self.end_call(mem)?;
+        Ok(pushed)
+    }
+
+    /// Requests this home answered without data because they crossed a push of their page
+    /// to their sender.
+    pub fn requests_crossing_pushes(&self) -> u64 {
+        self.directory.requests_crossing_pushes
+    }
+
+    /// Pages installed here because their home pushed them ([`push`](Self::push)).
+    pub fn pushes_taken(&self) -> u64 {
+        self.cache.pushes_taken
+    }
+
+    fn push_page(&mut self, page: PageId, to: NodeId, mem: &mut dyn Memory) -> bool {
+        let Ok(loc) = self.locate(page) else {
+            return false;
+        };
+        let sequential = loc.consistency == Consistency::Sequential;
+        if !sequential || loc.home != self.config.node || self.failed.contains(&to) {
+            return false;
+        }
+        let mut ctx = ctx!(self);
+        self.directory.push(page, to, &mut ctx, mem)
+    }
+
     /// Gives this node's writable copy of `page` back to its home unasked, as
     /// [`hand_back_written`](Self::hand_back_written) does; false (nothing changed) when the
     /// page is not writable here, is homed here or its request or recall is in progress.
-    pub fn hand_back(&mut self, page: PageId, mem: &mut dyn Memory) -> Result<bool> {
+    /// The home may then push it to `next` ([`push`](Self::push)).
+    pub fn hand_back(
+        &mut self,
+        page: PageId,
+        next: Option<NodeId>,
+        mem: &mut dyn Memory,
+    ) -> Result<bool> {
         self.locate(page)?;
+        if let Some(node) = next.filter(|n| *n >= self.config.nodes) {
+            return Err(Error::UnknownNode(node));
+        }
         self.begin_call();
-        let given = self.give_back(page, mem);
+        let given = self.give_back(page, next, mem);
         self.end_call(mem)?;
         Ok(given)
     }
@@ -288,7 +364,7 @@ impl CoherenceEngine {
         self.cache.recalls_crossing_hand_backs
     }
 
-    fn give_back(&mut self, page: PageId, mem: &mut dyn Memory) -> bool {
+    fn give_back(&mut self, page: PageId, next: Option<NodeId>, mem: &mut dyn Memory) -> bool {
         let Ok(loc) = self.locate(page) else {
             return false; // Its region was freed since.
         };
@@ -296,7 +372,7 @@ impl CoherenceEngine {
             return false;
         }
         let mut ctx = ctx!(self);
-        self.cache.hand_back(page, loc, &mut ctx, mem)
+        self.cache.hand_back((page, next), loc, &mut ctx, mem)
     }
 
     /// Answers recalls that were held until their page settled. Call it after applying the
@@ -476,9 +552,12 @@ impl CoherenceEngine {
             Coherence::MasterWritten { req, .. } if seq => {
                 dir.master_written(from, page, req, &mut ctx, mem)
             }
-            Coherence::HandBack { data, .. } if seq => {
+            Coherence::HandBack { data, next, .. } if seq => {
+                if let Some(node) = next.filter(|n| *n >= self.config.nodes) {
+                    return Err(Error::UnknownNode(node));
+                }
                 let returned = data.map_or(Returned::InPlace, Returned::Page);
-                dir.hand_back(from, page, returned, &mut ctx, mem)
+                dir.hand_back((from, next), page, returned, &mut ctx, mem)
             }
             Coherence::ReadGrant { req, data, .. } => {
                 let grant = (Access::Read, req, data);
@@ -487,6 +566,9 @@ impl CoherenceEngine {
             Coherence::WriteGrant { req, data, .. } if seq => {
                 let grant = (Access::Write, req, data);
                 self.cache.on_grant(from, page, loc, grant, &mut ctx)
+            }
+            Coherence::Push { data, .. } if seq => {
+                self.cache.on_push(from, page, loc, data, &mut ctx)
             }
             m @ (Coherence::Invalidate { .. } | Coherence::Downgrade { .. }) if seq => {
                 self.cache.on_recall(from, page, m, &mut ctx, mem)
@@ -569,6 +651,7 @@ fn describe(message: &Coherence) -> (Option<PageId>, &'static str, Side) {
         C::WriteGrant { page, .. } => (Some(*page), "WriteGrant", Side::Requester),
         C::Invalidate { page, .. } => (Some(*page), "Invalidate", Side::Requester),
         C::Downgrade { page, .. } => (Some(*page), "Downgrade", Side::Requester),
+        C::Push { page, .. } => (Some(*page), "Push", Side::Requester),
         C::DiffBatch { diffs, .. } => (diffs.first().map(|d| d.page), "DiffBatch", Side::Home),
         C::DiffAck { page, .. } => (Some(*page), "DiffAck", Side::Requester),
         C::PageLost { page, .. } => (Some(*page), "PageLost", Side::Requester),

@@ -988,7 +988,7 @@ fn a_handed_back_page_is_served_by_its_home_without_a_recall() {
     c.fault(0, Access::Write, 1);
     c.deliver_all();
     c.write(0, 5, 77);
-    assert!(c.engines[0].hand_back(P, &mut c.mems[0]).unwrap());
+    assert!(c.engines[0].hand_back(P, None, &mut c.mems[0]).unwrap());
     c.collect(0);
     assert_eq!(c.engines[0].local_state(P), LocalState::Invalid);
     assert!(!c.mems[0].local.contains_key(&P), "no copy is kept");
@@ -1005,7 +1005,7 @@ fn a_handed_back_page_is_served_by_its_home_without_a_recall() {
     assert!(c.woken(2, 2));
     assert_eq!(c.mems[2].local[&P][5], 77);
     assert!(
-        !c.engines[0].hand_back(P, &mut c.mems[0]).unwrap(),
+        !c.engines[0].hand_back(P, None, &mut c.mems[0]).unwrap(),
         "a page not held writable is not handed back"
     );
 }
@@ -1021,7 +1021,7 @@ fn a_downgrade_crossing_a_hand_back_is_answered_by_it() {
     c.fault(2, Access::Read, 2);
     let (_, to, _) = c.deliver_one(); // The read request reaches the home...
     assert_eq!(to, 1);
-    assert!(c.engines[0].hand_back(P, &mut c.mems[0]).unwrap()); // ...as node 0 gives P back.
+    assert!(c.engines[0].hand_back(P, None, &mut c.mems[0]).unwrap()); // ...as node 0 gives P back.
     c.collect(0);
     c.deliver_all();
     assert!(c.woken(2, 2));
@@ -1036,4 +1036,96 @@ fn a_downgrade_crossing_a_hand_back_is_answered_by_it() {
     c.deliver_all();
     assert!(c.woken(0, 3));
     assert_eq!(c.engines[2].local_state(P), LocalState::Invalid);
+}
+
+/// Node 1, P's home, wrote P and pushes it to node 0: node 0 holds it writable with the
+/// write, with no fault; node 1's own copy was recalled first.
+#[test]
+fn a_pushed_page_is_writable_at_its_new_holder_without_a_fault() {
+    let mut c = Cluster::new(3, Consistency::Sequential, false);
+    c.fault(1, Access::Write, 1);
+    c.deliver_all();
+    c.mems[1].local.get_mut(&P).unwrap()[3] = 42;
+    assert!(c.engines[1].push(P, 0, &mut c.mems[1]).unwrap());
+    c.collect(1);
+    c.deliver_all();
+    assert_eq!(c.engines[1].local_state(P), LocalState::Invalid);
+    assert_eq!(c.engines[0].local_state(P), LocalState::Modified);
+    assert_eq!(
+        c.mems[0].local[&P][3], 42,
+        "the push carries the home's write"
+    );
+    assert_eq!(c.engines[0].pushes_taken(), 1);
+    assert!(
+        !c.engines[1].push(P, 0, &mut c.mems[1]).unwrap(),
+        "no push to the node that holds the page"
+    );
+    assert!(
+        !c.engines[0].push(P, 2, &mut c.mems[0]).unwrap(),
+        "only the home pushes"
+    );
+}
+
+/// Node 0's write request is on its way when the home pushes it the page: the push wakes
+/// the fault, and the request, answered without data, completes with nothing installed.
+#[test]
+fn a_request_crossing_a_push_is_answered_without_data() {
+    let mut c = Cluster::new(3, Consistency::Sequential, false);
+    c.fault(0, Access::Write, 7);
+    assert_eq!(c.wire.len(), 1, "the request is in flight");
+    assert!(c.engines[1].push(P, 0, &mut c.mems[1]).unwrap());
+    c.collect(1);
+    // The push (home -> 0) overtakes nothing: the request (0 -> home) crosses it.
+    let push = c.wire.pop_back().unwrap();
+    assert!(matches!(push.2, Coherence::Push { .. }), "{push:?}");
+    c.wire.push_front(push);
+    c.deliver_one();
+    assert!(c.woken(0, 7), "the push wakes the fault");
+    let (_, _, request) = c.deliver_one();
+    assert!(matches!(request, Coherence::WriteRequest { .. }));
+    let (_, to, answer) = c.deliver_one();
+    assert_eq!(to, 0);
+    assert!(
+        matches!(answer, Coherence::WriteGrant { data: None, .. }),
+        "{answer:?}"
+    );
+    assert_eq!(c.engines[1].requests_crossing_pushes(), 1);
+    assert_eq!(c.engines[0].local_state(P), LocalState::Modified);
+    c.fault(2, Access::Read, 8);
+    c.deliver_all();
+    assert!(c.woken(2, 8), "later requests are served as usual");
+}
+
+/// Node 0 writes P under a lock and passes it on to node 2, which waits for the lock: P goes
+/// back to its home (node 1), which pushes it to node 2. A page written outside any lock is
+/// not passed on.
+#[test]
+fn a_page_written_under_a_lock_reaches_the_next_holder_through_its_home() {
+    let mut c = Cluster::new(3, Consistency::Sequential, false);
+    let outside = PageId { region: 0, page: 2 }; // Homed on node 2.
+    c.engines[0]
+        .fault(outside, Access::Write, 1, &mut c.mems[0])
+        .unwrap();
+    c.collect(0);
+    c.deliver_all();
+    c.engines[0].lock_acquired();
+    c.fault(0, Access::Write, 2);
+    c.deliver_all();
+    c.write(0, 1, 13);
+    c.engines[0].lock_released();
+    assert_eq!(
+        c.engines[0].hand_back_written(2, &mut c.mems[0]).unwrap(),
+        1
+    );
+    c.collect(0);
+    c.deliver_all();
+    assert_eq!(c.engines[0].local_state(P), LocalState::Invalid);
+    assert_eq!(c.engines[0].local_state(outside), LocalState::Modified);
+    assert_eq!(c.engines[2].local_state(P), LocalState::Modified);
+    assert_eq!(c.mems[2].local[&P][1], 13);
+    assert_eq!(
+        c.engines[0].hand_back_written(2, &mut c.mems[0]).unwrap(),
+        0,
+        "the log was passed on"
+    );
 }

@@ -226,12 +226,27 @@ impl LockEngine {
         Ok(())
     }
 
-    /// True when another node waits for `lock` and gets it at this node's release
-    /// (Ricart–Agrawala: a deferred request; a home-queue lock's holder does not know).
-    pub fn remote_waiting(&self, lock: u32) -> bool {
+    /// Whether `message` (from `from`) is a Ricart–Agrawala REQUEST this node answers at once
+    /// (it neither holds the lock nor asked for it earlier): the lock goes to `from` then,
+    /// unless a third node asked earlier.
+    pub fn replies_at_once(&self, from: NodeId, message: &SyncMsg) -> bool {
+        let SyncMsg::LockRequest { lock, timestamp } = message else {
+            return false;
+        };
+        match self.locks.get(lock) {
+            Some(LockState::Ra(l)) => l.replies_at_once(from, *timestamp, self.me),
+            Some(LockState::Home(_)) => false,
+            None => self.kind(*lock) == LockKind::RicartAgrawala,
+        }
+    }
+
+    /// The node that gets `lock` after this node's release, when one waits for it
+    /// (Ricart–Agrawala: the deferred request with the oldest timestamp; a home-queue lock's
+    /// holder does not know).
+    pub fn next_holder(&self, lock: u32) -> Option<NodeId> {
         match self.locks.get(&lock) {
-            Some(LockState::Ra(l)) => l.has_deferred(),
-            _ => false,
+            Some(LockState::Ra(l)) => l.first_deferred(),
+            _ => None,
         }
     }
 

@@ -29,10 +29,12 @@ pub trait ReleaseConsistency: Send + std::marker::Sync {
     /// Before any thread of this node enters after a grant or leaves a barrier: invalidate
     /// the pages others wrote.
     fn invalidate(&self, point: SyncPoint, notices: &[PageId]);
-    /// Before [`flush`](Self::flush), when this node gives `lock` up to another node that
-    /// waits for it: the pages written under the lock are likely that node's next faults
-    /// (sequential mode hands them back to their homes). Nothing by default.
-    fn hand_over(&self, _lock: u32) {}
+    /// When `lock` goes from this node to node `next`: before [`flush`](Self::flush) at a
+    /// release that `next` waits for, or before the REPLY to a REQUEST of `next` that this
+    /// node answers at once (it released the lock before `next` asked). The pages written
+    /// under the lock are likely `next`'s first accesses (sequential mode passes them on).
+    /// Nothing by default.
+    fn hand_over(&self, _lock: u32, _next: NodeId) {}
 }
 
 /// No release consistency (sequential mode, tests, benches).

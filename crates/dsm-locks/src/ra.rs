@@ -56,9 +56,22 @@ impl RaLock {
         matches!(self.state, State::Idle) && self.deferred.is_empty()
     }
 
-    /// True when a request waits for this node's release.
-    pub(crate) fn has_deferred(&self) -> bool {
-        !self.deferred.is_empty()
+    /// Whether a REQUEST of `from` stamped `timestamp` is answered at once (this node neither
+    /// holds the lock nor asked for it earlier), rather than deferred to the release.
+    pub(crate) fn replies_at_once(&self, from: NodeId, timestamp: u64, me: NodeId) -> bool {
+        match &self.state {
+            State::Held => false,
+            State::Wanting {
+                timestamp: ours, ..
+            } => (*ours, me) > (timestamp, from),
+            State::Idle => true,
+        }
+    }
+
+    /// The deferred request served first: the oldest timestamp, ties to the lower node.
+    pub(crate) fn first_deferred(&self) -> Option<NodeId> {
+        let first = self.deferred.iter().min_by_key(|(node, ts)| (**ts, **node));
+        first.map(|(node, _)| *node)
     }
 
     pub(crate) fn acquire(&mut self, cx: &mut Ctx<'_>) -> Result<()> {
@@ -114,13 +127,7 @@ impl RaLock {
             return Err(self.unexpected(from, "REQUEST timestamp beyond any real clock"));
         }
         *cx.clock = (*cx.clock).max(timestamp) + 1;
-        let defer = match &self.state {
-            State::Held => true,
-            State::Wanting {
-                timestamp: ours, ..
-            } => (*ours, cx.me) < (timestamp, from),
-            State::Idle => false,
-        };
+        let defer = !self.replies_at_once(from, timestamp, cx.me);
         if defer {
             self.deferred.insert(from, timestamp);
             cx.out.push(Action::RemoteWaiting { lock: self.lock });

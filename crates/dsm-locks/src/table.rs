@@ -131,9 +131,9 @@ impl NodeSide for Node<'_> {
     }
 
     fn release(&self) {
-        let contended = lock_engine(&self.table.engine).remote_waiting(self.lock);
-        if contended {
-            self.table.consistency.hand_over(self.lock);
+        let next = lock_engine(&self.table.engine).next_holder(self.lock);
+        if let Some(next) = next {
+            self.table.consistency.hand_over(self.lock, next);
         }
         let notices = self.table.consistency.flush(SyncPoint::Lock(self.lock));
         let rest = self
@@ -286,7 +286,16 @@ impl LockTable {
                 state.engine()?.on_message(from, message, &mut out)?;
                 self.send_all(out)
             }
-            _ => self.with_engine(|engine, out| engine.on_message(from, message, out))?,
+            _ => {
+                if let SyncMsg::LockRequest { lock, .. } = message {
+                    // Answered at once, the lock goes to `from`: what this node wrote under it
+                    // (while nobody waited) goes first.
+                    if lock_engine(&self.engine).replies_at_once(from, message) {
+                        self.consistency.hand_over(*lock, from);
+                    }
+                }
+                self.with_engine(|engine, out| engine.on_message(from, message, out))?
+            }
         };
         self.perform(rest);
         Ok(())

@@ -82,6 +82,10 @@ fn sequential_seeds() {
             total.hand_backs > 0 && total.recalls_crossing_hand_backs > 0,
             "no page was handed back, or no recall crossed a hand-back"
         );
+        assert!(
+            total.pushes > 0 && total.requests_crossing_pushes > 0,
+            "no home pushed a page, or no request crossed a push"
+        );
     }
 }
 

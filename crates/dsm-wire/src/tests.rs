@@ -107,10 +107,17 @@ fn coherence_samples() -> Vec<Coherence> {
         Coherence::HandBack {
             page: pid(0, 2),
             data: Some(page(4)),
+            next: Some(3),
         },
         Coherence::HandBack {
             page: pid(1, 0),
             data: None,
+            next: None,
+        },
+        Coherence::Push {
+            page: pid(0, 3),
+            version: 8,
+            data: page(5),
         },
         Coherence::DiffAck {
             req: 5,

@@ -312,13 +312,28 @@ impl Coherence {
         self.apply(ctx)
     }
 
-    /// Sequential mode, a lock released to a waiting node: hands the pages made writable
-    /// since the last sync point back to their homes. Returns how many went.
-    pub(crate) fn hand_back_written(&mut self, ctx: &Ctx<'_>) -> Result<usize> {
+    /// Sequential mode, a lock released to node `next`, which waits for it: passes the pages
+    /// made writable since the last sync point on (back to their homes, or pushed to `next`
+    /// from here). Returns how many went.
+    pub(crate) fn hand_back_written(&mut self, next: NodeId, ctx: &Ctx<'_>) -> Result<usize> {
         let mut mem = Mem::new(&mut self.regions);
-        let given = self.engine.hand_back_written(&mut mem)?;
+        let given = self.engine.hand_back_written(next, &mut mem)?;
         self.apply(ctx)?;
         Ok(given)
+    }
+
+    /// This node acquired (`true`) or released a lock: the engine logs the pages made
+    /// writable while it holds one (see `hand_back_written`).
+    pub(crate) fn lock_held(&mut self, held: bool) {
+        match held {
+            true => self.engine.lock_acquired(),
+            false => self.engine.lock_released(),
+        }
+    }
+
+    /// A barrier: pages written under locks before it are passed on no more.
+    pub(crate) fn forget_written(&mut self) {
+        self.engine.forget_written();
     }
 
     /// Starts an acquire with `notices`; completes as `SyncDone { token }` in `Shared`.

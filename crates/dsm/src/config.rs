@@ -147,8 +147,8 @@ pub struct Config {
     pub(crate) twin_limit_bytes: u64,
     /// How long the transport thread polls after activity before sleeping (`DSM_SPIN_US`).
     pub(crate) spin: Duration,
-    /// Sequential mode: a lock released to a waiting node hands the pages written under it
-    /// back to their homes (`DSM_LOCK_HAND_BACK`, default on).
+    /// Sequential mode: a lock released to a waiting node passes the pages written under it
+    /// on (`DSM_LOCK_HAND_BACK`, default on).
     pub(crate) lock_hand_back: bool,
     /// Priority of the node's service threads (`DSM_SERVICE_PRIORITY`, default realtime).
     pub(crate) service_priority: ServicePriority,
@@ -338,7 +338,7 @@ impl Config {
     pub fn spin(&self) -> Duration {
         self.spin
     }
-    /// Whether a lock released to a waiting node hands the pages written under it back.
+    /// Whether a lock released to a waiting node passes the pages written under it on.
     pub fn lock_hand_back(&self) -> bool {
         self.lock_hand_back
     }
@@ -462,11 +462,12 @@ impl ConfigBuilder {
         self
     }
     /// Sequential mode: when this node releases a lock that another node waits for, the
-    /// pages homed elsewhere that it made writable while holding the lock go back to their
-    /// homes at once (with no copy kept here), so that the next holder's fault on them is
-    /// served by the home at once instead of recalling them from here (a round trip less
-    /// per hand-off). Default on; off suits a program whose lock holders write pages the
-    /// next holder never touches and that this node writes again soon.
+    /// pages it made writable while holding the lock are passed on before the lock: those
+    /// homed elsewhere go back to their homes (with no copy kept here), so that the next
+    /// holder's fault on them is served by the home at once instead of recalling them from
+    /// here; those homed here are pushed to the next holder, writable, so that it takes no
+    /// fault on them at all. Default on; off suits a program whose lock holders write pages
+    /// the next holder never touches and that this node writes again soon.
     pub fn lock_hand_back(mut self, on: bool) -> Self {
         self.config.lock_hand_back = on;
         self

@@ -46,10 +46,14 @@ impl ReleaseConsistency for LockConsistency {
     fn flush(&self, point: SyncPoint) -> Vec<PageId> {
         // Runs on the thread releasing the lock (never the driver, which delivers the acks).
         let what = format!("diff acks before releasing {point:?}");
-        match self
-            .core
-            .sync(self.timeout, &what, |c, token, ctx| c.release(token, ctx))
-        {
+        let done = self.core.sync(self.timeout, &what, |c, token, ctx| {
+            match point {
+                SyncPoint::Lock(_) => c.lock_held(false),
+                SyncPoint::Barrier(_) => c.forget_written(),
+            }
+            c.release(token, ctx)
+        });
+        match done {
             Ok(notices) => {
                 let mut released = self.core.released.lock().unwrap_or_else(|p| p.into_inner());
                 released.extend(notices.iter().copied());
@@ -62,14 +66,14 @@ impl ReleaseConsistency for LockConsistency {
         }
     }
 
-    fn hand_over(&self, lock: u32) {
+    fn hand_over(&self, lock: u32, next: NodeId) {
         if !self.hand_back {
             return;
         }
-        // Sequential pages written under the lock: the waiting node's next faults, most
-        // likely. Sent before the lock's reply, which carries no page.
-        match self.core.engine(|c, ctx| c.hand_back_written(ctx)) {
-            Ok(pages) => Counters::add(&self.core.shared.counters.pages_handed_back, pages),
+        // Sequential pages written under the lock: the next holder's first accesses, most
+        // likely. They leave before the lock's reply, which carries no page.
+        match self.core.engine(|c, ctx| c.hand_back_written(next, ctx)) {
+            Ok(pages) => Counters::add(&self.core.shared.counters.pages_passed_on, pages),
             Err(e) => tracing::error!(lock, error = %e, "hand-back at a lock release failed"),
         }
     }
@@ -83,6 +87,9 @@ impl ReleaseConsistency for LockConsistency {
         // this node itself was writing may still be in flight, and they reach their home
         // before any later request of ours (FIFO per peer).
         let done = self.core.engine(|c, ctx| {
+            if let SyncPoint::Lock(_) = point {
+                c.lock_held(true);
+            }
             let token = c.token();
             c.detach(token);
             c.acquire(token, notices, ctx)

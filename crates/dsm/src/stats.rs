@@ -39,9 +39,10 @@ pub struct Stats {
     pub twin_bytes: u64,
     /// Locks acquired.
     pub lock_acquires: u64,
-    /// Sequential mode: pages handed back to their homes at the release of a lock another
-    /// node waited for ([`ConfigBuilder::lock_hand_back`](crate::ConfigBuilder::lock_hand_back)).
-    pub pages_handed_back: u64,
+    /// Sequential mode: pages passed on at the release of a lock another node waited for,
+    /// written under the lock: handed back to their homes, or pushed to that node from here
+    /// ([`ConfigBuilder::lock_hand_back`](crate::ConfigBuilder::lock_hand_back)).
+    pub pages_passed_on: u64,
     /// Barriers passed.
     pub barriers: u64,
     /// Median fault service time, nanoseconds (0 when no fault was timed): from the moment
@@ -83,7 +84,7 @@ impl Stats {
             ("pages_diffed", self.pages_diffed),
             ("twin_bytes", self.twin_bytes),
             ("lock_acquires", self.lock_acquires),
-            ("pages_handed_back", self.pages_handed_back),
+            ("pages_passed_on", self.pages_passed_on),
             ("barriers", self.barriers),
             ("fault_latency_p50_ns", self.fault_latency_p50_ns),
             ("fault_latency_p99_ns", self.fault_latency_p99_ns),
@@ -114,7 +115,7 @@ impl std::fmt::Display for Stats {
             f,
             "faults {} read / {} write (p50 {:.1} us, p99 {:.1} us), {} pages fetched, \
              {} messages ({} B out, {} B in), invalidations {} sent / {} received, {} diffs, \
-             {} lock acquires ({} pages handed back), {} barriers",
+             {} lock acquires ({} pages passed on), {} barriers",
             self.read_faults,
             self.write_faults,
             micros(self.fault_latency_p50_ns),
@@ -127,7 +128,7 @@ impl std::fmt::Display for Stats {
             self.invalidations_received,
             self.diffs_sent,
             self.lock_acquires,
-            self.pages_handed_back,
+            self.pages_passed_on,
             self.barriers,
         )
     }
@@ -217,7 +218,7 @@ pub(crate) struct Counters {
     /// Set once at join: release regions find written pages by scanning.
     pub(crate) scan_writes: std::sync::atomic::AtomicBool,
     pub(crate) lock_acquires: AtomicU64,
-    pub(crate) pages_handed_back: AtomicU64,
+    pub(crate) pages_passed_on: AtomicU64,
     pub(crate) barriers: AtomicU64,
     pub(crate) fault_latency: Histogram,
 }
@@ -256,7 +257,7 @@ impl Counters {
             pages_diffed: get(&self.pages_diffed),
             twin_bytes: get(&self.twin_bytes),
             lock_acquires: get(&self.lock_acquires),
-            pages_handed_back: get(&self.pages_handed_back),
+            pages_passed_on: get(&self.pages_passed_on),
             barriers: get(&self.barriers),
             fault_latency_p50_ns: self.fault_latency.percentile(0.50),
             fault_latency_p99_ns: self.fault_latency.percentile(0.99),

@@ -91,7 +91,8 @@ impl Directory {
         self.lost.insert(page, writer);
         let waiting = entry.txn.map(|txn| txn.request).into_iter();
         for request in waiting.chain(entry.queue) {
-            if !self.failed.contains(&request.from) {
+            // A push has no requester waiting for an answer.
+            if !self.failed.contains(&request.from) && !request.pushed {
                 let req = request.req;
                 ctx.out
                     .send(request.from, Coherence::PageLost { req, page, writer });

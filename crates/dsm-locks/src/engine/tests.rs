@@ -89,31 +89,57 @@ fn ra_uncontended_acquire_costs_two_n_minus_one_messages() {
     }
 }
 
-/// The holder knows a node waits for its release (a deferred request) until it releases; a
-/// home-queue holder never does.
+/// The holder knows which node gets the lock at its release (the oldest deferred request)
+/// until it releases; a home-queue holder never does.
 #[test]
-fn the_holder_sees_a_remote_waiter_until_its_release() {
-    let mut c = Cluster::new(2, LockKind::RicartAgrawala);
+fn the_holder_knows_the_next_holder_until_its_release() {
+    let mut c = Cluster::new(3, LockKind::RicartAgrawala);
     c.acquire(0, 3);
     c.deliver_all();
-    assert!(!c.engines[0].remote_waiting(3), "nobody asked yet");
+    assert_eq!(c.engines[0].next_holder(3), None, "nobody asked yet");
+    c.acquire(2, 3);
+    c.deliver_all();
     c.acquire(1, 3);
     c.deliver_all();
-    assert!(c.engines[0].remote_waiting(3));
-    assert!(
-        !c.engines[1].remote_waiting(3),
-        "the waiter is not the one waited for"
-    );
+    assert_eq!(c.engines[0].next_holder(3), Some(2), "node 2 asked first");
+    assert_eq!(c.engines[1].next_holder(3), None);
     c.release(0, 3, vec![]);
-    assert!(!c.engines[0].remote_waiting(3));
+    assert_eq!(c.engines[0].next_holder(3), None);
     c.deliver_all();
-    assert_eq!(c.granted.last(), Some(&(1, 3, vec![])));
+    assert_eq!(c.granted.last(), Some(&(2, 3, vec![])));
     let mut h = Cluster::new(2, LockKind::HomeQueue);
     h.acquire(1, 3);
     h.deliver_all();
     h.acquire(0, 3);
     h.deliver_all();
-    assert!(!h.engines[1].remote_waiting(3));
+    assert_eq!(h.engines[1].next_holder(3), None);
+}
+
+/// A REQUEST is answered at once by a node that neither holds the lock nor asked earlier.
+#[test]
+fn requests_answered_at_once_are_told_apart_from_deferred_ones() {
+    let request = |timestamp| SyncMsg::LockRequest { lock: 3, timestamp };
+    let mut c = Cluster::new(2, LockKind::RicartAgrawala);
+    assert!(c.engines[0].replies_at_once(1, &request(1)), "idle");
+    c.acquire(0, 3);
+    assert!(
+        c.engines[0].replies_at_once(1, &request(0)),
+        "an earlier request wins"
+    );
+    assert!(
+        !c.engines[0].replies_at_once(1, &request(5)),
+        "ours is earlier"
+    );
+    c.deliver_all();
+    assert!(!c.engines[0].replies_at_once(1, &request(0)), "held");
+    assert!(!c.engines[0].replies_at_once(
+        1,
+        &SyncMsg::LockReply {
+            lock: 3,
+            timestamp: 0,
+            notices: vec![],
+        }
+    ));
 }
 
 #[test]

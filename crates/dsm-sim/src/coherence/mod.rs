@@ -10,9 +10,10 @@
 //!   so nodes write disjoint words of the same pages (false sharing on every page) and the
 //!   program is data-race free. Every read must return the reference execution's value; after
 //!   the last barrier every home copy must equal the reference.
-//! * **Hand-backs** (sequential, [`SimConfig::hand_back_per_mille`]): a node gives a page it
-//!   holds writable back to its home unasked at random steps, as a contended lock release
-//!   does, crossing the home's downgrades and invalidations of it.
+//! * **Hand-backs and pushes** (sequential, [`SimConfig::hand_back_per_mille`]): at random
+//!   steps a node gives a page it holds writable back to its home unasked, or a home pushes
+//!   a page writable to a random node, as a contended lock release does, crossing the
+//!   home's recalls and the node's own requests.
 //! * **Crashes** (sequential, [`SimConfig::with_crash`]): one node crashes at a random step;
 //!   each survivor is told (`node_failed`) a random number of steps later, and messages the
 //!   dead node sent before may still arrive. Every survivor's fault ends served or failed,
@@ -99,8 +100,9 @@ pub struct SimConfig {
     /// A node that crashes during the run (sequential mode).
     pub crash: Option<Crash>,
     /// Sequential mode: chance per step, in thousandths, that a random node gives a random
-    /// page back to its home unasked (`CoherenceEngine::hand_back`, what a contended lock
-    /// release does), racing the home's recalls of it.
+    /// page back to its home unasked (`CoherenceEngine::hand_back`) or pushes a page it is
+    /// the home of to a random node (`CoherenceEngine::push`), as a contended lock release
+    /// does, racing the home's recalls and the node's requests.
     pub hand_back_per_mille: u64,
 }
 
@@ -202,6 +204,11 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report> {
                 .nodes
                 .iter()
                 .map(|n| n.engine.recalls_crossing_hand_backs())
+                .sum();
+            world.report.requests_crossing_pushes = world
+                .nodes
+                .iter()
+                .map(|n| n.engine.requests_crossing_pushes())
                 .sum();
             return Ok(world.report.clone());
         }

@@ -117,6 +117,10 @@ pub struct Report {
     pub hand_backs: u64,
     /// Recalls that reached a node after it had handed their page back.
     pub recalls_crossing_hand_backs: u64,
+    /// Pages a home pushed writable to a node unasked (sequential mode).
+    pub pushes: u64,
+    /// Requests that crossed a push of their page to their sender.
+    pub requests_crossing_pushes: u64,
     /// Nodes crashed.
     pub crashes: u64,
     /// Faults that failed because they needed the crashed node.
@@ -147,6 +151,8 @@ impl Report {
         self.kept_writable += other.kept_writable;
         self.hand_backs += other.hand_backs;
         self.recalls_crossing_hand_backs += other.recalls_crossing_hand_backs;
+        self.pushes += other.pushes;
+        self.requests_crossing_pushes += other.requests_crossing_pushes;
         self.crashes += other.crashes;
         self.failed_faults += other.failed_faults;
         self.lost_faults += other.lost_faults;
@@ -307,7 +313,8 @@ impl World {
     }
 
     /// Sometimes a random node gives a random page back to its home (if it holds it
-    /// writable and idle; else nothing happens).
+    /// writable and idle), or pushes a page it is the home of to a random node (if idle and
+    /// that node holds no copy); else nothing happens.
     fn maybe_hand_back(&mut self) -> Result<()> {
         let rate = self.config.hand_back_per_mille;
         if rate == 0 || self.draining || self.release_mode() || !self.rng.chance(rate, 1000) {
@@ -318,12 +325,21 @@ impl World {
         if self.is_crashed(n) {
             return Ok(());
         }
+        let to = u32::try_from(self.rng.index(self.nodes.len())).expect("fits");
+        let push = self.rng.chance(1, 2);
         let node = &mut self.nodes[n];
-        let result = node
-            .engine
-            .hand_back(PageId { region: 0, page }, &mut node.mem);
+        let id = PageId { region: 0, page };
+        let result = if push {
+            node.engine.push(id, to, &mut node.mem)
+        } else {
+            let next = self.rng.chance(1, 2).then_some(to);
+            node.engine.hand_back(id, next, &mut node.mem)
+        };
         if let Ok(true) = result {
-            self.report.hand_backs += 1;
+            match push {
+                true => self.report.pushes += 1,
+                false => self.report.hand_backs += 1,
+            }
         }
         self.engine_result(n, result.map(|_| ()))?;
         self.apply(n)

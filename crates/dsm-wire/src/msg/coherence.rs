@@ -1,7 +1,7 @@
 //! Page coherence: fetches, ownership, invalidation, write-back, diffs and write notices.
 
 use crate::codec::{Reader, Writer};
-use crate::{Error, PAGE_SIZE, Page, PageId, Result};
+use crate::{Error, NodeId, PAGE_SIZE, Page, PageId, Result};
 
 /// Bytes of a page that changed: `bytes` replace the page at `offset`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +116,19 @@ pub enum Coherence {
         page: PageId,
         /// The page's contents, unless written into the master in place.
         data: Option<Page>,
+        /// The node the lock goes to next, to which the home may push the page.
+        next: Option<NodeId>,
+    },
+    /// Sequential mode: the home gives a node the only writable copy unasked (the node is
+    /// about to get the lock the page was written under), after every other copy was
+    /// recalled. A request of the node for the page that crossed it is answered without data.
+    Push {
+        /// Page.
+        page: PageId,
+        /// Version after this write.
+        version: u64,
+        /// The page's contents.
+        data: Page,
     },
     /// Release mode: the bytes a node changed since their twins in pages with the same home,
     /// from one release, in one message; applied all or nothing and acknowledged by one
@@ -166,6 +179,7 @@ pub(crate) const DIFF_BATCH: u16 = 0x020c;
 pub(crate) const PAGE_LOST: u16 = 0x020d;
 pub(crate) const MASTER_WRITTEN: u16 = 0x020e;
 pub(crate) const HAND_BACK: u16 = 0x020f;
+pub(crate) const PUSH: u16 = 0x0210;
 
 impl Coherence {
     pub(crate) fn command(&self) -> u16 {
@@ -184,6 +198,7 @@ impl Coherence {
             Coherence::PageLost { .. } => PAGE_LOST,
             Coherence::MasterWritten { .. } => MASTER_WRITTEN,
             Coherence::HandBack { .. } => HAND_BACK,
+            Coherence::Push { .. } => PUSH,
         }
     }
 
@@ -233,9 +248,20 @@ impl Coherence {
                 w.page_id(*page);
                 w.raw(&data[..]);
             }
-            Coherence::HandBack { page, data } => {
+            Coherence::HandBack { page, data, next } => {
                 w.page_id(*page);
                 w.opt_page(data.as_ref());
+                w.u8(u8::from(next.is_some()));
+                w.u32(next.unwrap_or(0));
+            }
+            Coherence::Push {
+                page,
+                version,
+                data,
+            } => {
+                w.page_id(*page);
+                w.u64(*version);
+                w.raw(&data[..]);
             }
             Coherence::DiffBatch { req, diffs } => {
                 w.u64(*req);
@@ -299,9 +325,19 @@ impl Coherence {
                 page: r.page_id()?,
                 data: r.page()?,
             },
+            PUSH => Coherence::Push {
+                page: r.page_id()?,
+                version: r.u64("version")?,
+                data: r.page()?,
+            },
             HAND_BACK => Coherence::HandBack {
                 page: r.page_id()?,
                 data: r.opt_page()?,
+                next: {
+                    let some = r.flag("next")?;
+                    let node = r.u32("next")?;
+                    some.then_some(node)
+                },
             },
             DIFF_BATCH => Coherence::DiffBatch {
                 req: r.u64("req")?,
