@@ -22,6 +22,7 @@ use crate::memory::Memory;
 use crate::region::Located;
 
 mod failure;
+mod lock_log;
 mod scanned;
 
 /// This node's copy of a page.
@@ -129,9 +130,9 @@ pub(crate) struct Cache {
     pub(crate) upgrades_prefetched: u64,
     /// Read faults that asked their page writable because it migrates.
     pub(crate) reads_for_ownership: u64,
-    /// Sequential mode: pages made writable here since the last sync point (at most
-    /// [`WRITTEN_LOG`]), the ones a contended lock release passes on.
-    written: Vec<PageId>,
+    /// Sequential mode: per lock, the pages made writable here under it, which its next
+    /// holder gets ([`lock_log`]).
+    pub(crate) lock_log: lock_log::LockLog,
     /// Pages given back unasked whose home may still have a recall of them in flight (it
     /// arrives before any later grant of the page: FIFO per pair).
     handed_back: HashSet<PageId>,
@@ -141,14 +142,7 @@ pub(crate) struct Cache {
     pub(crate) recalls_crossing_hand_backs: u64,
     /// Pages installed writable because their home pushed them.
     pub(crate) pushes_taken: u64,
-    /// Locks this node holds (acquired, not yet released): pages made writable meanwhile
-    /// are logged in `written`.
-    locks_held: u32,
 }
-
-/// Most pages a critical section's log keeps: a lock protects a few pages, and a section
-/// that writes more hands back only its first ones.
-const WRITTEN_LOG: usize = 32;
 
 impl Cache {
     pub(crate) fn state(&self, page: PageId) -> LocalState {
@@ -453,8 +447,10 @@ impl Cache {
         }
         self.handed_back.remove(&page);
         self.pushes_taken += 1;
-        // Pushed for the lock about to come here: a page to pass on at its release.
-        self.log(page, loc);
+        // Pushed for the lock about to come here (or held): a page to pass on with it.
+        if loc.consistency == Consistency::Sequential {
+            self.lock_log.pushed(page);
+        }
         Ok(())
     }
 
@@ -551,34 +547,11 @@ impl Cache {
         }
     }
 
-    /// Records that `page` became writable here while this node holds a lock, for a
-    /// contended release to pass on.
+    /// Records that `page` became writable here, under the locks this node holds.
     fn log_written(&mut self, page: PageId, loc: Located, _ctx: &Ctx<'_>) {
-        if self.locks_held > 0 {
-            self.log(page, loc);
+        if loc.consistency == Consistency::Sequential {
+            self.lock_log.written(page);
         }
-    }
-
-    fn log(&mut self, page: PageId, loc: Located) {
-        let sequential = loc.consistency == Consistency::Sequential;
-        if sequential && self.written.len() < WRITTEN_LOG && !self.written.contains(&page) {
-            self.written.push(page);
-        }
-    }
-
-    /// Takes the logged pages (a contended release passes them on).
-    pub(crate) fn take_written(&mut self) -> Vec<PageId> {
-        std::mem::take(&mut self.written)
-    }
-
-    /// This node acquired a lock (`true`) or released one (`false`). A release keeps the
-    /// log: with nobody waiting, the pages written under the lock stay the ones to pass on
-    /// at the next contended release (often the next section's, when it only reads them).
-    pub(crate) fn lock_held(&mut self, held: bool) {
-        self.locks_held = match held {
-            true => self.locks_held.saturating_add(1),
-            false => self.locks_held.saturating_sub(1),
-        };
     }
 
     /// Sequential mode: gives this node's writable copy of `page` back to its home unasked
@@ -787,7 +760,7 @@ impl Cache {
         self.shared_home.retain(|page| page.region != region);
         self.held.retain(|(_, page, _)| page.region != region);
         self.last_demand.remove(&region);
-        self.written.retain(|page| page.region != region);
+        self.lock_log.remove_region(region);
         self.handed_back.retain(|page| page.region != region);
     }
 }

@@ -248,37 +248,43 @@ impl CoherenceEngine {
         self.end_call(mem)
     }
 
-    /// This node acquired a lock: pages that become writable here until the matching
-    /// [`lock_released`](Self::lock_released) are logged for
-    /// [`hand_back_written`](Self::hand_back_written), besides those pushed here.
-    pub fn lock_acquired(&mut self) {
-        self.cache.lock_held(true);
+    /// This node acquired `lock`: pages that become writable here until the matching
+    /// [`lock_released`](Self::lock_released) are logged under it for
+    /// [`hand_back_written`](Self::hand_back_written), and so are pages pushed here while
+    /// it is held (or just before: a push comes ahead of the grant it goes with).
+    pub fn lock_acquired(&mut self, lock: u32) {
+        self.cache.lock_log.acquired(lock);
     }
 
-    /// This node released a lock (after passing pages on, if anybody waited). The log is
-    /// kept: a later contended release passes on what it still holds writable.
-    pub fn lock_released(&mut self) {
-        self.cache.lock_held(false);
+    /// This node released `lock` (after passing its pages on, if a node waited). Its log is
+    /// kept: when the lock goes to a node that asks for it later, what this node still
+    /// holds writable goes with it.
+    pub fn lock_released(&mut self, lock: u32) {
+        self.cache.lock_log.released(lock);
     }
 
-    /// Forgets the logged pages (a barrier: what was written under locks before it is no
-    /// longer a hint for the next lock holder).
+    /// Forgets every lock's log (a barrier: what was written under locks before it is no
+    /// longer a hint for their next holders).
     pub fn forget_written(&mut self) {
-        self.cache.take_written();
+        self.cache.lock_log.clear();
     }
 
-    /// Sequential mode, at the release of a lock that node `next` waits for: passes on the
-    /// logged pages (made writable here under a lock, or pushed here, since the last pass),
-    /// the ones `next` most likely touches first. Pages homed elsewhere go back to their homes
+    /// Sequential mode, when `lock` goes from this node to node `next`: passes on the pages
+    /// logged under it (made writable here while it was held, or pushed here for it, since
+    /// its last pass), the ones `next` most likely touches first. Pages homed elsewhere go back to their homes
     /// ([`Coherence::HandBack`], no copy kept), so that `next`'s fault finds them there
     /// instead of waiting for a recall from here; pages homed here are pushed to `next`
     /// ([`Coherence::Push`], see [`push`](Self::push)), so that it takes no fault on them.
     /// Returns how many pages went. Pages with a request or a recall in progress stay.
-    pub fn hand_back_written(&mut self, next: NodeId, mem: &mut dyn Memory) -> Result<usize> {
+    pub fn hand_back_written(
+        &mut self,
+        (lock, next): (u32, NodeId),
+        mem: &mut dyn Memory,
+    ) -> Result<usize> {
         if next >= self.config.nodes {
             return Err(Error::UnknownNode(next));
         }
-        let pages = self.cache.take_written();
+        let pages = self.cache.lock_log.take(lock);
         self.begin_call();
         let mut given = 0;
         for page in pages {

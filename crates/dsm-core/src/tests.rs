@@ -1108,13 +1108,22 @@ fn a_page_written_under_a_lock_reaches_the_next_holder_through_its_home() {
         .unwrap();
     c.collect(0);
     c.deliver_all();
-    c.engines[0].lock_acquired();
+    c.engines[0].lock_acquired(5);
     c.fault(0, Access::Write, 2);
     c.deliver_all();
     c.write(0, 1, 13);
-    c.engines[0].lock_released();
+    c.engines[0].lock_released(5);
     assert_eq!(
-        c.engines[0].hand_back_written(2, &mut c.mems[0]).unwrap(),
+        c.engines[0]
+            .hand_back_written((6, 2), &mut c.mems[0])
+            .unwrap(),
+        0,
+        "another lock's log is empty"
+    );
+    assert_eq!(
+        c.engines[0]
+            .hand_back_written((5, 2), &mut c.mems[0])
+            .unwrap(),
         1
     );
     c.collect(0);
@@ -1124,7 +1133,9 @@ fn a_page_written_under_a_lock_reaches_the_next_holder_through_its_home() {
     assert_eq!(c.engines[2].local_state(P), LocalState::Modified);
     assert_eq!(c.mems[2].local[&P][1], 13);
     assert_eq!(
-        c.engines[0].hand_back_written(2, &mut c.mems[0]).unwrap(),
+        c.engines[0]
+            .hand_back_written((5, 2), &mut c.mems[0])
+            .unwrap(),
         0,
         "the log was passed on"
     );

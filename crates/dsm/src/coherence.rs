@@ -312,22 +312,25 @@ impl Coherence {
         self.apply(ctx)
     }
 
-    /// Sequential mode, a lock released to node `next`, which waits for it: passes the pages
-    /// made writable since the last sync point on (back to their homes, or pushed to `next`
-    /// from here). Returns how many went.
-    pub(crate) fn hand_back_written(&mut self, next: NodeId, ctx: &Ctx<'_>) -> Result<usize> {
+    /// Sequential mode, `lock` going to node `next`: passes the pages written under it on
+    /// (back to their homes, or pushed to `next` from here). Returns how many went.
+    pub(crate) fn hand_back_written(
+        &mut self,
+        (lock, next): (u32, NodeId),
+        ctx: &Ctx<'_>,
+    ) -> Result<usize> {
         let mut mem = Mem::new(&mut self.regions);
-        let given = self.engine.hand_back_written(next, &mut mem)?;
+        let given = self.engine.hand_back_written((lock, next), &mut mem)?;
         self.apply(ctx)?;
         Ok(given)
     }
 
-    /// This node acquired (`true`) or released a lock: the engine logs the pages made
-    /// writable while it holds one (see `hand_back_written`).
-    pub(crate) fn lock_held(&mut self, held: bool) {
+    /// This node acquired (`true`) or released `lock`: the engine logs the pages made
+    /// writable while it holds the lock (see `hand_back_written`).
+    pub(crate) fn lock_held(&mut self, lock: u32, held: bool) {
         match held {
-            true => self.engine.lock_acquired(),
-            false => self.engine.lock_released(),
+            true => self.engine.lock_acquired(lock),
+            false => self.engine.lock_released(lock),
         }
     }
 

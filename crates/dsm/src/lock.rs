@@ -48,7 +48,7 @@ impl ReleaseConsistency for LockConsistency {
         let what = format!("diff acks before releasing {point:?}");
         let done = self.core.sync(self.timeout, &what, |c, token, ctx| {
             match point {
-                SyncPoint::Lock(_) => c.lock_held(false),
+                SyncPoint::Lock(lock) => c.lock_held(lock, false),
                 SyncPoint::Barrier(_) => c.forget_written(),
             }
             c.release(token, ctx)
@@ -72,7 +72,10 @@ impl ReleaseConsistency for LockConsistency {
         }
         // Sequential pages written under the lock: the next holder's first accesses, most
         // likely. They leave before the lock's reply, which carries no page.
-        match self.core.engine(|c, ctx| c.hand_back_written(next, ctx)) {
+        match self
+            .core
+            .engine(|c, ctx| c.hand_back_written((lock, next), ctx))
+        {
             Ok(pages) => Counters::add(&self.core.shared.counters.pages_passed_on, pages),
             Err(e) => tracing::error!(lock, error = %e, "hand-back at a lock release failed"),
         }
@@ -87,8 +90,8 @@ impl ReleaseConsistency for LockConsistency {
         // this node itself was writing may still be in flight, and they reach their home
         // before any later request of ours (FIFO per peer).
         let done = self.core.engine(|c, ctx| {
-            if let SyncPoint::Lock(_) = point {
-                c.lock_held(true);
+            if let SyncPoint::Lock(lock) = point {
+                c.lock_held(lock, true);
             }
             let token = c.token();
             c.detach(token);
