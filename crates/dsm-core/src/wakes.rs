@@ -65,20 +65,31 @@ impl Drop for Held {
             held.set(held.get().saturating_sub(1));
             held.get() == 0
         });
-        if !outermost {
-            return;
+        if outermost {
+            wake_due();
         }
-        DUE.with(|due| {
-            for slot in due {
-                // SAFETY: set by `defer` during this guard's life from a reference that the
-                // caller of `defer` promised outlives the guarded scope; used only here,
-                // before that scope ends.
-                if let Some(waker) = slot.take().and_then(|w| unsafe { w.as_ref() }) {
-                    waker.wake_now();
-                }
-            }
-        });
     }
+}
+
+/// Makes the wake-ups this thread deferred so far, still holding later ones back: for a
+/// thread about to block on an answer that a deferred wake-up's thread must send.
+pub fn wake_due_now() {
+    if HELD.with(Cell::get) > 0 {
+        wake_due();
+    }
+}
+
+fn wake_due() {
+    DUE.with(|due| {
+        for slot in due {
+            // SAFETY: set by `defer` during the guarded scope, from a reference that the
+            // caller of `defer` promised outlives that scope; used only within it (by the
+            // outermost guard's drop, or by `wake_due_now` while a guard lives).
+            if let Some(waker) = slot.take().and_then(|w| unsafe { w.as_ref() }) {
+                waker.wake_now();
+            }
+        }
+    });
 }
 
 /// Whether this thread holds its wake-ups back; if so, records that `waker` is due one when
@@ -140,6 +151,24 @@ mod tests {
         assert_eq!(a.0.load(Ordering::Relaxed), 1);
         assert_eq!(b.0.load(Ordering::Relaxed), 1);
         assert!(!defer(&a), "released: no guard any more");
+    }
+
+    #[test]
+    fn a_thread_about_to_block_makes_its_deferred_wakes_and_keeps_holding() {
+        let a = Counted::default();
+        let held = Held::new();
+        assert!(defer(&a));
+        wake_due_now();
+        assert_eq!(a.0.load(Ordering::Relaxed), 1);
+        assert!(defer(&a), "still held");
+        drop(held);
+        assert_eq!(a.0.load(Ordering::Relaxed), 2);
+        wake_due_now();
+        assert_eq!(
+            a.0.load(Ordering::Relaxed),
+            2,
+            "nothing due without a guard"
+        );
     }
 
     #[test]

@@ -116,7 +116,19 @@ pub struct Lock<'a> {
 /// node's writes to the next holder).
 #[derive(Debug)]
 pub struct LockGuard<'a> {
-    _guard: dsm_locks::Guard<'a>,
+    /// Taken by `drop`.
+    guard: Option<dsm_locks::Guard<'a>>,
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        // The release sends the pages written under the lock, maybe a flush, and the lock's
+        // reply: one wake-up of the transport thread for all of them, after the last (each
+        // wake-up of that real-time thread preempts this one on a pinned node's CPU). A wait
+        // inside makes the wake-ups due first (`Shared::sleep`).
+        let _held = dsm_core::wakes::Held::new();
+        drop(self.guard.take());
+    }
 }
 
 impl<'a> Lock<'a> {
@@ -143,7 +155,7 @@ impl<'a> Lock<'a> {
                 Ok(guard) => {
                     Counters::bump(&self.core.shared.counters.lock_acquires);
                     crate::trace::lock_acquired(&self.core.shared, self.id);
-                    return Ok(LockGuard { _guard: guard });
+                    return Ok(LockGuard { guard: Some(guard) });
                 }
                 // A node failed: the check above says which.
                 Err(dsm_locks::Error::Interrupted { .. }) => {}

@@ -28,6 +28,15 @@ pub(super) const SEED: u64 = 0x1a7e_5eed;
 pub(super) const LOCK_ID: u32 = 0x1a7e;
 const LOCK_WARMUP: usize = 50;
 const LOCK_CYCLES: usize = 1_000;
+
+/// Where a node's turn of the lock hand-off goes (its own turns, after the warm-up): waiting
+/// in `acquire`, the section (a read and a write of the word), and the release (`drop`).
+#[derive(Debug, Default)]
+pub(super) struct LockParts {
+    pub(super) acquire_us: Vec<f64>,
+    pub(super) section_us: Vec<f64>,
+    pub(super) release_us: Vec<f64>,
+}
 /// Longest the hand-off may take in all before it fails.
 const LOCK_PHASE_LIMIT: Duration = Duration::from_secs(60);
 /// Measured barriers and the warm-up.
@@ -248,11 +257,12 @@ impl Bench<'_> {
         &mut self,
         word: &Region<u64>,
         pass: Pass,
-    ) -> anyhow::Result<(Vec<f64>, u64)> {
+    ) -> anyhow::Result<(Vec<f64>, u64, LockParts)> {
         phase(&format!("lock_handoff{}", pass.suffix()));
         self.node.barrier()?;
         let mut samples = Vec::with_capacity(LOCK_CYCLES);
         let mut not_my_turn = 0;
+        let mut parts = LockParts::default();
         if self.rank < 2 {
             let before = self.node.stats();
             // The traced pass goes on from where the first left the word (an even count).
@@ -263,12 +273,15 @@ impl Bench<'_> {
             let mut last_turn: Option<Instant> = None;
             let mut turns = 0;
             loop {
+                let called = Instant::now();
                 let guard = lock.acquire()?;
+                let acquired = Instant::now();
                 let value = word.get(0);
                 if value >= target {
                     break;
                 }
-                if value % 2 == u64::from(self.rank) {
+                let mine = value % 2 == u64::from(self.rank);
+                if mine {
                     word.set(0, value + 1);
                     let now = Instant::now();
                     if let Some(last) = last_turn.filter(|_| turns > LOCK_WARMUP) {
@@ -279,7 +292,14 @@ impl Bench<'_> {
                 } else {
                     not_my_turn += 1;
                 }
+                let section_done = Instant::now();
                 drop(guard);
+                if mine && turns > LOCK_WARMUP {
+                    let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
+                    parts.acquire_us.push(us(acquired - called));
+                    parts.section_us.push(us(section_done - acquired));
+                    parts.release_us.push(us(section_done.elapsed()));
+                }
                 ensure!(
                     started.elapsed() < LOCK_PHASE_LIMIT,
                     "lock hand-off: the word is at {value} of {target} after {LOCK_PHASE_LIMIT:?}"
@@ -292,7 +312,7 @@ impl Bench<'_> {
             }
         }
         self.node.barrier()?;
-        Ok((samples, not_my_turn))
+        Ok((samples, not_my_turn, parts))
     }
 
     /// `barrier_us`: every node passes [`BARRIERS`] barriers in a row; rank 0 times each.

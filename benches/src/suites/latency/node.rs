@@ -131,7 +131,8 @@ fn measure(node: &Node) -> anyhow::Result<Option<Value>> {
     let mut computing = bench.remote_read_fault_home_computing(&regions.remote)?;
     let mut scan = bench.scan(&regions.scan)?;
     bench.floor_round("scan")?;
-    let (mut handoff, wasted) = bench.lock_handoff(&regions.lock_word, Pass::Untraced)?;
+    let (mut handoff, wasted, mut parts) =
+        bench.lock_handoff(&regions.lock_word, Pass::Untraced)?;
     bench.floor_round("lock_handoff")?;
     let mut barrier = bench.barriers(Pass::Untraced)?;
     bench.floor_round("barrier")?;
@@ -152,6 +153,21 @@ fn measure(node: &Node) -> anyhow::Result<Option<Value>> {
         ),
         ("scan_per_page_us", summarize(&mut scan), scan.len()),
         ("lock_handoff_us", summarize(&mut handoff), handoff.len()),
+        (
+            "lock_turn_acquire_us",
+            summarize(&mut parts.acquire_us),
+            parts.acquire_us.len(),
+        ),
+        (
+            "lock_turn_section_us",
+            summarize(&mut parts.section_us),
+            parts.section_us.len(),
+        ),
+        (
+            "lock_turn_release_us",
+            summarize(&mut parts.release_us),
+            parts.release_us.len(),
+        ),
         ("barrier_us", summarize(&mut barrier), barrier.len()),
     ];
     let mut report = bench.floor_report();
@@ -222,7 +238,7 @@ impl Bench<'_> {
     fn traced_pass(&mut self, regions: &Regions) -> anyhow::Result<Traced> {
         self.node.set_tracing(true);
         let (remote, accesses) = self.remote_read_fault(&regions.remote, Pass::Traced)?;
-        let (handoff, _) = self.lock_handoff(&regions.lock_word, Pass::Traced)?;
+        let (handoff, _, _) = self.lock_handoff(&regions.lock_word, Pass::Traced)?;
         let barrier = self.barriers(Pass::Traced)?;
         self.node.set_tracing(false);
         self.floor_round("traced")?;
