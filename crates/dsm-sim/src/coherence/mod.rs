@@ -49,7 +49,7 @@ pub use pairs::OneSidedPairs;
 pub use workload::Op;
 pub use world::Report;
 
-use dsm_core::{Consistency, Mutation, Placement};
+use dsm_core::{CoherenceEngine, Consistency, Mutation, Placement};
 
 pub use crate::crash::Crash;
 use crate::error::Result;
@@ -190,27 +190,16 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report> {
         if !world.step()? {
             world.check_end()?;
             world.report.messages = world.net.stats().sent;
-            world.report.upgrades_prefetched = world
-                .nodes
-                .iter()
-                .map(|n| n.engine.upgrades_prefetched())
-                .sum();
-            world.report.reads_for_ownership = world
-                .nodes
-                .iter()
-                .map(|n| n.engine.reads_for_ownership())
-                .sum();
-            world.report.recalls_crossing_hand_backs = world
-                .nodes
-                .iter()
-                .map(|n| n.engine.recalls_crossing_hand_backs())
-                .sum();
-            world.report.requests_crossing_pushes = world
-                .nodes
-                .iter()
-                .map(|n| n.engine.requests_crossing_pushes())
-                .sum();
-            return Ok(world.report.clone());
+            let total = |count: fn(&CoherenceEngine) -> u64| -> u64 {
+                world.nodes.iter().map(|n| count(&n.engine)).sum()
+            };
+            let mut report = world.report.clone();
+            report.upgrades_prefetched = total(CoherenceEngine::upgrades_prefetched);
+            report.reads_for_ownership = total(CoherenceEngine::reads_for_ownership);
+            report.recalls_crossing_hand_backs =
+                total(CoherenceEngine::recalls_crossing_hand_backs);
+            report.requests_crossing_pushes = total(CoherenceEngine::requests_crossing_pushes);
+            return Ok(report);
         }
         world.check_step()?;
     }
