@@ -136,8 +136,6 @@ pub(crate) struct Cache {
     /// Pages given back unasked whose home may still have a recall of them in flight (it
     /// arrives before any later grant of the page: FIFO per pair).
     handed_back: HashSet<PageId>,
-    /// Pages handed back so far.
-    pub(crate) pages_handed_back: u64,
     /// Recalls that crossed a hand-back of their page (the home sent them first).
     pub(crate) recalls_crossing_hand_backs: u64,
     /// Pages installed writable because their home pushed them.
@@ -187,7 +185,7 @@ impl Cache {
             ctx.out.push(Action::Upgrade { page });
             entry.state = LocalState::Modified;
             self.settling.insert(page);
-            self.log_written(page, loc, ctx);
+            self.log_written(page, loc);
             ctx.out.push(Action::Wake { token });
             return;
         }
@@ -384,8 +382,7 @@ impl Cache {
                 entry.state = LocalState::Modified;
                 entry.downgraded = false;
                 self.settling.insert(page);
-                self.handed_back.remove(&page);
-                self.log_written(page, loc, ctx);
+                self.log_written(page, loc);
                 self.finish(page, loc, ctx);
             }
             None if one_sided => {
@@ -523,7 +520,7 @@ impl Cache {
         };
         entry.downgraded = false;
         if entry.state == LocalState::Modified {
-            self.log_written(page, loc, ctx);
+            self.log_written(page, loc);
         }
         self.finish(page, loc, ctx);
     }
@@ -548,7 +545,7 @@ impl Cache {
     }
 
     /// Records that `page` became writable here, under the locks this node holds.
-    fn log_written(&mut self, page: PageId, loc: Located, _ctx: &Ctx<'_>) {
+    fn log_written(&mut self, page: PageId, loc: Located) {
         if loc.consistency == Consistency::Sequential {
             self.lock_log.written(page);
         }
@@ -575,26 +572,41 @@ impl Cache {
         if !idle || !sequential || home == ctx.config.node || recalled || self.unsettled(page) {
             return false;
         }
-        // Write-protected before the copy, so no write of another thread is left out of it.
-        mem.write_protect(page);
-        let copy: Page = Box::new(*mem.local_page(page));
-        let data = if ctx.config.writes_master_of(home) {
-            ctx.out.push(Action::WriteMaster {
-                home,
-                page,
-                data: copy,
-            });
-            None
-        } else {
-            Some(copy)
-        };
+        let in_place = ctx.config.writes_master_of(home);
+        let data = Cache::give_contents((page, home), in_place, ctx, mem);
         ctx.out.push(Action::Invalidate { page });
         self.set_state(page, LocalState::Invalid);
         self.entries.entry(page).or_default().migrates = true;
         self.handed_back.insert(page);
-        self.pages_handed_back += 1;
         ctx.out.send(home, Coherence::HandBack { page, data, next });
         true
+    }
+
+    /// Write-protects this node's copy of `page` (so no write of another thread is left out
+    /// of what follows) and gives its contents to `home`: into the master copy in place
+    /// (`None`: here, when this node is the home, else by [`Action::WriteMaster`] into a
+    /// same-host home's master), or as a copy to send.
+    fn give_contents(
+        (page, home): (PageId, NodeId),
+        in_place: bool,
+        ctx: &mut Ctx<'_>,
+        mem: &mut dyn Memory,
+    ) -> Option<Page> {
+        mem.write_protect(page);
+        if in_place && home == ctx.config.node {
+            mem.store_local_as_master(page);
+            return None;
+        }
+        let copy: Page = Box::new(*mem.local_page(page));
+        if !in_place {
+            return Some(copy);
+        }
+        ctx.out.push(Action::WriteMaster {
+            home,
+            page,
+            data: copy,
+        });
+        None
     }
 
     /// Sequential mode: the home invalidates or downgrades our copy. Held while the page is
@@ -664,23 +676,10 @@ impl Cache {
         // home itself, or by a same-host writer that maps its home's master copies.
         let in_place = modified && (own_home || ctx.config.writes_master_of(home));
         let downgrade = matches!(message, Coherence::Downgrade { .. });
-        let mut data = None;
-        if modified || downgrade {
-            mem.write_protect(page);
-            if in_place && own_home {
-                mem.store_local_as_master(page);
-            } else {
-                let copy: Page = Box::new(*mem.local_page(page));
-                match in_place {
-                    true => ctx.out.push(Action::WriteMaster {
-                        home,
-                        page,
-                        data: copy,
-                    }),
-                    false => data = Some(copy),
-                }
-            }
-        }
+        let data = match modified || downgrade {
+            true => Cache::give_contents((page, home), in_place, ctx, mem),
+            false => None,
+        };
         match (message, data) {
             (Coherence::Invalidate { req, .. }, data) => {
                 if state != LocalState::Invalid {

@@ -271,10 +271,10 @@ impl CoherenceEngine {
 
     /// Sequential mode, when `lock` goes from this node to node `next`: passes on the pages
     /// logged under it (made writable here while it was held, or pushed here for it, since
-    /// its last pass), the ones `next` most likely touches first. Pages homed elsewhere go back to their homes
-    /// ([`Coherence::HandBack`], no copy kept), so that `next`'s fault finds them there
-    /// instead of waiting for a recall from here; pages homed here are pushed to `next`
-    /// ([`Coherence::Push`], see [`push`](Self::push)), so that it takes no fault on them.
+    /// its last pass), the ones `next` most likely touches first. Pages homed elsewhere go
+    /// back to their homes ([`Coherence::HandBack`] naming `next`, no copy kept), which push
+    /// them on; pages homed here are pushed to `next` ([`Coherence::Push`], see
+    /// [`push`](Self::push)). Either way `next` takes no fault on them.
     /// Returns how many pages went. Pages with a request or a recall in progress stay.
     pub fn hand_back_written(
         &mut self,
@@ -285,17 +285,20 @@ impl CoherenceEngine {
             return Err(Error::UnknownNode(next));
         }
         let pages = self.cache.lock_log.take(lock);
-        self.begin_call();
-        let mut given = 0;
-        for page in pages {
-            let home_here = self.locate(page).is_ok_and(|l| l.home == self.config.node);
-            given += usize::from(match home_here {
-                true => self.push_page(page, next, mem),
-                false => self.give_back(page, Some(next), mem),
-            });
-        }
-        self.end_call(mem)?;
-        Ok(given)
+        self.one_call(mem, |engine, mem| {
+            let mut given = 0;
+            for page in pages {
+                // A page of a region freed since is skipped.
+                let Ok(loc) = engine.locate(page) else {
+                    continue;
+                };
+                given += usize::from(match loc.home == engine.config.node {
+                    true => engine.push_page((page, loc), next, mem),
+                    false => engine.give_back((page, loc), Some(next), mem),
+                });
+            }
+            given
+        })
     }
 
     /// Sequential mode, at the home of `page`: gives node `to` the only writable copy
@@ -306,14 +309,11 @@ impl CoherenceEngine {
     /// changed, when the page is not homed here, is busy (a transaction or a queued
     /// request), lost, or `to` holds a copy of it or failed.
     pub fn push(&mut self, page: PageId, to: NodeId, mem: &mut dyn Memory) -> Result<bool> {
-        self.locate(page)?;
+        let loc = self.locate(page)?;
         if to >= self.config.nodes {
             return Err(Error::UnknownNode(to));
         }
-        self.begin_call();
-        let pushed = self.push_page(page, to, mem);
-        self.end_call(mem)?;
-        Ok(pushed)
+        self.one_call(mem, |engine, mem| engine.push_page((page, loc), to, mem))
     }
 
     /// Requests this home answered without data because they crossed a push of their page
@@ -327,10 +327,12 @@ impl CoherenceEngine {
         self.cache.pushes_taken
     }
 
-    fn push_page(&mut self, page: PageId, to: NodeId, mem: &mut dyn Memory) -> bool {
-        let Ok(loc) = self.locate(page) else {
-            return false;
-        };
+    fn push_page(
+        &mut self,
+        (page, loc): (PageId, Located),
+        to: NodeId,
+        mem: &mut dyn Memory,
+    ) -> bool {
         let sequential = loc.consistency == Consistency::Sequential;
         if !sequential || loc.home != self.config.node || self.failed.contains(&to) {
             return false;
@@ -349,19 +351,11 @@ impl CoherenceEngine {
         next: Option<NodeId>,
         mem: &mut dyn Memory,
     ) -> Result<bool> {
-        self.locate(page)?;
+        let loc = self.locate(page)?;
         if let Some(node) = next.filter(|n| *n >= self.config.nodes) {
             return Err(Error::UnknownNode(node));
         }
-        self.begin_call();
-        let given = self.give_back(page, next, mem);
-        self.end_call(mem)?;
-        Ok(given)
-    }
-
-    /// Pages given back to their homes unasked so far.
-    pub fn pages_handed_back(&self) -> u64 {
-        self.cache.pages_handed_back
+        self.one_call(mem, |engine, mem| engine.give_back((page, loc), next, mem))
     }
 
     /// Recalls (invalidations, downgrades) that reached this node after it had handed their
@@ -370,15 +364,30 @@ impl CoherenceEngine {
         self.cache.recalls_crossing_hand_backs
     }
 
-    fn give_back(&mut self, page: PageId, next: Option<NodeId>, mem: &mut dyn Memory) -> bool {
-        let Ok(loc) = self.locate(page) else {
-            return false; // Its region was freed since.
-        };
+    fn give_back(
+        &mut self,
+        (page, loc): (PageId, Located),
+        next: Option<NodeId>,
+        mem: &mut dyn Memory,
+    ) -> bool {
         if self.failed.contains(&loc.home) {
             return false;
         }
         let mut ctx = ctx!(self);
         self.cache.hand_back((page, next), loc, &mut ctx, mem)
+    }
+
+    /// Runs `f` as one engine call: actions emitted before it settle, and this node's
+    /// messages to itself are delivered after it.
+    fn one_call<R>(
+        &mut self,
+        mem: &mut dyn Memory,
+        f: impl FnOnce(&mut Self, &mut dyn Memory) -> R,
+    ) -> Result<R> {
+        self.begin_call();
+        let result = f(self, mem);
+        self.end_call(mem)?;
+        Ok(result)
     }
 
     /// Answers recalls that were held until their page settled. Call it after applying the

@@ -4,9 +4,9 @@
 //!
 //! Wake-up protocol (no lost wake-ups, at most one eventfd write per sleep of the worker):
 //! a producer pushes, fences, then `notified.swap(true)`; only the producer that flips it
-//! from false writes the eventfd. The worker sets `notified` while it runs and, before sleeping, clears
-//! it, fences, and looks at the queue once more; anything pushed before the clear is seen by
-//! that look, anything pushed after it flips the flag and writes the eventfd.
+//! from false writes the eventfd. The worker sets `notified` while it runs and, before
+//! sleeping, clears it, fences, and looks at the queue once more; anything pushed before the
+//! clear is seen by that look, anything pushed after it flips the flag and writes the eventfd.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
