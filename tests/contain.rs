@@ -232,11 +232,17 @@ fn run_once(victim: usize, delay_ms: u64, delivery: &str) -> Vec<(usize, Outcome
     watch(&mut procs, &seen, "start", |ps| {
         ps.iter().all(|p| printed(p, "ready") || p.closed)
     });
-    assert!(
-        procs.iter().all(|p| printed(p, "ready")),
-        "a node ended before the kill: {:?}",
-        procs.iter().map(|p| &p.stdout).collect::<Vec<_>>()
-    );
+    if !procs.iter().all(|p| printed(p, "ready")) {
+        for p in procs.iter_mut() {
+            let _ = p.child.kill();
+        }
+        let stdout: Vec<String> = procs.iter().map(|p| p.stdout.join("\n")).collect();
+        let stderr: Vec<String> = procs
+            .into_iter()
+            .map(|p| p.stderr.join().unwrap_or_default())
+            .collect();
+        panic!("a node ended before the kill: stdout {stdout:#?}\nstderr {stderr:#?}");
+    }
     std::thread::sleep(Duration::from_millis(delay_ms));
     signal(procs[victim].child.id(), libc::SIGKILL);
     watch(&mut procs, &seen, "after the kill", |ps| {
