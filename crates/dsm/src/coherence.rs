@@ -143,6 +143,8 @@ impl Coherence {
                 e,
             )
         })?;
+        let (node, nodes) = (self.engine.config().node, self.engine.config().nodes);
+        home.populate(homed_runs(&layout, node, nodes));
         self.engine.add_region(layout)?;
         let release = layout.consistency == dsm_core::Consistency::Release;
         self.regions.insert(
@@ -552,6 +554,26 @@ fn fault_timeout(page: PageId, home: NodeId, waited_ms: u64) -> Error {
     }
 }
 
+/// The pages of `layout` that `node` homes, as runs (first page, count): one run under
+/// `Placement::Block`, every `nodes`-th page under `Placement::Cyclic`.
+fn homed_runs(
+    layout: &RegionLayout,
+    node: NodeId,
+    nodes: u32,
+) -> impl Iterator<Item = (u32, u32)> + '_ {
+    let mut index = 0;
+    std::iter::from_fn(move || {
+        while index < layout.pages && layout.home_of(index, nodes) != node {
+            index += 1;
+        }
+        let first = index;
+        while index < layout.pages && layout.home_of(index, nodes) == node {
+            index += 1;
+        }
+        (index > first).then(|| (first, index - first))
+    })
+}
+
 fn page_home(engine: &CoherenceEngine, page: PageId) -> Option<NodeId> {
     engine.home_of(page).ok()
 }
@@ -793,5 +815,27 @@ mod tests {
         assert!(c.tick(8_000, 5_000).is_empty(), "reported once");
         let again = c.fault(page, Access::Read, &ctx).unwrap_err().to_string();
         assert_eq!(again, text, "a later fault on the page fails the same way");
+    }
+
+    #[test]
+    fn the_pages_a_node_homes_come_as_runs_under_both_placements() {
+        let layout = |placement| RegionLayout {
+            id: 1,
+            pages: 10,
+            consistency: Consistency::Sequential,
+            placement,
+            prefetch: 1,
+        };
+        let block = layout(Placement::Block);
+        let runs = |l: &RegionLayout, node| homed_runs(l, node, 3).collect::<Vec<_>>();
+        assert_eq!(runs(&block, 0), [(0, 4)]);
+        assert_eq!(runs(&block, 1), [(4, 4)]);
+        assert_eq!(runs(&block, 2), [(8, 2)]);
+        let cyclic = layout(Placement::Cyclic);
+        assert_eq!(runs(&cyclic, 1), [(1, 1), (4, 1), (7, 1)]);
+        assert!(
+            runs(&block, 3).is_empty(),
+            "a node outside the cluster homes nothing"
+        );
     }
 }

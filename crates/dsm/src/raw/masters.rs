@@ -157,7 +157,7 @@ pub(crate) const POPULATE_LIMIT: usize = 256 << 20;
 /// node's share of such a region are then committed memory from allocation, as an MPI
 /// window's or ArgoDSM's global memory are. Best effort: where the kernel refuses (before
 /// Linux 5.14, or out of memory) the pages come at first touch, as before.
-fn populate(base: *mut libc::c_void, len: usize) {
+pub(crate) fn populate(base: *mut libc::c_void, len: usize) {
     if len > POPULATE_LIMIT {
         return;
     }

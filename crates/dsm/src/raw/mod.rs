@@ -14,13 +14,13 @@ use dsm_wire::PAGE_SIZE;
 /// with userfaultfd, so any thread may touch it). Unmapped on drop.
 ///
 /// Sized for the whole region, so that page `i` is at `base + i * PAGE_SIZE` on every node
-/// (the transports index exposed memory by page), but it costs only what is touched: it is a
-/// private anonymous mapping with `MAP_NORESERVE`, so the kernel commits a page on its first
-/// write, and a read of an untouched page maps the shared zero page. A node writes only the
-/// pages it homes (`Placement::Block`: about `pages / nodes`), and only once they are
-/// written, so a region of S bytes costs this node the home pages actually used, not S, and
-/// mapping it takes the same time for any S. RDMA registration pins the whole range (see
-/// `memory`).
+/// (the transports index exposed memory by page), but it costs only the pages this node
+/// homes: it is a private anonymous mapping with `MAP_NORESERVE`, of which the node commits
+/// its home pages (`Placement::Block`: about `pages / nodes`) at once when they fit
+/// [`masters::POPULATE_LIMIT`] ([`populate`](Self::populate)), else each at its first write,
+/// and a read of an untouched page maps the shared zero page. So a region of S bytes costs
+/// this node its share, not S, and mapping a large one takes the same time for any S. RDMA
+/// registration pins the whole range (see `memory`).
 ///
 /// With same-host peers the master copies live in the node's shared [`Arena`] instead
 /// ([`in_arena`](Self::in_arena)), where those peers map them too.
@@ -84,6 +84,31 @@ impl HomeCopies {
 
     fn pages(&self) -> usize {
         self.len / PAGE_SIZE
+    }
+
+    /// Commits the pages of `runs` (first page, count) now, up to
+    /// [`masters::POPULATE_LIMIT`] bytes in all, rather than at their first write: the home's
+    /// first write-back of a page into its master copy took a page fault (allocation and
+    /// zeroing, ~3 µs here) on the path of a remote read fault. Called with the pages this
+    /// node homes, which it writes as soon as another node reads what it wrote; the others stay
+    /// uncommitted. Does nothing for master copies in an arena, which [`Arena::map`] populates
+    /// whole. Best effort: where the kernel refuses, pages come at first touch as before.
+    pub(crate) fn populate(&self, runs: impl Iterator<Item = (u32, u32)>) {
+        if self.arena.is_some() {
+            return;
+        }
+        let mut budget = masters::POPULATE_LIMIT;
+        for (first, count) in runs {
+            let end = (first as usize + count as usize).min(self.pages());
+            let len = end.saturating_sub(first as usize) * PAGE_SIZE;
+            if len == 0 || len > budget {
+                return;
+            }
+            budget -= len;
+            // SAFETY: in range (clamped to the mapping owned by `self`).
+            let start = unsafe { self.base.add(first as usize * PAGE_SIZE) };
+            masters::populate(start.cast(), len);
+        }
     }
 
     /// Page `index`.
@@ -296,4 +321,30 @@ pub(crate) fn online_cpus() -> usize {
     // SAFETY: sysconf takes an integer and touches no memory.
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     usize::try_from(n).unwrap_or(1).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which pages of `home` have memory now (`mincore`).
+    fn resident(home: &HomeCopies) -> Vec<bool> {
+        let mut vec = vec![0u8; home.pages()];
+        // SAFETY: `home`'s mapping, whole; `vec` has one byte per page of it.
+        let rc = unsafe { libc::mincore(home.base.cast(), home.len, vec.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+        vec.iter().map(|b| b & 1 == 1).collect()
+    }
+
+    #[test]
+    fn populating_commits_the_runs_given_and_nothing_else() {
+        let home = HomeCopies::new(8).unwrap();
+        assert_eq!(resident(&home), [false; 8], "lazily committed");
+        home.populate([(2, 3), (7, 1)].into_iter());
+        let expected = [false, false, true, true, true, false, false, true];
+        assert_eq!(resident(&home), expected);
+        assert!(home.page(3).iter().all(|&b| b == 0), "still zeroed");
+        home.populate([(6, 5)].into_iter()); // clamped to the mapping
+        assert!(resident(&home)[6]);
+    }
 }
