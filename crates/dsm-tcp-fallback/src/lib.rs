@@ -7,10 +7,14 @@
 //!   into a shared ring of provided buffers, one send per peer carrying every frame queued for
 //!   it, and all submissions of a turn in one `io_uring_enter` that also waits. Sockets use
 //!   `TCP_NODELAY`.
-//! * **Application threads never wait for the network**: they encode frames and push work onto
-//!   a bounded queue (a mutex held only to move items; why not lock-free: `queue`), waking the
-//!   ring through an eventfd only when the thread may be asleep. No sleep-polling anywhere on
-//!   the data path.
+//! * **A sending thread puts its own frame on the socket** when nothing sent to that peer
+//!   before it still waits in the transport thread: one non-blocking `sendmsg`, no hand-off
+//!   (a per-peer send lane: the order of the frames and of their tags holds with any number
+//!   of sending threads; see `lane`, model-checked under loom). Otherwise, and for what a
+//!   full socket did not take, it pushes work onto a bounded queue (a mutex held only to move
+//!   items; why not lock-free: `queue`), waking the ring through an eventfd only when the
+//!   thread may be asleep. Application threads never wait for the network. No sleep-polling
+//!   anywhere on the data path.
 //! * **Pages** move as request/response that the *home's transport thread* answers straight
 //!   from the exposed [`HomeMemory`](dsm_core::HomeMemory), without the engine. The home copies
 //!   the page once, into the send buffer; the requester's page is decoded straight out of the
@@ -73,7 +77,9 @@ mod config;
 mod conn;
 mod error;
 pub mod handshake;
+mod lane;
 mod mesh;
+mod primitive;
 mod queue;
 pub mod reader;
 pub mod session;

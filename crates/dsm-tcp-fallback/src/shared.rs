@@ -1,6 +1,6 @@
 //! State shared between application threads and the transport thread: the work queue
 //! ([`WorkQueue`]: why not lock-free), the eventfd that wakes the ring, per-peer failure
-//! flags and the exposure table.
+//! flags and send lanes, and the exposure table.
 //!
 //! Wake-up protocol (no lost wake-ups, at most one eventfd write per sleep of the worker):
 //! a producer pushes, fences, then `notified.swap(true)`; only the producer that flips it
@@ -10,13 +10,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use dsm_core::{HomeMemory, TransportError};
 use dsm_wire::{Message, NodeId, Page, PageId};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use crate::lane::Lane;
 use crate::queue::WorkQueue;
 
 /// Capacity of the work queue (operations not yet taken by the transport thread).
@@ -55,6 +56,8 @@ pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
     pub(crate) failed: Vec<AtomicBool>,
     pub(crate) exposed: RwLock<HashMap<u32, HomeMemory>>,
+    /// The sending side of each peer's connection (see [`Lane`]).
+    pub(crate) lanes: Vec<Arc<Lane>>,
 }
 
 impl Shared {
@@ -69,6 +72,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             failed: (0..size).map(|_| AtomicBool::new(false)).collect(),
             exposed: RwLock::new(HashMap::new()),
+            lanes: (0..size).map(|_| Arc::default()).collect(),
         })
     }
 

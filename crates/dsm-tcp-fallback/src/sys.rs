@@ -1,5 +1,5 @@
 //! Every raw call of the crate: anonymous mappings, the provided-buffer ring shared with the
-//! kernel, and raw access to a home's exposed memory.
+//! kernel, raw access to a home's exposed memory, and a sender's own non-blocking `sendmsg`.
 //!
 //! Buffer lifetime contract (used by every SQE the worker submits): memory named in an SQE
 //! must stay valid and unmoved until that SQE's last completion is reaped. The worker keeps
@@ -420,6 +420,31 @@ impl Ring {
 /// Builds the ring with the cheapest task-running mode the kernel offers: one issuer with
 /// deferred task work (completions run only when we wait), else cooperative task running,
 /// else plain.
+/// Writes `parts` to the socket `fd` in one non-blocking `sendmsg` (no SIGPIPE); returns the
+/// bytes the kernel took (fewer than all when its send buffer is full; `WouldBlock` when it
+/// took none).
+pub(crate) fn send_now(fd: std::os::fd::RawFd, parts: &[&[u8]]) -> io::Result<usize> {
+    let mut iov: [libc::iovec; 2] = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; 2];
+    let used = parts.len().min(iov.len());
+    for (slot, part) in iov.iter_mut().zip(parts) {
+        *slot = libc::iovec {
+            iov_base: part.as_ptr().cast_mut().cast(),
+            iov_len: part.len(),
+        };
+    }
+    // SAFETY: a zeroed msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = used as _;
+    // SAFETY: `msg` names `used` iovecs over the borrowed `parts`, which outlive the call; the
+    // kernel only reads them. A closed or foreign `fd` fails the call, nothing more.
+    let sent = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    usize::try_from(sent).map_err(|_| io::Error::last_os_error())
+}
+
 fn build_ring(entries: u32) -> io::Result<io_uring::IoUring> {
     let cq = entries * 4;
     // TASKRUN_FLAG: the kernel flags pending task work in the SQ ring, so that a polling

@@ -8,8 +8,10 @@ use dsm_core::{EventSink, HomeMemory, Transport, TransportError};
 use dsm_wire::{Message, NodeId, Page, PageId, encode};
 
 use crate::handshake::Credentials;
+use crate::lane::Sent;
 use crate::session::Purpose;
 use crate::shared::{Op, Shared};
+use crate::sys;
 use crate::worker::{self, Setup, peer_failed};
 use crate::{Error, Result, TcpConfig, mesh};
 
@@ -28,13 +30,23 @@ use crate::{Error, Result, TcpConfig, mesh};
 ///   formed once, in `start`; a restarted node cannot rejoin.
 /// * No request timeouts: a page read completes when the home answers or fails; the engine
 ///   bounds its own waits.
-#[derive(Debug)]
 pub struct TcpTransport {
     rank: NodeId,
     cluster: u64,
     size: u32,
     shared: Arc<Shared>,
+    /// Says whether this node awaits an answer (see `send`).
+    sink: Arc<dyn EventSink>,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpTransport")
+            .field("rank", &self.rank)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TcpTransport {
@@ -58,7 +70,7 @@ impl TcpTransport {
             polite_after: config.polite_after,
             mesh,
             shared: Arc::clone(&shared),
-            sink,
+            sink: Arc::clone(&sink),
         })?;
         tracing::debug!(
             rank = config.rank,
@@ -70,6 +82,7 @@ impl TcpTransport {
             cluster: config.cluster,
             size: config.size(),
             shared,
+            sink,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -126,19 +139,26 @@ impl Transport for TcpTransport {
         self.rank
     }
 
+    /// A frame to a peer leaves from the calling thread when nothing sent to that peer
+    /// before it still waits in the transport thread (see `lane`): no hand-off, no wake-up
+    /// for the send itself. The transport thread is woken anyway when this node awaits an
+    /// answer, so that it polls for it (a reply to a sleeping thread pays a cross-CPU
+    /// wake-up).
     fn send(&self, to: NodeId, message: &Message) -> std::result::Result<(), TransportError> {
         self.reachable(to)?;
-        let op = if to == self.rank {
-            Op::Local {
-                message: message.clone(),
-            }
-        } else {
-            Op::Send {
-                to,
-                frame: encode(message, self.cluster, self.rank),
-            }
-        };
-        self.shared.submit(op)
+        if to == self.rank {
+            let message = message.clone();
+            return self.shared.submit(Op::Local { message });
+        }
+        let frame = encode(message, self.cluster, self.rank);
+        let lane = &self.shared.lanes[to as usize];
+        let queue = |frame| self.shared.submit(Op::Send { to, frame });
+        match lane.send(frame, sys::send_now, queue)? {
+            Sent::Now if !self.sink.awaiting() => {}
+            Sent::Now | Sent::Stashed => self.shared.wake(),
+            Sent::Queue => {} // `submit` woke it
+        }
+        Ok(())
     }
 
     fn expose(&self, region: u32, memory: HomeMemory) -> std::result::Result<(), TransportError> {
@@ -169,7 +189,11 @@ impl Transport for TcpTransport {
         token: u64,
     ) -> std::result::Result<(), TransportError> {
         self.reachable(home)?;
-        self.shared.submit(Op::Read { home, page, token })
+        let op = Op::Read { home, page, token };
+        match home == self.rank {
+            true => self.shared.submit(op),
+            false => self.shared.lanes[home as usize].queue(|| self.shared.submit(op)),
+        }
     }
 
     fn write_page(
@@ -180,12 +204,16 @@ impl Transport for TcpTransport {
         token: u64,
     ) -> std::result::Result<(), TransportError> {
         self.reachable(home)?;
-        self.shared.submit(Op::Write {
+        let op = Op::Write {
             home,
             page,
             data,
             token,
-        })
+        };
+        match home == self.rank {
+            true => self.shared.submit(op),
+            false => self.shared.lanes[home as usize].queue(|| self.shared.submit(op)),
+        }
     }
 
     fn one_sided(&self) -> bool {

@@ -124,7 +124,9 @@ impl Worker {
         ring.read_wake(setup.shared.wake.as_raw_fd())?;
         let mut conns = Vec::with_capacity(size);
         for (peer, link) in (0..).zip(setup.mesh) {
-            let conn = link.map(|l| Conn::new(peer, l.stream, setup.limits.clone(), l.session));
+            let lane = Arc::clone(&setup.shared.lanes[peer as usize]);
+            let limits = setup.limits.clone();
+            let conn = link.map(|l| Conn::new(peer, l.stream, limits, l.session, lane));
             if let Some(conn) = &conn {
                 ring.recv_multi(conn.stream.as_raw_fd(), conn.peer)?;
             }
@@ -207,12 +209,11 @@ impl Worker {
         match op {
             // Delivered after this turn's frames left (see `run`).
             Op::Local { message } => self.local.push(message),
-            Op::Send { to, frame } => {
-                // To a failed peer the frame is dropped: PeerFailed was delivered already.
-                if let Some(conn) = open(&mut self.conns, to) {
-                    conn.queue_frame(frame);
-                }
-            }
+            Op::Send { to, frame } => match open(&mut self.conns, to) {
+                Some(conn) => conn.queue_frame(frame, true),
+                // Dropped: PeerFailed was delivered already.
+                None => self.written_off(to),
+            },
             Op::Read { home, page, token } => self.start_read(home, page, token),
             Op::Write {
                 home,
@@ -231,6 +232,7 @@ impl Worker {
                 .deliver(TransportEvent::PageRead { token, result });
         }
         let Some(conn) = open(&mut self.conns, home) else {
+            self.written_off(home);
             let result = Err(peer_failed(home, "connection closed"));
             return self
                 .sink
@@ -238,7 +240,7 @@ impl Worker {
         };
         conn.pending.push_back(Pending::Read { token, page });
         let request = Message::Transport(Transport::PageReadRequest { token, page });
-        conn.queue_frame(encode(&request, self.cluster, self.rank));
+        conn.queue_frame(encode(&request, self.cluster, self.rank), true);
     }
 
     fn start_write(&mut self, home: NodeId, page: PageId, data: Page, token: u64) {
@@ -249,6 +251,7 @@ impl Worker {
                 .deliver(TransportEvent::PageWritten { token, result });
         }
         let Some(conn) = open(&mut self.conns, home) else {
+            self.written_off(home);
             let result = Err(peer_failed(home, "connection closed"));
             return self
                 .sink
@@ -256,7 +259,17 @@ impl Worker {
         };
         conn.pending.push_back(Pending::Write { token, page });
         let (cluster, rank) = (self.cluster, self.rank);
-        conn.append_frame(|out| append_page_write_request(out, cluster, rank, token, page, &data));
+        let write = |out: &mut Vec<u8>| {
+            append_page_write_request(out, cluster, rank, token, page, &data);
+        };
+        conn.append_frame(write, true);
+    }
+
+    /// An operation queued for `peer` (counted in its lane) was dropped with its connection.
+    fn written_off(&self, peer: NodeId) {
+        if let Some(lane) = self.shared.lanes.get(peer as usize) {
+            lane.done(1);
+        }
     }
 
     /// Submits one send per peer carrying everything queued for it.
@@ -265,7 +278,11 @@ impl Worker {
             let Some(conn) = open(&mut self.conns, peer) else {
                 continue;
             };
-            if conn.sending || conn.out.is_empty() {
+            if conn.sending {
+                continue;
+            }
+            conn.take_stash();
+            if conn.out.is_empty() {
                 continue;
             }
             if conn.out.len() > MAX_BACKLOG {
@@ -277,6 +294,7 @@ impl Worker {
             let buf = std::mem::replace(&mut conn.out, spare);
             let fd = conn.stream.as_raw_fd();
             conn.sending = true;
+            conn.flight_units = std::mem::take(&mut conn.out_units);
             if let Err(e) = self.ring.send(fd, peer, buf, 0) {
                 conn.sending = false;
                 self.fail(peer, format!("io_uring send: {e}"));
@@ -446,9 +464,10 @@ impl Worker {
         let status = match exposed.get(&page.region) {
             None => PageStatus::NotExposed,
             Some(memory) => sys::with_home_page(memory, page.page, |data| {
-                conn.append_frame(|out| {
+                let write = |out: &mut Vec<u8>| {
                     append_page_read_reply(out, cluster, rank, token, page, data);
-                });
+                };
+                conn.append_frame(write, false);
             })
             .map_or(PageStatus::OutOfRange, |()| PageStatus::Ok),
         };
@@ -469,7 +488,7 @@ impl Worker {
     fn reply(&mut self, peer: NodeId, message: Transport) {
         let frame = encode(&Message::Transport(message), self.cluster, self.rank);
         if let Some(conn) = open(&mut self.conns, peer) {
-            conn.queue_frame(frame);
+            conn.queue_frame(frame, false);
         }
     }
 
@@ -541,6 +560,7 @@ impl Worker {
                     }
                 } else {
                     conn.send_offset = 0;
+                    conn.sent();
                     let mut buf = buf;
                     buf.clear();
                     if buf.capacity() > conn.spare.capacity() {
@@ -571,6 +591,7 @@ impl Worker {
             tracing::warn!(rank = self.rank, peer, %reason, "closing connection");
         }
         conn.closing = true;
+        conn.close_lane();
         let _ = conn.stream.shutdown(Shutdown::Both);
         conn.out = Vec::new();
         let pending: Vec<Pending> = conn.pending.drain(..).collect();
@@ -598,6 +619,7 @@ impl Worker {
     fn shutdown(mut self) {
         for conn in self.conns.iter_mut().flatten() {
             conn.closing = true;
+            conn.close_lane();
             let _ = conn.stream.shutdown(Shutdown::Both);
             for p in conn.pending.drain(..) {
                 self.sink

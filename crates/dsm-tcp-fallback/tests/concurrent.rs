@@ -154,3 +154,91 @@ fn concurrent_senders_keep_each_stream_whole_and_in_order() {
     });
     assert!(!transports[0].is_failed(1) && !transports[1].is_failed(0));
 }
+
+/// A frame larger than a socket takes at once leaves from its sending thread in part: the
+/// rest must reach the peer before anything sent after it, by this thread or another, with
+/// every tag in sequence (a torn or reordered frame would close the keyed connection).
+#[test]
+fn frames_larger_than_the_socket_go_in_part_and_their_rest_first() {
+    // The largest merge, more than a socket's send buffer takes at once until the kernel has
+    // grown it (from tens of KiB): sends end part-way from the sending thread itself.
+    const BIG: usize = dsm_wire::msg::view::MAX_MERGE_LEN;
+    const PER_SENDER: u64 = 400;
+    let (listeners, addrs) = listeners(2);
+    let (tx0, _rx0) = channel();
+    let (tx1, rx1) = channel();
+    // The receiver stalls at its first frame: the socket fills, and a sender's frame goes in
+    // part (or not at all) while nothing else is owed to the peer.
+    let stalling = Stalling {
+        events: tx1,
+        seen: AtomicU64::new(0),
+    };
+    let sinks: Vec<Arc<dyn EventSink>> = vec![Arc::new(Collect(tx0)), Arc::new(stalling)];
+    let configs = (0..)
+        .zip(listeners)
+        .map(|(rank, l)| {
+            let mut c = TcpConfig::new(rank, l, addrs.clone(), CLUSTER);
+            c.key = Some([0xd1; 32]);
+            c
+        })
+        .collect();
+    let transports: Vec<TcpTransport> = start_all(configs, sinks)
+        .into_iter()
+        .map(|t| t.expect("mesh start"))
+        .collect();
+    let sender = &transports[0];
+    std::thread::scope(|s| {
+        for thread in 0..2u32 {
+            s.spawn(move || {
+                for seq in 0..PER_SENDER {
+                    // Thread 0 alternates huge and small frames; thread 1 sends small ones.
+                    let len = if thread == 0 && seq % 2 == 0 {
+                        BIG
+                    } else {
+                        100
+                    };
+                    let message = Message::View(ViewMsg::Merge {
+                        req: seq,
+                        view: thread,
+                        offset: len as u64,
+                        data: payload(thread, seq, len),
+                    });
+                    sender.send(1, &message).expect("send");
+                }
+            });
+        }
+    });
+    let mut next: HashMap<u32, u64> = HashMap::new();
+    let mut got = 0;
+    wait_for(
+        &rx1,
+        Duration::from_secs(60),
+        "every frame, in order",
+        |e| {
+            match e {
+                TransportEvent::Message {
+                    from: 0,
+                    message:
+                        Message::View(ViewMsg::Merge {
+                            req,
+                            view,
+                            offset,
+                            data,
+                        }),
+                } => {
+                    let want = next.entry(view).or_insert(0);
+                    assert_eq!(req, *want, "thread {view}: out of order");
+                    assert!(
+                        data == payload(view, req, offset as usize),
+                        "thread {view} seq {req}"
+                    );
+                    *want += 1;
+                    got += 1;
+                }
+                other => panic!("unexpected event at node 1: {other:?}"),
+            }
+            (got == 2 * PER_SENDER).then_some(())
+        },
+    );
+    assert!(!transports[0].is_failed(1) && !transports[1].is_failed(0));
+}
