@@ -37,6 +37,8 @@ pub struct TcpTransport {
     shared: Arc<Shared>,
     /// Says whether this node awaits an answer (see `send`).
     sink: Arc<dyn EventSink>,
+    /// See [`TcpConfig::send_from_caller`].
+    send_from_caller: bool,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -58,6 +60,7 @@ impl TcpTransport {
     /// the handshake are logged and dropped while waiting.
     pub fn start(config: TcpConfig, sink: Arc<dyn EventSink>) -> Result<Self> {
         config.check()?;
+        let send_from_caller = config.send_from_caller;
         let local = Credentials::new(config.rank, config.cluster, config.key, Purpose::Mesh);
         let mesh = mesh::connect(&config, &local)?;
         let shared =
@@ -83,6 +86,7 @@ impl TcpTransport {
             size: config.size(),
             shared,
             sink,
+            send_from_caller,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -151,6 +155,10 @@ impl Transport for TcpTransport {
             return self.shared.submit(Op::Local { message });
         }
         let frame = encode(message, self.cluster, self.rank);
+        if !self.send_from_caller {
+            return self.shared.lanes[to as usize]
+                .queue(|| self.shared.submit(Op::Send { to, frame }));
+        }
         let lane = &self.shared.lanes[to as usize];
         let queue = |frame| self.shared.submit(Op::Send { to, frame });
         match lane.send(frame, sys::send_now, queue)? {

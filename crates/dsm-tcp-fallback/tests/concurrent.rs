@@ -44,6 +44,17 @@ fn payload(thread: u32, seq: u64, len: usize) -> Vec<u8> {
 
 #[test]
 fn concurrent_senders_keep_each_stream_whole_and_in_order() {
+    senders_keep_each_stream_whole_and_in_order(true);
+}
+
+/// The same with every frame going through the transport thread (`send_from_caller` off, as
+/// where nodes outnumber CPUs).
+#[test]
+fn concurrent_senders_through_the_transport_thread_keep_each_stream_whole_and_in_order() {
+    senders_keep_each_stream_whole_and_in_order(false);
+}
+
+fn senders_keep_each_stream_whole_and_in_order(send_from_caller: bool) {
     let (listeners, addrs) = listeners(2);
     let (tx0, rx0) = channel();
     let (tx1, rx1) = channel();
@@ -60,6 +71,7 @@ fn concurrent_senders_keep_each_stream_whole_and_in_order() {
             // Keyed: tags must follow the frames of many senders in queue order.
             let mut c = TcpConfig::new(rank, l, addrs.clone(), CLUSTER);
             c.key = Some([0xc0; 32]);
+            c.send_from_caller = send_from_caller;
             c
         })
         .collect();

@@ -171,6 +171,8 @@ fn start_transport(
         // `sched::OVERSUBSCRIBED_SPIN`), and real-time throughout.
         tcp.spin = config.spin.min(crate::sched::OVERSUBSCRIBED_SPIN);
         tcp.polite_after = tcp.spin;
+        // And every frame goes through the transport thread (see the field's docs).
+        tcp.send_from_caller = false;
     }
     let policy = PollPolicy {
         spin: tcp.spin,
