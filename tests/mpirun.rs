@@ -14,10 +14,7 @@ fn counter_runs_under_mpirun_with_3_ranks() {
         );
         return;
     }
-    let coordinator = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
+    let coordinator = crate::util::free_address();
     let mut cmd = Command::new("mpirun");
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
