@@ -120,35 +120,8 @@ fn senders_keep_each_stream_whole_and_in_order(send_from_caller: bool) {
         }
     });
     let timeout = Duration::from_secs(60);
-    let mut next: HashMap<u32, u64> = HashMap::new();
     let total = u64::from(THREADS) * PER_THREAD;
-    let mut got = 0;
-    wait_for(&receivers[1], timeout, "every message, in order", |e| {
-        match e {
-            TransportEvent::Message {
-                from: 0,
-                message:
-                    Message::View(ViewMsg::Merge {
-                        req,
-                        view,
-                        offset,
-                        data,
-                    }),
-            } => {
-                let want = next.entry(view).or_insert(0);
-                assert_eq!(req, *want, "thread {view}: out of order");
-                assert_eq!(
-                    data,
-                    payload(view, req, offset as usize),
-                    "thread {view} seq {req}"
-                );
-                *want += 1;
-                got += 1;
-            }
-            other => panic!("unexpected event at node 1: {other:?}"),
-        }
-        (got == total).then_some(())
-    });
+    expect_merges_in_order(&receivers[1], total);
     let mut reads = 0;
     let total = total - PER_THREAD;
     wait_for(&receivers[0], timeout, "every page read", |e| {
@@ -220,12 +193,19 @@ fn frames_larger_than_the_socket_go_in_part_and_their_rest_first() {
             });
         }
     });
+    expect_merges_in_order(&rx1, 2 * PER_SENDER);
+    assert!(!transports[0].is_failed(1) && !transports[1].is_failed(0));
+}
+
+/// Waits for `total` merges from node 0, checking each sending thread's order and every
+/// payload.
+fn expect_merges_in_order(rx: &std::sync::mpsc::Receiver<TransportEvent>, total: u64) {
     let mut next: HashMap<u32, u64> = HashMap::new();
     let mut got = 0;
     wait_for(
-        &rx1,
+        rx,
         Duration::from_secs(60),
-        "every frame, in order",
+        "every message, in order",
         |e| {
             match e {
                 TransportEvent::Message {
@@ -240,17 +220,14 @@ fn frames_larger_than_the_socket_go_in_part_and_their_rest_first() {
                 } => {
                     let want = next.entry(view).or_insert(0);
                     assert_eq!(req, *want, "thread {view}: out of order");
-                    assert!(
-                        data == payload(view, req, offset as usize),
-                        "thread {view} seq {req}"
-                    );
+                    let expected = payload(view, req, offset as usize);
+                    assert!(data == expected, "thread {view} seq {req}: payload differs");
                     *want += 1;
                     got += 1;
                 }
                 other => panic!("unexpected event at node 1: {other:?}"),
             }
-            (got == 2 * PER_SENDER).then_some(())
+            (got == total).then_some(())
         },
     );
-    assert!(!transports[0].is_failed(1) && !transports[1].is_failed(0));
 }
