@@ -47,6 +47,26 @@ impl RegionLayout {
             Placement::Block => index / self.pages.div_ceil(nodes).max(1),
         }
     }
+
+    /// The pages `node` homes, as runs (first page, count): one run under
+    /// [`Placement::Block`], every `nodes`-th page under [`Placement::Cyclic`].
+    /// Computed, not searched: a region of 2^24 pages yields its runs at once.
+    pub fn homed_runs(&self, node: NodeId, nodes: u32) -> Box<dyn Iterator<Item = (u32, u32)>> {
+        let pages = self.pages;
+        match self.placement {
+            Placement::Block => {
+                let chunk = pages.div_ceil(nodes.max(1)).max(1);
+                let first = node.saturating_mul(chunk).min(pages);
+                let end = first.saturating_add(chunk).min(pages);
+                Box::new((first < end).then_some((first, end - first)).into_iter())
+            }
+            Placement::Cyclic => {
+                let start = if node < nodes.max(1) { node } else { pages };
+                let step = nodes.max(1) as usize;
+                Box::new((start..pages).step_by(step).map(|page| (page, 1)))
+            }
+        }
+    }
 }
 
 /// A deliberately broken protocol variant, to prove the simulator's checker catches it.
@@ -210,5 +230,38 @@ mod tests {
             [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
         );
         assert!((0..2).all(|p| layout(2, Placement::Block).home_of(p, 4) < 4));
+    }
+}
+
+#[cfg(test)]
+mod homed_runs_tests {
+    use super::*;
+
+    #[test]
+    fn homed_runs_cover_exactly_the_pages_home_of_gives_each_node() {
+        for placement in [Placement::Block, Placement::Cyclic] {
+            for (pages, nodes) in [(10, 3), (1, 4), (7, 7), (16, 4), (5, 8)] {
+                let layout = RegionLayout {
+                    id: 0,
+                    pages,
+                    consistency: Consistency::Sequential,
+                    placement,
+                    prefetch: 1,
+                };
+                for node in 0..nodes {
+                    let from_runs: Vec<u32> = layout
+                        .homed_runs(node, nodes)
+                        .flat_map(|(first, count)| first..first + count)
+                        .collect();
+                    let homed: Vec<u32> = (0..pages)
+                        .filter(|&p| layout.home_of(p, nodes) == node)
+                        .collect();
+                    assert_eq!(
+                        from_runs, homed,
+                        "{placement:?}, {pages} pages, node {node}"
+                    );
+                }
+            }
+        }
     }
 }

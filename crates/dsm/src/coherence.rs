@@ -144,7 +144,7 @@ impl Coherence {
             )
         })?;
         let (node, nodes) = (self.engine.config().node, self.engine.config().nodes);
-        home.populate(homed_runs(&layout, node, nodes));
+        home.populate(layout.homed_runs(node, nodes));
         self.engine.add_region(layout)?;
         let release = layout.consistency == dsm_core::Consistency::Release;
         self.regions.insert(
@@ -554,26 +554,6 @@ fn fault_timeout(page: PageId, home: NodeId, waited_ms: u64) -> Error {
     }
 }
 
-/// The pages of `layout` that `node` homes, as runs (first page, count): one run under
-/// `Placement::Block`, every `nodes`-th page under `Placement::Cyclic`.
-fn homed_runs(
-    layout: &RegionLayout,
-    node: NodeId,
-    nodes: u32,
-) -> impl Iterator<Item = (u32, u32)> + '_ {
-    let mut index = 0;
-    std::iter::from_fn(move || {
-        while index < layout.pages && layout.home_of(index, nodes) != node {
-            index += 1;
-        }
-        let first = index;
-        while index < layout.pages && layout.home_of(index, nodes) == node {
-            index += 1;
-        }
-        (index > first).then(|| (first, index - first))
-    })
-}
-
 fn page_home(engine: &CoherenceEngine, page: PageId) -> Option<NodeId> {
     engine.home_of(page).ok()
 }
@@ -827,7 +807,7 @@ mod tests {
             prefetch: 1,
         };
         let block = layout(Placement::Block);
-        let runs = |l: &RegionLayout, node| homed_runs(l, node, 3).collect::<Vec<_>>();
+        let runs = |l: &RegionLayout, node| l.homed_runs(node, 3).collect::<Vec<_>>();
         assert_eq!(runs(&block, 0), [(0, 4)]);
         assert_eq!(runs(&block, 1), [(4, 4)]);
         assert_eq!(runs(&block, 2), [(8, 2)]);

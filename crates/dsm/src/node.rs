@@ -649,7 +649,7 @@ impl Node {
                 home.map(|home| (region, home))
                     .map_err(|e| (SetupStep::Home, e))
             });
-        let (region, server) = self.serve(id, name, mapped, &counters)?;
+        let (region, server) = self.serve(&layout, name, mapped, &counters)?;
         Ok(Region {
             id,
             base: region.base().cast::<T>(),
@@ -670,7 +670,7 @@ impl Node {
     /// [`Error::AllocFailed`] naming it.
     fn serve(
         &self,
-        id: u32,
+        layout: &RegionLayout,
         name: &str,
         mapped: std::result::Result<
             (Arc<dsm_uffd::UffdRegion>, dsm_core::HomeMemory),
@@ -679,6 +679,7 @@ impl Node {
         counters: &Arc<RegionCounters>,
     ) -> Result<(Arc<dsm_uffd::UffdRegion>, dsm_uffd::FaultServer)> {
         use crate::runtime::alloc::{SetupStep, failures};
+        let id = layout.id;
         let started = mapped.and_then(|(region, home)| {
             // Half the operation timeout: a node whose peers' keys never come (a peer that
             // could not register) still reaches the rendezvous well within the others' wait.
@@ -693,7 +694,7 @@ impl Node {
             )
             .map_err(|e| (SetupStep::Expose, e))?;
             self.transport
-                .map_masters(id, region.base() as u64, region.pages())
+                .map_masters(layout, region.base() as u64, self.size())
                 .map_err(|e| {
                     (
                         SetupStep::Expose,

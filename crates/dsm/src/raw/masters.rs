@@ -119,7 +119,6 @@ impl Arena {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        populate(base, len);
         Ok(Shared {
             base: base.cast(),
             len,
@@ -143,10 +142,29 @@ impl Arena {
     }
 }
 
-/// Mappings of master copies up to this size get their pages at once ([`populate`]); larger
-/// ones (a sparse region, say 64 GiB of which a few pages are used) only as they are
-/// touched, so that they cost the pages used.
+/// A node's master copies of one region up to this size get their pages at once
+/// ([`populate_runs`]); a larger share (a sparse region, say 64 GiB of which a few pages are
+/// used) only as it is touched, so that it costs the pages used.
 pub(crate) const POPULATE_LIMIT: usize = 256 << 20;
+
+/// Populates the runs (first page, count) of the `pages` pages mapped at `base`, up to
+/// [`POPULATE_LIMIT`] bytes in all (none past it): the pages one home owns, in its own
+/// mapping of them or in a same-host peer's, so that no node commits master pages of
+/// other homes (each would otherwise commit the whole region).
+pub(crate) fn populate_runs(base: *mut u8, pages: usize, runs: impl Iterator<Item = (u32, u32)>) {
+    let mut budget = POPULATE_LIMIT;
+    for (first, count) in runs {
+        let end = (first as usize + count as usize).min(pages);
+        let len = end.saturating_sub(first as usize) * PAGE_SIZE;
+        if len == 0 || len > budget {
+            return;
+        }
+        budget -= len;
+        // SAFETY: `first < end <= pages`, so the offset stays inside the mapping at `base`.
+        let start = unsafe { base.add(first as usize * PAGE_SIZE) };
+        populate(start.cast(), len);
+    }
+}
 
 /// Gives the `len` bytes mapped at `base` their pages and page-table entries now, in one
 /// call, rather than a page fault at the first touch of each, when `len` is at most
@@ -157,7 +175,7 @@ pub(crate) const POPULATE_LIMIT: usize = 256 << 20;
 /// node's share of such a region are then committed memory from allocation, as an MPI
 /// window's or ArgoDSM's global memory are. Best effort: where the kernel refuses (before
 /// Linux 5.14, or out of memory) the pages come at first touch, as before.
-pub(crate) fn populate(base: *mut libc::c_void, len: usize) {
+fn populate(base: *mut libc::c_void, len: usize) {
     if len > POPULATE_LIMIT {
         return;
     }
@@ -192,6 +210,12 @@ impl Shared {
     /// Number of pages.
     pub(crate) fn pages(&self) -> usize {
         self.len / PAGE_SIZE
+    }
+
+    /// Gives the runs (first page, count) their pages now: those of the arena's owner, so
+    /// that a copy out of them takes no fault (see [`populate_runs`]).
+    pub(crate) fn populate(&self, runs: impl Iterator<Item = (u32, u32)>) {
+        populate_runs(self.base, self.pages(), runs);
     }
 
     /// The first byte of page `index`, `None` outside the mapping.
@@ -256,24 +280,38 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_mapping_comes_with_its_pages_in_memory() {
-        let arena = Arena::create(LEN).unwrap();
-        let pages = 8;
-        let mapping = arena.map(1 << 20, pages).unwrap();
-        let mut resident = vec![0u8; pages as usize];
+    /// Which pages of `mapping` are in memory in this process's page tables (`mincore`).
+    fn resident(mapping: &Shared) -> Vec<bool> {
+        let mut resident = vec![0u8; mapping.pages()];
         // SAFETY: the live mapping's page-aligned range; `resident` has a byte per page.
         let rc = unsafe {
             libc::mincore(
                 mapping.base().cast(),
-                pages as usize * PAGE_SIZE,
+                mapping.pages() * PAGE_SIZE,
                 resident.as_mut_ptr(),
             )
         };
         assert_eq!(rc, 0, "{}", io::Error::last_os_error());
-        assert!(
-            resident.iter().all(|r| r & 1 == 1),
-            "pages not populated at mapping: {resident:?}"
+        resident.iter().map(|r| r & 1 == 1).collect()
+    }
+
+    #[test]
+    fn a_mapping_gets_the_pages_of_the_runs_given_and_no_others() {
+        let home = Arena::create(LEN).unwrap();
+        let peer = Arena::of_peer(home.fd().try_clone_to_owned().unwrap(), LEN).unwrap();
+        let ours = home.map(1 << 20, 8).unwrap();
+        assert_eq!(resident(&ours), [false; 8], "nothing at mapping");
+        ours.populate([(0, 3)].into_iter()); // the pages this home owns
+        let mine = [true, true, true, false, false, false, false, false];
+        assert_eq!(resident(&ours), mine);
+        // A peer's mapping of the same pages: populating them maps what the home committed.
+        let theirs = peer.map(1 << 20, 8).unwrap();
+        theirs.populate([(0, 3)].into_iter());
+        assert_eq!(resident(&theirs), mine);
+        assert_eq!(
+            resident(&ours),
+            mine,
+            "no other page of the arena was committed"
         );
     }
 

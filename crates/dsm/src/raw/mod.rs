@@ -90,25 +90,12 @@ impl HomeCopies {
     /// [`masters::POPULATE_LIMIT`] bytes in all, rather than at their first write: the home's
     /// first write-back of a page into its master copy took a page fault (allocation and
     /// zeroing, ~3 µs here) on the path of a remote read fault. Called with the pages this
-    /// node homes, which it writes as soon as another node reads what it wrote; the others stay
-    /// uncommitted. Does nothing for master copies in an arena, which [`Arena::map`] populates
-    /// whole. Best effort: where the kernel refuses, pages come at first touch as before.
+    /// node homes, which it writes as soon as another node reads what it wrote; the others
+    /// stay uncommitted (in an arena too: same-host peers populate only this node's pages in
+    /// their mappings of it). Best effort: where the kernel refuses, pages come at first touch
+    /// as before.
     pub(crate) fn populate(&self, runs: impl Iterator<Item = (u32, u32)>) {
-        if self.arena.is_some() {
-            return;
-        }
-        let mut budget = masters::POPULATE_LIMIT;
-        for (first, count) in runs {
-            let end = (first as usize + count as usize).min(self.pages());
-            let len = end.saturating_sub(first as usize) * PAGE_SIZE;
-            if len == 0 || len > budget {
-                return;
-            }
-            budget -= len;
-            // SAFETY: in range (clamped to the mapping owned by `self`).
-            let start = unsafe { self.base.add(first as usize * PAGE_SIZE) };
-            masters::populate(start.cast(), len);
-        }
+        masters::populate_runs(self.base, self.pages(), runs);
     }
 
     /// Page `index`.

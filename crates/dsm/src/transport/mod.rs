@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 
 #[cfg(not(feature = "rdma"))]
 use absent::RdmaTransport;
-use dsm_core::{HomeMemory, Transport, TransportError};
+use dsm_core::{HomeMemory, RegionLayout, Transport, TransportError};
 #[cfg(feature = "rdma")]
 use dsm_rdma::RdmaTransport;
 use dsm_tcp_fallback::TcpTransport;
@@ -77,10 +77,16 @@ impl Wire {
             .map(|shm| std::sync::Arc::clone(shm.arena()))
     }
 
-    /// Maps the same-host peers' master copies of a new region placed at `address`.
-    pub(crate) fn map_masters(&self, region: u32, address: u64, pages: u32) -> std::io::Result<()> {
+    /// Maps the same-host peers' master copies of a new region placed at `address`, each
+    /// peer's own pages populated (see `shm::Shm::map_region`).
+    pub(crate) fn map_masters(
+        &self,
+        layout: &RegionLayout,
+        address: u64,
+        nodes: u32,
+    ) -> std::io::Result<()> {
         match &self.shm {
-            Some(shm) => shm.map_region(region, address, pages),
+            Some(shm) => shm.map_region(layout, address, nodes),
             None => Ok(()),
         }
     }

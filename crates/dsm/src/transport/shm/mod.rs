@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use dsm_core::{EventSink, TransportError};
+use dsm_core::{EventSink, RegionLayout, TransportError};
 use dsm_shm::Doorbell;
 use dsm_wire::{Limits, Message, NodeId, Page, PageId};
 
@@ -260,13 +260,22 @@ impl Shm {
         peers
     }
 
-    /// Maps every paired peer's master copies of `region`: `pages` pages at `address` (the
-    /// region's agreed address, which fixes its place in every arena).
-    pub(crate) fn map_region(&self, region: u32, address: u64, pages: u32) -> std::io::Result<()> {
+    /// Maps every paired peer's master copies of the region of `layout` at `address` (the
+    /// region's agreed address, which fixes its place in every arena), and populates in each
+    /// mapping the pages that peer homes, and no others: a copy out of them takes no fault,
+    /// and no arena commits pages another node homes.
+    pub(crate) fn map_region(
+        &self,
+        layout: &RegionLayout,
+        address: u64,
+        nodes: u32,
+    ) -> std::io::Result<()> {
         let offset = Arena::offset_of(address)?;
         let mut maps = Vec::with_capacity(self.peer_arenas.len());
         for (&peer, arena) in &self.peer_arenas {
-            maps.push(((peer, region), arena.map(offset, pages)?));
+            let mapping = arena.map(offset, layout.pages)?;
+            mapping.populate(layout.homed_runs(peer, nodes));
+            maps.push(((peer, layout.id), mapping));
         }
         self.mapped
             .write()
