@@ -28,7 +28,7 @@
 
 use std::io;
 
-use crate::primitive::Mutex;
+use crate::primitive::{AtomicBool, Mutex, MutexGuard, Ordering};
 use crate::session::{FrameMac, TAG_LEN};
 
 /// What a sender does with its frame (see [`Lane::send`]).
@@ -46,6 +46,9 @@ pub(crate) enum Sent {
 #[derive(Debug, Default)]
 pub(crate) struct Lane {
     state: Mutex<State>,
+    /// Whether `state.stash` holds something, so that the transport thread's every turn
+    /// need not take the lock to find out (set and cleared under it).
+    stashed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -75,7 +78,7 @@ impl std::fmt::Debug for State {
 impl Lane {
     /// The connection is up: frames may go straight to `fd`, sealed by `seal`.
     pub(crate) fn open(&self, fd: std::os::fd::RawFd, seal: Option<FrameMac>) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
         state.fd = Some(fd);
         state.seal = seal;
     }
@@ -83,9 +86,10 @@ impl Lane {
     /// The connection failed: nothing goes to the socket from here on, and what was owed is
     /// written off. Called by the transport thread before it closes the socket.
     pub(crate) fn close(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
         state.fd = None;
         state.stash = None;
+        self.stashed.store(false, Ordering::Release);
         state.behind = 0;
     }
 
@@ -98,17 +102,15 @@ impl Lane {
         W: FnOnce(std::os::fd::RawFd, &[&[u8]]) -> io::Result<usize>,
         Q: FnOnce(Vec<u8>) -> Result<(), E>,
     {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match state.fd {
-            Some(fd) if state.behind == 0 => Ok(state.send_now(fd, &frame, write)),
-            _ => {
-                state.behind += 1;
-                drop(state);
-                // The queue may be full: the transport thread makes room, taking `state`.
-                queue(frame).inspect_err(|_| self.done(1))?;
-                Ok(Sent::Queue)
-            }
+        let mut state = self.lock();
+        if let (Some(fd), 0) = (state.fd, state.behind) {
+            let sent = state.send_now(fd, &frame, write);
+            self.stashed.store(state.stash.is_some(), Ordering::Release);
+            return Ok(sent);
         }
+        drop(state);
+        self.queue(|| queue(frame))?;
+        Ok(Sent::Queue)
     }
 
     /// Counts one operation queued for this peer (a page read or write) as
@@ -117,7 +119,8 @@ impl Lane {
     where
         Q: FnOnce() -> Result<(), E>,
     {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).behind += 1;
+        self.lock().behind += 1;
+        // The queue may be full: the transport thread makes room, taking `state`.
         queue().inspect_err(|_| self.done(1))
     }
 
@@ -125,12 +128,13 @@ impl Lane {
     /// not), putting a stashed rest in front of it. Returns the units of `behind` that `out`
     /// now holds for it: the frame, and the stash if there was one.
     pub(crate) fn seal(&self, out: &mut Vec<u8>, start: usize, counted: bool) -> usize {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
         if !counted {
             state.behind += 1;
         }
         match state.stash.take() {
             Some(stash) => {
+                self.stashed.store(false, Ordering::Release);
                 out.splice(start..start, stash.iter().copied());
                 state.tag_into(out, start + stash.len());
                 2
@@ -144,8 +148,14 @@ impl Lane {
 
     /// Transport thread: appends a stashed rest to `out` (empty then: nothing was sealed
     /// since the stash, or it would hold it). True if there was one.
+    /// Looks without the lock first: a stash set after the look comes with a wake-up of
+    /// the thread (`Sent::Stashed`), so the next turn finds it.
     pub(crate) fn take_stash(&self, out: &mut Vec<u8>) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.stashed.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut state = self.lock();
+        self.stashed.store(false, Ordering::Release);
         match state.stash.take() {
             Some(stash) => {
                 out.extend_from_slice(&stash);
@@ -158,8 +168,12 @@ impl Lane {
     /// Transport thread: `units` counted in `behind` went to the kernel whole (or were
     /// dropped).
     pub(crate) fn done(&self, units: usize) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
         state.behind = state.behind.saturating_sub(units);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
