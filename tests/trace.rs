@@ -152,7 +152,7 @@ fn check_trace(file: &Path, rank: usize, signal: bool) {
         assert!(hops.iter().any(|h| h == "request sent"), "{wait}");
         assert!(hops.iter().any(|h| h == "grant received"), "{wait}");
     }
-    // Barriers: called, arrival sent, release received, returned.
+    // Barriers: called, arrival sent, all arrived, returned.
     let barriers = of("barrier");
     assert!(
         barriers.len() >= 3,
@@ -164,7 +164,7 @@ fn check_trace(file: &Path, rank: usize, signal: bool) {
         for hop in [
             "barrier called",
             "arrival sent",
-            "release received",
+            "all arrived",
             "barrier returned",
         ] {
             assert!(hops.iter().any(|h| h == hop), "no {hop}: {barrier}");

@@ -33,6 +33,12 @@ pub enum Action {
         /// Pages written by any node before the barrier.
         notices: Vec<PageId>,
     },
+    /// The nodes reached barrier `epoch` from different kinds of collective call: every node
+    /// is refused it (and every node leaves it, so the next barrier is `epoch + 1`).
+    BarrierRefused {
+        /// Barrier instance.
+        epoch: u64,
+    },
 }
 
 /// The algorithm of one lock. Every node must configure a lock with the same kind.

@@ -1,16 +1,23 @@
 //! Barriers across all nodes, sans-IO: a dissemination barrier (⌈log₂ N⌉ rounds, no
-//! coordinator) and a central-counter barrier to measure it against.
+//! coordinator; the runtime's) and a central-counter barrier to measure it against.
 //!
 //! Both complete release consistency: each node arrives with the write notices of its
-//! interval (diffs already flushed), and every node leaves with the union of all nodes'
-//! notices. In the dissemination barrier, round `r` sends everything gathered so far to node
+//! interval (diffs already flushed) and the kind of collective call it came from, and every
+//! node leaves with every node's notices, in node order (a page two nodes wrote comes twice:
+//! each node drops its own once and invalidates what the others wrote). When the nodes came
+//! from different kinds of call, every node is refused the barrier instead
+//! ([`Action::BarrierRefused`]).
+//!
+//! In the dissemination barrier, round `r` sends every arrival heard of so far to node
 //! `me + 2^r` and waits for node `me − 2^r`; after ⌈log₂ N⌉ rounds each node has heard,
-//! directly or not, from every node. A peer may run one barrier ahead (it finished this one and
-//! entered the next), never two, so early messages are kept for two epochs only.
+//! directly or not, from every node, so each one checks the kinds itself and all decide
+//! alike. A peer may run one barrier ahead (it finished this one and entered the next), never
+//! two, so early messages are kept for two epochs only. A round must carry exactly the
+//! arrivals its sender can have heard of by then; anything else is refused.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
-use dsm_wire::{NodeId, PageId, SyncMsg};
+use dsm_wire::{BarrierArrival, NodeId, PageId, SyncMsg};
 
 use crate::{Action, Error, Result};
 
@@ -37,11 +44,10 @@ pub struct BarrierEngine {
     active: bool,
     /// Dissemination: the round whose message this node waits for.
     round: u32,
-    gathered: BTreeSet<PageId>,
+    /// Arrivals at `epoch` heard of so far, by node (central: node 0's count of arrivals).
+    gathered: BTreeMap<NodeId, BarrierArrival>,
     /// Dissemination: messages received per (epoch parity, round).
-    inbox: [Vec<Option<Vec<PageId>>>; 2],
-    /// Central, at node 0: nodes arrived at `epoch`.
-    arrived: BTreeSet<NodeId>,
+    inbox: [Vec<Option<Vec<BarrierArrival>>>; 2],
 }
 
 impl BarrierEngine {
@@ -56,9 +62,8 @@ impl BarrierEngine {
             epoch: 0,
             active: false,
             round: 0,
-            gathered: BTreeSet::new(),
+            gathered: BTreeMap::new(),
             inbox: [vec![None; rounds], vec![None; rounds]],
-            arrived: BTreeSet::new(),
         }
     }
 
@@ -67,35 +72,41 @@ impl BarrierEngine {
         self.epoch
     }
 
-    /// True between [`arrive`](Self::arrive) and [`Action::BarrierDone`].
+    /// True between [`arrive`](Self::arrive) and [`Action::BarrierDone`] (or
+    /// [`Action::BarrierRefused`]).
     pub fn is_active(&self) -> bool {
         self.active
     }
 
-    /// This node reaches the barrier with the pages it wrote; [`Action::BarrierDone`] follows
-    /// when every node has arrived.
-    pub fn arrive(&mut self, notices: Vec<PageId>, out: &mut Vec<Action>) -> Result<()> {
+    /// This node reaches the barrier from a collective call of `kind` (any number every node
+    /// agrees on; 0 for a plain barrier) with the pages it wrote; [`Action::BarrierDone`]
+    /// follows when every node has arrived.
+    pub fn arrive(&mut self, kind: u32, notices: Vec<PageId>, out: &mut Vec<Action>) -> Result<()> {
         if self.active {
             return Err(Error::BarrierBusy(self.epoch));
         }
         self.active = true;
-        self.gathered.extend(notices);
+        let mine = BarrierArrival {
+            node: self.me,
+            kind,
+            notices,
+        };
         match self.kind {
             BarrierKind::Dissemination => {
+                self.gathered.insert(self.me, mine);
                 self.round = 0;
                 self.send_round(out);
-                self.advance(out);
+                self.advance(out)?;
             }
             BarrierKind::Central if self.me == 0 => {
-                self.arrived.insert(0);
+                self.gathered.insert(0, mine);
                 self.release_if_all(out);
             }
             BarrierKind::Central => {
-                let notices = self.gathered.iter().copied().collect();
                 let message = SyncMsg::BarrierArrive {
                     epoch: self.epoch,
-                    round: 0,
-                    notices,
+                    round: kind,
+                    notices: mine.notices,
                 };
                 out.push(Action::Send { to: 0, message });
             }
@@ -115,33 +126,36 @@ impl BarrierEngine {
         match (self.kind, msg) {
             (
                 BarrierKind::Dissemination,
-                SyncMsg::BarrierArrive {
+                SyncMsg::BarrierRound {
                     epoch,
                     round,
-                    notices,
+                    arrivals,
                 },
-            ) => self.on_round(from, *epoch, *round, notices, out),
+            ) => self.on_round(from, (*epoch, *round), arrivals, out),
             (
                 BarrierKind::Central,
                 SyncMsg::BarrierArrive {
                     epoch,
-                    round: 0,
+                    round: kind,
                     notices,
                 },
-            ) if self.me == 0 => self.on_central_arrive(from, *epoch, notices, out),
+            ) if self.me == 0 => self.on_central_arrive(from, *epoch, *kind, notices, out),
             (BarrierKind::Central, SyncMsg::BarrierRelease { epoch, notices }) if from == 0 => {
-                if !self.active || *epoch != self.epoch {
-                    return Err(self.unexpected(from, "release of a barrier this node is not in"));
-                }
-                self.gathered.extend(notices.iter().copied());
-                self.finish(out);
+                self.check_released(from, *epoch)?;
+                self.finish(Some(notices.clone()), out);
+                Ok(())
+            }
+            (BarrierKind::Central, SyncMsg::BarrierAbort { epoch }) if from == 0 => {
+                self.check_released(from, *epoch)?;
+                self.finish(None, out);
                 Ok(())
             }
             (
                 _,
                 SyncMsg::BarrierArrive { .. }
                 | SyncMsg::BarrierRelease { .. }
-                | SyncMsg::BarrierAbort { .. },
+                | SyncMsg::BarrierAbort { .. }
+                | SyncMsg::BarrierRound { .. },
             ) => Err(self.unexpected(from, "barrier message the algorithm does not use")),
             _ => Err(Error::NotForEngine("lock")),
         }
@@ -155,7 +169,7 @@ impl BarrierEngine {
         match self.kind {
             BarrierKind::Dissemination => vec![self.partner(self.round, false)],
             BarrierKind::Central if self.me == 0 => (0..self.nodes)
-                .filter(|n| !self.arrived.contains(n))
+                .filter(|n| !self.gathered.contains_key(n))
                 .collect(),
             BarrierKind::Central => vec![0],
         }
@@ -164,9 +178,8 @@ impl BarrierEngine {
     fn on_round(
         &mut self,
         from: NodeId,
-        epoch: u64,
-        round: u32,
-        notices: &[PageId],
+        (epoch, round): (u64, u32),
+        arrivals: &[BarrierArrival],
         out: &mut Vec<Action>,
     ) -> Result<()> {
         let ahead_ok = self.active && epoch == self.epoch + 1;
@@ -176,30 +189,67 @@ impl BarrierEngine {
         if from != self.partner(round, false) {
             return Err(self.unexpected(from, "dissemination message from the wrong partner"));
         }
+        if !self.carries_what_sender_heard(from, round, arrivals) {
+            return Err(self.unexpected(from, "dissemination round with the wrong arrivals"));
+        }
         let slot = &mut self.inbox[parity(epoch)][round as usize];
         if slot.is_some() {
             return Err(self.unexpected(from, "duplicate dissemination message"));
         }
-        *slot = Some(notices.to_vec());
+        *slot = Some(arrivals.to_vec());
         if epoch == self.epoch && self.active {
-            self.advance(out);
+            self.advance(out)?;
         }
         Ok(())
     }
 
-    /// Takes every round whose message is here; sends the next; finishes after the last.
-    fn advance(&mut self, out: &mut Vec<Action>) {
+    /// Before round `round`, node `from` has heard of exactly nodes `from`, `from − 1`, ...,
+    /// `from − 2^round + 1` (all of them once 2^round ≥ N), each once, in node order.
+    fn carries_what_sender_heard(
+        &self,
+        from: NodeId,
+        round: u32,
+        arrivals: &[BarrierArrival],
+    ) -> bool {
+        let n = u64::from(self.nodes);
+        let heard = (1u64 << round).min(n);
+        let mut expected: Vec<u64> = (0..heard).map(|j| (u64::from(from) + n - j) % n).collect();
+        expected.sort_unstable();
+        arrivals.len() == expected.len()
+            && arrivals
+                .iter()
+                .zip(&expected)
+                .all(|(arrival, node)| u64::from(arrival.node) == *node)
+    }
+
+    /// Takes every round whose message is here; sends the next; finishes after the last. A
+    /// round that contradicts an arrival already heard of (another kind or other notices
+    /// from the same node: no correct node sends that) is refused and left out.
+    fn advance(&mut self, out: &mut Vec<Action>) -> Result<()> {
         let rounds = rounds(self.nodes);
         while self.round < rounds {
             let slot = &mut self.inbox[parity(self.epoch)][self.round as usize];
-            let Some(notices) = slot.take() else { return };
-            self.gathered.extend(notices);
+            let Some(arrivals) = slot.take() else {
+                return Ok(());
+            };
+            let partner = self.partner(self.round, false);
+            let clash = arrivals
+                .iter()
+                .any(|a| self.gathered.get(&a.node).is_some_and(|known| known != a));
+            if clash {
+                return Err(self.unexpected(partner, "arrival contradicting one already heard"));
+            }
+            for arrival in arrivals {
+                self.gathered.entry(arrival.node).or_insert(arrival);
+            }
             self.round += 1;
             if self.round < rounds {
                 self.send_round(out);
             }
         }
-        self.finish(out);
+        let all = self.agreed();
+        self.finish(all, out);
+        Ok(())
     }
 
     fn send_round(&mut self, out: &mut Vec<Action>) {
@@ -207,11 +257,10 @@ impl BarrierEngine {
             return;
         }
         let to = self.partner(self.round, true);
-        let notices = self.gathered.iter().copied().collect();
-        let message = SyncMsg::BarrierArrive {
+        let message = SyncMsg::BarrierRound {
             epoch: self.epoch,
             round: self.round,
-            notices,
+            arrivals: self.gathered.values().cloned().collect(),
         };
         out.push(Action::Send { to, message });
     }
@@ -220,40 +269,74 @@ impl BarrierEngine {
         &mut self,
         from: NodeId,
         epoch: u64,
+        kind: u32,
         notices: &[PageId],
         out: &mut Vec<Action>,
     ) -> Result<()> {
-        if epoch != self.epoch || self.arrived.contains(&from) {
+        if epoch != self.epoch || self.gathered.contains_key(&from) {
             return Err(self.unexpected(from, "stale or duplicate arrival"));
         }
-        self.arrived.insert(from);
-        self.gathered.extend(notices.iter().copied());
+        let arrival = BarrierArrival {
+            node: from,
+            kind,
+            notices: notices.to_vec(),
+        };
+        self.gathered.insert(from, arrival);
         self.release_if_all(out);
         Ok(())
     }
 
     fn release_if_all(&mut self, out: &mut Vec<Action>) {
-        if !self.active || self.arrived.len() < self.nodes as usize {
+        if !self.active || self.gathered.len() < self.nodes as usize {
             return;
         }
-        let notices: Vec<PageId> = self.gathered.iter().copied().collect();
+        let all = self.agreed();
         for to in 1..self.nodes {
-            let message = SyncMsg::BarrierRelease {
-                epoch: self.epoch,
-                notices: notices.clone(),
+            let message = match &all {
+                Some(notices) => SyncMsg::BarrierRelease {
+                    epoch: self.epoch,
+                    notices: notices.clone(),
+                },
+                None => SyncMsg::BarrierAbort { epoch: self.epoch },
             };
             out.push(Action::Send { to, message });
         }
-        self.arrived.clear();
-        self.finish(out);
+        self.finish(all, out);
     }
 
-    fn finish(&mut self, out: &mut Vec<Action>) {
-        let notices = std::mem::take(&mut self.gathered).into_iter().collect();
-        out.push(Action::BarrierDone {
-            epoch: self.epoch,
-            notices,
+    /// Every node's notices in node order when every node arrived from the same kind of
+    /// call; `None` when they did not.
+    fn agreed(&self) -> Option<Vec<PageId>> {
+        let mut kinds = self.gathered.values().map(|a| a.kind);
+        let first = kinds.next();
+        if kinds.any(|k| Some(k) != first) {
+            return None;
+        }
+        Some(
+            self.gathered
+                .values()
+                .flat_map(|a| a.notices.iter().copied())
+                .collect(),
+        )
+    }
+
+    fn check_released(&self, from: NodeId, epoch: u64) -> Result<()> {
+        if !self.active || epoch != self.epoch {
+            return Err(self.unexpected(from, "release of a barrier this node is not in"));
+        }
+        Ok(())
+    }
+
+    /// Leaves the barrier with every node's notices, or refused (`None`).
+    fn finish(&mut self, all: Option<Vec<PageId>>, out: &mut Vec<Action>) {
+        out.push(match all {
+            Some(notices) => Action::BarrierDone {
+                epoch: self.epoch,
+                notices,
+            },
+            None => Action::BarrierRefused { epoch: self.epoch },
         });
+        self.gathered.clear();
         self.active = false;
         self.epoch += 1;
         self.round = 0;

@@ -154,7 +154,8 @@ impl LockEngine {
             | SyncMsg::LockRecall { lock, .. } => (*lock, LockKind::HomeQueue),
             SyncMsg::BarrierArrive { .. }
             | SyncMsg::BarrierRelease { .. }
-            | SyncMsg::BarrierAbort { .. } => {
+            | SyncMsg::BarrierAbort { .. }
+            | SyncMsg::BarrierRound { .. } => {
                 return Err(Error::NotForEngine("barrier"));
             }
         };

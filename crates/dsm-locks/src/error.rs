@@ -43,6 +43,10 @@ pub enum Error {
         /// Nodes whose arrival had not reached this node.
         awaiting: Vec<NodeId>,
     },
+    /// The nodes reached this barrier from different kinds of collective call; every node
+    /// was refused it.
+    #[error("barrier {0}: refused, the nodes reached it from different collective calls")]
+    BarrierRefused(u64),
     /// A peer sent a message the protocol does not allow in this state (stale, duplicate, or
     /// from the wrong node). Nothing changed.
     #[error("lock/barrier {id}: unexpected {what} from node {from}")]

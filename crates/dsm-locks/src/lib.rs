@@ -15,9 +15,10 @@
 //!     whatever N, one round trip uncontended, two hops between holders.
 //!
 //!   Barriers ([`BarrierKind`]) are a dissemination barrier (⌈log₂ N⌉ rounds, no coordinator)
-//!   or a central counter at node 0, kept to measure the first against. The runtime's own
-//!   barrier is [`CentralBarrier`] (rank 0's side; it pairs arrivals per kind of collective
-//!   call and carries every node's notices).
+//!   or a central counter at node 0. Both carry every node's notices (a page two nodes wrote
+//!   twice) and the kind of collective call each node came from, and refuse an epoch the
+//!   nodes reached from different calls. The runtime uses this same engine, central in small
+//!   clusters (measured faster there) and dissemination above (`dsm::BarrierChoice`).
 //! * **The thread-facing [`LockTable`]** — many threads of one node queue on one FIFO
 //!   and the node takes part in the algorithm once for all of them. While a remote node waits,
 //!   at most [`TableConfig::handoff_bound`] local critical sections pass before the node gives
@@ -79,7 +80,6 @@
 
 mod action;
 mod barrier;
-mod central;
 mod engine;
 mod error;
 mod home;
@@ -93,7 +93,6 @@ mod transport;
 
 pub use action::{Action, LockKind};
 pub use barrier::{BarrierEngine, BarrierKind};
-pub use central::{CentralBarrier, CentralOutcome};
 pub use engine::{DEFAULT_MAX_LOCKS, LockEngine};
 pub use error::{Error, Result};
 pub use hooks::{NoConsistency, Outbox, ReleaseConsistency, SyncPoint};

@@ -55,6 +55,8 @@ struct BarrierState {
     engine: Option<BarrierEngine>,
     /// Barriers completed (epochs below this are done).
     completed: u64,
+    /// The last barrier refused (its nodes came from different calls), if any.
+    refused: Option<u64>,
 }
 
 impl BarrierState {
@@ -178,6 +180,7 @@ impl LockTable {
             engine: Mutex::new(engine),
             barrier: Mutex::new(BarrierState {
                 engine: barrier,
+                refused: None,
                 completed: 0,
             }),
             barrier_done: Condvar::new(),
@@ -249,7 +252,7 @@ impl LockTable {
             return Err(Error::BarrierBusy(epoch));
         }
         let mut out = Vec::new();
-        engine.arrive(notices, &mut out)?;
+        engine.arrive(0, notices, &mut out)?;
         let rest = self.send_all(out);
         drop(state);
         self.perform(rest);
@@ -271,6 +274,9 @@ impl LockTable {
                 .unwrap_or_else(|poison| poison.into_inner())
                 .0;
         }
+        if state.refused == Some(epoch) {
+            return Err(Error::BarrierRefused(epoch));
+        }
         Ok(())
     }
 
@@ -280,7 +286,8 @@ impl LockTable {
         let rest = match message {
             SyncMsg::BarrierArrive { .. }
             | SyncMsg::BarrierRelease { .. }
-            | SyncMsg::BarrierAbort { .. } => {
+            | SyncMsg::BarrierAbort { .. }
+            | SyncMsg::BarrierRound { .. } => {
                 let mut state = lock_barrier(&self.barrier);
                 let mut out = Vec::new();
                 state.engine()?.on_message(from, message, &mut out)?;
@@ -359,6 +366,12 @@ impl LockTable {
                         .invalidate(SyncPoint::Barrier(epoch), &notices);
                     let mut state = lock_barrier(&self.barrier);
                     state.completed = state.completed.max(epoch + 1);
+                    self.barrier_done.notify_all();
+                }
+                Action::BarrierRefused { epoch } => {
+                    let mut state = lock_barrier(&self.barrier);
+                    state.completed = state.completed.max(epoch + 1);
+                    state.refused = Some(epoch);
                     self.barrier_done.notify_all();
                 }
                 Action::Send { .. } => unreachable!("sent under the engine mutex"),

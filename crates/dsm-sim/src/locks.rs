@@ -13,8 +13,9 @@
 //! * **write notices**: each grant carries exactly the pages other nodes released under the
 //!   lock since this node last held it; each barrier exit carries every node's notices;
 //! * **barriers**: no node leaves barrier `e` before every node arrived at `e` (the barrier is
-//!   `BarrierEngine` or, in half the seeds, the runtime's own: arrivals to node 0, whose
-//!   [`CentralBarrier`](dsm_locks::CentralBarrier) releases everyone);
+//!   `BarrierEngine`, dissemination (the runtime's) or central in half the seeds each; each
+//!   barrier is entered from a collective call of a kind every node agrees on, as the
+//!   runtime's barriers, allocations and frees are);
 //! * **engines**: every engine call succeeds and every message goes to a cluster member.
 //!
 //! At the end (drained network), every Ricart–Agrawala acquire cost exactly 2(N−1) messages.
@@ -56,11 +57,8 @@ pub struct SimConfig {
     pub threads: u32,
     /// Algorithm of each lock (the lock id is the index).
     pub locks: Vec<LockKind>,
-    /// Barrier algorithm (when `runtime_barrier` is false).
+    /// Barrier algorithm (the runtime's is [`BarrierKind::Dissemination`]).
     pub barrier: BarrierKind,
-    /// Use the runtime's barrier instead: arrivals to node 0, whose
-    /// [`CentralBarrier`](dsm_locks::CentralBarrier) releases every node.
-    pub runtime_barrier: bool,
     /// Rounds (critical sections per thread, then a barrier).
     pub rounds: u32,
     /// Critical sections per thread per round (0: barriers only).
@@ -120,7 +118,7 @@ impl SimConfig {
         let threads = u32::try_from(rng.range(1, 3)).expect("fits");
         let per_thread = (sections / (nodes * threads)).max(2);
         let rounds = u32::try_from(rng.range(1, 4)).expect("fits");
-        let mut config = SimConfig {
+        let config = SimConfig {
             seed,
             nodes,
             threads,
@@ -140,10 +138,10 @@ impl SimConfig {
             net,
             mutation: Mutation::None,
             crash: None,
-            runtime_barrier: false,
         };
-        // Drawn last, so that every other choice of a seed is what it was before.
-        config.runtime_barrier = rng.chance(1, 2);
+        // Drawn last, as a choice that no longer exists was: every other choice of a seed
+        // is what it was before.
+        let _ = rng.chance(1, 2);
         config
     }
 
@@ -287,7 +285,6 @@ pub fn measure_barrier(kind: BarrierKind, nodes: u32, seed: u64) -> Result<Repor
         net: fixed_delay_net(nodes),
         mutation: Mutation::None,
         crash: None,
-        runtime_barrier: false,
     };
     run(&config)
 }
@@ -316,7 +313,6 @@ pub fn measure(kind: LockKind, nodes: u32, threads: u32, seed: u64) -> Result<Re
         net: fixed_delay_net(nodes),
         mutation: Mutation::None,
         crash: None,
-        runtime_barrier: false,
     };
     run(&config)
 }

@@ -105,6 +105,16 @@ impl TcpTransport {
         }
     }
 
+    /// The node waits for an answer it sent nothing over TCP for (rank 0 of a central
+    /// barrier, its arrivals yet to come): wakes the transport thread, which then polls for
+    /// `TcpConfig::spin` while the sink says it awaits, instead of sleeping until a frame
+    /// wakes it from another CPU. A send to a peer does the same by itself.
+    pub fn poll_for_answer(&self) {
+        if self.sink.awaiting() {
+            self.shared.wake();
+        }
+    }
+
     /// Number of nodes in the cluster.
     pub fn size(&self) -> u32 {
         self.size

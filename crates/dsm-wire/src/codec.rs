@@ -89,7 +89,7 @@ impl Writer {
     }
 }
 
-fn len_u32(len: usize) -> u32 {
+pub(crate) fn len_u32(len: usize) -> u32 {
     // Encoders are called on values this process built; a 4 GiB field is a programming error.
     u32::try_from(len).expect("field longer than u32::MAX")
 }
@@ -198,14 +198,20 @@ impl<'a> Reader<'a> {
     pub fn page_ids(&mut self) -> Result<Vec<PageId>> {
         let n = self.count("page list", self.limits.max_list_len)?;
         // The count is bounded and each id needs 8 bytes: reject early on a short body.
-        if self.rest.len() < n * 8 {
+        self.expect_at_least(n * 8, "page list")?;
+        (0..n).map(|_| self.page_id()).collect()
+    }
+    /// Fails unless at least `needed` bytes are left: a list whose count promises more than
+    /// the body holds is refused before anything is allocated for it.
+    pub fn expect_at_least(&self, needed: usize, what: &'static str) -> Result<()> {
+        if self.rest.len() < needed {
             return Err(Error::Truncated {
-                what: "page list",
-                needed: n * 8,
+                what,
+                needed,
                 available: self.rest.len(),
             });
         }
-        (0..n).map(|_| self.page_id()).collect()
+        Ok(())
     }
     /// Reads a page (4096 bytes).
     pub fn page(&mut self) -> Result<Page> {

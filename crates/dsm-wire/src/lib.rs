@@ -32,8 +32,8 @@ pub use error::{Error, Result};
 pub use frame::{Frame, decode, decode_prefix, encode};
 pub use header::{HEADER_LEN, Header, MAGIC, PROTOCOL_VERSION};
 pub use msg::{
-    Alloc, Coherence, DiffRun, Endpoint, MAX_BATCH_PAGES, Membership, Message, PageDiff,
-    PageStatus, RdmaConnInfo, RegionSpec, SyncMsg, Transport, ViewMsg,
+    Alloc, BarrierArrival, Coherence, DiffRun, Endpoint, MAX_BATCH_PAGES, Membership, Message,
+    PageDiff, PageStatus, RdmaConnInfo, RegionSpec, SyncMsg, Transport, ViewMsg,
 };
 pub use types::{Limits, NodeId, PAGE_SIZE, Page, PageId};
 

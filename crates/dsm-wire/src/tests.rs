@@ -192,6 +192,22 @@ fn sync_samples() -> Vec<SyncMsg> {
             notices: vec![],
         },
         SyncMsg::BarrierAbort { epoch: 4 },
+        SyncMsg::BarrierRound {
+            epoch: 9,
+            round: 2,
+            arrivals: vec![
+                crate::BarrierArrival {
+                    node: 0,
+                    kind: 0,
+                    notices: vec![pid(0, 3), pid(1, 4)],
+                },
+                crate::BarrierArrival {
+                    node: 3,
+                    kind: 1,
+                    notices: vec![],
+                },
+            ],
+        },
         SyncMsg::BarrierRelease {
             epoch: 3,
             notices: vec![pid(0, 0)],
@@ -621,4 +637,35 @@ fn random_corruption_never_panics() {
             }
         }
     }
+}
+
+#[test]
+fn a_barrier_round_promising_more_arrivals_than_it_holds_is_refused_before_allocating() {
+    let limits = Limits::new(CLUSTER);
+    let body = |count: u32| {
+        let mut w = crate::codec::Writer::with_capacity(32);
+        w.u64(1); // epoch
+        w.u32(0); // round
+        w.u32(count);
+        w.u32(0); // one arrival's node, kind and empty notices
+        w.u32(0);
+        w.u32(0);
+        w.finish()
+    };
+    let decode_round = |bytes: &[u8]| {
+        let mut r = crate::codec::Reader::new(bytes, &limits);
+        Message::decode_body(crate::msg::sync::BARRIER_ROUND, &mut r)
+    };
+    assert!(decode_round(&body(1)).is_ok());
+    assert!(matches!(
+        decode_round(&body(1000)),
+        Err(Error::Truncated {
+            what: "barrier arrivals",
+            ..
+        })
+    ));
+    assert!(matches!(
+        decode_round(&body(u32::MAX)),
+        Err(Error::CountTooLarge { .. })
+    ));
 }

@@ -77,6 +77,48 @@ pub enum WriteTracking {
     Faults,
 }
 
+/// The barrier algorithm of every collective call (`DSM_BARRIER`; every node of a cluster
+/// must choose the same). Both are `dsm_locks::BarrierEngine`, the type the simulator checks,
+/// and both carry every node's write notices and refuse an epoch the nodes reached from
+/// different calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BarrierChoice {
+    /// Central up to [`CENTRAL_BARRIER_UP_TO`] nodes, where it was measured faster;
+    /// dissemination in larger clusters (`DSM_BARRIER=auto`, the default).
+    #[default]
+    Auto,
+    /// Every node tells rank 0, rank 0 releases everyone: two hops whatever the size, but
+    /// rank 0 takes N−1 arrivals in sequence (`DSM_BARRIER=central`).
+    Central,
+    /// ⌈log₂ N⌉ rounds of one message per node, no coordinator (`DSM_BARRIER=dissemination`).
+    Dissemination,
+}
+
+/// Largest cluster [`BarrierChoice::Auto`] gives the central barrier. Measured on a 2-vCPU
+/// VM (`dsm-bench latency`, 3 interleaved runs each): at 2 pinned nodes a barrier took
+/// 22–25 µs central against 22–33 µs dissemination over TCP and 5.1–5.9 against 11.5–15.8 µs
+/// over shared memory; at 4 nodes on 2 CPUs 76–94 against 135–147 µs. Where wake-ups are
+/// dear, the coordinator's head start wins: rank 0 learns of its own release first, so it is
+/// already waiting, polling, when the next arrivals come, while the symmetric rounds of a
+/// dissemination barrier often reach a node that has not arrived yet and whose transport
+/// sleeps. Beyond 4 nodes nothing was measured (this machine has 2 CPUs): there rank 0's
+/// N−1 arrivals in sequence and its N−1 releases outgrow ⌈log₂ N⌉ hops.
+pub const CENTRAL_BARRIER_UP_TO: u32 = 4;
+
+impl BarrierChoice {
+    /// The algorithm for a cluster of `nodes`.
+    pub fn kind(self, nodes: u32) -> dsm_locks::BarrierKind {
+        match self {
+            BarrierChoice::Central => dsm_locks::BarrierKind::Central,
+            BarrierChoice::Dissemination => dsm_locks::BarrierKind::Dissemination,
+            BarrierChoice::Auto if nodes <= CENTRAL_BARRIER_UP_TO => {
+                dsm_locks::BarrierKind::Central
+            }
+            BarrierChoice::Auto => dsm_locks::BarrierKind::Dissemination,
+        }
+    }
+}
+
 /// The scheduling priority a node's service threads ask for (`DSM_SERVICE_PRIORITY`; see
 /// [`ConfigBuilder::service_priority`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -152,6 +194,8 @@ pub struct Config {
     pub(crate) lock_hand_back: bool,
     /// Priority of the node's service threads (`DSM_SERVICE_PRIORITY`, default realtime).
     pub(crate) service_priority: ServicePriority,
+    /// The barrier algorithm (`DSM_BARRIER`, default auto).
+    pub(crate) barrier: BarrierChoice,
     /// Where the per-hop trace goes (`DSM_TRACE`); each node inserts its rank.
     pub(crate) trace: Option<PathBuf>,
 }
@@ -189,6 +233,7 @@ impl Config {
                 spin: DEFAULT_SPIN,
                 lock_hand_back: true,
                 service_priority: ServicePriority::Realtime,
+                barrier: BarrierChoice::Auto,
                 trace: None,
             },
         }
@@ -257,6 +302,9 @@ impl Config {
         }
         if let Some(p) = lookup("DSM_SERVICE_PRIORITY") {
             b = b.service_priority(parse_priority(&p)?);
+        }
+        if let Some(v) = lookup("DSM_BARRIER") {
+            b = b.barrier(parse_barrier(&v)?);
         }
         if let Some(d) = lookup("DSM_FAULT_DELIVERY") {
             b = b.fault_delivery(parse_delivery(&d)?);
@@ -345,6 +393,10 @@ impl Config {
     /// The priority the node's service threads ask for.
     pub fn service_priority(&self) -> ServicePriority {
         self.service_priority
+    }
+    /// The barrier algorithm asked for.
+    pub fn barrier(&self) -> BarrierChoice {
+        self.barrier
     }
     /// The trace path as given (`DSM_TRACE`), when tracing.
     pub fn trace(&self) -> Option<&Path> {
@@ -470,6 +522,12 @@ impl ConfigBuilder {
     /// the next holder never touches and that this node writes again soon.
     pub fn lock_hand_back(mut self, on: bool) -> Self {
         self.config.lock_hand_back = on;
+        self
+    }
+    /// The barrier algorithm of every collective call (see [`BarrierChoice`]); every node of
+    /// the cluster must choose the same, or barriers end in their timeout.
+    pub fn barrier(mut self, choice: BarrierChoice) -> Self {
+        self.config.barrier = choice;
         self
     }
     /// The scheduling priority of the node's service threads: the transport thread, the
@@ -656,6 +714,17 @@ fn parse_priority(value: &str) -> Result<ServicePriority> {
     }
 }
 
+fn parse_barrier(value: &str) -> Result<BarrierChoice> {
+    match value.trim() {
+        "auto" => Ok(BarrierChoice::Auto),
+        "central" => Ok(BarrierChoice::Central),
+        "dissemination" => Ok(BarrierChoice::Dissemination),
+        other => Err(Error::Config(format!(
+            "DSM_BARRIER={other:?}: expected auto, central or dissemination"
+        ))),
+    }
+}
+
 fn parse_tracking(value: &str) -> Result<WriteTracking> {
     match value.trim() {
         "scan" => Ok(WriteTracking::Scan),
@@ -750,6 +819,24 @@ mod tests {
         assert_eq!(faults.write_tracking, WriteTracking::Faults);
         let bad = from(&[base[0], base[1], ("DSM_WRITE_TRACKING", "wp")]);
         assert!(matches!(bad, Err(Error::Config(m)) if m.contains("DSM_WRITE_TRACKING")));
+    }
+
+    #[test]
+    fn the_barrier_is_central_in_small_clusters_unless_asked_and_dissemination_above() {
+        use dsm_locks::BarrierKind;
+        let base = [("DSM_RANK", "0"), ("DSM_SIZE", "1")];
+        let with = |value| from(&[base[0], base[1], ("DSM_BARRIER", value)]);
+        assert_eq!(from(&base).unwrap().barrier, BarrierChoice::Auto);
+        assert_eq!(BarrierChoice::Auto.kind(4), BarrierKind::Central);
+        assert_eq!(BarrierChoice::Auto.kind(5), BarrierKind::Dissemination);
+        let asked = with(" dissemination").unwrap().barrier;
+        assert_eq!(asked.kind(2), BarrierKind::Dissemination);
+        assert_eq!(
+            with("central").unwrap().barrier.kind(64),
+            BarrierKind::Central
+        );
+        let bad = with("tree");
+        assert!(matches!(bad, Err(Error::Config(m)) if m.contains("DSM_BARRIER")));
     }
 
     #[test]

@@ -98,8 +98,8 @@ mod transport;
 pub mod views;
 
 pub use config::{
-    Config, ConfigBuilder, DEFAULT_COORDINATOR, DEFAULT_SPIN, FaultDelivery, ServicePriority,
-    TransportChoice, WriteTracking,
+    BarrierChoice, CENTRAL_BARRIER_UP_TO, Config, ConfigBuilder, DEFAULT_COORDINATOR, DEFAULT_SPIN,
+    FaultDelivery, ServicePriority, TransportChoice, WriteTracking,
 };
 pub use dsm_core::Consistency;
 pub use dsm_locks::LockKind;

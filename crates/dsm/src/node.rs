@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::marker::PhantomData;
 
 use dsm_core::{CoherenceConfig, CoherenceEngine, Consistency, Placement, RegionLayout};
-use dsm_wire::{Alloc, Membership, Message, NodeId, PAGE_SIZE, PageId, RegionSpec, SyncMsg};
+use dsm_wire::{Alloc, Membership, Message, NodeId, PAGE_SIZE, PageId, RegionSpec};
 
 use crate::coherence::Coherence;
 use crate::fault::{Resolver, SIGNAL_WAIT_MARGIN, SignalPath};
@@ -230,7 +230,11 @@ impl Node {
             coherence: Mutex::new(Coherence::new(engine, transport.arena())),
             released: Mutex::new(BTreeSet::new()),
             transport: Arc::clone(&transport) as Arc<dyn Transport>,
-            central: Mutex::new(dsm_locks::CentralBarrier::default()),
+            barrier: Mutex::new(dsm_locks::BarrierEngine::new(
+                config.rank,
+                config.size,
+                config.barrier.kind(config.size),
+            )),
             ring: Mutex::new(Ring::new(
                 config.rank,
                 config.size,
@@ -465,7 +469,6 @@ impl Node {
     /// for this epoch). Rank 0 refuses an epoch that nodes reach from different calls.
     fn rendezvous(&self, kind: Collective, notices: Vec<PageId>) -> Result<Vec<PageId>> {
         let epoch = self.barrier_epoch.fetch_add(1, Ordering::Relaxed) + 1;
-        crate::trace::barrier_arrive(&self.core.shared, epoch);
         // The release is served by this thread while it spins (`serve_for_answer`); the
         // arrival then does not wake the shared-memory thread.
         let serving = self
@@ -475,20 +478,23 @@ impl Node {
             .map(|_| shm::Serving::start());
         // Before the arrival leaves: the transport keeps polling for the release from then on.
         self.core.shared.awaiting.sleep();
-        self.send(
-            0,
-            Message::Sync(SyncMsg::BarrierArrive {
-                epoch,
-                round: kind as u32,
-                notices,
-            }),
-        );
+        if self.core.barrier_arrive(epoch, kind as u32, notices)? {
+            self.transport.expect_answer(serving.is_some());
+        }
         self.serve_for_answer(serving, |s| {
             s.barrier_aborted.contains(&epoch) || s.barrier_released >= epoch
         });
         let aborted = self.core.shared.wait(
             self.config.op_timeout,
-            |_| format!("barrier {epoch} of {kind:?} (release from rank 0)"),
+            |_| {
+                let awaiting = self
+                    .core
+                    .barrier
+                    .lock()
+                    .map(|b| b.awaiting())
+                    .unwrap_or_default();
+                format!("barrier {epoch} of {kind:?} (a round from node(s) {awaiting:?})")
+            },
             |s| {
                 let aborted = s.barrier_aborted.contains(&epoch);
                 (aborted || s.barrier_released >= epoch).then_some(aborted)

@@ -10,8 +10,8 @@
 //!   issued → (thread resumed, signal delivery) → the access returns;
 //! - lock hand-off (rank 0's lock waits): acquire called → request sent → request received
 //!   by rank 1 → grant sent by rank 1 (at its release) → grant received → acquire returns;
-//! - barrier, per rank: barrier called → arrival sent (after the release flush) → release
-//!   received → barrier returns.
+//! - barrier, per rank: barrier called → arrival sent (after the release flush) → all
+//!   arrived (the last dissemination round received) → barrier returns.
 //!
 //! Hops across the two processes subtract stamps of two processes' `CLOCK_MONOTONIC`, one
 //! clock on one host.
@@ -273,7 +273,7 @@ fn barrier(trace: &Value) -> Value {
         let path = [
             "barrier called",
             "arrival sent",
-            "release received",
+            "all arrived",
             "barrier returned",
         ]
         .map(|hop| span.at(hop).map(|ns| (hop, ns)));

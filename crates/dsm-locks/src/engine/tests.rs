@@ -42,7 +42,9 @@ impl Cluster {
                 }
                 Action::Granted { lock, notices } => self.granted.push((node, lock, notices)),
                 Action::RemoteWaiting { lock } => self.remote_waiting.push((node, lock)),
-                Action::BarrierDone { .. } => panic!("lock engine finished a barrier"),
+                Action::BarrierDone { .. } | Action::BarrierRefused { .. } => {
+                    panic!("lock engine finished a barrier")
+                }
             }
         }
     }

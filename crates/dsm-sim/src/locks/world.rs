@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use dsm_locks::{Action, BarrierEngine, CentralBarrier, CentralOutcome, LockEngine, LockKind};
+use dsm_locks::{Action, BarrierEngine, LockEngine, LockKind};
 use dsm_wire::{NodeId, PageId, SyncMsg};
 
 use super::check::Checker;
@@ -47,9 +47,6 @@ struct NodeLock {
 struct Node {
     engine: LockEngine,
     barrier: BarrierEngine,
-    /// The runtime's barrier (node 0's is used), and this node's epoch in it.
-    central: CentralBarrier,
-    central_epoch: u64,
     threads: Vec<Thread>,
     sections_left: Vec<u32>,
     locks: Vec<NodeLock>,
@@ -130,8 +127,6 @@ impl World {
         Ok(Node {
             engine,
             barrier: BarrierEngine::new(me, config.nodes, config.barrier),
-            central: CentralBarrier::default(),
-            central_epoch: 1,
             threads: vec![Thread::Done; threads],
             sections_left: vec![0; threads],
             locks: (0..config.locks.len())
@@ -290,60 +285,17 @@ impl World {
     }
 
     fn on_message(&mut self, from: NodeId, to: NodeId, message: &SyncMsg) -> Result<()> {
-        if self.config.runtime_barrier {
-            match message {
-                SyncMsg::BarrierArrive { .. } => return self.central_arrive(from, to, message),
-                SyncMsg::BarrierRelease { epoch, notices } => {
-                    self.nodes[to as usize].central_epoch = epoch + 1;
-                    return self.barrier_done(to, *epoch, notices);
-                }
-                _ => {}
-            }
-        }
         let mut out = Vec::new();
         let n = &mut self.nodes[to as usize];
         let result = match message {
-            SyncMsg::BarrierArrive { .. } | SyncMsg::BarrierRelease { .. } => {
-                n.barrier.on_message(from, message, &mut out)
-            }
+            SyncMsg::BarrierArrive { .. }
+            | SyncMsg::BarrierRelease { .. }
+            | SyncMsg::BarrierAbort { .. }
+            | SyncMsg::BarrierRound { .. } => n.barrier.on_message(from, message, &mut out),
             _ => n.engine.on_message(from, message, &mut out),
         };
         self.engine_result(to, result)?;
         self.apply(to, out)
-    }
-
-    /// The runtime's barrier: node `to` (node 0) counts an arrival; the last one releases
-    /// every node with every node's notices, as the runtime's rank 0 does.
-    fn central_arrive(&mut self, from: NodeId, to: NodeId, message: &SyncMsg) -> Result<()> {
-        let SyncMsg::BarrierArrive {
-            epoch,
-            round,
-            notices,
-        } = message
-        else {
-            return Err(self.invariant("central barrier: not an arrival".into()));
-        };
-        if to != 0 {
-            return Err(self.invariant(format!("barrier arrival sent to node {to}")));
-        }
-        let gone = vec![false; self.config.nodes as usize];
-        let outcome = self.nodes[0]
-            .central
-            .arrive((*epoch, *round), from, &gone, notices.clone());
-        match outcome {
-            CentralOutcome::Waiting => Ok(()),
-            CentralOutcome::Released(all) => {
-                for node in 0..self.config.nodes {
-                    let release = SyncMsg::BarrierRelease {
-                        epoch: *epoch,
-                        notices: all.clone(),
-                    };
-                    self.send(0, node, release)?;
-                }
-                Ok(())
-            }
-            other => Err(self.invariant(format!("central barrier {epoch}: {other:?}"))),
-        }
     }
 
     fn engine_result(&self, node: NodeId, result: dsm_locks::Result<()>) -> Result<()> {
@@ -364,6 +316,12 @@ impl World {
                 Action::BarrierDone { epoch, notices } => {
                     self.barrier_done(node, epoch, &notices)?
                 }
+                Action::BarrierRefused { epoch } => {
+                    return Err(self.invariant(format!(
+                        "node {node} refused barrier {epoch}, which every node entered from the \
+                         same call"
+                    )));
+                }
             }
         }
         Ok(())
@@ -381,9 +339,10 @@ impl World {
                 self.check.ra_message(to, *lock, *timestamp);
                 self.report.lock_messages_by_kind[0] += 1;
             }
-            SyncMsg::BarrierArrive { .. } | SyncMsg::BarrierRelease { .. } => {
-                self.report.barrier_messages += 1
-            }
+            SyncMsg::BarrierArrive { .. }
+            | SyncMsg::BarrierRelease { .. }
+            | SyncMsg::BarrierAbort { .. }
+            | SyncMsg::BarrierRound { .. } => self.report.barrier_messages += 1,
             _ => self.report.lock_messages_by_kind[1] += 1,
         }
         self.net

@@ -16,7 +16,7 @@ use crate::{Error, Result};
 pub use alloc::{Alloc, RegionSpec};
 pub use coherence::{Coherence, DiffRun, MAX_BATCH_PAGES, PageDiff};
 pub use membership::{Endpoint, Membership, RdmaConnInfo};
-pub use sync::SyncMsg;
+pub use sync::{BarrierArrival, SyncMsg};
 pub use transport::{PageStatus, Transport};
 pub use view::ViewMsg;
 

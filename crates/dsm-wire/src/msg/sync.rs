@@ -1,7 +1,21 @@
 //! Synchronisation: Ricart–Agrawala and home-queue locks, barriers. Grants carry write notices.
 
 use crate::codec::{Reader, Writer};
-use crate::{Error, PageId, Result};
+use crate::{Error, NodeId, PageId, Result};
+
+/// One node's arrival at a barrier, as a dissemination round passes it on: who arrived,
+/// from which collective call (the runtime's barrier, allocation or free), and the pages it
+/// wrote. Kept per node so that every node ends with each node's notices, a page written by
+/// two nodes included twice, and can check that everyone came from the same call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BarrierArrival {
+    /// The node that arrived.
+    pub node: NodeId,
+    /// The kind of collective call it arrived from (0 for a plain barrier).
+    pub kind: u32,
+    /// Pages it wrote since its previous barrier.
+    pub notices: Vec<PageId>,
+}
 
 /// Lock and barrier messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +78,16 @@ pub enum SyncMsg {
         /// Write notices gathered so far.
         notices: Vec<PageId>,
     },
+    /// Dissemination barrier, round `round` of barrier `epoch`: every arrival the sender has
+    /// heard of so far, its own included.
+    BarrierRound {
+        /// Barrier instance.
+        epoch: u64,
+        /// Dissemination round.
+        round: u32,
+        /// Arrivals gathered so far, one per node, in node order.
+        arrivals: Vec<BarrierArrival>,
+    },
     /// Everyone reached barrier `epoch` (central barrier's release).
     BarrierRelease {
         /// Barrier instance.
@@ -89,6 +113,11 @@ pub(crate) const BARRIER_ARRIVE: u16 = 0x0306;
 pub(crate) const BARRIER_RELEASE: u16 = 0x0307;
 pub(crate) const LOCK_RECALL: u16 = 0x0308;
 pub(crate) const BARRIER_ABORT: u16 = 0x0309;
+pub(crate) const BARRIER_ROUND: u16 = 0x030a;
+
+/// Most arrivals one round may carry (a cluster's nodes; `NodeId` is a u32, but a round of a
+/// larger cluster than this is refused before anything is allocated for it).
+const MAX_ARRIVALS: usize = 1 << 16;
 
 impl SyncMsg {
     pub(crate) fn command(&self) -> u16 {
@@ -102,6 +131,7 @@ impl SyncMsg {
             SyncMsg::BarrierRelease { .. } => BARRIER_RELEASE,
             SyncMsg::LockRecall { .. } => LOCK_RECALL,
             SyncMsg::BarrierAbort { .. } => BARRIER_ABORT,
+            SyncMsg::BarrierRound { .. } => BARRIER_ROUND,
         }
     }
 
@@ -148,6 +178,20 @@ impl SyncMsg {
                 w.page_ids(notices);
             }
             SyncMsg::BarrierAbort { epoch } => w.u64(*epoch),
+            SyncMsg::BarrierRound {
+                epoch,
+                round,
+                arrivals,
+            } => {
+                w.u64(*epoch);
+                w.u32(*round);
+                w.u32(crate::codec::len_u32(arrivals.len()));
+                for arrival in arrivals {
+                    w.u32(arrival.node);
+                    w.u32(arrival.kind);
+                    w.page_ids(&arrival.notices);
+                }
+            }
         }
     }
 
@@ -192,7 +236,27 @@ impl SyncMsg {
             BARRIER_ABORT => SyncMsg::BarrierAbort {
                 epoch: r.u64("epoch")?,
             },
+            BARRIER_ROUND => SyncMsg::BarrierRound {
+                epoch: r.u64("epoch")?,
+                round: r.u32("round")?,
+                arrivals: decode_arrivals(r)?,
+            },
             other => return Err(Error::UnknownCommand(other)),
         })
     }
+}
+
+/// A counted list of arrivals; each needs at least 12 bytes, checked before allocating.
+fn decode_arrivals(r: &mut Reader<'_>) -> Result<Vec<BarrierArrival>> {
+    let n = r.count("barrier arrivals", MAX_ARRIVALS)?;
+    r.expect_at_least(n * 12, "barrier arrivals")?;
+    (0..n)
+        .map(|_| {
+            Ok(BarrierArrival {
+                node: r.u32("arrival node")?,
+                kind: r.u32("arrival kind")?,
+                notices: r.page_ids()?,
+            })
+        })
+        .collect()
 }

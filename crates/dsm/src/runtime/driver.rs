@@ -174,6 +174,7 @@ fn is_barrier(message: &SyncMsg) -> bool {
         SyncMsg::BarrierArrive { .. }
             | SyncMsg::BarrierRelease { .. }
             | SyncMsg::BarrierAbort { .. }
+            | SyncMsg::BarrierRound { .. }
     )
 }
 

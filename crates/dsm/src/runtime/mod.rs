@@ -65,8 +65,9 @@ pub(crate) struct Core {
     /// The membership ring: ticked by the monitor thread, told what was heard by the
     /// transport thread and of failures and departures by the driver.
     pub(crate) ring: Mutex<crate::membership::ring::Ring>,
-    /// Rank 0: the barrier's arrivals (handled on whichever thread receives them).
-    pub(crate) central: Mutex<dsm_locks::CentralBarrier>,
+    /// The barrier (`runtime::barrier`): its rounds are handled on whichever thread receives
+    /// them.
+    pub(crate) barrier: Mutex<dsm_locks::BarrierEngine>,
     /// Request ids of this node's shared-file requests.
     pub(crate) requests: AtomicU64,
     /// The node left (or was dropped): nothing serves faults any more. An atomic, not part

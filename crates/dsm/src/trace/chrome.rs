@@ -161,7 +161,7 @@ impl Builder {
             Hop::LockRequestReceived => self.begin(Kind::Grant, r),
             Hop::LockGrantSent => self.join(3, r, |s| s.peer == r.peer, true),
             Hop::BarrierEnter => self.begin(Kind::Barrier, r),
-            Hop::BarrierArriveSent | Hop::BarrierArrivalReceived | Hop::BarrierReleaseReceived => {
+            Hop::BarrierArriveSent | Hop::BarrierRoundReceived | Hop::BarrierComplete => {
                 self.join(4, r, |_| true, false);
             }
             Hop::BarrierReturn => self.join(4, r, |_| true, true),
@@ -462,10 +462,10 @@ mod tests {
                 record(5, Hop::LockGrantReceived, 5, Some(1), 9),
                 record(6, Hop::LockAcquired, 5, None, 7),
                 // An arrival before this node's own barrier call is not part of its wait.
-                record(7, Hop::BarrierArrivalReceived, 2, Some(1), 9),
+                record(7, Hop::BarrierRoundReceived, 2, Some(1), 9),
                 record(8, Hop::BarrierEnter, 2, None, 7),
                 record(9, Hop::BarrierArriveSent, 2, Some(0), 7),
-                record(10, Hop::BarrierReleaseReceived, 2, Some(0), 9),
+                record(10, Hop::BarrierComplete, 2, Some(0), 9),
                 record(11, Hop::BarrierReturn, 2, None, 7),
                 record(12, Hop::LockRequestReceived, 5, Some(1), 9),
             ],

@@ -20,8 +20,9 @@
 //! - remote fault, home: request received → reply sent;
 //! - lock: acquire called → request sent → grant received → acquire returns; the node that
 //!   grants: request received → grant sent;
-//! - barrier: barrier called → arrival sent (after the release flush) → (rank 0: each
-//!   arrival received) → release received (the last notice) → barrier returns.
+//! - barrier: barrier called → arrival sent (after the release flush; the first
+//!   dissemination round) → (each round received) → all arrived (this node heard, directly
+//!   or not, from every node) → barrier returns.
 
 mod buffer;
 mod chrome;
@@ -66,8 +67,8 @@ pub(crate) enum Hop {
     LockGrantSent,
     BarrierEnter,
     BarrierArriveSent,
-    BarrierArrivalReceived,
-    BarrierReleaseReceived,
+    BarrierRoundReceived,
+    BarrierComplete,
     BarrierReturn,
 }
 
@@ -91,8 +92,8 @@ const HOPS: [Hop; 22] = [
     Hop::LockGrantSent,
     Hop::BarrierEnter,
     Hop::BarrierArriveSent,
-    Hop::BarrierArrivalReceived,
-    Hop::BarrierReleaseReceived,
+    Hop::BarrierRoundReceived,
+    Hop::BarrierComplete,
     Hop::BarrierReturn,
 ];
 
@@ -122,8 +123,8 @@ impl Hop {
             Hop::LockGrantSent => "grant sent",
             Hop::BarrierEnter => "barrier called",
             Hop::BarrierArriveSent => "arrival sent",
-            Hop::BarrierArrivalReceived => "arrival received",
-            Hop::BarrierReleaseReceived => "release received",
+            Hop::BarrierRoundReceived => "round received",
+            Hop::BarrierComplete => "all arrived",
             Hop::BarrierReturn => "barrier returned",
         }
     }
@@ -367,11 +368,9 @@ fn received_contended(trace: &Tracer, from: NodeId, message: &Message) {
         | Message::Sync(SyncMsg::LockGrant { lock, .. }) => {
             (Hop::LockGrantReceived, u64::from(*lock))
         }
-        Message::Sync(SyncMsg::BarrierArrive { epoch, .. }) => {
-            (Hop::BarrierArrivalReceived, *epoch)
-        }
-        Message::Sync(SyncMsg::BarrierRelease { epoch, .. }) => {
-            (Hop::BarrierReleaseReceived, *epoch)
+        // The engine counts barriers from 0, the runtime from 1 (`runtime::barrier`).
+        Message::Sync(SyncMsg::BarrierRound { epoch, .. }) => {
+            (Hop::BarrierRoundReceived, epoch + 1)
         }
         _ => return,
     };
@@ -420,11 +419,19 @@ pub(crate) fn barrier_enter(shared: &Shared, epoch: u64) {
     }
 }
 
-/// This node's arrival at `epoch` goes to rank 0.
+/// This node's arrival at `epoch` goes out (its first dissemination round).
 #[inline]
 pub(crate) fn barrier_arrive(shared: &Shared, epoch: u64) {
     if shared.trace.on() {
-        shared.trace.record(Hop::BarrierArriveSent, epoch, Some(0));
+        shared.trace.record(Hop::BarrierArriveSent, epoch, None);
+    }
+}
+
+/// This node heard, directly or not, from every node at `epoch`: the barrier is complete.
+#[inline]
+pub(crate) fn barrier_released(shared: &Shared, epoch: u64) {
+    if shared.trace.on() {
+        shared.trace.record(Hop::BarrierComplete, epoch, None);
     }
 }
 

@@ -57,6 +57,20 @@ impl Wire {
         self.shm.as_ref()
     }
 
+    /// The node waits for answers it sent nothing for (rank 0 of a central barrier, waiting
+    /// for the others' arrivals): the transports that carry them poll from now on, as they
+    /// do after a send, instead of each answer waking a sleeping thread from another CPU.
+    /// The shared-memory thread is left alone when the waiting thread serves the rings
+    /// itself (`shm_served`).
+    pub(crate) fn expect_answer(&self, shm_served: bool) {
+        if self.shm_peers().len() + 1 < self.tcp.size() as usize {
+            self.tcp.poll_for_answer();
+        }
+        if let Some(shm) = self.shm.as_ref().filter(|_| !shm_served) {
+            shm.poll_for_answer();
+        }
+    }
+
     /// Peers this node both sends to and receives from by shared memory (they also read
     /// this node's master copies themselves).
     pub(crate) fn shm_peers(&self) -> &[NodeId] {

@@ -2,7 +2,7 @@
 //! the node requests once for all of them, hands the lock between its threads, and gives it
 //! up when nobody local waits or a remote node has waited through `handoff_bound` handoffs.
 
-use dsm_wire::{NodeId, PageId, SyncMsg};
+use dsm_wire::{NodeId, PageId};
 
 use super::{Mutation, Thread, Timer, World};
 use crate::error::Result;
@@ -125,24 +125,16 @@ impl World {
         }
         n.in_barrier_since = Some((self.step, self.net.now()));
         let notices: Vec<PageId> = std::mem::take(&mut n.interval).into_iter().collect();
-        if self.config.runtime_barrier {
-            let epoch = n.central_epoch;
-            self.check
-                .arrive(node, epoch, &notices)
-                .map_err(|d| self.invariant(d))?;
-            let arrive = SyncMsg::BarrierArrive {
-                epoch,
-                round: 0,
-                notices,
-            };
-            return self.send(node, 0, arrive);
-        }
         let epoch = n.barrier.epoch();
         self.check
             .arrive(node, epoch, &notices)
             .map_err(|d| self.invariant(d))?;
+        // As the runtime's barriers, allocations and frees: every node the same call.
+        let kind = u32::try_from(epoch % 3).expect("below 3");
         let mut out = Vec::new();
-        let result = self.nodes[node as usize].barrier.arrive(notices, &mut out);
+        let result = self.nodes[node as usize]
+            .barrier
+            .arrive(kind, notices, &mut out);
         self.engine_result(node, result)?;
         self.apply(node, out)
     }

@@ -342,6 +342,12 @@ impl Shm {
         self.links.send(to, message)
     }
 
+    /// The node waits for an answer it sent nothing for: wakes the shared-memory thread if
+    /// it sleeps, and its wake-up counts as activity, so it polls (see `Wire::expect_answer`).
+    pub(crate) fn poll_for_answer(&self) {
+        dsm_core::wakes::Wake::wake_now(&*self.links);
+    }
+
     /// The calling thread serves the rings until `done` or `until` (`Links::serve_until`).
     pub(crate) fn serve_until(&self, done: &dyn Fn() -> bool, until: std::time::Instant) -> bool {
         self.links.serve_until(done, until)
