@@ -89,6 +89,9 @@ pub enum Mutation {
     None,
     /// Nodes release locks without their write notices.
     ForgetNotices,
+    /// Nodes take a barrier's notices as a set (a page two nodes wrote once, as the old
+    /// dissemination barrier merged them; the runtime needs each writer's).
+    BarrierNoticesAsSet,
     /// Nodes ignore `RemoteWaiting` and hand a lock between their own threads forever.
     UnboundedHandoffs,
     /// Crash runs: the survivors' engines are never told (no `node_failed`), so waits on

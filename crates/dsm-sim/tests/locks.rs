@@ -87,6 +87,14 @@ fn mutation_forgotten_notices_are_caught() {
 }
 
 #[test]
+fn mutation_barrier_notices_merged_as_a_set_are_caught() {
+    assert!(
+        first_caught(Mutation::BarrierNoticesAsSet, 50).is_some(),
+        "a page two nodes wrote, invalidated as if one had, went unnoticed"
+    );
+}
+
+#[test]
 fn mutation_unbounded_local_handoffs_are_caught() {
     assert!(
         first_caught(Mutation::UnboundedHandoffs, 200).is_some(),

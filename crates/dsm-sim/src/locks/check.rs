@@ -18,7 +18,7 @@ pub(super) struct Checker {
     /// `handoffs[node][lock]`: thread grants since a remote waiter was reported.
     handoffs: Vec<Vec<Option<u32>>>,
     /// Per open barrier epoch: nodes arrived, their notices, nodes left.
-    barriers: BTreeMap<u64, (BTreeSet<NodeId>, BTreeSet<PageId>, u32)>,
+    barriers: BTreeMap<u64, (BTreeSet<NodeId>, Vec<PageId>, u32)>,
     /// Ricart–Agrawala messages per acquire, keyed by (requester, lock, timestamp).
     ra_messages: BTreeMap<(NodeId, u32, u64), u64>,
     /// A node crashed: notices it carried may be lost with it.
@@ -179,7 +179,11 @@ impl Checker {
                 "node {node} left barrier {epoch} early: only {arrived:?} arrived"
             ));
         }
-        let got: BTreeSet<PageId> = notices.iter().copied().collect();
+        // Every node's notices, a page two nodes wrote as often as they did (each node
+        // drops its own once and must still invalidate the others' writes).
+        let mut got = notices.to_vec();
+        got.sort_unstable();
+        all.sort_unstable();
         if got != *all {
             return Err(format!(
                 "node {node} left barrier {epoch} with {got:?}, expected {all:?}"

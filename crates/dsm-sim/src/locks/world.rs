@@ -313,7 +313,11 @@ impl World {
                         self.nodes[node as usize].locks[lock as usize].remote = true;
                     }
                 }
-                Action::BarrierDone { epoch, notices } => {
+                Action::BarrierDone { epoch, mut notices } => {
+                    if self.config.mutation == Mutation::BarrierNoticesAsSet {
+                        notices.sort_unstable();
+                        notices.dedup();
+                    }
                     self.barrier_done(node, epoch, &notices)?
                 }
                 Action::BarrierRefused { epoch } => {
