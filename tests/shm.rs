@@ -326,10 +326,12 @@ fn a_writer_gives_its_page_back_to_a_same_host_home_in_place() {
         assert_eq!(sent.len(), 2, "{all}");
         sent
     };
-    // Most hand-overs recall the page (not all: a writer may take the lock again before the
-    // other asks, and then keeps its copy).
+    // Many hand-overs recall the page, not all: a writer may take the lock again before the
+    // other asks, and then keeps its copy. How many depends on the scheduling (270-360 KB
+    // per writer on an idle machine, 176 KB once in CI), so the line between the two is
+    // 100 KiB, 25 pages.
     for sent in run("tcp") {
-        assert!(sent > 50 * 4096, "over TCP the pages travel: {sent} B");
+        assert!(sent > 100 * 1024, "over TCP the pages travel: {sent} B");
     }
     for sent in run("shm") {
         assert!(sent < 100 * 1024, "in place, no page travels: {sent} B");
