@@ -25,6 +25,10 @@
 //! * A frame sent now in part (a full socket buffer) leaves its rest in the lane (`stash`),
 //!   counted in `behind`; the thread puts the rest in front of anything else it sends to that
 //!   peer: at its next seal (in front of that frame) or at its next turn.
+//! * A corked sender ([`crate::Cork`]) seals its frame and appends it to the stash instead of
+//!   writing it, as if the socket had taken none of it, when the stash is all that is owed;
+//!   when its cork ends it writes the whole stash at once ([`Lane::flush_stash`]). Until then
+//!   the stash is the thread's like any other: it may take it first, in order.
 
 use std::io;
 
@@ -40,6 +44,8 @@ pub(crate) enum Sent {
     Stashed,
     /// Not sent: the caller queues it for the transport thread (counted already).
     Queue,
+    /// Appended to the stash for the caller's cork to write ([`Lane::flush_stash`]).
+    Corked,
 }
 
 /// The sending side of one connection. See the module docs.
@@ -111,6 +117,64 @@ impl Lane {
         drop(state);
         self.queue(|| queue(frame))?;
         Ok(Sent::Queue)
+    }
+
+    /// A corked sender's call: seals `frame` and appends it to the stash when nothing but
+    /// the stash is owed to this peer ([`Sent::Corked`]); otherwise queues it as
+    /// [`send`](Self::send) does.
+    pub(crate) fn send_corked<Q, E>(&self, frame: Vec<u8>, queue: Q) -> Result<Sent, E>
+    where
+        Q: FnOnce(Vec<u8>) -> Result<(), E>,
+    {
+        let mut state = self.lock();
+        let only_the_stash = match state.stash {
+            Some(_) => state.behind == 1,
+            None => state.behind == 0,
+        };
+        if state.fd.is_some() && only_the_stash {
+            let mut stash = state.stash.take().unwrap_or_default();
+            stash.extend_from_slice(&frame);
+            let start = stash.len() - frame.len();
+            state.tag_into(&mut stash, start);
+            if state.behind == 0 {
+                state.behind = 1;
+            }
+            state.stash = Some(stash);
+            self.stashed.store(true, Ordering::Release);
+            return Ok(Sent::Corked);
+        }
+        drop(state);
+        self.queue(|| queue(frame))?;
+        Ok(Sent::Queue)
+    }
+
+    /// A cork ends: writes the stash through `write` if it is still here and all that is
+    /// owed. [`Sent::Now`] when it went whole (or nothing was left to write),
+    /// [`Sent::Stashed`] when the socket took part of it: wake the transport thread.
+    pub(crate) fn flush_stash<W>(&self, write: W) -> Sent
+    where
+        W: FnOnce(std::os::fd::RawFd, &[&[u8]]) -> io::Result<usize>,
+    {
+        let mut state = self.lock();
+        let fd = match (state.fd, state.behind, &state.stash) {
+            (Some(fd), 1, Some(_)) => fd,
+            // Taken by the transport thread (it sends it), or other work it owes came after.
+            (_, _, stash) => {
+                return match stash {
+                    Some(_) => Sent::Stashed,
+                    None => Sent::Now,
+                };
+            }
+        };
+        let stash = state.stash.take().expect("matched above");
+        let taken = write(fd, &[&stash]).unwrap_or(0).min(stash.len());
+        if taken == stash.len() {
+            state.behind = 0;
+            self.stashed.store(false, Ordering::Release);
+            return Sent::Now;
+        }
+        state.stash = Some(stash[taken..].to_vec());
+        Sent::Stashed
     }
 
     /// Counts one operation queued for this peer (a page read or write) as
@@ -282,6 +346,47 @@ mod tests {
     }
 
     #[test]
+    fn corked_frames_leave_together_in_one_write_and_behind_owed_work_they_queue() {
+        let (send, receive) = keys();
+        let lane = Lane::default();
+        lane.open(3, Some(send));
+        let no_queue = |_: Vec<u8>| -> Result<(), ()> { panic!("only the stash is owed") };
+        assert_eq!(lane.send_corked(vec![1u8; 20], no_queue), Ok(Sent::Corked));
+        assert_eq!(
+            lane.send_corked(vec![2u8; 4096], no_queue),
+            Ok(Sent::Corked)
+        );
+        let mut writes = Vec::new();
+        let write = |_fd, parts: &[&[u8]]| {
+            writes.push(parts.concat());
+            Ok(writes[0].len())
+        };
+        assert_eq!(lane.flush_stash(write), Sent::Now);
+        assert_eq!(writes.len(), 1, "one write for both");
+        let frames = check_wire(&writes[0], &[20, 4096], receive);
+        assert_eq!(frames, [vec![1u8; 20], vec![2u8; 4096]]);
+        // Nothing owed now: a plain send goes at once.
+        let mut now = 0;
+        let all = |_fd, parts: &[&[u8]]| {
+            now = parts.iter().map(|p| p.len()).sum();
+            Ok(now)
+        };
+        assert_eq!(lane.send(vec![3; 8], all, no_queue), Ok(Sent::Now));
+        // The thread owes something (a queued operation): a corked frame queues behind it,
+        // and the cork's end has nothing of its own to write.
+        lane.queue(|| Ok::<(), ()>(())).unwrap();
+        let mut queued = None;
+        let queue = |frame| -> Result<(), ()> {
+            queued = Some(frame);
+            Ok(())
+        };
+        assert_eq!(lane.send_corked(vec![4u8; 8], queue), Ok(Sent::Queue));
+        assert_eq!(queued, Some(vec![4u8; 8]));
+        let never = |_fd, _: &[&[u8]]| -> io::Result<usize> { panic!("nothing stashed") };
+        assert_eq!(lane.flush_stash(never), Sent::Now);
+    }
+
+    #[test]
     fn a_stash_alone_goes_at_the_next_turn_and_errors_leave_the_whole_frame() {
         let (send, receive) = keys();
         let lane = Lane::default();
@@ -335,22 +440,30 @@ mod loom_model {
     /// The socket: bytes in the order the kernel took them.
     type Wire = Arc<LoomMutex<Vec<u8>>>;
 
+    /// Frames queued for the transport thread.
+    type Queue = Arc<LoomMutex<Vec<Vec<u8>>>>;
+
     fn frame(sender: u8, seq: u8) -> Vec<u8> {
         vec![sender, seq, sender ^ seq]
     }
 
-    #[test]
-    fn frames_reach_the_socket_whole_in_each_senders_order_with_tags_in_sequence() {
-        // Bounded preemptions keep the search to seconds; the interleavings that matter (a
-        // sender between its check and its write, the thread between seal and done) need
-        // one or two.
+    /// Runs `body` over the interleavings of its threads with a keyed lane, an empty socket
+    /// and an empty queue. Bounded preemptions keep the search to seconds; the interleavings
+    /// that matter (a sender between its check and its write, the thread between seal and
+    /// done) need one or two.
+    fn explore(body: impl Fn(Arc<Lane>, Wire, Queue) + Send + Sync + 'static) {
         let mut builder = loom::model::Builder::new();
         builder.preemption_bound = Some(3);
-        builder.check(|| {
+        builder.check(move || {
             let lane = Arc::new(Lane::default());
             lane.open(3, Some(FrameMac::new([5; 32])));
-            let wire: Wire = Arc::default();
-            let queue: Arc<LoomMutex<Vec<Vec<u8>>>> = Arc::default();
+            body(lane, Arc::default(), Arc::default());
+        });
+    }
+
+    #[test]
+    fn frames_reach_the_socket_whole_in_each_senders_order_with_tags_in_sequence() {
+        explore(|lane, wire, queue| {
             let senders: Vec<_> = (0..2u8)
                 .map(|sender| {
                     let (lane, wire, queue) = (lane.clone(), wire.clone(), queue.clone());
@@ -379,19 +492,7 @@ mod loom_model {
                 let (lane, wire, queue) = (lane.clone(), wire.clone(), queue.clone());
                 loom::thread::spawn(move || {
                     for _ in 0..2 {
-                        let taken: Vec<Vec<u8>> = std::mem::take(&mut *queue.lock().unwrap());
-                        let mut out = Vec::new();
-                        let mut units = 0;
-                        for f in taken {
-                            let start = out.len();
-                            out.extend_from_slice(&f);
-                            units += lane.seal(&mut out, start, true);
-                        }
-                        if lane.take_stash(&mut out) {
-                            units += 1;
-                        }
-                        wire.lock().unwrap().extend_from_slice(&out);
-                        lane.done(units);
+                        turn(&lane, &wire, &queue);
                     }
                 })
             };
@@ -409,21 +510,99 @@ mod loom_model {
             lane.take_stash(&mut out);
             let mut wire = wire.lock().unwrap().clone();
             wire.extend_from_slice(&out);
-            // Every frame whole, tags in sequence, each sender's frames in its order.
-            let mut receive = FrameMac::new([5; 32]);
-            let mut next = [0u8; 2];
-            let mut at = 0;
-            while at < wire.len() {
-                let f = &wire[at..at + 3];
-                let tag = &wire[at + 3..at + 3 + TAG_LEN];
-                assert!(receive.verify(f, tag), "a frame torn or out of tag order");
-                let (sender, seq) = (f[0], f[1]);
-                assert_eq!(f[2], sender ^ seq, "a frame torn");
-                assert_eq!(seq, next[sender as usize], "sender {sender} out of order");
-                next[sender as usize] += 1;
-                at += 3 + TAG_LEN;
-            }
-            assert_eq!(next, [2, 2], "a frame lost");
+            check(&wire);
+        });
+    }
+
+    /// Every frame whole, tags in sequence, each sender's two frames in its order.
+    fn check(wire: &[u8]) {
+        let mut receive = FrameMac::new([5; 32]);
+        let mut next = [0u8; 2];
+        let mut at = 0;
+        while at < wire.len() {
+            let f = &wire[at..at + 3];
+            let tag = &wire[at + 3..at + 3 + TAG_LEN];
+            assert!(receive.verify(f, tag), "a frame torn or out of tag order");
+            let (sender, seq) = (f[0], f[1]);
+            assert_eq!(f[2], sender ^ seq, "a frame torn");
+            assert_eq!(seq, next[sender as usize], "sender {sender} out of order");
+            next[sender as usize] += 1;
+            at += 3 + TAG_LEN;
+        }
+        assert_eq!(next, [2, 2], "a frame lost");
+    }
+
+    /// The transport thread's turn: seals queued frames (a stash in front), takes a lone
+    /// stash, writes all, counts it done.
+    fn turn(lane: &Lane, wire: &Wire, queue: &Queue) {
+        let taken: Vec<Vec<u8>> = std::mem::take(&mut *queue.lock().unwrap());
+        let mut out = Vec::new();
+        let mut units = 0;
+        for f in taken {
+            let start = out.len();
+            out.extend_from_slice(&f);
+            units += lane.seal(&mut out, start, true);
+        }
+        if lane.take_stash(&mut out) {
+            units += 1;
+        }
+        wire.lock().unwrap().extend_from_slice(&out);
+        lane.done(units);
+    }
+
+    #[test]
+    fn a_corked_senders_frames_keep_their_place_among_the_others() {
+        explore(|lane, wire, queue| {
+            let push = |queue: &Queue| {
+                let queue = queue.clone();
+                move |f| -> Result<(), ()> {
+                    queue.lock().unwrap().push(f);
+                    Ok(())
+                }
+            };
+            // Sender 0 is corked: both frames gather, then its cork writes them, the socket
+            // taking all but 2 bytes (the rest stays for the thread).
+            let corked = {
+                let (lane, wire, queue) = (lane.clone(), wire.clone(), queue.clone());
+                loom::thread::spawn(move || {
+                    for seq in 0..2u8 {
+                        lane.send_corked(frame(0, seq), push(&queue)).unwrap();
+                    }
+                    let write = |_fd, parts: &[&[u8]]| {
+                        let all: Vec<u8> = parts.concat();
+                        let take = all.len() - 2;
+                        wire.lock().unwrap().extend_from_slice(&all[..take]);
+                        Ok(take)
+                    };
+                    lane.flush_stash(write);
+                })
+            };
+            // Sender 1 is not corked; its socket takes 2 bytes of a frame (a stash of its
+            // own, which the thread may take while sender 0 queues behind it).
+            let plain = {
+                let (lane, wire, queue) = (lane.clone(), wire.clone(), queue.clone());
+                loom::thread::spawn(move || {
+                    for seq in 0..2u8 {
+                        let write = |_fd, parts: &[&[u8]]| {
+                            let all: Vec<u8> = parts.concat();
+                            wire.lock().unwrap().extend_from_slice(&all[..2]);
+                            Ok(2)
+                        };
+                        lane.send(frame(1, seq), write, push(&queue)).unwrap();
+                    }
+                })
+            };
+            let worker = {
+                let (lane, wire, queue) = (lane.clone(), wire.clone(), queue.clone());
+                loom::thread::spawn(move || turn(&lane, &wire, &queue))
+            };
+            corked.join().unwrap();
+            plain.join().unwrap();
+            worker.join().unwrap();
+            // The next turns take whatever is left, in order.
+            turn(&lane, &wire, &queue);
+            turn(&lane, &wire, &queue);
+            check(&wire.lock().unwrap());
         });
     }
 }

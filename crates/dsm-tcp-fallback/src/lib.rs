@@ -75,6 +75,7 @@
 
 mod config;
 mod conn;
+mod cork;
 mod error;
 pub mod handshake;
 mod lane;
@@ -91,6 +92,7 @@ mod worker;
 pub use config::{
     CLUSTER_KEY_ENV, PASSPHRASE_CONTEXT, TcpConfig, cluster_key_from_env, cluster_key_from_str,
 };
+pub use cork::{Cork, Suspended, flush_corked};
 pub use error::{Error, Result};
 pub use reader::{FrameReader, ReadError};
 pub use session::{FrameMac, Purpose, SessionKeys, TAG_LEN};

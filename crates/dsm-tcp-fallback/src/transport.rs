@@ -171,10 +171,17 @@ impl Transport for TcpTransport {
         }
         let lane = &self.shared.lanes[to as usize];
         let queue = |frame| self.shared.submit(Op::Send { to, frame });
+        if crate::cork::corked() {
+            // Gathered in the lane; the cork's end writes it (`crate::Cork`).
+            if lane.send_corked(frame, queue)? == Sent::Corked {
+                crate::cork::remember(lane, &self.shared, &self.sink);
+            }
+            return Ok(());
+        }
         match lane.send(frame, sys::send_now, queue)? {
             Sent::Now if !self.sink.awaiting() => {}
             Sent::Now | Sent::Stashed => self.shared.wake(),
-            Sent::Queue => {} // `submit` woke it
+            Sent::Queue | Sent::Corked => {} // `submit` woke it
         }
         Ok(())
     }

@@ -87,7 +87,13 @@ fn senders_keep_each_stream_whole_and_in_order(send_from_caller: bool) {
         for thread in 0..THREADS {
             s.spawn(move || {
                 let mut rng = StdRng::seed_from_u64(0xc0c0 + u64::from(thread));
+                // Thread 1 sends in corked bursts of four (its page reads in between queue
+                // behind): the burst leaves in one write when the cork ends.
+                let mut cork = None;
                 for seq in 0..PER_THREAD {
+                    if thread == 1 && seq % 4 == 0 {
+                        cork = Some(dsm_tcp_fallback::Cork::new());
+                    }
                     // Thread 0 sends bulk (up to 500 KB, more than fits while the receiver
                     // stalls: sends end part-way); the others small messages and page reads,
                     // now and then pausing so that connections fall idle.
@@ -106,6 +112,9 @@ fn senders_keep_each_stream_whole_and_in_order(send_from_caller: bool) {
                         data: payload(thread, seq, len),
                     });
                     sender.send(1, &message).expect("send");
+                    if seq % 4 == 3 {
+                        drop(cork.take());
+                    }
                     if bulk {
                         continue;
                     }

@@ -124,6 +124,8 @@ impl FaultResolver for Resolver {
 /// `try_send`, `write(2)`). When the engine got the fault it prints why the fault failed;
 /// when it did not, the handler says why itself (static text: no allocation).
 fn in_signal_handler(core: &Core, signal: &SignalPath, page: PageId, access: Access) -> Resolution {
+    // The request leaves at once even if this thread was corked (a `Cell` write, no more).
+    let _sends_now = dsm_tcp_fallback::Cork::suspend();
     match hand_over(signal, page, access, Some(core)) {
         Ok(resolution) => resolution,
         Err(why) => {

@@ -124,9 +124,11 @@ impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
         // The release sends the pages written under the lock, maybe a flush, and the lock's
         // reply: one wake-up of the transport thread for all of them, after the last (each
-        // wake-up of that real-time thread preempts this one on a pinned node's CPU). A wait
-        // inside makes the wake-ups due first (`Shared::sleep`).
+        // wake-up of that real-time thread preempts this one on a pinned node's CPU), and
+        // over TCP one `sendmsg` per peer for all of them (the cork, dropped first). A wait
+        // inside makes the wake-ups due and the frames leave first (`Shared::sleep`).
         let _held = dsm_core::wakes::Held::new();
+        let _cork = dsm_tcp_fallback::Cork::new();
         drop(self.guard.take());
     }
 }

@@ -288,8 +288,9 @@ impl Shared {
     /// Sleeps until the state changes or `left` passes; the transport polls meanwhile.
     fn sleep<'a>(&self, state: MutexGuard<'a, State>, left: Duration) -> MutexGuard<'a, State> {
         self.awaiting.sleep();
-        // A lock release holds its sends' wake-ups back (`LockGuard`'s drop); what it waits
-        // for may need them.
+        // A lock release holds its sends' wake-ups and gathers its frames (`LockGuard`'s
+        // drop); what it waits for may need them.
+        dsm_tcp_fallback::flush_corked();
         dsm_core::wakes::wake_due_now();
         let state = self
             .changed
