@@ -76,25 +76,7 @@ pub fn run_child_nodes(child: &str, nodes: u32, env: &[(&str, &str)]) -> String 
 /// binds it (`dsm-run` picks its coordinator port the same way; see its `launch.rs`).
 #[allow(dead_code)]
 pub fn free_address() -> String {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range");
-    let low: u32 = range
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32_768);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    for i in 0..256u32 {
-        let port =
-            10_000 + nanos.wrapping_add(i.wrapping_mul(7_919)) % low.saturating_sub(10_000).max(1);
-        if let Ok(listener) =
-            std::net::TcpListener::bind(("127.0.0.1", u16::try_from(port).unwrap_or(0)))
-        {
-            return listener.local_addr().expect("address").to_string();
-        }
-    }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").to_string()
+    dsm::free_coordinator_address().expect("a free loopback port")
 }
 
 /// Stdout and stderr as one string, for assertions and failure messages.

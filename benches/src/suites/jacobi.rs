@@ -99,9 +99,7 @@ fn print_outcome(outcome: anyhow::Result<Value>) -> anyhow::Result<()> {
 
 /// Starts the node processes for `mode` and summarises what they report.
 fn cluster(mode: &str, single_us: f64) -> anyhow::Result<Value> {
-    let coordinator = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .to_string();
+    let coordinator = dsm::free_coordinator_address()?;
     let exe = std::env::current_exe()?;
     let children = (0..NODES)
         .map(|rank| {

@@ -86,10 +86,7 @@ fn cluster(root: &Path, sync: bool) -> anyhow::Result<Figures> {
     let file = File::create(root.join(FILE))?;
     file.set_len(FLAG + 64)?;
     drop(file);
-    let coordinator = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.to_string()
-    };
+    let coordinator = dsm::free_coordinator_address()?;
     let children: Vec<Child> = (0..2)
         .map(|rank| {
             Command::new(std::env::current_exe()?)

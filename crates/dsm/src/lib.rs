@@ -82,6 +82,7 @@ struct ReadmeDoctests;
 
 mod coherence;
 mod config;
+mod coordinator;
 mod error;
 mod fault;
 mod lock;
@@ -101,6 +102,7 @@ pub use config::{
     BarrierChoice, CENTRAL_BARRIER_UP_TO, Config, ConfigBuilder, DEFAULT_COORDINATOR, DEFAULT_SPIN,
     FaultDelivery, ServicePriority, TransportChoice, WriteTracking,
 };
+pub use coordinator::free_coordinator_address;
 pub use dsm_core::Consistency;
 pub use dsm_locks::LockKind;
 pub use error::{Error, Result};

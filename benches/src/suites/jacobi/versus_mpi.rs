@@ -332,9 +332,7 @@ fn dsm_run(
     env: &[(&str, &str)],
 ) -> anyhow::Result<DsmRun> {
     let allowed = allowed_cpus()?;
-    let coordinator = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .to_string();
+    let coordinator = dsm::free_coordinator_address()?;
     let exe = std::env::current_exe()?;
     let children = (0..size)
         .map(|rank| {

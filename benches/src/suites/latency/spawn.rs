@@ -48,9 +48,8 @@ pub(super) struct Nodes {
 impl Nodes {
     /// Starts every rank of `launch` on a fresh coordinator port.
     pub(super) fn start(launch: &Launch<'_>) -> anyhow::Result<Nodes> {
-        let coordinator = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .to_string();
+        // Below the ephemeral range: no outgoing connection takes it before rank 0 binds it.
+        let coordinator = dsm::free_coordinator_address()?;
         let exe = std::env::current_exe()?;
         let size = launch.cpus.len();
         let phases = Arc::new(Mutex::new(vec!["start".to_owned(); size]));
