@@ -9,6 +9,14 @@ use dsm_wire::{NodeId, PageId, SyncMsg};
 pub trait Outbox: Send + std::marker::Sync {
     /// Queues `message` for node `to`.
     fn send(&self, to: NodeId, message: SyncMsg);
+
+    /// Called before the engine's mutex is taken for a call that may send; what it returns
+    /// is dropped after the mutex is let go. A transport may gather the sends meanwhile and
+    /// let them leave on the drop, so that an answer racing back finds the mutex free.
+    /// Nothing by default.
+    fn hold(&self) -> Option<Box<dyn std::any::Any>> {
+        None
+    }
 }
 
 /// Where release consistency happens.

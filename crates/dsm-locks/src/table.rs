@@ -328,6 +328,8 @@ impl LockTable {
         &self,
         f: impl FnOnce(&mut LockEngine, &mut Vec<Action>) -> Result<()>,
     ) -> Result<Vec<Action>> {
+        // Taken first, dropped last: the sends leave once the mutex is free (`Outbox::hold`).
+        let _held = self.outbox.hold();
         let mut engine = lock_engine(&self.engine);
         let mut out = Vec::new();
         f(&mut engine, &mut out)?;
