@@ -1,7 +1,6 @@
 //! Starts the nodes, watches them, and kills the rest after a failure.
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -60,39 +59,6 @@ pub fn run_key() -> std::io::Result<Option<String>> {
     let mut key = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
     Ok(Some(key.iter().map(|b| format!("{b:02x}")).collect()))
-}
-
-/// Picks a loopback port for the coordinator that is free now, below the kernel's ephemeral
-/// range (`ip_local_port_range`): a port from `bind(0)` comes from that range, where any
-/// outgoing connection of the host may take it as its local port before rank 0 binds it
-/// (seen in CI, with many meshes connecting at once: "Address already in use"). Below the
-/// range only an explicit bind can take it. Falls back to `bind(0)` when the range starts
-/// too low to leave room.
-pub fn free_loopback_address() -> std::io::Result<String> {
-    const FIRST: u32 = 10_000;
-    let low = ephemeral_low().unwrap_or(32_768);
-    if low > FIRST + 100 {
-        let span = low - FIRST;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let start = nanos ^ std::process::id().wrapping_mul(2_654_435_761);
-        for i in 0..256u32 {
-            let port = FIRST + start.wrapping_add(i.wrapping_mul(7_919)) % span;
-            if let Ok(listener) = TcpListener::bind(("127.0.0.1", u16::try_from(port).unwrap_or(0)))
-            {
-                return Ok(listener.local_addr()?.to_string());
-            }
-        }
-    }
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.to_string())
-}
-
-/// The first port of the kernel's ephemeral range.
-fn ephemeral_low() -> Option<u32> {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    range.split_whitespace().next()?.parse().ok()
 }
 
 struct Node {

@@ -11,6 +11,9 @@
 //! status is 0 only when every process exited 0.
 
 mod bind;
+// The library's own source, compiled in: the launcher does not link `dsm`.
+#[path = "../../dsm/src/coordinator.rs"]
+mod coordinator;
 mod launch;
 mod output;
 
@@ -55,7 +58,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let coordinator = match args.coordinator.clone() {
         Some(c) => c,
-        None => match launch::free_loopback_address() {
+        None => match coordinator::free_coordinator_address() {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("dsm-run: no free port for the coordinator: {e}");

@@ -1,6 +1,6 @@
 //! [`free_coordinator_address`]: a loopback address for a cluster's coordinator on this host,
-//! for launchers (the benchmarks, the tests, a program's own). `dsm-run` keeps its own copy
-//! (`launch::free_loopback_address`): the launcher does not link the library.
+//! for launchers (the benchmarks, the tests, a program's own). `dsm-run` compiles this file
+//! in (`#[path]`): the launcher does not link the library. Only `std` here.
 
 use std::net::TcpListener;
 
