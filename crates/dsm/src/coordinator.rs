@@ -53,6 +53,6 @@ mod tests {
         if low > FIRST + 100 {
             assert!((FIRST..low).contains(&port), "{port} not below {low}");
         }
-        TcpListener::bind(&address).expect("still free");
+        // Not bound again here: other processes pick ports in the same range meanwhile.
     }
 }
