@@ -50,6 +50,12 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A peer said nothing within the handshake timeout (the connection is dropped).
+    #[error("handshake with {who}: no answer within the handshake timeout")]
+    HandshakeSilent {
+        /// The peer's address or claimed rank.
+        who: String,
+    },
     /// The mesh did not complete within the connect timeout.
     #[error(
         "mesh not connected after {waited_ms} ms: ranks {missing:?} never connected ({last_error})"
@@ -80,6 +86,13 @@ impl Error {
                 source: forged,
             },
         }
+    }
+
+    /// Whether this says only that nobody answered (a connection refused or timed out, a
+    /// silent peer), as opposed to a peer's answer that was wrong (a bad key, another
+    /// cluster): the second says more about why a mesh did not form.
+    pub(crate) fn is_silence(&self) -> bool {
+        matches!(self, Error::Io { .. } | Error::HandshakeSilent { .. })
     }
 
     /// Wraps the current OS error for `call`.

@@ -275,9 +275,14 @@ fn receive(local: &Credentials, stream: &mut TcpStream, peer: NodeId) -> Result<
 }
 
 fn read_exact(stream: &mut TcpStream, buf: &mut [u8], who: &str) -> Result<()> {
-    stream
-        .read_exact(buf)
-        .map_err(|e| handshake(who, &format!("receive: {e}")))
+    use std::io::ErrorKind::{TimedOut, WouldBlock};
+    stream.read_exact(buf).map_err(|e| match e.kind() {
+        // The socket's receive timeout (`SO_RCVTIMEO`) ran out.
+        WouldBlock | TimedOut => Error::HandshakeSilent {
+            who: who.to_owned(),
+        },
+        _ => handshake(who, &format!("receive: {e}")),
+    })
 }
 
 fn fresh_nonce() -> Result<[u8; NONCE_LEN]> {

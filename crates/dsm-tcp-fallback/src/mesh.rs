@@ -48,9 +48,32 @@ pub(crate) type Mesh = Vec<Option<Link>>;
 #[derive(Debug)]
 struct Progress {
     slots: Mutex<Mesh>,
-    last_error: Mutex<String>,
+    last_error: Mutex<LastError>,
     /// Handshakes of accepted sockets in progress.
     in_flight: AtomicUsize,
+}
+
+/// The error a failed mesh reports: the latest one, except that silence (a refused or timed
+/// out connection) does not replace a peer's wrong answer. A node with the wrong key keeps
+/// redialling until the deadline, and its last attempt, cut short by the deadline, must not
+/// hide the "wrong cluster key" its earlier attempts got.
+#[derive(Debug, Default)]
+struct LastError {
+    text: String,
+    silence: bool,
+}
+
+impl Progress {
+    fn note(&self, error: &Error) {
+        let mut last = lock(&self.last_error);
+        if error.is_silence() && !last.silence && !last.text.is_empty() {
+            return;
+        }
+        *last = LastError {
+            text: error.to_string(),
+            silence: error.is_silence(),
+        };
+    }
 }
 
 /// Connects to every peer of `config` or fails naming the ranks missing at the deadline.
@@ -59,7 +82,7 @@ pub(crate) fn connect(config: &TcpConfig, local: &Credentials) -> Result<Mesh> {
     let deadline = started + config.connect_timeout;
     let progress = Arc::new(Progress {
         slots: Mutex::new(empty_mesh(config.peers.len())),
-        last_error: Mutex::new(String::new()),
+        last_error: Mutex::new(LastError::default()),
         in_flight: AtomicUsize::new(0),
     });
     std::thread::scope(|scope| {
@@ -78,7 +101,7 @@ pub(crate) fn connect(config: &TcpConfig, local: &Credentials) -> Result<Mesh> {
         Err(Error::MeshTimeout {
             missing,
             waited_ms: started.elapsed().as_millis(),
-            last_error: lock(&progress.last_error).clone(),
+            last_error: std::mem::take(&mut lock(&progress.last_error).text),
         })
     }
 }
@@ -97,7 +120,7 @@ fn dial_lower(config: &TcpConfig, local: &Credentials, deadline: Instant, progre
                 }
                 Err(e) => {
                     tracing::debug!(rank = config.rank, peer, error = %e, "dial failed, retrying");
-                    *lock(&progress.last_error) = e.to_string();
+                    progress.note(&e);
                     std::thread::sleep(
                         REDIAL_PAUSE.min(deadline.saturating_duration_since(Instant::now())),
                     );
@@ -185,7 +208,7 @@ fn accept_one(
         },
         Err(e) => {
             tracing::warn!(rank, error = %e, "rejected an incoming connection");
-            *lock(&progress.last_error) = e.to_string();
+            progress.note(&e);
         }
     }
 }
@@ -256,4 +279,56 @@ fn bounded(limit: Duration, deadline: Instant) -> Duration {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress() -> Progress {
+        Progress {
+            slots: Mutex::new(empty_mesh(2)),
+            last_error: Mutex::new(LastError::default()),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn silent() -> Error {
+        Error::HandshakeSilent {
+            who: "node 0".into(),
+        }
+    }
+
+    fn wrong_key() -> Error {
+        Error::Handshake {
+            who: "node 0".into(),
+            reason: "wrong cluster key (MAC mismatch)".into(),
+        }
+    }
+
+    fn reported(progress: &Progress) -> String {
+        lock(&progress.last_error).text.clone()
+    }
+
+    #[test]
+    fn silence_does_not_hide_a_wrong_answer_but_a_new_answer_replaces_it() {
+        let progress = progress();
+        progress.note(&silent());
+        assert!(reported(&progress).contains("no answer"), "silence first");
+        progress.note(&wrong_key());
+        assert!(
+            reported(&progress).contains("key"),
+            "an answer replaces silence"
+        );
+        progress.note(&silent());
+        let refused = Error::io("connect", std::io::ErrorKind::ConnectionRefused.into());
+        progress.note(&refused);
+        assert!(reported(&progress).contains("key"), "silence kept out");
+        let other = Error::Handshake {
+            who: "node 0".into(),
+            reason: "answered as node 3".into(),
+        };
+        progress.note(&other);
+        assert!(reported(&progress).contains("node 3"), "the latest answer");
+    }
 }

@@ -145,7 +145,9 @@ fn intruders_are_rejected_while_the_mesh_forms() {
     let (wrong_listener, _) = listeners_one();
     let mut wrong = TcpConfig::new(1, wrong_listener, addrs.clone(), CLUSTER);
     wrong.key = Some([0x43; 32]);
-    wrong.connect_timeout = Duration::from_millis(600);
+    // Long enough that the first attempt's answer comes even on a loaded machine; later
+    // attempts cut short by the deadline do not hide it (`mesh::LastError`).
+    wrong.connect_timeout = Duration::from_secs(3);
     let (tx, _rx) = channel();
     match TcpTransport::start(wrong, Arc::new(Collect(tx))) {
         Err(Error::MeshTimeout {
