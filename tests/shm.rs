@@ -66,6 +66,46 @@ fn child_share_and_read() {
     node.leave().expect("leave");
 }
 
+/// Runs on every node: in a release-mode region, writes every other word of the block its
+/// next rank is the home of, while that rank writes the other words of the same pages (both
+/// in one interval: false sharing), for a few rounds; after each barrier every node checks
+/// every word of every block. Then prints its stats.
+#[test]
+#[ignore = "a node program: run by the tests below"]
+fn child_write_other_homes() {
+    let node = join();
+    let (rank, size) = (node.rank() as usize, node.size() as usize);
+    let block = PAGES_PER_NODE * WORDS_PER_PAGE;
+    let region = node
+        .alloc::<u64>("released", block * size, Consistency::Release)
+        .expect("alloc");
+    let next = (rank + 1) % size;
+    for round in 0..4 {
+        let value = |writer: usize, i: usize| word(writer, i) + (round << 48);
+        for i in (next * block..(next + 1) * block).step_by(2) {
+            region.set(i, value(rank, i)); // the even words of the next rank's pages
+        }
+        for i in (rank * block + 1..(rank + 1) * block).step_by(2) {
+            region.set(i, value(rank, i)); // the odd words of this rank's own pages
+        }
+        node.barrier().expect("barrier after writing");
+        for home in 0..size {
+            let even_writer = (home + size - 1) % size;
+            for i in home * block..(home + 1) * block {
+                let writer = if i % 2 == 0 { even_writer } else { home };
+                assert_eq!(
+                    region.get(i),
+                    value(writer, i),
+                    "rank {rank}, round {round}, word {i}"
+                );
+            }
+        }
+        node.barrier().expect("barrier after reading");
+    }
+    println!("rank {} stats {}", node.rank(), node.stats().to_json());
+    node.leave().expect("leave");
+}
+
 /// Threads of one node faulting at once, in each round.
 const FAULTING_THREADS: usize = 4;
 const ROUNDS: u64 = 25;
@@ -174,6 +214,32 @@ fn pages_of_same_host_homes_are_copied_from_their_arena_not_sent() {
                 );
             } else {
                 assert!(counters.data_in_messages(), "{transport}: {counters:?}");
+            }
+        }
+    }
+    assert_nothing_left(&before, "these clusters");
+}
+
+#[test]
+fn release_diffs_to_same_host_homes_are_merged_in_place_not_sent() {
+    let before = dev_shm();
+    for transport in ["shm", "tcp"] {
+        let launch = Launch {
+            child: "shm::child_write_other_homes",
+            transport,
+            size: 3,
+            nobody: None,
+        };
+        for (rank, (ok, out)) in run(&launch).iter().enumerate() {
+            assert!(ok, "rank {rank} under {transport}: {out}");
+            let counters = Counters::of(out, rank);
+            // Every page of the next rank's block, each round.
+            let pages = (4 * PAGES_PER_NODE) as u64;
+            let (merged, sent) = (counters.diffs_merged_in_place, counters.diffs_sent);
+            if transport == "shm" {
+                assert_eq!((merged, sent), (pages, 0), "rank {rank}: {counters:?}");
+            } else {
+                assert_eq!((merged, sent), (0, pages), "rank {rank}: {counters:?}");
             }
         }
     }

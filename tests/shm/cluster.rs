@@ -97,6 +97,8 @@ pub struct Counters {
     pub shm_peers: u64,
     pub pages_fetched: u64,
     pub bytes_received: u64,
+    pub diffs_sent: u64,
+    pub diffs_merged_in_place: u64,
 }
 
 impl Counters {
@@ -116,6 +118,8 @@ impl Counters {
             shm_peers: field("shm_peers"),
             pages_fetched: field("pages_fetched"),
             bytes_received: field("bytes_received"),
+            diffs_sent: field("diffs_sent"),
+            diffs_merged_in_place: field("diffs_merged_in_place"),
         }
     }
 

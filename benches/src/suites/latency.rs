@@ -38,7 +38,10 @@
 //! - `lock_handoff_us`: ranks 0 and 1 take turns holding one lock and incrementing one word
 //!   of a sequential region under it; half of rank 0's cycle (one acquire + increment +
 //!   release by each node in turn);
-//! - `barrier_us`: every node passes barriers in a row.
+//! - `barrier_us`: every node passes barriers in a row;
+//! - `release_one_diff_us`: rank 0 holds a lock of its own, writes one word of a release-mode
+//!   page homed on rank 1 and releases: the release publishes the diff (over TCP a message
+//!   and its acknowledgement; over shared memory merged into rank 1's master in place).
 //!
 //! Floors, in every cluster between its ranks 0 and 1 (the processes the figures run in),
 //! before the first figure and after each: `rtt_blocking_us` and `rtt_busy_poll_us`, a std TCP round trip (64 B request,
@@ -59,8 +62,8 @@
 //! (< 1). The others have `targets` saying why none.
 //!
 //! Shared memory against TCP, at the top level: `ratio_shm_to_tcp_<figure>` for
-//! `remote_read_fault`, `remote_read_fault_home_computing`, `scan_per_page`, `lock_handoff`
-//! and `barrier`, the median in `n2_shm` over the median in `n2` (two clusters of one run).
+//! `remote_read_fault`, `remote_read_fault_home_computing`, `scan_per_page`, `lock_handoff`,
+//! `barrier` and `release_one_diff`, the median in `n2_shm` over the median in `n2` (two clusters of one run).
 //! The default fault delivery against thread delivery likewise: `n2` over `n2_thread`, and
 //! `n2_shm` over `n2_shm_thread` (issue #10: the default is the faster, measured).
 //!
@@ -84,6 +87,7 @@ mod hops;
 mod node;
 mod placement;
 mod ratios;
+mod release;
 mod spawn;
 
 use std::path::Path;

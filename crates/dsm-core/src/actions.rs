@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use dsm_wire::{Coherence, NodeId, Page, PageId};
+use dsm_wire::{Coherence, NodeId, Page, PageDiff, PageId};
 
 use crate::error::Error;
 
@@ -45,6 +45,17 @@ pub enum Action {
         page: PageId,
         /// This node's copy, write-protected.
         data: Page,
+    },
+    /// Release mode: write the changed bytes of `diff` (exactly those, no others) into
+    /// `home`'s master copy of `diff.page` in place (a same-host home whose master copies this
+    /// node maps), instead of sending them in a `DiffBatch`. Nothing acknowledges it: the
+    /// bytes are in the master once applied, before any later action (the `SyncDone` whose
+    /// notices announce them among them).
+    MergeMaster {
+        /// Home whose master copy is written.
+        home: NodeId,
+        /// The page and its changed runs.
+        diff: PageDiff,
     },
     /// Install `data` as this node's copy of `page` (`UFFDIO_COPY`), read-only unless
     /// `writable`.

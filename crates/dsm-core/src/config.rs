@@ -85,6 +85,9 @@ pub enum Mutation {
     StaleTwin,
     /// Release mode with scanned writes: the scan at a release misses one written page.
     ScanMissesPage,
+    /// Release mode: a same-host writer merges its whole copy into its home's master, not
+    /// just the bytes it changed, clobbering other writers' bytes of the page.
+    MergeWholePage,
     /// Sequential mode: a home told of a failed node keeps waiting for the invalidation acks
     /// that node owed (for pages it held read-only), so the writes waiting on them hang.
     ForgetFailedAcks,
@@ -110,7 +113,7 @@ pub struct CoherenceConfig {
     /// themselves (a same-host peer that maps them). Grants to them carry no data.
     pub readers_of_home: Vec<NodeId>,
     /// Besides [`one_sided`](Self::one_sided): peers whose master copies this node reads
-    /// (and, in sequential mode, writes back to in place) itself, so a grant of theirs
+    /// (and writes back to, or merges its diffs into, in place) itself, so a grant of theirs
     /// without data is read with
     /// [`Action::ReadPage`](crate::Action::ReadPage). A superset of the peers that count this
     /// node among their [`readers_of_home`](Self::readers_of_home) (the two sides of a pair
@@ -158,8 +161,9 @@ impl CoherenceConfig {
     }
 
     /// Whether this node gives pages back to `home` by writing its master copy in place
-    /// (sequential mode: answering a recall with `MasterWritten`): a same-host home, whose
-    /// master copies it maps read-write ([`homes_read`](Self::homes_read); RDMA reads only).
+    /// (sequential mode: answering a recall with `MasterWritten`; release mode: merging its
+    /// diffs, `Action::MergeMaster`): a same-host home, whose master copies it maps
+    /// read-write ([`homes_read`](Self::homes_read); RDMA reads only).
     pub(crate) fn writes_master_of(&self, home: NodeId) -> bool {
         home != self.node && self.homes_read.contains(&home)
     }
@@ -178,6 +182,7 @@ impl CoherenceConfig {
                     | (Mutation::ForgetNotices, MutationPoint::ForgetNotices)
                     | (Mutation::StaleTwin, MutationPoint::StaleTwin)
                     | (Mutation::ScanMissesPage, MutationPoint::ScanMissesPage)
+                    | (Mutation::MergeWholePage, MutationPoint::MergeWholePage)
                     | (Mutation::ForgetFailedAcks, MutationPoint::ForgetFailedAcks)
                     | (Mutation::ServeLostPages, MutationPoint::ServeLostPages)
                     | (
@@ -198,6 +203,7 @@ pub(crate) enum MutationPoint {
     ForgetNotices,
     StaleTwin,
     ScanMissesPage,
+    MergeWholePage,
     ForgetFailedAcks,
     ServeLostPages,
     HandBackLosesData,

@@ -205,23 +205,26 @@ impl Syncs {
         mem: &mut dyn Memory,
     ) -> bool {
         mem.write_protect(page);
-        let runs = diff(mem.twin(page), mem.local_page(page));
+        let runs = changed_runs(mem.twin(page), mem.local_page(page), loc.home, ctx);
         ctx.out.push(Action::DropTwin { page });
         cache.dirty.remove(&page);
         if runs.is_empty() {
             return false;
         }
-        self.queue_diff(page, loc.home, runs);
+        self.queue_diff(PageDiff { page, runs }, loc.home, ctx);
         true
     }
 
-    /// Queues the changed `runs` of `page` for its `home`.
-    fn queue_diff(&mut self, page: PageId, home: NodeId, runs: Vec<DiffRun>) {
+    /// Queues `diff` for its `home` ([`Syncs::send_batches`]), or, for a same-host home whose
+    /// master copies this node maps, has the driver merge it in place at once
+    /// ([`Action::MergeMaster`]): no message, no ack to wait for.
+    fn queue_diff(&mut self, diff: PageDiff, home: NodeId, ctx: &mut Ctx<'_>) {
         self.published += 1;
-        self.batches
-            .entry(home)
-            .or_default()
-            .push(PageDiff { page, runs });
+        if ctx.config.writes_master_of(home) {
+            ctx.out.push(Action::MergeMaster { home, diff });
+            return;
+        }
+        self.batches.entry(home).or_default().push(diff);
     }
 
     /// Sends the queued diffs for each home in as few messages as the frame size allows
@@ -319,6 +322,27 @@ fn split_batch(diffs: Vec<PageDiff>) -> Vec<Vec<PageDiff>> {
         bytes += size;
     }
     batches
+}
+
+/// The runs of a page's diff for `home`: [`diff`], or (mutation `MergeWholePage`, for a
+/// home merged into in place) the whole page.
+fn changed_runs(
+    twin: &[u8; PAGE_SIZE],
+    current: &[u8; PAGE_SIZE],
+    home: NodeId,
+    ctx: &Ctx<'_>,
+) -> Vec<DiffRun> {
+    let runs = diff(twin, current);
+    if !runs.is_empty()
+        && ctx.config.writes_master_of(home)
+        && ctx.config.mutated(MutationPoint::MergeWholePage)
+    {
+        return vec![DiffRun {
+            offset: 0,
+            bytes: current.to_vec(),
+        }];
+    }
+    runs
 }
 
 /// The runs of bytes where `current` differs from `twin`, exactly (no gap merging: an unchanged

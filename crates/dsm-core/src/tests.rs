@@ -57,6 +57,22 @@ impl Cluster {
 
     /// As [`Cluster::new`], with written pages found by scanning or not.
     fn with(n: u32, consistency: Consistency, one_sided: bool, scan_writes: bool) -> Self {
+        Cluster::build(n, consistency, one_sided, scan_writes, false)
+    }
+
+    /// Every node on one host: each maps every other's master copies (reads them, writes
+    /// back and merges diffs in place), as the runtime pairs same-host nodes.
+    fn same_host(n: u32, consistency: Consistency, scan_writes: bool) -> Self {
+        Cluster::build(n, consistency, false, scan_writes, true)
+    }
+
+    fn build(
+        n: u32,
+        consistency: Consistency,
+        one_sided: bool,
+        scan_writes: bool,
+        same_host: bool,
+    ) -> Self {
         let layout = RegionLayout {
             id: 0,
             pages: 4,
@@ -70,6 +86,11 @@ impl Cluster {
             let mut config = CoherenceConfig::new(node, n);
             config.one_sided = one_sided;
             config.scan_writes = scan_writes;
+            if same_host {
+                let others: Vec<NodeId> = (0..n).filter(|&o| o != node).collect();
+                config.readers_of_home.clone_from(&others);
+                config.homes_read = others;
+            }
             let mut engine = CoherenceEngine::new(config);
             engine.add_region(layout).unwrap();
             engines.push(engine);
@@ -149,6 +170,14 @@ impl Cluster {
                     }
                     Action::WriteMaster { home, page, data } => {
                         self.mems[*home as usize].home.insert(*page, data.clone());
+                    }
+                    Action::MergeMaster { home, diff } => {
+                        let master = self.mems[*home as usize].home.get_mut(&diff.page);
+                        let master = master.expect("a master copy at the home");
+                        for run in &diff.runs {
+                            let at = usize::from(run.offset);
+                            master[at..at + run.bytes.len()].copy_from_slice(&run.bytes);
+                        }
                     }
                     _ => {}
                 }
@@ -310,6 +339,46 @@ fn release_sends_a_diff_and_notices_invalidate_readers() {
     c.fault(2, Access::Read, 6);
     c.deliver_all();
     assert_eq!(c.mems[2].local[&P][10], 42);
+}
+
+/// A same-host writer merges its diffs into the home's master itself: no `DiffBatch`, no ack,
+/// and its release completes at once; readers see the bytes as over the network. Both ways
+/// of finding written pages.
+#[test]
+fn same_host_diffs_are_merged_in_place_and_the_release_completes_at_once() {
+    for scan_writes in [false, true] {
+        let mut c = Cluster::same_host(3, Consistency::Release, scan_writes);
+        c.fault(2, Access::Read, 1);
+        c.fault(0, Access::Write, 2);
+        c.deliver_all();
+        c.write(0, 10, 42);
+        c.write(0, 11, 43);
+        c.release(0, 100);
+        assert!(
+            !c.wire
+                .iter()
+                .any(|(_, _, m)| matches!(m, Coherence::DiffBatch { .. })),
+            "no diff message (scan_writes {scan_writes})"
+        );
+        let merged = c.seen[0].iter().any(|a| {
+            matches!(a, Action::MergeMaster { home: 1, diff }
+                if diff.page == P && diff.runs.len() == 1 && diff.runs[0].offset == 10)
+        });
+        assert!(merged, "one run merged into home 1's master");
+        assert!(
+            c.seen[0].contains(&Action::SyncDone {
+                token: 100,
+                notices: vec![P]
+            }),
+            "the release completed without waiting for an ack"
+        );
+        assert_eq!(&c.mems[1].home[&P][10..12], &[42, 43]);
+        assert_eq!(c.mems[1].home[&P][9], 1, "the bytes around stay the home's");
+        c.acquire(2, 5, &[P]);
+        c.fault(2, Access::Read, 6);
+        c.deliver_all();
+        assert_eq!(&c.mems[2].local[&P][10..12], &[42, 43]);
+    }
 }
 
 /// Scanned writes: no write fault after install, one batch per home at a release, and the

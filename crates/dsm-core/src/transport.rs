@@ -230,6 +230,17 @@ pub trait Transport: Send + std::marker::Sync {
         None
     }
 
+    /// Writes the changed bytes of `diff` (exactly those) into `home`'s exposed copy of its
+    /// page at once, when this transport can (the home's memory is mapped in this process).
+    /// `None`: it cannot. The default cannot.
+    fn merge_now(
+        &self,
+        _home: NodeId,
+        _diff: &dsm_wire::PageDiff,
+    ) -> Option<Result<(), TransportError>> {
+        None
+    }
+
     /// Starts a one-sided write of `data` into `home`'s exposed copy of `page`. Completes with
     /// [`TransportEvent::PageWritten`] carrying `token`.
     fn write_page(

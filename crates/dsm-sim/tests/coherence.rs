@@ -99,6 +99,10 @@ fn release_seeds() {
             "no home page was published in place"
         );
         assert!(total.invalidations > 0 && total.one_sided_reads > 0);
+        assert!(
+            total.diffs_merged_in_place > 0,
+            "no same-host writer merged a diff into its home's master"
+        );
         assert_pairs_ran(&total);
     }
 }
@@ -199,6 +203,18 @@ fn mutation_a_scan_missing_one_written_page_is_caught() {
         Mutation::ScanMissesPage,
         "a release whose scan misses a written page",
     );
+}
+
+#[test]
+fn mutation_a_same_host_writer_merging_its_whole_page_is_caught() {
+    for scan in [false, true] {
+        assert_caught_with(
+            Consistency::Release,
+            scan,
+            Mutation::MergeWholePage,
+            "a same-host diff merged as the whole page",
+        );
+    }
 }
 
 #[test]

@@ -29,6 +29,9 @@ pub struct Stats {
     pub invalidations_received: u64,
     /// Pages whose diffs were sent to their homes (release mode; each page of a batch counts).
     pub diffs_sent: u64,
+    /// Release mode: pages whose diffs this node merged into a same-host home's master copy
+    /// itself, in place (no message, no ack; not counted in `diffs_sent`).
+    pub diffs_merged_in_place: u64,
     /// Release mode: pages the scans at releases and acquires found written
     /// ([`WriteTracking::Scan`](crate::WriteTracking::Scan); 0 with write faults).
     pub pages_found_written: u64,
@@ -69,7 +72,7 @@ pub struct Stats {
 
 impl Stats {
     /// Every counter as `(name, value)`, in declaration order: the JSON form's fields.
-    pub fn fields(&self) -> [(&'static str, u64); 17] {
+    pub fn fields(&self) -> [(&'static str, u64); 18] {
         [
             ("read_faults", self.read_faults),
             ("write_faults", self.write_faults),
@@ -80,6 +83,7 @@ impl Stats {
             ("invalidations_sent", self.invalidations_sent),
             ("invalidations_received", self.invalidations_received),
             ("diffs_sent", self.diffs_sent),
+            ("diffs_merged_in_place", self.diffs_merged_in_place),
             ("pages_found_written", self.pages_found_written),
             ("pages_diffed", self.pages_diffed),
             ("twin_bytes", self.twin_bytes),
@@ -212,6 +216,7 @@ pub(crate) struct Counters {
     pub(crate) invalidations_sent: AtomicU64,
     pub(crate) invalidations_received: AtomicU64,
     pub(crate) diffs_sent: AtomicU64,
+    pub(crate) diffs_merged_in_place: AtomicU64,
     pub(crate) pages_found_written: AtomicU64,
     pub(crate) pages_diffed: AtomicU64,
     pub(crate) twin_bytes: AtomicU64,
@@ -253,6 +258,7 @@ impl Counters {
             invalidations_sent: get(&self.invalidations_sent),
             invalidations_received: get(&self.invalidations_received),
             diffs_sent: get(&self.diffs_sent),
+            diffs_merged_in_place: get(&self.diffs_merged_in_place),
             pages_found_written: get(&self.pages_found_written),
             pages_diffed: get(&self.pages_diffed),
             twin_bytes: get(&self.twin_bytes),

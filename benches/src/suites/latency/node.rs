@@ -67,6 +67,8 @@ struct Regions {
     scan: Region<u64>,
     /// One page: the word the lock hand-off increments.
     lock_word: Region<u64>,
+    /// One release-mode page per node: rank 0 writes rank 1's (`release_one_diff_us`).
+    released: Region<u64>,
 }
 
 impl Regions {
@@ -83,6 +85,7 @@ impl Regions {
             )?,
             scan: node.alloc("latency-scan", pages(figures::SCAN_BLOCK_PAGES), sequential)?,
             lock_word: node.alloc("latency-lock", WORDS_PER_PAGE, sequential)?,
+            released: node.alloc("latency-release", pages(1), Consistency::Release)?,
         })
     }
 }
@@ -136,6 +139,7 @@ fn measure(node: &Node) -> anyhow::Result<Option<Value>> {
     bench.floor_round("lock_handoff")?;
     let mut barrier = bench.barriers(Pass::Untraced)?;
     bench.floor_round("barrier")?;
+    let mut release = bench.release_one_diff(&regions.released)?;
     let traced = if traced {
         Some(bench.traced_pass(&regions)?)
     } else {
@@ -169,6 +173,11 @@ fn measure(node: &Node) -> anyhow::Result<Option<Value>> {
             parts.release_us.len(),
         ),
         ("barrier_us", summarize(&mut barrier), barrier.len()),
+        (
+            "release_one_diff_us",
+            summarize(&mut release),
+            release.len(),
+        ),
     ];
     let mut report = bench.floor_report();
     for (name, summary, samples) in figures {

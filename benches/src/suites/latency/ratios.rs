@@ -134,7 +134,7 @@ pub(super) fn compare_priorities(two: &mut Value, nice0: &Value) -> anyhow::Resu
 
 /// `ratio_<name>_<figure>`: each figure's median in `numerator` over its median in
 /// `denominator` (two clusters of one run), for the remote read fault (home waiting and
-/// computing), the scan, the lock hand-off and the barrier.
+/// computing), the scan, the lock hand-off, the barrier and the release of one diff.
 pub(super) fn compare(
     name: &str,
     numerator: &Value,
@@ -146,6 +146,7 @@ pub(super) fn compare(
         "scan_per_page",
         "lock_handoff",
         "barrier",
+        "release_one_diff",
     ]
     .into_iter()
     .map(|figure| {

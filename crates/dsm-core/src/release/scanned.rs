@@ -15,7 +15,7 @@
 
 use dsm_wire::{PAGE_SIZE, PageId};
 
-use super::{SyncWait, Syncs, diff};
+use super::{SyncWait, Syncs, changed_runs};
 use crate::cache::{Cache, LocalState};
 use crate::collections::HashMap;
 use crate::config::MutationPoint;
@@ -131,11 +131,11 @@ impl Syncs {
         if loc.home == ctx.config.node {
             return self.merge_home(page, current, ctx, mem);
         }
-        let runs = diff(mem.twin(page), current);
+        let runs = changed_runs(mem.twin(page), current, loc.home, ctx);
         if runs.is_empty() {
             return false;
         }
-        self.queue_diff(page, loc.home, runs);
+        self.queue_diff(dsm_wire::PageDiff { page, runs }, loc.home, ctx);
         if !ctx.config.mutated(MutationPoint::StaleTwin) {
             mem.twin_mut(page).copy_from_slice(current);
         }

@@ -111,6 +111,8 @@ pub struct Report {
     pub twins: u64,
     /// Diffs sent (release mode).
     pub diffs: u64,
+    /// Diffs a same-host writer merged into its home's master in place (release mode).
+    pub diffs_merged_in_place: u64,
     /// Pages still writable after a release (release mode: home pages published in place).
     pub kept_writable: u64,
     /// Pages given back to their home unasked (sequential mode).
@@ -148,6 +150,7 @@ impl Report {
         self.data_grants_to_readers += other.data_grants_to_readers;
         self.twins += other.twins;
         self.diffs += other.diffs;
+        self.diffs_merged_in_place += other.diffs_merged_in_place;
         self.kept_writable += other.kept_writable;
         self.hand_backs += other.hand_backs;
         self.recalls_crossing_hand_backs += other.recalls_crossing_hand_backs;

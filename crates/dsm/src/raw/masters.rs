@@ -247,6 +247,29 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Writes each run's bytes at its offset of page `index`, and nothing else; `None` outside
+    /// the mapping or the page.
+    pub(crate) fn write_runs(&self, index: u32, runs: &[dsm_wire::DiffRun]) -> Option<()> {
+        let to = self.page_ptr(index)?;
+        let fits = |run: &dsm_wire::DiffRun| usize::from(run.offset) + run.bytes.len() <= PAGE_SIZE;
+        if !runs.iter().all(fits) {
+            return None;
+        }
+        for run in runs {
+            // SAFETY: inside page `index` of the mapping (checked above), mapped read-write
+            // while `self` lives. Exactly the run's bytes are written: the home and other
+            // same-host writers store to the page's other bytes meanwhile (release mode's
+            // multiple writers), and must not find them overwritten.
+            unsafe {
+                let at = to.add(usize::from(run.offset));
+                std::ptr::copy_nonoverlapping(run.bytes.as_ptr(), at, run.bytes.len());
+            }
+        }
+        Some(())
+    }
+}
+
 impl Drop for Shared {
     fn drop(&mut self) {
         // SAFETY: mapped in `Arena::map` with this length, unmapped once; borrows of it end

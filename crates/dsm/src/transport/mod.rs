@@ -181,6 +181,14 @@ impl Transport for Wire {
         self.shm.as_ref()?.write_now(home, page, data)
     }
 
+    fn merge_now(
+        &self,
+        home: NodeId,
+        diff: &dsm_wire::PageDiff,
+    ) -> Option<Result<(), TransportError>> {
+        self.shm.as_ref()?.merge_now(home, diff)
+    }
+
     fn write_page(
         &self,
         home: NodeId,

@@ -81,6 +81,19 @@ impl World {
                 self.report.masters_written += 1;
                 self.nodes[home as usize].mem.home[page.page as usize] = data;
             }
+            Action::MergeMaster { home, diff } => {
+                // The runtime's same-host diff: its bytes into the home's master at once.
+                self.report.diffs_merged_in_place += 1;
+                let master = &mut self.nodes[home as usize].mem.home[diff.page.page as usize];
+                for run in &diff.runs {
+                    let at = usize::from(run.offset);
+                    let end = at + run.bytes.len();
+                    let Some(bytes) = master.get_mut(at..end) else {
+                        return Err(self.invariant(format!("node {n}: a diff run past its page")));
+                    };
+                    bytes.copy_from_slice(&run.bytes);
+                }
+            }
             Action::ReadPage { home, page, token } => {
                 self.report.one_sided_reads += 1;
                 if self.config.pairs.reads_at_once(node_id, home) {

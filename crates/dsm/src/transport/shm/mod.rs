@@ -302,6 +302,18 @@ impl Shm {
         self.with_masters(home, page, |masters| masters.write_page(page.page, data))
     }
 
+    /// Merges `diff` into `home`'s arena (exactly its changed bytes), if `home` is a paired
+    /// peer.
+    pub(crate) fn merge_now(
+        &self,
+        home: NodeId,
+        diff: &dsm_wire::PageDiff,
+    ) -> Option<std::result::Result<(), TransportError>> {
+        self.with_masters(home, diff.page, |masters| {
+            masters.write_runs(diff.page.page, &diff.runs)
+        })
+    }
+
     /// A copy of `page` out of `home`'s arena, if `home` is a paired peer.
     pub(crate) fn read_now(
         &self,
