@@ -49,6 +49,17 @@ fn join() -> Node {
     }
 }
 
+/// This node's rank, the cluster's size, the words of one node's block, and a region `name`
+/// of one block per node (node `r` the home of the `r`-th).
+fn blocks(node: &Node, name: &str, consistency: Consistency) -> (usize, usize, usize, Region<u64>) {
+    let (rank, size) = (node.rank() as usize, node.size() as usize);
+    let block = PAGES_PER_NODE * WORDS_PER_PAGE;
+    let region = node
+        .alloc::<u64>(name, block * size, consistency)
+        .expect("alloc");
+    (rank, size, block, region)
+}
+
 /// Runs on every node: shares and reads a region of each consistency, then prints its stats.
 #[test]
 #[ignore = "a node program: run by the tests below"]
@@ -74,11 +85,7 @@ fn child_share_and_read() {
 #[ignore = "a node program: run by the tests below"]
 fn child_write_other_homes() {
     let node = join();
-    let (rank, size) = (node.rank() as usize, node.size() as usize);
-    let block = PAGES_PER_NODE * WORDS_PER_PAGE;
-    let region = node
-        .alloc::<u64>("released", block * size, Consistency::Release)
-        .expect("alloc");
+    let (rank, size, block, region) = blocks(&node, "released", Consistency::Release);
     let next = (rank + 1) % size;
     for round in 0..4 {
         let value = |writer: usize, i: usize| word(writer, i) + (round << 48);
@@ -118,11 +125,7 @@ const ROUNDS: u64 = 25;
 #[ignore = "a node program: run by the tests below"]
 fn child_threads_fault_at_once() {
     let node = join();
-    let (rank, size) = (node.rank() as usize, node.size() as usize);
-    let block = PAGES_PER_NODE * WORDS_PER_PAGE;
-    let region = node
-        .alloc::<u64>("threads", block * size, Consistency::Sequential)
-        .expect("alloc");
+    let (rank, size, block, region) = blocks(&node, "threads", Consistency::Sequential);
     let expected = |round: u64, owner: usize, i: usize| (round << 48) ^ word(owner, i);
     for round in 0..ROUNDS {
         for i in rank * block..(rank + 1) * block {
@@ -185,6 +188,22 @@ fn child_die_in_barrier() {
     );
 }
 
+/// Runs `child` on 3 nodes under `transport`; each rank's counters, once it succeeded.
+fn counters_of_three(child: &str, transport: &str) -> Vec<(usize, Counters)> {
+    let launch = Launch {
+        child,
+        transport,
+        size: 3,
+        nobody: None,
+    };
+    let outcomes = run(&launch);
+    let counters = outcomes.iter().enumerate().map(|(rank, (ok, out))| {
+        assert!(ok, "rank {rank} under {transport}: {out}");
+        (rank, Counters::of(out, rank))
+    });
+    counters.collect()
+}
+
 /// Pages each node reads from the others: their blocks of both regions.
 fn pages_read(size: usize) -> u64 {
     ((size - 1) * PAGES_PER_NODE * 2) as u64
@@ -194,17 +213,13 @@ fn pages_read(size: usize) -> u64 {
 fn pages_of_same_host_homes_are_copied_from_their_arena_not_sent() {
     let before = dev_shm();
     for transport in ["shm", "auto", "tcp"] {
-        let launch = Launch {
-            child: "shm::child_share_and_read",
-            transport,
-            size: 3,
-            nobody: None,
-        };
-        for (rank, (ok, out)) in run(&launch).iter().enumerate() {
-            assert!(ok, "rank {rank} under {transport}: {out}");
-            let counters = Counters::of(out, rank);
+        for (rank, counters) in counters_of_three("shm::child_share_and_read", transport) {
             let shared = transport != "tcp";
-            assert_eq!(counters.shm_peers, if shared { 2 } else { 0 }, "{out}");
+            assert_eq!(
+                counters.shm_peers,
+                if shared { 2 } else { 0 },
+                "rank {rank}: {counters:?}"
+            );
             assert!(counters.pages_fetched >= pages_read(3), "{counters:?}");
             if shared {
                 // A few small messages per page (request, grant), never the page.
@@ -224,15 +239,7 @@ fn pages_of_same_host_homes_are_copied_from_their_arena_not_sent() {
 fn release_diffs_to_same_host_homes_are_merged_in_place_not_sent() {
     let before = dev_shm();
     for transport in ["shm", "tcp"] {
-        let launch = Launch {
-            child: "shm::child_write_other_homes",
-            transport,
-            size: 3,
-            nobody: None,
-        };
-        for (rank, (ok, out)) in run(&launch).iter().enumerate() {
-            assert!(ok, "rank {rank} under {transport}: {out}");
-            let counters = Counters::of(out, rank);
+        for (rank, counters) in counters_of_three("shm::child_write_other_homes", transport) {
             // Every page of the next rank's block, each round.
             let pages = (4 * PAGES_PER_NODE) as u64;
             let (merged, sent) = (counters.diffs_merged_in_place, counters.diffs_sent);
