@@ -13,8 +13,10 @@
 use dsm_wire::PAGE_SIZE;
 
 /// Stores into `master` every byte where `current` differs from `twin`, and only those;
-/// returns whether any did. Word by word: an unchanged word costs a compare, a word changed
-/// in all eight bytes one store; only a partly changed word is stored byte by byte.
+/// returns whether any did. With AVX-512BW, 64 bytes at a time: one compare and one masked
+/// store, which writes the selected bytes only (0.2–0.3 µs a page here, as fast as the
+/// blend it replaced); otherwise word by word, byte stores for the changed bytes of changed
+/// words (4–5 µs for a page of doubles that all changed).
 pub(crate) fn merge(
     twin: &[u8; PAGE_SIZE],
     current: &[u8; PAGE_SIZE],
@@ -23,62 +25,69 @@ pub(crate) fn merge(
     if twin == current {
         return false;
     }
-    let words = twin.chunks_exact(8).zip(current.chunks_exact(8));
-    for (i, (t, c)) in words.enumerate() {
-        let (t, c) = (word(t), word(c));
-        if t == c {
-            continue;
-        }
-        let at = i * 8;
-        if every_byte_differs(t ^ c) {
-            store_word(&mut master[at..at + 8], c);
-        } else {
-            for (b, (tb, cb)) in t.to_ne_bytes().iter().zip(c.to_ne_bytes()).enumerate() {
-                if *tb != cb {
-                    store(&mut master[at + b..at + b + 1], &[cb]);
-                }
-            }
-        }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: this CPU has AVX-512BW (checked just above).
+        unsafe { masked::merge(twin, current, master) };
+        return true;
     }
+    merge_bytes(twin, current, master);
     true
 }
 
-fn word(bytes: &[u8]) -> u64 {
-    u64::from_ne_bytes(bytes.try_into().expect("chunks of 8"))
-}
-
-/// Whether no byte of `x` is zero (the classic has-zero-byte test, negated).
-fn every_byte_differs(x: u64) -> bool {
-    const LOW: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    x.wrapping_sub(LOW) & !x & HIGH == 0
-}
-
-/// Writes `value` over the 8 bytes of `to`: one volatile store where `to` is aligned for it
-/// (a master page is), else byte by byte.
-fn store_word(to: &mut [u8], value: u64) {
-    let at = to.as_mut_ptr();
-    if at.align_offset(std::mem::align_of::<u64>()) == 0 && to.len() == 8 {
-        // SAFETY: 8 writable bytes of the slice, aligned for a `u64` (checked).
-        unsafe { std::ptr::write_volatile(at.cast::<u64>(), value) };
-    } else {
-        store(to, &value.to_ne_bytes());
+/// The portable merge: unchanged words cost a compare; the changed bytes of a changed word
+/// are stored one by one, volatile, so that the compiler cannot widen the stores into a read
+/// and a write-back of the bytes around them (which `&mut` would otherwise allow).
+fn merge_bytes(twin: &[u8; PAGE_SIZE], current: &[u8; PAGE_SIZE], master: &mut [u8; PAGE_SIZE]) {
+    let words = twin.chunks_exact(8).zip(current.chunks_exact(8));
+    for ((t, c), to) in words.zip(master.chunks_exact_mut(8)) {
+        if t == c {
+            continue;
+        }
+        for ((t, c), to) in t.iter().zip(c).zip(to) {
+            if t != c {
+                // SAFETY: `to` is a valid, aligned `u8` of the slice.
+                unsafe { std::ptr::write_volatile(to, *c) };
+            }
+        }
     }
 }
 
-/// Writes `bytes` over `to` with volatile stores: the master may be mapped by other processes
-/// that store to its other bytes meanwhile, so the compiler must not widen these stores into
-/// a read and a write-back of bytes around them (which `&mut` would otherwise allow).
-fn store(to: &mut [u8], bytes: &[u8]) {
-    for (dst, src) in to.iter_mut().zip(bytes) {
-        // SAFETY: `dst` is a valid, aligned `u8` of the slice.
-        unsafe { std::ptr::write_volatile(dst, *src) };
+#[cfg(target_arch = "x86_64")]
+mod masked {
+    use std::arch::x86_64::{_mm512_cmpneq_epi8_mask, _mm512_loadu_si512, _mm512_mask_storeu_epi8};
+
+    use dsm_wire::PAGE_SIZE;
+
+    /// [`super::merge`] with AVX-512BW: a masked store writes the bytes its mask selects and
+    /// leaves the others alone (not read and written back), as byte stores would.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512BW.
+    #[target_feature(enable = "avx512bw")]
+    pub(super) unsafe fn merge(
+        twin: &[u8; PAGE_SIZE],
+        current: &[u8; PAGE_SIZE],
+        master: &mut [u8; PAGE_SIZE],
+    ) {
+        for at in (0..PAGE_SIZE).step_by(64) {
+            // SAFETY: `at + 64 <= PAGE_SIZE`, so each access stays inside its page; the
+            // loads and the store are unaligned ones.
+            unsafe {
+                let t = _mm512_loadu_si512(twin.as_ptr().add(at).cast());
+                let c = _mm512_loadu_si512(current.as_ptr().add(at).cast());
+                let changed = _mm512_cmpneq_epi8_mask(t, c);
+                if changed != 0 {
+                    _mm512_mask_storeu_epi8(master.as_mut_ptr().add(at).cast(), changed, c);
+                }
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::merge;
+    use super::{merge, merge_bytes};
     use dsm_wire::PAGE_SIZE;
 
     #[test]
@@ -94,6 +103,44 @@ mod tests {
         assert_eq!((master[4], master[5], master[6]), (9, 7, 9));
         assert_eq!(master[PAGE_SIZE - 1], 0);
         assert_eq!(master.iter().filter(|b| **b == 9).count(), PAGE_SIZE - 2);
+    }
+
+    #[test]
+    fn every_pattern_of_changed_bytes_stores_exactly_those() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..64 {
+            let twin: [u8; PAGE_SIZE] = std::array::from_fn(|_| next().to_le_bytes()[0]);
+            let mut current = twin;
+            // Each word changes in a random subset of its bytes (all 256 patterns occur).
+            for (i, byte) in current.iter_mut().enumerate() {
+                if next() % 2 == 0 || i % 97 == 0 {
+                    *byte = byte.wrapping_add(1 + next().to_le_bytes()[0] % 255);
+                }
+            }
+            let before: [u8; PAGE_SIZE] = std::array::from_fn(|_| next().to_le_bytes()[0]);
+            let check = |master: &[u8; PAGE_SIZE], path: &str| {
+                for i in 0..PAGE_SIZE {
+                    let want = if twin[i] == current[i] {
+                        before[i]
+                    } else {
+                        current[i]
+                    };
+                    assert_eq!(master[i], want, "byte {i}, {path}");
+                }
+            };
+            let mut master = before;
+            assert!(merge(&twin, &current, &mut master));
+            check(&master, "merge");
+            let mut master = before;
+            merge_bytes(&twin, &current, &mut master);
+            check(&master, "the portable path");
+        }
     }
 
     #[test]
