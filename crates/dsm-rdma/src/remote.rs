@@ -34,10 +34,10 @@ impl RemoteRegion {
         if len == 0 {
             return Err(bad("zero length"));
         }
-        if addr == 0 || addr % page != 0 {
+        if addr == 0 || !addr.is_multiple_of(page) {
             return Err(bad("address is null or not page-aligned"));
         }
-        if len % page != 0 {
+        if !len.is_multiple_of(page) {
             return Err(bad("length is not whole pages"));
         }
         if addr.checked_add(len).is_none() {

@@ -50,7 +50,10 @@ impl Mapping {
 
     /// The `u32` at byte `offset`, as an atomic.
     pub(crate) fn u32_at(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset % 4 == 0 && offset + 4 <= self.len, "u32 at {offset}");
+        assert!(
+            offset.is_multiple_of(4) && offset + 4 <= self.len,
+            "u32 at {offset}"
+        );
         // SAFETY: in bounds and aligned (checked above; the mapping is page-aligned); the
         // mapping lives as long as `&self`; `AtomicU32` has the layout of `u32` and all
         // accesses to shared memory in this crate are atomic.
@@ -61,7 +64,7 @@ impl Mapping {
     pub(crate) fn u64_slice(&self, offset: usize, count: usize) -> &[AtomicU64] {
         let end = count.checked_mul(8).and_then(|b| b.checked_add(offset));
         assert!(
-            offset % 8 == 0 && end.is_some_and(|e| e <= self.len),
+            offset.is_multiple_of(8) && end.is_some_and(|e| e <= self.len),
             "{count} u64s at {offset} in a mapping of {}",
             self.len
         );

@@ -194,7 +194,10 @@ fn child_scribble(name: &str) {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            w.store(if x % 3 == 0 { x % 4 } else { x }, Ordering::Relaxed);
+            w.store(
+                if x.is_multiple_of(3) { x % 4 } else { x },
+                Ordering::Relaxed,
+            );
         }
         ring.state_word()
             .store(x.to_le_bytes()[0].into(), Ordering::Relaxed);

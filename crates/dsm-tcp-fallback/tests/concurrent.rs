@@ -29,7 +29,11 @@ struct Stalling {
 
 impl EventSink for Stalling {
     fn deliver(&self, event: TransportEvent) {
-        if self.seen.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+        if self
+            .seen
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(1000)
+        {
             std::thread::sleep(Duration::from_millis(250));
         }
         let _ = self.events.send(event);

@@ -35,7 +35,7 @@ pub fn compute(twin: &[u8; PAGE_SIZE], current: &[u8; PAGE_SIZE]) -> Vec<DiffRun
 /// First offset at or after `from` where the pages differ (PAGE_SIZE if none); skips equal
 /// 8-byte words at a time.
 fn skip_equal(twin: &[u8; PAGE_SIZE], current: &[u8; PAGE_SIZE], mut from: usize) -> usize {
-    while from < PAGE_SIZE && from % WORD != 0 && twin[from] == current[from] {
+    while from < PAGE_SIZE && !from.is_multiple_of(WORD) && twin[from] == current[from] {
         from += 1;
     }
     while from + WORD <= PAGE_SIZE && twin[from..from + WORD] == current[from..from + WORD] {

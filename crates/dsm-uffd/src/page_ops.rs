@@ -73,7 +73,7 @@ impl UffdRegion {
         data: &[u8],
         protection: Protection,
     ) -> Result<Installed> {
-        if data.is_empty() || data.len() % PAGE_SIZE != 0 {
+        if data.is_empty() || !data.len().is_multiple_of(PAGE_SIZE) {
             return Err(Error::BadLength {
                 got: data.len(),
                 want: PAGE_SIZE,

@@ -133,7 +133,7 @@ impl UffdRegion {
         let len = (pages as usize)
             .checked_mul(PAGE_SIZE)
             .filter(|&len| {
-                len > 0 && address % PAGE_SIZE == 0 && address.checked_add(len).is_some()
+                len > 0 && address.is_multiple_of(PAGE_SIZE) && address.checked_add(len).is_some()
             })
             .ok_or(Error::BadGeometry { address, pages })?;
         let uffd = Uffd::open(delivery == Delivery::Signal, shared, tracked)?;

@@ -275,10 +275,10 @@ impl Master {
         };
         open.table.remove_owner(node);
         open.openers.remove(&node);
-        if open.openers.is_empty() {
-            if let Some(closed) = self.files.remove(&file) {
-                self.by_path.remove(closed.master.path());
-            }
+        if open.openers.is_empty()
+            && let Some(closed) = self.files.remove(&file)
+        {
+            self.by_path.remove(closed.master.path());
         }
     }
 }

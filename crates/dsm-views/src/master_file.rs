@@ -303,14 +303,14 @@ impl MasterFile {
                 });
             }
         }
-        if durability == Durability::Fsync {
-            if let Err(source) = self.file.sync_data() {
-                self.poisoned = true;
-                return Err(Error::Sync {
-                    path: self.path.clone(),
-                    source,
-                });
-            }
+        if durability == Durability::Fsync
+            && let Err(source) = self.file.sync_data()
+        {
+            self.poisoned = true;
+            return Err(Error::Sync {
+                path: self.path.clone(),
+                source,
+            });
         }
         self.crash_at(CrashPoint::AfterApply);
         Ok(())

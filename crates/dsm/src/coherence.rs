@@ -235,10 +235,10 @@ impl Coherence {
                 self.slots.fail(slot);
             }
         }
-        if let Some(mapped) = self.regions.get(&page.region) {
-            if let Err(e) = mapped.region.wake(page.page) {
-                tracing::warn!(?page, error = %e, "wake after a fault timeout");
-            }
+        if let Some(mapped) = self.regions.get(&page.region)
+            && let Err(e) = mapped.region.wake(page.page)
+        {
+            tracing::warn!(?page, error = %e, "wake after a fault timeout");
         }
     }
 

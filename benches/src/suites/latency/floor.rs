@@ -165,7 +165,7 @@ fn receive_polling(stream: &TcpStream, buffer: &mut [u8]) -> anyhow::Result<()> 
             return Err(error).context("recv(MSG_DONTWAIT)");
         }
         empty_polls += 1;
-        if empty_polls % POLLS_PER_CLOCK_CHECK == 0 && started.elapsed() > READ_LIMIT {
+        if empty_polls.is_multiple_of(POLLS_PER_CLOCK_CHECK) && started.elapsed() > READ_LIMIT {
             bail!("busy-polling: nothing for {READ_LIMIT:?}");
         }
         std::hint::spin_loop();

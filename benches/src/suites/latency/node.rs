@@ -273,7 +273,7 @@ impl Bench<'_> {
             local = reads_ns.iter().map(|ns| ns / 1e3).collect();
         }
         self.node.barrier()?;
-        let order = if round % 2 == 0 {
+        let order = if round.is_multiple_of(2) {
             [Wait::Blocking, Wait::BusyPoll]
         } else {
             [Wait::BusyPoll, Wait::Blocking]

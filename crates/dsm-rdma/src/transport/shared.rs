@@ -171,10 +171,10 @@ impl Shared {
         }
         let mut backlog = self.backlog();
         // Never post around a non-empty backlog: that would reorder a peer's frames.
-        if backlog.is_empty() {
-            if let Some(slot) = self.pools.send.acquire() {
-                return self.post_frame(to, &frame, slot);
-            }
+        if backlog.is_empty()
+            && let Some(slot) = self.pools.send.acquire()
+        {
+            return self.post_frame(to, &frame, slot);
         }
         if backlog.len() >= BACKLOG_LIMIT {
             return Err(Error::Exhausted {

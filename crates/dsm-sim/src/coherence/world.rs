@@ -302,7 +302,7 @@ impl World {
 
     /// Gives every engine the time (in steps), so its own timeouts are checked too.
     fn tick(&mut self) -> Result<()> {
-        if self.step % 16 != 0 {
+        if !self.step.is_multiple_of(16) {
             return Ok(());
         }
         for n in 0..self.nodes.len() {

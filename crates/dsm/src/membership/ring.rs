@@ -148,11 +148,11 @@ impl Ring {
             }
             self.next_beat = now + self.interval;
         }
-        if let Some(watched) = self.watched.filter(|_| self.watching) {
-            if now.duration_since(self.last_heard) > self.timeout {
-                self.failed(watched, now);
-                actions.push(RingAction::Declare { rank: watched });
-            }
+        if let Some(watched) = self.watched.filter(|_| self.watching)
+            && now.duration_since(self.last_heard) > self.timeout
+        {
+            self.failed(watched, now);
+            actions.push(RingAction::Declare { rank: watched });
         }
     }
 

@@ -96,7 +96,10 @@ impl Arena {
             .checked_mul(PAGE_SIZE)
             .ok_or(io::ErrorKind::InvalidInput)?;
         let end = offset.checked_add(len as u64);
-        if pages == 0 || offset % PAGE_SIZE as u64 != 0 || end.is_none_or(|e| e > self.len) {
+        if pages == 0
+            || !offset.is_multiple_of(PAGE_SIZE as u64)
+            || end.is_none_or(|e| e > self.len)
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("pages {offset:#x}+{len:#x} outside the arena"),

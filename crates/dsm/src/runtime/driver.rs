@@ -117,10 +117,10 @@ fn run_to_completion(
     event: TransportEvent,
 ) -> Option<TransportEvent> {
     crate::trace::received(&core.shared, &event);
-    if let TransportEvent::Message { message, .. } = &event {
-        if runs_inline(message) {
-            Counters::count(&core.shared.counters.bytes_received, message);
-        }
+    if let TransportEvent::Message { message, .. } = &event
+        && runs_inline(message)
+    {
+        Counters::count(&core.shared.counters.bytes_received, message);
     }
     match event {
         TransportEvent::Message {

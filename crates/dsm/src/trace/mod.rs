@@ -341,10 +341,10 @@ fn action_contended(
 /// A transport event reached the thread that handles it.
 #[inline]
 pub(crate) fn received(shared: &Shared, event: &TransportEvent) {
-    if shared.trace.on() {
-        if let TransportEvent::Message { from, message } = event {
-            received_contended(&shared.trace, *from, message);
-        }
+    if shared.trace.on()
+        && let TransportEvent::Message { from, message } = event
+    {
+        received_contended(&shared.trace, *from, message);
     }
 }
 
