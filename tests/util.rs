@@ -73,7 +73,7 @@ pub fn run_child_nodes(child: &str, nodes: u32, env: &[(&str, &str)]) -> String 
 
 /// A loopback address free right now (for a coordinator), below the kernel's ephemeral
 /// range so that no outgoing connection of a concurrent test takes its port before rank 0
-/// binds it (`dsm-run` picks its coordinator port the same way; see its `launch.rs`).
+/// binds it (`dsm::free_coordinator_address`, which `dsm-run` compiles in too).
 #[allow(dead_code)]
 pub fn free_address() -> String {
     dsm::free_coordinator_address().expect("a free loopback port")

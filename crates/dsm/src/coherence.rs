@@ -433,10 +433,10 @@ impl Coherence {
             Action::MergeMaster { home, diff } => {
                 // A same-host home's master, mapped here: merged before the release's
                 // `SyncDone` (a later action) lets its notices go.
-                Counters::bump(&counters.diffs_merged_in_place);
                 let region = diff.page.region;
                 let merged = ctx.transport.merge_now(home, &diff);
                 merged.unwrap_or(Err(dsm_core::TransportError::NotExposed { region, home }))?;
+                Counters::bump(&counters.diffs_merged_in_place);
             }
             Action::Install {
                 page,

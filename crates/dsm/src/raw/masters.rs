@@ -248,9 +248,7 @@ impl Shared {
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), to, PAGE_SIZE) };
         Some(())
     }
-}
 
-impl Shared {
     /// Writes each run's bytes at its offset of page `index`, and nothing else; `None` outside
     /// the mapping or the page.
     pub(crate) fn write_runs(&self, index: u32, runs: &[dsm_wire::DiffRun]) -> Option<()> {
@@ -303,6 +301,39 @@ mod tests {
             theirs.copy_page(2).unwrap()[7],
             0,
             "freed pages read as zeros"
+        );
+    }
+
+    #[test]
+    fn a_peers_runs_land_in_the_homes_page_and_nothing_around_them() {
+        let home = Arena::create(LEN).unwrap();
+        let peer = Arena::of_peer(home.fd().try_clone_to_owned().unwrap(), LEN).unwrap();
+        let offset = 1 << 31;
+        let ours = home.map(offset, 2).unwrap();
+        let theirs = peer.map(offset, 2).unwrap();
+        theirs.write_page(1, &Box::new([9; PAGE_SIZE])).unwrap();
+        let run = |offset: u16, bytes: &[u8]| dsm_wire::DiffRun {
+            offset,
+            bytes: bytes.to_vec(),
+        };
+        let runs = [run(3, &[1, 2]), run(4094, &[7, 8])];
+        assert_eq!(theirs.write_runs(1, &runs), Some(()));
+        let page = ours.copy_page(1).unwrap();
+        assert_eq!(
+            (&page[2..6], &page[4093..]),
+            (&[9, 1, 2, 9][..], &[9, 7, 8][..])
+        );
+        assert_eq!(page.iter().filter(|&&b| b == 9).count(), PAGE_SIZE - 4);
+        assert_eq!(
+            theirs.write_runs(1, &[run(4095, &[1, 2])]),
+            None,
+            "past the page"
+        );
+        assert_eq!(theirs.write_runs(2, &runs), None, "outside the mapping");
+        assert_eq!(
+            ours.copy_page(1).unwrap(),
+            page,
+            "a refused write changes nothing"
         );
     }
 
