@@ -9,13 +9,13 @@
 //! is held and answered by [`CoherenceEngine::poll`](crate::CoherenceEngine::poll): answering reads the local
 //! copy, which must be the installed one, with the woken thread's access done.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use dsm_wire::{Coherence, NodeId, Page, PageId};
+use dsm_wire::{Coherence, MAX_BATCH_PAGES, NodeId, Page, PageId};
 
 use crate::actions::{Access, Action};
 use crate::collections::{HashMap, HashSet};
-use crate::config::Consistency;
+use crate::config::{Consistency, MutationPoint};
 use crate::engine::Ctx;
 use crate::error::{Error, Result};
 use crate::memory::Memory;
@@ -101,6 +101,29 @@ struct Entry {
     /// migrates between writers (read, then written, under a lock say), so the next read fault
     /// asks it writable (read for ownership) and saves the write fault's round trip after it.
     migrates: bool,
+    /// Sequential mode: another node's write took this node's read-only copy (it was
+    /// invalidated while shared): the page is likely written again before this node reads
+    /// it next, so a copy of it is dropped at the next barrier ([`Cache::drop_consumed`]).
+    consumed: bool,
+    /// The home's version of the read-only copy held or last held here.
+    version: u64,
+    /// The version of the copy dropped at a barrier, until the page is granted again.
+    dropped_at: Option<u64>,
+}
+
+impl Entry {
+    /// Sequential mode: a read-only copy is granted at `version` by its home (elsewhere).
+    /// Returns whether to drop it at the next barrier, and whether it had been dropped for
+    /// nothing (granted back at the version it was dropped at: nobody wrote the page
+    /// meanwhile, so it is no longer dropped).
+    fn read_copy_granted(&mut self, version: u64) -> (bool, bool) {
+        let wasted = self.dropped_at.take() == Some(version);
+        if wasted {
+            self.consumed = false;
+        }
+        self.version = version;
+        (self.consumed, wasted)
+    }
 }
 
 /// This node's pages.
@@ -140,6 +163,17 @@ pub(crate) struct Cache {
     pub(crate) recalls_crossing_hand_backs: u64,
     /// Pages installed writable because their home pushed them.
     pub(crate) pushes_taken: u64,
+    /// Sequential mode: read-only copies granted while their page was `consumed`, to drop
+    /// at the next barrier (each checked again then).
+    droppable: Vec<PageId>,
+    /// Read-only copies dropped at barriers ([`Cache::drop_consumed`]).
+    pub(crate) copies_dropped: u64,
+    /// Of those, copies granted back at the version they were dropped at (nobody wrote the
+    /// page meanwhile: dropped for nothing, so the page is no longer dropped).
+    pub(crate) drops_wasted: u64,
+    /// Invalidations that reached this node after it had dropped their page (the home sent
+    /// them before the drop reached it).
+    pub(crate) invalidations_crossing_drops: u64,
 }
 
 impl Cache {
@@ -286,6 +320,55 @@ impl Cache {
         }
     }
 
+    /// Sequential mode, at a barrier: drops this node's read-only copies of pages homed
+    /// elsewhere that other nodes' writes took from it before (`Entry::consumed`), and tells
+    /// each home in one [`Coherence::Dropped`]. In a producer-consumer pattern (a stencil's
+    /// boundary rows: read here in one iteration, written by their home in a later one) the
+    /// home's next write then upgrades its copy with no invalidation round trip, instead of
+    /// waiting for this node to answer one while it computes or sleeps. Dropping a read-only
+    /// copy is always allowed; a page that nobody wrote before it is read here again cost a
+    /// fetch, and stops being dropped (`Entry::read_copy_granted`). Copies with a request,
+    /// a recall or an install in progress stay. Returns how many were dropped.
+    pub(crate) fn drop_consumed(
+        &mut self,
+        locate: impl Fn(PageId) -> Option<Located>,
+        ctx: &mut Ctx<'_>,
+    ) -> usize {
+        let mut by_home: BTreeMap<NodeId, Vec<PageId>> = BTreeMap::new();
+        for page in std::mem::take(&mut self.droppable) {
+            let Some(loc) = locate(page).filter(|l| l.consistency == Consistency::Sequential)
+            else {
+                continue; // Its region was freed (or its home failed).
+            };
+            let recalled = self.held.iter().any(|(_, p, _)| *p == page);
+            let Some(entry) = self.entries.get_mut(&page) else {
+                continue;
+            };
+            let idle = entry.state == LocalState::Shared && entry.pending.is_none();
+            if !idle || !entry.consumed || recalled || self.settling.contains(&page) {
+                continue;
+            }
+            if ctx.config.mutated(MutationPoint::DropKeepsCopy) {
+                by_home.entry(loc.home).or_default().push(page);
+                continue; // The broken variant tells the home but keeps its copy.
+            }
+            entry.dropped_at = Some(entry.version);
+            ctx.out.push(Action::Invalidate { page });
+            self.set_state(page, LocalState::Invalid);
+            by_home.entry(loc.home).or_default().push(page);
+        }
+        let mut dropped = 0;
+        for (home, pages) in by_home {
+            dropped += pages.len();
+            for chunk in pages.chunks(MAX_BATCH_PAGES) {
+                let pages = chunk.to_vec();
+                ctx.out.send(home, Coherence::Dropped { pages });
+            }
+        }
+        self.copies_dropped += dropped as u64;
+        dropped
+    }
+
     /// True when a read fault on `page` comes right after a read fault on the page before
     /// it, or right after the last page a prefetch asked (asked before this fault is
     /// recorded with [`Cache::note_read_fault`]).
@@ -346,10 +429,10 @@ impl Cache {
         from: NodeId,
         page: PageId,
         loc: Located,
-        grant: (Access, u64, Option<Page>),
+        grant: (Access, u64, u64, Option<Page>),
         ctx: &mut Ctx<'_>,
     ) -> Result<()> {
-        let (kind, req, data) = grant;
+        let (kind, req, version, data) = grant;
         let entry = self.entries.get_mut(&page);
         let Some(entry) = entry.filter(|e| {
             e.pending
@@ -362,6 +445,14 @@ impl Cache {
                 what: "grant without a matching request",
             });
         };
+        let sequential = loc.consistency == Consistency::Sequential;
+        if sequential && kind == Access::Read && from != ctx.config.node {
+            let (droppable, wasted) = entry.read_copy_granted(version);
+            if droppable {
+                self.droppable.push(page);
+            }
+            self.drops_wasted += u64::from(wasted);
+        }
         let one_sided = ctx.config.reads_master_of(from);
         // A recall from before a hand-back would have come before this grant.
         self.handed_back.remove(&page);
@@ -686,7 +777,12 @@ impl Cache {
                     ctx.out.push(Action::Invalidate { page });
                 }
                 self.set_state(page, LocalState::Invalid);
-                self.entries.entry(page).or_default().migrates = migrates || handed_back;
+                let entry = self.entries.entry(page).or_default();
+                let crossed_drop = state == LocalState::Invalid && entry.dropped_at.is_some();
+                self.invalidations_crossing_drops += u64::from(crossed_drop);
+                entry.migrates = migrates || handed_back;
+                // A copy only read here, taken by another node's write.
+                entry.consumed |= state == LocalState::Shared && !was_downgraded && !own_home;
                 let answer = match in_place {
                     true => Coherence::MasterWritten { req, page },
                     false => Coherence::InvalidateAck { req, page, data },
@@ -761,5 +857,6 @@ impl Cache {
         self.last_demand.remove(&region);
         self.lock_log.remove_region(region);
         self.handed_back.retain(|page| page.region != region);
+        self.droppable.retain(|page| page.region != region);
     }
 }

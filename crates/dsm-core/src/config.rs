@@ -97,6 +97,10 @@ pub enum Mutation {
     /// Sequential mode: a home that takes a page handed back (`Coherence::HandBack`) forgets
     /// its holder but keeps its stale master copy.
     HandBackLosesData,
+    /// Sequential mode: a node that drops its read-only copies at a barrier
+    /// (`Coherence::Dropped`) tells their homes but keeps its copies, which the next writer
+    /// then leaves stale.
+    DropKeepsCopy,
 }
 
 /// One engine's configuration.
@@ -189,6 +193,7 @@ impl CoherenceConfig {
                         Mutation::HandBackLosesData,
                         MutationPoint::HandBackLosesData
                     )
+                    | (Mutation::DropKeepsCopy, MutationPoint::DropKeepsCopy)
             )
         }
         #[cfg(not(feature = "mutation"))]
@@ -207,6 +212,7 @@ pub(crate) enum MutationPoint {
     ForgetFailedAcks,
     ServeLostPages,
     HandBackLosesData,
+    DropKeepsCopy,
 }
 
 #[cfg(test)]

@@ -332,6 +332,34 @@ impl Directory {
         Ok(())
     }
 
+    /// `from` dropped its read-only copies of `pages` unasked ([`Coherence::Dropped`]): it is
+    /// no longer among their readers. An invalidation already on its way to it is still
+    /// acknowledged (it answers one for a page it does not hold), so a transaction waiting
+    /// for it keeps waiting. Every page must count `from` among its readers (FIFO per pair:
+    /// its drop arrives before anything that changes that); else an error and nothing changes.
+    pub(crate) fn dropped(&mut self, from: NodeId, pages: &[PageId]) -> Result<()> {
+        let reader = |entry: Option<&DirEntry>| {
+            entry.is_some_and(|e| matches!(&e.holders, Holders::Shared(set) if set.contains(&from)))
+        };
+        if let Some(page) = pages.iter().find(|p| !reader(self.entries.get(p))) {
+            return Err(Error::Unexpected {
+                from,
+                page: *page,
+                what: "drop of a copy the sender does not hold",
+            });
+        }
+        for page in pages {
+            let entry = self.entries.get_mut(page).expect("checked above");
+            if let Holders::Shared(set) = &mut entry.holders {
+                set.remove(&from);
+                if set.is_empty() {
+                    entry.holders = Holders::None;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The writable holder `from` answered this page's recall having written the master in
     /// place: an invalidation ack with data (a write transaction) or a write-back (a read
     /// transaction's downgrade), whichever the transaction waits for.

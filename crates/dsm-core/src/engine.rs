@@ -263,6 +263,42 @@ impl CoherenceEngine {
         self.cache.lock_log.released(lock);
     }
 
+    /// Sequential mode, at a barrier (before the barrier's release): drops this node's
+    /// read-only copies of pages homed elsewhere that other nodes' writes took from it
+    /// before, telling each home in one message, so that the homes' next writes need no
+    /// invalidation round trip (a stencil's boundary rows, read here, written there in the
+    /// next iteration). A page read again before anybody wrote it costs one fetch and is not
+    /// dropped again until another write takes it. Returns how many copies were dropped.
+    pub fn drop_consumed_copies(&mut self, mem: &mut dyn Memory) -> Result<usize> {
+        self.one_call(mem, |engine, _| {
+            let regions = &engine.regions;
+            let nodes = engine.config.nodes;
+            let failed = &engine.failed;
+            let locate = |p| {
+                let loc = regions.locate(p, nodes).ok()?;
+                (!failed.contains(&loc.home)).then_some(loc)
+            };
+            let mut ctx = ctx!(engine);
+            engine.cache.drop_consumed(locate, &mut ctx)
+        })
+    }
+
+    /// Read-only copies dropped at barriers ([`drop_consumed_copies`](Self::drop_consumed_copies)).
+    pub fn copies_dropped(&self) -> u64 {
+        self.cache.copies_dropped
+    }
+
+    /// Of [`copies_dropped`](Self::copies_dropped), those granted back unchanged (nobody
+    /// wrote the page before it was read here again).
+    pub fn drops_wasted(&self) -> u64 {
+        self.cache.drops_wasted
+    }
+
+    /// Invalidations that reached this node after it had dropped their page at a barrier.
+    pub fn invalidations_crossing_drops(&self) -> u64 {
+        self.cache.invalidations_crossing_drops
+    }
+
     /// Forgets every lock's log (a barrier: what was written under locks before it is no
     /// longer a hint for their next holders).
     pub fn forget_written(&mut self) {
@@ -536,8 +572,16 @@ impl CoherenceEngine {
         };
         let loc = self.locate(page)?;
         self.check_sender(from, page, loc, what, side)?;
-        if let Coherence::DiffBatch { diffs, .. } = &message {
-            self.check_batch(from, diffs)?;
+        match &message {
+            Coherence::DiffBatch { diffs, .. } => {
+                let pages = diffs.iter().map(|d| d.page);
+                self.check_homed_here(from, pages, Consistency::Release, what)?;
+            }
+            Coherence::Dropped { pages } => {
+                let pages = pages.iter().copied();
+                self.check_homed_here(from, pages, Consistency::Sequential, what)?;
+            }
+            _ => {}
         }
         let mut ctx = ctx!(self);
         let dir = &mut self.directory;
@@ -574,12 +618,17 @@ impl CoherenceEngine {
                 let returned = data.map_or(Returned::InPlace, Returned::Page);
                 dir.hand_back((from, next), page, returned, &mut ctx, mem)
             }
-            Coherence::ReadGrant { req, data, .. } => {
-                let grant = (Access::Read, req, data);
+            Coherence::Dropped { pages } if seq => dir.dropped(from, &pages),
+            Coherence::ReadGrant {
+                req, version, data, ..
+            } => {
+                let grant = (Access::Read, req, version, data);
                 self.cache.on_grant(from, page, loc, grant, &mut ctx)
             }
-            Coherence::WriteGrant { req, data, .. } if seq => {
-                let grant = (Access::Write, req, data);
+            Coherence::WriteGrant {
+                req, version, data, ..
+            } if seq => {
+                let grant = (Access::Write, req, version, data);
                 self.cache.on_grant(from, page, loc, grant, &mut ctx)
             }
             Coherence::Push { data, .. } if seq => {
@@ -601,19 +650,21 @@ impl CoherenceEngine {
         }
     }
 
-    /// Every page of a diff batch must be a release-mode page homed here (the first one was
-    /// checked like any message's page).
-    fn check_batch(&self, from: NodeId, diffs: &[dsm_wire::PageDiff]) -> Result<()> {
-        for diff in diffs {
-            let loc = self.locate(diff.page)?;
-            if loc.consistency != Consistency::Release {
-                return Err(Error::WrongMode {
-                    from,
-                    page: diff.page,
-                    what: "DiffBatch",
-                });
+    /// Every page of a message about several (a diff batch, a drop) must be a page of
+    /// `consistency` homed here (the first one was checked like any message's page).
+    fn check_homed_here(
+        &self,
+        from: NodeId,
+        pages: impl Iterator<Item = PageId>,
+        consistency: Consistency,
+        what: &'static str,
+    ) -> Result<()> {
+        for page in pages {
+            let loc = self.locate(page)?;
+            if loc.consistency != consistency {
+                return Err(Error::WrongMode { from, page, what });
             }
-            self.check_sender(from, diff.page, loc, "DiffBatch", Side::Home)?;
+            self.check_sender(from, page, loc, what, Side::Home)?;
         }
         Ok(())
     }
@@ -670,6 +721,7 @@ fn describe(message: &Coherence) -> (Option<PageId>, &'static str, Side) {
         C::DiffBatch { diffs, .. } => (diffs.first().map(|d| d.page), "DiffBatch", Side::Home),
         C::DiffAck { page, .. } => (Some(*page), "DiffAck", Side::Requester),
         C::PageLost { page, .. } => (Some(*page), "PageLost", Side::Requester),
+        C::Dropped { pages } => (pages.first().copied(), "Dropped", Side::Home),
         C::WriteNotices { .. } => (
             None,
             "WriteNotices (they travel in sync messages)",

@@ -862,6 +862,7 @@ fn a_fault_on_an_own_page_next_to_a_remote_row_is_not_a_scan() {
     assert_eq!(read_requests(&mut engine), vec![(1, 8)]);
 }
 
+mod drops;
 mod failure;
 
 /// The pages a node's last call invalidated at `to`, in order.

@@ -86,6 +86,14 @@ fn sequential_seeds() {
             total.pushes > 0 && total.requests_crossing_pushes > 0,
             "no home pushed a page, or no request crossed a push"
         );
+        assert!(
+            total.copies_dropped > 0 && total.drops_wasted > 0,
+            "no read-only copy was dropped, or none was dropped for nothing"
+        );
+        assert!(
+            total.invalidations_crossing_drops > 0,
+            "no invalidation crossed a drop"
+        );
     }
 }
 
@@ -165,6 +173,15 @@ fn mutation_a_hand_back_losing_its_data_is_caught() {
         Consistency::Sequential,
         Mutation::HandBackLosesData,
         "a home dropping a handed-back page's data",
+    );
+}
+
+#[test]
+fn mutation_a_drop_that_keeps_its_copy_is_caught() {
+    assert_caught(
+        Consistency::Sequential,
+        Mutation::DropKeepsCopy,
+        "a node telling its home it dropped a copy it kept",
     );
 }
 

@@ -155,6 +155,9 @@ fn coherence_samples() -> Vec<Coherence> {
         Coherence::WriteNotices {
             pages: vec![pid(0, 1), pid(2, 3)],
         },
+        Coherence::Dropped {
+            pages: vec![pid(0, 4), pid(0, 5), pid(1, 0)],
+        },
         Coherence::PageLost {
             req: 6,
             page: pid(1, 2),
@@ -564,6 +567,22 @@ fn an_empty_diff_batch_is_rejected() {
         decode(&encode(&msg, CLUSTER, 0), &limits),
         Err(Error::InvalidField { .. })
     ));
+}
+
+#[test]
+fn a_dropped_list_empty_or_over_a_batch_is_rejected() {
+    let limits = Limits::new(CLUSTER);
+    for n in [0, crate::MAX_BATCH_PAGES + 1] {
+        let pages = (0..n).map(|i| pid(0, u32::try_from(i).unwrap())).collect();
+        let msg = Message::Coherence(Coherence::Dropped { pages });
+        assert!(matches!(
+            decode(&encode(&msg, CLUSTER, 0), &limits),
+            Err(Error::InvalidField {
+                field: "dropped pages",
+                ..
+            })
+        ));
+    }
 }
 
 #[test]

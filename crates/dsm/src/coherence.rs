@@ -336,6 +336,15 @@ impl Coherence {
         }
     }
 
+    /// Sequential mode, at a barrier: drops the read-only copies other nodes' writes took
+    /// before (see `CoherenceEngine::drop_consumed_copies`).
+    pub(crate) fn drop_consumed_copies(&mut self, ctx: &Ctx<'_>) -> Result<()> {
+        let mut mem = Mem::new(&mut self.regions);
+        let dropped = self.engine.drop_consumed_copies(&mut mem)?;
+        Counters::add(&ctx.shared.counters.copies_dropped, dropped);
+        self.apply(ctx)
+    }
+
     /// A barrier: pages written under locks before it are passed on no more.
     pub(crate) fn forget_written(&mut self) {
         self.engine.forget_written();
@@ -372,9 +381,23 @@ impl Coherence {
                 let mut mem = Mem::new(&mut self.regions);
                 self.engine.poll(&mut mem)?;
             }
+            // Invalidations of consecutive pages are applied as one run: one `madvise` (3.4 µs
+            // a call here) for a row dropped at a barrier or named by write notices.
+            let mut run: Option<(PageId, u32)> = None;
             for action in actions {
+                if let Action::Invalidate { page } = action {
+                    match &mut run {
+                        Some((first, n)) if follows(*first, *n, page) => *n += 1,
+                        _ => {
+                            self.invalidate(run.replace((page, 1)), ctx)?;
+                        }
+                    }
+                    continue;
+                }
+                self.invalidate(run.take(), ctx)?;
                 self.act(action, ctx)?;
             }
+            self.invalidate(run, ctx)?;
             // Pages read at once go to the engine only now: it wants a batch applied whole
             // before its next call (`CoherenceEngine::take_actions`).
             for (token, data) in std::mem::take(&mut self.read_at_once) {
@@ -385,6 +408,17 @@ impl Coherence {
         Err(Error::Protocol(format!(
             "engine still deferring after {MAX_POLLS} polls"
         )))
+    }
+
+    /// Unmaps `count` pages from `first` on, if given (see `apply_actions`).
+    fn invalidate(&mut self, run: Option<(PageId, u32)>, ctx: &Ctx<'_>) -> Result<()> {
+        let Some((first, count)) = run else {
+            return Ok(());
+        };
+        // Counted here, not per message: release mode invalidates by write notices.
+        Counters::add(&ctx.shared.counters.invalidations_received, count as usize);
+        self.mapped(first)?.region.invalidate(first.page, count)?;
+        Ok(())
     }
 
     fn act(&mut self, action: Action, ctx: &Ctx<'_>) -> Result<()> {
@@ -459,11 +493,7 @@ impl Coherence {
                 }
             }
             Action::Upgrade { page } => self.mapped(page)?.region.upgrade(page.page)?,
-            Action::Invalidate { page } => {
-                // Counted here, not per message: release mode invalidates by write notices.
-                Counters::bump(&counters.invalidations_received);
-                self.mapped(page)?.region.invalidate(page.page, 1)?;
-            }
+            Action::Invalidate { page } => self.invalidate(Some((page, 1)), ctx)?,
             Action::MakeTwin { page } => {
                 let mapped = self.mapped_mut(page)?;
                 let twin = match mapped.installed.remove(&page.page) {
@@ -709,6 +739,11 @@ impl Memory for Mem<'_> {
     }
 }
 
+/// Whether `page` comes right after the run of `count` pages from `first`, in its region.
+fn follows(first: PageId, count: u32, page: PageId) -> bool {
+    page.region == first.region && first.page.checked_add(count) == Some(page.page)
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write as _;
@@ -756,6 +791,17 @@ mod tests {
         fn one_sided(&self) -> bool {
             false
         }
+    }
+
+    #[test]
+    fn invalidations_join_a_run_only_on_the_next_page_of_its_region() {
+        let page = |region, page| PageId { region, page };
+        assert!(follows(page(1, 4), 1, page(1, 5)));
+        assert!(follows(page(1, 4), 3, page(1, 7)));
+        assert!(!follows(page(1, 4), 3, page(1, 6)), "already in the run");
+        assert!(!follows(page(1, 4), 1, page(2, 5)), "another region");
+        assert!(!follows(page(1, 4), 1, page(1, 4)));
+        assert!(!follows(page(1, u32::MAX), 1, page(1, 0)), "no wrap-around");
     }
 
     #[test]

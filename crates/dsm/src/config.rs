@@ -192,6 +192,9 @@ pub struct Config {
     /// Sequential mode: a lock released to a waiting node passes the pages written under it
     /// on (`DSM_LOCK_HAND_BACK`, default on).
     pub(crate) lock_hand_back: bool,
+    /// Sequential mode: at a barrier, read-only copies that other nodes' writes took before
+    /// are dropped (`DSM_BARRIER_DROPS`, default on).
+    pub(crate) barrier_drops: bool,
     /// Priority of the node's service threads (`DSM_SERVICE_PRIORITY`, default realtime).
     pub(crate) service_priority: ServicePriority,
     /// The barrier algorithm (`DSM_BARRIER`, default auto).
@@ -232,6 +235,7 @@ impl Config {
                 twin_limit_bytes: DEFAULT_TWIN_LIMIT_MB << 20,
                 spin: DEFAULT_SPIN,
                 lock_hand_back: true,
+                barrier_drops: true,
                 service_priority: ServicePriority::Realtime,
                 barrier: BarrierChoice::Auto,
                 trace: None,
@@ -290,15 +294,10 @@ impl Config {
             b = b.spin(Duration::from_micros(us));
         }
         if let Some(on) = lookup("DSM_LOCK_HAND_BACK") {
-            b = b.lock_hand_back(match on.trim() {
-                "1" | "on" => true,
-                "0" | "off" => false,
-                _ => {
-                    return Err(Error::Config(format!(
-                        "DSM_LOCK_HAND_BACK={on:?} is not 1/on or 0/off"
-                    )));
-                }
-            });
+            b = b.lock_hand_back(parse_switch("DSM_LOCK_HAND_BACK", &on)?);
+        }
+        if let Some(on) = lookup("DSM_BARRIER_DROPS") {
+            b = b.barrier_drops(parse_switch("DSM_BARRIER_DROPS", &on)?);
         }
         if let Some(p) = lookup("DSM_SERVICE_PRIORITY") {
             b = b.service_priority(parse_priority(&p)?);
@@ -389,6 +388,10 @@ impl Config {
     /// Whether a lock released to a waiting node passes the pages written under it on.
     pub fn lock_hand_back(&self) -> bool {
         self.lock_hand_back
+    }
+    /// Whether a barrier drops the read-only copies other nodes' writes took before.
+    pub fn barrier_drops(&self) -> bool {
+        self.barrier_drops
     }
     /// The priority the node's service threads ask for.
     pub fn service_priority(&self) -> ServicePriority {
@@ -522,6 +525,17 @@ impl ConfigBuilder {
     /// the next holder never touches and that this node writes again soon.
     pub fn lock_hand_back(mut self, on: bool) -> Self {
         self.config.lock_hand_back = on;
+        self
+    }
+    /// Sequential mode: at every barrier this node drops its read-only copies of pages that
+    /// other nodes' writes took from it before, and tells their homes, so that a home's next
+    /// write needs no invalidation round trip to this node (a stencil's boundary rows: read
+    /// here in one iteration, written by their home in the next, while this node computes
+    /// and cannot answer at once). A page read again here before anybody wrote it costs one
+    /// fetch, and is not dropped again until a write takes it. Default on; off keeps every
+    /// copy until a write invalidates it.
+    pub fn barrier_drops(mut self, on: bool) -> Self {
+        self.config.barrier_drops = on;
         self
     }
     /// The barrier algorithm of every collective call (see [`BarrierChoice`]); every node of
@@ -698,6 +712,17 @@ fn parse_transport(value: &str) -> Result<TransportChoice> {
         "rdma!" => Ok(TransportChoice::RequireRdma),
         other => Err(Error::Config(format!(
             "DSM_TRANSPORT={other:?}: expected auto, shm, tcp, rdma or rdma! (rdma required)"
+        ))),
+    }
+}
+
+/// An on/off variable: `1`/`on` or `0`/`off`.
+fn parse_switch(name: &str, value: &str) -> Result<bool> {
+    match value.trim() {
+        "1" | "on" => Ok(true),
+        "0" | "off" => Ok(false),
+        _ => Err(Error::Config(format!(
+            "{name}={value:?} is not 1/on or 0/off"
         ))),
     }
 }

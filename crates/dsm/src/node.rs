@@ -439,9 +439,13 @@ impl Node {
         let epoch = self.barrier_epoch.load(Ordering::Relaxed) + 1; // the one `rendezvous` takes
         crate::trace::barrier_enter(&self.core.shared, epoch);
         let timeout = self.config.op_timeout;
+        let drops = self.config.barrier_drops;
         let mut mine = self
             .core
             .sync(timeout, "release before a barrier", |c, token, ctx| {
+                if drops {
+                    c.drop_consumed_copies(ctx)?;
+                }
                 c.release(token, ctx)
             })?;
         // Pages published at lock releases since the last barrier: the nodes that did not

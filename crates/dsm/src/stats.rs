@@ -24,9 +24,14 @@ pub struct Stats {
     pub messages_sent: u64,
     /// Invalidation requests this node sent (as a home, sequential mode).
     pub invalidations_sent: u64,
-    /// Pages this node invalidated: on a home's request (sequential mode) or named by a
-    /// write notice at an acquire (release mode).
+    /// Pages this node invalidated: on a home's request (sequential mode), dropped at a
+    /// barrier (`copies_dropped`, sequential mode) or named by a write notice at an acquire
+    /// (release mode).
     pub invalidations_received: u64,
+    /// Sequential mode: read-only copies this node dropped at barriers, unasked, because
+    /// other nodes' writes had taken them before
+    /// ([`ConfigBuilder::barrier_drops`](crate::ConfigBuilder::barrier_drops)).
+    pub copies_dropped: u64,
     /// Pages whose diffs were sent to their homes (release mode; each page of a batch counts).
     pub diffs_sent: u64,
     /// Release mode: pages whose diffs this node merged into a same-host home's master copy
@@ -72,7 +77,7 @@ pub struct Stats {
 
 impl Stats {
     /// Every counter as `(name, value)`, in declaration order: the JSON form's fields.
-    pub fn fields(&self) -> [(&'static str, u64); 18] {
+    pub fn fields(&self) -> [(&'static str, u64); 19] {
         [
             ("read_faults", self.read_faults),
             ("write_faults", self.write_faults),
@@ -82,6 +87,7 @@ impl Stats {
             ("messages_sent", self.messages_sent),
             ("invalidations_sent", self.invalidations_sent),
             ("invalidations_received", self.invalidations_received),
+            ("copies_dropped", self.copies_dropped),
             ("diffs_sent", self.diffs_sent),
             ("diffs_merged_in_place", self.diffs_merged_in_place),
             ("pages_found_written", self.pages_found_written),
@@ -118,7 +124,8 @@ impl std::fmt::Display for Stats {
         write!(
             f,
             "faults {} read / {} write (p50 {:.1} us, p99 {:.1} us), {} pages fetched, \
-             {} messages ({} B out, {} B in), invalidations {} sent / {} received, {} diffs, \
+             {} messages ({} B out, {} B in), invalidations {} sent / {} received \
+             ({} copies dropped), {} diffs, \
              {} lock acquires ({} pages passed on), {} barriers",
             self.read_faults,
             self.write_faults,
@@ -130,6 +137,7 @@ impl std::fmt::Display for Stats {
             self.bytes_received,
             self.invalidations_sent,
             self.invalidations_received,
+            self.copies_dropped,
             self.diffs_sent,
             self.lock_acquires,
             self.pages_passed_on,
@@ -215,6 +223,7 @@ pub(crate) struct Counters {
     pub(crate) messages_sent: AtomicU64,
     pub(crate) invalidations_sent: AtomicU64,
     pub(crate) invalidations_received: AtomicU64,
+    pub(crate) copies_dropped: AtomicU64,
     pub(crate) diffs_sent: AtomicU64,
     pub(crate) diffs_merged_in_place: AtomicU64,
     pub(crate) pages_found_written: AtomicU64,
@@ -257,6 +266,7 @@ impl Counters {
             messages_sent: get(&self.messages_sent),
             invalidations_sent: get(&self.invalidations_sent),
             invalidations_received: get(&self.invalidations_received),
+            copies_dropped: get(&self.copies_dropped),
             diffs_sent: get(&self.diffs_sent),
             diffs_merged_in_place: get(&self.diffs_merged_in_place),
             pages_found_written: get(&self.pages_found_written),

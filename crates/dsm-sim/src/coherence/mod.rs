@@ -14,6 +14,10 @@
 //!   steps a node gives a page it holds writable back to its home unasked, or a home pushes
 //!   a page writable to a random node, as a contended lock release does, crossing the
 //!   home's recalls and the node's own requests.
+//! * **Barrier drops** (sequential, [`SimConfig::drop_per_mille`]): at random steps a node
+//!   drops the read-only copies other nodes' writes took from it before
+//!   (`CoherenceEngine::drop_consumed_copies`, as at a barrier), crossing the homes'
+//!   invalidations and grants and its own requests.
 //! * **Crashes** (sequential, [`SimConfig::with_crash`]): one node crashes at a random step;
 //!   each survivor is told (`node_failed`) a random number of steps later, and messages the
 //!   dead node sent before may still arrive. Every survivor's fault ends served or failed,
@@ -104,6 +108,10 @@ pub struct SimConfig {
     /// the home of to a random node (`CoherenceEngine::push`), as a contended lock release
     /// does, racing the home's recalls and the node's requests.
     pub hand_back_per_mille: u64,
+    /// Sequential mode: chance per step, in thousandths, that a random node drops its
+    /// consumed read-only copies (`CoherenceEngine::drop_consumed_copies`), as the runtime
+    /// does at every barrier.
+    pub drop_per_mille: u64,
 }
 
 impl SimConfig {
@@ -140,12 +148,17 @@ impl SimConfig {
             twin_limit: 0,
             crash: None,
             hand_back_per_mille: 0,
+            drop_per_mille: 0,
         };
         // Drawn last, so that every other choice of a seed is what it was before prefetch.
         config.prefetch = u32::try_from(rng.range(1, 4)).expect("fits");
         // Half the sequential worlds hand pages back, from rarely to often.
         if consistency == Consistency::Sequential && rng.chance(1, 2) {
             config.hand_back_per_mille = rng.range(5, 100);
+        }
+        // Most sequential worlds drop copies, from rarely to often (drawn after the rest).
+        if consistency == Consistency::Sequential && rng.chance(3, 4) {
+            config.drop_per_mille = rng.range(5, 200);
         }
         config
     }
@@ -199,6 +212,10 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report> {
             report.recalls_crossing_hand_backs =
                 total(CoherenceEngine::recalls_crossing_hand_backs);
             report.requests_crossing_pushes = total(CoherenceEngine::requests_crossing_pushes);
+            report.copies_dropped = total(CoherenceEngine::copies_dropped);
+            report.drops_wasted = total(CoherenceEngine::drops_wasted);
+            report.invalidations_crossing_drops =
+                total(CoherenceEngine::invalidations_crossing_drops);
             return Ok(report);
         }
         world.check_step()?;

@@ -123,6 +123,12 @@ pub struct Report {
     pub pushes: u64,
     /// Requests that crossed a push of their page to their sender.
     pub requests_crossing_pushes: u64,
+    /// Read-only copies dropped as at a barrier (sequential mode).
+    pub copies_dropped: u64,
+    /// Of those, copies granted back unchanged (dropped for nothing).
+    pub drops_wasted: u64,
+    /// Invalidations that reached a node after it had dropped their page.
+    pub invalidations_crossing_drops: u64,
     /// Nodes crashed.
     pub crashes: u64,
     /// Faults that failed because they needed the crashed node.
@@ -142,6 +148,9 @@ impl Report {
         self.barriers += other.barriers;
         self.upgrades += other.upgrades;
         self.invalidations += other.invalidations;
+        self.copies_dropped += other.copies_dropped;
+        self.drops_wasted += other.drops_wasted;
+        self.invalidations_crossing_drops += other.invalidations_crossing_drops;
         self.upgrades_prefetched += other.upgrades_prefetched;
         self.reads_for_ownership += other.reads_for_ownership;
         self.one_sided_reads += other.one_sided_reads;
@@ -281,6 +290,7 @@ impl World {
         self.maybe_pause();
         self.maybe_crash()?;
         self.maybe_hand_back()?;
+        self.maybe_drop_copies()?;
         let runnable = self.runnable();
         let deliver = self.net.in_flight() > 0 && (runnable.is_empty() || self.rng.chance(1, 2));
         let idle = runnable.is_empty() && self.net.in_flight() == 0;
@@ -344,6 +354,22 @@ impl World {
                 false => self.report.hand_backs += 1,
             }
         }
+        self.engine_result(n, result.map(|_| ()))?;
+        self.apply(n)
+    }
+
+    /// Sometimes a random node drops its consumed read-only copies, as at a barrier.
+    fn maybe_drop_copies(&mut self) -> Result<()> {
+        let rate = self.config.drop_per_mille;
+        if rate == 0 || self.release_mode() || !self.rng.chance(rate, 1000) {
+            return Ok(());
+        }
+        let n = self.rng.index(self.nodes.len());
+        if self.is_crashed(n) {
+            return Ok(());
+        }
+        let node = &mut self.nodes[n];
+        let result = node.engine.drop_consumed_copies(&mut node.mem);
         self.engine_result(n, result.map(|_| ()))?;
         self.apply(n)
     }

@@ -151,6 +151,14 @@ pub enum Coherence {
         /// The pages.
         pages: Vec<PageId>,
     },
+    /// Sequential mode: the sender dropped its read-only copies of these pages, all homed at
+    /// the receiver, unasked and kept nothing (at a barrier: pages that other nodes' writes
+    /// took from it before, likely written again before it reads them). The home stops
+    /// counting it among their readers, so the next write there needs no invalidation.
+    Dropped {
+        /// The pages (at least one, at most [`MAX_BATCH_PAGES`]).
+        pages: Vec<PageId>,
+    },
     /// Sequential mode: the home cannot serve a request, because the page's only current copy
     /// was writable on `writer`, which failed (the master copy is stale). Never followed by a
     /// grant: every later request for the page gets the same answer.
@@ -180,6 +188,7 @@ pub(crate) const PAGE_LOST: u16 = 0x020d;
 pub(crate) const MASTER_WRITTEN: u16 = 0x020e;
 pub(crate) const HAND_BACK: u16 = 0x020f;
 pub(crate) const PUSH: u16 = 0x0210;
+pub(crate) const DROPPED: u16 = 0x0211;
 
 impl Coherence {
     pub(crate) fn command(&self) -> u16 {
@@ -199,6 +208,7 @@ impl Coherence {
             Coherence::MasterWritten { .. } => MASTER_WRITTEN,
             Coherence::HandBack { .. } => HAND_BACK,
             Coherence::Push { .. } => PUSH,
+            Coherence::Dropped { .. } => DROPPED,
         }
     }
 
@@ -271,7 +281,7 @@ impl Coherence {
                     encode_runs(w, &diff.runs);
                 }
             }
-            Coherence::WriteNotices { pages } => w.page_ids(pages),
+            Coherence::WriteNotices { pages } | Coherence::Dropped { pages } => w.page_ids(pages),
             Coherence::PageLost { req, page, writer } => {
                 w.u64(*req);
                 w.page_id(*page);
@@ -350,6 +360,9 @@ impl Coherence {
             WRITE_NOTICES => Coherence::WriteNotices {
                 pages: r.page_ids()?,
             },
+            DROPPED => Coherence::Dropped {
+                pages: decode_dropped(r)?,
+            },
             PAGE_LOST => Coherence::PageLost {
                 req: r.u64("req")?,
                 page: r.page_id()?,
@@ -358,6 +371,18 @@ impl Coherence {
             other => return Err(Error::UnknownCommand(other)),
         })
     }
+}
+
+/// Decodes a [`Coherence::Dropped`] list: at least one page, at most [`MAX_BATCH_PAGES`].
+fn decode_dropped(r: &mut Reader<'_>) -> Result<Vec<PageId>> {
+    let pages = r.page_ids()?;
+    if pages.is_empty() || pages.len() > MAX_BATCH_PAGES {
+        return Err(Error::InvalidField {
+            field: "dropped pages",
+            value: pages.len() as u64,
+        });
+    }
+    Ok(pages)
 }
 
 fn encode_runs(w: &mut Writer, runs: &[DiffRun]) {

@@ -1,0 +1,90 @@
+//! Read-only copies dropped at a barrier (`CoherenceEngine::drop_consumed_copies`).
+
+use dsm_wire::Coherence;
+
+use super::{Cluster, P};
+use crate::{Access, Consistency, Error, LocalState};
+
+impl Cluster {
+    /// Node `n` drops its consumed copies (a barrier); returns how many.
+    fn drop_copies(&mut self, n: usize) -> usize {
+        let dropped = self.engines[n]
+            .drop_consumed_copies(&mut self.mems[n])
+            .unwrap();
+        self.collect(n);
+        dropped
+    }
+
+    /// Node 0 reads P (homed on node 1) after node 1 wrote it; all delivered.
+    fn read_after_home_writes(&mut self, token: u64) {
+        self.fault(1, Access::Write, token);
+        self.deliver_all();
+        self.fault(0, Access::Read, token + 1);
+        self.deliver_all();
+    }
+}
+
+#[test]
+fn a_copy_writes_took_before_is_dropped_and_the_homes_next_write_sends_nothing() {
+    let mut c = Cluster::new(2, Consistency::Sequential, false);
+    c.fault(0, Access::Read, 1);
+    c.deliver_all();
+    assert_eq!(c.drop_copies(0), 0, "no write took this copy yet");
+    c.read_after_home_writes(2); // The write invalidated node 0's copy: P is consumed there.
+    assert_eq!(c.drop_copies(0), 1);
+    assert_eq!(c.engines[0].local_state(P), LocalState::Invalid);
+    assert!(!c.mems[0].local.contains_key(&P), "unmapped");
+    assert!(matches!(
+        c.wire.front(),
+        Some((0, 1, Coherence::Dropped { pages })) if pages == &[P]
+    ));
+    c.deliver_all();
+    // The home writes again: no invalidation, the upgrade is local.
+    c.fault(1, Access::Write, 4);
+    assert!(c.wire.is_empty() && c.woken(1, 4));
+    c.write(1, 0, 77);
+    c.fault(0, Access::Read, 5);
+    c.deliver_all();
+    assert_eq!(
+        c.mems[0].local[&P][0], 77,
+        "the read after the drop sees the write"
+    );
+    assert_eq!(c.drop_copies(0), 1, "the drop paid off: dropped again");
+    c.deliver_all();
+    // Nobody writes before the next read: that drop was for nothing, and P is kept after it.
+    c.fault(0, Access::Read, 6);
+    c.deliver_all();
+    assert_eq!(c.engines[0].drops_wasted(), 1);
+    assert_eq!(c.drop_copies(0), 0);
+    assert_eq!(c.engines[0].copies_dropped(), 2);
+}
+
+#[test]
+fn a_drop_crossing_an_invalidation_is_acknowledged_and_the_write_completes() {
+    let mut c = Cluster::new(3, Consistency::Sequential, false);
+    c.fault(0, Access::Read, 1);
+    c.deliver_all();
+    c.read_after_home_writes(2);
+    c.fault(2, Access::Write, 4); // Node 2's request reaches the home first...
+    c.deliver_one();
+    assert_eq!(c.drop_copies(0), 1); // ...while node 0 drops its copy.
+    c.deliver_all();
+    assert_eq!(c.engines[2].local_state(P), LocalState::Modified);
+    assert!(c.woken(2, 4));
+    assert_eq!(c.engines[0].local_state(P), LocalState::Invalid);
+}
+
+#[test]
+fn a_drop_of_a_copy_the_sender_does_not_hold_is_refused_and_changes_nothing() {
+    let mut c = Cluster::new(3, Consistency::Sequential, false);
+    c.fault(0, Access::Read, 1);
+    c.deliver_all();
+    let dropped = Coherence::Dropped { pages: vec![P] };
+    let refused = c.engines[1].on_message(2, dropped, &mut c.mems[1]);
+    assert!(matches!(refused, Err(Error::Unexpected { from: 2, .. })));
+    // Node 0 is still a reader: node 2's write invalidates it.
+    c.fault(2, Access::Write, 2);
+    c.deliver_all();
+    assert_eq!(c.engines[0].local_state(P), LocalState::Invalid);
+    assert!(c.woken(2, 2));
+}
