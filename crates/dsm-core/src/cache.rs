@@ -69,6 +69,15 @@ struct Waiter {
     access: Access,
 }
 
+/// Which pages a read fault prefetches ([`Cache::prefetch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Prefetch {
+    /// The fault continues an in-order scan: the missing pages after it.
+    Scan,
+    /// The faulting page was dropped at a barrier: the pages after it dropped there too.
+    Dropped,
+}
+
 /// The request in flight for a page.
 #[derive(Debug)]
 struct Pending {
@@ -249,33 +258,40 @@ impl Cache {
         self.set_state(page, LocalState::Modified);
     }
 
-    /// Read prefetch after a read fault on `page` (homed elsewhere) that continues an
-    /// in-order scan (the previous fault in the region was on the page before, or the page
-    /// before was the last one the previous prefetch asked): asks the same
-    /// home for the pages after it, as reads with nobody waiting, while each is missing here,
-    /// has no fetch in flight and has that home; at most `loc.prefetch` pages in all.
+    /// Read prefetch after a read fault on `page` (homed elsewhere): asks the same home for
+    /// the pages after it, as reads with nobody waiting, while each is missing here, has no
+    /// fetch in flight and has that home; at most `loc.prefetch` pages in all. When the fault
+    /// continues an in-order scan ([`Prefetch::Scan`]: the previous fault in the region was
+    /// on the page before, or the page before was the last one the previous prefetch asked),
+    /// any such page; when the faulting page was dropped at a barrier
+    /// ([`Prefetch::Dropped`]), only pages dropped there too: the run this node read before
+    /// that a write took from it, likely read again in the same order (a stencil's
+    /// neighbour row, in one round trip from its first fault instead of two).
     ///
-    /// Only scans: whether a prefetched page is used cannot be seen (it is mapped before the
-    /// access, which then does not fault), so a rule like "prefetch what was here before"
-    /// keeps refetching pages that were touched once and never again (measured: 8 pages per
-    /// iteration instead of 1 on a row-split stencil whose setup read past its rows).
+    /// Not on every fault: whether a prefetched page is used cannot be seen (it is mapped
+    /// before the access, which then does not fault), so a rule like "prefetch what was here
+    /// before" keeps refetching pages that were touched once and never again (measured: 8
+    /// pages per iteration instead of 1 on a row-split stencil whose setup read past its
+    /// rows). A dropped page is one that was read here, then written elsewhere, then read
+    /// here again; one granted back unchanged is not dropped again.
     pub(crate) fn prefetch(
         &mut self,
         page: PageId,
-        (loc, scanning): (Located, bool),
+        (loc, rule): (Located, Prefetch),
         locate: impl Fn(PageId) -> Option<Located>,
         ctx: &mut Ctx<'_>,
     ) {
-        if !scanning {
-            return;
-        }
         let mut last_asked = None;
         for next in pages_after(page, loc) {
             let entry = self.entries.get(&next);
             let missing =
                 entry.is_none_or(|e| e.state == LocalState::Invalid && e.pending.is_none());
+            let wanted = match rule {
+                Prefetch::Scan => true,
+                Prefetch::Dropped => entry.is_some_and(|e| e.dropped_at.is_some()),
+            };
             let same_home = locate(next).is_some_and(|l| l.home == loc.home);
-            if !(missing && same_home) {
+            if !(missing && wanted && same_home) {
                 break;
             }
             self.request(next, loc, Vec::new(), ctx);
@@ -285,6 +301,20 @@ impl Cache {
         // continues the scan (otherwise every other fault of a scan asks one page).
         if let Some(last) = last_asked {
             self.note_read_fault(last);
+        }
+    }
+
+    /// Which read prefetch a read fault on `page` (homed elsewhere) starts, if any (see
+    /// [`Cache::prefetch`]); call it before the fault is recorded.
+    pub(crate) fn prefetch_rule(&self, page: PageId) -> Option<Prefetch> {
+        let dropped = self
+            .entries
+            .get(&page)
+            .is_some_and(|e| e.dropped_at.is_some());
+        match (self.continues_scan(page), dropped) {
+            (true, _) => Some(Prefetch::Scan),
+            (false, true) => Some(Prefetch::Dropped),
+            (false, false) => None,
         }
     }
 

@@ -126,7 +126,9 @@ impl CoherenceEngine {
     /// such read fault in its region was on the page before) also prefetches (region setting
     /// [`RegionLayout::prefetch`](crate::RegionLayout::prefetch)): the pages right after it
     /// that are missing here and have the same home are fetched as reads with nobody
-    /// waiting, in the same burst of requests, so their round trips overlap.
+    /// waiting, in the same burst of requests, so their round trips overlap. So does a read
+    /// fault on a page this node dropped at a barrier, for the pages after it dropped there
+    /// too (see [`drop_consumed_copies`](Self::drop_consumed_copies)).
     ///
     /// In sequential mode a write fault that upgrades a read-only copy does the same for
     /// writes: the pages right after it (up to the same setting) that are read-only here
@@ -151,7 +153,10 @@ impl CoherenceEngine {
             return self.end_call(mem);
         }
         let remote_read = access == Access::Read && loc.home != self.config.node;
-        let scanning = remote_read && self.cache.continues_scan(page);
+        let prefetch = match remote_read && loc.prefetch > 1 {
+            true => self.cache.prefetch_rule(page),
+            false => None,
+        };
         if remote_read {
             self.cache.note_read_fault(page);
         }
@@ -167,11 +172,11 @@ impl CoherenceEngine {
             let locate = |p| regions.locate(p, nodes).ok();
             self.cache.prefetch_upgrades(page, loc, locate, &mut ctx);
         }
-        if scanning && loc.prefetch > 1 {
+        if let Some(rule) = prefetch {
             let regions = &self.regions;
             let nodes = self.config.nodes;
             let locate = |p| regions.locate(p, nodes).ok();
-            self.cache.prefetch(page, (loc, scanning), locate, &mut ctx);
+            self.cache.prefetch(page, (loc, rule), locate, &mut ctx);
         }
         self.end_call(mem)
     }

@@ -1,9 +1,9 @@
 //! Read-only copies dropped at a barrier (`CoherenceEngine::drop_consumed_copies`).
 
-use dsm_wire::Coherence;
+use dsm_wire::{Coherence, PAGE_SIZE, PageId};
 
-use super::{Cluster, P};
-use crate::{Access, Consistency, Error, LocalState};
+use super::{Cluster, P, TestMemory, node_of_two, pump};
+use crate::{Access, CoherenceEngine, Consistency, Error, LocalState};
 
 impl Cluster {
     /// Node `n` drops its consumed copies (a barrier); returns how many.
@@ -87,4 +87,67 @@ fn a_drop_of_a_copy_the_sender_does_not_hold_is_refused_and_changes_nothing() {
     c.deliver_all();
     assert_eq!(c.engines[0].local_state(P), LocalState::Invalid);
     assert!(c.woken(2, 2));
+}
+
+/// Node 1 reads pages 2..6 (homed on node 0) in order; all delivered. Returns the pages it
+/// asked for.
+fn read_run(engines: &mut [CoherenceEngine; 2], mems: &mut [TestMemory; 2]) -> Vec<u32> {
+    let mut asked = Vec::new();
+    for (index, token) in (2..6).zip(10..) {
+        let page = PageId {
+            region: 0,
+            page: index,
+        };
+        engines[1]
+            .fault(page, Access::Read, token, &mut mems[1])
+            .unwrap();
+        asked.extend(pump(engines, mems));
+    }
+    asked
+}
+
+/// Node 0 writes pages 2..6, its own; all delivered.
+fn write_run(engines: &mut [CoherenceEngine; 2], mems: &mut [TestMemory; 2]) {
+    for (index, token) in (2..6).zip(20..) {
+        let page = PageId {
+            region: 0,
+            page: index,
+        };
+        engines[0]
+            .fault(page, Access::Write, token, &mut mems[0])
+            .unwrap();
+        pump(engines, mems);
+    }
+}
+
+#[test]
+fn a_fault_on_a_dropped_page_prefetches_the_pages_dropped_after_it_at_once() {
+    let mut engines = [0, 1].map(|node| node_of_two(node, 4));
+    let mut mems = [TestMemory::default(), TestMemory::default()];
+    for index in 0..8 {
+        let page = PageId {
+            region: 0,
+            page: index,
+        };
+        mems[0].home.insert(page, Box::new([7; PAGE_SIZE]));
+    }
+    write_run(&mut engines, &mut mems);
+    // A scan: page 2, then 3 with the 3 after it (page 6 too, never written).
+    assert_eq!(read_run(&mut engines, &mut mems), [2, 3, 4, 5, 6]);
+    write_run(&mut engines, &mut mems); // Takes node 1's copies: consumed.
+    read_run(&mut engines, &mut mems);
+    assert_eq!(engines[1].drop_consumed_copies(&mut mems[1]).unwrap(), 4);
+    pump(&mut engines, &mut mems);
+    write_run(&mut engines, &mut mems);
+    assert_eq!(engines[0].take_actions(), [], "no invalidation went out");
+    // The first fault asks the whole run dropped after it.
+    let first = PageId { region: 0, page: 2 };
+    engines[1]
+        .fault(first, Access::Read, 50, &mut mems[1])
+        .unwrap();
+    assert_eq!(pump(&mut engines, &mut mems), [2, 3, 4, 5]);
+    assert_eq!(
+        engines[1].local_state(PageId { region: 0, page: 5 }),
+        LocalState::Shared
+    );
 }
