@@ -74,8 +74,10 @@ struct Waiter {
 pub(crate) enum Prefetch {
     /// The fault continues an in-order scan: the missing pages after it.
     Scan,
-    /// The faulting page was dropped at a barrier: the pages after it dropped there too.
-    Dropped,
+    /// Another node's write took the faulting page from this node (dropped at a barrier,
+    /// or named by a write notice): the pages after it taken alike, the run this node read
+    /// before, likely read again in the same order.
+    Taken,
 }
 
 /// The request in flight for a page.
@@ -118,9 +120,19 @@ struct Entry {
     version: u64,
     /// The version of the copy dropped at a barrier, until the page is granted again.
     dropped_at: Option<u64>,
+    /// Release mode: a write notice took this node's copy, and the page was not granted
+    /// again since.
+    noticed: bool,
 }
 
 impl Entry {
+    /// Whether another node's write took this node's copy of the page since it was last
+    /// granted here (dropped at a barrier, or named by a write notice): a read fault on it
+    /// prefetches the pages after it taken alike ([`Prefetch::Taken`]).
+    fn taken(&self) -> bool {
+        self.dropped_at.is_some() || self.noticed
+    }
+
     /// Sequential mode: a read-only copy is granted at `version` by its home (elsewhere).
     /// Returns whether to drop it at the next barrier, and whether it had been dropped for
     /// nothing (granted back at the version it was dropped at: nobody wrote the page
@@ -263,10 +275,10 @@ impl Cache {
     /// fetch in flight and has that home; at most `loc.prefetch` pages in all. When the fault
     /// continues an in-order scan ([`Prefetch::Scan`]: the previous fault in the region was
     /// on the page before, or the page before was the last one the previous prefetch asked),
-    /// any such page; when the faulting page was dropped at a barrier
-    /// ([`Prefetch::Dropped`]), only pages dropped there too: the run this node read before
-    /// that a write took from it, likely read again in the same order (a stencil's
-    /// neighbour row, in one round trip from its first fault instead of two).
+    /// any such page; when another node's write took the faulting page from this node
+    /// ([`Prefetch::Taken`]: dropped at a barrier, or named by a write notice), only pages
+    /// taken alike: the run this node read before, likely read again in the same order (a
+    /// stencil's neighbour row, in one round trip from its first fault instead of two).
     ///
     /// Not on every fault: whether a prefetched page is used cannot be seen (it is mapped
     /// before the access, which then does not fault), so a rule like "prefetch what was here
@@ -288,7 +300,7 @@ impl Cache {
                 entry.is_none_or(|e| e.state == LocalState::Invalid && e.pending.is_none());
             let wanted = match rule {
                 Prefetch::Scan => true,
-                Prefetch::Dropped => entry.is_some_and(|e| e.dropped_at.is_some()),
+                Prefetch::Taken => entry.is_some_and(Entry::taken),
             };
             let same_home = locate(next).is_some_and(|l| l.home == loc.home);
             if !(missing && wanted && same_home) {
@@ -307,14 +319,19 @@ impl Cache {
     /// Which read prefetch a read fault on `page` (homed elsewhere) starts, if any (see
     /// [`Cache::prefetch`]); call it before the fault is recorded.
     pub(crate) fn prefetch_rule(&self, page: PageId) -> Option<Prefetch> {
-        let dropped = self
-            .entries
-            .get(&page)
-            .is_some_and(|e| e.dropped_at.is_some());
-        match (self.continues_scan(page), dropped) {
+        let taken = self.entries.get(&page).is_some_and(Entry::taken);
+        match (self.continues_scan(page), taken) {
             (true, _) => Some(Prefetch::Scan),
-            (false, true) => Some(Prefetch::Dropped),
+            (false, true) => Some(Prefetch::Taken),
             (false, false) => None,
+        }
+    }
+
+    /// Release mode: a write notice took this node's copy of `page`; see
+    /// [`Prefetch::Taken`].
+    pub(crate) fn note_noticed(&mut self, page: PageId, ctx: &Ctx<'_>, loc: Located) {
+        if loc.home != ctx.config.node {
+            self.entries.entry(page).or_default().noticed = true;
         }
     }
 
@@ -476,6 +493,7 @@ impl Cache {
             });
         };
         let sequential = loc.consistency == Consistency::Sequential;
+        entry.noticed = false;
         if sequential && kind == Access::Read && from != ctx.config.node {
             let (droppable, wasted) = entry.read_copy_granted(version);
             if droppable {

@@ -127,8 +127,9 @@ impl CoherenceEngine {
     /// [`RegionLayout::prefetch`](crate::RegionLayout::prefetch)): the pages right after it
     /// that are missing here and have the same home are fetched as reads with nobody
     /// waiting, in the same burst of requests, so their round trips overlap. So does a read
-    /// fault on a page this node dropped at a barrier, for the pages after it dropped there
-    /// too (see [`drop_consumed_copies`](Self::drop_consumed_copies)).
+    /// fault on a page another node's write took from this node (dropped at a barrier, see
+    /// [`drop_consumed_copies`](Self::drop_consumed_copies), or named by a write notice),
+    /// for the pages after it taken alike.
     ///
     /// In sequential mode a write fault that upgrades a read-only copy does the same for
     /// writes: the pages right after it (up to the same setting) that are read-only here

@@ -139,6 +139,7 @@ impl Syncs {
                 // Release-mode pages are never exclusive (sequential mode only).
                 LocalState::Shared | LocalState::Exclusive => {}
             }
+            cache.note_noticed(*page, ctx, *loc);
             ctx.out.push(Action::Invalidate { page: *page });
             cache.set_state(*page, LocalState::Invalid);
         }

@@ -86,6 +86,7 @@ impl Syncs {
             if cache.state(*page) == LocalState::Invalid {
                 continue;
             }
+            cache.note_noticed(*page, ctx, *loc);
             if self.drop_copy(*page, *loc, cache, ctx, mem) {
                 self.carried.insert(*page);
             }

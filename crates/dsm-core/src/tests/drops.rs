@@ -1,9 +1,13 @@
-//! Read-only copies dropped at a barrier (`CoherenceEngine::drop_consumed_copies`).
+//! Copies other nodes' writes took: read-only copies dropped at a barrier
+//! (`CoherenceEngine::drop_consumed_copies`), and the prefetch of a run taken alike.
 
 use dsm_wire::{Coherence, PAGE_SIZE, PageId};
 
 use super::{Cluster, P, TestMemory, node_of_two, pump};
-use crate::{Access, CoherenceEngine, Consistency, Error, LocalState};
+use crate::{
+    Access, CoherenceConfig, CoherenceEngine, Consistency, Error, LocalState, Placement,
+    RegionLayout,
+};
 
 impl Cluster {
     /// Node `n` drops its consumed copies (a barrier); returns how many.
@@ -150,4 +154,39 @@ fn a_fault_on_a_dropped_page_prefetches_the_pages_dropped_after_it_at_once() {
         engines[1].local_state(PageId { region: 0, page: 5 }),
         LocalState::Shared
     );
+}
+
+#[test]
+fn release_mode_a_fault_on_a_page_a_notice_took_prefetches_the_pages_taken_with_it() {
+    let mut engines = [0, 1].map(|node| {
+        let mut engine = CoherenceEngine::new(CoherenceConfig::new(node, 2));
+        let layout = RegionLayout {
+            id: 0,
+            pages: 16,
+            consistency: Consistency::Release,
+            placement: Placement::Block,
+            prefetch: 4,
+        };
+        engine.add_region(layout).unwrap();
+        engine
+    });
+    let mut mems = [TestMemory::default(), TestMemory::default()];
+    let page = |index| PageId {
+        region: 0,
+        page: index,
+    };
+    for index in 0..8 {
+        mems[0].home.insert(page(index), Box::new([7; PAGE_SIZE]));
+    }
+    assert_eq!(read_run(&mut engines, &mut mems), [2, 3, 4, 5, 6]);
+    // An acquire names pages 2..6 (another node wrote them): taken.
+    let notices = [page(2), page(3), page(4), page(5)];
+    engines[1].acquire(1, &notices, &mut mems[1]).unwrap();
+    pump(&mut engines, &mut mems);
+    engines[1]
+        .fault(page(2), Access::Read, 50, &mut mems[1])
+        .unwrap();
+    assert_eq!(pump(&mut engines, &mut mems), [2, 3, 4, 5]);
+    // Page 6 was not named: still here.
+    assert_eq!(engines[1].local_state(page(6)), LocalState::Shared);
 }
