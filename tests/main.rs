@@ -3,6 +3,7 @@
 mod api;
 mod collectives;
 mod contain;
+mod drops;
 mod dsm_run;
 mod examples;
 mod membership;

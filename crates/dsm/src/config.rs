@@ -847,6 +847,30 @@ mod tests {
     }
 
     #[test]
+    fn on_off_switches_are_on_by_default_and_refuse_other_values() {
+        let base = [("DSM_RANK", "0"), ("DSM_SIZE", "1")];
+        let default = from(&base).unwrap();
+        assert!(default.barrier_drops() && default.lock_hand_back());
+        for (name, read) in [
+            (
+                "DSM_BARRIER_DROPS",
+                Config::barrier_drops as fn(&Config) -> bool,
+            ),
+            ("DSM_LOCK_HAND_BACK", Config::lock_hand_back),
+        ] {
+            for (value, on) in [("0", false), ("off", false), ("1", true), (" on ", true)] {
+                let c = from(&[base[0], base[1], (name, value)]).unwrap();
+                assert_eq!(read(&c), on, "{name}={value:?}");
+            }
+            let bad = from(&[base[0], base[1], (name, "yes")]);
+            assert!(
+                matches!(bad, Err(Error::Config(m)) if m.contains(name)),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
     fn the_barrier_is_central_in_small_clusters_unless_asked_and_dissemination_above() {
         use dsm_locks::BarrierKind;
         let base = [("DSM_RANK", "0"), ("DSM_SIZE", "1")];
