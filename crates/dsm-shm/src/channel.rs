@@ -92,6 +92,12 @@ impl Sender {
         self.inner.producer.try_send(&self.area(), payload)
     }
 
+    /// As [`try_send`](Self::try_send), without waking a sleeping receiver: the frame is
+    /// received at its next poll, in order (for a message nobody waits for).
+    pub fn try_send_quietly(&self, payload: &[u8]) -> Result<()> {
+        self.inner.producer.try_send_quietly(&self.area(), payload)
+    }
+
     /// Sends one frame, waiting up to `timeout` for room (back-pressure): [`Error::Full`] if
     /// the ring stayed full, [`Error::PeerExited`] if the peer died meanwhile.
     pub fn send_timeout(&self, payload: &[u8], timeout: Duration) -> Result<()> {

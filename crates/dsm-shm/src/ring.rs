@@ -25,6 +25,12 @@
 //! up the frames claimed after it (never longer than it takes to copy one frame once it runs
 //! again; nothing between claim and mark can fail or block).
 //!
+//! A producer wakes the consumer only if it announced its sleep (`state`), and a frame sent
+//! quietly ([`Producer::try_send_quietly`], for a message nobody waits for) does not even
+//! then: it waits in its place for the consumer's next poll, which any later frame's wake-up
+//! (or the consumer's own timeout) brings. The loom model checks the wake of an ordinary
+//! frame; a quiet one only skips it.
+//!
 //! The producers' claim counter (`tail`) is private to the sending process: the peer cannot
 //! corrupt it. Everything the consumer reads (marks, headers, payload) and everything a
 //! producer reads (`head`) comes from the peer and is validated: indices are reduced modulo the

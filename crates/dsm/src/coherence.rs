@@ -16,7 +16,7 @@ use dsm_wire::{Coherence as Msg, Message, NodeId, PAGE_SIZE, Page, PageId};
 use crate::raw::masters::Arena;
 use crate::raw::{HomeCopies, installed_page, snapshot_page};
 use crate::runtime::Shared;
-use crate::runtime::driver::send_counted;
+use crate::runtime::driver::{send_counted, send_unawaited_counted};
 use crate::stats::{Counters, RegionCounters};
 use crate::{Error, Result};
 
@@ -448,7 +448,14 @@ impl Coherence {
                     }
                     _ => {}
                 }
-                send_counted(ctx.transport, counters, to, &Message::Coherence(message));
+                let unawaited = matches!(message, Msg::Dropped { .. });
+                let message = Message::Coherence(message);
+                match unawaited {
+                    // Nobody waits for a drop: the home takes it with its next poll, before
+                    // any later message of this node (its next write only goes faster).
+                    true => send_unawaited_counted(ctx.transport, counters, to, &message),
+                    false => send_counted(ctx.transport, counters, to, &message),
+                }
             }
             Action::ReadPage { home, page, token } => match ctx.transport.read_now(home, page) {
                 // A same-host home's master is mapped here: copied now, no round trip; given

@@ -32,6 +32,21 @@ impl Producer {
     /// impossible. Frames of one thread arrive in the order it sent them; frames of several
     /// threads in the order their space was claimed.
     pub fn try_send(&self, area: &RingArea<'_>, payload: &[u8]) -> Result<()> {
+        self.publish(area, payload)?;
+        wake_if_sleeping(area);
+        Ok(())
+    }
+
+    /// As [`try_send`](Self::try_send), but a sleeping consumer is left asleep: the frame
+    /// waits for its next poll (a wake-up by a later frame, its own timeout, or another
+    /// thread draining the ring), behind nothing and before every later frame. For a message
+    /// nobody waits for, so that it does not cost the peer's CPU a wake-up now.
+    pub fn try_send_quietly(&self, area: &RingArea<'_>, payload: &[u8]) -> Result<()> {
+        self.publish(area, payload)
+    }
+
+    /// Claims space for `payload`, writes it and publishes it.
+    fn publish(&self, area: &RingArea<'_>, payload: &[u8]) -> Result<()> {
         let geometry = area.geometry;
         if payload.len() > geometry.max_frame_len() {
             return Err(Error::FrameTooLarge {
@@ -44,7 +59,6 @@ impl Producer {
         write_frame(area, position, payload);
         // The mark goes last, with Release: whoever sees it sees the frame.
         area.seq[geometry.index(position)].store(position + 1, Ordering::Release);
-        wake_if_sleeping(area);
         Ok(())
     }
 

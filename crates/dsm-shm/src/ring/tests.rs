@@ -208,6 +208,32 @@ fn a_sleeping_consumer_is_woken() {
     );
 }
 
+#[test]
+fn a_quiet_frame_leaves_a_sleeping_consumer_asleep_and_keeps_its_place() {
+    let owned = ring(8);
+    let area = owned.area();
+    let producer = Producer::new();
+    // The consumer announced its sleep (as `recv_timeout` does before its futex wait).
+    area.state.store(SLEEPING, Ordering::SeqCst);
+    producer.try_send_quietly(&area, b"quiet").unwrap();
+    assert_eq!(
+        area.state.load(Ordering::SeqCst),
+        SLEEPING,
+        "woken by a quiet frame"
+    );
+    producer.try_send(&area, b"loud").unwrap();
+    assert_eq!(
+        area.state.load(Ordering::SeqCst),
+        AWAKE,
+        "not woken by a frame"
+    );
+    let (mut consumer, mut out) = (Consumer::new(), Vec::new());
+    assert!(consumer.try_recv(&area, &mut out).unwrap());
+    assert_eq!(out, b"quiet");
+    assert!(consumer.try_recv(&area, &mut out).unwrap());
+    assert_eq!(out, b"loud");
+}
+
 /// Fills every shared word with garbage, some of it shaped like valid marks and headers so the
 /// reader gets past its first check.
 fn scribble(area: &RingArea<'_>, rng: &mut StdRng, consumed: u64) {

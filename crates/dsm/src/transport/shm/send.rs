@@ -51,7 +51,9 @@ impl Outbound {
 
     /// Writes `frame` (an encoded message) now, or queues what does not fit: `Ok(true)` when
     /// this started a backlog, which the shared-memory thread must then be told to flush.
-    pub(super) fn send(&self, frame: &[u8]) -> Result<bool, TransportError> {
+    /// `quiet`: a sleeping peer is not woken for it (nobody waits for it; see
+    /// `Sender::try_send_quietly`); a queued piece goes with the next flush, which wakes.
+    pub(super) fn send(&self, frame: &[u8], quiet: bool) -> Result<bool, TransportError> {
         let mut backlog = self.backlog();
         if let Some(reason) = &backlog.failed {
             return Err(self.failed(reason));
@@ -59,7 +61,11 @@ impl Outbound {
         let queued_before = !backlog.pieces.is_empty();
         for piece in frame.chunks(PIECE) {
             if backlog.pieces.is_empty() {
-                match self.sender.try_send(piece) {
+                let sent = match quiet {
+                    true => self.sender.try_send_quietly(piece),
+                    false => self.sender.try_send(piece),
+                };
+                match sent {
                     Ok(()) => continue,
                     Err(dsm_shm::Error::Full) => {}
                     Err(e) => return Err(self.fail(&mut backlog, e.to_string())),
@@ -151,7 +157,10 @@ mod tests {
         let (sender, mut receiver) = channel(64);
         let outbound = Outbound::new(1, sender);
         let frames: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000]).collect();
-        let started: Vec<bool> = frames.iter().map(|f| outbound.send(f).unwrap()).collect();
+        let started: Vec<bool> = frames
+            .iter()
+            .map(|f| outbound.send(f, false).unwrap())
+            .collect();
         assert_eq!(
             started.iter().filter(|&&s| s).count(),
             1,
@@ -174,7 +183,7 @@ mod tests {
         let (sender, mut receiver) = channel(4096);
         let outbound = Outbound::new(1, sender);
         let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        outbound.send(&big).unwrap();
+        outbound.send(&big, false).unwrap();
         let mut got = drain(&mut receiver);
         while outbound.flush() {
             got.extend(drain(&mut receiver));
@@ -188,7 +197,7 @@ mod tests {
         let (sender, _receiver) = channel(64);
         let outbound = Outbound::new(3, sender);
         outbound.close("the process exited");
-        let err = outbound.send(b"x").unwrap_err();
+        let err = outbound.send(b"x", false).unwrap_err();
         assert!(
             matches!(&err, TransportError::PeerFailed { node: 3, reason } if reason.contains("exited")),
             "{err}"
