@@ -190,3 +190,28 @@ fn release_mode_a_fault_on_a_page_a_notice_took_prefetches_the_pages_taken_with_
     // Page 6 was not named: still here.
     assert_eq!(engines[1].local_state(page(6)), LocalState::Shared);
 }
+
+#[test]
+fn a_drop_naming_a_page_homed_elsewhere_or_of_release_mode_is_refused() {
+    let mut c = Cluster::new(3, Consistency::Sequential, false);
+    c.fault(0, Access::Read, 1);
+    c.deliver_all();
+    // P is homed on node 1; page 2 on node 2: node 1 is not its home.
+    let elsewhere = PageId { region: 0, page: 2 };
+    let dropped = Coherence::Dropped {
+        pages: vec![P, elsewhere],
+    };
+    let refused = c.engines[1].on_message(0, dropped, &mut c.mems[1]);
+    assert!(matches!(refused, Err(Error::NotHome { .. })), "{refused:?}");
+    // Nothing changed: node 0 is still P's reader, and node 2's write invalidates it.
+    c.fault(2, Access::Write, 2);
+    c.deliver_all();
+    assert_eq!(c.engines[0].local_state(P), LocalState::Invalid);
+    let mut r = Cluster::new(2, Consistency::Release, false);
+    let dropped = Coherence::Dropped { pages: vec![P] };
+    let refused = r.engines[1].on_message(0, dropped, &mut r.mems[1]);
+    assert!(
+        matches!(refused, Err(Error::WrongMode { .. })),
+        "{refused:?}"
+    );
+}
