@@ -185,8 +185,10 @@ pub(crate) struct Cache {
     /// Pages installed writable because their home pushed them.
     pub(crate) pushes_taken: u64,
     /// Sequential mode: read-only copies granted while their page was `consumed`, to drop
-    /// at the next barrier (each checked again then).
-    droppable: Vec<PageId>,
+    /// at the next barrier (each checked again then). A set in page order: bounded by the
+    /// pages cached here however long a program goes without a barrier, and a drop's pages
+    /// come out as runs (one `madvise` each).
+    droppable: BTreeSet<PageId>,
     /// Read-only copies dropped at barriers ([`Cache::drop_consumed`]).
     pub(crate) copies_dropped: u64,
     /// Of those, copies granted back at the version they were dropped at (nobody wrote the
@@ -497,7 +499,7 @@ impl Cache {
         if sequential && kind == Access::Read && from != ctx.config.node {
             let (droppable, wasted) = entry.read_copy_granted(version);
             if droppable {
-                self.droppable.push(page);
+                self.droppable.insert(page);
             }
             self.drops_wasted += u64::from(wasted);
         }
