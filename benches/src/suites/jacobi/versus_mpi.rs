@@ -381,6 +381,9 @@ fn dsm_run(
                 "pages_found_written_per_iteration": node["pages_found_written_per_iteration"],
                 "pages_diffed_per_iteration": node["pages_diffed_per_iteration"],
                 "pages_fetched_per_iteration": node["pages_fetched_per_iteration"],
+                "messages_sent_per_iteration": node["messages_sent_per_iteration"],
+                "invalidations_sent_per_iteration": node["invalidations_sent_per_iteration"],
+                "copies_dropped_per_iteration": node["copies_dropped_per_iteration"],
                 "write_tracking": node["write_tracking"],
             });
         }

@@ -88,19 +88,20 @@ pub(in crate::suites::jacobi) fn main(cpu: &str) -> anyhow::Result<Value> {
     let after = node.stats();
     let (bits, sum) = checksum(&grids[ITERATIONS % 2], rows)?;
     node.leave()?;
+    let per_iteration =
+        |count: fn(&dsm::Stats) -> u64| (count(&after) - count(&before)) as f64 / ITERATIONS as f64;
     Ok(json!({
         "rank": rank,
         "seconds": seconds,
         "checksum_bits": format!("{bits:016x}"),
         "checksum_sum": sum,
-        "pages_fetched_per_iteration":
-            (after.pages_fetched - before.pages_fetched) as f64 / ITERATIONS as f64,
-        "write_faults_per_iteration":
-            (after.write_faults - before.write_faults) as f64 / ITERATIONS as f64,
-        "pages_found_written_per_iteration":
-            (after.pages_found_written - before.pages_found_written) as f64 / ITERATIONS as f64,
-        "pages_diffed_per_iteration":
-            (after.pages_diffed - before.pages_diffed) as f64 / ITERATIONS as f64,
+        "pages_fetched_per_iteration": per_iteration(|s| s.pages_fetched),
+        "write_faults_per_iteration": per_iteration(|s| s.write_faults),
+        "pages_found_written_per_iteration": per_iteration(|s| s.pages_found_written),
+        "pages_diffed_per_iteration": per_iteration(|s| s.pages_diffed),
+        "messages_sent_per_iteration": per_iteration(|s| s.messages_sent),
+        "invalidations_sent_per_iteration": per_iteration(|s| s.invalidations_sent),
+        "copies_dropped_per_iteration": per_iteration(|s| s.copies_dropped),
         "write_tracking": format!("{:?}", after.write_tracking),
     }))
 }
