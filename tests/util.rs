@@ -103,3 +103,18 @@ pub fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a child the test started and has not reaped yet.
     unsafe { libc::kill(i32::try_from(pid).expect("pid"), sig) };
 }
+
+/// The counter `name` of the stats rank `rank` printed (a line `rank R stats {json}`, as
+/// `Stats::to_json` writes it) in `out`.
+#[allow(dead_code)]
+pub fn printed_counter(out: &str, rank: usize, name: &str) -> u64 {
+    let tag = format!("rank {rank} stats ");
+    let json = out
+        .lines()
+        .find_map(|l| l.find(&tag).map(|i| &l[i + tag.len()..]))
+        .unwrap_or_else(|| panic!("rank {rank} printed no stats: {out}"));
+    let stats: serde_json::Value = serde_json::from_str(json).expect("stats JSON");
+    stats[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{name} in {json}"))
+}

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::util::{finish, free_address};
+use crate::util::{finish, free_address, printed_counter};
 
 /// User and group nobody.
 pub const NOBODY: &str = "65534";
@@ -103,17 +103,7 @@ pub struct Counters {
 
 impl Counters {
     pub fn of(out: &str, rank: usize) -> Counters {
-        let tag = format!("rank {rank} stats ");
-        let json = out
-            .lines()
-            .find_map(|l| l.find(&tag).map(|i| &l[i + tag.len()..]))
-            .unwrap_or_else(|| panic!("rank {rank} printed no stats: {out}"));
-        let stats: serde_json::Value = serde_json::from_str(json).expect("stats JSON");
-        let field = |name: &str| {
-            stats[name]
-                .as_u64()
-                .unwrap_or_else(|| panic!("{name} in {json}"))
-        };
+        let field = |name: &str| printed_counter(out, rank, name);
         Counters {
             shm_peers: field("shm_peers"),
             pages_fetched: field("pages_fetched"),

@@ -397,13 +397,12 @@ impl Cache {
             if !idle || !entry.consumed || recalled || self.settling.contains(&page) {
                 continue;
             }
-            if ctx.config.mutated(MutationPoint::DropKeepsCopy) {
-                by_home.entry(loc.home).or_default().push(page);
-                continue; // The broken variant tells the home but keeps its copy.
+            // The broken variant tells the home but keeps its copy.
+            if !ctx.config.mutated(MutationPoint::DropKeepsCopy) {
+                entry.dropped_at = Some(entry.version);
+                ctx.out.push(Action::Invalidate { page });
+                self.set_state(page, LocalState::Invalid);
             }
-            entry.dropped_at = Some(entry.version);
-            ctx.out.push(Action::Invalidate { page });
-            self.set_state(page, LocalState::Invalid);
             by_home.entry(loc.home).or_default().push(page);
         }
         let mut dropped = 0;

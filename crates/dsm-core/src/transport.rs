@@ -202,13 +202,6 @@ pub trait Transport: Send + std::marker::Sync {
     /// Queues a control message to `to`. Returns at once; delivery is FIFO per peer pair.
     fn send(&self, to: NodeId, message: &Message) -> Result<(), TransportError>;
 
-    /// As [`send`](Self::send), for a message nobody waits for (a node's drop of its copies,
-    /// `Coherence::Dropped`): a transport may leave a sleeping receiver asleep and deliver
-    /// it with the receiver's next poll, still in order. The default sends it as any other.
-    fn send_unawaited(&self, to: NodeId, message: &Message) -> Result<(), TransportError> {
-        self.send(to, message)
-    }
-
     /// Exposes this node's home copies of `region` for one-sided access by peers.
     fn expose(&self, region: u32, memory: HomeMemory) -> Result<(), TransportError>;
 

@@ -570,6 +570,14 @@ fn an_empty_diff_batch_is_rejected() {
 }
 
 #[test]
+fn only_a_drop_is_not_awaited() {
+    for message in coherence_samples() {
+        let dropped = matches!(message, Coherence::Dropped { .. });
+        assert_eq!(Message::Coherence(message).is_awaited(), !dropped);
+    }
+}
+
+#[test]
 fn a_dropped_list_empty_or_over_a_batch_is_rejected() {
     let limits = Limits::new(CLUSTER);
     for n in [0, crate::MAX_BATCH_PAGES + 1] {

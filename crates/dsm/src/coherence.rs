@@ -6,6 +6,7 @@
 //! touches region memory. Lock order: this lock, then `Shared`'s.
 
 use std::collections::{HashMap, HashSet};
+use std::iter::Peekable;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,7 +17,7 @@ use dsm_wire::{Coherence as Msg, Message, NodeId, PAGE_SIZE, Page, PageId};
 use crate::raw::masters::Arena;
 use crate::raw::{HomeCopies, installed_page, snapshot_page};
 use crate::runtime::Shared;
-use crate::runtime::driver::{send_counted, send_unawaited_counted};
+use crate::runtime::driver::send_counted;
 use crate::stats::{Counters, RegionCounters};
 use crate::{Error, Result};
 
@@ -381,23 +382,10 @@ impl Coherence {
                 let mut mem = Mem::new(&mut self.regions);
                 self.engine.poll(&mut mem)?;
             }
-            // Invalidations of consecutive pages are applied as one run: one `madvise` (3.4 µs
-            // a call here) for a row dropped at a barrier or named by write notices.
-            let mut run: Option<(PageId, u32)> = None;
-            for action in actions {
-                if let Action::Invalidate { page } = action {
-                    match &mut run {
-                        Some((first, n)) if follows(*first, *n, page) => *n += 1,
-                        _ => {
-                            self.invalidate(run.replace((page, 1)), ctx)?;
-                        }
-                    }
-                    continue;
-                }
-                self.invalidate(run.take(), ctx)?;
-                self.act(action, ctx)?;
+            let mut actions = actions.into_iter().peekable();
+            while let Some(action) = actions.next() {
+                self.act(action, &mut actions, ctx)?;
             }
-            self.invalidate(run, ctx)?;
             // Pages read at once go to the engine only now: it wants a batch applied whole
             // before its next call (`CoherenceEngine::take_actions`).
             for (token, data) in std::mem::take(&mut self.read_at_once) {
@@ -410,18 +398,14 @@ impl Coherence {
         )))
     }
 
-    /// Unmaps `count` pages from `first` on, if given (see `apply_actions`).
-    fn invalidate(&mut self, run: Option<(PageId, u32)>, ctx: &Ctx<'_>) -> Result<()> {
-        let Some((first, count)) = run else {
-            return Ok(());
-        };
-        // Counted here, not per message: release mode invalidates by write notices.
-        Counters::add(&ctx.shared.counters.invalidations_received, count as usize);
-        self.mapped(first)?.region.invalidate(first.page, count)?;
-        Ok(())
-    }
-
-    fn act(&mut self, action: Action, ctx: &Ctx<'_>) -> Result<()> {
+    /// Applies `action`; an invalidation takes the invalidations of the pages right after
+    /// its page off the front of `rest` and unmaps them together.
+    fn act(
+        &mut self,
+        action: Action,
+        rest: &mut Peekable<std::vec::IntoIter<Action>>,
+        ctx: &Ctx<'_>,
+    ) -> Result<()> {
         let counters = &ctx.shared.counters;
         if matches!(
             action,
@@ -448,14 +432,7 @@ impl Coherence {
                     }
                     _ => {}
                 }
-                let unawaited = matches!(message, Msg::Dropped { .. });
-                let message = Message::Coherence(message);
-                match unawaited {
-                    // Nobody waits for a drop: the home takes it with its next poll, before
-                    // any later message of this node (its next write only goes faster).
-                    true => send_unawaited_counted(ctx.transport, counters, to, &message),
-                    false => send_counted(ctx.transport, counters, to, &message),
-                }
+                send_counted(ctx.transport, counters, to, &Message::Coherence(message));
             }
             Action::ReadPage { home, page, token } => match ctx.transport.read_now(home, page) {
                 // A same-host home's master is mapped here: copied now, no round trip; given
@@ -500,7 +477,17 @@ impl Coherence {
                 }
             }
             Action::Upgrade { page } => self.mapped(page)?.region.upgrade(page.page)?,
-            Action::Invalidate { page } => self.invalidate(Some((page, 1)), ctx)?,
+            Action::Invalidate { page } => {
+                // One `madvise` (3.4 µs a call here) for a run of pages: a row dropped at a
+                // barrier or named by write notices.
+                let mut count = 1;
+                while rest.next_if(|a| extends_run(a, page, count)).is_some() {
+                    count += 1;
+                }
+                // Counted here, not per message: release mode invalidates by write notices.
+                Counters::add(&counters.invalidations_received, count as usize);
+                self.mapped(page)?.region.invalidate(page.page, count)?;
+            }
             Action::MakeTwin { page } => {
                 let mapped = self.mapped_mut(page)?;
                 let twin = match mapped.installed.remove(&page.page) {
@@ -746,8 +733,12 @@ impl Memory for Mem<'_> {
     }
 }
 
-/// Whether `page` comes right after the run of `count` pages from `first`, in its region.
-fn follows(first: PageId, count: u32, page: PageId) -> bool {
+/// Whether `action` invalidates the page right after the run of `count` pages from `first`,
+/// in its region.
+fn extends_run(action: &Action, first: PageId, count: u32) -> bool {
+    let Action::Invalidate { page } = action else {
+        return false;
+    };
     page.region == first.region && first.page.checked_add(count) == Some(page.page)
 }
 
@@ -803,12 +794,26 @@ mod tests {
     #[test]
     fn invalidations_join_a_run_only_on_the_next_page_of_its_region() {
         let page = |region, page| PageId { region, page };
-        assert!(follows(page(1, 4), 1, page(1, 5)));
-        assert!(follows(page(1, 4), 3, page(1, 7)));
-        assert!(!follows(page(1, 4), 3, page(1, 6)), "already in the run");
-        assert!(!follows(page(1, 4), 1, page(2, 5)), "another region");
-        assert!(!follows(page(1, 4), 1, page(1, 4)));
-        assert!(!follows(page(1, u32::MAX), 1, page(1, 0)), "no wrap-around");
+        let invalidate = |region, index| Action::Invalidate {
+            page: page(region, index),
+        };
+        assert!(extends_run(&invalidate(1, 5), page(1, 4), 1));
+        assert!(extends_run(&invalidate(1, 7), page(1, 4), 3));
+        assert!(
+            !extends_run(&invalidate(1, 6), page(1, 4), 3),
+            "already in the run"
+        );
+        assert!(
+            !extends_run(&invalidate(2, 5), page(1, 4), 1),
+            "another region"
+        );
+        assert!(!extends_run(&invalidate(1, 4), page(1, 4), 1));
+        assert!(
+            !extends_run(&invalidate(1, 0), page(1, u32::MAX), 1),
+            "no wrap-around"
+        );
+        let upgrade = Action::Upgrade { page: page(1, 5) };
+        assert!(!extends_run(&upgrade, page(1, 4), 1), "not an invalidation");
     }
 
     #[test]

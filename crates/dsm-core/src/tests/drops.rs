@@ -93,35 +93,36 @@ fn a_drop_of_a_copy_the_sender_does_not_hold_is_refused_and_changes_nothing() {
     assert!(c.woken(2, 2));
 }
 
-/// Node 1 reads pages 2..6 (homed on node 0) in order; all delivered. Returns the pages it
-/// asked for.
-fn read_run(engines: &mut [CoherenceEngine; 2], mems: &mut [TestMemory; 2]) -> Vec<u32> {
+/// Node 0 (writes: the home) or node 1 (reads) touches pages 2..6 in order, each fault
+/// delivered before the next; returns the pages node 1 asked for.
+fn touch_run(
+    engines: &mut [CoherenceEngine; 2],
+    mems: &mut [TestMemory; 2],
+    access: Access,
+) -> Vec<u32> {
+    let n = usize::from(access == Access::Read);
     let mut asked = Vec::new();
-    for (index, token) in (2..6).zip(10..) {
+    for index in 2..6 {
         let page = PageId {
             region: 0,
             page: index,
         };
-        engines[1]
-            .fault(page, Access::Read, token, &mut mems[1])
+        engines[n]
+            .fault(page, access, u64::from(index), &mut mems[n])
             .unwrap();
         asked.extend(pump(engines, mems));
     }
     asked
 }
 
-/// Node 0 writes pages 2..6, its own; all delivered.
+/// Node 1 reads pages 2..6 (homed on node 0); returns the pages it asked for.
+fn read_run(engines: &mut [CoherenceEngine; 2], mems: &mut [TestMemory; 2]) -> Vec<u32> {
+    touch_run(engines, mems, Access::Read)
+}
+
+/// Node 0 writes pages 2..6, its own.
 fn write_run(engines: &mut [CoherenceEngine; 2], mems: &mut [TestMemory; 2]) {
-    for (index, token) in (2..6).zip(20..) {
-        let page = PageId {
-            region: 0,
-            page: index,
-        };
-        engines[0]
-            .fault(page, Access::Write, token, &mut mems[0])
-            .unwrap();
-        pump(engines, mems);
-    }
+    touch_run(engines, mems, Access::Write);
 }
 
 #[test]

@@ -38,6 +38,14 @@ pub enum Message {
 }
 
 impl Message {
+    /// Whether anybody waits for this message: false for a node's drop of its read-only
+    /// copies (`Coherence::Dropped`), which changes only how fast the home's next write
+    /// goes. A transport may leave a sleeping receiver asleep for such a message and have it
+    /// delivered with the receiver's next poll, still in order.
+    pub fn is_awaited(&self) -> bool {
+        !matches!(self, Message::Coherence(Coherence::Dropped { .. }))
+    }
+
     /// The message's command code.
     pub fn command(&self) -> u16 {
         match self {

@@ -510,28 +510,11 @@ pub(crate) fn send_counted(
     to: NodeId,
     message: &Message,
 ) {
-    count_sent(counters, message);
+    Counters::count(&counters.bytes_sent, message);
+    Counters::bump(&counters.messages_sent);
     if let Err(e) = transport.send(to, message) {
         tracing::debug!(to, error = %e, "send failed");
     }
-}
-
-/// As [`send_counted`], for a message nobody waits for (`Transport::send_unawaited`).
-pub(crate) fn send_unawaited_counted(
-    transport: &dyn Transport,
-    counters: &Counters,
-    to: NodeId,
-    message: &Message,
-) {
-    count_sent(counters, message);
-    if let Err(e) = transport.send_unawaited(to, message) {
-        tracing::debug!(to, error = %e, "send failed");
-    }
-}
-
-fn count_sent(counters: &Counters, message: &Message) {
-    Counters::count(&counters.bytes_sent, message);
-    Counters::bump(&counters.messages_sent);
 }
 
 #[cfg(test)]

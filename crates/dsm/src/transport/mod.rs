@@ -150,16 +150,7 @@ impl Transport for Wire {
     }
 
     fn send(&self, to: NodeId, message: &Message) -> Result<(), TransportError> {
-        let urgency = shm::Urgency::Now;
-        if let Some(sent) = self.shm.as_ref().and_then(|s| s.send(to, message, urgency)) {
-            return sent;
-        }
-        self.tcp.send(to, message)
-    }
-
-    fn send_unawaited(&self, to: NodeId, message: &Message) -> Result<(), TransportError> {
-        let urgency = shm::Urgency::Later;
-        if let Some(sent) = self.shm.as_ref().and_then(|s| s.send(to, message, urgency)) {
+        if let Some(sent) = self.shm.as_ref().and_then(|shm| shm.send(to, message)) {
             return sent;
         }
         self.tcp.send(to, message)

@@ -57,14 +57,6 @@ pub(crate) struct Links {
     inboxes: Mutex<Inboxes>,
 }
 
-/// Whether a sent message is waited for (`Now`: wake a sleeping receiver) or not
-/// (`Later`: it waits in the ring for the receiver's next poll, in order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Urgency {
-    Now,
-    Later,
-}
-
 impl dsm_core::wakes::Wake for Links {
     fn wake_now(&self) {
         if self.asleep.load(Ordering::SeqCst) {
@@ -89,13 +81,13 @@ impl Links {
     }
 
     /// Sends `message` to `to` on its channel, or to this node itself through the
-    /// shared-memory thread: `None` when `to` is reached by the network. `Urgency::Later`:
-    /// nobody waits for it, so neither the peer's nor this node's sleeping thread is woken.
+    /// shared-memory thread: `None` when `to` is reached by the network. A message nobody
+    /// waits for ([`Message::is_awaited`]) wakes neither the peer's sleeping thread nor this
+    /// node's: it waits in the ring for the peer's next poll, in order.
     fn send(
         &self,
         to: NodeId,
         message: &Message,
-        urgency: Urgency,
     ) -> Option<std::result::Result<(), TransportError>> {
         if to == self.rank {
             self.local
@@ -107,7 +99,7 @@ impl Links {
         }
         let outbound = self.out.get(to as usize)?.as_ref()?;
         let frame = dsm_wire::encode(message, self.cluster, self.rank);
-        let quiet = urgency == Urgency::Later;
+        let quiet = !message.is_awaited();
         let sent = outbound.send(&frame, quiet).map(|backlog_started| {
             if backlog_started {
                 self.backlog.store(true, Ordering::Release);
@@ -363,9 +355,8 @@ impl Shm {
         &self,
         to: NodeId,
         message: &Message,
-        urgency: Urgency,
     ) -> Option<std::result::Result<(), TransportError>> {
-        self.links.send(to, message, urgency)
+        self.links.send(to, message)
     }
 
     /// The node waits for an answer it sent nothing for: wakes the shared-memory thread if
