@@ -20,7 +20,7 @@
 //!   as queued is pushed after the lock is let go (a full queue waits for the thread, which
 //!   needs the lock), so two calls at once may enter the queue in either order; a call that
 //!   returned is ahead of every call made after it, in the queue or on the socket.
-//! * Tags count frames (`FrameMac`'s sequence), so a frame is sealed under `state` right
+//! * Tags count frames (`FrameSeal`'s sequence), so a frame is sealed under `state` right
 //!   before it goes: by the sender sending it now, or by the thread as it takes it.
 //! * A frame sent now in part (a full socket buffer) leaves its rest in the lane (`stash`),
 //!   counted in `behind`; the thread puts the rest in front of anything else it sends to that
@@ -33,7 +33,7 @@
 use std::io;
 
 use crate::primitive::{AtomicBool, Mutex, MutexGuard, Ordering};
-use crate::session::{FrameMac, TAG_LEN};
+use crate::session::{FrameSeal, TAG_LEN};
 
 /// What a sender does with its frame (see [`Lane::send`]).
 #[derive(Debug, PartialEq, Eq)]
@@ -63,7 +63,7 @@ struct State {
     /// under the lock before it closes the socket).
     fd: Option<std::os::fd::RawFd>,
     /// Tags the frames of this direction; `None` on a keyless connection.
-    seal: Option<FrameMac>,
+    seal: Option<FrameSeal>,
     /// Operations queued for this peer and frames of the transport thread not yet handed to
     /// the kernel whole.
     behind: usize,
@@ -83,7 +83,7 @@ impl std::fmt::Debug for State {
 
 impl Lane {
     /// The connection is up: frames may go straight to `fd`, sealed by `seal`.
-    pub(crate) fn open(&self, fd: std::os::fd::RawFd, seal: Option<FrameMac>) {
+    pub(crate) fn open(&self, fd: std::os::fd::RawFd, seal: Option<FrameSeal>) {
         let mut state = self.lock();
         state.fd = Some(fd);
         state.seal = seal;
@@ -103,14 +103,14 @@ impl Lane {
     /// took of the parts given, or an error) when nothing is owed to this peer, else counts
     /// it as queued. `queue` then pushes the frame to the transport thread; if it fails, the
     /// count is taken back.
-    pub(crate) fn send<W, Q, E>(&self, frame: Vec<u8>, write: W, queue: Q) -> Result<Sent, E>
+    pub(crate) fn send<W, Q, E>(&self, mut frame: Vec<u8>, write: W, queue: Q) -> Result<Sent, E>
     where
         W: FnOnce(std::os::fd::RawFd, &[&[u8]]) -> io::Result<usize>,
         Q: FnOnce(Vec<u8>) -> Result<(), E>,
     {
         let mut state = self.lock();
         if let (Some(fd), 0) = (state.fd, state.behind) {
-            let sent = state.send_now(fd, &frame, write);
+            let sent = state.send_now(fd, &mut frame, write);
             self.stashed.store(state.stash.is_some(), Ordering::Release);
             return Ok(sent);
         }
@@ -243,11 +243,12 @@ impl Lane {
 
 impl State {
     /// Seals and writes `frame`; what the socket did not take is stashed.
-    fn send_now<W>(&mut self, fd: std::os::fd::RawFd, frame: &[u8], write: W) -> Sent
+    fn send_now<W>(&mut self, fd: std::os::fd::RawFd, frame: &mut [u8], write: W) -> Sent
     where
         W: FnOnce(std::os::fd::RawFd, &[&[u8]]) -> io::Result<usize>,
     {
-        let tag = self.seal.as_mut().map(|seal| seal.tag(frame));
+        let tag = self.seal.as_mut().map(|seal| seal.seal(frame));
+        let frame: &[u8] = frame;
         let tag: &[u8] = tag.as_ref().map_or(&[], |t| &t[..]);
         let total = frame.len() + tag.len();
         // An error leaves the whole frame to the transport thread, whose own send meets the
@@ -270,7 +271,7 @@ impl State {
 
     fn tag_into(&mut self, out: &mut Vec<u8>, start: usize) {
         if let Some(seal) = &mut self.seal {
-            let tag: [u8; TAG_LEN] = seal.tag(&out[start..]);
+            let tag: [u8; TAG_LEN] = seal.seal(&mut out[start..]);
             out.extend_from_slice(&tag);
         }
     }
@@ -280,23 +281,26 @@ impl State {
 mod tests {
     use super::*;
 
-    fn keys() -> (FrameMac, FrameMac) {
-        (FrameMac::new([7; 32]), FrameMac::new([7; 32]))
+    fn keys() -> (FrameSeal, FrameSeal) {
+        (FrameSeal::new([7; 32]), FrameSeal::new([7; 32]))
     }
 
-    /// Splits `wire` into frames of the given lengths, each followed by its tag, checking
-    /// every tag in order as the receiving end would.
-    fn check_wire(wire: &[u8], lens: &[usize], mut receive: FrameMac) -> Vec<Vec<u8>> {
+    /// Splits `wire` into frames of the given lengths, each followed by its tag, opening
+    /// every frame in order as the receiving end would.
+    fn check_wire(wire: &[u8], lens: &[usize], mut receive: FrameSeal) -> Vec<Vec<u8>> {
         let mut at = 0;
         let mut frames = Vec::new();
         for &len in lens {
-            let (frame, tag) = (&wire[at..at + len], &wire[at + len..at + len + TAG_LEN]);
+            let (mut frame, tag) = (
+                wire[at..at + len].to_vec(),
+                &wire[at + len..at + len + TAG_LEN],
+            );
             assert!(
-                receive.verify(frame, tag),
+                receive.open(&mut frame, tag),
                 "frame {} fails its tag",
                 frames.len()
             );
-            frames.push(frame.to_vec());
+            frames.push(frame);
             at += len + TAG_LEN;
         }
         assert_eq!(at, wire.len(), "bytes left over");
@@ -456,7 +460,7 @@ mod loom_model {
         builder.preemption_bound = Some(3);
         builder.check(move || {
             let lane = Arc::new(Lane::default());
-            lane.open(3, Some(FrameMac::new([5; 32])));
+            lane.open(3, Some(FrameSeal::new([5; 32])));
             body(lane, Arc::default(), Arc::default());
         });
     }
@@ -516,13 +520,16 @@ mod loom_model {
 
     /// Every frame whole, tags in sequence, each sender's two frames in its order.
     fn check(wire: &[u8]) {
-        let mut receive = FrameMac::new([5; 32]);
+        let mut receive = FrameSeal::new([5; 32]);
         let mut next = [0u8; 2];
         let mut at = 0;
         while at < wire.len() {
-            let f = &wire[at..at + 3];
+            let mut f = wire[at..at + 3].to_vec();
             let tag = &wire[at + 3..at + 3 + TAG_LEN];
-            assert!(receive.verify(f, tag), "a frame torn or out of tag order");
+            assert!(
+                receive.open(&mut f, tag),
+                "a frame torn or out of tag order"
+            );
             let (sender, seq) = (f[0], f[1]);
             assert_eq!(f[2], sender ^ seq, "a frame torn");
             assert_eq!(seq, next[sender as usize], "sender {sender} out of order");

@@ -26,11 +26,11 @@
 //!   cluster id and protocol version in every header, ranks checked, and with a cluster key
 //!   ([`TcpConfig::key`], [`cluster_key_from_env`]) a BLAKE3 keyed-hash challenge–response
 //!   over fresh random nonces, both ways ([`handshake`]).
-//! * **Every frame is authenticated** after a keyed handshake: a 16-byte tag (BLAKE3 keyed
-//!   hash over header, body and the frame's sequence number, under a key of that connection
-//!   and direction, [`session`]) follows each frame. An injected, altered, replayed or
-//!   reordered frame closes that connection ([`ReadError::Forged`]). Bodies are not
-//!   encrypted.
+//! * **Every frame is sealed** after a keyed handshake: AES-256-GCM under a key of that
+//!   connection and direction, the frame's sequence number as the nonce, the header
+//!   authenticated in clear and the body encrypted, a 16-byte tag after each frame
+//!   ([`session`]). An injected, altered, replayed or reordered frame closes that connection
+//!   ([`ReadError::Forged`]).
 //! * **Failures are reported, never hung**: a closed or reset connection, a malformed frame
 //!   (typed [`dsm_wire::Error`], logged) or a protocol violation closes that one connection,
 //!   fails its outstanding page requests and delivers `TransportEvent::PeerFailed` with the
@@ -95,5 +95,5 @@ pub use config::{
 pub use cork::{Cork, Suspended, flush_corked};
 pub use error::{Error, Result};
 pub use reader::{FrameReader, ReadError};
-pub use session::{FrameMac, Purpose, SessionKeys, TAG_LEN};
+pub use session::{FrameSeal, Purpose, SessionKeys, TAG_LEN};
 pub use transport::TcpTransport;

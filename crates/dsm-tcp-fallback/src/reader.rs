@@ -1,16 +1,17 @@
 //! Reassembles frames from a byte stream delivered in arbitrary chunks (one multishot-recv
-//! buffer at a time), and checks each frame's tag when the connection is authenticated (see
-//! [`crate::session`]).
+//! buffer at a time), and opens each frame (checks its tag and decrypts its body) when the
+//! connection is authenticated (see [`crate::session`]).
 //!
-//! Frames that lie wholly inside a chunk are checked and decoded in place; only a frame cut by
-//! a chunk boundary is copied, once, into the reader's own buffer. A header is checked as soon
-//! as its 32 bytes are in, so the buffer never grows beyond a header plus a body the limits
-//! allow (plus a tag). A tag is checked before the body is decoded: nothing of a forged frame
-//! reaches a decoder but its checksummed header.
+//! Frames that lie wholly inside a chunk are opened and decoded in place (the chunk is the
+//! reader's to overwrite); only a frame cut by a chunk boundary is copied, once, into the
+//! reader's own buffer. A header is checked as soon as its 32 bytes are in, so the buffer
+//! never grows beyond a header plus a body the limits allow (plus a tag). A tag is checked
+//! before the body is decoded: nothing of a forged frame reaches a decoder but its
+//! checksummed header.
 
 use dsm_wire::{Frame, HEADER_LEN, Header, Limits, decode_prefix};
 
-use crate::session::{FrameMac, TAG_LEN};
+use crate::session::{FrameSeal, TAG_LEN};
 
 /// Why a stream cannot be read on: the connection must close.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,8 +39,8 @@ pub enum ReadError {
 pub struct FrameReader {
     limits: Limits,
     partial: Vec<u8>,
-    /// Checks each frame's tag; `None` on a keyless connection (no tags on the wire).
-    mac: Option<FrameMac>,
+    /// Opens each frame; `None` on a keyless connection (no tags on the wire).
+    seal: Option<FrameSeal>,
 }
 
 impl FrameReader {
@@ -48,25 +49,26 @@ impl FrameReader {
         FrameReader {
             limits,
             partial: Vec::new(),
-            mac: None,
+            seal: None,
         }
     }
 
-    /// A reader of an authenticated connection: each frame is followed by a tag that `mac`
-    /// must accept.
-    pub fn authenticated(limits: Limits, mac: FrameMac) -> Self {
+    /// A reader of an authenticated connection: each frame is sealed, and `seal` must open
+    /// it.
+    pub fn authenticated(limits: Limits, seal: FrameSeal) -> Self {
         FrameReader {
             limits,
             partial: Vec::new(),
-            mac: Some(mac),
+            seal: Some(seal),
         }
     }
 
     /// Feeds the next bytes of the stream, pushing every frame they complete onto `frames`.
     ///
+    /// The chunk's bytes are overwritten (bodies are decrypted in place).
     /// On error the frames before the bad one have been pushed; the stream cannot be resynced
     /// (frames carry no sync marker), so the caller closes the connection.
-    pub fn feed(&mut self, mut chunk: &[u8], frames: &mut Vec<Frame>) -> Result<(), ReadError> {
+    pub fn feed(&mut self, mut chunk: &mut [u8], frames: &mut Vec<Frame>) -> Result<(), ReadError> {
         if !self.partial.is_empty() {
             chunk = self.complete_partial(chunk, frames)?;
             if !self.partial.is_empty() {
@@ -76,8 +78,9 @@ impl FrameReader {
         while !chunk.is_empty() {
             match self.whole_len(chunk)? {
                 Some(total) if total <= chunk.len() => {
-                    self.open(&chunk[..total], frames)?;
-                    chunk = &chunk[total..];
+                    let (whole, rest) = chunk.split_at_mut(total);
+                    self.open(whole, frames)?;
+                    chunk = rest;
                 }
                 _ => {
                     // Bounded: a cut header is < 32 bytes; a cut body was announced by a header
@@ -105,15 +108,15 @@ impl FrameReader {
     }
 
     fn tag_len(&self) -> usize {
-        if self.mac.is_some() { TAG_LEN } else { 0 }
+        if self.seal.is_some() { TAG_LEN } else { 0 }
     }
 
-    /// Checks the tag of one whole frame (`whole` = header, body, tag), then decodes it.
-    fn open(&mut self, whole: &[u8], frames: &mut Vec<Frame>) -> Result<(), ReadError> {
-        let (frame, tag) = whole.split_at(whole.len() - self.tag_len());
-        if let Some(mac) = &mut self.mac {
-            let seq = mac.seq();
-            if !mac.verify(frame, tag) {
+    /// Opens one whole frame (`whole` = header, body, tag), then decodes it.
+    fn open(&mut self, whole: &mut [u8], frames: &mut Vec<Frame>) -> Result<(), ReadError> {
+        let (frame, tag) = whole.split_at_mut(whole.len() - self.tag_len());
+        if let Some(seal) = &mut self.seal {
+            let seq = seal.seq();
+            if !seal.open(frame, tag) {
                 let command = u16::from_le_bytes([frame[6], frame[7]]);
                 return Err(ReadError::Forged { seq, command });
             }
@@ -128,9 +131,9 @@ impl FrameReader {
     /// it, and returns the rest of the chunk.
     fn complete_partial<'c>(
         &mut self,
-        mut chunk: &'c [u8],
+        mut chunk: &'c mut [u8],
         frames: &mut Vec<Frame>,
-    ) -> Result<&'c [u8], ReadError> {
+    ) -> Result<&'c mut [u8], ReadError> {
         if self.partial.len() < HEADER_LEN {
             chunk = self.take(chunk, HEADER_LEN);
             if self.partial.len() < HEADER_LEN {
@@ -144,18 +147,19 @@ impl FrameReader {
         if self.partial.len() < total {
             return Ok(chunk);
         }
-        let whole = std::mem::take(&mut self.partial);
-        let opened = self.open(&whole, frames);
+        let mut whole = std::mem::take(&mut self.partial);
+        let opened = self.open(&mut whole, frames);
         self.partial = whole;
         self.partial.clear();
         opened.map(|()| chunk)
     }
 
     /// Appends bytes of `chunk` until the partial frame holds `want` bytes.
-    fn take<'c>(&mut self, chunk: &'c [u8], want: usize) -> &'c [u8] {
+    fn take<'c>(&mut self, chunk: &'c mut [u8], want: usize) -> &'c mut [u8] {
         let n = want.saturating_sub(self.partial.len()).min(chunk.len());
-        self.partial.extend_from_slice(&chunk[..n]);
-        &chunk[n..]
+        let (taken, rest) = chunk.split_at_mut(n);
+        self.partial.extend_from_slice(taken);
+        rest
     }
 }
 
@@ -164,7 +168,7 @@ mod tests {
     use super::*;
     use dsm_wire::{Coherence, Message, PageId, ViewMsg, encode};
 
-    use crate::session::{FrameMac, TAG_LEN};
+    use crate::session::{FrameSeal, TAG_LEN};
 
     const CLUSTER: u64 = 9;
 
@@ -196,7 +200,8 @@ mod tests {
         for chunk in [1, 7, 31, 32, 33, 100, 4096, bytes.len()] {
             let mut reader = FrameReader::new(Limits::new(CLUSTER));
             let mut frames = Vec::new();
-            for piece in bytes.chunks(chunk) {
+            let mut bytes = bytes.clone();
+            for piece in bytes.chunks_mut(chunk) {
                 reader.feed(piece, &mut frames).unwrap();
             }
             let got: Vec<Message> = frames.into_iter().map(|f| f.message).collect();
@@ -211,25 +216,26 @@ mod tests {
         bytes[0] ^= 0xff; // magic of the first frame
         let mut reader = FrameReader::new(Limits::new(CLUSTER));
         let mut frames = Vec::new();
-        reader.feed(&bytes[..20], &mut frames).unwrap();
+        reader.feed(&mut bytes[..20], &mut frames).unwrap();
         assert!(matches!(
-            reader.feed(&bytes[20..40], &mut frames),
+            reader.feed(&mut bytes[20..40], &mut frames),
             Err(ReadError::Wire(dsm_wire::Error::BadMagic(_)))
         ));
         assert!(frames.is_empty());
         assert!(reader.buffered() <= HEADER_LEN);
     }
 
-    /// The frames of `stream()`, each followed by its tag under a fresh key, and the key.
+    /// The frames of `stream()`, each sealed and followed by its tag under a fresh key, and
+    /// the key.
     fn tagged() -> (Vec<Message>, Vec<Vec<u8>>, [u8; 32]) {
         let (msgs, _) = stream();
         let key = [7u8; 32];
-        let mut mac = FrameMac::new(key);
+        let mut seal = FrameSeal::new(key);
         let frames = msgs
             .iter()
             .map(|m| {
                 let mut f = encode(m, CLUSTER, 4);
-                let tag = mac.tag(&f);
+                let tag = seal.seal(&mut f);
                 f.extend_from_slice(&tag);
                 f
             })
@@ -238,16 +244,35 @@ mod tests {
     }
 
     fn read_all(key: [u8; 32], bytes: &[u8], chunk: usize) -> (Vec<Message>, Option<ReadError>) {
-        let mut reader = FrameReader::authenticated(Limits::new(CLUSTER), FrameMac::new(key));
+        let mut reader = FrameReader::authenticated(Limits::new(CLUSTER), FrameSeal::new(key));
         let mut frames = Vec::new();
         let mut error = None;
-        for piece in bytes.chunks(chunk) {
+        let mut bytes = bytes.to_vec();
+        for piece in bytes.chunks_mut(chunk) {
             if let Err(e) = reader.feed(piece, &mut frames) {
                 error = Some(e);
                 break;
             }
         }
         (frames.into_iter().map(|f| f.message).collect(), error)
+    }
+
+    #[test]
+    fn sealed_bodies_do_not_travel_in_clear() {
+        let (msgs, frames, _) = tagged();
+        for (m, sealed) in msgs.iter().zip(&frames) {
+            let clear = encode(m, CLUSTER, 4);
+            assert_eq!(
+                sealed[..HEADER_LEN],
+                clear[..HEADER_LEN],
+                "headers are in clear"
+            );
+            assert_ne!(
+                sealed[HEADER_LEN..clear.len()],
+                clear[HEADER_LEN..],
+                "a body in clear"
+            );
+        }
     }
 
     #[test]

@@ -117,16 +117,18 @@ impl BufRing {
         }
     }
 
-    /// The first `len` bytes of buffer `bid`, as filled by a completion.
-    pub(crate) fn filled(&self, bid: u16, len: usize) -> &[u8] {
+    /// The first `len` bytes of buffer `bid`, as filled by a completion, to read and
+    /// overwrite (frames are opened in place).
+    pub(crate) fn filled(&mut self, bid: u16, len: usize) -> &mut [u8] {
         assert!(
             bid < self.count && len <= self.buf_len as usize,
             "buffer out of range"
         );
         let start = usize::from(bid) * self.buf_len as usize;
         // SAFETY: in range of the buffers mapping (checked above); the kernel handed this
-        // buffer to us in a completion and will not touch it until `recycle`.
-        unsafe { std::slice::from_raw_parts(self.buffers.as_ptr().add(start), len) }
+        // buffer to us in a completion and will not touch it until `recycle`, and `&mut self`
+        // makes this the only slice of it.
+        unsafe { std::slice::from_raw_parts_mut(self.buffers.as_ptr().add(start), len) }
     }
 
     /// Hands buffer `bid` back to the kernel.

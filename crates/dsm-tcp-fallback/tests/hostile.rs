@@ -352,16 +352,16 @@ fn keyed_two_real_one_insider() -> Insider {
     (transports, receivers, insider.join().unwrap())
 }
 
-/// `message` from rank 2 as a frame followed by its tag.
+/// `message` from rank 2 as a sealed frame followed by its tag.
 fn sealed(keys: &mut SessionKeys, message: &Message) -> Vec<u8> {
     let mut frame = encode(message, CLUSTER, 2);
-    let tag = keys.send.tag(&frame);
+    let tag = keys.send.seal(&mut frame);
     frame.extend_from_slice(&tag);
     frame
 }
 
 #[test]
-fn frames_on_a_keyed_mesh_carry_tags_the_receiver_checks() {
+fn frames_on_a_keyed_mesh_are_sealed_and_the_receiver_opens_them() {
     let (transports, receivers, mut insider) = keyed_two_real_one_insider();
     let (stream, keys) = &mut insider[0];
     // A tagged frame is delivered; the node's own frames come tagged under the session.
@@ -370,13 +370,22 @@ fn frames_on_a_keyed_mesh_carry_tags_the_receiver_checks() {
     transports[0].send(2, &beat(2)).unwrap();
     let mut reader = FrameReader::authenticated(Limits::new(CLUSTER), keys.receive.clone());
     let mut frames = Vec::new();
+    let mut wire = Vec::new();
     let mut buf = [0u8; 256];
     while frames.is_empty() {
         let n = stream.read(&mut buf).unwrap();
         assert!(n > 0, "connection closed");
-        reader.feed(&buf[..n], &mut frames).unwrap();
+        wire.extend_from_slice(&buf[..n]);
+        reader.feed(&mut buf[..n], &mut frames).unwrap();
     }
     assert_eq!(frames[0].message, beat(2));
+    let clear = encode(&beat(2), CLUSTER, 0);
+    assert_eq!(wire.len(), clear.len() + TAG_LEN);
+    assert_ne!(
+        wire[HEADER_LEN..clear.len()],
+        clear[HEADER_LEN..],
+        "the body went in clear"
+    );
     // The same frame again: a replay.
     let replay = sealed(&mut keys.clone(), &beat(3));
     stream.write_all(&sealed(keys, &beat(3))).unwrap();

@@ -12,7 +12,7 @@
 //! more than a header plus the largest allowed body (plus a tag).
 #![no_main]
 
-use dsm_tcp_fallback::{FrameMac, FrameReader, ReadError, TAG_LEN};
+use dsm_tcp_fallback::{FrameSeal, FrameReader, ReadError, TAG_LEN};
 use dsm_wire::{Frame, HEADER_LEN, Header, Limits, decode, decode_prefix};
 use libfuzzer_sys::fuzz_target;
 
@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
     );
 
     let (stream, sealed) = build_stream(rest, true);
-    let tagged = || FrameReader::authenticated(limits.clone(), FrameMac::new(KEY));
+    let tagged = || FrameReader::authenticated(limits.clone(), FrameSeal::new(KEY));
     let (whole, whole_err) = feed_chunked(tagged(), &stream, u8::MAX, &limits);
     let (frames, err) = feed_chunked(tagged(), &stream, cut_seed, &limits);
     assert_eq!(
@@ -67,6 +67,7 @@ fn feed_chunked(
     limits: &Limits,
 ) -> (Vec<Frame>, Option<ReadError>) {
     let mut frames = Vec::new();
+    let mut stream = stream.to_vec(); // the reader opens frames in place
     let mut at = 0;
     let mut step = if cut_seed == u8::MAX {
         stream.len().max(1)
@@ -75,7 +76,7 @@ fn feed_chunked(
     };
     while at < stream.len() {
         let end = (at + step).min(stream.len());
-        if let Err(e) = reader.feed(&stream[at..end], &mut frames) {
+        if let Err(e) = reader.feed(&mut stream[at..end], &mut frames) {
             return (frames, Some(e));
         }
         assert!(reader.buffered() <= HEADER_LEN + limits.max_body_len as usize + TAG_LEN);
@@ -91,7 +92,7 @@ fn feed_chunked(
 fn build_stream(mut input: &[u8], tags: bool) -> (Vec<u8>, Vec<Option<Vec<u8>>>) {
     let mut stream = Vec::new();
     let mut sealed = Vec::new();
-    let mut mac = FrameMac::new(KEY);
+    let mut seal = FrameSeal::new(KEY);
     while let [kind, len, lo, hi, tail @ ..] = input {
         // Bit 1 of `kind` stretches the body so page-sized messages get built too.
         let n = usize::from(*len) * if kind & 2 == 0 { 1 } else { 17 };
@@ -104,15 +105,18 @@ fn build_stream(mut input: &[u8], tags: bool) -> (Vec<u8>, Vec<Option<Vec<u8>>>)
                 .to_bytes()
                 .to_vec();
             frame.extend_from_slice(body);
-            stream.extend_from_slice(&frame);
             if tags {
-                let mut tag = mac.tag(&frame);
+                let clear = frame.clone();
+                let mut tag = seal.seal(&mut frame);
                 let spoiled = kind & 4 != 0;
                 if spoiled {
                     tag[0] ^= 1;
                 }
+                stream.extend_from_slice(&frame);
                 stream.extend_from_slice(&tag);
-                sealed.push((!spoiled).then_some(frame));
+                sealed.push((!spoiled).then_some(clear));
+            } else {
+                stream.extend_from_slice(&frame);
             }
         } else {
             stream.extend_from_slice(body);

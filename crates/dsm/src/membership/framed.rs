@@ -1,5 +1,5 @@
 //! Frames over a blocking std `TcpStream`, for the boot-up exchange with the coordinator.
-//! After the handshake every frame carries the tag of the connection's session (the same
+//! After the handshake every frame is sealed under the connection's session (the same
 //! format as the transport mesh, dsm-tcp-fallback's `session`).
 
 use std::collections::VecDeque;
@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Instant;
 
-use dsm_tcp_fallback::{FrameMac, FrameReader, ReadError, SessionKeys};
+use dsm_tcp_fallback::{FrameReader, FrameSeal, ReadError, SessionKeys};
 use dsm_wire::{Frame, Limits, Message, NodeId, encode};
 
 use crate::{Error, Result};
@@ -22,8 +22,8 @@ pub(crate) struct Framed {
     reader: FrameReader,
     /// Frames read but not yet asked for (bounded: one read's worth).
     frames: VecDeque<Frame>,
-    /// Tags the frames sent; `None` on a keyless connection.
-    seal: Option<FrameMac>,
+    /// Seals the frames sent; `None` on a keyless connection.
+    seal: Option<FrameSeal>,
     cluster: u64,
     local: NodeId,
 }
@@ -61,7 +61,7 @@ impl Framed {
     pub(crate) fn send(&mut self, message: &Message) -> Result<()> {
         let mut frame = encode(message, self.cluster, self.local);
         if let Some(seal) = &mut self.seal {
-            let tag = seal.tag(&frame);
+            let tag = seal.seal(&mut frame);
             frame.extend_from_slice(&tag);
         }
         self.stream
@@ -92,7 +92,7 @@ impl Framed {
                         "connection closed mid-frame ({what})"
                     )));
                 }
-                Ok(n) => self.feed(&chunk[..n])?,
+                Ok(n) => self.feed(&mut chunk[..n])?,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     return Err(timeout(what, started));
                 }
@@ -102,7 +102,7 @@ impl Framed {
         }
     }
 
-    fn feed(&mut self, bytes: &[u8]) -> Result<()> {
+    fn feed(&mut self, bytes: &mut [u8]) -> Result<()> {
         let mut frames = Vec::new();
         let fed = self.reader.feed(bytes, &mut frames);
         self.frames.extend(frames);
