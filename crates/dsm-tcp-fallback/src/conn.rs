@@ -5,9 +5,10 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use dsm_wire::{Limits, NodeId, PageId};
+use dsm_wire::{BodyCheck, Limits, NodeId, PageId};
 
 use crate::lane::Lane;
+
 use crate::reader::FrameReader;
 use crate::session::{SessionKeys, TAG_LEN};
 
@@ -28,6 +29,8 @@ pub(crate) struct Conn {
     pub(crate) peer: NodeId,
     pub(crate) stream: TcpStream,
     pub(crate) reader: FrameReader,
+    /// Whether frames to the peer travel sealed, without a body checksum.
+    pub(crate) body_check: BodyCheck,
     /// The sending side other threads share: it tags every frame, in send order, and counts
     /// what this connection still owes the peer (see `lane`).
     pub(crate) lane: Arc<Lane>,
@@ -58,18 +61,20 @@ impl Conn {
         session: Option<SessionKeys>,
         lane: Arc<Lane>,
     ) -> Self {
-        let (reader, seal) = match session {
+        let (reader, seal, body_check) = match session {
             Some(keys) => (
                 FrameReader::authenticated(limits, keys.receive),
                 Some(keys.send),
+                BodyCheck::Sealed,
             ),
-            None => (FrameReader::new(limits), None),
+            None => (FrameReader::new(limits), None, BodyCheck::Crc),
         };
         lane.open(stream.as_raw_fd(), seal);
         Conn {
             peer,
             stream,
             reader,
+            body_check,
             lane,
             out: Vec::with_capacity(64 << 10),
             out_units: 0,

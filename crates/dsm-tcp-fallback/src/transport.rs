@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use dsm_core::{EventSink, HomeMemory, Transport, TransportError};
-use dsm_wire::{Message, NodeId, Page, PageId, encode};
+use dsm_wire::{BodyCheck, Message, NodeId, Page, PageId, encode_for};
 
 use crate::handshake::Credentials;
 use crate::lane::Sent;
@@ -39,6 +39,8 @@ pub struct TcpTransport {
     sink: Arc<dyn EventSink>,
     /// See [`TcpConfig::send_from_caller`].
     send_from_caller: bool,
+    /// Frames travel sealed (a cluster key): no body checksum (see `dsm_wire::BodyCheck`).
+    body_check: BodyCheck,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -61,6 +63,11 @@ impl TcpTransport {
     pub fn start(config: TcpConfig, sink: Arc<dyn EventSink>) -> Result<Self> {
         config.check()?;
         let send_from_caller = config.send_from_caller;
+        // Every mesh connection is sealed exactly when there is a key (`handshake`).
+        let body_check = match config.key {
+            Some(_) => BodyCheck::Sealed,
+            None => BodyCheck::Crc,
+        };
         let local = Credentials::new(config.rank, config.cluster, config.key, Purpose::Mesh);
         let mesh = mesh::connect(&config, &local)?;
         let shared =
@@ -87,6 +94,7 @@ impl TcpTransport {
             shared,
             sink,
             send_from_caller,
+            body_check,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -164,7 +172,7 @@ impl Transport for TcpTransport {
             let message = message.clone();
             return self.shared.submit(Op::Local { message });
         }
-        let frame = encode(message, self.cluster, self.rank);
+        let frame = encode_for(message, self.cluster, self.rank, self.body_check);
         if !self.send_from_caller {
             return self.shared.lanes[to as usize]
                 .queue(|| self.shared.submit(Op::Send { to, frame }));

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use dsm_core::{EventSink, Polling, TransportError, TransportEvent};
 use dsm_wire::msg::transport::{append_page_read_reply, append_page_write_request};
 use dsm_wire::{
-    Frame, Limits, Message, NodeId, PAGE_SIZE, Page, PageId, PageStatus, Transport, encode,
+    Frame, Limits, Message, NodeId, PAGE_SIZE, Page, PageId, PageStatus, Transport, encode_for,
 };
 
 use crate::conn::{Conn, MAX_BACKLOG, Pending};
@@ -240,7 +240,8 @@ impl Worker {
         };
         conn.pending.push_back(Pending::Read { token, page });
         let request = Message::Transport(Transport::PageReadRequest { token, page });
-        conn.queue_frame(encode(&request, self.cluster, self.rank), true);
+        let frame = encode_for(&request, self.cluster, self.rank, conn.body_check);
+        conn.queue_frame(frame, true);
     }
 
     fn start_write(&mut self, home: NodeId, page: PageId, data: Page, token: u64) {
@@ -258,9 +259,9 @@ impl Worker {
                 .deliver(TransportEvent::PageWritten { token, result });
         };
         conn.pending.push_back(Pending::Write { token, page });
-        let (cluster, rank) = (self.cluster, self.rank);
+        let (cluster, rank, check) = (self.cluster, self.rank, conn.body_check);
         let write = |out: &mut Vec<u8>| {
-            append_page_write_request(out, cluster, rank, token, page, &data);
+            append_page_write_request(out, cluster, rank, check, token, page, &data);
         };
         conn.append_frame(write, true);
     }
@@ -460,12 +461,13 @@ impl Worker {
         let Some(conn) = open(&mut self.conns, peer) else {
             return;
         };
+        let check = conn.body_check;
         let exposed = self.shared.exposed();
         let status = match exposed.get(&page.region) {
             None => PageStatus::NotExposed,
             Some(memory) => sys::with_home_page(memory, page.page, |data| {
                 let write = |out: &mut Vec<u8>| {
-                    append_page_read_reply(out, cluster, rank, token, page, data);
+                    append_page_read_reply(out, cluster, rank, check, token, page, data);
                 };
                 conn.append_frame(write, false);
             })
@@ -486,8 +488,9 @@ impl Worker {
     }
 
     fn reply(&mut self, peer: NodeId, message: Transport) {
-        let frame = encode(&Message::Transport(message), self.cluster, self.rank);
         if let Some(conn) = open(&mut self.conns, peer) {
+            let message = Message::Transport(message);
+            let frame = encode_for(&message, self.cluster, self.rank, conn.body_check);
             conn.queue_frame(frame, false);
         }
     }

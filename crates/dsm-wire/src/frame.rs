@@ -1,7 +1,7 @@
 //! Whole frames: header + body, encoded and decoded with every check in one place.
 
 use crate::codec::{Reader, Writer};
-use crate::header::{HEADER_LEN, Header};
+use crate::header::{BodyCheck, HEADER_LEN, Header};
 use crate::{Error, Limits, Message, NodeId, Result};
 
 /// A decoded frame: who sent it and what it says.
@@ -15,13 +15,21 @@ pub struct Frame {
 
 /// Encodes `message` from `sender` as one frame (header and body) for `cluster`.
 pub fn encode(message: &Message, cluster: u64, sender: NodeId) -> Vec<u8> {
-    let mut body = Writer::with_capacity(64);
-    message.encode_body(&mut body);
-    let body = body.finish();
-    let header = Header::seal(message.command(), cluster, sender, &body);
-    let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
-    frame.extend_from_slice(&header.to_bytes());
-    frame.extend_from_slice(&body);
+    encode_for(message, cluster, sender, BodyCheck::Crc)
+}
+
+/// [`encode`] for a frame whose body `check` guards: without a body checksum when it will
+/// travel sealed.
+pub fn encode_for(message: &Message, cluster: u64, sender: NodeId, check: BodyCheck) -> Vec<u8> {
+    // The body is written after a header-sized gap and the header over it: one buffer, and a
+    // page in the body is copied once.
+    let mut writer = Writer::with_capacity(HEADER_LEN + 64);
+    writer.raw(&[0; HEADER_LEN]);
+    message.encode_body(&mut writer);
+    let mut frame = writer.finish();
+    let body = &frame[HEADER_LEN..];
+    let header = Header::seal_for(message.command(), cluster, sender, body, check);
+    frame[..HEADER_LEN].copy_from_slice(&header.to_bytes());
     frame
 }
 
@@ -47,6 +55,17 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Frame> {
 /// consumed `n` bytes. A malformed header is reported as soon as its 32 bytes are in, before
 /// waiting for a body whose length cannot be trusted.
 pub fn decode_prefix(bytes: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)>> {
+    decode_prefix_for(bytes, limits, BodyCheck::Crc)
+}
+
+/// [`decode_prefix`] of a frame whose body `check` guards: with [`BodyCheck::Sealed`] (the
+/// caller opened the frame's seal, which authenticated header and body) the body checksum is
+/// not looked at; every other check is made.
+pub fn decode_prefix_for(
+    bytes: &[u8],
+    limits: &Limits,
+    check: BodyCheck,
+) -> Result<Option<(Frame, usize)>> {
     if bytes.len() < HEADER_LEN {
         return Ok(None);
     }
@@ -55,7 +74,9 @@ pub fn decode_prefix(bytes: &[u8], limits: &Limits) -> Result<Option<(Frame, usi
     let Some(body) = bytes.get(HEADER_LEN..total) else {
         return Ok(None);
     };
-    header.check_body(body)?;
+    if check == BodyCheck::Crc {
+        header.check_body(body)?;
+    }
     let mut reader = Reader::new(body, limits);
     let message = Message::decode_body(header.command, &mut reader)?;
     reader.finish(header.command)?;

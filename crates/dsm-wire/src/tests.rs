@@ -375,7 +375,15 @@ fn transport_samples() -> Vec<Transport> {
 fn page_frames_built_in_place_match_encode() {
     let data = page(0x5a);
     let mut out = vec![1, 2, 3];
-    msg::transport::append_page_read_reply(&mut out, CLUSTER, 2, 7, pid(1, 4), &data);
+    msg::transport::append_page_read_reply(
+        &mut out,
+        CLUSTER,
+        2,
+        BodyCheck::Crc,
+        7,
+        pid(1, 4),
+        &data,
+    );
     let expected = encode(
         &Message::Transport(Transport::PageReadReply {
             token: 7,
@@ -388,7 +396,15 @@ fn page_frames_built_in_place_match_encode() {
     );
     assert_eq!(&out[3..], &expected[..]);
     out.clear();
-    msg::transport::append_page_write_request(&mut out, CLUSTER, 2, 8, pid(1, 5), &data);
+    msg::transport::append_page_write_request(
+        &mut out,
+        CLUSTER,
+        2,
+        BodyCheck::Crc,
+        8,
+        pid(1, 5),
+        &data,
+    );
     let expected = encode(
         &Message::Transport(Transport::PageWriteRequest {
             token: 8,
@@ -695,4 +711,55 @@ fn a_barrier_round_promising_more_arrivals_than_it_holds_is_refused_before_alloc
         decode_round(&body(u32::MAX)),
         Err(Error::CountTooLarge { .. })
     ));
+}
+
+#[test]
+fn a_sealed_frame_has_no_body_checksum_and_only_a_sealed_read_skips_it() {
+    let message = Message::Transport(Transport::PageWriteRequest {
+        token: 8,
+        page: pid(1, 5),
+        data: page(0x5a),
+    });
+    let limits = Limits::new(CLUSTER);
+    let checked = encode(&message, CLUSTER, 2);
+    let sealed = encode_for(&message, CLUSTER, 2, BodyCheck::Sealed);
+    assert_eq!(checked[HEADER_LEN..], sealed[HEADER_LEN..], "same body");
+    assert_eq!(sealed[24..28], [0; 4], "no body checksum");
+    let mut built = Vec::new();
+    let data = page(0x5a);
+    msg::transport::append_page_write_request(
+        &mut built,
+        CLUSTER,
+        2,
+        BodyCheck::Sealed,
+        8,
+        pid(1, 5),
+        &data,
+    );
+    assert_eq!(built, sealed, "built in place as encode_for builds it");
+    // The header stays checked either way; the body checksum only where the body has no seal.
+    let opened = decode_prefix_for(&sealed, &limits, BodyCheck::Sealed)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (opened.0.message, opened.1),
+        (message.clone(), sealed.len())
+    );
+    assert!(matches!(
+        decode_prefix(&sealed, &limits),
+        Err(Error::BodyChecksum { .. })
+    ));
+    let mut bad_header = sealed.clone();
+    bad_header[21] ^= 1; // the body length
+    assert!(matches!(
+        decode_prefix_for(&bad_header, &limits, BodyCheck::Sealed),
+        Err(Error::HeaderChecksum { .. })
+    ));
+    let frame = decode_prefix_for(&checked, &limits, BodyCheck::Sealed)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        frame.0.message, message,
+        "a checksummed frame reads sealed too"
+    );
 }

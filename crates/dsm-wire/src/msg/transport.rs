@@ -20,7 +20,7 @@
 //! and ranks are checked.
 
 use crate::codec::{Reader, Writer};
-use crate::header::{HEADER_LEN, Header};
+use crate::header::{BodyCheck, HEADER_LEN, Header};
 use crate::{Error, NodeId, PAGE_SIZE, Page, PageId, Result};
 
 /// Bytes in a handshake nonce.
@@ -251,16 +251,17 @@ impl Transport {
 
 /// Appends a [`Transport::PageReadReply`] frame carrying `data` (status `Ok`) to `out`,
 /// copying the page once, straight from wherever it lives (a home's exposed memory) into the
-/// send buffer. Byte for byte what [`crate::encode`] produces for the same message.
+/// send buffer. Byte for byte what [`crate::encode_for`] produces for the same message.
 pub fn append_page_read_reply(
     out: &mut Vec<u8>,
     cluster: u64,
     sender: NodeId,
+    check: BodyCheck,
     token: u64,
     page: PageId,
     data: &[u8; PAGE_SIZE],
 ) {
-    append_frame(out, PAGE_READ_REPLY, cluster, sender, |body| {
+    append_frame(out, PAGE_READ_REPLY, (cluster, sender, check), |body| {
         put_token_page(body, token, page);
         body.push(PageStatus::Ok.to_u8());
         body.extend_from_slice(data);
@@ -268,16 +269,17 @@ pub fn append_page_read_reply(
 }
 
 /// Appends a [`Transport::PageWriteRequest`] frame to `out`, copying `data` once. Byte for
-/// byte what [`crate::encode`] produces for the same message.
+/// byte what [`crate::encode_for`] produces for the same message.
 pub fn append_page_write_request(
     out: &mut Vec<u8>,
     cluster: u64,
     sender: NodeId,
+    check: BodyCheck,
     token: u64,
     page: PageId,
     data: &[u8; PAGE_SIZE],
 ) {
-    append_frame(out, PAGE_WRITE_REQUEST, cluster, sender, |body| {
+    append_frame(out, PAGE_WRITE_REQUEST, (cluster, sender, check), |body| {
         put_token_page(body, token, page);
         body.extend_from_slice(data);
     });
@@ -293,13 +295,12 @@ fn put_token_page(body: &mut Vec<u8>, token: u64, page: PageId) {
 fn append_frame(
     out: &mut Vec<u8>,
     command: u16,
-    cluster: u64,
-    sender: NodeId,
+    (cluster, sender, check): (u64, NodeId, BodyCheck),
     body: impl FnOnce(&mut Vec<u8>),
 ) {
     let start = out.len();
     out.resize(start + HEADER_LEN, 0);
     body(out);
-    let header = Header::seal(command, cluster, sender, &out[start + HEADER_LEN..]);
+    let header = Header::seal_for(command, cluster, sender, &out[start + HEADER_LEN..], check);
     out[start..start + HEADER_LEN].copy_from_slice(&header.to_bytes());
 }
