@@ -12,9 +12,11 @@
 //! Both MACs are BLAKE3 keyed hashes under a key derived from the cluster key, over a role
 //! label, the connection's purpose (mesh or boot-up), cluster id, both ranks and the nonce.
 //! After the Welcome, each side derives a key per direction from the cluster key and both
-//! nonces, and every later frame is followed by a 16-byte tag over its header, its body and its
-//! sequence number on the connection (dsm-tcp-fallback's `session` module): an injected,
-//! altered, replayed or reordered frame closes the connection. Bodies are not encrypted.
+//! nonces, and every later frame is sealed (AES-256-GCM: the body encrypted, the header
+//! authenticated, the frame's sequence number on the connection as the nonce) and followed by
+//! its 16-byte tag (dsm-tcp-fallback's `session` module): an injected, altered, replayed or
+//! reordered frame closes the connection. Sealed frames carry no body checksum
+//! ([`crate::BodyCheck`]).
 //!
 //! Without a cluster key the MACs are all zero, frames carry no tag, and only cluster, version
 //! and ranks are checked.
