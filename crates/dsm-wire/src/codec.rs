@@ -73,6 +73,11 @@ impl Writer {
             self.page_id(*p);
         }
     }
+    /// Appends an optional u32: a presence byte, then the value (0 when absent).
+    pub fn opt_u32(&mut self, v: Option<u32>) {
+        self.u8(u8::from(v.is_some()));
+        self.u32(v.unwrap_or(0));
+    }
     /// Appends an optional page: a presence byte, then 4096 bytes.
     pub fn opt_page(&mut self, page: Option<&Page>) {
         match page {
@@ -150,6 +155,20 @@ impl<'a> Reader<'a> {
             0 => Ok(false),
             1 => Ok(true),
             v => Err(Error::InvalidField {
+                field: what,
+                value: u64::from(v),
+            }),
+        }
+    }
+    /// Reads an optional u32 as [`Writer::opt_u32`] writes it: an absent value must be 0, so
+    /// that every value has one encoding.
+    pub fn opt_u32(&mut self, what: &'static str) -> Result<Option<u32>> {
+        let present = self.flag(what)?;
+        let value = self.u32(what)?;
+        match (present, value) {
+            (true, v) => Ok(Some(v)),
+            (false, 0) => Ok(None),
+            (false, v) => Err(Error::InvalidField {
                 field: what,
                 value: u64::from(v),
             }),

@@ -763,3 +763,27 @@ fn a_sealed_frame_has_no_body_checksum_and_only_a_sealed_read_skips_it() {
         "a checksummed frame reads sealed too"
     );
 }
+
+/// Found by the decode fuzzer: a hand-back whose `next` was absent but whose node field was
+/// not 0 decoded as absent, so two byte strings meant one message.
+#[test]
+fn an_absent_next_node_must_be_zero() {
+    let message = Message::Coherence(Coherence::HandBack {
+        page: pid(1, 2),
+        data: None,
+        next: None,
+    });
+    let mut bytes = encode(&message, CLUSTER, 0);
+    let node = bytes.len() - 4;
+    bytes[node] = 13;
+    let body = bytes[HEADER_LEN..].to_vec();
+    let header = Header::seal(message.command(), CLUSTER, 0, &body);
+    bytes[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+    assert_eq!(
+        decode(&bytes, &Limits::new(CLUSTER)),
+        Err(Error::InvalidField {
+            field: "next",
+            value: 13
+        })
+    );
+}

@@ -261,8 +261,7 @@ impl Coherence {
             Coherence::HandBack { page, data, next } => {
                 w.page_id(*page);
                 w.opt_page(data.as_ref());
-                w.u8(u8::from(next.is_some()));
-                w.u32(next.unwrap_or(0));
+                w.opt_u32(*next);
             }
             Coherence::Push {
                 page,
@@ -343,11 +342,7 @@ impl Coherence {
             HAND_BACK => Coherence::HandBack {
                 page: r.page_id()?,
                 data: r.opt_page()?,
-                next: {
-                    let some = r.flag("next")?;
-                    let node = r.u32("next")?;
-                    some.then_some(node)
-                },
+                next: r.opt_u32("next")?,
             },
             DIFF_BATCH => Coherence::DiffBatch {
                 req: r.u64("req")?,
