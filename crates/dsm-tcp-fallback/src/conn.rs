@@ -8,7 +8,6 @@ use std::sync::Arc;
 use dsm_wire::{BodyCheck, Limits, NodeId, PageId};
 
 use crate::lane::Lane;
-
 use crate::reader::FrameReader;
 use crate::session::{SessionKeys, TAG_LEN};
 

@@ -33,7 +33,7 @@
 use std::io;
 
 use crate::primitive::{AtomicBool, Mutex, MutexGuard, Ordering};
-use crate::session::{FrameSeal, TAG_LEN};
+use crate::session::FrameSeal;
 
 /// What a sender does with its frame (see [`Lane::send`]).
 #[derive(Debug, PartialEq, Eq)]
@@ -271,8 +271,7 @@ impl State {
 
     fn tag_into(&mut self, out: &mut Vec<u8>, start: usize) {
         if let Some(seal) = &mut self.seal {
-            let tag: [u8; TAG_LEN] = seal.seal(&mut out[start..]);
-            out.extend_from_slice(&tag);
+            seal.seal_at(out, start);
         }
     }
 }
@@ -280,6 +279,7 @@ impl State {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::session::TAG_LEN;
 
     fn keys() -> (FrameSeal, FrameSeal) {
         (FrameSeal::new([7; 32]), FrameSeal::new([7; 32]))
@@ -438,6 +438,7 @@ mod tests {
 #[cfg(all(test, loom))]
 mod loom_model {
     use super::*;
+    use crate::session::TAG_LEN;
     use loom::sync::Arc;
     use loom::sync::Mutex as LoomMutex;
 

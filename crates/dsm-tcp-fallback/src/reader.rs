@@ -240,8 +240,7 @@ mod tests {
             .iter()
             .map(|m| {
                 let mut f = encode(m, CLUSTER, 4);
-                let tag = seal.seal(&mut f);
-                f.extend_from_slice(&tag);
+                seal.seal_at(&mut f, 0);
                 f
             })
             .collect();

@@ -153,6 +153,13 @@ impl FrameSeal {
         out
     }
 
+    /// Seals the frame at `buf[start..]` (header and body) in place and appends its tag: the
+    /// frame as it goes on the wire.
+    pub fn seal_at(&mut self, buf: &mut Vec<u8>, start: usize) {
+        let tag = self.seal(&mut buf[start..]);
+        buf.extend_from_slice(&tag);
+    }
+
     /// Opens the next frame: checks `tag` against its header and encrypted body (in constant
     /// time) and decrypts the body in place. Advances the sequence only when the frame is
     /// genuine; otherwise the body's bytes are unspecified (the connection ends anyway).

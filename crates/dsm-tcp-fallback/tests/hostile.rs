@@ -355,8 +355,7 @@ fn keyed_two_real_one_insider() -> Insider {
 /// `message` from rank 2 as a sealed frame followed by its tag.
 fn sealed(keys: &mut SessionKeys, message: &Message) -> Vec<u8> {
     let mut frame = encode(message, CLUSTER, 2);
-    let tag = keys.send.seal(&mut frame);
-    frame.extend_from_slice(&tag);
+    keys.send.seal_at(&mut frame, 0);
     frame
 }
 

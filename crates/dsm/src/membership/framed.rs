@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::Instant;
 
 use dsm_tcp_fallback::{FrameReader, FrameSeal, ReadError, SessionKeys};
-use dsm_wire::{Frame, Limits, Message, NodeId, encode};
+use dsm_wire::{BodyCheck, Frame, Limits, Message, NodeId, encode, encode_for};
 
 use crate::{Error, Result};
 
@@ -59,11 +59,14 @@ impl Framed {
 
     /// Sends one frame.
     pub(crate) fn send(&mut self, message: &Message) -> Result<()> {
-        let mut frame = encode(message, self.cluster, self.local);
-        if let Some(seal) = &mut self.seal {
-            let tag = seal.seal(&mut frame);
-            frame.extend_from_slice(&tag);
-        }
+        let frame = match &mut self.seal {
+            Some(seal) => {
+                let mut frame = encode_for(message, self.cluster, self.local, BodyCheck::Sealed);
+                seal.seal_at(&mut frame, 0);
+                frame
+            }
+            None => encode(message, self.cluster, self.local),
+        };
         self.stream
             .write_all(&frame)
             .map_err(|e| Error::io(format!("send {:?}", message.command()), e))
