@@ -254,6 +254,8 @@ pub(crate) struct Ring {
     wake_word: ManuallyDrop<Box<u64>>,
     sends: ManuallyDrop<Vec<Option<Vec<u8>>>>,
     inflight: usize,
+    /// The kernel flags pending task work in the SQ ring (`IORING_SETUP_TASKRUN_FLAG`).
+    flags_task_work: bool,
 }
 
 impl Drop for Ring {
@@ -295,7 +297,7 @@ impl Ring {
         buf_count: u16,
         buf_len: u32,
     ) -> io::Result<Self> {
-        let ring = build_ring(entries)?;
+        let (ring, flags_task_work) = build_ring(entries)?;
         let buffers = BufRing::new(buf_count, buf_len)?;
         buffers.register(&ring.submitter(), BUFFER_GROUP)?;
         Ok(Ring {
@@ -304,6 +306,7 @@ impl Ring {
             wake_word: ManuallyDrop::new(Box::new(0)),
             sends: ManuallyDrop::new((0..peers).map(|_| None).collect()),
             inflight: 0,
+            flags_task_work,
         })
     }
 
@@ -360,13 +363,33 @@ impl Ring {
     }
 
     /// Submits everything queued and, when `wait`, blocks until at least one completion.
+    /// A poll (`!wait`) with nothing to submit and no task work pending enters no system
+    /// call: the kernel would find nothing to do, and an entry costs ~1 µs here (a nested
+    /// guest), which a polling loop paid on every look.
     pub(crate) fn submit(&mut self, wait: bool) -> io::Result<()> {
+        if !wait && !self.needs_enter() {
+            return Ok(());
+        }
         match self.ring.submit_and_wait(usize::from(wait)) {
             Ok(_) => Ok(()),
             // EINTR: a signal; EBUSY: completions must be reaped first. Both: reap and retry.
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether a poll must enter the kernel: submissions queued, task work pending (the
+    /// deferred completions of a ring built with `DEFER_TASKRUN` run only in an enter), or
+    /// completions overflowed. Without the task-work flag the kernel cannot tell us: enter.
+    fn needs_enter(&mut self) -> bool {
+        let sq = self.ring.submission();
+        !self.flags_task_work || !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
+    }
+
+    /// Whether a poll would find anything (see `needs_enter`) or completions wait to be
+    /// reaped: a polling loop looks at this, which costs no system call, before it yields.
+    pub(crate) fn has_news(&mut self) -> bool {
+        self.needs_enter() || !self.ring.completion().is_empty()
     }
 
     /// Moves every available completion into `out`, keeping count of live operations.
@@ -419,9 +442,6 @@ impl Ring {
     }
 }
 
-/// Builds the ring with the cheapest task-running mode the kernel offers: one issuer with
-/// deferred task work (completions run only when we wait), else cooperative task running,
-/// else plain.
 /// Writes `parts` to the socket `fd` in one non-blocking `sendmsg` (no SIGPIPE); returns the
 /// bytes the kernel took (fewer than all when its send buffer is full; `WouldBlock` when it
 /// took none).
@@ -447,7 +467,11 @@ pub(crate) fn send_now(fd: std::os::fd::RawFd, parts: &[&[u8]]) -> io::Result<us
     usize::try_from(sent).map_err(|_| io::Error::last_os_error())
 }
 
-fn build_ring(entries: u32) -> io::Result<io_uring::IoUring> {
+/// Builds the ring with the cheapest task-running mode the kernel offers: one issuer with
+/// deferred task work (completions run only when we wait), else cooperative task running,
+/// else plain.
+/// Says whether the kernel flags pending task work (see `Ring::needs_enter`).
+fn build_ring(entries: u32) -> io::Result<(io_uring::IoUring, bool)> {
     let cq = entries * 4;
     // TASKRUN_FLAG: the kernel flags pending task work in the SQ ring, so that a polling
     // `submit(false)` knows to enter with GETEVENTS (deferred completions run only then).
@@ -464,5 +488,11 @@ fn build_ring(entries: u32) -> io::Result<io_uring::IoUring> {
                 .setup_cqsize(cq)
                 .build(entries)
         })
-        .or_else(|_| io_uring::IoUring::builder().setup_cqsize(cq).build(entries))
+        .map(|ring| (ring, true))
+        .or_else(|_| {
+            let ring = io_uring::IoUring::builder()
+                .setup_cqsize(cq)
+                .build(entries)?;
+            Ok((ring, false))
+        })
 }
