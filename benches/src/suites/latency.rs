@@ -73,7 +73,11 @@
 //! remote read fault (on pages between the first pass's), the lock hand-off and the barriers
 //! again with tracing on (`Node::set_tracing`), then a floor round. `n2` and `n2_shm` get
 //! those as `*_traced_us` and `ratio_{fault,lock_handoff,barrier}_traced_to_untraced` (what
-//! tracing costs, same run); `hops` (`n2`) and `hops_shm` (`n2_shm`) give the median and p99
+//! tracing costs, same run, passes seconds apart); then four rounds of short blocks of remote
+//! read faults and of barriers alternate between tracing off and on
+//! (`latency/tracing_cost.rs`), which give `tracing_cost_interleaved` and
+//! `ratio_{fault,barrier}_traced_to_untraced_interleaved` (the machine's drift cancels out
+//! there); `hops` (`n2`) and `hops_shm` (`n2_shm`) give the median and p99
 //! of every hop of the traced pass, read from both ranks' trace files (see
 //! `latency/hops.rs`), and name the files (one directory per cluster), which stay for a
 //! viewer (<https://ui.perfetto.dev>).
@@ -90,6 +94,7 @@ mod placement;
 mod ratios;
 mod release;
 mod spawn;
+mod tracing_cost;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -111,7 +111,7 @@ fn monotonic_ns() -> u64 {
 }
 
 /// The value rank 1 writes in page `page`, which rank 0 checks.
-fn stamp(page: usize) -> u64 {
+pub(super) fn stamp(page: usize) -> u64 {
     0xd5a0_0000_0000 | page as u64
 }
 
@@ -236,7 +236,11 @@ impl Bench<'_> {
 
     /// Rank 1 writes [`stamp`] into the first word of each of `pages`; everyone passes a
     /// barrier before (rank 0 is then waiting) and after (the pages are written).
-    fn write_pages_at_rank1(&self, region: &Region<u64>, pages: &[usize]) -> anyhow::Result<()> {
+    pub(super) fn write_pages_at_rank1(
+        &self,
+        region: &Region<u64>,
+        pages: &[usize],
+    ) -> anyhow::Result<()> {
         self.node.barrier()?;
         if self.rank == 1 {
             for &page in pages {
@@ -339,7 +343,7 @@ impl Bench<'_> {
 }
 
 /// `items` in a random order (Fisher–Yates driven by splitmix64 from `seed`).
-fn shuffled<T>(mut items: Vec<T>, seed: u64) -> Vec<T> {
+pub(super) fn shuffled<T>(mut items: Vec<T>, seed: u64) -> Vec<T> {
     let mut state = seed;
     for i in (1..items.len()).rev() {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);

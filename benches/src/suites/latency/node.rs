@@ -140,10 +140,11 @@ fn measure(node: &Node) -> anyhow::Result<Option<Value>> {
     let mut barrier = bench.barriers(Pass::Untraced)?;
     bench.floor_round("barrier")?;
     let mut release = bench.release_one_diff(&regions.released)?;
-    let traced = if traced {
-        Some(bench.traced_pass(&regions)?)
+    let (traced, tracing_cost) = if traced {
+        let pass = bench.traced_pass(&regions)?;
+        (Some(pass), Some(bench.tracing_cost(&regions.remote)?))
     } else {
-        None
+        (None, None)
     };
     if bench.rank != 0 {
         return Ok(None);
@@ -185,6 +186,9 @@ fn measure(node: &Node) -> anyhow::Result<Option<Value>> {
     }
     if let Some(traced) = traced {
         traced.report(&mut report);
+    }
+    if let Some(cost) = tracing_cost {
+        cost.report(&mut report);
     }
     report["lock_acquires_not_my_turn"] = json!(wasted);
     report["counters_rank0_per_sample"] = Value::Object(bench.counters);
