@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use dsm_wire::{BodyCheck, Limits, NodeId, PageId};
+use dsm_wire::{Limits, NodeId, PageId};
 
 use crate::lane::Lane;
 use crate::reader::FrameReader;
@@ -28,8 +28,6 @@ pub(crate) struct Conn {
     pub(crate) peer: NodeId,
     pub(crate) stream: TcpStream,
     pub(crate) reader: FrameReader,
-    /// Whether frames to the peer travel sealed, without a body checksum.
-    pub(crate) body_check: BodyCheck,
     /// The sending side other threads share: it tags every frame, in send order, and counts
     /// what this connection still owes the peer (see `lane`).
     pub(crate) lane: Arc<Lane>,
@@ -60,20 +58,18 @@ impl Conn {
         session: Option<SessionKeys>,
         lane: Arc<Lane>,
     ) -> Self {
-        let (reader, seal, body_check) = match session {
+        let (reader, seal) = match session {
             Some(keys) => (
                 FrameReader::authenticated(limits, keys.receive),
                 Some(keys.send),
-                BodyCheck::Sealed,
             ),
-            None => (FrameReader::new(limits), None, BodyCheck::Crc),
+            None => (FrameReader::new(limits), None),
         };
         lane.open(stream.as_raw_fd(), seal);
         Conn {
             peer,
             stream,
             reader,
-            body_check,
             lane,
             out: Vec::with_capacity(64 << 10),
             out_units: 0,

@@ -107,6 +107,12 @@ impl FrameReader {
         Ok(Some(HEADER_LEN + header.body_len as usize + self.tag_len()))
     }
 
+    /// What guards the bodies of this connection's frames: its seal, or their checksums (the
+    /// same for the frames this end sends, sealed exactly when the frames it reads are).
+    pub fn body_check(&self) -> BodyCheck {
+        BodyCheck::sealed_if(self.seal.is_some())
+    }
+
     fn tag_len(&self) -> usize {
         if self.seal.is_some() { TAG_LEN } else { 0 }
     }
@@ -122,11 +128,7 @@ impl FrameReader {
             }
         }
         // An opened seal authenticated the body: its checksum would only repeat that.
-        let check = match self.seal {
-            Some(_) => BodyCheck::Sealed,
-            None => BodyCheck::Crc,
-        };
-        if let Some((decoded, _)) = decode_prefix_for(frame, &self.limits, check)? {
+        if let Some((decoded, _)) = decode_prefix_for(frame, &self.limits, self.body_check())? {
             frames.push(decoded);
         }
         Ok(())

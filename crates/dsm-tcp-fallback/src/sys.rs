@@ -496,3 +496,54 @@ fn build_ring(entries: u32) -> io::Result<(io_uring::IoUring, bool)> {
             Ok((ring, false))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A poll skips the system call only while the kernel has nothing for it; the task-work
+    /// flag it relies on must come up when a completion is pending (else a polling transport
+    /// would see no answer until it slept).
+    #[test]
+    fn a_poll_enters_only_when_the_kernel_has_something() {
+        let mut ring = Ring::new(8, 1, 4, 4096).unwrap();
+        // SAFETY: eventfd returns a new descriptor (or -1, refused just below) that we own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        assert!(fd >= 0, "eventfd: {}", io::Error::last_os_error());
+        // SAFETY: `fd` is open and owned by nothing else.
+        let event = unsafe { OwnedFd::from_raw_fd(fd) };
+        assert!(!ring.has_news(), "a fresh ring has news");
+        ring.read_wake(event.as_raw_fd()).unwrap();
+        assert!(ring.has_news(), "a queued submission is not news");
+        ring.submit(false).unwrap();
+        let mut done = Vec::new();
+        ring.reap(&mut done);
+        assert!(done.is_empty() && !ring.has_news(), "nothing happened yet");
+
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to the eventfd we own.
+        let wrote = unsafe { libc::write(event.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        assert_eq!(wrote, 8);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ring.has_news() {
+            assert!(
+                Instant::now() < deadline,
+                "the kernel never flagged the completion"
+            );
+            std::hint::spin_loop();
+        }
+        ring.submit(false).unwrap();
+        ring.reap(&mut done);
+        assert!(
+            matches!(done.as_slice(), [c] if matches!(c.tag, Tag::Wake) && c.result == 8),
+            "the eventfd read completed: {done:?}"
+        );
+        assert!(
+            !ring.has_news(),
+            "news left after the completion was reaped"
+        );
+    }
+}

@@ -64,10 +64,7 @@ impl TcpTransport {
         config.check()?;
         let send_from_caller = config.send_from_caller;
         // Every mesh connection is sealed exactly when there is a key (`handshake`).
-        let body_check = match config.key {
-            Some(_) => BodyCheck::Sealed,
-            None => BodyCheck::Crc,
-        };
+        let body_check = BodyCheck::sealed_if(config.key.is_some());
         let local = Credentials::new(config.rank, config.cluster, config.key, Purpose::Mesh);
         let mesh = mesh::connect(&config, &local)?;
         let shared =

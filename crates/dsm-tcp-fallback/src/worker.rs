@@ -259,7 +259,7 @@ impl Worker {
         };
         conn.pending.push_back(Pending::Read { token, page });
         let request = Message::Transport(Transport::PageReadRequest { token, page });
-        let frame = encode_for(&request, self.cluster, self.rank, conn.body_check);
+        let frame = encode_for(&request, self.cluster, self.rank, conn.reader.body_check());
         conn.queue_frame(frame, true);
     }
 
@@ -278,7 +278,7 @@ impl Worker {
                 .deliver(TransportEvent::PageWritten { token, result });
         };
         conn.pending.push_back(Pending::Write { token, page });
-        let (cluster, rank, check) = (self.cluster, self.rank, conn.body_check);
+        let (cluster, rank, check) = (self.cluster, self.rank, conn.reader.body_check());
         let write = |out: &mut Vec<u8>| {
             append_page_write_request(out, cluster, rank, check, token, page, &data);
         };
@@ -480,7 +480,7 @@ impl Worker {
         let Some(conn) = open(&mut self.conns, peer) else {
             return;
         };
-        let check = conn.body_check;
+        let check = conn.reader.body_check();
         let exposed = self.shared.exposed();
         let status = match exposed.get(&page.region) {
             None => PageStatus::NotExposed,
@@ -509,7 +509,7 @@ impl Worker {
     fn reply(&mut self, peer: NodeId, message: Transport) {
         if let Some(conn) = open(&mut self.conns, peer) {
             let message = Message::Transport(message);
-            let frame = encode_for(&message, self.cluster, self.rank, conn.body_check);
+            let frame = encode_for(&message, self.cluster, self.rank, conn.reader.body_check());
             conn.queue_frame(frame, false);
         }
     }

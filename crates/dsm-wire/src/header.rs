@@ -52,6 +52,17 @@ pub enum BodyCheck {
     Sealed,
 }
 
+impl BodyCheck {
+    /// [`BodyCheck::Sealed`] for a frame of a sealed connection, else [`BodyCheck::Crc`].
+    pub fn sealed_if(sealed: bool) -> Self {
+        if sealed {
+            BodyCheck::Sealed
+        } else {
+            BodyCheck::Crc
+        }
+    }
+}
+
 impl Header {
     /// Builds a header for `body` and seals it with both checksums.
     pub fn seal(command: u16, cluster: u64, sender: u32, body: &[u8]) -> Self {

@@ -4,7 +4,8 @@
 //! A frame is a fixed 32-byte [`Header`] (magic, protocol version, command, cluster id,
 //! sender, body length, crc32c of the body, crc32c of the header) followed by a little-endian
 //! body. On a sealed connection the body's checksum is 0 and not checked ([`BodyCheck`]): the
-//! seal's tag authenticates the body already ([`encode_for`], [`decode_prefix_for`]). [`decode`] and [`decode_prefix`] check everything — magic, checksums, version,
+//! seal's tag authenticates the body already ([`encode_for`], [`decode_prefix_for`]).
+//! [`decode`] and [`decode_prefix`] check everything — magic, checksums, version,
 //! cluster, length limit, command, every field's domain, page indices, list lengths, trailing
 //! bytes — and return a typed [`Error`]; they never panic and never allocate from a length they
 //! have not bounded.

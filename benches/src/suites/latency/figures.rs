@@ -111,7 +111,7 @@ fn monotonic_ns() -> u64 {
 }
 
 /// The value rank 1 writes in page `page`, which rank 0 checks.
-pub(super) fn stamp(page: usize) -> u64 {
+fn stamp(page: usize) -> u64 {
     0xd5a0_0000_0000 | page as u64
 }
 
@@ -131,32 +131,14 @@ impl Bench<'_> {
             .step_by(REMOTE_STRIDE)
             .collect();
         self.write_pages_at_rank1(region, &pages)?;
-        let mut samples = Vec::with_capacity(pages.len());
         let mut accesses = Vec::new();
+        let mut samples = Vec::new();
         if self.rank == 0 {
-            let order = shuffled(pages, SEED);
             let before = self.node.stats();
-            for &page in &order {
-                let start_ns = monotonic_ns();
-                let started = Instant::now();
-                let value = black_box(region.get(page * WORDS_PER_PAGE));
-                samples.push(micros_since(started));
-                let end_ns = monotonic_ns();
-                if pass == Pass::Traced {
-                    accesses.push(Access {
-                        page,
-                        start_ns,
-                        end_ns,
-                    });
-                }
-                ensure!(
-                    value == stamp(page),
-                    "remote read of page {page}: {value:#x}, rank 1 wrote {:#x}",
-                    stamp(page)
-                );
-            }
+            let stamps = (pass == Pass::Traced).then_some(&mut accesses);
+            samples = time_reads(region, pages, stamps)?;
             let figure = format!("remote_read_fault{}", pass.suffix());
-            self.record_counters(&figure, before, order.len());
+            self.record_counters(&figure, before, samples.len());
         }
         self.node.barrier()?;
         Ok((samples, accesses))
@@ -324,26 +306,63 @@ impl Bench<'_> {
         phase(&format!("barrier{}", pass.suffix()));
         self.node.barrier()?;
         let before = self.node.stats();
-        let mut samples = Vec::with_capacity(BARRIERS);
-        for i in 0..BARRIER_WARMUP + BARRIERS {
-            let started = Instant::now();
-            self.node
-                .barrier()
-                .with_context(|| format!("barrier {i} of the barrier figure"))?;
-            if i >= BARRIER_WARMUP {
-                samples.push(micros_since(started));
-            }
-        }
+        let samples = self.time_barriers(BARRIER_WARMUP, BARRIERS)?;
         if self.rank == 0 {
             let figure = format!("barrier{}", pass.suffix());
             self.record_counters(&figure, before, BARRIER_WARMUP + BARRIERS);
         }
         Ok(samples)
     }
+
+    /// Every node passes `warmup + count` barriers in a row; each node times the last `count`.
+    pub(super) fn time_barriers(&self, warmup: usize, count: usize) -> anyhow::Result<Vec<f64>> {
+        let mut samples = Vec::with_capacity(count);
+        for i in 0..warmup + count {
+            let started = Instant::now();
+            self.node
+                .barrier()
+                .with_context(|| format!("barrier {i} of a timed block"))?;
+            if i >= warmup {
+                samples.push(micros_since(started));
+            }
+        }
+        Ok(samples)
+    }
+}
+
+/// Reads one word of each of `pages` (which rank 1 wrote) in a random order, timing each
+/// read and checking its value; `stamps` gets each read's page and the monotonic clock (the
+/// trace's) just before and after it, outside the timed interval.
+pub(super) fn time_reads(
+    region: &Region<u64>,
+    pages: Vec<usize>,
+    mut stamps: Option<&mut Vec<Access>>,
+) -> anyhow::Result<Vec<f64>> {
+    let mut samples = Vec::with_capacity(pages.len());
+    for page in shuffled(pages, SEED) {
+        let start_ns = monotonic_ns();
+        let started = Instant::now();
+        let value = black_box(region.get(page * WORDS_PER_PAGE));
+        samples.push(micros_since(started));
+        let end_ns = monotonic_ns();
+        if let Some(stamps) = stamps.as_deref_mut() {
+            stamps.push(Access {
+                page,
+                start_ns,
+                end_ns,
+            });
+        }
+        ensure!(
+            value == stamp(page),
+            "remote read of page {page}: {value:#x}, rank 1 wrote {:#x}",
+            stamp(page)
+        );
+    }
+    Ok(samples)
 }
 
 /// `items` in a random order (Fisher–Yates driven by splitmix64 from `seed`).
-pub(super) fn shuffled<T>(mut items: Vec<T>, seed: u64) -> Vec<T> {
+fn shuffled<T>(mut items: Vec<T>, seed: u64) -> Vec<T> {
     let mut state = seed;
     for i in (1..items.len()).rev() {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);

@@ -4,15 +4,11 @@
 //! remote read faults and of barriers alternate between tracing off and on, in an order
 //! that also alternates, and each side's samples are pooled.
 
-use std::hint::black_box;
-use std::time::Instant;
-
-use anyhow::ensure;
 use dsm::Region;
 use serde_json::{Value, json};
 
-use super::figures::{REMOTE_BLOCK_PAGES, REMOTE_STRIDE, SEED, shuffled, stamp};
-use super::node::{Bench, WORDS_PER_PAGE, micros_since, phase};
+use super::figures::{REMOTE_BLOCK_PAGES, REMOTE_STRIDE, time_reads};
+use super::node::{Bench, phase};
 use crate::stats::{round, summarize};
 
 /// Untraced/traced pairs of blocks.
@@ -50,7 +46,7 @@ impl Bench<'_> {
             self.node.set_tracing(traced);
             let side = usize::from(traced);
             cost.faults[side].extend(self.timed_reads(region, block)?);
-            cost.barriers[side].extend(self.timed_barriers()?);
+            cost.barriers[side].extend(self.time_barriers(BARRIER_WARMUP, BARRIERS_PER_BLOCK)?);
         }
         self.node.set_tracing(false);
         Ok(cost)
@@ -59,32 +55,11 @@ impl Bench<'_> {
     /// Rank 1 writes `pages`; rank 0 reads them in a random order, timing each read.
     fn timed_reads(&mut self, region: &Region<u64>, pages: &[usize]) -> anyhow::Result<Vec<f64>> {
         self.write_pages_at_rank1(region, pages)?;
-        let mut samples = Vec::with_capacity(pages.len());
-        if self.rank == 0 {
-            for page in shuffled(pages.to_vec(), SEED) {
-                let started = Instant::now();
-                let value = black_box(region.get(page * WORDS_PER_PAGE));
-                samples.push(micros_since(started));
-                ensure!(
-                    value == stamp(page),
-                    "remote read of page {page}: {value:#x}"
-                );
-            }
-        }
+        let samples = match self.rank {
+            0 => time_reads(region, pages.to_vec(), None)?,
+            _ => Vec::new(),
+        };
         self.node.barrier()?;
-        Ok(samples)
-    }
-
-    /// Every node passes a block of barriers; rank 0 times each.
-    fn timed_barriers(&mut self) -> anyhow::Result<Vec<f64>> {
-        let mut samples = Vec::with_capacity(BARRIERS_PER_BLOCK);
-        for i in 0..BARRIER_WARMUP + BARRIERS_PER_BLOCK {
-            let started = Instant::now();
-            self.node.barrier()?;
-            if i >= BARRIER_WARMUP {
-                samples.push(micros_since(started));
-            }
-        }
         Ok(samples)
     }
 }

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::Instant;
 
 use dsm_tcp_fallback::{FrameReader, FrameSeal, ReadError, SessionKeys};
-use dsm_wire::{BodyCheck, Frame, Limits, Message, NodeId, encode, encode_for};
+use dsm_wire::{BodyCheck, Frame, Limits, Message, NodeId, encode_for};
 
 use crate::{Error, Result};
 
@@ -59,14 +59,11 @@ impl Framed {
 
     /// Sends one frame.
     pub(crate) fn send(&mut self, message: &Message) -> Result<()> {
-        let frame = match &mut self.seal {
-            Some(seal) => {
-                let mut frame = encode_for(message, self.cluster, self.local, BodyCheck::Sealed);
-                seal.seal_at(&mut frame, 0);
-                frame
-            }
-            None => encode(message, self.cluster, self.local),
-        };
+        let check = BodyCheck::sealed_if(self.seal.is_some());
+        let mut frame = encode_for(message, self.cluster, self.local, check);
+        if let Some(seal) = &mut self.seal {
+            seal.seal_at(&mut frame, 0);
+        }
         self.stream
             .write_all(&frame)
             .map_err(|e| Error::io(format!("send {:?}", message.command()), e))
@@ -132,6 +129,7 @@ mod tests {
     use dsm_wire::Membership;
 
     use super::*;
+    use dsm_wire::encode;
 
     fn pair() -> (Framed, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
