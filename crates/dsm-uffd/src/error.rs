@@ -114,6 +114,20 @@ pub enum Error {
         /// Why.
         errno: Errno,
     },
+    /// A run of file-backed pages that is empty, outside the region, overlaps or precedes
+    /// the run before it, or starts at an unaligned offset of its file.
+    #[error(
+        "file-backed run of {count} pages from page {first} does not fit a region of {pages} \
+         pages (runs must be non-empty, sorted, disjoint and page-aligned in their file)"
+    )]
+    BadFileRun {
+        /// First page of the run.
+        first: u32,
+        /// Pages in the run.
+        count: u32,
+        /// Pages in the region.
+        pages: u32,
+    },
     /// `UFFDIO_CONTINUE` failed.
     #[error("UFFDIO_CONTINUE of page {index}: {errno}")]
     Continue {

@@ -91,6 +91,7 @@ mod diff;
 mod engine;
 mod error;
 mod fault;
+mod files;
 mod page_ops;
 mod raw;
 mod reader;
@@ -105,6 +106,7 @@ pub use diff::{apply as apply_diff, compute as compute_diff, validate as validat
 pub use engine::{Delivery, FaultServer};
 pub use error::{Errno, Error, Result};
 pub use fault::{Fault, FaultKind, FaultResolver, Resolution};
+pub use files::FileRun;
 pub use page_ops::{EAGAIN_RETRIES, Installed, Protection};
 pub use region::UffdRegion;
 pub use signal::MAX_REGIONS;

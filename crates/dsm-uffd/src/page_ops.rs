@@ -66,7 +66,9 @@ impl UffdRegion {
 
     /// Installs `data.len() / PAGE_SIZE` consecutive pages from `index` with one `UFFDIO_COPY`
     /// (the way to amortise the kernel entry: fault-around, prefetch). Pages already present
-    /// are skipped and keep their contents.
+    /// are skipped and keep their contents. A page mapped from a file
+    /// ([`UffdRegion::new_with_files`]) is the file's page: it takes the data (written only
+    /// if it differs) and is mapped with `UFFDIO_CONTINUE`, one page at a time.
     pub fn install_run(
         &self,
         index: u32,
@@ -84,6 +86,9 @@ impl UffdRegion {
             want: PAGE_SIZE,
         })?;
         self.check(index, count)?;
+        if self.any_file_backed(index, count) {
+            return self.install_pages(index, data, protection);
+        }
         let mode = match protection {
             Protection::ReadOnly => sys::UFFDIO_COPY_MODE_WP,
             Protection::ReadWrite => 0,
@@ -114,6 +119,39 @@ impl UffdRegion {
             }
         }
         Ok(outcome)
+    }
+
+    /// [`UffdRegion::install_run`] of a run with file-backed pages: page by page.
+    fn install_pages(&self, index: u32, data: &[u8], protection: Protection) -> Result<Installed> {
+        let mut outcome = Installed::New;
+        for (at, chunk) in (index..).zip(data.chunks_exact(PAGE_SIZE)) {
+            let installed = match self.file_alias(at) {
+                Some(alias) => self.install_file_page(at, alias, chunk, protection)?,
+                None => self.install_run(at, chunk, protection)?,
+            };
+            if installed == Installed::AlreadyPresent {
+                outcome = installed;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Page `index`, mapped from a file whose page `alias` shows, takes `data` and is mapped.
+    fn install_file_page(
+        &self,
+        index: u32,
+        alias: usize,
+        data: &[u8],
+        protection: Protection,
+    ) -> Result<Installed> {
+        // SAFETY: `alias` is a page of this region's never-registered alias of the file,
+        // live as long as `self`; while a page is installed nobody holds it writable (the
+        // coherence protocol's promise for the pages it installs), so nobody writes it.
+        if !unsafe { raw::page_equals(alias, data) } {
+            // SAFETY: as above; the alias is writable shared memory that never faults to us.
+            unsafe { raw::write_bytes(alias, data) };
+        }
+        self.continue_page(index, protection)
     }
 
     /// One `UFFDIO_COPY` of `data` to the run at `index`, from byte `done` of the run.
@@ -183,7 +221,9 @@ impl UffdRegion {
 
     /// Drops pages `index..index + count` (`MADV_DONTNEED`; for a shared region also
     /// `FALLOC_FL_PUNCH_HOLE` on the memfd, freeing the memory): the next access faults
-    /// MISSING. Their contents are lost: read or diff them first if they are needed.
+    /// MISSING. Their contents are lost: read or diff them first if they are needed. Pages
+    /// mapped from a file ([`UffdRegion::new_with_files`]) are only unmapped: the file is
+    /// not this region's to empty.
     pub fn invalidate(&self, index: u32, count: u32) -> Result<()> {
         self.invalidate_mapping(index, count)?;
         let (offset, len) = (index as usize * PAGE_SIZE, count as usize * PAGE_SIZE);
@@ -272,9 +312,10 @@ impl UffdRegion {
     /// faults), the region itself otherwise.
     fn readable_address(&self, index: u32) -> Result<usize> {
         let address = self.page_address(index)?;
-        Ok(match self.shadow() {
-            Some((shadow, _)) => address - self.base() as usize + shadow,
-            None => address,
+        Ok(match (self.shadow(), self.file_alias(index)) {
+            (Some((shadow, _)), _) => address - self.base() as usize + shadow,
+            (None, Some(alias)) => alias,
+            (None, None) => address,
         })
     }
 
@@ -301,9 +342,14 @@ impl UffdRegion {
     /// bytes written to its shadow appear in the region with no copy. EEXIST (already mapped)
     /// succeeds with [`Installed::AlreadyPresent`].
     pub fn install_continue(&self, index: u32, protection: Protection) -> Result<Installed> {
-        let address = self
-            .shadow_address(index)
-            .and_then(|_| self.page_address(index))?;
+        self.shadow_address(index)?;
+        self.continue_page(index, protection)
+    }
+
+    /// `UFFDIO_CONTINUE` of page `index` (in the page cache already); EEXIST succeeds with
+    /// [`Installed::AlreadyPresent`].
+    fn continue_page(&self, index: u32, protection: Protection) -> Result<Installed> {
+        let address = self.page_address(index)?;
         let mode = match protection {
             Protection::ReadOnly => raw::CONTINUE_MODE_WP,
             Protection::ReadWrite => 0,

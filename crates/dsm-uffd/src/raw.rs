@@ -565,6 +565,50 @@ pub(crate) fn map_shared(address: usize, len: usize, fd: RawFd) -> Result<usize,
     Ok(got as usize)
 }
 
+/// Maps `len` bytes of `fd` from byte `offset`, shared: exactly over `[address, address +
+/// len)` with `MAP_FIXED`, or wherever the kernel likes with `address == 0`. Returns the
+/// address.
+///
+/// # Safety
+/// A non-zero `address..address + len` must be memory the caller mapped and nothing uses
+/// yet: `MAP_FIXED` replaces it.
+pub(crate) unsafe fn map_file(
+    address: usize,
+    len: usize,
+    fd: RawFd,
+    offset: u64,
+) -> Result<usize, Errno> {
+    let offset = libc::off_t::try_from(offset).map_err(|_| Errno(libc::EFBIG))?;
+    let fixed = if address == 0 { 0 } else { libc::MAP_FIXED };
+    // SAFETY: either no hint (a fresh range), or a range the caller owns and gives up.
+    let got = unsafe {
+        libc::mmap(
+            address as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_NORESERVE | fixed,
+            fd,
+            offset,
+        )
+    };
+    if got == libc::MAP_FAILED {
+        return Err(last_errno());
+    }
+    Ok(got as usize)
+}
+
+/// Whether the page at `address` holds `data`.
+///
+/// # Safety
+/// `address` must be a mapped, readable page that never faults to this process's handler
+/// (not in a registered range) and that nobody writes during the call.
+pub(crate) unsafe fn page_equals(address: usize, data: &[u8]) -> bool {
+    // SAFETY: per the contract: mapped, readable, not written meanwhile, and the slice lives
+    // only for the comparison.
+    let page = unsafe { std::slice::from_raw_parts(address as *const u8, data.len()) };
+    page == data
+}
+
 /// Frees `[offset, offset + len)` of a memfd (`FALLOC_FL_PUNCH_HOLE`): the pages leave the
 /// page cache; the next access to them through a mapping is a MISSING fault.
 pub(crate) fn punch_hole(fd: RawFd, offset: usize, len: usize) -> Result<(), Errno> {

@@ -8,14 +8,15 @@ use userfaultfd_sys as sys;
 
 use crate::engine::Delivery;
 use crate::error::{Error, Result};
+use crate::files::{FileRun, FileSpans, span_range};
 use crate::raw;
 use crate::uffd::{Features, Uffd};
 
-/// Anonymous memory mapped at a fixed address; unmapped on drop.
+/// Memory mapped at an address this value owns; unmapped on drop.
 #[derive(Debug)]
-struct Mapping {
-    base: usize,
-    len: usize,
+pub(crate) struct Mapping {
+    pub(crate) base: usize,
+    pub(crate) len: usize,
 }
 
 impl Mapping {
@@ -69,6 +70,8 @@ pub struct UffdRegion {
     /// Unmapped before the uffd closes: closing first would unregister the range and let
     /// missing pages read as zeros in between.
     mapping: Mapping,
+    /// Runs mapped from files (see [`UffdRegion::new_with_files`]), with their aliases.
+    files: FileSpans,
     /// Shared (memfd) regions only.
     shadow: Option<Shadow>,
     uffd: Uffd,
@@ -103,7 +106,29 @@ impl UffdRegion {
     ///
     /// Fails with [`Error::AddressTaken`] if anything is mapped in the range already.
     pub fn new(address: usize, pages: u32, delivery: Delivery) -> Result<UffdRegion> {
-        UffdRegion::map(address, pages, delivery, Kind::Private)
+        UffdRegion::map(address, pages, delivery, Kind::Private, &[])
+    }
+
+    /// As [`UffdRegion::new`], but the pages of each of `files` are mapped shared from that
+    /// file (a same-host home's master copies) and registered for MISSING, MINOR and
+    /// write-protect faults; the other pages are private anonymous memory as in `new`.
+    ///
+    /// Installing a file-backed page ([`UffdRegion::install_run`] and friends) makes the
+    /// file page hold the data (written there through a never-faulting alias only when it
+    /// differs) and maps it with `UFFDIO_CONTINUE`; a write through the region lands in the
+    /// file; [`UffdRegion::invalidate`] unmaps it and leaves the file alone. So the home and
+    /// every same-host node that maps the same file share one copy of each page, and
+    /// coherence only decides who may map it how. Needs what [`UffdRegion::new_shared`]
+    /// needs from the kernel; fails with [`Error::BadFileRun`] for runs that are empty,
+    /// unsorted, overlapping, outside the region or unaligned in their file.
+    pub fn new_with_files(
+        address: usize,
+        pages: u32,
+        delivery: Delivery,
+        files: &[FileRun<'_>],
+    ) -> Result<UffdRegion> {
+        FileSpans::check(files, pages)?;
+        UffdRegion::map(address, pages, delivery, Kind::Private, files)
     }
 
     /// As [`UffdRegion::new`], but writes never fault: the uffd has `UFFD_FEATURE_WP_ASYNC`
@@ -113,7 +138,7 @@ impl UffdRegion {
     /// fault to the handler. [`probe_write_tracking`](crate::probe_write_tracking) says
     /// whether this kernel (and its seccomp filter) allows it.
     pub fn new_tracked(address: usize, pages: u32, delivery: Delivery) -> Result<UffdRegion> {
-        UffdRegion::map(address, pages, delivery, Kind::Tracked)
+        UffdRegion::map(address, pages, delivery, Kind::Tracked, &[])
     }
 
     /// As [`UffdRegion::new`], but backed by a memfd mapped twice: the region (registered for
@@ -124,10 +149,16 @@ impl UffdRegion {
     /// fault. Needs `UFFD_FEATURE_MINOR_SHMEM` (5.14) and write-protect on shmem (5.19;
     /// `UFFDIO_CONTINUE_MODE_WP` needs 6.4).
     pub fn new_shared(address: usize, pages: u32, delivery: Delivery) -> Result<UffdRegion> {
-        UffdRegion::map(address, pages, delivery, Kind::Shared)
+        UffdRegion::map(address, pages, delivery, Kind::Shared, &[])
     }
 
-    fn map(address: usize, pages: u32, delivery: Delivery, kind: Kind) -> Result<UffdRegion> {
+    fn map(
+        address: usize,
+        pages: u32,
+        delivery: Delivery,
+        kind: Kind,
+        files: &[FileRun<'_>],
+    ) -> Result<UffdRegion> {
         let shared = kind == Kind::Shared;
         let tracked = kind == Kind::Tracked;
         let len = (pages as usize)
@@ -136,7 +167,8 @@ impl UffdRegion {
                 len > 0 && address.is_multiple_of(PAGE_SIZE) && address.checked_add(len).is_some()
             })
             .ok_or(Error::BadGeometry { address, pages })?;
-        let uffd = Uffd::open(delivery == Delivery::Signal, shared, tracked)?;
+        let signal = delivery == Delivery::Signal;
+        let uffd = Uffd::open(signal, shared || !files.is_empty(), tracked)?;
         let pagemap = tracked
             .then(raw::open_pagemap)
             .transpose()
@@ -152,6 +184,8 @@ impl UffdRegion {
                 errno,
             })?;
         let mapping = Mapping::new(address, len, memfd.as_ref())?;
+        // Over the anonymous range just mapped (before DONTFORK: a new mapping drops advice).
+        let files = FileSpans::map(address, files)?;
         // SAFETY: the range is ours and untouched; DONTFORK only changes what fork() copies.
         unsafe { raw::madvise(address, len, libc::MADV_DONTFORK) }.map_err(|errno| {
             Error::Madvise {
@@ -160,7 +194,14 @@ impl UffdRegion {
             }
         })?;
         let shadow = memfd.map(|fd| Shadow::new(fd, len)).transpose()?;
-        register(&uffd, address, len, shared)?;
+        if files.is_empty() {
+            register(&uffd, address, len, shared)?;
+        } else {
+            for (first, count, file_backed) in files.runs(pages) {
+                let (start, len) = span_range(address, first, count);
+                register(&uffd, start, len, file_backed)?;
+            }
+        }
         let scratch = if tracked && uffd.features().move_pages() {
             Some(scratch_page(&uffd)?)
         } else {
@@ -168,6 +209,7 @@ impl UffdRegion {
         };
         Ok(UffdRegion {
             mapping,
+            files,
             shadow,
             uffd,
             pagemap,
@@ -252,6 +294,23 @@ impl UffdRegion {
     /// True for a region made by [`UffdRegion::new_tracked`].
     pub fn is_tracked(&self) -> bool {
         self.pagemap.is_some()
+    }
+
+    /// The never-faulting alias of page `index` if it is mapped from a file
+    /// ([`UffdRegion::new_with_files`]).
+    pub(crate) fn file_alias(&self, index: u32) -> Option<usize> {
+        self.files.alias_of(index)
+    }
+
+    /// Whether page `index` is mapped from a file ([`UffdRegion::new_with_files`]): it is
+    /// then the file's page itself, shared with every other mapping of it.
+    pub fn is_file_backed(&self, index: u32) -> bool {
+        self.files.alias_of(index).is_some()
+    }
+
+    /// Whether any of pages `index..index + count` is mapped from a file.
+    pub(crate) fn any_file_backed(&self, index: u32, count: u32) -> bool {
+        self.files.any_in(index, count)
     }
 
     /// True for a region made by [`UffdRegion::new_shared`].

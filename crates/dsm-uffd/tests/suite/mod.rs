@@ -2,6 +2,7 @@
 
 mod common;
 mod delivery;
+mod files;
 mod page_ops;
 mod remote;
 mod signals;
