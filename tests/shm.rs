@@ -190,11 +190,21 @@ fn child_die_in_barrier() {
 
 /// Runs `child` on 3 nodes under `transport`; each rank's counters, once it succeeded.
 fn counters_of_three(child: &str, transport: &str) -> Vec<(usize, Counters)> {
+    counters_of_three_with(child, transport, &[])
+}
+
+/// As `counters_of_three`, with `env` added to every node's environment.
+fn counters_of_three_with(
+    child: &str,
+    transport: &str,
+    env: &[(&str, &str)],
+) -> Vec<(usize, Counters)> {
     let launch = Launch {
         child,
         transport,
         size: 3,
         nobody: None,
+        env,
     };
     let outcomes = run(&launch);
     let counters = outcomes.iter().enumerate().map(|(rank, (ok, out))| {
@@ -236,6 +246,36 @@ fn pages_of_same_host_homes_are_copied_from_their_arena_not_sent() {
 }
 
 #[test]
+fn sequential_pages_of_same_host_homes_are_mapped_from_their_master_unless_turned_off() {
+    // The sequential region's pages of other same-host homes (and a node's own) are installed
+    // by mapping the home's master copy itself; the release region's are copied. Every word
+    // is checked by the nodes either way.
+    let sequential_reads = (2 * PAGES_PER_NODE) as u64;
+    for (transport, map) in [("shm", "1"), ("auto", "1"), ("shm", "0"), ("tcp", "1")] {
+        let env = [("DSM_MAP_MASTERS", map)];
+        for (rank, counters) in counters_of_three_with("shm::child_share_and_read", transport, &env)
+        {
+            let mapped = counters.pages_mapped;
+            if transport != "tcp" && map == "1" {
+                assert!(
+                    mapped >= sequential_reads,
+                    "rank {rank} under {transport}: {counters:?}"
+                );
+                assert!(
+                    mapped < 2 * pages_read(3),
+                    "release pages are never mapped: {counters:?}"
+                );
+            } else {
+                assert_eq!(
+                    mapped, 0,
+                    "rank {rank} under {transport}, DSM_MAP_MASTERS={map}: {counters:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn release_diffs_to_same_host_homes_are_merged_in_place_not_sent() {
     let before = dev_shm();
     for transport in ["shm", "tcp"] {
@@ -261,6 +301,7 @@ fn threads_faulting_at_once_each_serve_their_own_answers_and_read_right() {
             transport: "shm",
             size,
             nobody: None,
+            env: &[],
         };
         for (rank, (ok, out)) in run(&launch).iter().enumerate() {
             assert!(ok, "rank {rank} of {size}: {out}");
@@ -328,6 +369,7 @@ fn a_peer_of_another_user_fails_a_shm_join_and_is_reached_by_tcp_under_auto() {
         transport: "shm",
         size: 3,
         nobody: Some(1),
+        env: &[],
     };
     shm_join_fails_naming_nobody(&launch);
     launch.transport = "auto";
@@ -343,6 +385,7 @@ fn a_same_host_peer_killed_in_a_barrier_fails_the_others_barrier_at_once() {
         transport: "shm",
         size: 3,
         nobody: None,
+        env: &[],
     };
     let outs = run(&launch);
     let (ok, victim) = &outs[1];

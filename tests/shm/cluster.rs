@@ -18,6 +18,8 @@ pub struct Launch<'a> {
     pub transport: &'a str,
     pub size: u32,
     pub nobody: Option<u32>,
+    /// More environment for every node.
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 /// Starts every node and waits for each (bounded): (success, output) by rank.
@@ -49,6 +51,7 @@ fn start(launch: &Launch<'_>, rank: u32, coordinator: &str, key: &str) -> Child 
         .env("DSM_COORDINATOR", coordinator)
         .env("DSM_TRANSPORT", launch.transport)
         .env("DSM_CLUSTER_KEY", key)
+        .envs(launch.env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -99,6 +102,7 @@ pub struct Counters {
     pub bytes_received: u64,
     pub diffs_sent: u64,
     pub diffs_merged_in_place: u64,
+    pub pages_mapped: u64,
 }
 
 impl Counters {
@@ -110,6 +114,7 @@ impl Counters {
             bytes_received: field("bytes_received"),
             diffs_sent: field("diffs_sent"),
             diffs_merged_in_place: field("diffs_merged_in_place"),
+            pages_mapped: field("pages_mapped"),
         }
     }
 

@@ -733,6 +733,12 @@ impl Cache {
         mem: &mut dyn Memory,
     ) -> Option<Page> {
         mem.write_protect(page);
+        let mapped = mem.local_is_master(page)
+            || ctx.config.mutated(MutationPoint::CopyTakenForMaster);
+        if in_place && mapped {
+            // Written where the home reads it already: the copy here is the master.
+            return None;
+        }
         if in_place && home == ctx.config.node {
             mem.store_local_as_master(page);
             return None;

@@ -101,6 +101,11 @@ pub enum Mutation {
     /// (`Coherence::Dropped`) tells their homes but keeps its copies, which the next writer
     /// then leaves stale.
     DropKeepsCopy,
+    /// Sequential mode: a writer giving its copy to a home whose master it writes in place
+    /// takes its copy for the master even where it is a private copy (the shortcut of
+    /// mapped masters, `Memory::local_is_master`, applied everywhere), so the master is
+    /// left stale.
+    CopyTakenForMaster,
 }
 
 /// One engine's configuration.
@@ -194,6 +199,10 @@ impl CoherenceConfig {
                         MutationPoint::HandBackLosesData
                     )
                     | (Mutation::DropKeepsCopy, MutationPoint::DropKeepsCopy)
+                    | (
+                        Mutation::CopyTakenForMaster,
+                        MutationPoint::CopyTakenForMaster
+                    )
             )
         }
         #[cfg(not(feature = "mutation"))]
@@ -213,6 +222,7 @@ pub(crate) enum MutationPoint {
     ServeLostPages,
     HandBackLosesData,
     DropKeepsCopy,
+    CopyTakenForMaster,
 }
 
 #[cfg(test)]

@@ -62,6 +62,14 @@ pub trait Memory {
         self.home_page_mut(page).copy_from_slice(&copy);
     }
 
+    /// Whether this node's copy of `page` *is* its master copy (the same memory: the page
+    /// of a same-host home, or of this node, mapped from the master itself), so that giving
+    /// its contents to the home in place copies nothing. Asked only for pages whose master
+    /// this node writes in place. The default says no.
+    fn local_is_master(&self, _page: PageId) -> bool {
+        false
+    }
+
     /// The master copy of a page homed here.
     fn home_page(&self, page: PageId) -> &[u8; PAGE_SIZE];
 

@@ -79,6 +79,10 @@ fn sequential_seeds() {
             "no writable holder wrote its same-host home's master in place"
         );
         assert!(
+            total.copies_that_were_masters > 0,
+            "no copy given back was its home's master itself (mapped masters)"
+        );
+        assert!(
             total.hand_backs > 0 && total.recalls_crossing_hand_backs > 0,
             "no page was handed back, or no recall crossed a hand-back"
         );
@@ -182,6 +186,15 @@ fn mutation_a_drop_that_keeps_its_copy_is_caught() {
         Consistency::Sequential,
         Mutation::DropKeepsCopy,
         "a node telling its home it dropped a copy it kept",
+    );
+}
+
+#[test]
+fn mutation_a_private_copy_taken_for_its_master_is_caught() {
+    assert_caught(
+        Consistency::Sequential,
+        Mutation::CopyTakenForMaster,
+        "a copy given in place without writing the master",
     );
 }
 

@@ -26,6 +26,10 @@ pub struct FileRun<'a> {
     pub fd: BorrowedFd<'a>,
     /// Byte offset of the run's first page in the file.
     pub offset: u64,
+    /// Give the run's alias its page-table entries at once (`MADV_POPULATE_WRITE`), which
+    /// commits the run's pages in the file: an install's first look at a page then takes no
+    /// page fault (~1.5 µs here). For runs whose pages their home commits anyway.
+    pub populate: bool,
 }
 
 /// One mapped run and its alias.
@@ -79,10 +83,17 @@ impl FileSpans {
             unsafe { raw::map_file(address, len, fd, run.offset) }.map_err(failed)?;
             // SAFETY: no hint: a fresh range of the kernel's choosing.
             let alias = unsafe { raw::map_file(0, len, fd, run.offset) }.map_err(failed)?;
+            let alias = Mapping { base: alias, len };
+            if run.populate {
+                // SAFETY: the alias just mapped, never registered; populating changes no byte
+                // (a hole of the file reads as zeros either way). Best effort: where the
+                // kernel refuses (before 5.14, or out of memory) pages come at first touch.
+                let _ = unsafe { raw::madvise(alias.base, len, libc::MADV_POPULATE_WRITE) };
+            }
             spans.push(FileSpan {
                 first: run.first,
                 count: run.count,
-                alias: Mapping { base: alias, len },
+                alias,
             });
         }
         Ok(FileSpans { spans })

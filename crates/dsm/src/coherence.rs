@@ -467,6 +467,9 @@ impl Coherence {
                     Counters::bump(&counters.pages_fetched);
                     Counters::bump(&mapped.counters.pages_fetched);
                 }
+                if mapped.region.is_file_backed(page.page) {
+                    Counters::bump(&counters.pages_mapped);
+                }
                 if writable {
                     if mapped.release {
                         mapped.installed.insert(page.page, data.clone());
@@ -718,6 +721,11 @@ impl Memory for Mem<'_> {
         // `Mapped` keeps the mapping), write-protected before this call; the master copy is
         // this node's own memory, which the mapping does not overlap.
         unsafe { snapshot_page(address, mapped.home.page_mut(page.page)) }
+    }
+
+    fn local_is_master(&self, page: PageId) -> bool {
+        // Mapped from its home's master copies (`Config::map_masters`): the same memory.
+        self.get(page).region.is_file_backed(page.page)
     }
 
     fn home_page(&self, page: PageId) -> &[u8; PAGE_SIZE] {

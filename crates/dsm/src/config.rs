@@ -195,6 +195,9 @@ pub struct Config {
     /// Sequential mode: at a barrier, read-only copies that other nodes' writes took before
     /// are dropped (`DSM_BARRIER_DROPS`, default on).
     pub(crate) barrier_drops: bool,
+    /// Sequential regions map the master copies of same-host homes instead of copying them
+    /// (`DSM_MAP_MASTERS`, default on).
+    pub(crate) map_masters: bool,
     /// Priority of the node's service threads (`DSM_SERVICE_PRIORITY`, default realtime).
     pub(crate) service_priority: ServicePriority,
     /// The barrier algorithm (`DSM_BARRIER`, default auto).
@@ -236,6 +239,7 @@ impl Config {
                 spin: DEFAULT_SPIN,
                 lock_hand_back: true,
                 barrier_drops: true,
+                map_masters: true,
                 service_priority: ServicePriority::Realtime,
                 barrier: BarrierChoice::Auto,
                 trace: None,
@@ -298,6 +302,9 @@ impl Config {
         }
         if let Some(on) = lookup("DSM_BARRIER_DROPS") {
             b = b.barrier_drops(parse_switch("DSM_BARRIER_DROPS", &on)?);
+        }
+        if let Some(on) = lookup("DSM_MAP_MASTERS") {
+            b = b.map_masters(parse_switch("DSM_MAP_MASTERS", &on)?);
         }
         if let Some(p) = lookup("DSM_SERVICE_PRIORITY") {
             b = b.service_priority(parse_priority(&p)?);
@@ -392,6 +399,10 @@ impl Config {
     /// Whether a barrier drops the read-only copies other nodes' writes took before.
     pub fn barrier_drops(&self) -> bool {
         self.barrier_drops
+    }
+    /// Whether sequential regions map same-host homes' master copies instead of copying.
+    pub fn map_masters(&self) -> bool {
+        self.map_masters
     }
     /// The priority the node's service threads ask for.
     pub fn service_priority(&self) -> ServicePriority {
@@ -536,6 +547,17 @@ impl ConfigBuilder {
     /// copy until a write invalidates it.
     pub fn barrier_drops(mut self, on: bool) -> Self {
         self.config.barrier_drops = on;
+        self
+    }
+    /// Sequential regions with same-host nodes: each node maps the pages a same-host node
+    /// homes (and its own) from that home's master copies instead of private memory, so a
+    /// read fault maps the master page itself (`UFFDIO_CONTINUE`) and a write lands in it:
+    /// no page is copied between same-host nodes, and a home gives up a page it wrote
+    /// without copying it. Coherence is unchanged (who may map which page how). Default on;
+    /// off copies pages in and out of private memory as across hosts. Release regions
+    /// always keep private copies (their twins and diffs need them).
+    pub fn map_masters(mut self, on: bool) -> Self {
+        self.config.map_masters = on;
         self
     }
     /// The barrier algorithm of every collective call (see [`BarrierChoice`]); every node of
@@ -850,13 +872,14 @@ mod tests {
     fn on_off_switches_are_on_by_default_and_refuse_other_values() {
         let base = [("DSM_RANK", "0"), ("DSM_SIZE", "1")];
         let default = from(&base).unwrap();
-        assert!(default.barrier_drops() && default.lock_hand_back());
+        assert!(default.barrier_drops() && default.lock_hand_back() && default.map_masters());
         for (name, read) in [
             (
                 "DSM_BARRIER_DROPS",
                 Config::barrier_drops as fn(&Config) -> bool,
             ),
             ("DSM_LOCK_HAND_BACK", Config::lock_hand_back),
+            ("DSM_MAP_MASTERS", Config::map_masters),
         ] {
             for (value, on) in [("0", false), ("off", false), ("1", true), (" on ", true)] {
                 let c = from(&[base[0], base[1], (name, value)]).unwrap();

@@ -596,7 +596,7 @@ impl Node {
         len: usize,
         options: RegionOptions,
     ) -> Result<Region<T>> {
-        use crate::runtime::alloc::{SetupStep, placed, region_pages};
+        use crate::runtime::alloc::{SetupStep, master_runs, placed, region_pages};
         let RegionOptions {
             consistency,
             prefetch,
@@ -641,10 +641,17 @@ impl Node {
             .map_err(|_| Error::Protocol(format!("base address {base:#x}")))
             .and_then(|base| {
                 let tracked = consistency == Consistency::Release && self.scan_writes();
+                let masters = match self.config.map_masters {
+                    true => master_runs(&self.transport, &layout, base as u64, self.size())
+                        .map_err(|e| Error::io("find the master copies to map", e))?,
+                    false => Vec::new(),
+                };
                 Ok(if tracked {
                     dsm_uffd::UffdRegion::new_tracked(base, pages, delivery)?
-                } else {
+                } else if masters.is_empty() {
                     dsm_uffd::UffdRegion::new(base, pages, delivery)?
+                } else {
+                    dsm_uffd::UffdRegion::new_with_files(base, pages, delivery, &masters)?
                 })
             })
             .map_err(|e| (SetupStep::Map, e))

@@ -16,6 +16,9 @@ pub struct Stats {
     pub write_faults: u64,
     /// Pages fetched from a home (two-sided grants with data or one-sided reads).
     pub pages_fetched: u64,
+    /// Of the pages installed here, those mapped from their same-host home's master copy
+    /// itself rather than copied ([`ConfigBuilder::map_masters`](crate::ConfigBuilder::map_masters)).
+    pub pages_mapped: u64,
     /// Bytes sent (frames on the transport).
     pub bytes_sent: u64,
     /// Bytes received.
@@ -77,11 +80,12 @@ pub struct Stats {
 
 impl Stats {
     /// Every counter as `(name, value)`, in declaration order: the JSON form's fields.
-    pub fn fields(&self) -> [(&'static str, u64); 19] {
+    pub fn fields(&self) -> [(&'static str, u64); 20] {
         [
             ("read_faults", self.read_faults),
             ("write_faults", self.write_faults),
             ("pages_fetched", self.pages_fetched),
+            ("pages_mapped", self.pages_mapped),
             ("bytes_sent", self.bytes_sent),
             ("bytes_received", self.bytes_received),
             ("messages_sent", self.messages_sent),
@@ -218,6 +222,7 @@ pub(crate) struct Counters {
     pub(crate) read_faults: AtomicU64,
     pub(crate) write_faults: AtomicU64,
     pub(crate) pages_fetched: AtomicU64,
+    pub(crate) pages_mapped: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) bytes_received: AtomicU64,
     pub(crate) messages_sent: AtomicU64,
@@ -261,6 +266,7 @@ impl Counters {
             read_faults: get(&self.read_faults),
             write_faults: get(&self.write_faults),
             pages_fetched: get(&self.pages_fetched),
+            pages_mapped: get(&self.pages_mapped),
             bytes_sent: get(&self.bytes_sent),
             bytes_received: get(&self.bytes_received),
             messages_sent: get(&self.messages_sent),

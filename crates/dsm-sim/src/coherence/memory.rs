@@ -29,6 +29,11 @@ pub struct NodeMemory {
     /// (the kernel's asynchronous write-protect).
     pub(crate) scan: bool,
     pub(crate) written: Vec<bool>,
+    /// Pages whose local copy is their master copy ([`SimConfig::map_masters`](super::SimConfig::map_masters));
+    /// the world keeps each such copy and its master the same bytes.
+    pub(crate) aliased: Vec<bool>,
+    /// Times the engine found a copy here to be its master (and so copied nothing).
+    pub(crate) found_mapped: std::cell::Cell<u64>,
 }
 
 fn index(page: PageId) -> usize {
@@ -47,6 +52,8 @@ impl NodeMemory {
             home: (0..n).map(|_| Box::new([0; PAGE_SIZE])).collect(),
             scan: false,
             written: vec![false; n],
+            aliased: vec![false; n],
+            found_mapped: std::cell::Cell::new(0),
         }
     }
 
@@ -170,6 +177,12 @@ impl Memory for NodeMemory {
         self.written[i] = false;
         self.local[i].fill(POISON);
         true
+    }
+
+    fn local_is_master(&self, page: PageId) -> bool {
+        let mapped = self.aliased[index(page)];
+        self.found_mapped.set(self.found_mapped.get() + u64::from(mapped));
+        mapped
     }
 
     fn home_page(&self, page: PageId) -> &[u8; PAGE_SIZE] {

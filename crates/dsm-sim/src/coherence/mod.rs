@@ -29,6 +29,9 @@
 //!   before the home, so grants with data reach readers), and whether each one-sided read
 //!   completes later (a request and its data on the network) or at once, copied as its action
 //!   is applied and given to the engine right after that batch (the runtime's same-host read).
+//! * **Mapped masters** (sequential, [`SimConfig::map_masters`]): half the worlds model the
+//!   runtime mapping same-host masters: a node's copy of a page homed on itself or on a home
+//!   it reads at once is the master itself, so the engine copies nothing to give it back.
 //! * **Both**: every fault and sync completes within [`SimConfig::fault_bound`] steps; every
 //!   send goes to a member of the cluster; every engine call succeeds; at the end the cluster
 //!   drains to quiescence.
@@ -112,6 +115,12 @@ pub struct SimConfig {
     /// consumed read-only copies (`CoherenceEngine::drop_consumed_copies`), as the runtime
     /// does at every barrier.
     pub drop_per_mille: u64,
+    /// Sequential mode: a node's copy of a page homed on itself, or on a home it reads at once
+    /// (the runtime's same-host pair), *is* that page's master copy, as when the runtime maps
+    /// same-host masters (`Config::map_masters`): a write lands in the master, an install
+    /// makes the master hold the installed data, an invalidation unmaps and leaves the master,
+    /// and every node mapping the page sees every change at once.
+    pub map_masters: bool,
 }
 
 impl SimConfig {
@@ -149,6 +158,7 @@ impl SimConfig {
             crash: None,
             hand_back_per_mille: 0,
             drop_per_mille: 0,
+            map_masters: false,
         };
         // Drawn last, so that every other choice of a seed is what it was before prefetch.
         config.prefetch = u32::try_from(rng.range(1, 4)).expect("fits");
@@ -160,6 +170,8 @@ impl SimConfig {
         if consistency == Consistency::Sequential && rng.chance(3, 4) {
             config.drop_per_mille = rng.range(5, 200);
         }
+        // Half the sequential worlds map masters (drawn after the rest).
+        config.map_masters = consistency == Consistency::Sequential && rng.chance(1, 2);
         config
     }
 }
@@ -207,6 +219,8 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report> {
                 world.nodes.iter().map(|n| count(&n.engine)).sum()
             };
             let mut report = world.report.clone();
+            report.copies_that_were_masters =
+                world.nodes.iter().map(|n| n.mem.found_mapped.get()).sum();
             report.upgrades_prefetched = total(CoherenceEngine::upgrades_prefetched);
             report.reads_for_ownership = total(CoherenceEngine::reads_for_ownership);
             report.recalls_crossing_hand_backs =

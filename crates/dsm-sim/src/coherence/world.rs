@@ -104,6 +104,9 @@ pub struct Report {
     /// Pages a writable holder gave back by writing its home's master in place
     /// (`MasterWritten`, sequential mode).
     pub masters_written: u64,
+    /// Copies given to their home that were its master copy (mapped masters), so nothing
+    /// was copied (sequential mode).
+    pub copies_that_were_masters: u64,
     /// Grants that carried data although their requester reads that home's master copies
     /// itself (the home does not count it among its readers: late confirmation).
     pub data_grants_to_readers: u64,
@@ -156,6 +159,7 @@ impl Report {
         self.one_sided_reads += other.one_sided_reads;
         self.reads_at_once += other.reads_at_once;
         self.masters_written += other.masters_written;
+        self.copies_that_were_masters += other.copies_that_were_masters;
         self.data_grants_to_readers += other.data_grants_to_readers;
         self.twins += other.twins;
         self.diffs += other.diffs;
@@ -242,9 +246,18 @@ impl World {
                 node,
                 error,
             })?;
+            let mut mem = NodeMemory::with_scan(config.pages, config.scan_writes);
+            if config.map_masters && config.consistency == Consistency::Sequential {
+                for page in 0..config.pages {
+                    let home = layout.home_of(page, config.nodes);
+                    let same_host =
+                        pairs.reads_master_of(node, home) && pairs.reads_at_once(node, home);
+                    mem.aliased[page as usize] = home == node || same_host;
+                }
+            }
             nodes.push(Node {
                 engine,
-                mem: NodeMemory::with_scan(config.pages, config.scan_writes),
+                mem,
                 threads: (0..config.threads).map(|_| Thread::default()).collect(),
                 stage: Stage::Working {
                     left: config.ops_per_phase,
@@ -476,6 +489,7 @@ impl World {
             }
             Op::Write { page, word, value } => {
                 self.nodes[n].mem.write_word(page, word, value);
+                self.write_through(n, page);
                 let bytes = &mut self.reference[page as usize][word * 8..word * 8 + 8];
                 bytes.copy_from_slice(&value.to_le_bytes());
                 self.report.writes += 1;

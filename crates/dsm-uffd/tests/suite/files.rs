@@ -71,6 +71,7 @@ impl File {
             count,
             fd: self.fd.as_fd(),
             offset: file_page * PAGE_SIZE as u64,
+            populate: first.is_multiple_of(2),
         }
     }
 }

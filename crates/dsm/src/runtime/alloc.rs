@@ -211,6 +211,48 @@ impl Allocator {
     }
 }
 
+/// Most runs a region maps from master copies (a mapping and an alias each); past it the
+/// region keeps private pages (a cyclic placement would make a mapping per page).
+const MAX_MASTER_RUNS: usize = 64;
+
+/// The runs of a sequential region of `layout` at `base` that this node maps from their
+/// homes' master copies instead of private memory: the pages of every node whose arena it
+/// holds, its own included (`ConfigBuilder::map_masters`). Empty without same-host nodes.
+pub(crate) fn master_runs<'a>(
+    wire: &'a crate::transport::Wire,
+    layout: &dsm_core::RegionLayout,
+    base: u64,
+    nodes: u32,
+) -> std::io::Result<Vec<dsm_uffd::FileRun<'a>>> {
+    use crate::raw::masters::Arena;
+    if layout.consistency != dsm_core::Consistency::Sequential {
+        return Ok(Vec::new());
+    }
+    let mut runs = Vec::new();
+    for node in 0..nodes {
+        let Some(fd) = wire.masters_fd(node) else {
+            continue;
+        };
+        for (first, count) in layout.homed_runs(node, nodes) {
+            let offset = Arena::offset_of(base)? + u64::from(first) * PAGE_SIZE as u64;
+            // The home populates its master copies of a run this size (`HomeCopies::populate`).
+            let populate = count as usize * PAGE_SIZE <= crate::raw::masters::POPULATE_LIMIT;
+            runs.push(dsm_uffd::FileRun {
+                first,
+                count,
+                fd,
+                offset,
+                populate,
+            });
+            if runs.len() > MAX_MASTER_RUNS {
+                return Ok(Vec::new());
+            }
+        }
+    }
+    runs.sort_by_key(|run| run.first);
+    Ok(runs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

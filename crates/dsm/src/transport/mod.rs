@@ -91,6 +91,13 @@ impl Wire {
             .map(|shm| std::sync::Arc::clone(shm.arena()))
     }
 
+    /// The memfd of `node`'s master copies, when this node maps them: its own arena, or the
+    /// arena of a same-host peer it holds.
+    pub(crate) fn masters_fd(&self, node: NodeId) -> Option<std::os::fd::BorrowedFd<'_>> {
+        let shm = self.shm.as_ref()?;
+        shm.arena_of(node, self.tcp.local()).map(|arena| arena.fd())
+    }
+
     /// Maps the same-host peers' master copies of a new region placed at `address`, each
     /// peer's own pages populated (see `shm::Shm::map_region`).
     pub(crate) fn map_masters(

@@ -48,6 +48,7 @@ impl World {
                 actions = self.nodes[n].engine.take_actions();
             }
             if actions.is_empty() {
+                self.show_masters();
                 return Ok(());
             }
             let mut woken = Vec::new();
@@ -57,6 +58,9 @@ impl World {
                 }
             }
             self.complete_reads_at_once(n)?;
+            // The engine may have written masters (a write-back stored, a page given back):
+            // whoever maps them sees it.
+            self.show_masters();
             for token in woken {
                 self.wake(n, token)?;
             }
@@ -119,6 +123,8 @@ impl World {
                 mem.local[i] = data;
                 mem.perm[i] = if writable { Perm::Write } else { Perm::Read };
                 mem.written[i] = false;
+                // A mapped master takes the installed data (the runtime's compare-and-write).
+                self.write_through(n, page.page);
                 self.run_unblocked(n, page.page)?;
             }
             Action::Upgrade { page } => {
@@ -177,6 +183,48 @@ impl World {
             self.engine_result(n, result)?;
         }
         Ok(())
+    }
+
+    /// Node `n`'s copy of `page` changed: if it is a mapped master, the master holds the same
+    /// bytes, and so does every other copy mapping it.
+    pub(super) fn write_through(&mut self, n: usize, page: u32) {
+        let i = page as usize;
+        if !self.nodes[n].mem.aliased[i] {
+            return;
+        }
+        let home = self.home_of(page);
+        let data = self.nodes[n].mem.local[i].clone();
+        self.nodes[home].mem.home[i] = data;
+        self.show_masters();
+    }
+
+    /// Every mapped master's bytes in the copies that map it (mapped: not invalidated).
+    pub(super) fn show_masters(&mut self) {
+        if !self.config.map_masters {
+            return;
+        }
+        for page in 0..self.config.pages {
+            let i = page as usize;
+            let home = self.home_of(page);
+            for n in 0..self.nodes.len() {
+                let mem = &self.nodes[n].mem;
+                if mem.aliased[i] && mem.perm[i] != Perm::None && mem.local[i] != self.nodes[home].mem.home[i] {
+                    let master = self.nodes[home].mem.home[i].clone();
+                    self.nodes[n].mem.local[i] = master;
+                }
+            }
+        }
+    }
+
+    fn home_of(&self, page: u32) -> usize {
+        let layout = dsm_core::RegionLayout {
+            id: 0,
+            pages: self.config.pages,
+            consistency: self.config.consistency,
+            placement: self.config.placement,
+            prefetch: self.config.prefetch,
+        };
+        layout.home_of(page, self.config.nodes) as usize
     }
 
     /// Like the kernel (`UFFDIO_COPY` and write-unprotect wake the faulting threads), an

@@ -258,6 +258,14 @@ impl Shm {
         &self.arena
     }
 
+    /// The arena of `node` if this node holds it (`own` is this node's rank).
+    pub(crate) fn arena_of(&self, node: NodeId, own: NodeId) -> Option<&Arena> {
+        match node == own {
+            true => Some(&self.arena),
+            false => self.peer_arenas.get(&node),
+        }
+    }
+
     /// Peers whose arena this node holds: their grants may come without data.
     pub(crate) fn homes_read(&self) -> Vec<NodeId> {
         let mut peers: Vec<NodeId> = self.peer_arenas.keys().copied().collect();
