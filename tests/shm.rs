@@ -113,6 +113,70 @@ fn child_write_other_homes() {
     node.leave().expect("leave");
 }
 
+/// Runs on every node: writes a page of its own block and one of the next rank's (both held
+/// writable, mapped from their masters), reads one of the previous rank's (held read-only),
+/// then has the kernel unmap all three (`MADV_DONTNEED`, as reclaim of a swapped-out shmem
+/// page does) and reads them again: each access faults although coherence holds the page
+/// here, and must be mapped again with its data, not fault forever.
+#[test]
+#[ignore = "a node program: run by the tests below"]
+fn child_pages_unmapped_by_the_kernel() {
+    let node = join();
+    let (rank, size, block, region) = blocks(&node, "unmapped", Consistency::Sequential);
+    let (next, previous) = ((rank + 1) % size, (rank + size - 1) % size);
+    // A word of the block's second page: the previous rank writes the first page of ours.
+    let own = rank * block + WORDS_PER_PAGE;
+    let theirs = next * block;
+    region.set(own, word(rank, own));
+    node.barrier().expect("barrier after writing own pages");
+    region.set(theirs, word(rank, theirs));
+    node.barrier()
+        .expect("barrier after writing the next rank's pages");
+    let read = previous * block + 2 * WORDS_PER_PAGE;
+    assert_eq!(
+        region.get(read),
+        0,
+        "an untouched word of the previous rank's block"
+    );
+    let expect = [
+        (own, word(rank, own)),
+        (theirs, word(rank, theirs)),
+        (read, 0),
+    ];
+    for (index, _) in expect {
+        // SAFETY: the page of `index` lies in the region, which lives; dropping its mapping
+        // loses nothing of a page mapped from its master (the master keeps the bytes).
+        let page = unsafe { region.as_ptr().add(index) } as usize & !4095;
+        let rc = unsafe { libc::madvise(page as *mut libc::c_void, 4096, libc::MADV_DONTNEED) };
+        assert_eq!(rc, 0, "madvise");
+    }
+    for (index, want) in expect {
+        assert_eq!(
+            region.get(index),
+            want,
+            "rank {rank} reads word {index} again"
+        );
+    }
+    node.barrier().expect("barrier after reading again");
+    println!("rank {rank} read its pages back");
+    node.leave().expect("leave");
+}
+
+#[test]
+fn pages_the_kernel_unmapped_are_mapped_again_not_faulted_forever() {
+    let launch = Launch {
+        child: "shm::child_pages_unmapped_by_the_kernel",
+        transport: "shm",
+        size: 3,
+        nobody: None,
+        env: &[],
+    };
+    for (rank, (ok, out)) in run(&launch).iter().enumerate() {
+        assert!(ok, "rank {rank}: {out}");
+        assert!(out.contains("read its pages back"), "{out}");
+    }
+}
+
 /// Threads of one node faulting at once, in each round.
 const FAULTING_THREADS: usize = 4;
 const ROUNDS: u64 = 25;

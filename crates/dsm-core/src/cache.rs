@@ -733,8 +733,8 @@ impl Cache {
         mem: &mut dyn Memory,
     ) -> Option<Page> {
         mem.write_protect(page);
-        let mapped = mem.local_is_master(page)
-            || ctx.config.mutated(MutationPoint::CopyTakenForMaster);
+        let mapped =
+            mem.local_is_master(page) || ctx.config.mutated(MutationPoint::CopyTakenForMaster);
         if in_place && mapped {
             // Written where the home reads it already: the copy here is the master.
             return None;

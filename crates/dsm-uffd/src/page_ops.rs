@@ -154,6 +154,20 @@ impl UffdRegion {
         self.continue_page(index, protection)
     }
 
+    /// Maps file-backed page `index` again with `protection`, as it is: the kernel unmaps
+    /// such a page by itself when it reclaims it (a shmem page swapped out loses its
+    /// page-table entry), and the next access faults although coherence has the page here.
+    /// A page still mapped is left as it is ([`Installed::AlreadyPresent`]); a page not
+    /// backed by a file is refused ([`Error::Unsupported`]).
+    pub fn map_again(&self, index: u32, protection: Protection) -> Result<Installed> {
+        if !self.is_file_backed(index) {
+            return Err(Error::Unsupported(
+                "mapping again a page not backed by a file",
+            ));
+        }
+        self.continue_page(index, protection)
+    }
+
     /// One `UFFDIO_COPY` of `data` to the run at `index`, from byte `done` of the run.
     fn copy_once(&self, index: u32, data: &[u8], mode: u64, done: usize) -> Result<Step> {
         let target = self.base() as usize + index as usize * PAGE_SIZE + done;

@@ -61,6 +61,8 @@ pub(crate) struct Coherence {
     arena: Option<Arc<Arena>>,
     /// Pages of same-host homes read during the batch being applied, by read token.
     read_at_once: Vec<(u64, Page)>,
+    /// Pages installed or upgraded by the actions being applied (see `map_again_if_lost`).
+    mapped_now: Vec<PageId>,
 }
 
 /// What applying actions needs besides the engine.
@@ -83,6 +85,7 @@ impl Coherence {
         Coherence {
             arena,
             read_at_once: Vec::new(),
+            mapped_now: Vec::new(),
             engine,
             regions: HashMap::new(),
             faults: HashMap::new(),
@@ -367,6 +370,7 @@ impl Coherence {
         // requests leave (the transport then polls for their answers) and after it (an
         // install that ended the last one stops the polling).
         ctx.shared.awaiting.set_faults(!self.faults.is_empty());
+        self.mapped_now.clear();
         let applied = self.apply_actions(ctx);
         ctx.shared.awaiting.set_faults(!self.faults.is_empty());
         applied
@@ -461,6 +465,7 @@ impl Coherence {
                 data,
                 writable,
             } => {
+                self.mapped_now.push(page);
                 let fetched = page_home(&self.engine, page) != Some(ctx.transport.local());
                 let mapped = self.mapped_mut(page)?;
                 if fetched {
@@ -479,7 +484,10 @@ impl Coherence {
                     mapped.region.install_read_only(page.page, &data)?;
                 }
             }
-            Action::Upgrade { page } => self.mapped(page)?.region.upgrade(page.page)?,
+            Action::Upgrade { page } => {
+                self.mapped_now.push(page);
+                self.mapped(page)?.region.upgrade(page.page)?;
+            }
             Action::Invalidate { page } => {
                 // One `madvise` (3.4 µs a call here) for a run of pages: a row dropped at a
                 // barrier or named by write notices.
@@ -554,6 +562,7 @@ impl Coherence {
         };
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         counters.fault_latency.record(nanos);
+        self.map_again_if_lost(page)?;
         if let Some(slot) = self.signal_faults.remove(&token) {
             // The install (or upgrade) is done: the handler returns and the access re-runs.
             self.slots.mark_ready(slot);
@@ -562,6 +571,26 @@ impl Coherence {
         // The install or upgrade woke the thread already; this covers a fault the engine
         // resolved without touching the mapping (the thread retries its access).
         self.mapped(page)?.region.wake(page.page)?;
+        Ok(())
+    }
+
+    /// A fault the engine ends with no install: the page is here already. A page mapped from
+    /// a master copy may still have left the mapping (the kernel unmaps a shmem page it
+    /// swaps out), and the thread would fault again and again: it is mapped again as the
+    /// engine holds it. Pages installed by these very actions are left alone.
+    fn map_again_if_lost(&self, page: PageId) -> Result<()> {
+        use dsm_core::LocalState;
+        use dsm_uffd::Protection;
+        let region = &self.mapped(page)?.region;
+        if !region.is_file_backed(page.page) || self.mapped_now.contains(&page) {
+            return Ok(());
+        }
+        let protection = match self.engine.local_state(page) {
+            LocalState::Modified => Protection::ReadWrite,
+            LocalState::Shared | LocalState::Exclusive => Protection::ReadOnly,
+            LocalState::Invalid => return Ok(()),
+        };
+        region.map_again(page.page, protection)?;
         Ok(())
     }
 

@@ -181,7 +181,8 @@ impl Memory for NodeMemory {
 
     fn local_is_master(&self, page: PageId) -> bool {
         let mapped = self.aliased[index(page)];
-        self.found_mapped.set(self.found_mapped.get() + u64::from(mapped));
+        self.found_mapped
+            .set(self.found_mapped.get() + u64::from(mapped));
         mapped
     }
 

@@ -6,7 +6,7 @@
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
-use dsm_uffd::{Delivery, Error, FaultServer, FileRun, UffdRegion};
+use dsm_uffd::{Delivery, Error, FaultServer, FileRun, Installed, Protection, UffdRegion};
 use dsm_wire::PAGE_SIZE;
 
 use super::common::{LocalSource, page_of, pattern, test_address, write_byte};
@@ -122,6 +122,22 @@ fn an_install_maps_the_file_page_and_a_write_lands_in_the_file() {
     assert!(
         file.page(0).iter().all(|&b| b == 0),
         "file page 0 is not the region's"
+    );
+
+    // A file page the kernel unmapped by itself (reclaim) is mapped again as it is.
+    region.invalidate_mapping(3, 1).unwrap();
+    assert_eq!(
+        region.map_again(3, Protection::ReadWrite),
+        Ok(Installed::New)
+    );
+    assert_eq!(page_of(&region, 3)[7], 0x5A);
+    assert_eq!(
+        region.map_again(3, Protection::ReadWrite),
+        Ok(Installed::AlreadyPresent)
+    );
+    assert!(
+        region.map_again(0, Protection::ReadOnly).is_err(),
+        "anonymous"
     );
 
     region.invalidate(0, 6).expect("invalidate all");

@@ -208,7 +208,10 @@ impl World {
             let home = self.home_of(page);
             for n in 0..self.nodes.len() {
                 let mem = &self.nodes[n].mem;
-                if mem.aliased[i] && mem.perm[i] != Perm::None && mem.local[i] != self.nodes[home].mem.home[i] {
+                if mem.aliased[i]
+                    && mem.perm[i] != Perm::None
+                    && mem.local[i] != self.nodes[home].mem.home[i]
+                {
                     let master = self.nodes[home].mem.home[i].clone();
                     self.nodes[n].mem.local[i] = master;
                 }
