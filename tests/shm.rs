@@ -144,9 +144,10 @@ fn child_pages_unmapped_by_the_kernel() {
         (read, 0),
     ];
     for (index, _) in expect {
-        // SAFETY: the page of `index` lies in the region, which lives; dropping its mapping
-        // loses nothing of a page mapped from its master (the master keeps the bytes).
+        // SAFETY: `index` lies in the region, so the pointer stays inside its mapping.
         let page = unsafe { region.as_ptr().add(index) } as usize & !4095;
+        // SAFETY: the page lies in the region, which lives; dropping its mapping loses
+        // nothing of a page mapped from its master (the master keeps the bytes).
         let rc = unsafe { libc::madvise(page as *mut libc::c_void, 4096, libc::MADV_DONTNEED) };
         assert_eq!(rc, 0, "madvise");
     }
