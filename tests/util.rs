@@ -97,6 +97,27 @@ pub fn finish(child: Child, limit: Duration) -> (bool, String) {
     (out.status.success(), text(&out))
 }
 
+/// [`finish`] for every node of a cluster, in order; when one does not finish in time, the
+/// nodes not waited for yet are killed too before the panic goes on (else they outlive the
+/// test: a node spinning on a fault it can never serve takes a CPU until someone notices).
+#[allow(dead_code)]
+pub fn finish_all(nodes: Vec<Child>, limit: Duration) -> Vec<(bool, String)> {
+    let pids: Vec<u32> = nodes.iter().map(Child::id).collect();
+    let mut outcomes = Vec::with_capacity(nodes.len());
+    for (i, node) in nodes.into_iter().enumerate() {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| finish(node, limit))) {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(panic) => {
+                for &pid in &pids[i + 1..] {
+                    signal(pid, libc::SIGKILL);
+                }
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+    outcomes
+}
+
 /// Sends `sig` to the child process `pid`.
 #[allow(dead_code)]
 pub fn signal(pid: u32, sig: i32) {

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::util::{finish, free_address, printed_counter};
+use crate::util::{finish_all, free_address, printed_counter};
 
 /// User and group nobody.
 pub const NOBODY: &str = "65534";
@@ -30,10 +30,7 @@ pub fn run(launch: &Launch<'_>) -> Vec<(bool, String)> {
     let nodes: Vec<Child> = (0..launch.size)
         .map(|rank| start(launch, rank, &coordinator, &key))
         .collect();
-    nodes
-        .into_iter()
-        .map(|node| finish(node, Duration::from_secs(60)))
-        .collect()
+    finish_all(nodes, Duration::from_secs(60))
 }
 
 fn start(launch: &Launch<'_>, rank: u32, coordinator: &str, key: &str) -> Child {
