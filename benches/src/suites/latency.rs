@@ -5,13 +5,16 @@
 //! Nodes are real processes on one host (this binary re-executed in the node role, see
 //! `latency/node.rs`), started by the suite with `DSM_RANK`, `DSM_SIZE` and
 //! `DSM_COORDINATOR` on a free loopback port, and `DSM_TRANSPORT` as each cluster says
-//! (`transport` in its report). Seven clusters, each shared-memory one right after its TCP
+//! (`transport` in its report). Eight clusters, each shared-memory one right after its TCP
 //! twin, and each thread-delivery one right after its default-delivery twin:
 //! - `n2`: 2 nodes, `DSM_TRANSPORT=tcp`, rank `r` pinned to CPU `r % ncpus`
 //!   (`sched_setaffinity`), with issue #10's targets and the traced pass (below);
 //! - `n2_shm`: the same 2 pinned nodes with `DSM_TRANSPORT=shm` (issue #14: shared memory
 //!   between same-host nodes; `SAME_HOST_TRANSPORT`), with its own floors and issue #14's
 //!   targets and the traced pass;
+//! - `n2_shm_copied`: `n2_shm` with `DSM_MAP_MASTERS=0` (pages of same-host homes copied in
+//!   and out of private memory instead of mapped from the masters), untraced, no targets;
+//!   the top level's `ratio_shm_mapped_to_copied_<figure>` compare `n2_shm` with it;
 //! - `n2_thread`, `n2_shm_thread`: `n2` and `n2_shm` with `DSM_FAULT_DELIVERY=thread` (the
 //!   reader-thread delivery the default replaced), untraced, no targets; the top level's
 //!   `ratio_signal_to_thread_<figure>` and `ratio_shm_signal_to_thread_<figure>` compare them;
@@ -135,7 +138,7 @@ struct Cluster {
 /// Every cluster, run in this order: each shared-memory run right after its TCP twin, so that
 /// the two meet the same load on the machine. The 2-node runs of both transports also run
 /// the traced pass (`hops`, `hops_shm`).
-const CLUSTERS: [Cluster; 7] = [
+const CLUSTERS: [Cluster; 8] = [
     Cluster {
         key: "n2",
         size: 2,
@@ -159,6 +162,14 @@ const CLUSTERS: [Cluster; 7] = [
         env: &[],
         traced: true,
         targets: Targets::SameHost,
+    },
+    Cluster {
+        key: "n2_shm_copied",
+        size: 2,
+        transport: SAME_HOST_TRANSPORT,
+        env: &[("DSM_MAP_MASTERS", "0")],
+        traced: false,
+        targets: Targets::None,
     },
     Cluster {
         key: "n2_shm_thread",
@@ -233,6 +244,11 @@ pub fn run() -> anyhow::Result<Value> {
     let nice0 = clusters["n2_service_nice0"].clone();
     ratios::compare_priorities(&mut clusters["n2"], &nice0)?;
     let shm_to_tcp = ratios::compare("shm_to_tcp", &clusters["n2_shm"], &clusters["n2"])?;
+    let mapped_to_copied = ratios::compare(
+        "shm_mapped_to_copied",
+        &clusters["n2_shm"],
+        &clusters["n2_shm_copied"],
+    )?;
     let deliveries = [
         ("signal_to_thread", "n2", "n2_thread"),
         ("shm_signal_to_thread", "n2_shm", "n2_shm_thread"),
@@ -267,6 +283,7 @@ pub fn run() -> anyhow::Result<Value> {
     let fields = report.as_object_mut().expect("a JSON object");
     fields.extend(clusters);
     fields.extend(shm_to_tcp);
+    fields.extend(mapped_to_copied);
     fields.extend(signal_to_thread);
     Ok(report)
 }

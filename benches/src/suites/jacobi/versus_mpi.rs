@@ -78,6 +78,8 @@ struct Runs {
     dsm: Vec<DsmRun>,
     /// In place, sequential, over shared memory ([`SAME_HOST_TRANSPORT`]).
     dsm_shm: Vec<DsmRun>,
+    /// As `dsm_shm`, with same-host pages copied instead of mapped (`DSM_MAP_MASTERS=0`).
+    dsm_shm_copied: Vec<DsmRun>,
     dsm_copy: Vec<DsmRun>,
     dsm_release: Vec<DsmRun>,
     /// Release consistency over shared memory.
@@ -101,10 +103,12 @@ pub(super) fn report() -> anyhow::Result<Value> {
         for size in NODE_COUNTS {
             let entry = runs.entry(size).or_default();
             let nice0: &[(&str, &str)] = &[("DSM_SERVICE_PRIORITY", "0")];
+            let copied: &[(&str, &str)] = &[("DSM_MAP_MASTERS", "0")];
             let shm = SAME_HOST_TRANSPORT;
             for (style, transport, env, times) in [
                 (Style::InPlace, "tcp", &[][..], &mut entry.dsm),
                 (Style::InPlace, shm, &[][..], &mut entry.dsm_shm),
+                (Style::InPlace, shm, copied, &mut entry.dsm_shm_copied),
                 (Style::Copy, "tcp", &[][..], &mut entry.dsm_copy),
                 (Style::Release, "tcp", &[][..], &mut entry.dsm_release),
                 (Style::Release, shm, &[][..], &mut entry.dsm_shm_release),
@@ -145,7 +149,9 @@ pub(super) fn report() -> anyhow::Result<Value> {
              (service threads at the application's priority, docs/architecture.md \
              Scheduling); dsm_shm_seconds: as dsm_seconds with \
              DSM_TRANSPORT={SAME_HOST_TRANSPORT} (issue #14, shared memory between same-host \
-             nodes)"
+             nodes); dsm_shm_copied_seconds: as dsm_shm_seconds with DSM_MAP_MASTERS=0 \
+             (same-host pages copied in and out of private memory instead of mapped from \
+             their masters)"
         ),
         "mpi": "benches/mpi/jacobi.c, mpicc -O2 (GCC 12 at -O2 does not vectorise the update \
                 loop; -O3 does), MPI_Sendrecv halos each iteration",
@@ -226,6 +232,7 @@ impl Runs {
         self.dsm
             .iter()
             .chain(&self.dsm_shm)
+            .chain(&self.dsm_shm_copied)
             .chain(&self.dsm_copy)
             .chain(&self.dsm_release)
             .chain(&self.dsm_shm_release)
@@ -257,6 +264,9 @@ fn per_node_count(runs: &Runs) -> NodeCount {
         "dsm_shm_seconds": round4(dsm_shm),
         "dsm_shm_seconds_runs": run_seconds(&runs.dsm_shm),
         "ratio_shm_to_tcp": round4(dsm_shm / dsm),
+        "dsm_shm_copied_seconds": round4(median_seconds(&runs.dsm_shm_copied)),
+        "dsm_shm_copied_seconds_runs": run_seconds(&runs.dsm_shm_copied),
+        "ratio_shm_mapped_to_copied_speed": round4(median_seconds(&runs.dsm_shm_copied) / dsm_shm),
         "dsm_copy_seconds": round4(median_seconds(&runs.dsm_copy)),
         "dsm_copy_seconds_runs": run_seconds(&runs.dsm_copy),
         "dsm_shm_release_seconds": round4(median_seconds(&runs.dsm_shm_release)),
