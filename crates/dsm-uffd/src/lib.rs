@@ -31,6 +31,14 @@
 //! MINOR fault), so memory registered with a NIC stays valid; [`UffdRegion::read_page`] and
 //! [`UffdRegion::apply_diff`] go through the shadow and never fault.
 //!
+//! # Pages mapped from another process's file
+//! [`UffdRegion::new_with_files`] maps given runs of the region from given files (a same-host
+//! home's master copies: [`FileRun`]) and the rest as private anonymous memory. A file-backed
+//! page *is* the file's page: an install makes it hold the data (written through a
+//! never-faulting alias only when it differs) and maps it with `UFFDIO_CONTINUE`, a write through
+//! the region lands in the file, and [`UffdRegion::invalidate`] only unmaps it.
+//! [`UffdRegion::map_again`] maps such a page again after the kernel unmapped it by itself.
+//!
 //! # Measured here (`dsm-bench uffd --json`, medians, 2 vCPUs, nested guest)
 //! Read-fault service ~4.6 µs with SIGBUS delivery against ~1.3 µs for a bare `UFFDIO_COPY`
 //! (3.2–4.4×) and ≈1.0× the floor of in-thread resolution (first-touch fault + signal round
