@@ -544,6 +544,29 @@ pub(crate) fn map_shared(address: usize, len: usize, fd: RawFd) -> Result<usize,
         libc::MAP_FIXED_NOREPLACE
     };
     // SAFETY: MAP_FIXED_NOREPLACE (or no hint) never replaces an existing mapping.
+    let got = unsafe { mmap_shared(address, len, fd, 0, fixed) }?;
+    if address != 0 && got != address {
+        // SAFETY: the mapping just created, used by nobody.
+        unsafe { libc::munmap(got as *mut libc::c_void, len) };
+        return Err(Errno(libc::EEXIST));
+    }
+    Ok(got)
+}
+
+/// `mmap` of `len` bytes of `fd` from `offset`, shared, read-write, at `address` with
+/// `fixed` (0, `MAP_FIXED` or `MAP_FIXED_NOREPLACE`).
+///
+/// # Safety
+/// With `MAP_FIXED`, `address..address + len` must be memory the caller owns and nothing
+/// uses: it is replaced.
+unsafe fn mmap_shared(
+    address: usize,
+    len: usize,
+    fd: RawFd,
+    offset: libc::off_t,
+    fixed: libc::c_int,
+) -> Result<usize, Errno> {
+    // SAFETY: per the contract; the result is checked before use.
     let got = unsafe {
         libc::mmap(
             address as *mut libc::c_void,
@@ -551,16 +574,11 @@ pub(crate) fn map_shared(address: usize, len: usize, fd: RawFd) -> Result<usize,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED | libc::MAP_NORESERVE | fixed,
             fd,
-            0,
+            offset,
         )
     };
     if got == libc::MAP_FAILED {
         return Err(last_errno());
-    }
-    if address != 0 && got as usize != address {
-        // SAFETY: the mapping just created, used by nobody.
-        unsafe { libc::munmap(got, len) };
-        return Err(Errno(libc::EEXIST));
     }
     Ok(got as usize)
 }
@@ -581,20 +599,7 @@ pub(crate) unsafe fn map_file(
     let offset = libc::off_t::try_from(offset).map_err(|_| Errno(libc::EFBIG))?;
     let fixed = if address == 0 { 0 } else { libc::MAP_FIXED };
     // SAFETY: either no hint (a fresh range), or a range the caller owns and gives up.
-    let got = unsafe {
-        libc::mmap(
-            address as *mut libc::c_void,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_NORESERVE | fixed,
-            fd,
-            offset,
-        )
-    };
-    if got == libc::MAP_FAILED {
-        return Err(last_errno());
-    }
-    Ok(got as usize)
+    unsafe { mmap_shared(address, len, fd, offset, fixed) }
 }
 
 /// Whether the page at `address` holds `data`.
