@@ -67,6 +67,16 @@ pub enum Action {
         /// Map it writable (else write-protected).
         writable: bool,
     },
+    /// Sequential mode: this node's copy of `page` is its master copy itself
+    /// ([`Memory::local_is_master`](crate::Memory::local_is_master)), which the home's grant
+    /// (without data) says is current: map it as it is (`UFFDIO_CONTINUE`), read-only unless
+    /// `writable`. Comes instead of [`Action::ReadPage`] and an [`Action::Install`] of a copy.
+    MapMaster {
+        /// The page.
+        page: PageId,
+        /// Map it writable (else write-protected).
+        writable: bool,
+    },
     /// Make the installed copy of `page` writable (clear write protection).
     Upgrade {
         /// The page.

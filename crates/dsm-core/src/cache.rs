@@ -471,11 +471,13 @@ impl Cache {
         })
     }
 
-    /// A grant from the home. Everything is checked before anything changes.
+    /// A grant from the home. Everything is checked before anything changes. `mapped`: this
+    /// node's copy of `page` is its master ([`Memory::local_is_master`]), so a grant without
+    /// data maps it ([`Action::MapMaster`]) rather than reading it.
     pub(crate) fn on_grant(
         &mut self,
         from: NodeId,
-        page: PageId,
+        (page, mapped): (PageId, bool),
         loc: Located,
         grant: (Access, u64, u64, Option<Page>),
         ctx: &mut Ctx<'_>,
@@ -515,7 +517,8 @@ impl Cache {
                     what: "grant with data of a page writable here",
                 });
             }
-            Some(data) => self.complete(page, loc, data, ctx),
+            Some(data) => self.complete(page, loc, Some(data), ctx),
+            None if one_sided && mapped && sequential => self.complete(page, loc, None, ctx),
             None if kind == Access::Write && entry.state == LocalState::Shared => {
                 // Upgrade: our read-only copy is current.
                 ctx.out.push(Action::Upgrade { page });
@@ -613,12 +616,13 @@ impl Cache {
         pending
             .expect("a read token belongs to a pending fetch")
             .reading = false;
-        self.complete(page, loc, data, ctx);
+        self.complete(page, loc, Some(data), ctx);
         Ok(())
     }
 
-    /// The page's data is here: install it (or fetch again if it went stale).
-    fn complete(&mut self, page: PageId, loc: Located, data: Page, ctx: &mut Ctx<'_>) {
+    /// The page's data is here (`None`: in this node's copy, which is the master itself):
+    /// install it (or fetch again if it went stale).
+    fn complete(&mut self, page: PageId, loc: Located, data: Option<Page>, ctx: &mut Ctx<'_>) {
         let entry = self.entries.get_mut(&page).expect("pending entry");
         let pending = entry.pending.as_mut().expect("pending entry");
         if pending.refetch {
@@ -627,11 +631,16 @@ impl Cache {
             self.request(page, loc, waiters, ctx);
             return;
         }
-        if loc.consistency == Consistency::Release && ctx.config.scan_writes {
-            self.install_scanned(page, loc, data, ctx);
-            self.finish(page, loc, ctx);
-            return;
-        }
+        let scanned = loc.consistency == Consistency::Release && ctx.config.scan_writes;
+        let data = match data {
+            Some(data) if scanned => {
+                self.install_scanned(page, loc, data, ctx);
+                self.finish(page, loc, ctx);
+                return;
+            }
+            // Only sequential pages are mapped from their masters (`Memory::local_is_master`).
+            other => other,
+        };
         let wants_write = pending.waiters.iter().any(|w| w.access == Access::Write);
         let writable = match loc.consistency {
             Consistency::Sequential => pending.asked == Access::Write,
@@ -642,10 +651,17 @@ impl Cache {
         // Release mode installs read-only and twins before unprotecting: the install wakes the
         // faulting thread, whose writes must not reach the twin.
         let release = loc.consistency == Consistency::Release;
-        ctx.out.push(Action::Install {
-            page,
-            data,
-            writable: writable && !release && !exclusive,
+        let writable_now = writable && !release && !exclusive;
+        ctx.out.push(match data {
+            Some(data) => Action::Install {
+                page,
+                data,
+                writable: writable_now,
+            },
+            None => Action::MapMaster {
+                page,
+                writable: writable_now,
+            },
         });
         self.settling.insert(page);
         if writable && release {

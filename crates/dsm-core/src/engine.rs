@@ -629,13 +629,17 @@ impl CoherenceEngine {
                 req, version, data, ..
             } => {
                 let grant = (Access::Read, req, version, data);
-                self.cache.on_grant(from, page, loc, grant, &mut ctx)
+                let mapped = seq && mem.local_is_master(page);
+                self.cache
+                    .on_grant(from, (page, mapped), loc, grant, &mut ctx)
             }
             Coherence::WriteGrant {
                 req, version, data, ..
             } if seq => {
                 let grant = (Access::Write, req, version, data);
-                self.cache.on_grant(from, page, loc, grant, &mut ctx)
+                let mapped = mem.local_is_master(page);
+                self.cache
+                    .on_grant(from, (page, mapped), loc, grant, &mut ctx)
             }
             Coherence::Push { data, .. } if seq => {
                 self.cache.on_push(from, page, loc, data, &mut ctx)

@@ -83,6 +83,10 @@ fn sequential_seeds() {
             "no copy given back was its home's master itself (mapped masters)"
         );
         assert!(
+            total.masters_mapped > 0,
+            "no grant without data was taken by mapping the master"
+        );
+        assert!(
             total.hand_backs > 0 && total.recalls_crossing_hand_backs > 0,
             "no page was handed back, or no recall crossed a hand-back"
         );

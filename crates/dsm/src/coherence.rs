@@ -414,6 +414,7 @@ impl Coherence {
         if matches!(
             action,
             Action::Install { .. }
+                | Action::MapMaster { .. }
                 | Action::Upgrade { .. }
                 | Action::Wake { .. }
                 | Action::FaultFailed { .. }
@@ -483,6 +484,22 @@ impl Coherence {
                 } else {
                     mapped.region.install_read_only(page.page, &data)?;
                 }
+            }
+            Action::MapMaster { page, writable } => {
+                // The grant says the master is current, and this copy is the master.
+                self.mapped_now.push(page);
+                let fetched = page_home(&self.engine, page) != Some(ctx.transport.local());
+                let mapped = self.mapped(page)?;
+                if fetched {
+                    Counters::bump(&counters.pages_fetched);
+                    Counters::bump(&mapped.counters.pages_fetched);
+                }
+                Counters::bump(&counters.pages_mapped);
+                let protection = match writable {
+                    true => dsm_uffd::Protection::ReadWrite,
+                    false => dsm_uffd::Protection::ReadOnly,
+                };
+                mapped.region.map_again(page.page, protection)?;
             }
             Action::Upgrade { page } => {
                 self.mapped_now.push(page);

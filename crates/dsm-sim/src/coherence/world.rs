@@ -107,6 +107,9 @@ pub struct Report {
     /// Copies given to their home that were its master copy (mapped masters), so nothing
     /// was copied (sequential mode).
     pub copies_that_were_masters: u64,
+    /// Grants without data taken by mapping the master this node's copy is
+    /// (`Action::MapMaster`, sequential mode).
+    pub masters_mapped: u64,
     /// Grants that carried data although their requester reads that home's master copies
     /// itself (the home does not count it among its readers: late confirmation).
     pub data_grants_to_readers: u64,
@@ -160,6 +163,7 @@ impl Report {
         self.reads_at_once += other.reads_at_once;
         self.masters_written += other.masters_written;
         self.copies_that_were_masters += other.copies_that_were_masters;
+        self.masters_mapped += other.masters_mapped;
         self.data_grants_to_readers += other.data_grants_to_readers;
         self.twins += other.twins;
         self.diffs += other.diffs;

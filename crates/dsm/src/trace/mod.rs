@@ -324,7 +324,9 @@ fn action_contended(
         // Stamped as the page goes to the kernel, before the `UFFDIO_COPY` (or
         // write-protect clear) that wakes the faulting thread: stamped after, the woken
         // thread (on the same CPU) could run first and fault again before the stamp.
-        Action::Install { page, .. } | Action::Upgrade { page } => {
+        Action::Install { page, .. }
+        | Action::MapMaster { page, .. }
+        | Action::Upgrade { page } => {
             trace.record(Hop::FaultInstalled, page_key(*page), None);
         }
         // The fault is complete. Only a fault the engine resolved without an install (its

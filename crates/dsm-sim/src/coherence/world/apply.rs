@@ -127,6 +127,22 @@ impl World {
                 self.write_through(n, page.page);
                 self.run_unblocked(n, page.page)?;
             }
+            Action::MapMaster { page, writable } => {
+                // The runtime's `UFFDIO_CONTINUE` of the master this copy is.
+                let i = page.page as usize;
+                if !self.nodes[n].mem.aliased[i] {
+                    return Err(self.invariant(format!(
+                        "node {n}: page {i} mapped from its master, which it does not map"
+                    )));
+                }
+                self.report.masters_mapped += 1;
+                let master = self.nodes[self.home_of(page.page)].mem.home[i].clone();
+                let mem = &mut self.nodes[n].mem;
+                mem.local[i] = master;
+                mem.perm[i] = if writable { Perm::Write } else { Perm::Read };
+                mem.written[i] = false;
+                self.run_unblocked(n, page.page)?;
+            }
             Action::Upgrade { page } => {
                 let i = page.page as usize;
                 if mem.perm[i] != Perm::Read {
