@@ -154,6 +154,34 @@ impl UffdRegion {
         self.continue_page(index, protection)
     }
 
+    /// Makes page `index` hold `data` with `protection` whether or not it is mapped now: a
+    /// mapped page is unmapped first (`MADV_DONTNEED`) and installed again. For a caller that
+    /// owns every install of the region (one engine, under one lock), a page found mapped is
+    /// its own earlier install, and the new one must win, not be skipped as
+    /// [`UffdRegion::install_run`] skips it (that is for threads racing to install).
+    pub fn replace(
+        &self,
+        index: u32,
+        data: &[u8; PAGE_SIZE],
+        protection: Protection,
+    ) -> Result<()> {
+        if self.install_run(index, data, protection)? == Installed::AlreadyPresent {
+            self.invalidate_mapping(index, 1)?;
+            self.install_run(index, data, protection)?;
+        }
+        Ok(())
+    }
+
+    /// [`UffdRegion::map_again`], but a page mapped now is mapped again with `protection`
+    /// (unmapped first), not left as it is.
+    pub fn remap(&self, index: u32, protection: Protection) -> Result<()> {
+        if self.map_again(index, protection)? == Installed::AlreadyPresent {
+            self.invalidate_mapping(index, 1)?;
+            self.map_again(index, protection)?;
+        }
+        Ok(())
+    }
+
     /// Maps file-backed page `index` again with `protection`, as it is: the kernel unmaps
     /// such a page by itself when it reclaims it (a shmem page swapped out loses its
     /// page-table entry), and the next access faults although coherence has the page here.

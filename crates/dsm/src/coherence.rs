@@ -466,40 +466,30 @@ impl Coherence {
                 data,
                 writable,
             } => {
-                self.mapped_now.push(page);
-                let fetched = page_home(&self.engine, page) != Some(ctx.transport.local());
+                self.count_install(page, ctx)?;
                 let mapped = self.mapped_mut(page)?;
-                if fetched {
-                    Counters::bump(&counters.pages_fetched);
-                    Counters::bump(&mapped.counters.pages_fetched);
-                }
-                if mapped.region.is_file_backed(page.page) {
-                    Counters::bump(&counters.pages_mapped);
-                }
-                if writable {
-                    if mapped.release {
+                let protection = protection_of(writable);
+                if mapped.release {
+                    if writable {
                         mapped.installed.insert(page.page, data.clone());
                     }
-                    mapped.region.install_read_write(page.page, &data)?;
+                    mapped
+                        .region
+                        .install_run(page.page, &data[..], protection)?;
                 } else {
-                    mapped.region.install_read_only(page.page, &data)?;
+                    // The engine installs over its own earlier install at times (a grant
+                    // with data for a page still mapped here): the new one must win, with
+                    // its protection, or a writer faults forever on a read-only page the
+                    // engine holds writable. The simulator applies installs the same way.
+                    mapped.region.replace(page.page, &data, protection)?;
                 }
             }
             Action::MapMaster { page, writable } => {
-                // The grant says the master is current, and this copy is the master.
-                self.mapped_now.push(page);
-                let fetched = page_home(&self.engine, page) != Some(ctx.transport.local());
-                let mapped = self.mapped(page)?;
-                if fetched {
-                    Counters::bump(&counters.pages_fetched);
-                    Counters::bump(&mapped.counters.pages_fetched);
-                }
-                Counters::bump(&counters.pages_mapped);
-                let protection = match writable {
-                    true => dsm_uffd::Protection::ReadWrite,
-                    false => dsm_uffd::Protection::ReadOnly,
-                };
-                mapped.region.map_again(page.page, protection)?;
+                // The grant says the master is current, and this copy is the master: mapped
+                // with this protection even if mapped already (see `Install`).
+                self.count_install(page, ctx)?;
+                let region = &self.mapped(page)?.region;
+                region.remap(page.page, protection_of(writable))?;
             }
             Action::Upgrade { page } => {
                 self.mapped_now.push(page);
@@ -591,6 +581,23 @@ impl Coherence {
         Ok(())
     }
 
+    /// `page` is being installed: counted as fetched if it is homed elsewhere, as mapped if
+    /// its copy here is its master; remembered for `map_again_if_lost`.
+    fn count_install(&mut self, page: PageId, ctx: &Ctx<'_>) -> Result<()> {
+        self.mapped_now.push(page);
+        let counters = &ctx.shared.counters;
+        let fetched = page_home(&self.engine, page) != Some(ctx.transport.local());
+        let mapped = self.mapped(page)?;
+        if fetched {
+            Counters::bump(&counters.pages_fetched);
+            Counters::bump(&mapped.counters.pages_fetched);
+        }
+        if mapped.region.is_file_backed(page.page) {
+            Counters::bump(&counters.pages_mapped);
+        }
+        Ok(())
+    }
+
     /// A fault the engine ends with no install: the page is here already. A page mapped from
     /// a master copy may still have left the mapping (the kernel unmaps a shmem page it
     /// swaps out), and the thread would fault again and again: it is mapped again as the
@@ -621,6 +628,14 @@ impl Coherence {
         self.regions
             .get_mut(&page.region)
             .ok_or_else(|| Error::Protocol(format!("action on unmapped region {}", page.region)))
+    }
+}
+
+/// The protection an install asks for.
+fn protection_of(writable: bool) -> dsm_uffd::Protection {
+    match writable {
+        true => dsm_uffd::Protection::ReadWrite,
+        false => dsm_uffd::Protection::ReadOnly,
     }
 }
 

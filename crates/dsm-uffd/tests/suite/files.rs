@@ -250,3 +250,56 @@ fn bad_file_runs_are_refused() {
     let region = UffdRegion::new_with_files(address, 8, Delivery::Thread, &[file.run(0, 4, 0)]);
     assert!(region.is_ok(), "{region:?}");
 }
+
+#[test]
+fn an_install_over_a_mapped_page_replaces_it() {
+    const PAGES: u32 = 4;
+    let file = File::new(2);
+    let region = UffdRegion::new_with_files(
+        test_address(54),
+        PAGES,
+        Delivery::Thread,
+        &[file.run(2, 2, 0)],
+    )
+    .expect("map and register");
+    let region = Arc::new(region);
+    let source = Arc::new(LocalSource::new(PAGES as usize));
+    let engine = FaultServer::start_with_workers(Arc::clone(&region), source.clone(), 1)
+        .expect("start engine");
+    // Anonymous: the new data and protection win over the mapped page.
+    region.install_read_only(0, &generation(0, 0)).unwrap();
+    region
+        .replace(0, &generation(0, 1), Protection::ReadWrite)
+        .unwrap();
+    assert_eq!(page_of(&region, 0), &generation(0, 1)[..]);
+    write_byte(&region, 0, 3, 0x44);
+    assert_eq!(
+        source.counts(),
+        (0, 0, 0),
+        "writable after the replace: no fault"
+    );
+    // File-backed: mapped read-only, then again writable; then replaced read-only.
+    region.install_read_only(2, &generation(2, 0)).unwrap();
+    region.remap(2, Protection::ReadWrite).unwrap();
+    write_byte(&region, 2, 3, 0x55);
+    assert_eq!(
+        source.counts(),
+        (0, 0, 0),
+        "writable after the remap: no fault"
+    );
+    region
+        .replace(2, &generation(2, 1), Protection::ReadOnly)
+        .unwrap();
+    assert_eq!(
+        file.page(0),
+        &generation(2, 1)[..],
+        "the file holds the new data"
+    );
+    write_byte(&region, 2, 3, 0x66);
+    assert_eq!(
+        source.counts(),
+        (0, 0, 1),
+        "read-only after the replace: one WP fault"
+    );
+    drop(engine);
+}
