@@ -188,12 +188,22 @@ impl UffdRegion {
     /// A page still mapped is left as it is ([`Installed::AlreadyPresent`]); a page not
     /// backed by a file is refused ([`Error::Unsupported`]).
     pub fn map_again(&self, index: u32, protection: Protection) -> Result<Installed> {
-        if !self.is_file_backed(index) {
+        let Some(alias) = self.file_alias(index) else {
             return Err(Error::Unsupported(
                 "mapping again a page not backed by a file",
             ));
+        };
+        match self.continue_page(index, protection) {
+            // Not in the file yet (a hole: never written, never populated): reading it
+            // through the alias gives it its page, of zeros, which is what the hole holds.
+            Err(Error::Continue { errno, .. }) if errno.0 == libc::EFAULT => {
+                // SAFETY: the alias page lies in a live, never-registered shared mapping; a
+                // volatile read of one byte only makes the kernel fill the hole.
+                let _ = unsafe { std::ptr::read_volatile(alias as *const u8) };
+                self.continue_page(index, protection)
+            }
+            other => other,
         }
-        self.continue_page(index, protection)
     }
 
     /// One `UFFDIO_COPY` of `data` to the run at `index`, from byte `done` of the run.

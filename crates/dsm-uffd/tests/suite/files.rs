@@ -139,6 +139,19 @@ fn an_install_maps_the_file_page_and_a_write_lands_in_the_file() {
         region.map_again(0, Protection::ReadOnly).is_err(),
         "anonymous"
     );
+    // A page that is a hole in the file (never written) maps as zeros.
+    let holes = File::new(2);
+    let sparse =
+        UffdRegion::new_with_files(test_address(55), 2, Delivery::Thread, &[holes.run(0, 2, 0)])
+            .expect("map and register");
+    assert_eq!(
+        sparse.map_again(1, Protection::ReadOnly),
+        Ok(Installed::New)
+    );
+    assert!(
+        page_of(&sparse, 1).iter().all(|&b| b == 0),
+        "a hole reads as zeros"
+    );
 
     region.invalidate(0, 6).expect("invalidate all");
     assert_eq!(file.page(2)[7], 0x5A, "invalidation leaves the file alone");
