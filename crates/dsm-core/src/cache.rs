@@ -517,8 +517,14 @@ impl Cache {
                     what: "grant with data of a page writable here",
                 });
             }
+            // A read request that crossed a push of the page and was served after another
+            // request downgraded the pushed copy: this read-only copy is the one the home
+            // just had written back, so there is nothing to install (installing would map
+            // over a mapped page, which the kernel refuses).
+            _ if sequential && entry.state == LocalState::Shared && kind == Access::Read => {
+                self.finish(page, loc, ctx);
+            }
             Some(data) => self.complete(page, loc, Some(data), ctx),
-            None if one_sided && mapped && sequential => self.complete(page, loc, None, ctx),
             None if kind == Access::Write && entry.state == LocalState::Shared => {
                 // Upgrade: our read-only copy is current.
                 ctx.out.push(Action::Upgrade { page });
@@ -528,6 +534,9 @@ impl Cache {
                 self.log_written(page, loc);
                 self.finish(page, loc, ctx);
             }
+            // Not installed here (a read-only copy upgrades above), and the copy is the
+            // master itself: map it.
+            None if one_sided && mapped && sequential => self.complete(page, loc, None, ctx),
             None if one_sided => {
                 entry.pending.as_mut().expect("checked").reading = true;
                 self.reads.insert(req, page);

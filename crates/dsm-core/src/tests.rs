@@ -1166,6 +1166,50 @@ fn a_request_crossing_a_push_is_answered_without_data() {
     assert!(c.woken(2, 8), "later requests are served as usual");
 }
 
+/// Node 0's read request is on its way when the home pushes it the page, and node 2's read
+/// reaches the home first: node 2's read downgrades node 0's pushed copy (written back with
+/// node 0's write), and node 0's request, served after it, finds a current read-only copy:
+/// it completes without installing the page again (the kernel refuses an install over a
+/// mapped page, and a reinstall would drop a write made since).
+#[test]
+fn a_request_crossing_a_push_served_after_a_downgrade_installs_nothing() {
+    crossing_request_served_after_a_downgrade(Cluster::new(3, Consistency::Sequential, false));
+    // Same-host nodes: the grants carry no data (the master is mapped).
+    crossing_request_served_after_a_downgrade(Cluster::same_host(
+        3,
+        Consistency::Sequential,
+        false,
+    ));
+}
+
+fn crossing_request_served_after_a_downgrade(mut c: Cluster) {
+    c.fault(0, Access::Read, 7);
+    assert!(c.engines[1].push(P, 0, &mut c.mems[1]).unwrap());
+    c.collect(1);
+    c.fault(2, Access::Read, 8);
+    // In flight: node 0's request, the push, node 2's request. The push arrives first,
+    // then node 2's request, then node 0's.
+    let mut wire: Vec<_> = c.wire.drain(..).collect();
+    assert_eq!(wire.len(), 3, "{wire:?}");
+    let (request_0, push, request_2) = (wire.remove(0), wire.remove(0), wire.remove(0));
+    assert!(matches!(push.2, Coherence::Push { .. }), "{push:?}");
+    c.wire.extend([push, request_2, request_0]);
+    c.deliver_one();
+    assert!(c.woken(0, 7), "the push wakes the fault");
+    c.write(0, 3, 42);
+    c.deliver_all();
+    let installs = c.seen[0]
+        .iter()
+        .filter(|a| matches!(a, Action::Install { .. } | Action::MapMaster { .. }))
+        .count();
+    assert_eq!(installs, 1, "only the push installs the page");
+    assert_eq!(c.engines[0].local_state(P), LocalState::Shared);
+    assert_eq!(c.mems[0].local[&P][3], 42, "node 0's write is still there");
+    assert_eq!(c.mems[1].home[&P][3], 42, "and written back to the master");
+    assert!(c.woken(2, 8));
+    assert_eq!(c.mems[2].local[&P][3], 42, "node 2 reads it");
+}
+
 /// Node 0 writes P under a lock and passes it on to node 2, which waits for the lock: P goes
 /// back to its home (node 1), which pushes it to node 2. A page written outside any lock is
 /// not passed on.

@@ -477,16 +477,16 @@ impl Coherence {
                         .region
                         .install_run(page.page, &data[..], protection)?;
                 } else {
-                    // The engine installs over its own earlier install at times (a grant
-                    // with data for a page still mapped here): the new one must win, with
-                    // its protection, or a writer faults forever on a read-only page the
-                    // engine holds writable. The simulator applies installs the same way.
+                    // The engine never installs over a page it has mapped (the simulator
+                    // refuses that since two paths that did were fixed), but should a page
+                    // be found mapped, the new install wins with its protection: kept, a
+                    // read-only page the engine holds writable faults forever.
                     mapped.region.replace(page.page, &data, protection)?;
                 }
             }
             Action::MapMaster { page, writable } => {
                 // The grant says the master is current, and this copy is the master: mapped
-                // with this protection even if mapped already (see `Install`).
+                // with this protection, even if found mapped (see `Install`).
                 self.count_install(page, ctx)?;
                 let region = &self.mapped(page)?.region;
                 region.remap(page.page, protection_of(writable))?;

@@ -68,6 +68,18 @@ impl World {
         Err(self.invariant(format!("node {n}: actions did not settle")))
     }
 
+    /// The kernel installs only into a page that is not mapped (`UFFDIO_COPY` and
+    /// `UFFDIO_CONTINUE` fail with `EEXIST` on a mapped one), so an engine that installs over
+    /// its own copy asks the runtime for something it cannot do as asked.
+    fn refuse_install_over_mapped(&self, n: usize, i: usize) -> Result<()> {
+        match self.nodes[n].mem.perm[i] {
+            Perm::None => Ok(()),
+            perm => Err(self.invariant(format!(
+                "node {n}: install of page {i}, which is mapped {perm:?} already"
+            ))),
+        }
+    }
+
     /// Applies one action; returns the token of a thread to wake.
     fn apply_one(&mut self, n: usize, action: Action) -> Result<Option<u64>> {
         let node_id = u32::try_from(n).expect("fits");
@@ -119,6 +131,7 @@ impl World {
                         "node {n}: page {i} fetched twice in one phase (ping-pong)"
                     )));
                 }
+                self.refuse_install_over_mapped(n, i)?;
                 let mem = &mut self.nodes[n].mem;
                 mem.local[i] = data;
                 mem.perm[i] = if writable { Perm::Write } else { Perm::Read };
@@ -135,6 +148,7 @@ impl World {
                         "node {n}: page {i} mapped from its master, which it does not map"
                     )));
                 }
+                self.refuse_install_over_mapped(n, i)?;
                 self.report.masters_mapped += 1;
                 let master = self.nodes[self.home_of(page.page)].mem.home[i].clone();
                 let mem = &mut self.nodes[n].mem;
