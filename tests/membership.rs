@@ -4,7 +4,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{dsm_run, example, finish, free_address, run_bounded, signal, text};
+use crate::util::{
+    KillOnDrop, dsm_run, example, finish_all, free_address, run_bounded, signal, text,
+};
 
 /// Starts rank `rank` of `size` of the `hello` example directly (no launcher).
 fn start(rank: u32, size: u32, coordinator: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
@@ -51,8 +53,11 @@ fn nodes_started_in_shuffled_order_with_delays_all_join() {
             start(rank, 4, &coordinator, &["--iterations", "5"], &[]),
         ));
     }
-    for (rank, child) in children {
-        let (ok, out) = finish(child, Duration::from_secs(30));
+    let (ranks, nodes): (Vec<u32>, Vec<Child>) = children.into_iter().unzip();
+    for (rank, (ok, out)) in ranks
+        .into_iter()
+        .zip(finish_all(nodes, Duration::from_secs(30)))
+    {
         assert!(ok, "rank {rank}: {out}");
         assert!(out.contains(&format!("rank {rank} of 4 joined")), "{out}");
     }
@@ -62,12 +67,12 @@ fn nodes_started_in_shuffled_order_with_delays_all_join() {
 fn a_rank_that_never_starts_is_named_by_every_node() {
     let coordinator = free_address();
     let env = [("DSM_JOIN_TIMEOUT_MS", "1000")];
-    let children: Vec<_> = [0, 1, 3]
+    let ranks = [0, 1, 3];
+    let nodes = ranks.map(|r| start(r, 4, &coordinator, &[], &env)).into();
+    for (rank, (ok, out)) in ranks
         .into_iter()
-        .map(|r| (r, start(r, 4, &coordinator, &[], &env)))
-        .collect();
-    for (rank, child) in children {
-        let (ok, out) = finish(child, Duration::from_secs(20));
+        .zip(finish_all(nodes, Duration::from_secs(20)))
+    {
         assert!(!ok, "rank {rank} should fail: {out}");
         assert!(out.contains("ranks [2] never joined"), "rank {rank}: {out}");
     }
@@ -86,18 +91,17 @@ fn others_see_node_1_fail(sig: i32, bound: Duration) {
         .map(|r| start(r, 3, &coordinator, &args, &env))
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
-    let victim = children.remove(1);
+    let victim = KillOnDrop::new(children.remove(1));
     signal(victim.id(), sig);
     let hit = Instant::now();
-    for (rank, child) in [0, 2].into_iter().zip(children) {
-        let (ok, out) = finish(child, Duration::from_secs(20));
-        let took = hit.elapsed();
+    let outcomes = finish_all(children, Duration::from_secs(20));
+    // Waited in order: the last one's time bounds both.
+    let took = hit.elapsed();
+    for (rank, (ok, out)) in [0, 2].into_iter().zip(outcomes) {
         assert!(!ok, "rank {rank} should fail: {out}");
         assert!(out.contains("node 1 failed"), "rank {rank}: {out}");
-        assert!(took < bound, "rank {rank} took {took:?} to notice");
     }
-    signal(victim.id(), libc::SIGKILL);
-    let _ = finish(victim, Duration::from_secs(5));
+    assert!(took < bound, "ranks 0 and 2 took {took:?} to notice");
 }
 
 #[test]
@@ -120,13 +124,16 @@ fn a_node_with_another_cluster_key_cannot_join() {
         ("DSM_CLUSTER_KEY", "alpha"),
     ];
     let env_b = [("DSM_JOIN_TIMEOUT_MS", "1000"), ("DSM_CLUSTER_KEY", "beta")];
-    let node0 = start(0, 2, &coordinator, &[], &env_a);
-    let node1 = start(1, 2, &coordinator, &[], &env_b);
-    let (ok, out) = finish(node0, Duration::from_secs(20));
+    let nodes = vec![
+        start(0, 2, &coordinator, &[], &env_a),
+        start(1, 2, &coordinator, &[], &env_b),
+    ];
+    let outcomes = finish_all(nodes, Duration::from_secs(20));
+    let (ok, out) = &outcomes[0];
     assert!(
         !ok && out.contains("ranks [1] never joined"),
         "rank 0: {out}"
     );
-    let (ok, out) = finish(node1, Duration::from_secs(20));
+    let (ok, out) = &outcomes[1];
     assert!(!ok && out.contains("rejected our Join"), "rank 1: {out}");
 }

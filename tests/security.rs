@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{dsm_run, example, finish, free_address, run_bounded, signal, text};
+use crate::util::{
+    KillOnDrop, dsm_run, example, finish, finish_all, free_address, run_bounded, signal, text,
+};
 
 const KEY: &str = "a passphrase only the honest nodes know";
 
@@ -76,7 +78,7 @@ fn an_intruder_without_the_key_cannot_join_and_the_cluster_completes() {
     let coordinator = free_address();
     let keyed = [("DSM_CLUSTER_KEY", KEY), ("DSM_JOIN_TIMEOUT_MS", "20000")];
     let args = ["--increments", "50"];
-    let rank0 = start("counter", (0, 3), &coordinator, &home, &args, &keyed);
+    let rank0 = KillOnDrop::new(start("counter", (0, 3), &coordinator, &home, &args, &keyed));
     wait_listening(&coordinator);
     // Knows the coordinator, claims rank 1, has no key (the default before issue 12), and
     // then one with a wrong key.
@@ -86,10 +88,10 @@ fn an_intruder_without_the_key_cannot_join_and_the_cluster_completes() {
         assert!(!ok, "the intruder ran: {out}");
         assert!(out.contains("rejected our Join"), "{out}");
     }
-    let honest: Vec<Child> = [1, 2]
-        .map(|r| start("counter", (r, 3), &coordinator, &home, &args, &keyed))
-        .into();
-    let (ok, out0) = finish(rank0, Duration::from_secs(60));
+    let honest = [1, 2].map(|r| start("counter", (r, 3), &coordinator, &home, &args, &keyed));
+    let nodes = std::iter::once(rank0.into_child()).chain(honest).collect();
+    let outcomes = finish_all(nodes, Duration::from_secs(60));
+    let (ok, out0) = &outcomes[0];
     assert!(ok, "rank 0: {out0}");
     assert!(
         out0.contains("counter check passed: 150 increments"),
@@ -104,8 +106,7 @@ fn an_intruder_without_the_key_cannot_join_and_the_cluster_completes() {
         rejected >= 3,
         "rank 0 reported {rejected} rejections: {out0}"
     );
-    for child in honest {
-        let (ok, out) = finish(child, Duration::from_secs(30));
+    for (ok, out) in &outcomes[1..] {
         assert!(ok, "{out}");
     }
 }
@@ -126,8 +127,11 @@ fn sixteen_idle_connections_do_not_delay_a_4_node_boot() {
     let others: Vec<Child> = (1..4)
         .map(|r| start("hello", (r, 4), &coordinator, &home, &args, &env))
         .collect();
-    for (rank, child) in std::iter::once(rank0).chain(others).enumerate() {
-        let (ok, out) = finish(child, Duration::from_secs(30));
+    let nodes = std::iter::once(rank0).chain(others).collect();
+    for (rank, (ok, out)) in finish_all(nodes, Duration::from_secs(30))
+        .iter()
+        .enumerate()
+    {
         assert!(ok, "rank {rank}: {out}");
     }
     let took = started.elapsed();
@@ -143,8 +147,7 @@ fn insecure_mode_runs_and_says_so() {
     let children: Vec<Child> = (0..2)
         .map(|r| start("hello", (r, 2), &coordinator, &home, &[], &env))
         .collect();
-    for child in children {
-        let (ok, out) = finish(child, Duration::from_secs(30));
+    for (ok, out) in finish_all(children, Duration::from_secs(30)) {
         assert!(ok, "{out}");
         assert!(
             out.contains("DSM_INSECURE=1: running without a cluster key"),
@@ -162,8 +165,7 @@ fn without_a_key_nodes_share_a_private_key_file_and_refuse_an_open_one() {
     let children: Vec<Child> = (0..3)
         .map(|r| start("hello", (r, 3), &coordinator, &home, &[], &[]))
         .collect();
-    for child in children {
-        let (ok, out) = finish(child, Duration::from_secs(30));
+    for (ok, out) in finish_all(children, Duration::from_secs(30)) {
         assert!(ok, "{out}");
         assert!(!out.contains("DSM_INSECURE"), "{out}");
     }
@@ -177,8 +179,7 @@ fn without_a_key_nodes_share_a_private_key_file_and_refuse_an_open_one() {
     let children: Vec<Child> = (0..2)
         .map(|r| start("hello", (r, 2), &coordinator, &home, &[], &[]))
         .collect();
-    for child in children {
-        let (ok, out) = finish(child, Duration::from_secs(30));
+    for (ok, out) in finish_all(children, Duration::from_secs(30)) {
         assert!(!ok, "ran with a world-readable key file: {out}");
         assert!(out.contains("mode 644"), "{out}");
     }
@@ -231,10 +232,12 @@ fn a_dropped_connection_and_a_declared_failure_are_logged_by_default() {
         .map(|r| start("hello", (r, 3), &coordinator, &home, &args, &env))
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
-    let victim = children.remove(1);
+    let victim = KillOnDrop::new(children.remove(1));
     signal(victim.id(), libc::SIGKILL);
-    for (rank, child) in [0, 2].into_iter().zip(children) {
-        let (ok, out) = finish(child, Duration::from_secs(20));
+    for (rank, (ok, out)) in [0, 2]
+        .into_iter()
+        .zip(finish_all(children, Duration::from_secs(20)))
+    {
         assert!(!ok, "rank {rank} should fail: {out}");
         let warned = |all: &[&str]| {
             out.lines()
@@ -251,5 +254,4 @@ fn a_dropped_connection_and_a_declared_failure_are_logged_by_default() {
             "rank {rank}: {out}"
         );
     }
-    let _ = finish(victim, Duration::from_secs(5));
 }

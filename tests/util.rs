@@ -118,6 +118,38 @@ pub fn finish_all(nodes: Vec<Child>, limit: Duration) -> Vec<(bool, String)> {
     outcomes
 }
 
+/// A node a test keeps aside (a victim it stops or kills, a rank it waits for last): killed
+/// and reaped when dropped, so that a panic on the way (a timeout, a failed assertion) leaves
+/// no process behind.
+#[allow(dead_code)]
+pub struct KillOnDrop(Option<Child>);
+
+#[allow(dead_code)]
+impl KillOnDrop {
+    pub fn new(child: Child) -> Self {
+        KillOnDrop(Some(child))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// The child itself, for a caller that waits for it after all.
+    pub fn into_child(mut self) -> Child {
+        self.0.take().expect("a child until dropped")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // Holding the `Child` (not yet reaped) means its pid cannot name another process.
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Sends `sig` to the child process `pid`.
 #[allow(dead_code)]
 pub fn signal(pid: u32, sig: i32) {
