@@ -58,8 +58,14 @@ fn barrier_drops_take_the_invalidations_out_of_a_producer_consumer_loop() {
     let readers = u64::from(NODES) - 1;
     let pages = PAGES as u64;
     for transport in ["tcp", "shm"] {
-        // Without drops every round after the first invalidates each reader's copies.
-        let env = [("DSM_TRANSPORT", transport), ("DSM_BARRIER_DROPS", "0")];
+        // Private copies, as across hosts (same-host nodes map their masters by default,
+        // below). Without drops every round after the first invalidates each reader's copies.
+        let private = ("DSM_MAP_MASTERS", "0");
+        let env = [
+            ("DSM_TRANSPORT", transport),
+            ("DSM_BARRIER_DROPS", "0"),
+            private,
+        ];
         let out = run_child_nodes(child, NODES, &env);
         for sent in counters(&out, "invalidations_sent") {
             assert_eq!(
@@ -73,7 +79,7 @@ fn barrier_drops_take_the_invalidations_out_of_a_producer_consumer_loop() {
         // were never taken before); each later round's copies are dropped at a barrier. (A
         // drop that reached its home only after the home's next write would cost that write
         // its invalidations again: allowed, and bounded here.)
-        let out = run_child_nodes(child, NODES, &[("DSM_TRANSPORT", transport)]);
+        let out = run_child_nodes(child, NODES, &[("DSM_TRANSPORT", transport), private]);
         for sent in counters(&out, "invalidations_sent") {
             assert!(
                 sent <= 2 * readers * pages,
@@ -84,6 +90,19 @@ fn barrier_drops_take_the_invalidations_out_of_a_producer_consumer_loop() {
         for dropped in counters(&out, "copies_dropped") {
             let expected = most - readers * pages..=most;
             assert!(expected.contains(&dropped), "{transport}: {dropped}: {out}");
+        }
+        // Mapped masters, drops off: the readers map the pages each home writes, so the
+        // home goes on writing with no invalidation and no write fault, round after round.
+        let env = [("DSM_TRANSPORT", transport), ("DSM_BARRIER_DROPS", "0")];
+        let out = run_child_nodes(child, NODES, &env);
+        for sent in counters(&out, "invalidations_sent") {
+            assert_eq!(sent, 0, "{transport}, mapped masters: {out}");
+        }
+        for faults in counters(&out, "write_faults") {
+            assert!(
+                faults <= pages,
+                "{transport}, mapped masters: {faults}: {out}"
+            );
         }
     }
 }

@@ -151,6 +151,10 @@ impl Entry {
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
     entries: HashMap<PageId, Entry>,
+    /// Sequential mode: (region, home) pairs whose pages this node maps from their masters
+    /// ([`Memory::local_is_master`], learnt at a fault; the runtime maps every page of a home
+    /// in a region, or none), said in read requests, prefetched pages' included.
+    maps_masters_of: HashSet<(u32, NodeId)>,
     /// One-sided reads in flight: token → page.
     reads: HashMap<u64, PageId>,
     /// Release mode: pages written since the last release (they have twins).
@@ -424,6 +428,13 @@ impl Cache {
         page.page > 0 && self.last_demand.get(&page.region) == Some(&(page.page - 1))
     }
 
+    /// Records that this node's copy of sequential `page` is its home's master itself (the
+    /// same memory), and so are the other pages of that home in its region, for the read
+    /// requests it sends.
+    pub(crate) fn note_maps_master(&mut self, page: PageId, home: NodeId) {
+        self.maps_masters_of.insert((page.region, home));
+    }
+
     /// Records a read fault on a page homed elsewhere, the only kind a scan is made of (a
     /// write fault on this node's own page next to a neighbour's row is not a scan).
     pub(crate) fn note_read_fault(&mut self, page: PageId) {
@@ -456,7 +467,13 @@ impl Cache {
             };
             (Access::Write, message)
         } else {
-            (Access::Read, Coherence::ReadRequest { req, page })
+            let maps_master = self.maps_masters_of.contains(&(page.region, loc.home));
+            let message = Coherence::ReadRequest {
+                req,
+                page,
+                maps_master,
+            };
+            (Access::Read, message)
         };
         ctx.out.send(loc.home, message);
         entry.pending.insert(Pending {
@@ -928,6 +945,7 @@ impl Cache {
     /// Forgets the pages of a freed region.
     pub(crate) fn remove_region(&mut self, region: u32) {
         self.entries.retain(|page, _| page.region != region);
+        self.maps_masters_of.retain(|(r, _)| *r != region);
         self.reads.retain(|_, page| page.region != region);
         self.dirty.retain(|page| page.region != region);
         self.tracked.retain(|page| page.region != region);

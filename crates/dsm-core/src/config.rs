@@ -106,6 +106,10 @@ pub enum Mutation {
     /// mapped masters, `Memory::local_is_master`, applied everywhere), so the master is
     /// left stale.
     CopyTakenForMaster,
+    /// Sequential mode: a write request for a page its home writes while same-host readers
+    /// map its master leaves those readers out of the invalidations, so they keep reading the
+    /// master while the new writer writes a copy elsewhere.
+    MappedReadersKept,
 }
 
 /// One engine's configuration.
@@ -203,6 +207,10 @@ impl CoherenceConfig {
                         Mutation::CopyTakenForMaster,
                         MutationPoint::CopyTakenForMaster
                     )
+                    | (
+                        Mutation::MappedReadersKept,
+                        MutationPoint::MappedReadersKept
+                    )
             )
         }
         #[cfg(not(feature = "mutation"))]
@@ -223,6 +231,7 @@ pub(crate) enum MutationPoint {
     HandBackLosesData,
     DropKeepsCopy,
     CopyTakenForMaster,
+    MappedReadersKept,
 }
 
 #[cfg(test)]

@@ -35,6 +35,8 @@ struct Request {
     access: Access,
     /// Nobody asked: the home pushes the page to `from` ([`Directory::push`]).
     pushed: bool,
+    /// A read whose requester maps the master itself (`Coherence::ReadRequest::maps_master`).
+    maps_master: bool,
 }
 
 /// A request being served: waiting for the nodes in `awaiting`.
@@ -58,6 +60,11 @@ struct DirEntry {
     /// transaction ran since: a request of that node crossed the push and is answered
     /// without data.
     pushed_to: Option<NodeId>,
+    /// Readers granted the page while this node, its home, holds it writable: each maps the
+    /// master, which is this node's copy, so the hardware keeps them current and the home
+    /// writes on without a fault. Empty unless the holders are `Modified(this node)`; they
+    /// join the readers when the home is downgraded, and are invalidated with it.
+    mapped_readers: BTreeSet<NodeId>,
 }
 
 /// What a recalled holder gave back with its answer.
@@ -95,6 +102,8 @@ pub(crate) struct Directory {
     lost: HashMap<PageId, NodeId>,
     /// Requests that crossed a push of their page to their sender (answered without data).
     pub(crate) requests_crossing_pushes: u64,
+    /// Reads granted to readers of the master while this node writes it (no downgrade).
+    pub(crate) reads_sharing_the_writers_page: u64,
 }
 
 impl Directory {
@@ -105,7 +114,7 @@ impl Directory {
         from: NodeId,
         page: PageId,
         req: u64,
-        access: Access,
+        (access, maps_master): (Access, bool),
         ctx: &mut Ctx<'_>,
         mem: &mut dyn Memory,
     ) -> Result<()> {
@@ -133,6 +142,7 @@ impl Directory {
             req,
             access,
             pushed: false,
+            maps_master: maps_master && access == Access::Read,
         };
         self.entries
             .entry(page)
@@ -154,17 +164,34 @@ impl Directory {
             let Some(request) = entry.queue.pop_front() else {
                 return;
             };
-            let pushed_to = entry.pushed_to.take();
-            if pushed_to == Some(request.from) && entry.holders == Holders::Modified(request.from) {
+            if entry.pushed_to == Some(request.from)
+                && entry.holders == Holders::Modified(request.from)
+            {
+                entry.pushed_to = None;
                 answer_pushed(entry, page, request, ctx);
                 self.requests_crossing_pushes += 1;
                 continue;
+            }
+            // A read that shares the writer's page leaves the writer as it is: a request of
+            // the writer that crossed its push is still to be recognised.
+            let shares = match entry.holders {
+                Holders::Modified(owner) => {
+                    shares_the_writers_page(owner, &request, page, ctx, mem)
+                }
+                _ => false,
+            };
+            if !shares {
+                entry.pushed_to = None;
             }
             self.next_txn += 1;
             let id = self.next_txn;
             let entry = self.entries.get_mut(&page).expect("entry exists");
             match request.access {
-                Access::Read => start_read(entry, page, request, id, ctx, mem),
+                Access::Read => {
+                    if start_read(entry, page, request, id, ctx, mem) {
+                        self.reads_sharing_the_writers_page += 1;
+                    }
+                }
                 Access::Write => start_write(entry, page, request, id, ctx, mem),
             }
         }
@@ -209,6 +236,7 @@ impl Directory {
         if let Holders::Shared(set) = &mut entry.holders {
             set.remove(&from);
         }
+        entry.mapped_readers.remove(&from);
         let txn = entry.txn.as_mut().expect("checked above");
         txn.awaiting.remove(&from);
         if txn.awaiting.is_empty() {
@@ -243,7 +271,9 @@ impl Directory {
             });
         };
         returned.store(page, mem);
-        entry.holders = Holders::Shared(BTreeSet::from([from]));
+        let mut readers = std::mem::take(&mut entry.mapped_readers);
+        readers.insert(from);
+        entry.holders = Holders::Shared(readers);
         let txn = entry.txn.take().expect("checked above");
         if !self.failed.contains(&txn.request.from) {
             grant_read(entry, page, txn.request, ctx, mem);
@@ -271,7 +301,7 @@ impl Directory {
         let holds = match &entry.holders {
             Holders::None => false,
             Holders::Shared(set) => set.contains(&to),
-            Holders::Modified(writer) => *writer == to,
+            Holders::Modified(writer) => *writer == to || entry.mapped_readers.contains(&to),
         };
         if holds || entry.txn.is_some() || !entry.queue.is_empty() {
             return false;
@@ -282,6 +312,7 @@ impl Directory {
             req: 0,
             access: Access::Write,
             pushed: true,
+            maps_master: false,
         };
         entry.pushed_to = None;
         start_write(entry, page, request, self.next_txn, ctx, mem);
@@ -313,7 +344,13 @@ impl Directory {
         if !ctx.config.mutated(MutationPoint::HandBackLosesData) {
             returned.store(page, mem);
         }
-        entry.holders = Holders::None;
+        // Readers mapping the master keep their copies (only the home has any, and it does
+        // not hand its own pages back; kept for safety).
+        let readers = std::mem::take(&mut entry.mapped_readers);
+        entry.holders = match readers.is_empty() {
+            true => Holders::None,
+            false => Holders::Shared(readers),
+        };
         entry.pushed_to = None;
         let downgrading = entry
             .txn
@@ -339,7 +376,10 @@ impl Directory {
     /// its drop arrives before anything that changes that); else an error and nothing changes.
     pub(crate) fn dropped(&mut self, from: NodeId, pages: &[PageId]) -> Result<()> {
         let reader = |entry: Option<&DirEntry>| {
-            entry.is_some_and(|e| matches!(&e.holders, Holders::Shared(set) if set.contains(&from)))
+            entry.is_some_and(|e| {
+                matches!(&e.holders, Holders::Shared(set) if set.contains(&from))
+                    || e.mapped_readers.contains(&from)
+            })
         };
         if let Some(page) = pages.iter().find(|p| !reader(self.entries.get(p))) {
             return Err(Error::Unexpected {
@@ -350,6 +390,7 @@ impl Directory {
         }
         for page in pages {
             let entry = self.entries.get_mut(page).expect("checked above");
+            entry.mapped_readers.remove(&from);
             if let Holders::Shared(set) = &mut entry.holders {
                 set.remove(&from);
                 if set.is_empty() {
@@ -409,6 +450,7 @@ impl Directory {
     }
 }
 
+/// Serves a read; true when it shared the page its home writes (no downgrade).
 fn start_read(
     entry: &mut DirEntry,
     page: PageId,
@@ -416,8 +458,16 @@ fn start_read(
     id: u64,
     ctx: &mut Ctx<'_>,
     mem: &mut dyn Memory,
-) {
+) -> bool {
     match entry.holders {
+        Holders::Modified(owner) if shares_the_writers_page(owner, &request, page, ctx, mem) => {
+            // The writer is this node, its copy is the master, and the reader maps that
+            // master too: one physical page, kept coherent by the hardware, so nothing is
+            // written back or write-protected.
+            entry.mapped_readers.insert(request.from);
+            send_read_grant(request.from, request.req, page, entry.version, ctx, mem);
+            return true;
+        }
         Holders::Modified(owner) if owner != request.from => {
             // The master copy is stale: the writer writes back and keeps a read-only copy.
             entry.txn = Some(Txn {
@@ -432,6 +482,25 @@ fn start_read(
         Holders::Modified(_) => {} // Refused on arrival; cannot be reached.
         _ => grant_read(entry, page, request, ctx, mem),
     }
+    false
+}
+
+/// Whether `request` (a read) may share the page `owner` writes without a downgrade: the
+/// owner is this node (the home), whose copy of `page` is its master, and the requester maps
+/// that master too and is granted without data (so it maps the master rather than installing
+/// a snapshot of it, which would write stale bytes over the home's later writes).
+fn shares_the_writers_page(
+    owner: NodeId,
+    request: &Request,
+    page: PageId,
+    ctx: &Ctx<'_>,
+    mem: &dyn Memory,
+) -> bool {
+    owner == ctx.config.node
+        && request.from != owner
+        && request.maps_master
+        && ctx.config.grants_without_data(request.from)
+        && mem.local_is_master(page)
 }
 
 fn start_write(
@@ -449,7 +518,19 @@ fn start_write(
             (others, set.contains(&request.from))
         }
         Holders::Modified(owner) if *owner == request.from => return, // Refused on arrival.
-        Holders::Modified(owner) => (BTreeSet::from([*owner]), false),
+        Holders::Modified(owner) => {
+            // Readers of the master go with the writer (each leaves the set with its ack,
+            // or its drop if that crossed the invalidation); one asking to write has the page
+            // current already.
+            let had_copy = entry.mapped_readers.remove(&request.from);
+            let mut targets = entry.mapped_readers.clone();
+            if ctx.config.mutated(MutationPoint::MappedReadersKept) {
+                targets.clear();
+                entry.mapped_readers.clear();
+            }
+            targets.insert(*owner);
+            (targets, had_copy)
+        }
     };
     for target in &targets {
         ctx.out

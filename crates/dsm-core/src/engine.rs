@@ -160,6 +160,9 @@ impl CoherenceEngine {
         };
         if remote_read {
             self.cache.note_read_fault(page);
+            if loc.consistency == Consistency::Sequential && mem.local_is_master(page) {
+                self.cache.note_maps_master(page, loc.home);
+            }
         }
         let upgrading = access == Access::Write
             && loc.consistency == Consistency::Sequential
@@ -356,6 +359,12 @@ impl CoherenceEngine {
             return Err(Error::UnknownNode(to));
         }
         self.one_call(mem, |engine, mem| engine.push_page((page, loc), to, mem))
+    }
+
+    /// Reads this home granted without write-protecting its own writable copy, to same-host
+    /// readers that map that copy, its master (sequential mode).
+    pub fn reads_sharing_the_writers_page(&self) -> u64 {
+        self.directory.reads_sharing_the_writers_page
     }
 
     /// Requests this home answered without data because they crossed a push of their page
@@ -594,9 +603,9 @@ impl CoherenceEngine {
         let seq = loc.consistency == Consistency::Sequential;
         let wrong_mode = Err(Error::WrongMode { from, page, what });
         match message {
-            Coherence::ReadRequest { req, .. } if seq => {
-                dir.request(from, page, req, Access::Read, &mut ctx, mem)
-            }
+            Coherence::ReadRequest {
+                req, maps_master, ..
+            } if seq => dir.request(from, page, req, (Access::Read, maps_master), &mut ctx, mem),
             Coherence::ReadRequest { req, .. } => {
                 if self.config.scan_writes && from != self.config.node {
                     self.cache.share_home_page(page, &mut ctx, mem);
@@ -605,7 +614,7 @@ impl CoherenceEngine {
                 Ok(())
             }
             Coherence::WriteRequest { req, .. } if seq => {
-                dir.request(from, page, req, Access::Write, &mut ctx, mem)
+                dir.request(from, page, req, (Access::Write, false), &mut ctx, mem)
             }
             Coherence::InvalidateAck { req, data, .. } if seq => {
                 let returned = data.map_or(Returned::Nothing, Returned::Page);

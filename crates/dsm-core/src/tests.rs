@@ -15,6 +15,8 @@ struct TestMemory {
     local: HashMap<PageId, Page>,
     twins: HashMap<PageId, Page>,
     home: HashMap<PageId, Page>,
+    /// Answers `local_is_master` (the runtime's mapped masters; the copies stay apart here).
+    maps_masters: bool,
 }
 
 impl Memory for TestMemory {
@@ -35,6 +37,9 @@ impl Memory for TestMemory {
         self.home
             .get_mut(&page)
             .expect("home page set up by the test")
+    }
+    fn local_is_master(&self, _page: PageId) -> bool {
+        self.maps_masters
     }
 }
 
@@ -208,6 +213,18 @@ impl Cluster {
             .unwrap();
         self.collect(t);
         (from, to, message)
+    }
+
+    /// [`deliver_all`](Self::deliver_all), returning every message delivered.
+    fn deliver_all_seen(&mut self) -> Vec<Coherence> {
+        let mut seen = Vec::new();
+        for _ in 0..1000 {
+            if self.wire.is_empty() {
+                return seen;
+            }
+            seen.push(self.deliver_one().2);
+        }
+        panic!("messages do not settle");
     }
 
     fn deliver_all(&mut self) {
@@ -486,12 +503,20 @@ fn bad_peer_input_is_a_typed_error_and_changes_nothing() {
     let mut c = Cluster::new(2, Consistency::Sequential, false);
     let page = |region, page| PageId { region, page };
     let cases: Vec<(NodeId, Coherence)> = vec![
-        (7, Coherence::ReadRequest { req: 1, page: P }),
+        (
+            7,
+            Coherence::ReadRequest {
+                req: 1,
+                page: P,
+                maps_master: false,
+            },
+        ),
         (
             0,
             Coherence::ReadRequest {
                 req: 1,
                 page: page(9, 1),
+                maps_master: false,
             },
         ),
         (
@@ -499,6 +524,7 @@ fn bad_peer_input_is_a_typed_error_and_changes_nothing() {
             Coherence::ReadRequest {
                 req: 1,
                 page: page(0, 4),
+                maps_master: false,
             },
         ),
         (
@@ -506,6 +532,7 @@ fn bad_peer_input_is_a_typed_error_and_changes_nothing() {
             Coherence::ReadRequest {
                 req: 1,
                 page: page(0, 0),
+                maps_master: false,
             },
         ), // homed on node 0
         (0, Coherence::Invalidate { req: 1, page: P }), // node 1 is the home
@@ -1208,6 +1235,71 @@ fn crossing_request_served_after_a_downgrade(mut c: Cluster) {
     assert_eq!(c.mems[1].home[&P][3], 42, "and written back to the master");
     assert!(c.woken(2, 8));
     assert_eq!(c.mems[2].local[&P][3], 42, "node 2 reads it");
+}
+
+/// Same-host nodes mapping the masters: a read of a page its home writes shares the home's
+/// page (no downgrade: one physical page), and a later write by that reader invalidates the
+/// home and upgrades the reader's mapped copy.
+#[test]
+fn a_reader_mapping_the_master_shares_the_page_its_home_writes() {
+    let mut c = Cluster::same_host(3, Consistency::Sequential, false);
+    for mem in &mut c.mems {
+        mem.maps_masters = true;
+    }
+    c.fault(1, Access::Write, 1); // The home writes its own page.
+    c.deliver_all();
+    assert_eq!(c.engines[1].local_state(P), LocalState::Modified);
+    c.fault(0, Access::Read, 2);
+    assert!(
+        matches!(
+            c.wire.back(),
+            Some((
+                0,
+                1,
+                Coherence::ReadRequest {
+                    maps_master: true,
+                    ..
+                }
+            ))
+        ),
+        "{:?}",
+        c.wire.back()
+    );
+    let answer = c.deliver_all_seen();
+    assert!(
+        !answer
+            .iter()
+            .any(|m| matches!(m, Coherence::Downgrade { .. })),
+        "the home was downgraded: {answer:?}"
+    );
+    assert!(c.woken(0, 2));
+    assert!(c.seen[0].contains(&Action::MapMaster {
+        page: P,
+        writable: false
+    }));
+    assert_eq!(
+        c.engines[1].local_state(P),
+        LocalState::Modified,
+        "still writable"
+    );
+    assert_eq!(c.engines[1].reads_sharing_the_writers_page(), 1);
+    // The reader writes: the home's copy is invalidated, the reader's mapped copy upgraded.
+    c.fault(0, Access::Write, 3);
+    c.deliver_all();
+    assert!(c.woken(0, 3));
+    assert!(c.seen[0].contains(&Action::Upgrade { page: P }));
+    assert_eq!(c.engines[0].local_state(P), LocalState::Modified);
+    assert_eq!(c.engines[1].local_state(P), LocalState::Invalid);
+    // A node that does not map the master still downgrades the writer.
+    c.mems[2].maps_masters = false;
+    c.fault(2, Access::Read, 4);
+    let answer = c.deliver_all_seen();
+    assert!(
+        answer
+            .iter()
+            .any(|m| matches!(m, Coherence::Downgrade { .. }))
+    );
+    assert_eq!(c.engines[0].local_state(P), LocalState::Shared);
 }
 
 /// Node 0 writes P under a lock and passes it on to node 2, which waits for the lock: P goes

@@ -87,6 +87,10 @@ fn sequential_seeds() {
             "no grant without data was taken by mapping the master"
         );
         assert!(
+            total.reads_sharing_the_writers_page > 0,
+            "no home granted a read of the page it writes to a reader mapping its master"
+        );
+        assert!(
             total.hand_backs > 0 && total.recalls_crossing_hand_backs > 0,
             "no page was handed back, or no recall crossed a hand-back"
         );
@@ -199,6 +203,15 @@ fn mutation_a_private_copy_taken_for_its_master_is_caught() {
         Consistency::Sequential,
         Mutation::CopyTakenForMaster,
         "a copy given in place without writing the master",
+    );
+}
+
+#[test]
+fn mutation_mapped_readers_left_out_of_a_write_are_caught() {
+    assert_caught(
+        Consistency::Sequential,
+        Mutation::MappedReadersKept,
+        "readers of a mapped master left valid under a new writer",
     );
 }
 

@@ -193,6 +193,7 @@ mod tests {
                     Message::Coherence(Coherence::ReadRequest {
                         req: u64::from(i),
                         page: PageId { region: 1, page: 2 },
+                        maps_master: false,
                     })
                 }
             })

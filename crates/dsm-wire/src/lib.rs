@@ -14,7 +14,7 @@
 //! use dsm_wire::{Coherence, Limits, Message, PageId, decode, encode};
 //!
 //! let cluster = 0xd5;
-//! let msg = Message::Coherence(Coherence::ReadRequest { req: 1, page: PageId { region: 0, page: 3 } });
+//! let msg = Message::Coherence(Coherence::ReadRequest { req: 1, page: PageId { region: 0, page: 3 }, maps_master: false });
 //! let bytes = encode(&msg, cluster, 2);
 //! let frame = decode(&bytes, &Limits::new(cluster)).unwrap();
 //! assert_eq!((frame.sender, frame.message), (2, msg));

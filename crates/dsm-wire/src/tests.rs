@@ -58,6 +58,7 @@ fn coherence_samples() -> Vec<Coherence> {
         Coherence::ReadRequest {
             req: 1,
             page: pid(0, 1),
+            maps_master: true,
         },
         Coherence::ReadGrant {
             req: 1,
@@ -448,6 +449,7 @@ fn sample_frame() -> Vec<u8> {
         &Message::Coherence(Coherence::ReadRequest {
             req: 1,
             page: pid(0, 5),
+            maps_master: false,
         }),
         CLUSTER,
         1,
@@ -618,23 +620,36 @@ fn trailing_bytes_and_bad_flags_are_rejected() {
         decode(&b, &limits),
         Err(Error::TrailingBytes { .. })
     ));
-    let msg = Message::Coherence(Coherence::WriteRequest {
-        req: 2,
-        page: pid(1, 2),
-        has_copy: true,
-    });
-    let mut b = encode(&msg, CLUSTER, 0);
-    let last = b.len() - 1;
-    b[last] = 2;
-    let header = Header::seal(msg.command(), CLUSTER, 0, &b[HEADER_LEN..]);
-    b[..HEADER_LEN].copy_from_slice(&header.to_bytes());
-    assert!(matches!(
-        decode(&b, &limits),
-        Err(Error::InvalidField {
-            field: "has_copy",
-            ..
-        })
-    ));
+    let flagged = [
+        (
+            Coherence::WriteRequest {
+                req: 2,
+                page: pid(1, 2),
+                has_copy: true,
+            },
+            "has_copy",
+        ),
+        (
+            Coherence::ReadRequest {
+                req: 2,
+                page: pid(1, 2),
+                maps_master: true,
+            },
+            "maps_master",
+        ),
+    ];
+    for (message, flag) in flagged {
+        let msg = Message::Coherence(message);
+        let mut b = encode(&msg, CLUSTER, 0);
+        let last = b.len() - 1;
+        b[last] = 2;
+        let header = Header::seal(msg.command(), CLUSTER, 0, &b[HEADER_LEN..]);
+        b[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+        assert!(
+            matches!(decode(&b, &limits), Err(Error::InvalidField { field, .. }) if field == flag),
+            "{flag}"
+        );
+    }
 }
 
 #[test]

@@ -52,6 +52,7 @@ impl Directory {
             return;
         };
         entry.queue.retain(|request| request.from != rank);
+        entry.mapped_readers.remove(&rank);
         if entry.holders == Holders::Modified(rank) {
             if ctx.config.mutated(MutationPoint::ServeLostPages) {
                 // The broken variant: serve the stale master copy as if it were current.

@@ -108,7 +108,11 @@ fn a_write_asked_by_a_node_that_failed_completes_without_its_grant() {
 fn messages_of_a_failed_node_are_dropped() {
     let mut c = Cluster::new(3, Consistency::Sequential, false);
     c.crash(2);
-    let late = Coherence::ReadRequest { req: 9, page: P };
+    let late = Coherence::ReadRequest {
+        req: 9,
+        page: P,
+        maps_master: false,
+    };
     c.engines[1].on_message(2, late, &mut c.mems[1]).unwrap();
     assert!(c.engines[1].take_actions().is_empty());
 }

@@ -226,6 +226,8 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report> {
             report.recalls_crossing_hand_backs =
                 total(CoherenceEngine::recalls_crossing_hand_backs);
             report.requests_crossing_pushes = total(CoherenceEngine::requests_crossing_pushes);
+            report.reads_sharing_the_writers_page =
+                total(CoherenceEngine::reads_sharing_the_writers_page);
             report.copies_dropped = total(CoherenceEngine::copies_dropped);
             report.drops_wasted = total(CoherenceEngine::drops_wasted);
             report.invalidations_crossing_drops =

@@ -129,6 +129,8 @@ pub struct Report {
     pub pushes: u64,
     /// Requests that crossed a push of their page to their sender.
     pub requests_crossing_pushes: u64,
+    /// Reads a home granted while it kept writing the page, to readers mapping its master.
+    pub reads_sharing_the_writers_page: u64,
     /// Read-only copies dropped as at a barrier (sequential mode).
     pub copies_dropped: u64,
     /// Of those, copies granted back unchanged (dropped for nothing).
@@ -173,6 +175,7 @@ impl Report {
         self.recalls_crossing_hand_backs += other.recalls_crossing_hand_backs;
         self.pushes += other.pushes;
         self.requests_crossing_pushes += other.requests_crossing_pushes;
+        self.reads_sharing_the_writers_page += other.reads_sharing_the_writers_page;
         self.crashes += other.crashes;
         self.failed_faults += other.failed_faults;
         self.lost_faults += other.lost_faults;

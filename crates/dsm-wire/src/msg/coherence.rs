@@ -33,6 +33,10 @@ pub enum Coherence {
         req: u64,
         /// Page wanted.
         page: PageId,
+        /// The requester's copy of the page is the home's master itself (a same-host node
+        /// mapping it, sequential mode): a home writing that master may grant the read
+        /// without write-protecting its own copy, since both map one physical page.
+        maps_master: bool,
     },
     /// The home grants a read-only copy. `data` is absent when the requester fetches the home
     /// copy itself by one-sided RDMA READ.
@@ -214,8 +218,21 @@ impl Coherence {
 
     pub(crate) fn encode(&self, w: &mut Writer) {
         match self {
-            Coherence::ReadRequest { req, page }
-            | Coherence::MasterWritten { req, page }
+            Coherence::ReadRequest {
+                req,
+                page,
+                maps_master: flag,
+            }
+            | Coherence::WriteRequest {
+                req,
+                page,
+                has_copy: flag,
+            } => {
+                w.u64(*req);
+                w.page_id(*page);
+                w.u8(u8::from(*flag));
+            }
+            Coherence::MasterWritten { req, page }
             | Coherence::Invalidate { req, page }
             | Coherence::Downgrade { req, page }
             | Coherence::DiffAck { req, page } => {
@@ -238,15 +255,6 @@ impl Coherence {
                 w.page_id(*page);
                 w.u64(*version);
                 w.opt_page(data.as_ref());
-            }
-            Coherence::WriteRequest {
-                req,
-                page,
-                has_copy,
-            } => {
-                w.u64(*req);
-                w.page_id(*page);
-                w.u8(u8::from(*has_copy));
             }
             Coherence::InvalidateAck { req, page, data } => {
                 w.u64(*req);
@@ -294,6 +302,7 @@ impl Coherence {
             READ_REQUEST => Coherence::ReadRequest {
                 req: r.u64("req")?,
                 page: r.page_id()?,
+                maps_master: r.flag("maps_master")?,
             },
             READ_GRANT => Coherence::ReadGrant {
                 req: r.u64("req")?,
