@@ -172,26 +172,21 @@ impl Directory {
                 self.requests_crossing_pushes += 1;
                 continue;
             }
-            // A read that shares the writer's page leaves the writer as it is: a request of
-            // the writer that crossed its push is still to be recognised.
-            let shares = match entry.holders {
-                Holders::Modified(owner) => {
-                    shares_the_writers_page(owner, &request, page, ctx, mem)
-                }
-                _ => false,
-            };
-            if !shares {
-                entry.pushed_to = None;
+            if shares_the_writers_page(entry, &request, page, ctx, mem) {
+                // The writer is this node, its copy is the master, and the reader maps that
+                // master too: one physical page, kept coherent by the hardware, so nothing is
+                // written back or write-protected. The writer stays as it is, so a request of
+                // its that crossed its push is still to be recognised (`pushed_to` kept).
+                entry.mapped_readers.insert(request.from);
+                send_read_grant(request.from, request.req, page, entry.version, ctx, mem);
+                self.reads_sharing_the_writers_page += 1;
+                continue;
             }
+            entry.pushed_to = None;
             self.next_txn += 1;
             let id = self.next_txn;
-            let entry = self.entries.get_mut(&page).expect("entry exists");
             match request.access {
-                Access::Read => {
-                    if start_read(entry, page, request, id, ctx, mem) {
-                        self.reads_sharing_the_writers_page += 1;
-                    }
-                }
+                Access::Read => start_read(entry, page, request, id, ctx, mem),
                 Access::Write => start_write(entry, page, request, id, ctx, mem),
             }
         }
@@ -450,7 +445,6 @@ impl Directory {
     }
 }
 
-/// Serves a read; true when it shared the page its home writes (no downgrade).
 fn start_read(
     entry: &mut DirEntry,
     page: PageId,
@@ -458,16 +452,8 @@ fn start_read(
     id: u64,
     ctx: &mut Ctx<'_>,
     mem: &mut dyn Memory,
-) -> bool {
+) {
     match entry.holders {
-        Holders::Modified(owner) if shares_the_writers_page(owner, &request, page, ctx, mem) => {
-            // The writer is this node, its copy is the master, and the reader maps that
-            // master too: one physical page, kept coherent by the hardware, so nothing is
-            // written back or write-protected.
-            entry.mapped_readers.insert(request.from);
-            send_read_grant(request.from, request.req, page, entry.version, ctx, mem);
-            return true;
-        }
         Holders::Modified(owner) if owner != request.from => {
             // The master copy is stale: the writer writes back and keeps a read-only copy.
             entry.txn = Some(Txn {
@@ -482,22 +468,22 @@ fn start_read(
         Holders::Modified(_) => {} // Refused on arrival; cannot be reached.
         _ => grant_read(entry, page, request, ctx, mem),
     }
-    false
 }
 
-/// Whether `request` (a read) may share the page `owner` writes without a downgrade: the
-/// owner is this node (the home), whose copy of `page` is its master, and the requester maps
-/// that master too and is granted without data (so it maps the master rather than installing
-/// a snapshot of it, which would write stale bytes over the home's later writes).
+/// Whether `request` may share the page its writer writes, without a downgrade: a read, the
+/// writer is this node (the home), whose copy of `page` is its master, and the requester
+/// maps that master too and is granted without data (so it maps the master rather than
+/// installing a snapshot of it, which would write stale bytes over the home's later writes).
 fn shares_the_writers_page(
-    owner: NodeId,
+    entry: &DirEntry,
     request: &Request,
     page: PageId,
     ctx: &Ctx<'_>,
     mem: &dyn Memory,
 ) -> bool {
-    owner == ctx.config.node
-        && request.from != owner
+    let this_node = ctx.config.node;
+    entry.holders == Holders::Modified(this_node)
+        && request.from != this_node
         && request.maps_master
         && ctx.config.grants_without_data(request.from)
         && mem.local_is_master(page)

@@ -165,19 +165,20 @@ impl UffdRegion {
         data: &[u8; PAGE_SIZE],
         protection: Protection,
     ) -> Result<()> {
-        if self.install_run(index, data, protection)? == Installed::AlreadyPresent {
-            self.invalidate_mapping(index, 1)?;
-            self.install_run(index, data, protection)?;
-        }
-        Ok(())
+        self.winning(index, || self.install_run(index, data, protection))
     }
 
     /// [`UffdRegion::map_again`], but a page mapped now is mapped again with `protection`
     /// (unmapped first), not left as it is.
     pub fn remap(&self, index: u32, protection: Protection) -> Result<()> {
-        if self.map_again(index, protection)? == Installed::AlreadyPresent {
+        self.winning(index, || self.map_again(index, protection))
+    }
+
+    /// Runs `install`; if it found page `index` mapped, unmaps the page and runs it again.
+    fn winning(&self, index: u32, install: impl Fn() -> Result<Installed>) -> Result<()> {
+        if install()? == Installed::AlreadyPresent {
             self.invalidate_mapping(index, 1)?;
-            self.map_again(index, protection)?;
+            install()?;
         }
         Ok(())
     }

@@ -55,10 +55,11 @@ impl World {
         let perms: Vec<Perm> = self.survivors().map(|(_, n)| n.mem.perm(page)).collect();
         let writers = perms.iter().filter(|p| **p == Perm::Write).count();
         let readers = perms.iter().filter(|p| **p == Perm::Read).count();
-        let all_map_the_master = self
-            .survivors()
-            .all(|(_, n)| n.mem.perm(page) == Perm::None || n.mem.aliased[page as usize]);
-        if writers > 1 || (writers == 1 && readers > 0 && !all_map_the_master) {
+        let all_map_the_master = || {
+            self.survivors()
+                .all(|(_, n)| n.mem.perm(page) == Perm::None || n.mem.aliased[page as usize])
+        };
+        if writers > 1 || (writers == 1 && readers > 0 && !all_map_the_master()) {
             return Err(self.invariant(format!(
                 "page {page}: {writers} writable and {readers} read-only copies: {perms:?}"
             )));
